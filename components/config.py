@@ -1,0 +1,457 @@
+"""Typed cluster configuration: one schema, two loaders, one validation.
+
+``load_stack_file`` reads a ``Pulumi.<stack>.yaml`` (for ``hapbx check`` and
+``render``); ``from_pulumi_config`` reads the running stack's config in
+``__main__.py``. Both end in ``build`` which collects *every* problem and
+raises one ``ConfigError`` naming each key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import yaml
+
+from .schema import ConfigError, Problems, describe, parse_object, setting
+
+PROJECT = "high-cc-pbx"
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
+SECRET_KEYS = ("vendorRepoToken",)
+SUPPORTED = {"postgres": ("15", "16"), "kamailio": ("5.6", "6.0"), "freeswitch": ("1.10",)}
+
+
+def _name(value: str) -> str | None:
+    return None if NAME_RE.match(value) else "is not a valid name (lowercase letter first, then a-z, 0-9, '-', at most 31)"
+
+
+def _ipv4(value: str) -> str | None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return "is not an IPv4 address"
+    return None
+
+
+def _cidr(value: str) -> str | None:
+    try:
+        ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        return "is not an IPv4 network in CIDR form (e.g. 10.0.0.0/24)"
+    return None
+
+
+def _ifname(value: str) -> str | None:
+    return None if re.match(r"^[A-Za-z0-9_.-]{1,15}$", value) else "is not an interface name (1-15 of A-Z a-z 0-9 _ . -)"
+
+
+def _abspath(value: str) -> str | None:
+    return None if value.startswith("/") and ".." not in value.split("/") else "is not an absolute path"
+
+
+def _host_key(value: str) -> str | None:
+    parts = value.split()
+    ok = len(parts) >= 2 and parts[0] in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
+    return None if ok else "is not an SSH public host key line ('ssh-ed25519 AAAA...')"
+
+
+PORT = {"minimum": 1, "maximum": 65535}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabSettings:
+    name: str = setting("name", "Lab name: prefix of node machines, state dir /var/lib/hapbx/<name>.", check=_name)
+    bridge: str = setting("bridge", "Bridge the lab creates on the host (no other network attached).", check=_ifname)
+    subnet: str = setting("subnet", "The lab's own subnet on that bridge.", check=_cidr)
+    host_address: str = setting("hostAddress", "The host's address on the bridge (the nodes' gateway).", check=_ipv4)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SshSettings:
+    user: str = setting("user", "SSH user on every node (root, or a user with passwordless sudo).", "root")
+    port: int = setting("port", "SSH port on every node.", 22, **PORT)
+    private_key_file: Optional[str] = setting(
+        "privateKeyFile", "Private key used to reach the nodes; read at deploy time, kept secret. Unset: ssh-agent.",
+        None, check=_abspath)
+    known_hosts_file: Optional[str] = setting(
+        "knownHostsFile", "known_hosts file to pin host keys from when a node has no `hostKey`.", None, check=_abspath)
+    dial_error_limit: int = setting("dialErrorLimit", "SSH dial attempts before a step fails.", 10, minimum=1, maximum=100)
+    per_dial_timeout: int = setting("perDialTimeout", "Seconds per SSH dial attempt.", 10, minimum=1, maximum=300)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    name: str = setting("name", "Node name: hostname and resource name prefix.", check=_name)
+    address: str = setting("address", "Node address on the cluster network.", check=_ipv4)
+    host_key: Optional[str] = setting("hostKey", "Pinned SSH host public key of the node.", None, check=_host_key)
+    memory_mb: int = setting("memoryMb", "Memory of the node in MiB; sizes PostgreSQL and checks every memory setting fits.",
+                             minimum=512, maximum=4 * 1024 * 1024)
+    cpus: int = setting("cpus", "CPU cores of the node; sizes workers.", minimum=1, maximum=1024)
+    priority: int = setting("priority", "VRRP priority (both nodes are BACKUP + nopreempt; breaks the first tie).",
+                            100, minimum=1, maximum=254)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WitnessSettings:
+    name: str = setting("name", "Witness name (third etcd member, holds no data).", check=_name)
+    address: str = setting("address", "Witness address, reachable from both nodes.", check=_ipv4)
+    host_key: Optional[str] = setting("hostKey", "Pinned SSH host public key of the witness.", None, check=_host_key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSettings:
+    prefix: int = setting("prefix", "Prefix length of the nodes' subnet.", 24, minimum=8, maximum=30)
+    gateway: str = setting("gateway", "Default gateway; also probed by keepalived to detect isolation.", check=_ipv4)
+    interface: str = setting("interface", "Interface carrying node addresses and the VIP.", check=_ifname)
+    domain: str = setting("domain", "DNS domain appended to node names in /etc/hosts.", "pbx.internal")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VipSettings:
+    address: str = setting("address", "The virtual IP every service is reached on.", check=_ipv4)
+    router_id: int = setting("routerId", "VRRP virtual router id, unique on the segment.", 51, minimum=1, maximum=255)
+    vrrp_version: int = setting("vrrpVersion", "VRRP version; 3 allows fractional advert intervals.", 3, choices=(2, 3))
+    advert_interval: float = setting("advertInterval", "Seconds between VRRP adverts (0.1 s moved the VIP in 0.12 s on the lab).",
+                                     1.0, minimum=0.01, maximum=255)
+    garp_repeat: int = setting("garpRepeat", "Gratuitous ARPs sent on takeover.", 5, minimum=1, maximum=100)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NtpSettings:
+    servers: list[str] = setting("servers", "NTP servers; empty keeps the distribution's default pool.", [])
+    orphan_peers: bool = setting("orphanPeers", "Nodes peer with each other in orphan mode (isolated networks).", False)
+    clock_control: bool = setting("clockControl", "chrony may set the clock (false in containers, which cannot).", True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OsSettings:
+    apply_sysctl: bool = setting("applySysctl", "Apply kernel tuning; false only where /proc/sys is read-only (containers).", True)
+    nofile: int = setting("nofile", "Open-file limit for the daemons.", 1048576, minimum=1024, maximum=1 << 24)
+    journald_max_use_mb: int = setting("journaldMaxUseMb", "Cap of the persistent journal.", 1024, minimum=16, maximum=1 << 20)
+    timezone: str = setting("timezone", "Node timezone (CDR times are stored in UTC regardless).", "UTC")
+    ntp: NtpSettings = setting("ntp", "Time synchronisation (chrony).", NtpSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirewallSettings:
+    ssh_allow_from: list[str] = setting("sshAllowFrom", "Networks allowed to SSH (empty: anywhere).", [])
+    sip_allow_from: list[str] = setting("sipAllowFrom", "Networks allowed to send SIP and RTP (empty: anywhere).", [])
+    rtp_port_min: int = setting("rtpPortMin", "First RTP port of the media engine.", 16384, **PORT)
+    rtp_port_max: int = setting("rtpPortMax", "Last RTP port of the media engine.", 32768, **PORT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repository:
+    name: str = setting("name", "Repository file name under /etc/apt/sources.list.d.", check=_name)
+    uri: str = setting("uri", "Repository URI.")
+    suite: str = setting("suite", "Suite, e.g. bookworm-pgdg.")
+    components: list[str] = setting("components", "Components, e.g. [main].", ["main"])
+    key_url: str = setting("keyUrl", "URL of the archive signing key (stored under /etc/apt/keyrings).")
+    token_auth: bool = setting("tokenAuth", "Repository needs the `vendorRepoToken` secret (apt auth.conf.d).", False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageSettings:
+    repositories: list[Repository] = setting("repositories", "Vendor repositories added before installing packages.", [])
+    extra: list[str] = setting("extra", "Additional Debian packages for every node.", [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSettings:
+    version: str = setting("version", "PostgreSQL major version.", "16", choices=SUPPORTED["postgres"])
+    port: int = setting("port", "PostgreSQL port.", 5432, **PORT)
+    initial_primary: str = setting("initialPrimary", "Node that is primary at first deploy.", "")
+    max_connections: int = setting("maxConnections", "Connection limit (Kamailio children x 2 + services + headroom).",
+                                   300, minimum=20, maximum=10000)
+    memory_share: float = setting("memoryShare", "Share of node memory for shared_buffers.", 0.25, minimum=0.05, maximum=0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    port: int = setting("port", "Redis port.", 6379, **PORT)
+    maxmemory_mb: int = setting("maxmemoryMb", "Redis maxmemory (noeviction: a full queue refuses, never drops).",
+                                256, minimum=16, maximum=1 << 20)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KamailioSettings:
+    version: str = setting("version", "Kamailio version installed on the nodes.", "6.0", choices=SUPPORTED["kamailio"])
+    sip_port: int = setting("sipPort", "SIP port (UDP and TCP) on the VIP and node addresses.", 5060, **PORT)
+    tls: bool = setting("tls", "Also listen for SIP over TLS.", False)
+    tls_port: int = setting("tlsPort", "SIP TLS port.", 5061, **PORT)
+    dmq_port: int = setting("dmqPort", "Port of the DMQ replication listener (between nodes only).", 5090, **PORT)
+    children: int = setting("children", "SIP worker processes per listener.", 16, minimum=1, maximum=256)
+    shm_mb: int = setting("shmMb", "Shared memory (-m); 256+ for DMQ sync of 10k contacts.", 512, minimum=64, maximum=65536)
+    pkg_mb: int = setting("pkgMb", "Private memory per process (-M).", 16, minimum=4, maximum=1024)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaSettings:
+    engine: str = setting("engine", "Media engine: FreeSWITCH, or a SIPp UAS stand-in where FreeSWITCH is not packaged.",
+                          "freeswitch", choices=("freeswitch", "sipp-uas"))
+    version: str = setting("version", "FreeSWITCH version (prod).", "1.10", choices=SUPPORTED["freeswitch"])
+    sip_port: int = setting("sipPort", "Media engine SIP port on the node address (only Kamailio may reach it).", 5080, **PORT)
+    max_sessions: int = setting("maxSessions", "Concurrent call limit of the engine.", 1000, minimum=1, maximum=100000)
+    sessions_per_second: int = setting("sessionsPerSecond", "Call setup rate limit of the engine.", 200, minimum=1, maximum=10000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingSettings:
+    directory: str = setting("directory", "Finished recordings, replicated to the peer by lsyncd.",
+                             "/var/lib/hapbx/recordings", check=_abspath)
+    tmpfs_dir: str = setting("tmpfsDir", "tmpfs where live calls are recorded.", "/var/spool/hapbx/live", check=_abspath)
+    tmpfs_mb: int = setting("tmpfsMb", "Size of the live-recording tmpfs.", 20480, minimum=16, maximum=1 << 22)
+    sync_delay_seconds: int = setting("syncDelaySeconds", "lsyncd batching delay.", 5, minimum=0, maximum=3600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EtcdSettings:
+    client_port: int = setting("clientPort", "etcd client port (nodes and witness only).", 2379, **PORT)
+    peer_port: int = setting("peerPort", "etcd peer port (nodes and witness only).", 2380, **PORT)
+    lease_ttl_seconds: int = setting("leaseTtlSeconds", "Leader lease TTL.", 2, minimum=1, maximum=60)
+    renew_interval_seconds: float = setting("renewIntervalSeconds", "Leader lease renewal period.", 0.25,
+                                            minimum=0.05, maximum=30)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
+    lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
+    ssh: SshSettings = setting("ssh", "How the program reaches the nodes.", SshSettings)
+    nodes: list[NodeSettings] = setting("nodes", "Exactly two PBX nodes.")
+    witness: Optional[WitnessSettings] = setting("witness", "Third small machine for the etcd quorum (strongly advised).", None)
+    no_witness_policy: Optional[str] = setting(
+        "noWitnessPolicy", "Risk taken when there is no witness: never promote automatically when the peer is lost, "
+        "or promote after a timeout and accept divergence under a partition.", None,
+        choices=("manual-promotion", "promote-after-timeout"))
+    network: NetworkSettings = setting("network", "The nodes' network.")
+    vip: VipSettings = setting("vip", "The virtual IP (keepalived).")
+    os: OsSettings = setting("os", "Operating-system baseline.", OsSettings)
+    firewall: FirewallSettings = setting("firewall", "nftables firewall.", FirewallSettings)
+    packages: PackageSettings = setting("packages", "Package sources and extra packages.", PackageSettings)
+    postgres: PostgresSettings = setting("postgres", "PostgreSQL pair.", PostgresSettings)
+    redis: RedisSettings = setting("redis", "Redis pair (CDR queue).", RedisSettings)
+    kamailio: KamailioSettings = setting("kamailio", "Kamailio SIP proxy/registrar.", KamailioSettings)
+    media: MediaSettings = setting("media", "Media engine.", MediaSettings)
+    recordings: RecordingSettings = setting("recordings", "Call recordings.", RecordingSettings)
+    etcd: EtcdSettings = setting("etcd", "etcd and the leader lease.", EtcdSettings)
+    vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
+                                               None, secret=True)
+
+    # --- derived facts, used by components and the lab -----------------------------------
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.nodes[0].address}/{self.network.prefix}", strict=False)
+
+    @property
+    def primary(self) -> NodeSettings:
+        wanted = self.postgres.initial_primary or self.nodes[0].name
+        return next(n for n in self.nodes if n.name == wanted)
+
+    @property
+    def standby(self) -> NodeSettings:
+        return next(n for n in self.nodes if n.name != self.primary.name)
+
+    def peer_of(self, node: NodeSettings) -> NodeSettings:
+        return next(n for n in self.nodes if n.name != node.name)
+
+    def node_packages(self) -> list[str]:
+        """Every Debian package a PBX node needs; the lab bakes exactly this list."""
+        pg = self.postgres.version
+        base = ["chrony", "nftables", "sudo", "rsync", "lsyncd", "keepalived", "etcd-server", "etcd-client",
+                "redis-server", f"postgresql-{pg}", "postgresql-client-common", "python3-psycopg2",
+                "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
+                "procps", "curl"]
+        if self.media.engine == "freeswitch":
+            base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter"]
+        return sorted(set(base + list(self.packages.extra)))
+
+    def witness_packages(self) -> list[str]:
+        return sorted({"chrony", "nftables", "etcd-server", "etcd-client", "iputils-ping", "procps"})
+
+
+def _check_nodes(cfg: ClusterConfig, p: Problems) -> None:
+    if len(cfg.nodes) != 2:
+        p.add("nodes", f"{len(cfg.nodes)} node(s) given (allowed: exactly 2)")
+    names = [n.name for n in cfg.nodes] + ([cfg.witness.name] if cfg.witness else [])
+    addrs = [n.address for n in cfg.nodes] + ([cfg.witness.address] if cfg.witness else [])
+    for dup in sorted({x for x in names if names.count(x) > 1}):
+        p.add("nodes", f"name {dup!r} is used twice (allowed: unique names for nodes and witness)")
+    for dup in sorted({x for x in addrs if addrs.count(x) > 1}):
+        p.add("nodes", f"address {dup!r} is used twice (allowed: unique addresses)")
+
+
+def _check_addresses(cfg: ClusterConfig, p: Problems) -> None:
+    if not cfg.nodes or any(_ipv4(n.address) for n in cfg.nodes) or _ipv4(cfg.vip.address):
+        return
+    net = cfg.subnet
+    for i, n in enumerate(cfg.nodes[1:], start=1):
+        if ipaddress.IPv4Address(n.address) not in net:
+            p.add(f"nodes[{i}].address", f"{n.address!r} is not in {net} (allowed: the first node's subnet)")
+    vip = ipaddress.IPv4Address(cfg.vip.address)
+    if vip not in net:
+        p.add("vip.address", f"{cfg.vip.address!r} is not in the nodes' subnet {net}")
+    if cfg.vip.address in {n.address for n in cfg.nodes}:
+        p.add("vip.address", f"{cfg.vip.address!r} is a node's address (allowed: a free address of {net})")
+    if vip in (net.network_address, net.broadcast_address):
+        p.add("vip.address", f"{cfg.vip.address!r} is the network or broadcast address of {net}")
+    if not _ipv4(cfg.network.gateway) and ipaddress.IPv4Address(cfg.network.gateway) not in net:
+        p.add("network.gateway", f"{cfg.network.gateway!r} is not in the nodes' subnet {net}")
+    if cfg.vip.vrrp_version == 2 and not float(cfg.vip.advert_interval).is_integer():
+        p.add("vip.advertInterval", f"{cfg.vip.advert_interval!r} is fractional (allowed with vrrpVersion 3 only, "
+              "or whole seconds with version 2)")
+
+
+def _check_roles(cfg: ClusterConfig, p: Problems) -> None:
+    names = [n.name for n in cfg.nodes]
+    if cfg.postgres.initial_primary and cfg.postgres.initial_primary not in names:
+        p.add("postgres.initialPrimary", f"{cfg.postgres.initial_primary!r} is not a node (allowed: {', '.join(names)})")
+    if cfg.witness is None and cfg.no_witness_policy is None:
+        p.add("noWitnessPolicy", "is required when no witness is configured (allowed: 'manual-promotion', "
+              "'promote-after-timeout')")
+    if cfg.witness is None and cfg.no_witness_policy == "promote-after-timeout":
+        p.warn("witness", "absent and noWitnessPolicy is 'promote-after-timeout': a cut link between the nodes "
+               "can make two primaries and lose writes")
+    elif cfg.witness is None:
+        p.warn("witness", "absent: a lost peer is never promoted over automatically (manual-promotion)")
+    if cfg.witness and cfg.no_witness_policy:
+        p.add("noWitnessPolicy", f"{cfg.no_witness_policy!r} is set but a witness is configured (allowed: unset)")
+
+
+def _check_environment(cfg: ClusterConfig, p: Problems) -> None:
+    if cfg.environment == "lab":
+        if cfg.lab is None:
+            p.add("lab", "is required when environment is 'lab' (name, bridge, subnet, hostAddress)")
+        elif not _cidr(cfg.lab.subnet) and not _ipv4(cfg.lab.host_address):
+            lab_net = ipaddress.IPv4Network(cfg.lab.subnet, strict=False)
+            hosts = [("lab.hostAddress", cfg.lab.host_address)] + [
+                (f"nodes[{i}].address", n.address) for i, n in enumerate(cfg.nodes)] + [("vip.address", cfg.vip.address)]
+            if cfg.witness:
+                hosts.append(("witness.address", cfg.witness.address))
+            for key, addr in hosts:
+                if not _ipv4(addr) and ipaddress.IPv4Address(addr) not in lab_net:
+                    p.add(key, f"{addr!r} is not in the lab subnet {lab_net}")
+        if cfg.media.engine == "freeswitch":
+            p.add("media.engine", "'freeswitch' is not packaged by Debian (allowed in lab: 'sipp-uas')")
+    else:
+        if cfg.lab is not None:
+            p.add("lab", "is set but environment is 'prod' (allowed: only in lab stacks)")
+        if cfg.media.engine != "freeswitch":
+            p.warn("media.engine", f"{cfg.media.engine!r} in prod: a test stand-in carries no real media")
+    if any(r.token_auth for r in cfg.packages.repositories) and not cfg.vendor_repo_token:
+        p.add("vendorRepoToken", "is required by a repository with tokenAuth; set it with "
+              f"`pulumi config set --secret {PROJECT}:vendorRepoToken <token>`")
+
+
+def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
+    fw = cfg.firewall
+    if fw.rtp_port_min >= fw.rtp_port_max:
+        p.add("firewall.rtpPortMin", f"{fw.rtp_port_min} is not below rtpPortMax {fw.rtp_port_max}")
+    for key, nets in (("firewall.sshAllowFrom", fw.ssh_allow_from), ("firewall.sipAllowFrom", fw.sip_allow_from)):
+        for i, net in enumerate(nets):
+            if _cidr(net):
+                p.add(f"{key}[{i}]", f"{net!r} {_cidr(net)}")
+    ports = {"kamailio.sipPort": cfg.kamailio.sip_port, "kamailio.dmqPort": cfg.kamailio.dmq_port,
+             "media.sipPort": cfg.media.sip_port, "postgres.port": cfg.postgres.port, "redis.port": cfg.redis.port,
+             "etcd.clientPort": cfg.etcd.client_port, "etcd.peerPort": cfg.etcd.peer_port, "ssh.port": cfg.ssh.port}
+    if cfg.kamailio.tls:
+        ports["kamailio.tlsPort"] = cfg.kamailio.tls_port
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            p.add(key, f"{port} is already used by {seen[port]} (allowed: a distinct port)")
+        elif fw.rtp_port_min <= port <= fw.rtp_port_max:
+            p.add(key, f"{port} lies inside the RTP range {fw.rtp_port_min}-{fw.rtp_port_max}")
+        seen.setdefault(port, key)
+    if cfg.etcd.renew_interval_seconds * 4 > cfg.etcd.lease_ttl_seconds:
+        p.add("etcd.renewIntervalSeconds", f"{cfg.etcd.renew_interval_seconds} leaves fewer than 4 renewals per "
+              f"lease TTL of {cfg.etcd.lease_ttl_seconds} s (allowed: at most TTL/4)")
+    for i, n in enumerate(cfg.nodes):
+        need = memory_budget_mb(cfg, n)
+        if need > n.memory_mb:
+            p.add(f"nodes[{i}].memoryMb", f"{n.memory_mb} is less than the {need} MiB the settings need "
+                  "(PostgreSQL shared_buffers + Redis maxmemory + Kamailio shm/pkg + recordings tmpfs + 512 for the OS)")
+
+
+def memory_budget_mb(cfg: ClusterConfig, node: NodeSettings) -> int:
+    pg = int(node.memory_mb * cfg.postgres.memory_share)
+    kam = cfg.kamailio.shm_mb + cfg.kamailio.pkg_mb * (cfg.kamailio.children * 2 + 8)
+    return pg + cfg.redis.maxmemory_mb + kam + cfg.recordings.tmpfs_mb + 512
+
+
+def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterConfig, list[str]]:
+    """Validate raw key->value config (keys without the project prefix). Returns config and warnings."""
+    p = Problems()
+    cfg = parse_object(ClusterConfig, raw, "", p)
+    if not p.errors:  # cross-field checks need well-typed values
+        for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes):
+            check(cfg, p)
+    if p.errors:
+        raise ConfigError(p.errors, source)
+    return cfg, p.warnings
+
+
+def read_stack_file(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Return (config without project prefix, problems) from a Pulumi.<stack>.yaml.
+
+    Encrypted values (``secure: ...``) count as present: their plaintext is only
+    known to the Pulumi engine, and nothing here needs it before deploy.
+    """
+    with open(path, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+    problems = []
+    raw: dict[str, Any] = {}
+    for key, value in (doc.get("config") or {}).items():
+        ns, _, name = key.partition(":")
+        if ns != PROJECT or not name:
+            problems.append(f"{key}: unknown key (allowed: keys of the '{PROJECT}' namespace)")
+            continue
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            value = SecretPlaceholder(name)
+        raw[name] = value
+    return raw, problems
+
+
+class SecretPlaceholder(str):
+    """Stands for a secret whose value is not available (render and check)."""
+
+    def __new__(cls, key: str):
+        obj = super().__new__(cls, f"<secret:{key}>")
+        obj.key = key
+        return obj
+
+
+def load_stack_file(path: str) -> tuple[ClusterConfig, list[str]]:
+    raw, problems = read_stack_file(path)
+    try:
+        cfg, warnings = build(raw, source=path)
+    except ConfigError as err:
+        raise ConfigError(problems + err.errors, source=path) from None
+    if problems:
+        raise ConfigError(problems, source=path)
+    return cfg, warnings
+
+
+def from_pulumi_config(config: Any) -> tuple[ClusterConfig, list[str]]:
+    """Read every declared key from a ``pulumi.Config``; secrets stay secret Outputs elsewhere."""
+    raw: dict[str, Any] = {}
+    for f in dataclasses.fields(ClusterConfig):
+        key = f.metadata["key"]
+        if f.metadata.get("secret"):
+            # Only presence matters for validation; the value is read as an Output by __main__.py.
+            if config.get(key) is not None:
+                raw[key] = SecretPlaceholder(key)
+            continue
+        value = config.get_object(key)
+        if value is None:
+            value = config.get(key)
+        if value is not None:
+            raw[key] = value
+    return build(raw, source=f"stack configuration ({PROJECT}:*)")
+
+
+def documented_settings() -> list[dict]:
+    return describe(ClusterConfig)
