@@ -127,7 +127,8 @@ class Machine:
         image = ":".join(map(str, lowers))
         if self.image() != image and self.upper.exists():
             host.remove_tree(self.upper)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.upper.mkdir(parents=True, exist_ok=True)
+        self.upper.chmod(0o755)  # it is the node's "/" in the merged view
         if not self.host_key.exists():
             command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{node.name}",
                      "-f", str(self.host_key)])

@@ -18,7 +18,8 @@ def _alias(spec: LabSpec) -> str:
 
 
 def _links() -> list[dict]:
-    return json.loads(command(["ip", "-j", "addr", "show"]).stdout)
+    # -d: the alias is only in the detailed view.
+    return json.loads(command(["ip", "-j", "-d", "addr", "show"]).stdout)
 
 
 def _bridge(spec: LabSpec) -> dict | None:
