@@ -980,9 +980,8 @@ def _stack_exports() -> dict:
 @contextlib.contextmanager
 def _program_context(program_dir: str) -> Iterator[None]:
     """What `pulumi up` gives a program: its directory as cwd and import root; reset after."""
-    cwd = os.getcwd()
+    cwd, loaded = os.getcwd(), set(sys.modules)
     sys.path.insert(0, program_dir)
-    _forget_modules(program_dir)
     os.chdir(program_dir)
     try:
         yield
@@ -990,17 +989,19 @@ def _program_context(program_dir: str) -> Iterator[None]:
         os.chdir(cwd)
         with contextlib.suppress(ValueError):
             sys.path.remove(program_dir)
-        _forget_modules(program_dir)  # the next apply may run a changed program
+        _forget_modules(program_dir, keep=loaded)  # the next apply may run a changed program
         _config.set_all_config({}, [])  # no secret config left in the process
         _settings.ROOT.set(None)
         _settings.configure(_settings.Settings(project=None, stack=None))
 
 
-def _forget_modules(program_dir: str) -> None:
+def _forget_modules(program_dir: str, keep: set[str]) -> None:
+    # Only what this run imported: the caller's own imports from the same tree
+    # (this harness, when the program is the repository) stay as they are.
     prefix = program_dir + os.sep
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if os.path.realpath(path).startswith(prefix):
+        if name not in keep and os.path.realpath(path).startswith(prefix):
             del sys.modules[name]
 
 

@@ -89,7 +89,11 @@ def sshd(tmp_path_factory) -> Sshd:
         LogLevel ERROR
         AcceptEnv PULUMI_COMMAND_* HARNESS_OK
         MaxStartups 64
+        SetEnv HOME={d}/home
         """))
+    # Debian's bash sources ~/.bashrc for ssh commands; a developer's root
+    # .bashrc (pyenv init) costs ~90 ms a command, a lab node's stock one nothing.
+    (d / "home").mkdir()
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     with open(d / "sshd.log", "wb") as errors:
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
@@ -128,8 +132,12 @@ pw = random.RandomPassword("pw", length=24, special=True, override_special="_-",
 secret_file = cmd("secret-file", f"umask 077; cat > {d}/pw; " + event("create secret-file"),
                   stdin=pw.result, logging="none")
 
-a = cmd("a", f"{event('start a')}; sleep 0.3; {event('end a')}; echo out-a")
-b = cmd("b", f"{event('start b')}; sleep 0.3; {event('end b')}")
+def await_event(text):  # up to 5 s: proves a and b run at the same time
+    return f'for i in $(seq 100); do grep -q "^{text} " {d}/events && break; sleep 0.05; done'
+
+
+a = cmd("a", f"{event('start a')}; {await_event('start b')}; {event('end a')}; echo out-a")
+b = cmd("b", f"{event('start b')}; {await_event('start a')}; {event('end b')}")
 c = cmd("c", f"{event('start c')}; echo got $(cat)", stdin=a.stdout,
         opts=pulumi.ResourceOptions(depends_on=[a]))
 
