@@ -153,7 +153,8 @@ def _needs_boot(spec: LabSpec, node: LabNode, p: Progress) -> bool:
 
 
 def _boot(spec: LabSpec, nodes: Sequence[LabNode], p: Progress) -> None:
-    """Start all nodes at once, then wait for each one's sshd."""
+    """Start all nodes at once, then wait for each one: "boot" ends when its sshd
+    answers, "settle" when systemd has finished its boot jobs (both timed from start)."""
     starts = {}
     for node in nodes:
         m = Machine(spec, node.name)
@@ -162,20 +163,31 @@ def _boot(spec: LabSpec, nodes: Sequence[LabNode], p: Progress) -> None:
             m.start(node, _lowers(spec, node))
     for node in nodes:
         m = Machine(spec, node.name)
-        with p.step(f"boot {node.name}", since=starts[node.name],
-                    hint=f"read the node's console log {m.console_log}; "
-                         "then run down and up again"):
+        hint = f"read the node's console log {m.console_log}; then run down and up again"
+        with p.step(f"boot {node.name}", since=starts[node.name], hint=hint):
             m.wait_ssh(node.address, BOOT_TIMEOUT)
-            _check_login(spec, node)
+        with p.step(f"settle {node.name}", since=starts[node.name],
+                    hint=hint):
+            _settle(spec, node, p)
 
 
-def _check_login(spec: LabSpec, node: LabNode) -> None:
-    """One real login: proves the pinned host key and the lab key both work."""
-    proc = run(spec, node.name, "true", timeout=30)
-    if proc.returncode != 0:
-        raise LabError(f"boot {node.name}", f"sshd answers but login as root failed: "
-                       f"{proc.stderr.strip()}", f"compare {spec.known_hosts_path} with the "
-                       f"node's /etc/ssh/ssh_host_ed25519_key.pub")
+def _settle(spec: LabSpec, node: LabNode, p: Progress) -> None:
+    """Log in once (proves the pinned host key and the lab key) and wait for the boot
+    jobs to finish, so whatever runs next finds daemons started, not starting."""
+    proc = run(spec, node.name, "systemctl is-system-running --wait; "
+               "systemctl --failed --no-legend --plain | cut -d' ' -f1", timeout=BOOT_TIMEOUT)
+    words = proc.stdout.split()
+    if proc.returncode == 255 or not words:  # 255: ssh's own failure
+        raise LabError(f"settle {node.name}", f"login as root failed: {proc.stderr.strip()}",
+                       f"compare {spec.known_hosts_path} with the node's "
+                       "/etc/ssh/ssh_host_ed25519_key.pub")
+    state, failed = words[0], words[1:]
+    if state == "degraded":
+        # Not fatal: the stack applied next may well be what fixes those units.
+        p.say(f"{node.name} is degraded, failed units: {' '.join(failed)}")
+    elif state != "running":
+        raise LabError(f"settle {node.name}", f"systemd reports {state!r}",
+                       f"look at `systemctl list-jobs` in the node ({' '.join(ssh_argv(spec, node.name))})")
 
 
 # --- down -------------------------------------------------------------------

@@ -17,6 +17,8 @@ import pytest
 
 import lab
 from lab import LabNode, LabSpec
+from lab.host import CommandError
+from lab.machine import Machine
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -126,8 +128,9 @@ def test_up_reports_every_step_with_timing(lab_up):
     info, lines = lab_up
     assert all(line.startswith(f"[lab {SPEC.name}] ") for line in lines)
     for name in NAMES:
-        assert any(f"boot {name} ... " in line and line.endswith("s") for line in lines) \
-            or any(f"{name} already running" in line for line in lines)
+        for step in ("boot", "settle"):
+            assert any(f"] {step} {name} ... " in line and line.endswith("s") for line in lines) \
+                or any(f"{name} already running" in line for line in lines), lines
     assert [n.name for n in info.nodes] == NAMES
     assert all(n.host_key.startswith("ssh-ed25519 AAAA") for n in info.nodes)
     assert info.private_key_path == str(SPEC.private_key_path)
@@ -243,6 +246,21 @@ def test_stop_and_start_node_keep_its_disk(lab_up, hard):
     assert lab.status(SPEC).node("pbx2").ssh
     assert sh("pbx2", "cat /root/marker").strip() == f"kept-{hard}"
     sh("pbx1", "ping -c1 -W2 10.79.0.12 >/dev/null")
+
+
+def test_a_node_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
+    spec = LabSpec(name="hapbx-mfail", bridge="hapbx-fbr0", subnet="10.82.0.0/24",
+                   host_address="10.82.0.1", nodes=(LabNode("pbx1", "10.82.0.11"),),
+                   state_dir=str(tmp_path / "state"))
+    machine = Machine(spec, "pbx1")
+    machine.prepare(spec.nodes[0], [tmp_path / "no-image"], "ssh-ed25519 AAAA test\n")
+    with pytest.raises(CommandError) as err:  # at start or while waiting: nspawn is quick
+        machine.start(spec.nodes[0], [tmp_path / "no-image"])
+        machine.wait_ssh("10.82.0.11", timeout=20)
+    assert "pbx1" in str(err.value) and str(machine.console_log) in str(err.value)
+    machine.stop(timeout=5)
+    assert not any(d.startswith("hapbx-mfail") for d in os.listdir("/sys/fs/cgroup/systemd"))
+    assert not [c for _, c in _lab_processes() if "hapbx-mfail" in c]
 
 
 def test_down_restores_the_host_exactly(lab_up, before):
