@@ -93,6 +93,7 @@ class ApplyError(Exception):
         super().__init__(message)
         self.resource, self.host, self.step = resource, host, step
         self.exit_status, self.stderr = exit_status, stderr
+        self.partial: ApplyResult | None = None  # what the failed run did before it stopped
 
 
 def apply(program_dir: str, project: str, stack: str, config: dict[str, object],
@@ -108,39 +109,44 @@ def apply(program_dir: str, project: str, stack: str, config: dict[str, object],
     """
     program_dir = os.path.realpath(program_dir)
     _refuse_state_inside(program_dir, state_path)
-    started = time.monotonic()
     masker = _Masker()
     masker.add_config(config, secret_keys)
-    with _StateFile.open(state_path, project, stack) as state:
-        masker.add_all(state.known_secrets())
-        run = _Run(state, masker, log, force)
-        try:
-            # Old halves of replacements left by a failed apply go first (pulumi/pulumi#9979).
-            run.delete_entries(state.pending(), report=False)
-            exports = _run_program(program_dir, project, stack, config, secret_keys, run, parallel)
-            run.delete_entries(state.pending() + state.absent(run.seen))
-        finally:
-            run.close()
-    run.result.outputs = _present_outputs(exports, reveal)
-    run.result.seconds = time.monotonic() - started
-    log(masker.mask(_summary("apply", run.result)))
+    with _running("apply", state_path, log, masker, force, project, stack) as run:
+        # Old halves of replacements left by a failed apply go first (pulumi/pulumi#9979).
+        run.delete_entries(run.state.pending(), report=False)
+        exports = _run_program(program_dir, project, stack, config, secret_keys, run, parallel)
+        run.delete_entries(run.state.pending() + run.state.absent(run.seen))
+        run.result.outputs = _present_outputs(exports, reveal)
     return run.result
 
 
 def destroy(state_path: str, log: Callable[[str], None] = print) -> ApplyResult:
     """Run the ``delete`` of everything in state, dependants first."""
+    with _running("destroy", state_path, log, _Masker()) as run:
+        run.delete_entries(run.state.pending() + run.state.absent(set()))
+    return run.result
+
+
+@contextlib.contextmanager
+def _running(what: str, state_path: str, log: Callable[[str], None], masker: _Masker,
+             force: bool = False, project: str | None = None, stack: str | None = None):
+    """One apply or destroy: state open, SSH pool closed after, summary logged.
+
+    A failure carries what was done before it as ``ApplyError.partial``.
+    """
     started = time.monotonic()
-    masker = _Masker()
-    with _StateFile.open(state_path) as state:
+    with _StateFile.open(state_path, project, stack) as state:
         masker.add_all(state.known_secrets())
-        run = _Run(state, masker, log, force=False)
+        run = _Run(state, masker, log, force)
         try:
-            run.delete_entries(state.pending() + state.absent(set()))
+            yield run
+        except ApplyError as exc:
+            exc.partial = run.result
+            raise
         finally:
             run.close()
-    run.result.seconds = time.monotonic() - started
-    log(masker.mask(_summary("destroy", run.result)))
-    return run.result
+            run.result.seconds = time.monotonic() - started
+            run.log(_summary(what, run.result))
 
 
 def _summary(what: str, result: ApplyResult) -> str:
@@ -585,7 +591,6 @@ class _Handler:
     schema_replace_keys: frozenset = frozenset()
     secret_outputs: frozenset = frozenset()
     runs_commands = False
-    passive = True                       # not emulated: outputs are the inputs
 
     def create(self, run: "_Run", name: str, inputs: dict) -> dict:
         return {}
@@ -605,7 +610,6 @@ class _RemoteCommand(_Handler):
 
     schema_replace_keys = frozenset({"triggers"})
     runs_commands = True
-    passive = False
 
     def create(self, run, name, inputs):
         return self._run(run, name, "create", inputs, inputs.get("create"), previous=None)
@@ -657,7 +661,6 @@ class _Random(_Handler):
     """random:index/* resources: generated once, replaced on any input change."""
 
     replace_on_any_change = True
-    passive = False
 
     def __init__(self, generate: Callable[[dict], dict], secret_outputs: Iterable[str],
                  id_key: str | None) -> None:
@@ -722,7 +725,7 @@ _HANDLERS: dict[str, _Handler] = {
     "random:index/randomBytes:RandomBytes": _Random(_random_bytes, ("base64", "hex"), None),
     "random:index/randomId:RandomId": _Random(_random_id, (), "b64Url"),
 }
-_PASSIVE = _Handler()
+_PASSIVE = _Handler()  # not emulated: outputs are the inputs
 
 
 # -------------------------------------------------------------------------- plan
@@ -749,14 +752,16 @@ def _canonical(value: Any) -> Any:
 
 
 def _plan(old: dict | None, inputs: dict, reg: _Registration, handler: _Handler, force: bool) -> str:
-    """One of create / same / update / replace / force, as the engine would decide."""
+    """One of create / same / update / replace / force, as the engine would decide.
+
+    The provider's diff (pulumi-go-provider infer, Diff) compares old and new
+    inputs: any change is an update, except schema replaceOnChanges fields; the
+    engine adds the resource's replace_on_changes and replacement trigger.
+    """
     if old is None:
         return "create"
     if force and handler.runs_commands:
         return "force"
-    for key in reg.ignore_changes:  # top-level names only
-        if key in old["inputs"]:
-            inputs[key] = old["inputs"][key]
     changed = {k for k in set(old["inputs"]) | set(inputs) if old["inputs"].get(k) != inputs.get(k)}
     if reg.replacement_trigger != old.get("replacementTrigger"):
         return "replace"
@@ -765,6 +770,13 @@ def _plan(old: dict | None, inputs: dict, reg: _Registration, handler: _Handler,
     if handler.replace_on_any_change or any(_forces_replace(k, reg, handler) for k in changed):
         return "replace"
     return "update"
+
+
+def _ignore_changes(old: dict | None, inputs: dict, reg: _Registration) -> None:
+    """ignoreChanges: the engine keeps the old value (top-level names only here)."""
+    for key in reg.ignore_changes if old else ():
+        if key in old["inputs"]:
+            inputs[key] = old["inputs"][key]
 
 
 def _forces_replace(key: str, reg: _Registration, handler: _Handler) -> bool:
@@ -839,6 +851,7 @@ class _Run:
     def _converge(self, args: _mocks.MockResourceArgs, reg: _Registration, handler: _Handler) -> dict:
         inputs = _canonical(_unwrap(args.inputs))
         old = self.state.get(reg.urn)
+        _ignore_changes(old, inputs, reg)
         action = _plan(old, inputs, reg, handler, self.force)
         entry = {"urn": reg.urn, "name": args.name, "type": args.typ, "inputs": inputs,
                  "deps": reg.dependencies, "replacementTrigger": reg.replacement_trigger}
@@ -849,9 +862,10 @@ class _Run:
         if action == "replace" and reg.delete_before_replace:
             handler.delete(self, old)
             self.state.forget(old)
-        previous = old if action == "update" else None
-        outputs = (handler.update(self, args.name, old, inputs) if previous
-                   else handler.create(self, args.name, inputs))
+        if action == "update":
+            outputs = handler.update(self, args.name, old, inputs)
+        else:
+            outputs = handler.create(self, args.name, inputs)
         self.masker.add_all(outputs[k] for k in handler.secret_outputs if k in outputs)
         kept_id = action in ("update", "force")
         entry.update(outputs=outputs, id=old["id"] if kept_id else handler.new_id(args.name, outputs),
@@ -884,13 +898,9 @@ class _Run:
 def _outputs(raw_inputs: dict, outputs: dict, reg: _Registration, handler: _Handler) -> dict:
     """Inputs echoed (secret markers kept) plus the resource's outputs, secrets marked."""
     secret = set(reg.additional_secret_outputs) | handler.secret_outputs
-    merged = dict(raw_inputs)
-    for key, value in outputs.items():
-        merged[key] = rpc.wrap_rpc_secret(value) if key in secret else value
-    for key in secret & set(merged):
-        if not rpc.is_rpc_secret(merged[key]):
-            merged[key] = rpc.wrap_rpc_secret(merged[key])
-    return merged
+    merged = {**raw_inputs, **outputs}
+    return {key: rpc.wrap_rpc_secret(value) if key in secret and not rpc.is_rpc_secret(value) else value
+            for key, value in merged.items()}
 
 
 def _delete_order(entries: list[dict]) -> list[dict]:

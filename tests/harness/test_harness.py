@@ -123,6 +123,8 @@ def test_failure_names_resource_host_and_stderr_masked_and_keeps_successes(stack
     assert "failing" in message and "127.0.0.1" in message and "exit status 3" in message
     assert "to-stderr" in message and harness.MASK in message
     assert password not in message and password not in (err.stderr or "")
+    assert "c" in err.partial.unchanged and err.partial.created == []  # what ran before it
+    assert not any(password in line for line in stack.logs)
     names = {e["name"] for e in _state(stack)["resources"].values()}
     assert "failing" not in names and "after-failing" not in names and "c" in names
     # fixed, the next apply continues where it stopped
