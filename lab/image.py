@@ -48,8 +48,13 @@ def base_id() -> str:
                                "include": BASE_PACKAGES, "format": BASE_FORMAT}))
 
 
+def normalize(packages: Sequence[str]) -> tuple[str, ...]:
+    """The identity of a package list: order and repeats do not matter."""
+    return tuple(sorted(set(packages)))
+
+
 def layer_key(packages: Sequence[str]) -> str:
-    return _digest(base_id(), *sorted(set(packages)))
+    return _digest(base_id(), *normalize(packages))
 
 
 def base_root(cache: Path) -> Path:
@@ -114,7 +119,7 @@ def build_base(cache: Path) -> None:
 
 
 def build_layer(cache: Path, packages: Sequence[str]) -> None:
-    wanted = sorted(set(packages))
+    wanted = normalize(packages)
 
     def fill(scratch: Path) -> None:
         _install_into_layer(base_root(cache), scratch, wanted)

@@ -83,7 +83,7 @@ class Machine:
 
     @property
     def machine(self) -> str:
-        return f"{self.spec.name}-{self.name}"
+        return self.spec.machine_name(self.name)
 
     @property
     def _needle(self) -> str:

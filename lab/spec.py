@@ -61,9 +61,9 @@ class LabSpec:
         raise KeyError(f"lab {self.name} has no node {name!r} "
                        f"(nodes: {', '.join(n.name for n in self.nodes)})")
 
-    def machine_name(self, node: LabNode) -> str:
+    def machine_name(self, node_name: str) -> str:
         """systemd-nspawn machine name and cgroup name: unique across labs."""
-        return f"{self.name}-{node.name}"
+        return f"{self.name}-{node_name}"
 
     @property
     def nft_table(self) -> str:
@@ -90,9 +90,6 @@ class LabSpec:
     @property
     def known_hosts_path(self) -> Path:
         return self.ssh_dir / "known_hosts"
-
-    def node_dir(self, node: LabNode) -> Path:
-        return self.state / "nodes" / node.name
 
 
 def _validate(spec: LabSpec) -> list[str]:

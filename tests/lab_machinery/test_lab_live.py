@@ -7,6 +7,7 @@ drop), never by sending anything towards another network.
 Tests run in file order against one lab; the last ones take it down and compare
 the host with the snapshot taken before it came up.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -246,6 +247,21 @@ def test_stop_and_start_node_keep_its_disk(lab_up, hard):
     assert lab.status(SPEC).node("pbx2").ssh
     assert sh("pbx2", "cat /root/marker").strip() == f"kept-{hard}"
     sh("pbx1", "ping -c1 -W2 10.79.0.12 >/dev/null")
+
+
+def test_up_converges_to_a_changed_node_list(lab_up):
+    pids = {n.name: n.pid for n in lab.status(SPEC).nodes}
+    smaller = dataclasses.replace(SPEC, nodes=SPEC.nodes[:2])
+    lab.up(smaller, progress=lambda _: None)
+    assert not os.path.exists(f"{SPEC.state_dir}/nodes/witness")
+    assert "witness" not in open(SPEC.known_hosts_path).read()
+    assert {n.name: n.pid for n in lab.status(smaller).nodes} == {
+        n: pids[n] for n in ("pbx1", "pbx2")}
+
+    lab.up(SPEC, progress=lambda _: None)  # and back: the witness is a new node
+    st = lab.status(SPEC)
+    assert st.up and st.node("pbx1").pid == pids["pbx1"]
+    sh("witness", "true")
 
 
 def test_a_node_that_cannot_start_says_why_and_leaves_nothing(tmp_path):

@@ -27,7 +27,7 @@ def test_spec_defaults_and_derived_names():
     assert spec.state_dir == "/var/lib/hapbx/hapbx-lab"
     assert spec.cache_dir == "/var/cache/hapbx"
     assert spec.prefixlen == 24
-    assert spec.machine_name(spec.nodes[0]) == "hapbx-lab-pbx1"
+    assert spec.machine_name("pbx1") == "hapbx-lab-pbx1"
     assert spec.nft_table == "hapbx_lab"
     assert isinstance(spec.nodes, tuple) and hash(spec)
 
