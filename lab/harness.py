@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -267,21 +268,23 @@ class _StateFile:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._dirty, self._closing = False, False
+        self._write_error: OSError | None = None
         self._writer = threading.Thread(target=self._write_loop, name="harness-state", daemon=True)
         self._writer.start()
 
     @classmethod
     @contextlib.contextmanager
     def open(cls, path: str, project: str | None = None, stack: str | None = None):
-        data = _load_state(path)
-        for key, wanted in (("project", project), ("stack", stack)):
-            if wanted is not None and data.setdefault(key, wanted) != wanted:
-                raise ApplyError(f"state {path} belongs to {key} {data[key]!r}, not {wanted!r}")
-        state = cls(path, data)
-        try:
-            yield state
-        finally:
-            state._close()
+        with _exclusive(path):
+            data = _load_state(path)
+            for key, wanted in (("project", project), ("stack", stack)):
+                if wanted is not None and data.setdefault(key, wanted) != wanted:
+                    raise ApplyError(f"state {path} belongs to {key} {data[key]!r}, not {wanted!r}")
+            state = cls(path, data)
+            try:
+                yield state
+            finally:
+                state._close()
 
     # reads
     def get(self, urn: str) -> dict | None:
@@ -339,13 +342,30 @@ class _StateFile:
                 if not self._dirty:
                     return
                 text, self._dirty = json.dumps(self._data, indent=1, sort_keys=True), False
-            _write_private(self.path, text)
+            try:
+                _write_private(self.path, text)
+            except OSError as exc:
+                self._write_error = exc  # reported by _close; the loop goes on with newer data
 
     def _close(self) -> None:
         with self._lock:
             self._closing = True
             self._changed.notify()
         self._writer.join()
+        if self._write_error is not None:
+            raise ApplyError(f"could not save state {self.path}: {self._write_error}")
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    """One apply or destroy per state file at a time, like Pulumi's stack lock."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ApplyError(f"state {path} is in use by another apply or destroy") from None
+        yield
 
 
 def _load_state(path: str) -> dict:
@@ -360,7 +380,6 @@ def _load_state(path: str) -> dict:
 
 
 def _write_private(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -373,8 +392,12 @@ def _write_private(path: str, text: str) -> None:
 
 # --------------------------------------------------------------------------- SSH
 
-class _HostKeyError(Exception):
-    """Not worth retrying: the server is not the one the stack pinned."""
+class _NoRetry(Exception):
+    """A dial error that retrying cannot fix: wrong host key, unusable credentials.
+
+    The provider retries every dial error up to dialErrorLimit; failing at once
+    on these gives the same error sooner.
+    """
 
 
 @dataclass(frozen=True)
@@ -413,14 +436,14 @@ def _parse_private_key(text: str, password: str | None) -> paramiko.PKey:
             return kind.from_private_key(io.StringIO(text), password=password)
         except (paramiko.SSHException, ValueError) as exc:
             errors.append(f"{kind.__name__}: {exc}")
-    raise _HostKeyError("cannot parse privateKey (" + "; ".join(errors) + ")")
+    raise _NoRetry("cannot parse privateKey (" + "; ".join(errors) + ")")
 
 
 def _pinned_key(host_key: str) -> tuple[list[str], bytes]:
     """Key algorithms to offer and the key blob to expect, from 'type base64 [comment]'."""
     parts = host_key.split()
     if len(parts) < 2:
-        raise _HostKeyError(f"hostKey {host_key!r} is not 'type base64'")
+        raise _NoRetry(f"hostKey {host_key!r} is not 'type base64'")
     kind, blob = parts[0], base64.b64decode(parts[1])
     # Offer only the pinned type, as the provider does (HostKeyAlgorithms).
     algorithms = ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kind == "ssh-rsa" else [kind]
@@ -439,10 +462,10 @@ def _dial_once(conn: _Conn) -> paramiko.Transport:
         try:
             transport.start_client(timeout=timeout)
         except paramiko.IncompatiblePeer as exc:
-            raise _HostKeyError(f"server offers no {conn.host_key.split()[0]} host key: {exc}") from exc
+            raise _NoRetry(f"server offers no {conn.host_key.split()[0]} host key: {exc}") from exc
         if pinned and transport.get_remote_server_key().asbytes() != pinned[1]:
-            raise _HostKeyError(f"host key mismatch for {conn.host}:{conn.port}: the server's "
-                                f"{transport.get_remote_server_key().get_name()} key is not the pinned one")
+            raise _NoRetry(f"host key mismatch for {conn.host}:{conn.port}: the server's "
+                           f"{transport.get_remote_server_key().get_name()} key is not the pinned one")
         _authenticate(transport, conn)
         return transport
     except BaseException:
@@ -456,7 +479,7 @@ def _authenticate(transport: paramiko.Transport, conn: _Conn) -> None:
     elif conn.password:
         transport.auth_password(conn.user, conn.password)
     else:
-        raise _HostKeyError("connection has neither privateKey nor password")
+        raise _NoRetry("connection has neither privateKey nor password")
 
 
 def _dial(conn: _Conn) -> paramiko.Transport:
@@ -466,7 +489,7 @@ def _dial(conn: _Conn) -> paramiko.Transport:
         attempt += 1
         try:
             return _dial_once(conn)
-        except _HostKeyError:
+        except _NoRetry:
             raise
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if 0 <= conn.dial_error_limit < attempt:
@@ -489,15 +512,30 @@ class _SshPool:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def transport(self, conn: _Conn) -> Iterator[paramiko.Transport]:
-        transport = self._take(conn) or _dial(conn)
+    def session(self, conn: _Conn) -> Iterator[paramiko.Channel]:
+        transport, channel = self._open(conn)
         try:
-            yield transport
+            yield channel
         except BaseException:
             transport.close()
             raise
+        finally:
+            channel.close()
         with self._lock:
             self._idle.setdefault(conn, []).append(transport)
+
+    def _open(self, conn: _Conn) -> tuple[paramiko.Transport, paramiko.Channel]:
+        while (transport := self._take(conn)) is not None:
+            try:
+                return transport, transport.open_session(timeout=30)
+            except (OSError, EOFError, paramiko.SSHException):
+                transport.close()  # went stale while idle: try the next, then dial
+        transport = _dial(conn)
+        try:
+            return transport, transport.open_session(timeout=30)
+        except BaseException:
+            transport.close()
+            raise
 
     def _take(self, conn: _Conn) -> paramiko.Transport | None:
         with self._lock:
@@ -506,6 +544,7 @@ class _SshPool:
                 transport = idle.pop()
                 if transport.is_active():
                     return transport
+                transport.close()
         return None
 
     def close(self) -> None:
@@ -523,27 +562,24 @@ class _Exec:
     stderr: str
 
 
-def _execute(transport: paramiko.Transport, command: str, stdin: str,
+def _execute(channel: paramiko.Channel, command: str, stdin: str,
              env: dict[str, str], previous_env: dict[str, str]) -> _Exec:
-    channel = transport.open_session(timeout=30)
-    try:
-        for key, value in env.items():
-            _setenv_strict(channel, key, value)
-        for key, value in previous_env.items():
-            channel.set_environment_variable(key, value)  # optimistic, like the provider
-        channel.exec_command(command)
-        errors: list[bytes] = []
-        readers = [threading.Thread(target=lambda: errors.append(channel.makefile_stderr("rb").read()),
-                                    daemon=True),
-                   threading.Thread(target=_feed_stdin, args=(channel, stdin), daemon=True)]
-        for reader in readers:
-            reader.start()
-        out = channel.makefile("rb").read()
-        for reader in readers:
-            reader.join()
-        return _Exec(channel.recv_exit_status(), _decode(out), _decode(errors[0] if errors else b""))
-    finally:
-        channel.close()
+    for key, value in env.items():
+        _setenv_strict(channel, key, value)
+    for key, value in previous_env.items():
+        channel.set_environment_variable(key, value)  # optimistic, like the provider
+    channel.exec_command(command)
+    # stdout, stderr and stdin share one channel window: move all three at once.
+    errors: list[bytes] = []
+    helpers = [threading.Thread(target=lambda: errors.append(channel.makefile_stderr("rb").read()),
+                                daemon=True),
+               threading.Thread(target=_feed_stdin, args=(channel, stdin), daemon=True)]
+    for helper in helpers:
+        helper.start()
+    out = channel.makefile("rb").read()
+    for helper in helpers:
+        helper.join()
+    return _Exec(channel.recv_exit_status(), _decode(out), _decode(errors[0] if errors else b""))
 
 
 def _setenv_strict(channel: paramiko.Channel, key: str, value: str) -> None:
@@ -635,10 +671,10 @@ class _RemoteCommand(_Handler):
         conn = _Conn.from_input(inputs["connection"])
         started = time.monotonic()
         try:
-            with run.ssh.transport(conn) as transport:
-                done = _execute(transport, command, inputs.get("stdin") or "",
+            with run.ssh.session(conn) as channel:
+                done = _execute(channel, command, inputs.get("stdin") or "",
                                 inputs.get("environment") or {}, _previous_env(inputs, base))
-        except (_HostKeyError, ConnectionError, OSError, EOFError, paramiko.SSHException) as exc:
+        except (_NoRetry, ConnectionError, OSError, EOFError, paramiko.SSHException) as exc:
             raise run.error(f"{step} of {name} on {conn.host}: {exc or type(exc).__name__}",
                             resource=name, host=conn.host, step=step) from exc
         run.executed(name, conn.host, step, time.monotonic() - started)

@@ -169,6 +169,14 @@ def test_wrong_host_key_is_refused(stack):
     assert not (stack.dir / "events").read_text().replace("--- run\n", "")
 
 
+def test_unreachable_host_fails_after_bounded_dial_retries(stack):
+    from conftest import _free_port
+    with pytest.raises(harness.ApplyError) as caught:
+        stack.apply(port=_free_port())  # nothing listens there
+    # dialErrorLimit 1 in the program: the first dial and one retry, as the provider counts
+    assert "failed after 2 attempts" in str(caught.value) and caught.value.host == "127.0.0.1"
+
+
 def test_state_file_is_private_and_destroy_deletes_dependants_first(stack):
     stack.apply(optional=True)
     mode = stat.S_IMODE(os.stat(stack.state).st_mode)
