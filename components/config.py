@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -424,8 +425,13 @@ class SecretPlaceholder(str):
         return obj
 
 
-def load_stack_file(path: str) -> tuple[ClusterConfig, list[str]]:
+def load_stack_file(path: str, assume_secrets: bool = False) -> tuple[ClusterConfig, list[str]]:
+    """Load and validate a stack file. ``assume_secrets``: absent secrets count as set
+    (render masks them anyway; `check` must report them)."""
     raw, problems = read_stack_file(path)
+    if assume_secrets:
+        for key in SECRET_KEYS:
+            raw.setdefault(key, SecretPlaceholder(key))
     try:
         cfg, warnings = build(raw, source=path)
     except ConfigError as err:
@@ -445,11 +451,13 @@ def from_pulumi_config(config: Any) -> tuple[ClusterConfig, list[str]]:
             if config.get(key) is not None:
                 raw[key] = SecretPlaceholder(key)
             continue
-        value = config.get_object(key)
-        if value is None:
-            value = config.get(key)
-        if value is not None:
-            raw[key] = value
+        text = config.get(key)
+        if text is not None:
+            # Structured values reach the program as JSON text; plain strings stay strings.
+            try:
+                raw[key] = json.loads(text)
+            except ValueError:
+                raw[key] = text
     return build(raw, source=f"stack configuration ({PROJECT}:*)")
 
 

@@ -1,0 +1,49 @@
+"""high-cc-pbx: two Debian 12 machines (and a witness) into an HA PBX.
+
+Config is read and validated once, here; components get typed Args.
+"""
+import pulumi
+import pulumi_random as random
+
+from components.config import ConfigError, from_pulumi_config
+from components.node import Node, NodeArgs
+from components.render import SECRET_NAMES
+from components.ssh import endpoints
+
+config = pulumi.Config()
+try:
+    cluster, warnings = from_pulumi_config(config)
+    hosts = endpoints(cluster)
+except ConfigError as err:
+    # Fail before any resource exists, with every problem listed.
+    raise pulumi.RunError(str(err)) from None
+for warning in warnings:
+    pulumi.log.warn(warning)
+
+private_key = None
+if cluster.ssh.private_key_file:
+    with open(cluster.ssh.private_key_file, encoding="utf-8") as fh:
+        private_key = pulumi.Output.secret(fh.read())
+
+# Every generated credential is a pulumi-random password: stable across applies, secret in state.
+GENERATED = [n for n in SECRET_NAMES if n not in ("vendor_repo_token", "lsyncd_private_key")]
+secrets: dict[str, pulumi.Output[str]] = {
+    name: pulumi.Output.secret(random.RandomPassword(
+        f"secret-{name.replace('_', '-')}", length=32, special=False).result)
+    for name in GENERATED
+}
+token = config.get_secret("vendorRepoToken")
+if token is not None:
+    secrets["vendor_repo_token"] = token
+
+nodes = {
+    h.name: Node(h.name, NodeArgs(cluster=cluster, host=h, endpoint=hosts[h.name], private_key=private_key,
+                                  secrets=secrets))
+    for h in [*cluster.nodes, *([cluster.witness] if cluster.witness else [])]
+}
+
+pulumi.export("environment", cluster.environment)
+pulumi.export("vip", cluster.vip.address)
+pulumi.export("nodes", {name: node.address for name, node in nodes.items()})
+pulumi.export("initialPrimary", cluster.primary.name)
+pulumi.export("witness", cluster.witness.address if cluster.witness else None)

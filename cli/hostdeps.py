@@ -1,0 +1,49 @@
+"""Debian packages the host needs for each job, installed on demand.
+
+Daemons installed only for their checkers (kamailio -c, keepalived -t, a
+throwaway PostgreSQL...) must not start on the host: a policy-rc.d refuses
+service starts while apt runs, unless the host already has one.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+TEST_TOOLS = [
+    "shellcheck", "nftables", "libxml2-utils", "chrony", "systemd", "openssh-server", "openssh-client",
+    "postgresql", "postgresql-contrib", "redis-server", "kamailio", "kamailio-postgres-modules",
+    "kamailio-extra-modules", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
+    "iproute2", "procps", "psmisc",
+]
+LAB_HOST = ["debootstrap", "systemd-container", "iproute2", "nftables", "openssh-client", "zstd", "sip-tester"]
+POLICY = "/usr/sbin/policy-rc.d"
+
+
+def missing(packages: list[str]) -> list[str]:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+                         capture_output=True, text=True)
+    have = {line.split()[0] for line in out.stdout.splitlines() if line.endswith(" installed")}
+    return [p for p in packages if p not in have]
+
+
+def ensure(packages: list[str], why: str) -> None:
+    need = missing(packages)
+    if not need:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"hapbx: {why} needs these Debian packages (run as root to install them): {' '.join(need)}")
+    print(f"hapbx: installing for {why}: {' '.join(need)}", file=sys.stderr, flush=True)
+    own_policy = not os.path.exists(POLICY)
+    if own_policy:
+        with open(POLICY, "w") as fh:
+            fh.write("#!/bin/sh\n# hapbx: no service starts while installing checkers\nexit 101\n")
+        os.chmod(POLICY, 0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        if own_policy:
+            os.unlink(POLICY)

@@ -1,0 +1,167 @@
+"""One reusable remote-file mechanism on pulumi-command.
+
+Every file goes: stdin -> staged temp copy -> checksum check -> the daemon's own
+validator -> ``install`` with owner/mode only if it differs -> a "pending" marker
+for its service. A per-service handler then reloads/restarts only if a marker
+is pending (like an Ansible handler), so re-running every command changes
+nothing and restarts nothing. Content travels on stdin, never in the command
+line; files holding secrets turn command logging off.
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from .render import RenderedFile
+from .ssh import Endpoint
+
+PENDING_DIR = "/var/lib/hapbx/pending"
+
+
+def connection(endpoint: Endpoint, private_key: pulumi.Input[str] | None) -> remote.ConnectionArgs:
+    return remote.ConnectionArgs(
+        host=endpoint.host, port=endpoint.port, user=endpoint.user, host_key=endpoint.host_key,
+        private_key=private_key, dial_error_limit=endpoint.dial_error_limit,
+        per_dial_timeout=endpoint.per_dial_timeout)
+
+
+def script(node: str, step: str, body: str) -> str:
+    """Wrap a step so any failure says which node and step failed, with the line."""
+    label = shlex.quote(f"{node}: {step}")
+    return (f"set -euo pipefail\nstep={label}\n"
+            "trap 'rc=$?; echo \"hapbx: [$step] failed (exit $rc, line $LINENO)\" >&2; exit $rc' ERR\n"
+            + body.strip() + "\n")
+
+
+def _marker(key: str) -> str:
+    return f"{PENDING_DIR}/{key}"
+
+
+def install_script(f: RenderedFile, digest: str) -> str:
+    dest = shlex.quote(f.path)
+    mode = "%o" % int(f.mode, 8)
+    validate = ""
+    if f.validate:
+        check = f.validate.replace("{path}", '"$stage"')
+        validate = (f'if ! out=$({check} 2>&1); then\n'
+                    f'  echo "hapbx: [$step] {shlex.quote(f.validate.split()[0])} rejected the new file:" >&2\n'
+                    '  echo "$out" >&2; exit 1\nfi\n')
+    after = ""
+    if f.service:
+        after = f"mkdir -p {PENDING_DIR}; touch {_marker(f.service)}\n"
+    elif f.action not in ("none", ""):
+        after = f.action + "\n"
+    return f"""
+dir=$(mktemp -d /tmp/hapbx-stage.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+stage="$dir/$(basename {dest})"
+cat > "$stage"
+[ "$(sha256sum < "$stage" | cut -d' ' -f1)" = {digest} ] || {{ echo "hapbx: [$step] content damaged in transit" >&2; exit 1; }}
+{validate}if [ -f {dest} ] && cmp -s "$stage" {dest} && [ "$(stat -c '%U:%G:%a' {dest})" = {f.owner}:{f.group}:{mode} ]; then
+  echo unchanged; exit 0
+fi
+install -D -o {f.owner} -g {f.group} -m {f.mode} "$stage" {dest}
+{after}echo changed
+"""
+
+
+def delete_script(f: RenderedFile, digest: str) -> str:
+    # Only remove the file if it still holds what this resource installed: on a
+    # replace the new content is installed first, and must survive the old delete.
+    dest = shlex.quote(f.path)
+    return (f'if [ -f {dest} ] && [ "$(sha256sum < {dest} | cut -d" " -f1)" = {digest} ]; then rm -f {dest}; fi\n')
+
+
+def remote_file(name: str, node: str, conn: remote.ConnectionArgs, f: RenderedFile,
+                content: pulumi.Input[str], opts: pulumi.ResourceOptions) -> remote.Command:
+    """Install one rendered file. ``f`` is the file rendered with masked secrets (path, owner,
+    mode, validator); ``content`` is the real text, a secret Output when it holds secrets."""
+    secret = bool(f.secrets)
+    digest = pulumi.Output.from_input(content).apply(lambda c: hashlib.sha256(c.encode()).hexdigest())
+    return remote.Command(
+        name,
+        connection=conn,
+        create=digest.apply(lambda h: script(node, f"install {f.path}", install_script(f, h))),
+        delete=digest.apply(lambda h: script(node, f"remove {f.path}", delete_script(f, h))),
+        stdin=pulumi.Output.secret(content) if secret else content,
+        triggers=[digest],
+        logging=remote.Logging.NONE if secret else remote.Logging.STDOUT_AND_STDERR,
+        opts=opts,
+    )
+
+
+@dataclass(frozen=True)
+class Handler:
+    service: str
+    action: str          # reload | restart | reload-or-restart
+    enable: bool = True
+
+
+def handler_script(h: Handler) -> str:
+    svc = shlex.quote(h.service)
+    verb = {"reload": "reload", "restart": "restart"}.get(h.action, "reload-or-restart")
+    enable = f"systemctl enable -q {svc}\n" if h.enable else ""
+    return f"""
+marker={_marker(h.service)}
+if [ -e "$marker" ]; then systemctl daemon-reload; fi
+{enable}if ! systemctl is-active -q {svc}; then
+  systemctl start {svc}; rm -f "$marker"; echo started
+elif [ -e "$marker" ]; then
+  systemctl {verb} {svc}; rm -f "$marker"; echo {verb}ed
+else
+  echo unchanged
+fi
+"""
+
+
+def service_handler(name: str, node: str, conn: remote.ConnectionArgs, h: Handler,
+                    file_hashes: Sequence[pulumi.Input[str]], opts: pulumi.ResourceOptions) -> remote.Command:
+    """Reload/restart a service only when one of its files changed (pending marker)."""
+    return remote.Command(
+        name, connection=conn,
+        create=script(node, f"{h.action} {h.service}", handler_script(h)),
+        triggers=list(file_hashes),
+        opts=opts,
+    )
+
+
+def step(name: str, node: str, conn: remote.ConnectionArgs, title: str, body: str,
+         opts: pulumi.ResourceOptions, triggers: Sequence[pulumi.Input[str]] | None = None,
+         delete: str | None = None) -> remote.Command:
+    """A plain idempotent remote step (packages, directories...)."""
+    return remote.Command(
+        name, connection=conn, create=script(node, title, body),
+        delete=script(node, f"undo {title}", delete) if delete else None,
+        triggers=list(triggers or []), opts=opts)
+
+
+def deploy_files(resource_prefix: str, node: str, conn: remote.ConnectionArgs,
+                 files: Sequence[tuple[RenderedFile, pulumi.Input[str]]], parent: pulumi.Resource,
+                 depends_on: Sequence[pulumi.Resource] = ()) -> list[remote.Command]:
+    """Install files, then one handler per service they belong to. Returns every command.
+
+    Names: ``<prefix>-file-<path slug>`` and ``<prefix>-svc-<service>``.
+    """
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on))
+    installed: dict[str, list[remote.Command]] = {}
+    actions: dict[str, str] = {}
+    commands = []
+    for f, content in files:
+        cmd = remote_file(f"{resource_prefix}-file-{f.slug}", node, conn, f, content, opts)
+        commands.append(cmd)
+        if f.service:
+            installed.setdefault(f.service, []).append(cmd)
+            # restart wins over reload when files of one service disagree
+            actions[f.service] = "restart" if "restart" in (f.action, actions.get(f.service)) else f.action
+    for service, cmds in installed.items():
+        h = Handler(service, actions[service], enable=not service.startswith("systemd-"))
+        commands.append(service_handler(
+            f"{resource_prefix}-svc-{service.removesuffix('.service')}", node, conn, h,
+            [c.triggers.apply(lambda t: t[0]) for c in cmds],
+            pulumi.ResourceOptions(parent=parent, depends_on=cmds)))
+    return commands

@@ -1,0 +1,126 @@
+"""The render layer: config + node + secrets -> files. Pure; no Pulumi engine needed.
+
+Each daemon has a module here with ``files(ctx) -> list[RenderedFile]`` and a
+template folder under ``templates/<daemon>/``. Components decide where the
+files go and what happens after; ``hapbx render`` writes them all to disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import jinja2
+
+from ..config import ClusterConfig, NodeSettings, WitnessSettings
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates")
+MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply."
+
+# Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.
+SECRET_NAMES = (
+    "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
+    "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "etcd_root", "etcd_node",
+    "freeswitch_esl", "admin_api_token", "vendor_repo_token", "lsyncd_private_key",
+)
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file for one node, with everything needed to install it safely."""
+    path: str
+    content: str
+    service: str | None = None          # systemd unit that reads it
+    action: str = "none"                # none | reload | restart | reload-or-restart | a shell command
+    validate: str | None = None         # checker run on the staged copy; "{path}" is replaced by it
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0644"
+    secrets: tuple[str, ...] = ()       # secret names whose values the content holds
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", self.path.strip("/"))
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    cluster: ClusterConfig
+    host: NodeSettings | WitnessSettings
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_witness(self) -> bool:
+        return isinstance(self.host, WitnessSettings)
+
+    @property
+    def peer(self) -> NodeSettings | None:
+        return None if self.is_witness else self.cluster.peer_of(self.host)  # type: ignore[arg-type]
+
+    def secret(self, name: str) -> str:
+        if name not in SECRET_NAMES:
+            raise KeyError(f"unknown secret {name!r}")
+        return self.secrets[name]
+
+
+def masked_secrets() -> dict[str, str]:
+    """Placeholders that stand for secrets in `hapbx render` output."""
+    return {name: f"@@SECRET:{name}@@" for name in SECRET_NAMES}
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+def header(comment: str = "#") -> str:
+    return f"{comment} {MANAGED_BY}"
+
+
+_env.globals["managed_by"] = header
+
+
+def template(name: str, ctx: RenderContext, **extra) -> str:
+    """Render templates/<name> with the cluster, this host and extra values."""
+    return _env.get_template(name).render(cluster=ctx.cluster, host=ctx.host, peer=ctx.peer, ctx=ctx, **extra)
+
+
+def secret_refs(ctx: RenderContext, content: str) -> tuple[str, ...]:
+    """Which secrets a rendered content holds (so it is shipped as a secret)."""
+    return tuple(n for n in SECRET_NAMES if n in ctx.secrets and ctx.secrets[n] and ctx.secrets[n] in content)
+
+
+Renderer = Callable[[RenderContext], list[RenderedFile]]
+
+
+def renderers() -> list[Renderer]:
+    """Every daemon's file set, in install order."""
+    from . import baseline
+    return [baseline.files]
+
+
+def render_host(ctx: RenderContext) -> list[RenderedFile]:
+    files: list[RenderedFile] = []
+    for render in renderers():
+        files.extend(render(ctx))
+    paths = [f.path for f in files]
+    dup = {p for p in paths if paths.count(p) > 1}
+    if dup:
+        raise ValueError(f"two renderers write {sorted(dup)} for {ctx.host.name}")
+    return files
+
+
+def render_cluster(cluster: ClusterConfig, secrets: Mapping[str, str]) -> dict[str, list[RenderedFile]]:
+    hosts = list(cluster.nodes) + ([cluster.witness] if cluster.witness else [])
+    return {h.name: render_host(RenderContext(cluster, h, secrets)) for h in hosts}

@@ -1,0 +1,69 @@
+"""OS baseline files of every host (nodes and witness)."""
+from __future__ import annotations
+
+from . import RenderContext, RenderedFile, secret_refs, template
+
+# Ports only the other cluster members may reach, by purpose (used by nftables and tests).
+def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
+    c = ctx.cluster
+    etcd = [c.etcd.client_port, c.etcd.peer_port]
+    if ctx.is_witness:
+        return {"etcd": etcd}
+    return {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
+            "media-sip": [c.media.sip_port], "etcd": etcd}
+
+
+def systemd_escape_path(path: str) -> str:
+    """systemd-escape --path, for mount unit names."""
+    out = []
+    for i, ch in enumerate(path.strip("/")):
+        if ch == "/":
+            out.append("-")
+        elif ch.isalnum() or ch in "_:" or (ch == "." and i > 0):
+            out.append(ch)
+        else:
+            out.append("\\x%02x" % ord(ch))
+    return "".join(out)
+
+
+def recordings_mount_unit(ctx: RenderContext) -> str:
+    return systemd_escape_path(ctx.cluster.recordings.tmpfs_dir) + ".mount"
+
+
+def files(ctx: RenderContext) -> list[RenderedFile]:
+    c = ctx.cluster
+    members = list(c.nodes) + ([c.witness] if c.witness else [])
+    out = [
+        RenderedFile("/etc/hostname", f"{ctx.host.name}\n", action="hostname -F /etc/hostname"),
+        RenderedFile("/etc/hosts", template("hosts/hosts.j2", ctx, members=members)),
+        RenderedFile("/etc/chrony/chrony.conf", template("chrony/chrony.conf.j2", ctx, members=members),
+                     service="chrony.service", action="restart", validate="chronyd -p -f {path}"),
+        RenderedFile("/etc/default/chrony", template("chrony/default.j2", ctx),
+                     service="chrony.service", action="restart"),
+        RenderedFile("/etc/systemd/system/chrony.service.d/hapbx.conf", template("chrony/unit-override.conf.j2", ctx),
+                     service="chrony.service", action="restart"),
+        RenderedFile("/etc/nftables.conf", template("nftables/nftables.conf.j2", ctx, members=members,
+                                                    peer_ports=peer_ports(ctx)),
+                     service="nftables.service", action="reload", validate="nft -c -f {path}", mode="0755"),
+        RenderedFile("/etc/systemd/journald.conf.d/hapbx.conf", template("journald/hapbx.conf.j2", ctx),
+                     service="systemd-journald.service", action="restart"),
+        RenderedFile("/etc/security/limits.d/hapbx.conf", template("limits/limits.conf.j2", ctx)),
+        RenderedFile("/etc/systemd/system.conf.d/hapbx-limits.conf", template("limits/system.conf.j2", ctx),
+                     action="systemctl daemon-reexec"),
+    ]
+    if c.os.apply_sysctl:
+        out.append(RenderedFile("/etc/sysctl.d/60-hapbx.conf", template("sysctl/60-hapbx.conf.j2", ctx),
+                                action="sysctl -q -p /etc/sysctl.d/60-hapbx.conf"))
+    if not ctx.is_witness:
+        unit = recordings_mount_unit(ctx)
+        out.append(RenderedFile(f"/etc/systemd/system/{unit}", template("systemd/recordings.mount.j2", ctx),
+                                service=unit, action="reload",
+                                validate=f"systemd-analyze verify --man=no {{path}}:{unit}"))
+    for repo in c.packages.repositories:
+        out.append(RenderedFile(f"/etc/apt/sources.list.d/{repo.name}.sources",
+                                template("apt/repo.sources.j2", ctx, repo=repo), action="apt-get update -qq"))
+        if repo.token_auth:
+            auth = template("apt/auth.conf.j2", ctx, repo=repo, token=ctx.secret("vendor_repo_token"))
+            out.append(RenderedFile(f"/etc/apt/auth.conf.d/{repo.name}.conf", auth, mode="0600",
+                                    secrets=secret_refs(ctx, auth) or ("vendor_repo_token",)))
+    return out

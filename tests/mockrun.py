@@ -1,0 +1,95 @@
+"""Run the real program under Pulumi mocks and collect the resource graph.
+
+Records every resource with its type, inputs, parent and explicit
+dependencies, so tests can assert on the graph without a Pulumi engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import runpy
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks, rpc, settings
+
+from components.config import PROJECT, read_stack_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Recorded:
+    name: str
+    type: str
+    inputs: dict
+    urn: str = ""
+
+
+@dataclass
+class Graph:
+    resources: dict[str, Recorded] = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def of_type(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources.values() if r.type == typ]
+
+    def commands(self) -> list[Recorded]:
+        return self.of_type("command:remote:Command")
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Returns inputs as outputs; RandomPassword results are wrapped secret as the real engine marks them."""
+
+    def __init__(self, graph: Graph, secret_values: dict[str, str]):
+        self.graph = graph
+        self.secret_values = secret_values
+        self.lock = threading.Lock()
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        outputs = dict(args.inputs)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            value = f"generated-{args.name}-Zq8"
+            self.secret_values[args.name] = value
+            outputs["result"] = rpc.wrap_rpc_secret(value) if hasattr(rpc, "wrap_rpc_secret") else value
+        with self.lock:
+            self.graph.resources[args.name] = Recorded(args.name, args.typ, dict(args.inputs))
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    raw, _ = read_stack_file(os.path.join(ROOT, f"Pulumi.{stack}.yaml"))
+    raw = {k: v for k, v in raw.items()}
+    raw.update(overrides or {})
+    return raw
+
+
+def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None,
+                stack: str = "test") -> tuple[Graph, dict[str, str]]:
+    """Run __main__.py under mocks with the given config (keys without project prefix)."""
+    graph, secret_values = Graph(), {}
+    cfg = {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in raw_config.items()}
+    loop = asyncio.new_event_loop()  # before set_mocks: the mocks bind to the current loop
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.set_all_config(cfg, [f"{PROJECT}:{k}" for k in (secret_keys or [])])
+    settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(RecordingMocks(graph, secret_values), project=PROJECT, stack=stack, preview=False)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        from pulumi.runtime.stack import run_pulumi_func
+        from pulumi.runtime.sync_await import _sync_await
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(os.path.join(ROOT, "__main__.py"), run_name="__main__")))
+    except BaseException as err:  # surfaced to the test
+        graph.error = err
+    finally:
+        os.chdir(cwd)
+        loop.close()
+    return graph, secret_values
