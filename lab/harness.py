@@ -26,8 +26,21 @@ The program does not know the harness exists. State lives in a JSON file (mode
   ``delete_before_replace=True`` the old ``delete`` runs first;
 * a resource no longer in the program: its ``delete`` runs, dependants first.
 
+The first failure stops new work (in-flight commands finish), is raised as
+ApplyError, and everything completed before it stays in state, so the next
+apply continues. Old halves of replacements that a failed apply left behind are
+deleted at the start of the next one, as Pulumi does.
+
 Secret values known to the run (secret config, secret-marked inputs, secret
 random outputs) are masked in every log line, error and exported output.
+
+Where it differs from `pulumi up` with the real provider, knowingly:
+* host-key mismatches and unparseable private keys fail at once instead of
+  after dialErrorLimit retries; idle SSH connections are reused between commands;
+* no connection.proxy, no SSH agent; no command timeout (as the provider);
+* delete_before_replace does not cascade replacements to dependants;
+  ignore_changes and replace_on_changes act on top-level input names;
+* types other than remote.Command and random.* are passed through (warned).
 """
 from __future__ import annotations
 
@@ -1070,10 +1083,22 @@ def _event_loop(parallel: int) -> Iterator[asyncio.AbstractEventLoop]:
         yield loop
     finally:
         executor.shutdown(wait=True)
+        _cancel_leftovers(loop)
         for worker_loop in worker_loops:
             worker_loop.close()
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    # After a failure the SDK leaves registrations waiting (on the failed
+    # resource, or on executor results it never collected); end them here
+    # rather than have asyncio report "Task was destroyed but it is pending".
+    leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
 
 def _quiet_about_reported_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:

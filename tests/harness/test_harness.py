@@ -132,6 +132,17 @@ def test_failure_names_resource_host_and_stderr_masked_and_keeps_successes(stack
     assert result.executed == [] and result.created == []
 
 
+def test_old_half_of_a_replacement_left_by_a_failure_is_deleted_first_next_time(stack):
+    stack.apply()
+    with pytest.raises(harness.ApplyError):
+        stack.apply(trig="2", fail=True)
+    assert "delete trig-cbd 1" not in stack.names()  # deletes wait for the end of a run
+    assert [e["name"] for e in _state(stack)["pending"]] == ["trig-cbd"]
+    result = stack.apply(trig="2")
+    assert stack.names()[0] == "delete trig-cbd 1" and result.executed == ["trig-cbd"]
+    assert _state(stack)["pending"] == []
+
+
 def test_partial_apply_resumes(stack):
     with pytest.raises(harness.ApplyError):
         stack.apply(fail=True)
