@@ -173,14 +173,16 @@ def _boot(spec: LabSpec, nodes: Sequence[LabNode], p: Progress) -> None:
         starts[node.name] = time.monotonic()
         with p.step(f"start {node.name}", hint=f"read {m.console_log}"):
             m.start(node, _lowers(spec, node))
-    for node in nodes:
-        m = Machine(spec, node.name)
-        hint = f"read the node's console log {m.console_log}; then run down and up again"
-        with p.step(f"boot {node.name}", since=starts[node.name], hint=hint):
-            m.wait_ssh(node.address, BOOT_TIMEOUT)
-        with p.step(f"settle {node.name}", since=starts[node.name],
-                    hint=hint):
-            _settle(spec, node, p)
+    # Two passes: every node's sshd first, so each "boot" time is its own, not the
+    # time spent waiting for another node to settle.
+    for step, wait in (("boot", lambda m, n: m.wait_ssh(n.address, BOOT_TIMEOUT)),
+                       ("settle", lambda m, n: _settle(spec, n, p))):
+        for node in nodes:
+            m = Machine(spec, node.name)
+            with p.step(f"{step} {node.name}", since=starts[node.name],
+                        hint=f"read the node's console log {m.console_log}; "
+                             "then run down and up again"):
+                wait(m, node)
 
 
 def _settle(spec: LabSpec, node: LabNode, p: Progress) -> None:
