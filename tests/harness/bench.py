@@ -1,6 +1,6 @@
 """Measure the live harness: N trivial remote commands, first apply, no-op apply, force.
 
-    python tests/harness/bench.py [N] [PARALLEL]
+    python -m tests.harness.bench [N] [PARALLEL]      (from the repository root)
 
 Uses the same throwaway sshd as the tests (needs /usr/sbin/sshd and root).
 """
@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import conftest  # noqa: E402  (the sshd fixture's helpers)
-from lab import harness  # noqa: E402
+from lab import harness
+
+from . import conftest  # the sshd fixture, used outside pytest
 
 PROGRAM = '''
 import pulumi

@@ -8,17 +8,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 SSHD = "/usr/sbin/sshd"
 PROJECT = "harness-test"
@@ -48,7 +43,7 @@ def _keygen(path: Path) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -74,7 +69,7 @@ def sshd(tmp_path_factory) -> Sshd:
     other_pub = _keygen(d / "other_key")
     _keygen(d / "client_key")
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(textwrap.dedent(f"""\
         ListenAddress 127.0.0.1
         Port {port}

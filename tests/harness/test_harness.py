@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab import harness
-from conftest import PROJECT
+
+from .conftest import PROJECT, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -181,9 +182,8 @@ def test_wrong_host_key_is_refused(stack):
 
 
 def test_unreachable_host_fails_after_bounded_dial_retries(stack):
-    from conftest import _free_port
     with pytest.raises(harness.ApplyError) as caught:
-        stack.apply(port=_free_port())  # nothing listens there
+        stack.apply(port=free_port())  # nothing listens there
     # dialErrorLimit 1 in the program: the first dial and one retry, as the provider counts
     assert "failed after 2 attempts" in str(caught.value) and caught.value.host == "127.0.0.1"
 
