@@ -49,7 +49,8 @@ def cmd_test(args) -> int:
     import pytest
     hostdeps.ensure(hostdeps.TEST_TOOLS, "the test suite")
     os.chdir(ROOT)
-    paths = {"unit": ["tests/unit"], "render": ["tests/render"], "lab": ["tests/lab"]}
+    paths = {"unit": ["tests/unit"], "render": ["tests/render"],
+             "lab": ["tests/harness", "tests/lab_machinery", "tests/lab"]}
     targets = [p for t in (args.tier or ["unit", "render", "lab"]) for p in paths.get(t, [t])]
     code = pytest.main(["-p", "no:cacheprovider", "-ra", *targets, *args.pytest_args])
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
@@ -61,6 +62,13 @@ def cmd_test(args) -> int:
 def cmd_lab(args) -> int:
     from cli import lab_cmd
     return lab_cmd.run(args)
+
+
+def cmd_docs(args) -> int:
+    from cli import docs
+    docs.write()
+    print("rewrote Pulumi.yaml and the config table in README.md from components/config.py")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--tier", action="append", choices=["unit", "render", "lab"], help="only these tiers")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest after --")
     t.set_defaults(func=cmd_test)
+
+    d = sub.add_parser("docs", help="regenerate Pulumi.yaml config block and README config table")
+    d.set_defaults(func=cmd_docs)
 
     lab = sub.add_parser("lab", help="the local systemd-nspawn lab")
     lab.add_argument("--stack", default="lab", help="stack whose lab settings to use (default: lab)")

@@ -387,9 +387,14 @@ def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterCo
     """Validate raw key->value config (keys without the project prefix). Returns config and warnings."""
     p = Problems()
     cfg = parse_object(ClusterConfig, raw, "", p)
-    if not p.errors:  # cross-field checks need well-typed values
-        for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes):
+    typed = not p.errors
+    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes):
+        try:
             check(cfg, p)
+        except (TypeError, AttributeError, ValueError, StopIteration):
+            if typed:  # a bug, not bad input: the values were well-typed
+                raise
+            # values already reported as badly typed: this check cannot run on them
     if p.errors:
         raise ConfigError(p.errors, source)
     return cfg, p.warnings

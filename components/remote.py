@@ -34,7 +34,8 @@ def script(node: str, step: str, body: str) -> str:
     """Wrap a step so any failure says which node and step failed, with the line."""
     label = shlex.quote(f"{node}: {step}")
     return (f"set -euo pipefail\nstep={label}\n"
-            "trap 'rc=$?; echo \"hapbx: [$step] failed (exit $rc, line $LINENO)\" >&2; exit $rc' ERR\n"
+            'fail() { local rc=$?; echo "hapbx: [$step] failed (exit $rc, line $1)" >&2; exit "$rc"; }\n'
+            "trap 'fail $LINENO' ERR\n"
             + body.strip() + "\n")
 
 

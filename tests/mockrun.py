@@ -25,8 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Recorded:
     name: str
     type: str
-    inputs: dict
-    urn: str = ""
+    inputs: dict = field(default_factory=dict)
+    parent: str | None = None
+    depends_on: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,11 +58,22 @@ class RecordingMocks(pulumi.runtime.Mocks):
             self.secret_values[args.name] = value
             outputs["result"] = rpc.wrap_rpc_secret(value) if hasattr(rpc, "wrap_rpc_secret") else value
         with self.lock:
-            self.graph.resources[args.name] = Recorded(args.name, args.typ, dict(args.inputs))
+            rec = self.graph.resources.setdefault(args.name, Recorded(args.name, args.typ))
+            rec.type, rec.inputs = args.typ, dict(args.inputs)
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         return {}
+
+
+def _record_options(graph: Graph, args: pulumi.ResourceTransformationArgs):
+    """Parents and explicit dependencies are not passed to mocks: take them from the options."""
+    opts = args.opts or pulumi.ResourceOptions()
+    rec = graph.resources.setdefault(args.name, Recorded(args.name, args.type_))
+    rec.parent = getattr(opts.parent, "_name", None)
+    deps = opts.depends_on or []
+    rec.depends_on = [d._name for d in (deps if isinstance(deps, list) else [deps])]
+    return None
 
 
 def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,7 +98,10 @@ def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None
     try:
         from pulumi.runtime.stack import run_pulumi_func
         from pulumi.runtime.sync_await import _sync_await
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(os.path.join(ROOT, "__main__.py"), run_name="__main__")))
+        def program():
+            pulumi.runtime.register_stack_transformation(lambda a: _record_options(graph, a))
+            runpy.run_path(os.path.join(ROOT, "__main__.py"), run_name="__main__")
+        _sync_await(run_pulumi_func(program))
     except BaseException as err:  # surfaced to the test
         graph.error = err
     finally:

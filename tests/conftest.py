@@ -1,0 +1,38 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.mockrun import stack_config  # noqa: E402
+
+FAKE_TOKEN = "tok-Vq3mZ9-not-a-real-token"
+
+
+@pytest.fixture
+def ssh_files(tmp_path):
+    """A private key file and a known_hosts pinning every host of both stacks."""
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAfakekeyZk2\n-----END OPENSSH PRIVATE KEY-----\n")
+    hosts = ["10.77.0.11", "10.77.0.12", "10.77.0.13", "192.168.1.101", "192.168.1.102", "192.168.1.103"]
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"{h} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{i}hostkey\n" for i, h in enumerate(hosts)))
+    return {"privateKeyFile": str(key), "knownHostsFile": str(known)}
+
+
+@pytest.fixture
+def lab_config(ssh_files):
+    raw = stack_config("lab")
+    raw["ssh"] = {**raw["ssh"], **ssh_files}
+    return raw
+
+
+@pytest.fixture
+def prod_config(ssh_files):
+    raw = stack_config("prod")
+    raw["ssh"] = {**raw["ssh"], **ssh_files}
+    raw["vendorRepoToken"] = FAKE_TOKEN
+    return raw

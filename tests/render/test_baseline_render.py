@@ -1,0 +1,110 @@
+"""Every rendered baseline file of both stacks, checked by the tool that reads it."""
+import json
+import subprocess
+
+import pytest
+
+from components.config import load_stack_file
+from components.remote import handler_script, install_script, delete_script, script, Handler
+from components.render import RenderContext, baseline, masked_secrets, render_cluster, MANAGED_BY
+from tests.mockrun import ROOT
+from tests.render.validators import run_validator
+
+STACKS = ["lab", "prod"]
+
+
+def rendered(stack):
+    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{stack}.yaml", assume_secrets=True)
+    return cluster, render_cluster(cluster, masked_secrets())
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_file_passes_its_validator(stack):
+    _, hosts = rendered(stack)
+    checked = 0
+    for host, files in hosts.items():
+        for f in files:
+            if f.validate:
+                out = run_validator(f)
+                assert out.returncode == 0, (host, f.path, out.stdout, out.stderr)
+                checked += 1
+    assert checked >= 3 * len(hosts) - 1  # nftables, chrony and the tmpfs mount (nodes only)
+
+
+def test_validators_reject_broken_files():
+    cluster, hosts = rendered("lab")
+    by_path = {f.path: f for f in hosts["pbx1"]}
+    for path, damage in [("/etc/nftables.conf", "\ntable inet hapbx { chain x { bogus } }\n"),
+                         ("/etc/chrony/chrony.conf", "\nnot_a_directive 1\n")]:
+        f = by_path[path]
+        broken = type(f)(**{**f.__dict__, "content": f.content + damage})
+        assert run_validator(broken).returncode != 0, path
+    unit = next(f for f in hosts["pbx1"] if f.path.endswith(".mount"))
+    bad_unit = type(unit)(**{**unit.__dict__, "content": unit.content.replace("Type=tmpfs", "Tpye=tmpfs")})
+    assert run_validator(bad_unit).returncode != 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_files_carry_the_managed_by_header(stack):
+    _, hosts = rendered(stack)
+    for files in hosts.values():
+        for f in files:
+            if f.path != "/etc/hostname":
+                assert MANAGED_BY in f.content, f.path
+
+
+def test_firewall_opens_peer_ports_to_the_peer_only():
+    cluster, hosts = rendered("lab")
+    nft = next(f for f in hosts["pbx1"] if f.path == "/etc/nftables.conf").content
+    assert "elements = { 10.77.0.12, 10.77.0.10 }" in nft  # the peer and the VIP
+    assert 'th dport { 5432 } ip saddr @node_peer accept' in nft
+    assert 'th dport { 2379, 2380 } ip saddr @cluster_peers accept' in nft
+    assert "policy drop" in nft and "flush ruleset" not in nft  # only our own table is touched
+
+
+def test_tmpfs_is_sized_from_config():
+    cluster, hosts = rendered("lab")
+    unit = next(f for f in hosts["pbx1"] if f.path.endswith(".mount"))
+    assert f"size={cluster.recordings.tmpfs_mb}m" in unit.content
+    assert unit.path == "/etc/systemd/system/var-spool-hapbx-live.mount"
+    escaped = subprocess.run(["systemd-escape", "--path", cluster.recordings.tmpfs_dir], capture_output=True,
+                             text=True).stdout.strip()
+    assert unit.path.endswith(f"/{escaped}.mount")
+
+
+def test_secrets_are_masked_and_tracked():
+    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.prod.yaml", assume_secrets=True)
+    real = {**masked_secrets(), "vendor_repo_token": "tok-real-98Zx"}
+    files = baseline.files(RenderContext(cluster, cluster.nodes[0], real))
+    auth = next(f for f in files if "auth.conf.d" in f.path)
+    assert auth.secrets == ("vendor_repo_token",) and auth.mode == "0600"
+    assert "tok-real-98Zx" in auth.content
+    assert all("tok-real-98Zx" not in f.content for f in files if f is not auth)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_render_cli_writes_files_and_manifest_without_secrets(stack, tmp_path):
+    out = subprocess.run([f"{ROOT}/hapbx", "render", "--stack", stack, "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    cluster, hosts = rendered(stack)
+    assert len(manifest) == sum(len(v) for v in hosts.values())
+    for entry in manifest:
+        path = tmp_path / entry["host"] / entry["path"].lstrip("/")
+        assert path.read_text()
+        assert {"owner", "mode", "validate", "action", "service"} <= set(entry)
+        for name in entry["secrets"]:
+            assert f"@@SECRET:{name}@@" in path.read_text()
+
+
+def test_remote_scripts_pass_shellcheck():
+    cluster, hosts = rendered("prod")
+    scripts = []
+    for f in hosts["node1"]:
+        scripts.append(script("node1", f"install {f.path}", install_script(f, f.sha256)))
+        scripts.append(script("node1", f"remove {f.path}", delete_script(f, f.sha256)))
+    scripts.append(script("node1", "reload nftables", handler_script(Handler("nftables.service", "reload"))))
+    for text in scripts:
+        out = subprocess.run(["shellcheck", "-s", "bash", "-"], input=text, capture_output=True, text=True)
+        assert out.returncode == 0, (out.stdout, text)
