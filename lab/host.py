@@ -21,6 +21,9 @@ _ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LC_ALL": "C.UTF-8",
     "DEBIAN_FRONTEND": "noninteractive",
+    # A host that reaches the archive through a proxy keeps doing so.
+    **{k: v for k, v in os.environ.items()
+       if k.lower() in ("http_proxy", "https_proxy", "no_proxy")},
 }
 
 

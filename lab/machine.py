@@ -32,7 +32,8 @@ set -u
 dir=$1 cgroups=$2; shift 2
 echo $$ > "$dir/wrapper.pid"
 for cg in $cgroups; do
-    mkdir -p "$cg" && echo $$ > "$cg/cgroup.procs" || { echo "cannot enter cgroup $cg" >&2; exit 97; }
+    mkdir -p "$cg" && echo $$ > "$cg/cgroup.procs" ||
+        { echo "cannot enter cgroup $cg" >&2; exit 97; }
 done
 "$@" &
 echo $! > "$dir/nspawn.pid"
