@@ -21,6 +21,9 @@ from .render import RenderedFile
 from .ssh import Endpoint
 
 PENDING_DIR = "/var/lib/hapbx/pending"
+# Steps run in parallel; systemd's manager does not like a daemon-reload while it
+# re-executes ("Transport endpoint is not connected"): one manager operation at a time.
+SYSTEMD_LOCK = "exec 9>/run/lock/hapbx-systemd.lock\nflock -w 120 9\n"
 
 
 def connection(endpoint: Endpoint, private_key: pulumi.Input[str] | None) -> remote.ConnectionArgs:
@@ -56,7 +59,7 @@ def install_script(f: RenderedFile, digest: str) -> str:
     if f.service:
         after = f"mkdir -p {PENDING_DIR}; touch {_marker(f.service)}\n"
     elif f.action not in ("none", ""):
-        after = f.action + "\n"
+        after = (SYSTEMD_LOCK if f.action.startswith("systemctl") else "") + f.action + "\n"
     return f"""
 dir=$(mktemp -d /tmp/hapbx-stage.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
@@ -107,7 +110,7 @@ def handler_script(h: Handler) -> str:
     svc = shlex.quote(h.service)
     verb = {"reload": "reload", "restart": "restart"}.get(h.action, "reload-or-restart")
     enable = f"systemctl enable -q {svc}\n" if h.enable else ""
-    return f"""
+    return SYSTEMD_LOCK + f"""
 marker={_marker(h.service)}
 if [ -e "$marker" ]; then systemctl daemon-reload; fi
 {enable}if ! systemctl is-active -q {svc}; then

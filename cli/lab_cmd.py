@@ -1,0 +1,109 @@
+"""`hapbx lab up|apply|down|status|ssh`: the local lab, and the real program applied to it.
+
+The lab's nodes, addresses and package lists come from the stack (one source:
+`ClusterConfig.node_packages()` is what the image bakes and what Node installs).
+The program is applied by the live harness (lab/harness.py), which runs it under
+Pulumi mocks and executes its remote commands over SSH.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from components.config import PROJECT, ClusterConfig, ConfigError, build, read_stack_file
+from lab import harness, machinery
+from lab.spec import LabNode, LabSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(path: str) -> tuple[dict, ClusterConfig]:
+    raw, problems = read_stack_file(path)
+    if problems:
+        raise ConfigError(problems, path)
+    cluster, warnings = build(raw, source=path)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if cluster.environment != "lab" or cluster.lab is None:
+        raise ConfigError([f"environment: {cluster.environment!r} is not a lab stack (allowed: 'lab')"], path)
+    return raw, cluster
+
+
+def spec_for(cluster: ClusterConfig) -> LabSpec:
+    lab = cluster.lab
+    nodes = [LabNode(n.name, n.address, tuple(cluster.node_packages())) for n in cluster.nodes]
+    if cluster.witness:
+        nodes.append(LabNode(cluster.witness.name, cluster.witness.address, tuple(cluster.witness_packages())))
+    spec = LabSpec(name=lab.name, bridge=lab.bridge, subnet=lab.subnet, host_address=lab.host_address,
+                   nodes=tuple(nodes))
+    wanted = {"ssh.privateKeyFile": (cluster.ssh.private_key_file, str(spec.private_key_path)),
+              "ssh.knownHostsFile": (cluster.ssh.known_hosts_file, str(spec.known_hosts_path))}
+    bad = [f"{k}: {have!r} is not the lab's file (allowed: {want!r})" for k, (have, want) in wanted.items()
+           if have != want]
+    if bad:
+        raise ConfigError(bad, "lab stack")
+    return spec
+
+
+def state_path(spec: LabSpec) -> str:
+    # Inside the lab's state dir: `down` forgets the deployment together with the nodes.
+    return os.path.join(spec.state_dir, "pulumi", "state.json")
+
+
+def apply(raw: dict, spec: LabSpec, stack: str = "lab", force: bool = False, log=print) -> harness.ApplyResult:
+    config = {f"{PROJECT}:{k}": v for k, v in raw.items()}
+    return harness.apply(ROOT, PROJECT, stack, config, [], state_path(spec), force=force, log=log)
+
+
+def describe(cluster: ClusterConfig, spec: LabSpec) -> str:
+    st = machinery.status(spec)
+    lines = [f"lab {spec.name}: bridge {spec.bridge} {spec.host_address}/{spec.prefixlen}, "
+             f"{'isolated' if st.isolated else 'NOT isolated'}"]
+    for n in st.nodes:
+        state = f"running (pid {n.pid}), ssh {'answers' if n.ssh else 'does not answer'}" if n.running else "stopped"
+        lines.append(f"  {n.name:<8} {n.address:<15} {state}")
+    lines += [f"  VIP      {cluster.vip.address:<15} SIP udp/tcp {cluster.kamailio.sip_port}",
+              f"  ssh:     ./hapbx lab ssh {cluster.nodes[0].name}",
+              f"  stack:   Pulumi.lab.yaml (pulumi up -s lab works against the same nodes)"]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
+    try:
+        raw, cluster = load(path)
+        spec = spec_for(cluster)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        if args.lab_command == "down":
+            machinery.down(spec)
+            return 0
+        if args.lab_command == "status":
+            print(describe(cluster, spec))
+            return 0 if machinery.status(spec).up else 1
+        if args.lab_command == "ssh":
+            words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them
+            os.execvp(argv[0], ["ssh", "-t", *argv[1:]] if not args.cmd else argv)
+        if args.lab_command == "up":
+            machinery.up(spec)
+            if args.no_apply:
+                print(describe(cluster, spec))
+                return 0
+        started = time.monotonic()
+        result = apply(raw, spec, stack=args.stack, force=getattr(args, "force", False))
+        print(f"[lab {spec.name}] apply: {len(result.created)} created, {len(result.updated)} updated, "
+              f"{len(result.replaced)} replaced, {len(result.deleted)} deleted, {len(result.unchanged)} unchanged "
+              f"... {time.monotonic() - started:.1f}s")
+        print(describe(cluster, spec))
+        return 0
+    except machinery.LabError as err:
+        print(f"hapbx lab: {err}", file=sys.stderr)
+        return 1
+    except harness.ApplyError as err:
+        print(f"hapbx lab: apply failed: {err}\nFix the cause and run `./hapbx lab up` again: "
+              "what succeeded is kept and will not run again.", file=sys.stderr)
+        return 1
