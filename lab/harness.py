@@ -1060,7 +1060,10 @@ def _forget_modules(program_dir: str, keep: set[str]) -> None:
     prefix = program_dir + os.sep
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if name not in keep and os.path.realpath(path).startswith(prefix):
+        real = os.path.realpath(path)
+        # A virtualenv inside the program directory holds libraries, not the program: SDK
+        # packages register themselves globally once and must stay loaded.
+        if name not in keep and real.startswith(prefix) and f"{os.sep}site-packages{os.sep}" not in real:
             del sys.modules[name]
 
 
