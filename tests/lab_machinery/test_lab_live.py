@@ -49,8 +49,15 @@ def _foreign_lab(alias):
 def host_snapshot():
     links = _json("ip", "-j", "-d", "addr", "show")
     aliases = {lk["ifname"]: lk.get("ifalias") for lk in links}
-    ours = lambda lk: not (_foreign_lab(lk.get("ifalias"))  # noqa: E731
-                           or _foreign_lab(aliases.get(lk.get("master"))))
+
+    def ours(lk):
+        if _foreign_lab(lk.get("ifalias")) or _foreign_lab(aliases.get(lk.get("master"))):
+            return False
+        # A node's host-side veth not (yet) on our bridge is another lab's, mid-start;
+        # a leftover of ours would also show up as a leftover process.
+        return not lk["ifname"].startswith("vb-") or lk.get("master") == SPEC.bridge
+    our_links = [lk for lk in links if ours(lk)]
+    our_devs = {lk["ifname"] for lk in our_links}
     mounts = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -68,13 +75,13 @@ def host_snapshot():
     return {
         "links": sorted((lk["ifname"], lk.get("linkinfo", {}).get("info_kind"), lk.get("master"),
                          lk.get("mtu"), lk.get("ifalias"), tuple(sorted(lk["flags"])))
-                        for lk in links if ours(lk)),
+                        for lk in our_links),
         "addresses": sorted((lk["ifname"], a["family"], a["local"], a["prefixlen"])
-                            for lk in links if ours(lk) for a in lk.get("addr_info", ())),
+                            for lk in our_links for a in lk.get("addr_info", ())),
+        # Routes on devices that were not there a moment ago are another lab's.
         "routes": sorted(json.dumps(r, sort_keys=True)
                          for r in _json("ip", "-j", "route", "show", "table", "all")
-                         if not str(r.get("dev", "")).startswith("hapbx-")
-                         or r.get("dev") == SPEC.bridge),
+                         if r.get("dev", "lo") in our_devs | {"lo"}),
         "mounts": sorted(m for m in mounts if not foreign_mount(m)),
         "nft_tables": sorted((t["table"]["family"], t["table"]["name"]) for t in tables
                              if "table" in t and (not t["table"]["name"].startswith("hapbx_")
