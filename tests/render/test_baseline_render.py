@@ -108,3 +108,8 @@ def test_remote_scripts_pass_shellcheck():
     for text in scripts:
         out = subprocess.run(["shellcheck", "-s", "bash", "-"], input=text, capture_output=True, text=True)
         assert out.returncode == 0, (out.stdout, text)
+
+
+def test_entry_scripts_pass_shellcheck():
+    out = subprocess.run(["shellcheck", f"{ROOT}/hapbx", f"{ROOT}/.ci/run"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
