@@ -7,6 +7,8 @@ import pulumi_random as random
 
 from components.config import ConfigError, from_pulumi_config
 from components.node import Node, NodeArgs
+from components.postgres_pair import PostgresPair, PostgresPairArgs
+from components.redis_pair import RedisPair, RedisPairArgs
 from components.render import SECRET_NAMES
 from components.ssh import endpoints
 
@@ -42,8 +44,16 @@ nodes = {
     for h in [*cluster.nodes, *([cluster.witness] if cluster.witness else [])]
 }
 
+# The data tier on the two PBX nodes, each step after its node's baseline (node.ready).
+pbx_nodes = {n.name: nodes[n.name] for n in cluster.nodes}
+postgres = PostgresPair("postgres", PostgresPairArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
+redis = RedisPair("redis", RedisPairArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
+
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)
 pulumi.export("nodes", {name: node.address for name, node in nodes.items()})
 pulumi.export("initialPrimary", cluster.primary.name)
 pulumi.export("witness", cluster.witness.address if cluster.witness else None)
+pulumi.export("postgres", {"primary": postgres.primary_name, "standby": postgres.standby_name,
+                           "version": cluster.postgres.version, "port": cluster.postgres.port, "database": "pbx"})
+pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.standby.name, "port": cluster.redis.port})

@@ -106,8 +106,8 @@ Renderer = Callable[[RenderContext], list[RenderedFile]]
 
 def renderers() -> list[Renderer]:
     """Every daemon's file set, in install order."""
-    from . import baseline
-    return [baseline.files]
+    from . import baseline, postgres, redis
+    return [baseline.files, postgres.files, redis.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:

@@ -1,0 +1,235 @@
+"""PostgreSQL files and step scripts of a PBX node (pure: config + node + secrets -> text).
+
+One set of templates for PostgreSQL 15 (Debian, lab) and 16 (PGDG, prod): Debian's cluster
+layout (/etc/postgresql/<v>/main, /var/lib/postgresql/<v>/main, postgresql@<v>-main). The
+configuration is the same on both nodes whatever their role; the role is state (standby.signal).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+from .. import pgtune
+from ..config import ClusterConfig, NodeSettings
+from . import TEMPLATES, RenderContext, RenderedFile, template
+
+DATABASE = "pbx"
+REPLICATION_ROLE = "replicator"
+#: login role -> secret name holding its password
+LOGIN_ROLES = {
+    "postgres": "postgres_superuser",
+    REPLICATION_ROLE: "postgres_replication",
+    "kamailio": "postgres_kamailio",
+    "cdr_writer": "postgres_cdr",
+    "pbx_admin": "postgres_admin",
+    "pbx_readonly": "postgres_readonly",
+}
+APP_ROLES = ("kamailio", "cdr_writer", "pbx_admin", "pbx_readonly")
+LIB_DIR = "/usr/local/lib/hapbx/postgres"
+PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
+PARTITIONS_AHEAD = 3
+DISPATCHER_SET = 1
+STREAM_WAIT_SECONDS = 60
+MIGRATIONS_DIR = os.path.join(TEMPLATES, "postgresql", "migrations")
+
+
+@dataclass(frozen=True)
+class PgPaths:
+    version: str
+
+    @property
+    def bin_dir(self) -> str:
+        return f"/usr/lib/postgresql/{self.version}/bin"
+
+    @property
+    def conf_dir(self) -> str:
+        return f"/etc/postgresql/{self.version}/main"
+
+    @property
+    def data_dir(self) -> str:
+        return f"/var/lib/postgresql/{self.version}/main"
+
+    @property
+    def service(self) -> str:
+        return f"postgresql@{self.version}-main"
+
+
+def paths(cluster: ClusterConfig) -> PgPaths:
+    return PgPaths(cluster.postgres.version)
+
+
+def slot_name(node_name: str) -> str:
+    """The physical slot a node streams from on its peer: named after the node itself ('-' is not
+    allowed in slot names and becomes '_'; the HA tooling uses the same names)."""
+    return node_name.replace("-", "_")
+
+
+def pending_marker(cluster: ClusterConfig) -> str:
+    return f"{PENDING_DIR}/{paths(cluster).service}.service"
+
+
+def pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _pad(addr: str) -> str:
+    return " " * max(1, 21 - len(addr))
+
+
+def scram_verifier(password: str, role: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier for a password, computed here so the cleartext never
+    reaches the node. The salt is derived from the password and role, so the verifier is stable
+    across applies (re-applying changes nothing) and differs between roles."""
+    salt = hmac.new(password.encode(), f"hapbx-scram-salt:{role}".encode(), hashlib.sha256).digest()[:16]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(file name, SQL) of every migration, in order."""
+    names = sorted(n for n in os.listdir(MIGRATIONS_DIR) if n.endswith(".sql"))
+    out = []
+    for n in names:
+        with open(os.path.join(MIGRATIONS_DIR, n), encoding="utf-8") as fh:
+            out.append((n, fh.read()))
+    return out
+
+
+def migrations_digest() -> str:
+    h = hashlib.sha256()
+    for name, sql in migrations():
+        h.update(name.encode() + b"\0" + sql.encode() + b"\0")
+    with open(os.path.join(TEMPLATES, "postgresql", "migrate.py"), "rb") as fh:
+        h.update(fh.read())
+    return h.hexdigest()
+
+
+def _static(name: str) -> str:
+    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _values(ctx: RenderContext, **extra) -> dict:
+    c = ctx.cluster
+    return dict(pg=paths(c), database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
+                partitions_ahead=PARTITIONS_AHEAD, stream_wait=STREAM_WAIT_SECONDS,
+                own_slot=slot_name(ctx.host.name), peer_slot=slot_name(ctx.peer.name),
+                marker=pending_marker(c), **extra)
+
+
+def postgresql_conf(ctx: RenderContext) -> str:
+    c, node = ctx.cluster, ctx.host
+    tune = pgtune.tune(c, node)  # type: ignore[arg-type]
+    return template("postgresql/postgresql.conf.j2", ctx, tune=tune.settings(),
+                    others_mb=pgtune.others_mb(c, node), kamailio_conns=2 * pgtune.kamailio_connections(c),  # type: ignore[arg-type]
+                    service_conns=pgtune.SERVICE_CONNECTIONS, max_wal_senders=pgtune.MAX_WAL_SENDERS,
+                    max_replication_slots=pgtune.MAX_REPLICATION_SLOTS, **_values(ctx))
+
+
+def app_sources(cluster: ClusterConfig) -> list[str]:
+    return [n.address for n in cluster.nodes] + [cluster.vip.address]
+
+
+def seed_destinations(cluster: ClusterConfig) -> list[dict]:
+    """One dispatcher destination per node's media engine."""
+    return [{"destination": f"sip:{n.address}:{cluster.media.sip_port}", "priority": 0,
+             "attrs": f"duid={n.name}", "description": f"hapbx:{n.name}"} for n in cluster.nodes]
+
+
+def files(ctx: RenderContext) -> list[RenderedFile]:
+    if ctx.is_witness:
+        return []
+    c = ctx.cluster
+    pg = paths(c)
+    svc = pg.service + ".service"
+    conf_check = (f'chmod 0755 "$(dirname {{path}})" && chmod 0644 {{path}} && '
+                  f'runuser -u postgres -- {pg.bin_dir}/postgres --config-file={{path}} -C wal_level')
+    hba = template("postgresql/pg_hba.conf.j2", ctx, app_sources=app_sources(c), app_roles=APP_ROLES, pad=_pad,
+                   **_values(ctx))
+    out = [
+        RenderedFile(f"{pg.conf_dir}/postgresql.conf", postgresql_conf(ctx), service=svc, action="reload",
+                     validate=conf_check, owner="postgres", group="postgres", mode="0644"),
+        RenderedFile(f"{pg.conf_dir}/pg_hba.conf", hba, service=svc, action="reload",
+                     validate=f"{LIB_DIR}/check-hba {{path}}", owner="postgres", group="postgres", mode="0640"),
+        RenderedFile("/var/lib/postgresql/.pgpass",
+                     template("postgresql/pgpass.j2", ctx, password=ctx.secret("postgres_replication"),
+                              pgpass_escape=pgpass_escape, **_values(ctx)),
+                     owner="postgres", group="postgres", mode="0600", secrets=("postgres_replication",)),
+        RenderedFile(f"{LIB_DIR}/migrate.py", _static("postgresql/migrate.py"), mode="0755",
+                     validate="python3 -m py_compile {path}"),
+        RenderedFile(f"{LIB_DIR}/check-hba", _static("postgresql/check-hba.sh"), mode="0755",
+                     validate="bash -n {path}"),
+        RenderedFile(f"{LIB_DIR}/seed.sql",
+                     template("postgresql/seed.sql.j2", ctx, destinations=seed_destinations(c),
+                              dispatcher_set=DISPATCHER_SET, sip_domain=c.vip.address)),
+    ]
+    for name, sql in migrations():
+        out.append(RenderedFile(f"{LIB_DIR}/migrations/{name}", sql))
+    unit = "hapbx-pg-maintenance"
+    out += [
+        RenderedFile(f"/etc/systemd/system/{unit}.service",
+                     template("postgresql/hapbx-pg-maintenance.service.j2", ctx, **_values(ctx)),
+                     service=f"{unit}.timer", action="restart",
+                     validate=f"systemd-analyze verify --man=no {{path}}:{unit}.service"),
+        RenderedFile(f"/etc/systemd/system/{unit}.timer", template("postgresql/hapbx-pg-maintenance.timer.j2", ctx),
+                     service=f"{unit}.timer", action="restart"),
+    ]
+    return out
+
+
+# --- step scripts (bodies for components.remote.step; the node's shell runs them as root) ----------
+
+def _step(name: str, ctx: RenderContext) -> str:
+    return template(f"postgresql/steps/{name}.sh.j2", ctx, **_values(ctx))
+
+
+def configure_script(ctx: RenderContext) -> str:
+    return _step("configure", ctx)
+
+
+def migrate_script(ctx: RenderContext) -> str:
+    return _step("migrate", ctx)
+
+
+def roles_script(ctx: RenderContext) -> str:
+    return _step("roles", ctx)
+
+
+def replication_script(ctx: RenderContext) -> str:
+    return _step("replication", ctx)
+
+
+def standby_script(ctx: RenderContext) -> str:
+    return _step("standby", ctx)
+
+
+def roles_sql(ctx: RenderContext) -> str:
+    """SQL (psql, on stdin) setting every login role's SCRAM verifier where it differs; prints the
+    roles it changed. Holds verifiers, not passwords; still shipped as a secret."""
+    rows = ",\n    ".join(f"('{role}', '{scram_verifier(ctx.secret(secret), role)}')"
+                          for role, secret in LOGIN_ROLES.items())
+    return f"""SET log_statement = 'none';
+SET log_min_error_statement = 'panic';
+CREATE TEMPORARY TABLE hapbx_roles (name name, verifier text);
+INSERT INTO hapbx_roles VALUES
+    {rows};
+SELECT string_agg(r.name, ',' ORDER BY r.name) FROM hapbx_roles r JOIN pg_authid a ON a.rolname = r.name
+ WHERE a.rolpassword IS DISTINCT FROM r.verifier;
+SELECT format('ALTER ROLE %I PASSWORD %L', r.name, r.verifier) FROM hapbx_roles r JOIN pg_authid a ON a.rolname = r.name
+ WHERE a.rolpassword IS DISTINCT FROM r.verifier \\gexec
+"""
+
+
+def role_secret_names() -> tuple[str, ...]:
+    return tuple(LOGIN_ROLES.values())
+
+
+def node_of(cluster: ClusterConfig, name: str) -> NodeSettings:
+    return next(n for n in cluster.nodes if n.name == name)
