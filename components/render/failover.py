@@ -1,0 +1,214 @@
+"""The HA scripts of a PBX node: leader daemon, promote/demote/rejoin, keepalived
+notify and track scripts, the PostgreSQL start guard, and the per-node env file
+that parameterises them all (so the same scripts run in the tests against local
+ports and temp dirs).
+
+Scripts live in ``templates/failover/`` as plain bash (no Jinja: ``${#a[@]}``
+would be a Jinja comment) and get the managed-by header after the shebang.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, fields
+
+from . import TEMPLATES, RenderContext, RenderedFile, header, secret_refs, template
+
+HA_BIN = "/usr/local/lib/hapbx/ha"
+HA_ENV = "/etc/hapbx/ha.env"
+HA_SECRETS_ENV = "/etc/hapbx/ha-secrets.env"
+HA_RUN_DIR = "/run/hapbx/ha"
+HA_LIB_DIR = "/var/lib/hapbx/ha"
+HA_CLI = "/usr/local/sbin/hapbx-ha"
+LEADER_UNIT = "hapbx-leader.service"
+
+#: scripts under HA_BIN; lib.sh is sourced, the rest are executables
+SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-local", "check-reach",
+           "vip-release", "pg-guard", "status")
+
+# What the data tier provides (components/render/postgres.py, redis.py): the replication
+# role, granted what pg_rewind needs, with its password in the postgres user's ~/.pgpass;
+# primary_conninfo + primary_slot_name in postgresql.conf on both nodes (standby.signal decides);
+# synchronous_standby_names left to the lease holder; Redis's role in an included file.
+PG_REPL_USER = "replicator"
+PG_PASSFILE = "/var/lib/postgresql/.pgpass"
+REDIS_ROLE_FILE = "/etc/redis/role.conf"
+#: services that run only on the VIP owner (started by promote, stopped on demote)
+OWNER_SERVICES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HaSettings:
+    """HA timings. Values come from an ``ha`` config section when the schema has
+    one (same attribute names), else these defaults (see README, failover)."""
+    check_interval: int = 1          # s between track_script runs (keepalived: integer)
+    check_fall: int = 2              # failures before FAULT (local health)
+    check_rise: int = 2              # successes before leaving FAULT
+    reach_fall: int = 3              # failures before FAULT (gateway/witness unreachable)
+    promote_timeout: int = 30        # s: pg_promote wait; failing this long, the leader resigns
+    rejoin: str = "auto"             # auto: the daemon rejoins a diverged/down ex-primary; manual: operator
+    rejoin_backoff: int = 30         # s between failed automatic rejoins
+    sync_relax_after: int = 10       # s without the standby before the holder relaxes synchronous replication
+    no_witness_timeout: int = 30     # s (promote-after-timeout only)
+    leader_weight: int = 50          # VRRP priority bonus of the lease holder (track_file)
+    fast_stop_ms: int = 5000         # orderly stop of a resigning primary before immediate
+
+    @staticmethod
+    def of(cluster) -> "HaSettings":
+        section = getattr(cluster, "ha", None)
+        if section is None:
+            return HaSettings()
+        return HaSettings(**{f.name: getattr(section, f.name) for f in fields(HaSettings) if hasattr(section, f.name)})
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Derived thresholds; their order is what makes the hand-overs converge."""
+    hung_after: float      # keepalived heartbeat (check-local) stale -> hung: resign + kill it
+    yield_after: float     # MASTER without the lease while the peer leads -> give the VIP up
+    resign_grace: float    # lease holder not MASTER for this long -> resign
+
+    @staticmethod
+    def of(cluster) -> "Timings":
+        ha = HaSettings.of(cluster)
+        hung = 3.0 * ha.check_interval
+        master_down = 3 * cluster.vip.advert_interval + 1.0   # VRRP master-down timer + skew, rounded up
+        yield_after = hung + 2 * float(cluster.etcd.lease_ttl_seconds)   # a hung holder resigns first
+        return Timings(hung_after=hung, yield_after=yield_after, resign_grace=yield_after + master_down + 2.0)
+
+
+def pg_paths(cluster) -> dict[str, str]:
+    v = cluster.postgres.version
+    return {
+        "bin": f"/usr/lib/postgresql/{v}/bin",
+        "data": f"/var/lib/postgresql/{v}/main",
+        "conf": f"/etc/postgresql/{v}/main/postgresql.conf",
+        "service": f"postgresql@{v}-main.service",
+    }
+
+
+def slot_name(node_name: str) -> str:
+    """Physical slot a node streams from on its peer: its own name ('-' is not allowed: '_')."""
+    return node_name.replace("-", "_")
+
+
+def reach_targets(ctx: RenderContext) -> list[str]:
+    c = ctx.cluster
+    out = [c.network.gateway]
+    if c.witness:
+        out.append(c.witness.address)
+    return out
+
+
+def env_values(ctx: RenderContext) -> dict[str, str]:
+    """Every parameter of the scripts for this node (tests override a few)."""
+    c, node, peer = ctx.cluster, ctx.host, ctx.peer
+    ha, t, pg = HaSettings.of(c), Timings.of(c), pg_paths(c)
+    members = list(c.nodes) + ([c.witness] if c.witness else [])
+    return {
+        "HAPBX_NODE": node.name,
+        "HAPBX_PEER": peer.name,
+        "HA_BIN": HA_BIN,
+        "HA_RUN_DIR": HA_RUN_DIR,
+        "HA_LIB_DIR": HA_LIB_DIR,
+        "HA_SECRETS_ENV": HA_SECRETS_ENV,
+        "HA_SYSLOG": "1",
+        "HA_CHECK_VIP": "1",
+        "HA_HEARTBEAT": "1",
+        "VIP": c.vip.address,
+        "VIP_PREFIX": str(c.network.prefix),
+        "VIP_IFACE": c.network.interface,
+        "REACH_TARGETS": " ".join(reach_targets(ctx)),
+        "CHECK_SIP": "1",
+        "SIP_ADDR": node.address,
+        "SIP_PORT": str(c.kamailio.sip_port),
+        "KEEPALIVED_KILL_CMD": "systemctl kill -s KILL keepalived.service",
+        "PG_BIN": pg["bin"],
+        "PG_DATA": pg["data"],
+        "PG_CONFIG_FILE": pg["conf"],
+        "PG_SOCKET": "/var/run/postgresql",
+        "PG_PORT": str(c.postgres.port),
+        "PG_OS_USER": "postgres",
+        "PG_PEER_USER": PG_REPL_USER,
+        "PG_REPL_USER": PG_REPL_USER,
+        "PG_PASSFILE": PG_PASSFILE,
+        "PG_WRITE_CONNINFO": "0",
+        "PG_PEER_HOST": peer.address,
+        "PG_PEER_PORT": str(c.postgres.port),
+        "PG_SLOT": slot_name(node.name),
+        "PG_PEER_SLOT": slot_name(peer.name),
+        "PG_SYNC_NAMES": f'"{peer.name}"' if c.witness else "",
+        "PG_START_CMD": f"systemctl reset-failed {pg['service']} 2>/dev/null; systemctl start {pg['service']}",
+        "PG_PROMOTE_TIMEOUT": str(ha.promote_timeout),
+        "PG_FAST_STOP_MS": str(ha.fast_stop_ms),
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(c.redis.port),
+        "REDIS_PEER_HOST": peer.address,
+        "REDIS_PEER_PORT": str(c.redis.port),
+        "REDIS_ROLE_FILE": REDIS_ROLE_FILE,
+        "OWNER_SERVICES": " ".join(OWNER_SERVICES),
+        "SERVICE_CMD": "systemctl",
+        "WITNESS": "1" if c.witness else "0",
+        "NO_WITNESS_POLICY": c.no_witness_policy or "",
+        "NO_WITNESS_TIMEOUT": str(ha.no_witness_timeout),
+        "ETCD_ENDPOINTS": ",".join(f"http://{m.address}:{c.etcd.client_port}" for m in members) if c.witness else "",
+        "ETCD_PREFIX": "/hapbx/cluster",
+        "LEASE_TTL": str(c.etcd.lease_ttl_seconds),
+        "RENEW_INTERVAL": f"{c.etcd.renew_interval_seconds:g}",
+        "FENCE_MARGIN": "0.5",
+        "ETCD_TIMEOUT": "0.8",
+        "HUNG_AFTER": f"{t.hung_after:g}",
+        "YIELD_AFTER": f"{t.yield_after:g}",
+        "RESIGN_GRACE": f"{t.resign_grace:g}",
+        "PROMOTE_TIMEOUT": str(ha.promote_timeout),
+        "REJOIN_MODE": ha.rejoin,
+        "REJOIN_BACKOFF": str(ha.rejoin_backoff),
+        "SYNC_RELAX_AFTER": str(ha.sync_relax_after),
+    }
+
+
+def format_env(values: dict[str, str], title: str = "") -> str:
+    lines = [header(), f"# {title}" if title else ""]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def script_text(name: str) -> str:
+    """A script from templates/failover with the managed-by header after the shebang."""
+    with open(os.path.join(TEMPLATES, "failover", name), encoding="utf-8") as fh:
+        text = fh.read()
+    first, _, rest = text.partition("\n")
+    return f"{first}\n{header()}\n{rest}"
+
+
+def secrets_env(ctx: RenderContext) -> str:
+    values = {"REDISCLI_AUTH": ctx.secret("redis_default")}
+    if ctx.cluster.witness:
+        values.update({"ETCDCTL_USER": ETCD_NODE_USER, "ETCDCTL_PASSWORD": ctx.secret("etcd_node")})
+    return format_env(values, "Credentials of the HA scripts (environment only, never argv).")
+
+
+ETCD_NODE_USER = "hapbx"
+
+
+
+def files(ctx: RenderContext) -> list[RenderedFile]:
+    if ctx.is_witness:
+        return []
+    pg = pg_paths(ctx.cluster)
+    out = [RenderedFile(HA_ENV, format_env(env_values(ctx), "Parameters of the HA scripts on this node."),
+                        service=LEADER_UNIT, action="reload")]
+    sec = secrets_env(ctx)
+    out.append(RenderedFile(HA_SECRETS_ENV, sec, service=LEADER_UNIT, action="reload", mode="0600",
+                            secrets=secret_refs(ctx, sec) or ("redis_default",)))
+    for name in SCRIPTS:
+        out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=LEADER_UNIT, action="reload",
+                                mode="0644" if name.endswith(".sh") else "0755", validate="bash -n {path}"))
+    out.append(RenderedFile(HA_CLI, script_text("hapbx-ha"), mode="0755", validate="bash -n {path}"))
+    out.append(RenderedFile(f"/etc/systemd/system/{LEADER_UNIT}", template("failover/hapbx-leader.service.j2", ctx,
+                                                                           ha_bin=HA_BIN),
+                            service=LEADER_UNIT, action="reload"))
+    out.append(RenderedFile(f"/etc/systemd/system/{pg['service']}.d/hapbx-guard.conf",
+                            template("failover/pg-guard.conf.j2", ctx, ha_bin=HA_BIN),
+                            action="systemctl daemon-reload"))
+    return out

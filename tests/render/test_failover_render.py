@@ -1,0 +1,127 @@
+"""The rendered HA scripts and their env files, both stacks: shellcheck on every script
+(as rendered, lib.sh beside them), bash parses the env files, secrets only in the 0600
+file, and the timings that make hand-overs converge are ordered."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from components.config import build, load_stack_file, read_stack_file  # noqa: E402
+from components.render import RenderContext, masked_secrets, render_cluster  # noqa: E402
+from components.render import failover  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STACKS = ["lab", "prod"]
+
+
+def cluster_of(stack, **overrides):
+    if not overrides:
+        return load_stack_file(f"{ROOT}/Pulumi.{stack}.yaml", assume_secrets=True)[0]
+    raw, _ = read_stack_file(f"{ROOT}/Pulumi.{stack}.yaml")
+    raw.update(overrides)
+    raw.setdefault("vendorRepoToken", "x")
+    return build(raw)[0]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_rendered_script_passes_shellcheck(stack):
+    cluster = cluster_of(stack)
+    files = failover.files(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+    scripts = [f for f in files if f.path.startswith(failover.HA_BIN + "/") or f.path == failover.HA_CLI]
+    assert {os.path.basename(f.path) for f in scripts} >= set(failover.SCRIPTS)
+    with tempfile.TemporaryDirectory() as d:
+        for f in scripts:
+            with open(os.path.join(d, os.path.basename(f.path)), "w", encoding="utf-8") as fh:
+                fh.write(f.content)
+            assert f.validate == "bash -n {path}"
+            assert f.mode == ("0644" if f.path.endswith(".sh") else "0755")
+        names = sorted(os.listdir(d))
+        out = subprocess.run(["shellcheck", "-x", "-P", "SCRIPTDIR", "-s", "bash", *names], cwd=d,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout
+        for name in names:
+            assert subprocess.run(["bash", "-n", name], cwd=d).returncode == 0, name
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_env_files_parse_and_hold_no_secret(stack):
+    cluster = cluster_of(stack)
+    for host, files in render_cluster(cluster, masked_secrets()).items():
+        by_path = {f.path: f for f in files}
+        if cluster.witness and host == cluster.witness.name:
+            assert failover.HA_ENV not in by_path
+            continue
+        env, sec = by_path[failover.HA_ENV], by_path[failover.HA_SECRETS_ENV]
+        assert "@@SECRET" not in env.content and not env.secrets
+        assert sec.mode == "0600" and sec.owner == "root" and "redis_default" in sec.secrets
+        if cluster.witness:
+            assert "ETCDCTL_USER=hapbx" in sec.content and "@@SECRET:etcd_node@@" in sec.content
+            assert "etcd_node" in sec.secrets
+        with tempfile.NamedTemporaryFile("w", suffix=".env") as fh:
+            fh.write(env.content)
+            fh.flush()
+            out = subprocess.run(["bash", "-c", f"set -eu; . {fh.name}; echo \"$HAPBX_NODE $HAPBX_PEER $PG_SLOT\""],
+                                 capture_output=True, text=True)
+        node = next(n for n in cluster.nodes if n.name == host)
+        peer = cluster.peer_of(node)
+        assert out.stdout.split() == [node.name, peer.name, node.name.replace("-", "_")], out.stderr
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_env_matches_the_data_tier_layout(stack):
+    cluster = cluster_of(stack)
+    node = cluster.nodes[1]
+    env = failover.env_values(RenderContext(cluster, node, masked_secrets()))
+    v = cluster.postgres.version
+    assert env["PG_DATA"] == f"/var/lib/postgresql/{v}/main"
+    assert env["PG_CONFIG_FILE"] == f"/etc/postgresql/{v}/main/postgresql.conf"
+    assert f"postgresql@{v}-main.service" in env["PG_START_CMD"]
+    assert env["PG_PEER_HOST"] == cluster.peer_of(node).address
+    assert env["REDIS_ROLE_FILE"] == "/etc/redis/role.conf"
+    assert env["ETCD_ENDPOINTS"].count("http://") == 3
+    assert env["LEASE_TTL"] == str(cluster.etcd.lease_ttl_seconds)
+
+
+def test_no_witness_stacks_carry_their_policy():
+    for policy in ("manual-promotion", "promote-after-timeout"):
+        cluster = cluster_of("lab", witness=None, noWitnessPolicy=policy)
+        env = failover.env_values(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+        assert env["WITNESS"] == "0" and env["NO_WITNESS_POLICY"] == policy and env["ETCD_ENDPOINTS"] == ""
+        assert env["PG_SYNC_NAMES"] == ""   # no lease holder to relax it: asynchronous
+        sec = failover.secrets_env(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+        assert "ETCDCTL" not in sec
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_timings_are_ordered_so_handovers_converge(stack):
+    cluster = cluster_of(stack)
+    t = failover.Timings.of(cluster)
+    ttl = cluster.etcd.lease_ttl_seconds
+    master_down = 3 * cluster.vip.advert_interval
+    # a hung keepalived's node resigns before the peer gives up the VIP it took,
+    # a dead holder's lease expires before the peer yields,
+    # and the holder waits for the yield (plus the VRRP master-down time) before resigning
+    assert t.hung_after + 1 < t.yield_after
+    assert ttl + 1 < t.yield_after
+    assert t.yield_after + master_down < t.resign_grace
+    # fence margin: renewals every renewInterval, the fence lands before the TTL can run out
+    env = failover.env_values(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+    assert 0 < float(env["FENCE_MARGIN"]) < ttl
+    assert float(env["ETCD_TIMEOUT"]) < ttl - float(env["FENCE_MARGIN"])
+
+
+def test_units_and_guard():
+    cluster = cluster_of("lab")
+    by_path = {f.path: f for f in failover.files(RenderContext(cluster, cluster.nodes[0], masked_secrets()))}
+    unit = by_path[f"/etc/systemd/system/{failover.LEADER_UNIT}"].content
+    assert "Restart=always" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert f"ExecStopPost={failover.HA_BIN}/leader stopped" in unit
+    guard = by_path["/etc/systemd/system/postgresql@15-main.service.d/hapbx-guard.conf"]
+    assert f"ExecStartPre={failover.HA_BIN}/pg-guard" in guard.content
+    assert guard.service is None and guard.action == "systemctl daemon-reload"  # never restarts PostgreSQL

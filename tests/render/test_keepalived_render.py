@@ -1,0 +1,138 @@
+"""keepalived of both stacks: `keepalived -t` on every node's config with the real rendered
+HA scripts in place, the unit drop-in checked by systemd-analyze, and the settings that
+make the VIP safe (unicast peers, BACKUP + nopreempt, VRRPv3 fractional adverts, garp,
+track scripts and files, notify)."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from components.config import load_stack_file  # noqa: E402
+from components.render import RenderContext, masked_secrets  # noqa: E402
+from components.render import failover, keepalived  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STACKS = ["lab", "prod"]
+
+
+def cluster_of(stack):
+    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{stack}.yaml", assume_secrets=True)
+    return cluster
+
+
+def node_files(cluster, node):
+    ctx = RenderContext(cluster, node, masked_secrets())
+    return {f.path: f for f in failover.files(ctx) + keepalived.files(ctx)}
+
+
+def sandbox(files: dict, iface: str, commands: str) -> subprocess.CompletedProcess:
+    """Run `commands` in a throwaway mount+network namespace holding the node's
+    interface and every rendered file under /usr/local/lib and /etc/systemd/system."""
+    with tempfile.TemporaryDirectory() as d:
+        setup = ["mount -t tmpfs hapbx /usr/local/lib", "mount -t tmpfs hapbx /etc/systemd/system",
+                 f"ip link add {iface} type veth peer name hapbx-kt0"]
+        for path, f in files.items():
+            if not (path.startswith("/usr/local/lib/") or path.startswith("/etc/systemd/system/")
+                    or path.startswith("/etc/keepalived/")):
+                continue
+            local = os.path.join(d, path.lstrip("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with open(local, "w", encoding="utf-8") as fh:
+                fh.write(f.content)
+            if path.startswith("/etc/keepalived/"):
+                continue
+            setup.append(f"install -D -m {f.mode} {shlex.quote(local)} {shlex.quote(path)}")
+        script = " && ".join(setup) + f" && cd {shlex.quote(d)} && {commands}"
+        return subprocess.run(["unshare", "-m", "-n", "bash", "-ec", script], capture_output=True, text=True,
+                              timeout=60)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_keepalived_config_passes_keepalived_t_with_the_real_scripts(stack):
+    cluster = cluster_of(stack)
+    for node in cluster.nodes:
+        files = node_files(cluster, node)
+        out = sandbox(files, cluster.network.interface, "keepalived -t -f etc/keepalived/keepalived.conf")
+        assert out.returncode == 0, (stack, node.name, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_keepalived_validator_rejects_a_broken_config(stack):
+    from tests.render.validators import run_validator
+    cluster = cluster_of(stack)
+    conf = node_files(cluster, cluster.nodes[0])[keepalived.CONF]
+    assert run_validator(conf).returncode == 0
+    for damage in ("\n    bogus_keyword 1\n", "\n    advert_int abc\n"):
+        broken = type(conf)(**{**conf.__dict__, "content": conf.content.replace("    nopreempt\n", "    nopreempt" + damage)})
+        assert run_validator(broken).returncode != 0, damage
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vrrp_settings_come_from_config(stack):
+    cluster = cluster_of(stack)
+    for node in cluster.nodes:
+        peer = cluster.peer_of(node)
+        conf = node_files(cluster, node)[keepalived.CONF].content
+        inst = conf[conf.index("vrrp_instance"):]
+        assert re.search(r"^\s+state BACKUP$", inst, re.M) and re.search(r"^\s+nopreempt$", inst, re.M)
+        assert f"unicast_src_ip {node.address}\n" in inst
+        assert re.search(r"unicast_peer \{\s+" + re.escape(peer.address) + r"\s+\}", inst)
+        assert f"priority {node.priority}\n" in inst
+        assert f"advert_int {cluster.vip.advert_interval:g}\n" in inst
+        assert f"version {cluster.vip.vrrp_version}\n" in inst
+        assert f"virtual_router_id {cluster.vip.router_id}\n" in inst
+        assert f"{cluster.vip.address}/{cluster.network.prefix} dev {cluster.network.interface}" in inst
+        assert f"garp_master_repeat {cluster.vip.garp_repeat}\n" in inst
+        assert f'notify "{failover.HA_BIN}/notify"' in inst
+        for name in ("chk_local", "chk_reach"):
+            assert re.search(r"track_script \{[^}]*\b" + name + r"\b", inst)
+        assert re.search(r"track_file \{\s+leader\s+yield\s+\}", inst)
+        # the gateway (and the witness) are the isolation probes
+        env = node_files(cluster, node)[failover.HA_ENV].content
+        targets = [cluster.network.gateway] + ([cluster.witness.address] if cluster.witness else [])
+        assert f"REACH_TARGETS={shlex.quote(' '.join(targets))}" in env
+    # fractional adverts need VRRPv3; both stacks use 0.1 s
+    assert cluster.vip.vrrp_version == 3 and cluster.vip.advert_interval < 1
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_unit_dropin_drops_the_vip_and_restarts(stack):
+    cluster = cluster_of(stack)
+    files = node_files(cluster, cluster.nodes[0])
+    dropin = files[keepalived.DROPIN].content
+    assert "Restart=always" in dropin and "StartLimitIntervalSec=0" in dropin
+    assert f"ExecStopPost={failover.HA_BIN}/vip-release stop" in dropin
+    assert f"ExecStartPre={failover.HA_BIN}/vip-release start" in dropin
+    assert "After=postgresql.service redis-server.service" in dropin
+    # systemd reads the packaged unit plus our drop-in, and our leader unit, without a complaint
+    out = sandbox(files, cluster.network.interface,
+                  "cp /lib/systemd/system/keepalived.service /etc/systemd/system/ && "
+                  "systemd-analyze verify --man=no /etc/systemd/system/keepalived.service "
+                  f"/etc/systemd/system/{failover.LEADER_UNIT}")
+    assert out.returncode == 0 and "keepalived" not in out.stderr and "hapbx" not in out.stderr, out.stderr
+
+
+def test_vip_release_removes_the_vip_and_records_stop():
+    """What the drop-in runs after keepalived dies: the VIP goes, the daemon learns STOP."""
+    cluster = cluster_of("lab")
+    node = cluster.nodes[0]
+    files = node_files(cluster, node)
+    env = failover.env_values(RenderContext(cluster, node, masked_secrets()))
+    env.update(HA_RUN_DIR="/run/hapbx-test", HA_LIB_DIR="/run/hapbx-test/lib", HA_SYSLOG="0", HA_SECRETS_ENV="")
+    env_text = failover.format_env(env)
+    iface, vip = cluster.network.interface, cluster.vip.address
+    cmds = (f"mount -t tmpfs t /run && printf %s {shlex.quote(env_text)} > /run/ha.env && export HAPBX_ENV=/run/ha.env && "
+            f"ip link set {iface} up && ip addr add {vip}/24 dev {iface} && "
+            f"{failover.HA_BIN}/vip-release stop && {failover.HA_BIN}/vip-release stop && "
+            f"! ip -4 addr show dev {iface} | grep -q {vip} && cat /run/hapbx-test/vrrp")
+    out = sandbox(files, iface, cmds)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("STOP ")
