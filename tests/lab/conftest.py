@@ -6,6 +6,7 @@ the real program applied to it by the live harness, removed at the end.
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ class Lab:
 def lab():
     if os.geteuid() != 0:
         pytest.fail("the lab tier needs root (CI runs as root)")
+    # One test lab per host: concurrent suites (developers, CI) queue here instead of
+    # tearing each other's lab down.
+    lock = open("/run/lock/hapbx-test-lab.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     raw = test_lab_config()
     cluster, _ = build(raw)
     spec = lab_cmd.spec_for(cluster)
@@ -75,3 +80,4 @@ def lab():
     yield Lab(raw, spec, cluster, first, up_seconds, apply_seconds)
     if os.environ.get("HAPBX_KEEP_TEST_LAB") != "1":
         machinery.down(spec)
+    lock.close()
