@@ -107,7 +107,8 @@ Renderer = Callable[[RenderContext], list[RenderedFile]]
 def renderers() -> list[Renderer]:
     """Every daemon's file set, in install order."""
     from . import baseline, postgres, redis
-    return [baseline.files, postgres.files, redis.files]
+    from . import etcd, failover, keepalived
+    return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:
