@@ -11,6 +11,8 @@ from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
 from components.render import SECRET_NAMES
 from components.ssh import endpoints
+from components.virtual_ip import VirtualIp, VirtualIpArgs
+from components.witness import Witness, WitnessArgs
 
 config = pulumi.Config()
 try:
@@ -48,6 +50,12 @@ nodes = {
 pbx_nodes = {n.name: nodes[n.name] for n in cluster.nodes}
 postgres = PostgresPair("postgres", PostgresPairArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
 redis = RedisPair("redis", RedisPairArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
+
+# HA: the etcd quorum for the leader lease (nodes + witness), then keepalived and the failover
+# scripts, which start only once PostgreSQL and Redis are configured.
+witness = Witness("etcd", WitnessArgs(cluster=cluster, hosts=nodes, secrets=secrets)) if cluster.witness else None
+vip = VirtualIp("vip", VirtualIpArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+                                     after=[*postgres.ready, *redis.ready, *(witness.ready if witness else [])]))
 
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)

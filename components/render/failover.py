@@ -212,3 +212,28 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                             template("failover/pg-guard.conf.j2", ctx, ha_bin=HA_BIN),
                             action="systemctl daemon-reload"))
     return out
+
+
+def settle_script(ctx: RenderContext, wait: int = 60) -> str:
+    """Deploy step after keepalived started on a node: wait until the cluster has a
+    leader (this node holding the lease and the VIP, or the peer leading), print the
+    node's HA status."""
+    peer = ctx.peer.name
+    return f"""
+for _ in $(seq 1 {wait * 2}); do
+  s=$({HA_BIN}/status 2>/dev/null) || true
+  if grep -qx 'daemon_hold=1' <<<"$s" && grep -qx 'vip=present' <<<"$s"; then
+    echo "leader: {ctx.host.name} (lease and VIP)"; grep -E '^(postgres|redis|etcd_leader)=' <<<"$s"; exit 0
+  fi
+  if grep -qx 'daemon_hold=0' <<<"$s" && grep -qE '^(etcd_leader={peer}|daemon_holder={peer})$' <<<"$s"; then
+    echo "follower: {peer} leads"; grep -E '^(postgres|redis|vip)=' <<<"$s"; exit 0
+  fi
+  if grep -qx 'daemon_witness=0' <<<"$s" && grep -qx 'daemon_hold=0' <<<"$s" && grep -qx 'postgres=standby' <<<"$s"; then
+    echo "follower (no witness)"; grep -E '^(postgres|redis|vip)=' <<<"$s"; exit 0
+  fi
+  sleep 0.5
+done
+echo "hapbx: [$step] no leader after {wait} s:" >&2
+echo "$s" >&2
+exit 1
+"""
