@@ -1,7 +1,7 @@
 """RedisPair: the CDR queue, master on the initial primary, replica on the peer.
 
-Per node: checker -> role (first deploy only) -> ACL file -> redis.conf (+ admin auth file)
--> handler (restart for redis.conf, ACL LOAD for users). The replica's handler waits for the
+Per node: role (first deploy only) -> redis.conf (users inline) + admin env file -> handler
+(start, or restart when redis.conf changed). The replica's handler waits for the
 master's; a last step on the replica verifies the link is up. Names: ``<name>-<node>-<step>``.
 """
 from __future__ import annotations
@@ -67,11 +67,9 @@ class RedisPair(pulumi.ComponentResource):
 
         role = rc.step(f"{prefix}-role", node.name, conn, "initial replication role", rd.role_script(ctx),
                        self._opts(ready), triggers=[rd.role_line(ctx)])
-        checker = install(rd.CHECKER, ready)
-        acl = install(rd.ACL_FILE, [checker, role])
-        conf = install(rd.CONF, [checker, role, acl])
+        conf = install(rd.CONF, [role])
         auth = install(rd.AUTH_FILE, ready)
-        digests = [f.triggers.apply(lambda t: t[0]) for f in (acl, conf, auth)]
+        digests = [f.triggers.apply(lambda t: t[0]) for f in (conf, auth)]
         handler = rc.step(f"{prefix}-handler", node.name, conn, "apply Redis configuration", rd.handler_script(ctx),
-                          self._opts([acl, conf, auth, *after]), triggers=digests)
+                          self._opts([conf, auth, *after]), triggers=digests)
         return handler, digests

@@ -10,11 +10,12 @@ import base64
 import hashlib
 import hmac
 import os
+import shlex
 from dataclasses import dataclass
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
-from . import TEMPLATES, RenderContext, RenderedFile, template
+from . import TEMPLATES, RenderContext, RenderedFile, header, template
 
 DATABASE = "pbx"
 REPLICATION_ROLE = "replicator"
@@ -72,6 +73,8 @@ def pending_marker(cluster: ClusterConfig) -> str:
 
 
 def pgpass_escape(value: str) -> str:
+    if value.startswith("@@SECRET:") and value.endswith("@@"):
+        return value  # a render mask, shown as is
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
@@ -143,35 +146,59 @@ def seed_destinations(cluster: ClusterConfig) -> list[dict]:
              "attrs": f"duid={n.name}", "description": f"hapbx:{n.name}"} for n in cluster.nodes]
 
 
+def conf_validator(pg: PgPaths) -> str:
+    """PostgreSQL's own parser on the staged file: ``postgres -C`` reads the whole configuration
+    (and the data directory's postgresql.auto.conf), rejects unknown parameters and bad values,
+    and starts nothing. Runs as postgres (it refuses root). Falls back to the newest installed
+    major version only where the configured one is absent (a host rendering the other stack)."""
+    return (f'b={pg.bin_dir}/postgres; if [ ! -x "$b" ]; then for c in /usr/lib/postgresql/*/bin/postgres; do b=$c; done; fi; '
+            'chmod 0755 "$(dirname {path})" && chmod 0644 {path} && '
+            'runuser -u postgres -- "$b" --config-file={path} -C wal_level')
+
+
+# pg_hba.conf has no offline checker in PostgreSQL: this checks the syntax and the policy (no
+# trust/password/md5, CIDR addresses) before install; after the reload the configure step reads
+# pg_hba_file_rules (PostgreSQL's own parser) and fails on any error, the old rules staying active.
+HBA_VALIDATOR = "awk " + shlex.quote(" ".join("""
+function bad(msg) { printf "line %d: %s: %s\\n", FNR, msg, $0; errors++ }
+/^[[:space:]]*(#|$)/ { next }
+{ sub(/[[:space:]]+#.*$/, "") }
+$1 == "local" { if (NF < 4) { bad("local needs database, user, method"); next } method = $4 }
+$1 ~ /^host(ssl|nossl|gssenc|nogssenc)?$/ {
+  if (NF < 5) { bad("host needs database, user, address, method"); next }
+  if ($4 !~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+[/][0-9]+$/ && $4 !~ /^[0-9a-fA-F:]+[/][0-9]+$/) { bad("address is not CIDR"); next }
+  method = $5 }
+$1 != "local" && $1 !~ /^host/ { bad("unknown connection type"); next }
+method ~ /^(trust|password|md5)$/ { bad("method " method " is not allowed (scram-sha-256)"); next }
+method !~ /^(scram-sha-256|peer|reject|cert)$/ { bad("unexpected method " method); next }
+END { exit errors ? 1 : 0 }""".split())) + " {path}"
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
     c = ctx.cluster
     pg = paths(c)
     svc = pg.service + ".service"
-    conf_check = (f'chmod 0755 "$(dirname {{path}})" && chmod 0644 {{path}} && '
-                  f'runuser -u postgres -- {pg.bin_dir}/postgres --config-file={{path}} -C wal_level')
     hba = template("postgresql/pg_hba.conf.j2", ctx, app_sources=app_sources(c), app_roles=APP_ROLES, pad=_pad,
                    **_values(ctx))
     out = [
         RenderedFile(f"{pg.conf_dir}/postgresql.conf", postgresql_conf(ctx), service=svc, action="reload",
-                     validate=conf_check, owner="postgres", group="postgres", mode="0644"),
+                     validate=conf_validator(pg), owner="postgres", group="postgres", mode="0644"),
         RenderedFile(f"{pg.conf_dir}/pg_hba.conf", hba, service=svc, action="reload",
-                     validate=f"{LIB_DIR}/check-hba {{path}}", owner="postgres", group="postgres", mode="0640"),
+                     validate=HBA_VALIDATOR, owner="postgres", group="postgres", mode="0640"),
         RenderedFile("/var/lib/postgresql/.pgpass",
                      template("postgresql/pgpass.j2", ctx, password=ctx.secret("postgres_replication"),
                               pgpass_escape=pgpass_escape, **_values(ctx)),
                      owner="postgres", group="postgres", mode="0600", secrets=("postgres_replication",)),
         RenderedFile(f"{LIB_DIR}/migrate.py", _static("postgresql/migrate.py"), mode="0755",
                      validate="python3 -m py_compile {path}"),
-        RenderedFile(f"{LIB_DIR}/check-hba", _static("postgresql/check-hba.sh"), mode="0755",
-                     validate="bash -n {path}"),
         RenderedFile(f"{LIB_DIR}/seed.sql",
                      template("postgresql/seed.sql.j2", ctx, destinations=seed_destinations(c),
                               dispatcher_set=DISPATCHER_SET, sip_domain=c.vip.address)),
     ]
     for name, sql in migrations():
-        out.append(RenderedFile(f"{LIB_DIR}/migrations/{name}", sql))
+        out.append(RenderedFile(f"{LIB_DIR}/migrations/{name}", header("--") + "\n" + sql))
     unit = "hapbx-pg-maintenance"
     out += [
         RenderedFile(f"/etc/systemd/system/{unit}.service",
@@ -203,11 +230,25 @@ def roles_script(ctx: RenderContext) -> str:
 
 
 def replication_script(ctx: RenderContext) -> str:
-    return _step("replication", ctx)
+    return template("postgresql/steps/replication.sh.j2", ctx, slot_sql=slot_sql(slot_name(ctx.peer.name)),
+                    rewind_grants_sql=REWIND_GRANTS_SQL, **_values(ctx))
 
 
 def standby_script(ctx: RenderContext) -> str:
     return _step("standby", ctx)
+
+
+def slot_sql(slot: str) -> str:
+    """Create a physical slot unless it exists (works on a primary and on a standby)."""
+    return (f"SELECT pg_create_physical_replication_slot('{slot}') "
+            f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
+
+
+#: what pg_rewind's source role needs (PostgreSQL documentation of pg_rewind); primary only
+REWIND_GRANTS_SQL = "".join(
+    f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {REPLICATION_ROLE};\n" for fn in (
+        "pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)", "pg_read_binary_file(text)",
+        "pg_read_binary_file(text, bigint, bigint, boolean)"))
 
 
 def roles_sql(ctx: RenderContext) -> str:

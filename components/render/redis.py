@@ -5,22 +5,16 @@ first deploy and owned by the failover tooling after that (see role_line and the
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 from ..config import ClusterConfig
-from . import TEMPLATES, RenderContext, RenderedFile, template
+from . import RenderContext, RenderedFile, header, template
 
 CONF = "/etc/redis/redis.conf"
-ACL_FILE = "/etc/redis/users.acl"
 ROLE_FILE = "/etc/redis/role.conf"
-#: the default user's password for root's local tools (handler, failover scripts): REDISCLI_AUTH=$(cat ...)
-AUTH_FILE = "/etc/redis/admin.auth"
-CHECKER = "/usr/local/lib/hapbx/redis/check-config"
+#: the default user's password for root's local tools (handler, failover scripts): sourced, REDISCLI_AUTH
+AUTH_FILE = "/etc/redis/admin.env"
 SERVICE = "redis-server.service"
 PENDING_DIR = "/var/lib/hapbx/pending"
 CONF_MARKER = f"{PENDING_DIR}/{SERVICE}"
-ACL_MARKER = f"{PENDING_DIR}/redis-acl"
 REPLICATION_USER = "replicator"
 CDR_USER = "cdr"
 CDR_PREFIX = "cdr:"
@@ -49,51 +43,55 @@ def role_line(ctx: RenderContext) -> str:
     return f"replicaof {c.primary.address} {c.redis.port}"
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def backlog_mb(cluster: ClusterConfig) -> int:
     """Replication backlog: a replica that was away briefly resyncs partially."""
     return max(16, min(256, cluster.redis.maxmemory_mb // 4))
 
 
-def _static(name: str) -> str:
-    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as fh:
-        return fh.read()
-
-
 def _values(ctx: RenderContext) -> dict:
-    return dict(role_file=ROLE_FILE, acl_file=ACL_FILE, auth_file=AUTH_FILE, replication_user=REPLICATION_USER,
-                master=ctx.cluster.primary, conf_marker=CONF_MARKER, acl_marker=ACL_MARKER,
-                wait=VERIFY_WAIT_SECONDS)
+    return dict(role_file=ROLE_FILE, auth_file=AUTH_FILE, replication_user=REPLICATION_USER,
+                master=ctx.cluster.primary, conf_marker=CONF_MARKER, wait=VERIFY_WAIT_SECONDS)
 
 
 def redis_conf(ctx: RenderContext) -> str:
-    return template("redis/redis.conf.j2", ctx, replication_password=ctx.secret("redis_replication"),
-                    backlog_mb=backlog_mb(ctx.cluster), **_values(ctx))
-
-
-def users_acl(ctx: RenderContext) -> str:
     rules = " ".join(f"+{c}" for c in CDR_COMMANDS)
-    return template("redis/users.acl.j2", ctx, sha256=_sha256, default_password=ctx.secret("redis_default"),
+    return template("redis/redis.conf.j2", ctx, default_password=ctx.secret("redis_default"),
                     replication_password=ctx.secret("redis_replication"), cdr_password=ctx.secret("redis_cdr"),
-                    cdr_user=CDR_USER, cdr_prefix=CDR_PREFIX, cdr_rules=rules, **_values(ctx))
+                    cdr_user=CDR_USER, cdr_prefix=CDR_PREFIX, cdr_rules=rules, backlog_mb=backlog_mb(ctx.cluster),
+                    **_values(ctx))
+
+
+def validator() -> str:
+    """Redis has no config-check mode: a throwaway redis-server loads the staged configuration
+    on a private unix socket, with no TCP port, as a master (never syncs from anyone), in a
+    temporary directory; the socket appearing means the file (users included) loaded. The role
+    file is included as installed (empty when not yet written). Prints Redis' own error
+    otherwise. Self-contained: the same command runs on a node and in the render tests."""
+    return (
+        'd=$(mktemp -d /tmp/hapbx-redis-check.XXXXXX); '
+        'sed "s|^include ' + ROLE_FILE + '\\$|include $d/role.conf|" {path} > "$d/redis.conf"; '
+        f'if [ -f {ROLE_FILE} ]; then cp {ROLE_FILE} "$d/role.conf"; else : > "$d/role.conf"; fi; '
+        'redis-server "$d/redis.conf" --port 0 --bind 127.0.0.1 --unixsocket "$d/s" --unixsocketperm 700 '
+        '--dir "$d" --logfile "$d/log" --pidfile "$d/pid" --daemonize no --supervised no '
+        '--replicaof no one --appendonly no --save "" > "$d/out" 2>&1 & p=$!; '
+        'ok=1; for _ in $(seq 100); do if [ -S "$d/s" ]; then ok=0; break; fi; '
+        'kill -0 $p 2>/dev/null || break; sleep 0.05; done; '
+        'kill $p 2>/dev/null; wait $p 2>/dev/null; '
+        '[ $ok = 0 ] || cat "$d/out" "$d/log" 2>/dev/null | tail -n 8; rm -rf "$d"; [ $ok = 0 ]')
+
+
+def admin_env(ctx: RenderContext) -> str:
+    return f"{header()}\n# The default user's password for root's local tools: . this file, then redis-cli.\n" \
+           f"REDISCLI_AUTH='{ctx.secret('redis_default')}'\n"
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
     return [
-        RenderedFile(CHECKER, _static("redis/check-config.sh"), mode="0755", validate="bash -n {path}"),
-        # The ACL file has no comment syntax, hence no "managed by" header (redis.conf says it).
-        RenderedFile(ACL_FILE, users_acl(ctx), owner="redis", group="redis", mode="0640",
-                     action=f"mkdir -p {PENDING_DIR} && touch {ACL_MARKER}",
-                     validate=f"{CHECKER} {CONF} {{path}}",
-                     secrets=tuple(USERS.values())),
         RenderedFile(CONF, redis_conf(ctx), service=SERVICE, action="restart", owner="redis", group="redis",
-                     mode="0640", validate=f"{CHECKER} {{path}} {ACL_FILE}", secrets=("redis_replication",)),
-        RenderedFile(AUTH_FILE, ctx.secret("redis_default") + "\n", mode="0600", secrets=("redis_default",)),
+                     mode="0640", validate=validator(), secrets=tuple(USERS.values())),
+        RenderedFile(AUTH_FILE, admin_env(ctx), mode="0600", secrets=("redis_default",)),
     ]
 
 

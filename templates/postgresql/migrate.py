@@ -29,6 +29,7 @@ FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 DB_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOCK = "hashtext('hapbx.schema_migrations')"
 EXIT_STANDBY = 3
+MANAGED_PREFIX = b"-- Managed by "
 
 SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS public.schema_migrations (
@@ -42,6 +43,14 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
 
 class MigrationError(Exception):
     pass
+
+
+def migration_checksum(raw: bytes) -> str:
+    """sha256 of a migration without the deployment's "managed by" first line (added when the
+    file is shipped; not part of the migration, so rewording it never looks like an edit)."""
+    if raw.startswith(MANAGED_PREFIX):
+        raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    return hashlib.sha256(raw).hexdigest()
 
 
 def discover(directory: str) -> list[tuple[int, str, str]]:
@@ -97,7 +106,7 @@ def migrate(dsn: str, database: str, directory: str, out=sys.stdout) -> list[str
         for version, name, path in migrations:
             with open(path, "rb") as fh:
                 raw = fh.read()
-            checksum = hashlib.sha256(raw).hexdigest()
+            checksum = migration_checksum(raw)
             label = f"{version:03d}_{name}"
             # One transaction: the lock (concurrent runners wait), the check, the DDL, the record.
             cur.execute(f"SELECT pg_advisory_xact_lock({LOCK})")
