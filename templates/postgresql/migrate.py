@@ -93,8 +93,9 @@ def ensure_database(dsn: str, database: str) -> bool:
         conn.close()
 
 
-def migrate(dsn: str, database: str, directory: str, out=sys.stdout) -> list[str]:
+def migrate(dsn: str, database: str, directory: str, out=None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
+    out = out or sys.stdout
     migrations = discover(directory)
     applied: list[str] = []
     conn = connect(dsn, database)
@@ -134,7 +135,8 @@ def migrate(dsn: str, database: str, directory: str, out=sys.stdout) -> list[str
     return applied
 
 
-def ensure_partitions(dsn: str, database: str, months_ahead: int, out=sys.stdout) -> int:
+def ensure_partitions(dsn: str, database: str, months_ahead: int, out=None) -> int:
+    out = out or sys.stdout
     conn = connect(dsn, database)
     try:
         cur = conn.cursor()

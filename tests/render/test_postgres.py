@@ -1,0 +1,811 @@
+"""PostgreSQL, checked by the real thing: a PostgreSQL 15 started from our rendered
+postgresql.conf / pg_hba.conf / .pgpass applies every migration through psycopg (twice:
+the second applies nothing), the constraints refuse bad rows, the roles have exactly their
+privileges, Kamailio authenticates a provisioned user against the view; and a primary +
+standby pair on two loopback ports streams, the standby is promoted and the old primary is
+pg_rewind-ed back as its standby.
+
+What differs from a node: both "nodes" are 127.0.0.1 (the test renders each node's files with
+the peer's port, so primary_conninfo points at the peer), and the command line overrides only
+the paths and the port (data_directory, hba_file, ident_file, socket dir, pid file, port,
+listen_addresses, ssl cert/key: the host has no snakeoil certificate). Daemons run as the
+postgres user on loopback, high free ports, in temporary directories, and are stopped at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from components import pgtune
+from components.config import load_stack_file
+from components.render import SECRET_NAMES, TEMPLATES, RenderContext, RenderedFile, masked_secrets
+from components.render import postgres as pg
+from tests.mockrun import ROOT
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists(f"{PGBIN}/postgres"), reason="needs postgresql-15 (Debian)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root"),
+]
+#: the only settings not taken from the rendered file: paths and the port of this "node"
+OVERRIDDEN = ("config_file", "data_directory", "hba_file", "ident_file", "external_pid_file", "unix_socket_directories",
+              "port", "listen_addresses", "ssl_cert_file", "ssl_key_file")
+SECRETS = {n: f"pw-{n.replace('_', '-')}-9xQ2Lm7" for n in SECRET_NAMES}
+PG_UID = pwd.getpwnam("postgres").pw_uid if os.path.exists(f"{PGBIN}/postgres") else 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack(name: str):
+    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{name}.yaml", assume_secrets=True)
+    return cluster
+
+
+def loopback_cluster(render_port: int):
+    """The lab stack with both nodes (and the VIP) on 127.0.0.1, rendered for render_port."""
+    c = stack("lab")
+    return dataclasses.replace(
+        c, nodes=[dataclasses.replace(n, address="127.0.0.1") for n in c.nodes],
+        vip=dataclasses.replace(c.vip, address="127.0.0.1"),
+        postgres=dataclasses.replace(c.postgres, port=render_port))
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("hapbx_migrate", os.path.join(TEMPLATES, "postgresql", "migrate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RUNNER = load_runner()
+
+
+def as_postgres(*cmd: str, env: dict | None = None, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess:
+    full = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in (env or {}).items()], *cmd]
+    out = subprocess.run(full, capture_output=True, text=True, input=input, timeout=timeout, cwd="/")
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+class Server:
+    """One 'node': its rendered files in a directory, a data directory, a running postmaster."""
+
+    def __init__(self, base: Path, dirname: str, node: str, port: int, peer_port: int, cert: tuple[Path, Path]):
+        self.dir = base / dirname
+        self.dir.mkdir()
+        self.port, self.peer_port = port, peer_port
+        self.cluster = loopback_cluster(peer_port)
+        self.node = next(n for n in self.cluster.nodes if n.name == node)
+        self.ctx = RenderContext(self.cluster, self.node, SECRETS)
+        self.files = {f.path: f for f in pg.files(self.ctx)}
+        conf_dir = pg.paths(self.cluster).conf_dir
+        self.conf = self._write("postgresql.conf", self.files[f"{conf_dir}/postgresql.conf"].content)
+        self.hba = self._write("pg_hba.conf", self.files[f"{conf_dir}/pg_hba.conf"].content)
+        self.pgpass = self._write("pgpass", self.files["/var/lib/postgresql/.pgpass"].content, mode=0o600)
+        self.ident = self._write("pg_ident.conf", "")
+        self.migrations = self.dir / "migrations"
+        self.migrations.mkdir()
+        for path, f in self.files.items():
+            if "/migrations/" in path:
+                (self.migrations / os.path.basename(path)).write_text(f.content)
+        self.seed = self._write("seed.sql", self.files[f"{pg.LIB_DIR}/seed.sql"].content)
+        self.data = self.dir / "data"
+        self.sock = self.dir / "s"
+        self.sock.mkdir()
+        self.cert = (self._write("server.crt", cert[0].read_text()), self._write("server.key", cert[1].read_text(), 0o600))
+        subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
+        self.env = {"PGPASSFILE": str(self.pgpass)}
+
+    def _write(self, name: str, text: str, mode: int = 0o644) -> Path:
+        p = self.dir / name
+        p.write_text(text)
+        p.chmod(mode)
+        return p
+
+    def overrides(self) -> str:
+        values = {
+            "config_file": self.conf, "data_directory": self.data, "hba_file": self.hba, "ident_file": self.ident,
+            "external_pid_file": self.dir / "pid", "unix_socket_directories": self.sock, "port": self.port,
+            "listen_addresses": "127.0.0.1", "ssl_cert_file": self.cert[0], "ssl_key_file": self.cert[1]}
+        assert set(values) == set(OVERRIDDEN)
+        return " ".join(f"-c {k}={v}" for k, v in values.items())
+
+    def initdb(self) -> None:
+        pwfile = self._write("pw", SECRETS["postgres_superuser"] + "\n", 0o600)
+        os.chown(pwfile, PG_UID, -1)
+        as_postgres(f"{PGBIN}/initdb", "-D", str(self.data), "-U", "postgres", f"--pwfile={pwfile}",
+                    "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+                    "--no-instructions")
+        pwfile.unlink()
+
+    def start(self) -> None:
+        as_postgres(f"{PGBIN}/pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.dir / "log"),
+                    "-o", self.overrides(), env=self.env)
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            as_postgres(f"{PGBIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.data), check=False)
+
+    def log(self) -> str:
+        p = self.dir / "log"
+        return p.read_text()[-3000:] if p.exists() else ""
+
+    def connect(self, user: str = "postgres", db: str = "postgres", **kw) -> psycopg.Connection:
+        secret = "postgres_superuser" if user == "postgres" else pg.LOGIN_ROLES[user]
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=user, dbname=db,
+                               password=SECRETS[secret], connect_timeout=5, **kw)
+
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres password={SECRETS['postgres_superuser']}"
+
+    def psql(self, sql: str | None = None, db: str = "postgres", file: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+        """psql as the postgres OS user over the socket (peer authentication), as the steps do."""
+        args = [f"{PGBIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock),
+                "-p", str(self.port), "-d", db]
+        if file:
+            args += ["-1", "-f", file]
+        return as_postgres(*args, "-f", "-", input=sql, check=check) if sql is not None else as_postgres(*args, check=check)
+
+    def migrate(self, *extra: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = RUNNER.main(["--dir", str(self.migrations), "--dsn", self.dsn(), *extra])
+        return rc, out.getvalue(), err.getvalue()
+
+    def setup_primary(self) -> None:
+        """The primary's steps: migrate (+ seed), roles, replication (slot for the peer, grants)."""
+        rc, out, err = self.migrate()
+        assert rc == 0, (out, err)
+        self.psql(db=pg.DATABASE, file=str(self.seed))
+        self.psql(pg.roles_sql(self.ctx))
+        peer = self.cluster.peer_of(self.node)
+        self.psql(pg.slot_sql(pg.slot_name(peer.name)) + ";\n" + pg.REWIND_GRANTS_SQL)
+
+
+@pytest.fixture(scope="module")
+def base():
+    d = Path(tempfile.mkdtemp(prefix="hapbx-pg-test-"))
+    d.chmod(0o755)
+    key, crt = d / "key.pem", d / "crt.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    yield d, (crt, key)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def primary(base):
+    d, cert = base
+    srv = Server(d, "main", "pbx1", free_port(), free_port(), cert)
+    srv.initdb()
+    srv.start()
+    rc, out, err = srv.migrate()
+    srv.first_migration = (rc, out, err)
+    yield srv
+    srv.stop("immediate")
+
+
+@pytest.fixture
+def conn(primary):
+    with primary.connect(db=pg.DATABASE) as c:
+        yield c
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def test_rendered_configuration_is_what_runs(primary):
+    tune = pgtune.tune(primary.cluster, primary.node).settings()
+    with primary.connect() as c:
+        show = lambda name: c.execute(f"SHOW {name}").fetchone()[0]  # noqa: E731
+        assert show("wal_level") == "replica" and show("wal_log_hints") == "on" and show("hot_standby") == "on"
+        assert show("password_encryption") == "scram-sha-256" and show("ssl") == "on"
+        assert show("shared_buffers") == tune["shared_buffers"] == "1GB"
+        assert show("max_connections") == "100" and show("max_slot_wal_keep_size") == tune["max_slot_wal_keep_size"]
+        assert show("primary_slot_name") == "pbx1" and "application_name=pbx1" in show("primary_conninfo")
+        assert show("shared_preload_libraries") == "pg_stat_statements" and show("timezone") == "UTC"
+        # only the settings this test overrides on the command line differ from the file
+        errs = c.execute("SELECT name, error FROM pg_file_settings WHERE error IS NOT NULL").fetchall()
+        assert {n for n, _ in errs} <= set(OVERRIDDEN) and {e for _, e in errs} <= {"setting could not be applied"}
+        assert c.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone()[0] == 0
+        methods = {r[0] for r in c.execute("SELECT auth_method FROM pg_hba_file_rules")}
+        assert methods == {"peer", "scram-sha-256", "reject"}
+        assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+
+
+def test_hba_admits_replication_from_the_peer_only(primary):
+    """Replication is refused from anywhere but the peer: render pbx1 with the peer on 127.0.0.2,
+    reload, and a replication connection from 127.0.0.1 is refused by pg_hba; then back."""
+    c = dataclasses.replace(primary.cluster, nodes=[dataclasses.replace(primary.cluster.nodes[0]),
+                                                    dataclasses.replace(primary.cluster.nodes[1], address="127.0.0.2")])
+    other = pg.files(RenderContext(c, c.nodes[0], SECRETS))
+    hba = next(f for f in other if f.path.endswith("pg_hba.conf")).content
+    assert "hostssl replication     replicator      127.0.0.2/32" in hba
+    original = primary.hba.read_text()
+    try:
+        primary.hba.write_text(hba)
+        primary.psql("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+        with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects replication connection"):
+            psycopg.connect(host="127.0.0.1", port=primary.port, user="replicator", dbname="replication",
+                            replication="true", password=SECRETS["postgres_replication"], connect_timeout=5)
+    finally:
+        primary.hba.write_text(original)
+        primary.psql("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("name", ["lab", "prod"])
+def test_validators_pass_rendered_and_reject_broken_files(name, tmp_path):
+    from tests.render.validators import run_validator
+    c = stack(name)
+    files = {f.path: f for f in pg.files(RenderContext(c, c.nodes[0], masked_secrets()))}
+    conf = files[f"{pg.paths(c).conf_dir}/postgresql.conf"]
+    hba = files[f"{pg.paths(c).conf_dir}/pg_hba.conf"]
+    for f in (conf, hba):
+        out = run_validator(f)
+        assert out.returncode == 0, (f.path, out.stdout, out.stderr)
+    for damaged, why in [(conf.content + "\nshared_buffers = 10XB\n", "invalid value"),
+                         (conf.content + "\nwal_levle = replica\n", "unrecognized configuration parameter"),
+                         (hba.content + "\nhost all all 0.0.0.0/0 trust\n", "not allowed"),
+                         (hba.content + "\nhost all all 10.0.0.1 scram-sha-256\n", "not CIDR")]:
+        f = conf if damaged.startswith(conf.content) else hba
+        out = run_validator(RenderedFile(**{**f.__dict__, "content": damaged}))
+        assert out.returncode != 0 and why in out.stdout + out.stderr, (why, out.stdout, out.stderr)
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+def test_migrations_apply_once_each_in_order(primary):
+    rc, out, _ = primary.first_migration
+    names = [n.removesuffix(".sql") for n, _ in pg.migrations()]
+    assert rc == 0 and [line.split()[1] for line in out.splitlines() if line.startswith("applied")] == names
+    rc, out, err = primary.migrate()  # second run: nothing to do
+    assert (rc, out.strip(), err) == (0, "unchanged", "")
+    with primary.connect(db=pg.DATABASE) as c:
+        rows = c.execute("SELECT version, name, checksum FROM public.schema_migrations ORDER BY version").fetchall()
+    assert [f"{v:03d}_{n}" for v, n, _ in rows] == names
+    # the recorded checksum is the migration's own text; the shipped header line is not part of it
+    for (_, _, checksum), (_, sql) in zip(rows, pg.migrations()):
+        assert checksum == hashlib.sha256(sql.encode()).hexdigest()
+
+
+def test_an_edited_applied_migration_is_refused_and_a_failing_one_leaves_nothing(primary, tmp_path):
+    edited = tmp_path / "m"
+    shutil.copytree(primary.migrations, edited)
+    f = sorted(edited.iterdir())[0]
+    f.write_text(f.read_text() + "\n-- edited\n")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = RUNNER.main(["--dir", str(edited), "--dsn", primary.dsn()])
+    assert rc == 1 and "001_foundation was applied with another content" in err.getvalue()
+    f.write_text(f.read_text().replace("\n-- edited\n", ""))
+    (edited / "006_broken.sql").write_text("CREATE TABLE pbx.half_done (id int);\nSELECT 1/0;\n")
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = RUNNER.main(["--dir", str(edited), "--dsn", primary.dsn()])
+    assert rc == 1 and "006_broken failed, nothing of it was applied" in err.getvalue()
+    with primary.connect(db=pg.DATABASE) as c:
+        assert c.execute("SELECT to_regclass('pbx.half_done')").fetchone()[0] is None
+        assert c.execute("SELECT max(version) FROM public.schema_migrations").fetchone()[0] == len(pg.migrations())
+
+
+def test_kamailio_version_rows_match_kamailio_own_create_scripts(conn):
+    """The version table holds what kamdbctl's scripts insert (5.6 from this host's package when
+    present; the values are identical in 6.0, compared on the kamailio repository's tags)."""
+    got = dict(conn.execute("SELECT table_name, table_version FROM kamailio.version").fetchall())
+    assert got == {"version": 1, "subscriber": 7, "location": 9, "location_attrs": 1, "dispatcher": 4}
+    src = "/usr/share/kamailio/postgres"
+    if os.path.isdir(src):
+        import re
+        want = {}
+        for f in ("standard", "auth_db", "usrloc", "dispatcher"):
+            text = Path(src, f"{f}-create.sql").read_text()
+            want.update({t: int(v) for t, v in re.findall(r"values \('(\w+)','(\d+)'\)", text)})
+        assert got == want
+
+
+def test_roles_get_scram_verifiers_idempotently_and_log_in(primary):
+    first = primary.psql(pg.roles_sql(primary.ctx)).stdout.strip()
+    again = primary.psql(pg.roles_sql(primary.ctx)).stdout.strip()
+    assert again == ""  # nothing differs the second time
+    assert set(filter(None, first.split(","))) <= set(pg.LOGIN_ROLES)
+    with primary.connect() as c:
+        stored = dict(c.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
+                                (list(pg.LOGIN_ROLES),)).fetchall())
+    for role, secret in pg.LOGIN_ROLES.items():
+        assert stored[role] == pg.scram_verifier(SECRETS[secret], role)
+    for role in pg.APP_ROLES:
+        with primary.connect(role, pg.DATABASE) as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == role
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        primary.connect("replicator", pg.DATABASE)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host="127.0.0.1", port=primary.port, user="kamailio", dbname=pg.DATABASE,
+                        password="wrong-password", connect_timeout=5)
+
+
+def denied(primary, role: str, sql: str, params=()) -> bool:
+    with primary.connect(role, pg.DATABASE) as c:
+        try:
+            c.execute(sql, params)
+        except errors.InsufficientPrivilege:
+            c.rollback()
+            return True
+        c.rollback()
+    return False
+
+
+def test_roles_have_least_privilege(primary):
+    primary.psql(pg.roles_sql(primary.ctx))
+    allowed = [
+        ("kamailio", "SELECT username, ha1 FROM subscriber LIMIT 1"),
+        ("kamailio", "SELECT * FROM dispatcher"),
+        ("kamailio", "INSERT INTO location (ruid, username, contact) VALUES ('r-priv', 'u', 'sip:u@h')"),
+        ("cdr_writer", "SELECT cdr.ingest('{}'::jsonb) IS NULL"),
+        ("pbx_readonly", "SELECT count(*) FROM extensions"),
+        ("pbx_readonly", "SELECT count(*) FROM cdr.calls"),
+        ("pbx_admin", "INSERT INTO settings (key, value) VALUES ('test.priv', 'x')"),
+        ("pbx_admin", "SELECT count(*) FROM cdr.calls"),
+    ]
+    for role, sql in allowed:
+        with primary.connect(role, pg.DATABASE) as c:
+            try:
+                c.execute(sql)
+            except errors.NotNullViolation:
+                c.rollback()  # cdr.ingest('{}') reached the function: the privilege is there
+    refused = [
+        ("kamailio", "SELECT * FROM pbx.extensions"),
+        ("kamailio", "SELECT * FROM pbx.sip_credentials"),
+        ("kamailio", "DELETE FROM dispatcher"),
+        ("kamailio", "SELECT * FROM cdr.calls"),
+        ("cdr_writer", "SELECT * FROM cdr.calls"),
+        ("cdr_writer", "DELETE FROM cdr.calls"),
+        ("cdr_writer", "SELECT * FROM cdr.call_uuids"),
+        ("cdr_writer", "SELECT * FROM pbx.extensions"),
+        ("pbx_readonly", "SELECT * FROM sip_credentials"),
+        ("pbx_readonly", "SELECT * FROM kamailio.subscriber"),
+        ("pbx_readonly", "INSERT INTO settings (key, value) VALUES ('x', 'y')"),
+        ("pbx_admin", "INSERT INTO cdr.calls (call_uuid, callee_number, start_time, end_time, duration, "
+                      "hangup_cause, node) VALUES (gen_random_uuid(), '1', now(), now(), 0, 'X', 'n')"),
+        ("pbx_admin", "INSERT INTO extension_types VALUES ('fax', 'no')"),
+        ("pbx_admin", "CREATE TABLE pbx.mine (id int)"),
+        ("pbx_admin", "CREATE TABLE public.mine (id int)"),
+        ("pbx_admin", "SELECT cdr.ensure_partitions(1)"),
+    ]
+    for role, sql in refused:
+        assert denied(primary, role, sql), (role, sql)
+
+
+EXT = "INSERT INTO pbx.extensions (number, type, display_name, settings) VALUES (%s, %s, %s, %s) RETURNING id"
+
+
+def cdr(**over):
+    row = {"call_uuid": str(uuid.uuid4()), "caller_number": "1001", "callee_number": "1002",
+           "start_time": "2031-01-15T10:00:00Z", "answer_time": "2031-01-15T10:00:05Z",
+           "end_time": "2031-01-15T10:01:05Z", "duration": 65, "billsec": 60, "hangup_cause": "NORMAL_CLEARING",
+           "node": "pbx1"}
+    row.update(over)
+    return {k: v for k, v in row.items() if v is not None}
+
+
+BAD_ROWS = [
+    # (why, sql, params, sqlstate class, constraint or message part)
+    ("duplicate number", EXT, ("2001", "queue", "Dup", "{}"), errors.UniqueViolation, "extensions_number_key"),
+    ("unknown extension type", EXT, ("2101", "fax", "Fax", "{}"), errors.ForeignKeyViolation, "extensions_type_fkey"),
+    ("number with letters", EXT, ("20a1", "user", "Bad", "{}"), errors.CheckViolation, "extensions_number_format"),
+    ("blank display name", EXT, ("2102", "user", "  ", "{}"), errors.CheckViolation, "extensions_display_name_format"),
+    ("settings not an object", EXT, ("2103", "user", "A", "[]"), errors.CheckViolation, "extensions_settings_valid"),
+    ("unknown queue strategy", EXT, ("2104", "queue", "Q", '{"strategy": "loudest"}'), errors.CheckViolation,
+     "extensions_settings_valid"),
+    ("credentials for a queue", "INSERT INTO pbx.sip_credentials (extension_id, domain, ha1, ha1b) SELECT id, 'd', "
+     "md5('a'), md5('b') FROM pbx.extensions WHERE number = '2001'", (), errors.ForeignKeyViolation,
+     "sip_credentials_extension_fkey"),
+    ("credentials typed as a queue", "INSERT INTO pbx.sip_credentials (extension_id, extension_type, domain, ha1, ha1b)"
+     " SELECT id, 'queue', 'd', md5('a'), md5('b') FROM pbx.extensions WHERE number = '2001'", (),
+     errors.CheckViolation, "sip_credentials_user_only"),
+    ("plain password as ha1", "UPDATE pbx.sip_credentials SET ha1 = 'secret123'", (), errors.CheckViolation,
+     "sip_credentials_ha1_format"),
+    ("password on a queue", "SELECT pbx.set_sip_password('2001', 'long-enough-password')", (), errors.CheckViolation,
+     "only user extensions"),
+    ("short SIP password", "SELECT pbx.set_sip_password('2000', 'short', 'pbx.test')", (), errors.CheckViolation,
+     "shorter than 12"),
+    ("renumbering a user with credentials", "UPDATE pbx.extensions SET number = '2999' WHERE number = '2000'", (),
+     errors.CheckViolation, "hashed with its number"),
+    ("turning a user with credentials into a queue", "UPDATE pbx.extensions SET type = 'queue' WHERE number = '2000'",
+     (), errors.ForeignKeyViolation, "sip_credentials_extension_fkey"),
+    ("second global recording policy", "INSERT INTO pbx.recording_policies (scope, mode) VALUES ('global', 'never')",
+     (), errors.UniqueViolation, "recording_policies_one_global"),
+    ("unknown recording mode", "INSERT INTO pbx.recording_policies (scope, mode) VALUES ('global', 'sometimes')", (),
+     errors.CheckViolation, "recording_policies_mode_known"),
+    ("queue scope on a user", "INSERT INTO pbx.recording_policies (scope, extension_id, extension_type, mode) "
+     "SELECT 'queue', id, 'user', 'always' FROM pbx.extensions WHERE number = '2000'", (), errors.CheckViolation,
+     "recording_policies_target_matches_scope"),
+    ("extension scope with a wrong type", "INSERT INTO pbx.recording_policies (scope, extension_id, extension_type, "
+     "mode) SELECT 'extension', id, 'ivr', 'always' FROM pbx.extensions WHERE number = '2000'", (),
+     errors.ForeignKeyViolation, "recording_policies_extension_fkey"),
+    ("retention of zero days", "INSERT INTO pbx.recording_policies (scope, trunk_id, mode, retention_days) "
+     "SELECT 'trunk', id, 'always', 0 FROM pbx.trunks", (), errors.CheckViolation, "recording_policies_retention_range"),
+    ("duplicate inbound number", "INSERT INTO pbx.inbound_routes (did, extension_id) SELECT '+3222000000', id "
+     "FROM pbx.extensions WHERE number = '2000'", (), errors.UniqueViolation, "inbound_routes_did_key"),
+    ("inbound route to nowhere", "INSERT INTO pbx.inbound_routes (did, extension_id) VALUES ('+3222000001', -1)", (),
+     errors.ForeignKeyViolation, "inbound_routes_extension_id_fkey"),
+    ("outbound prefix with letters", "INSERT INTO pbx.outbound_routes (prefix, trunk_id) SELECT '00x', id "
+     "FROM pbx.trunks", (), errors.CheckViolation, "outbound_routes_prefix_format"),
+    ("trunk on an unknown transport", "INSERT INTO pbx.trunks (name, host, transport) VALUES ('t2', 'h', 'sctp')", (),
+     errors.CheckViolation, "trunks_transport_known"),
+    ("CDR without UUID (ingest)", "SELECT cdr.ingest(%s::jsonb)", (cdr(call_uuid=None),), errors.NotNullViolation,
+     "without call_uuid"),
+    ("CDR without UUID (insert)", "INSERT INTO cdr.calls SELECT * FROM jsonb_populate_record(NULL::cdr.calls, %s::jsonb)",
+     (cdr(call_uuid=None, raw={}, received_at="2031-01-15T10:02:00Z", direction="internal", caller_name=""),),
+     errors.NotNullViolation, "call_uuid"),
+    ("same call UUID in another month", "INSERT INTO cdr.calls (call_uuid, callee_number, start_time, end_time, "
+     "duration, hangup_cause, node) VALUES ('7d0f6a36-5d5c-4c52-9b7e-0a3c1f1e2d01', '1', '2031-03-01', '2031-03-01', "
+     "0, 'NORMAL_CLEARING', 'pbx1')", (), errors.UniqueViolation, "call_uuids_pkey"),
+    ("billsec above duration", "SELECT cdr.ingest(%s::jsonb)", (cdr(billsec=70),), errors.CheckViolation,
+     "calls_billsec_within_duration"),
+    ("end before start", "SELECT cdr.ingest(%s::jsonb)", (cdr(end_time="2031-01-15T09:00:00Z", answer_time=None,
+                                                                billsec=0),),
+     errors.CheckViolation, "calls_end_after_start"),
+    ("free-text hangup cause", "SELECT cdr.ingest(%s::jsonb)", (cdr(hangup_cause="hung up"),), errors.CheckViolation,
+     "calls_hangup_cause_format"),
+    ("recording path not absolute", "SELECT cdr.ingest(%s::jsonb)", (cdr(recording_path="rec.wav"),),
+     errors.CheckViolation, "calls_recording_path_absolute"),
+]
+
+
+@pytest.fixture(scope="module")
+def provisioned(primary):
+    """A user with credentials, a queue, a trunk, a global policy, one inbound route, one CDR."""
+    with primary.connect(db=pg.DATABASE) as c:
+        c.execute(EXT, ("2000", "user", "Alice", '{"voicemail": true}'))
+        c.execute(EXT, ("2001", "queue", "Sales", '{"strategy": "longest-idle-agent"}'))
+        c.execute("SELECT pbx.set_sip_password('2000', 'alice-secret-pw-1', 'pbx.test')")
+        c.execute("INSERT INTO pbx.trunks (name, host) VALUES ('carrier', 'sip.carrier.example')")
+        c.execute("INSERT INTO pbx.recording_policies (scope, mode, retention_days) VALUES ('global', 'on-demand', 30)")
+        c.execute("INSERT INTO pbx.inbound_routes (did, extension_id) SELECT '+3222000000', id FROM pbx.extensions "
+                  "WHERE number = '2001'")
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)",
+                         (json.dumps(cdr(call_uuid="7d0f6a36-5d5c-4c52-9b7e-0a3c1f1e2d01")),)).fetchone()[0] is True
+    return primary
+
+
+@pytest.mark.parametrize("why,sql,params,error,where", BAD_ROWS, ids=[b[0] for b in BAD_ROWS])
+def test_constraints_refuse_bad_rows(provisioned, why, sql, params, error, where):
+    params = tuple(json.dumps(p) if isinstance(p, dict) else p for p in params)
+    with provisioned.connect(db=pg.DATABASE) as c:
+        with pytest.raises(error) as exc:
+            c.execute(sql, params)
+        diag = exc.value.diag
+        assert where in " ".join(filter(None, [diag.constraint_name, diag.message_primary])), str(exc.value)
+
+
+def test_cdr_ingest_is_idempotent_and_lands_in_its_month(provisioned):
+    with provisioned.connect(db=pg.DATABASE) as c:
+        month = c.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')").fetchone()[0]
+    start = month.replace(day=2, hour=8)
+    row = cdr(start_time=f"{start.isoformat()}Z", answer_time=None, end_time=f"{start.replace(minute=1).isoformat()}Z",
+              duration=60, billsec=0, hangup_cause="NO_ANSWER", raw={"variables": {"uuid": "x"}})
+    with provisioned.connect("cdr_writer", pg.DATABASE) as c:
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)", (json.dumps(row),)).fetchone()[0] is True
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)", (json.dumps(row),)).fetchone()[0] is False  # re-delivery
+        again = {**row, "start_time": f"{start.replace(second=1).isoformat()}Z"}  # start rounded differently
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)", (json.dumps(again),)).fetchone()[0] is False
+    part = f"calls_{month:%Y_%m}"
+    with provisioned.connect(db=pg.DATABASE) as c:
+        where = "SELECT tableoid::regclass::text FROM cdr.calls WHERE call_uuid = %s"
+        assert c.execute(where, (row["call_uuid"],)).fetchone()[0] == f"cdr.{part}"
+        assert c.execute("SELECT count(*) FROM cdr.calls WHERE call_uuid = %s", (row["call_uuid"],)).fetchone()[0] == 1
+        months = c.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'cdr.calls'::regclass "
+                           "AND inhrelid::regclass::text ~ '^cdr.calls_[0-9]{4}_[0-9]{2}$'").fetchone()[0]
+        assert months == pg.PARTITIONS_AHEAD + 2  # last month, this one, 3 ahead
+        assert c.execute("SELECT cdr.ensure_partitions(3)").fetchone()[0] == 0  # idempotent
+        indexes = {r[0] for r in c.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (part,))}
+        assert any("(caller_number, start_time)" in i for i in indexes)
+        assert any("(callee_number, start_time)" in i for i in indexes)
+        assert any("UNIQUE" in i and "(call_uuid, start_time)" in i for i in indexes)
+        day = start.date().isoformat()
+        plan = "\n".join(r[0] for r in c.execute(
+            f"EXPLAIN SELECT * FROM cdr.calls WHERE start_time >= '{day}' AND start_time < '{day}'::date + 1 "
+            "AND (caller_number = '1001' OR callee_number = '1001')"))
+        assert part in plan and "calls_default" not in plan  # pruned to the month
+
+
+def test_ensure_partitions_moves_early_rows_out_of_the_default_partition(provisioned):
+    """A CDR stamped next-next-...-month (beyond the partitions ahead) sits in the default
+    partition until ensure_partitions creates its month, then it is moved there."""
+    with provisioned.connect(db=pg.DATABASE) as c:
+        ahead = c.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC') + interval '5 months'").fetchone()[0]
+        start = ahead.replace(day=3).isoformat() + "Z"
+        end = ahead.replace(day=3, hour=1).isoformat() + "Z"
+        row = cdr(start_time=start, answer_time=None, end_time=end, duration=3600, billsec=0,
+                  hangup_cause="CALL_REJECTED")
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)", (json.dumps(row),)).fetchone()[0] is True
+        where = "SELECT tableoid::regclass::text FROM cdr.calls WHERE call_uuid = %s"
+        assert c.execute(where, (row["call_uuid"],)).fetchone()[0] == "cdr.calls_default"
+        assert c.execute("SELECT cdr.ensure_partitions(5)").fetchone()[0] == 2
+        assert c.execute(where, (row["call_uuid"],)).fetchone()[0] == f"cdr.calls_{ahead:%Y_%m}"
+
+
+def test_policies_resolve_most_specific_first(provisioned):
+    with provisioned.connect("pbx_admin", pg.DATABASE) as c:
+        c.execute("INSERT INTO recording_policies (scope, extension_id, extension_type, mode, retention_days) "
+                  "SELECT 'queue', id, type, 'always', 365 FROM extensions WHERE number = '2001'")
+        c.execute("INSERT INTO outbound_routes (prefix, trunk_id, strip_digits, prepend) SELECT '00', id, 2, '+' "
+                  "FROM trunks WHERE name = 'carrier'")
+        c.execute("INSERT INTO trunks (name, host, transport) VALUES ('backup', '192.0.2.7', 'tls')")
+        c.execute("INSERT INTO outbound_routes (prefix, trunk_id, priority) SELECT '', id, 500 FROM trunks "
+                  "WHERE name = 'backup'")
+        policy = "SELECT scope, mode, retention_days FROM recording_policy_for(%s, %s, %s)"
+        assert c.execute(policy, ("2000", "2001", "carrier")).fetchone() == ("queue", "always", 365)
+        assert c.execute(policy, ("2000", None, None)).fetchone() == ("global", "on-demand", 30)
+        routes = c.execute("SELECT trunk, dial FROM outbound_routes_for('003222123456')").fetchall()
+        assert routes == [("carrier", "+3222123456"), ("backup", "003222123456")]
+        c.rollback()
+
+
+def test_seed_is_idempotent_and_keeps_operator_rows(primary):
+    seed = str(primary.seed)
+    with primary.connect(db=pg.DATABASE) as c:
+        c.execute("INSERT INTO kamailio.dispatcher (setid, destination, description) VALUES (2, 'sip:192.0.2.9', 'mine')")
+        c.commit()
+    for _ in range(2):
+        primary.psql(db=pg.DATABASE, file=seed)
+    with primary.connect(db=pg.DATABASE) as c:
+        rows = c.execute("SELECT setid, destination, attrs, description FROM kamailio.dispatcher ORDER BY id").fetchall()
+        assert rows == [(2, "sip:192.0.2.9", "", "mine"),
+                        (1, "sip:127.0.0.1:5080", "duid=pbx1", "hapbx:pbx1"),
+                        (1, "sip:127.0.0.1:5080", "duid=pbx2", "hapbx:pbx2")]
+        assert c.execute("SELECT value FROM pbx.settings WHERE key = 'sip.domain'").fetchone()[0] == "127.0.0.1"
+
+
+# --- Kamailio --------------------------------------------------------------------------------
+
+def digest(ha1: str, method: str, uri: str, nonce: str, nc: str = "", cnonce: str = "", qop: str = "") -> str:
+    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
+    if qop:
+        return hashlib.md5(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode()).hexdigest()
+    return hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+
+
+def test_digest_check_against_the_auth_view(provisioned):
+    """What auth_db does (calculate_ha1 0, password_column ha1): read the HA1 of username@domain
+    from `subscriber` as the kamailio role and check the client's response with it."""
+    nonce, uri = "5f2c1a0b9e", "sip:pbx.test"
+    client_ha1 = hashlib.md5(b"2000:pbx.test:alice-secret-pw-1").hexdigest()
+    response = digest(client_ha1, "REGISTER", uri, nonce, "00000001", "abc", "auth")
+    with provisioned.connect("kamailio", pg.DATABASE) as c:
+        row = c.execute("SELECT ha1, password FROM subscriber WHERE username = %s AND domain = %s",
+                        ("2000", "pbx.test")).fetchone()
+        assert row[1] == ""  # never a password
+        assert digest(row[0], "REGISTER", uri, nonce, "00000001", "abc", "auth") == response
+        wrong = hashlib.md5(b"2000:pbx.test:not-her-password").hexdigest()
+        assert digest(wrong, "REGISTER", uri, nonce, "00000001", "abc", "auth") != response
+    with provisioned.connect(db=pg.DATABASE, autocommit=True) as c:
+        c.execute("UPDATE pbx.extensions SET enabled = false WHERE number = '2000'")
+        try:
+            with provisioned.connect("kamailio", pg.DATABASE) as k:  # a disabled extension cannot authenticate
+                assert k.execute("SELECT count(*) FROM subscriber WHERE username = '2000'").fetchone()[0] == 0
+        finally:
+            c.execute("UPDATE pbx.extensions SET enabled = true WHERE number = '2000'")
+
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+disable_tcp=yes
+listen=udp:127.0.0.1:{port}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "db_postgres.so"
+loadmodule "auth.so"
+loadmodule "auth_db.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "dispatcher.so"
+modparam("auth_db", "db_url", "{db}")
+modparam("auth_db", "calculate_ha1", 0)
+modparam("auth_db", "password_column", "ha1")
+modparam("auth_db", "use_domain", 1)
+modparam("auth_db", "load_credentials", "")
+modparam("usrloc", "db_url", "{db}")
+modparam("usrloc", "db_mode", 1)
+modparam("dispatcher", "db_url", "{db}")
+request_route {{
+    if ($rm == "REGISTER") {{
+        if (!auth_check("$fd", "subscriber", "1")) {{
+            auth_challenge("$fd", "1");
+            exit;
+        }}
+        if (!save("location")) {{ sl_reply_error(); }}
+        exit;
+    }}
+    sl_send_reply("404", "Not here");
+}}
+"""
+
+
+def sip_register(sock, port: int, user: str, domain: str, cseq: int, auth: str = "") -> str:
+    lport = sock.getsockname()[1]
+    msg = (f"REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK-{cseq}-{uuid.uuid4().hex[:8]}\r\n"
+           f"Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=t{cseq}\r\nTo: <sip:{user}@{domain}>\r\n"
+           f"Call-ID: reg-test@127.0.0.1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{lport}>\r\n"
+           f"Expires: 60\r\n{auth}Content-Length: 0\r\n\r\n")
+    sock.sendto(msg.encode(), ("127.0.0.1", port))
+    return sock.recv(65535).decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/kamailio"), reason="needs kamailio + kamailio-postgres-modules")
+def test_real_kamailio_starts_against_the_schema_and_authenticates(provisioned, tmp_path):
+    """Kamailio's own modules: auth_db, usrloc (db_mode 1) and dispatcher check their table
+    versions at start; a REGISTER is challenged, then accepted with the right password, refused
+    with a wrong one, and the contact is written to kamailio.location by the kamailio role."""
+    port = free_port()
+    db = f"postgres://kamailio:{SECRETS['postgres_kamailio']}@127.0.0.1:{provisioned.port}/{pg.DATABASE}"
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.format(port=port, db=db))
+    proc = subprocess.Popen(["kamailio", "-f", str(cfg), "-DD", "-E", "-m", "64", "-M", "8", "-P", str(tmp_path / "pid"),
+                             "-Y", str(tmp_path), "-w", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.5)
+            reply = ""
+            for i in range(40):  # up to ~20 s for the start
+                try:
+                    reply = sip_register(s, port, "2000", "pbx.test", 1)
+                    break
+                except socket.timeout:
+                    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert reply.startswith("SIP/2.0 401"), reply
+            s.settimeout(5)
+            challenge = next(line for line in reply.split("\r\n") if line.lower().startswith("www-authenticate"))
+            nonce = challenge.split('nonce="')[1].split('"')[0]
+
+            def attempt(password: str, cseq: int) -> str:
+                ha1 = hashlib.md5(f"2000:pbx.test:{password}".encode()).hexdigest()
+                resp = digest(ha1, "REGISTER", "sip:pbx.test", nonce, "00000001", "0a1b2c", "auth")
+                auth = (f'Authorization: Digest username="2000", realm="pbx.test", nonce="{nonce}", uri="sip:pbx.test", '
+                        f'response="{resp}", algorithm=MD5, qop=auth, nc=00000001, cnonce="0a1b2c"\r\n')
+                return sip_register(s, port, "2000", "pbx.test", cseq, auth)
+
+            assert attempt("wrong-password-00", 2).startswith("SIP/2.0 401")
+            ok = attempt("alice-secret-pw-1", 3)
+            assert ok.startswith("SIP/2.0 200"), ok
+        with provisioned.connect(db=pg.DATABASE) as c:
+            assert c.execute("SELECT count(*) FROM kamailio.location WHERE username = '2000'").fetchone()[0] == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the pair: streaming, promotion, pg_rewind ---------------------------------------------------
+
+def wait_for(what: str, fn, seconds: float = 30.0, every: float = 0.1):
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {seconds} s (last: {last!r})")
+
+
+def streaming_from(srv: Server):
+    def check():
+        try:
+            with srv.connect() as c:
+                return c.execute("SELECT status, sender_port, slot_name FROM pg_stat_wal_receiver "
+                                 "WHERE status = 'streaming'").fetchone()
+        except psycopg.OperationalError:
+            return None
+    return check
+
+
+def test_pair_streams_promotes_and_rewinds(base):
+    d, cert = base
+    a_port, b_port = free_port(), free_port()
+    a = Server(d, "pair-a", "pbx1", a_port, b_port, cert)  # each rendered with its peer's port
+    b = Server(d, "pair-b", "pbx2", b_port, a_port, cert)
+    timings = {}
+    try:
+        a.initdb()
+        a.start()
+        a.setup_primary()  # migrate + seed, roles, slot 'pbx2' and the pg_rewind grants
+
+        # standby: pg_basebackup with the slot, as the standby step does; the password from .pgpass
+        t0 = time.monotonic()
+        as_postgres(f"{PGBIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(a_port), "-U", "replicator",
+                    "--no-password", "-D", str(b.data), "-X", "stream", "-S", pg.slot_name("pbx2"), "-c", "fast",
+                    env=b.env)
+        as_postgres("touch", str(b.data / "standby.signal"))
+        b.start()
+        status = wait_for("standby streaming", streaming_from(b))
+        timings["build"] = time.monotonic() - t0
+        assert status == ("streaming", a_port, "pbx2")
+        with a.connect() as c:
+            rep = c.execute("SELECT application_name, state FROM pg_stat_replication").fetchall()
+            assert rep == [("pbx2", "streaming")]
+            assert c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = 'pbx2'").fetchone()[0]
+        # the standby's own slot for its peer (the replication step runs on a standby too)
+        b.psql(pg.slot_sql(pg.slot_name("pbx1")))
+
+        # a row written on the primary is read on the standby; the standby refuses writes
+        with a.connect(db=pg.DATABASE) as c:
+            c.execute(EXT, ("7001", "user", "On primary", "{}"))
+        t0 = time.monotonic()
+
+        def seen(number):
+            with b.connect(db=pg.DATABASE) as c:
+                return c.execute("SELECT count(*) FROM pbx.extensions WHERE number = %s", (number,)).fetchone()[0]
+        wait_for("row on the standby", lambda: seen("7001"), 10, 0.01)
+        timings["row visible on standby"] = time.monotonic() - t0
+        with b.connect(db=pg.DATABASE) as c, pytest.raises(errors.ReadOnlySqlTransaction):
+            c.execute(EXT, ("7002", "user", "On standby", "{}"))
+        rc, out, err = b.migrate()
+        assert rc == RUNNER.EXIT_STANDBY and "primary only" in err
+        assert b.migrate("--if-primary")[0] == 0
+
+        # failover: promote the standby, and the old primary diverges by one write
+        t0 = time.monotonic()
+        with b.connect() as c:
+            assert c.execute("SELECT pg_promote(true, 30)").fetchone()[0] is True
+            c.execute("CHECKPOINT")  # pg_rewind reads the new timeline from the control file
+        with b.connect(db=pg.DATABASE) as c:
+            c.execute(EXT, ("7002", "user", "On new primary", "{}"))
+        with a.connect(db=pg.DATABASE) as c:
+            c.execute(EXT, ("7003", "user", "Lost on old primary", "{}"))
+        a.stop("fast")
+        # pg_rewind as the replication role (no superuser), password from .pgpass
+        out = as_postgres(f"{PGBIN}/pg_rewind", f"--target-pgdata={a.data}",
+                          f"--source-server=host=127.0.0.1 port={b_port} user=replicator dbname=postgres",
+                          env=a.env)
+        assert "Done!" in out.stdout + out.stderr
+        as_postgres("touch", str(a.data / "standby.signal"))
+        a.start()
+        status = wait_for("old primary streaming from the new one", streaming_from(a))
+        timings["promote to rejoined"] = time.monotonic() - t0
+        assert status == ("streaming", b_port, "pbx1")
+        with a.connect(db=pg.DATABASE) as c:
+            wait_for("new primary's row on the rejoined standby", lambda: c.execute(
+                "SELECT count(*) FROM pbx.extensions WHERE number = '7002'").fetchone()[0], 10)
+            assert c.execute("SELECT count(*) FROM pbx.extensions WHERE number = '7003'").fetchone()[0] == 0
+        print("pair timings (s):", {k: round(v, 2) for k, v in timings.items()})
+    except BaseException:
+        print("--- a log ---\n" + a.log() + "\n--- b log ---\n" + b.log())
+        raise
+    finally:
+        b.stop("immediate")
+        a.stop("immediate")
