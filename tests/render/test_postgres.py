@@ -809,3 +809,22 @@ def test_pair_streams_promotes_and_rewinds(base):
     finally:
         b.stop("immediate")
         a.stop("immediate")
+
+
+# --- step scripts ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck")
+@pytest.mark.parametrize("name", ["lab", "prod"])
+def test_postgres_step_scripts_pass_shellcheck(name):
+    from components.remote import script
+    c = stack(name)
+    for node in c.nodes:
+        ctx = RenderContext(c, node, masked_secrets())
+        for title, body in [("configure", pg.configure_script(ctx)), ("migrate", pg.migrate_script(ctx)),
+                            ("roles", pg.roles_script(ctx)), ("replication", pg.replication_script(ctx)),
+                            ("standby", pg.standby_script(ctx))]:
+            text = script(node.name, title, body)
+            out = subprocess.run(["shellcheck", "-s", "bash", "-e", "SC2317", "-"], input=text, capture_output=True,
+                                 text=True)
+            assert out.returncode == 0, (node.name, title, out.stdout)
+            assert "hapbx: [$step]" in text  # every failure names the node and the step
