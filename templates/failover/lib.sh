@@ -202,7 +202,7 @@ pg_pid() {
 	[[ -r $f ]] || return 1
 	read -r pid <"$f" 2>/dev/null || return 1
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
+	alive "$pid" || return 1
 	PG_PID=$pid
 }
 
@@ -247,12 +247,20 @@ pg_peer_role() {
 	PEER_ERROR=${out//$'\n'/ }
 }
 
-# pg_wait_gone SECONDS_MS: wait for the postmaster PG_PID to exit.
+# alive PID: running (a zombie waiting for its parent to reap it has stopped).
+alive() {
+	local state=""
+	[[ -r /proc/$1/stat ]] || return 1
+	read -r _ _ state _ <"/proc/$1/stat" 2>/dev/null || return 1
+	[[ $state != Z && $state != X ]]
+}
+
+# pg_wait_gone LIMIT_MS: wait for the postmaster PG_PID to exit.
 pg_wait_gone() {
 	local limit=$1 start
 	now_ms
 	start=$NOW_MS
-	while kill -0 "$PG_PID" 2>/dev/null; do
+	while alive "$PG_PID"; do
 		now_ms
 		((NOW_MS - start >= limit)) && return 1
 		sleep 0.02
@@ -299,8 +307,14 @@ pg_stop_fast() {
 	fi
 }
 
+# pg_start: the server must not inherit the role lock (a postmaster holding it
+# would block every later promote/demote/rejoin).
 pg_start() {
-	timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD"
+	if [[ -n ${LOCK_FD:-} ]]; then
+		timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" {LOCK_FD}>&-
+	else
+		timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD"
+	fi
 }
 
 # pg_wait_ready LIMIT_MS: the local server answers queries.

@@ -1,0 +1,371 @@
+"""A two-node HA rig on one machine, for running the rendered failover scripts for real:
+two PostgreSQL 15 servers and two Redis servers on loopback ports, a three-member etcd
+(started from the rendered /etc/default/etcd, authentication enabled by the rendered
+bootstrap step), and per node an env file derived from the rendered one with local
+ports, temp dirs and pg_ctl instead of systemd. Every process it starts is recorded and
+ended by its pid. (No tests here: helpers imported by test_failover_*.py.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from components.config import load_stack_file
+from components.remote import script as remote_script
+from components.render import RenderContext, masked_secrets
+from components.render import etcd as etcd_render
+from components.render import failover
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PG_BIN = "/usr/lib/postgresql/15/bin"
+NODES = ("pbx1", "pbx2")
+REDIS_PASSWORD = "rigRedisPw7"
+ETCD_ROOT_PASSWORD = "rigEtcdRoot3"
+ETCD_NODE_PASSWORD = "rigEtcdNode5"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Node:
+    name: str
+    peer: str
+    dir: str
+    pg_port: int
+    redis_port: int
+    etcd_client: int
+    etcd_peer: int
+    env_file: str = ""
+    env: dict = field(default_factory=dict)
+    daemon: subprocess.Popen | None = None
+    heartbeat: subprocess.Popen | None = None
+
+    @property
+    def data(self) -> str:
+        return f"{self.dir}/pgdata"
+
+    @property
+    def sock(self) -> str:
+        return f"{self.dir}/sock"
+
+    @property
+    def run(self) -> str:
+        return f"{self.dir}/run"
+
+
+class Rig:
+    def __init__(self, sync_relax_after: int = 3, yield_after: float = 2.0, resign_grace: float = 4.0,
+                 heartbeat: bool = False):
+        self.base = tempfile.mkdtemp(prefix="hapbx-rig-")
+        os.chmod(self.base, 0o755)
+        self.bin = f"{self.base}/bin"
+        self.procs: list[subprocess.Popen] = []
+        self.settings = dict(SYNC_RELAX_AFTER=str(sync_relax_after), YIELD_AFTER=str(yield_after),
+                             RESIGN_GRACE=str(resign_grace), HA_HEARTBEAT="1" if heartbeat else "0")
+        cluster, _ = load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)
+        self.cluster = cluster
+        self.members = {}
+        names = ("pbx1", "pbx2", "witness")
+        for name in names:
+            self.members[name] = (free_port(), free_port())
+        self.nodes = {}
+        for name, peer in (("pbx1", "pbx2"), ("pbx2", "pbx1")):
+            d = f"{self.base}/{name}"
+            os.makedirs(f"{d}/sock")
+            os.makedirs(f"{d}/run")
+            pg = pwd.getpwnam("postgres")
+            for p in (d, f"{d}/sock"):
+                os.chown(p, pg.pw_uid, pg.pw_gid)
+            self.nodes[name] = Node(name, peer, d, free_port(), free_port(), *self.members[name])
+        self._install_scripts()
+        for n in self.nodes.values():
+            self._write_env(n)
+
+    # --- files -----------------------------------------------------------------------------
+    def _install_scripts(self):
+        os.makedirs(self.bin)
+        ctx = RenderContext(self.cluster, self.cluster.nodes[0], masked_secrets())
+        for f in failover.files(ctx):
+            if f.path.startswith(failover.HA_BIN + "/"):
+                dest = f"{self.bin}/{os.path.basename(f.path)}"
+                with open(dest, "w", encoding="utf-8") as fh:
+                    fh.write(f.content)
+                os.chmod(dest, int(f.mode, 8))
+
+    def endpoints(self) -> str:
+        return ",".join(f"http://127.0.0.1:{c}" for c, _ in self.members.values())
+
+    def _write_env(self, n: Node):
+        cnode = next(x for x in self.cluster.nodes if x.name == n.name)
+        env = failover.env_values(RenderContext(self.cluster, cnode, masked_secrets()))
+        peer = self.nodes.get(n.peer) or None
+        peer_pg = peer.pg_port if peer else 0
+        peer_redis = peer.redis_port if peer else 0
+        start = (f"{self.bin}/pg-guard && runuser -u postgres -- {PG_BIN}/pg_ctl -D {n.data} -l {n.dir}/pg.log "
+                 f"-o '-p {n.pg_port} -k {n.sock}' -w -t 60 start >/dev/null")
+        env.update({
+            "HA_BIN": self.bin, "HA_RUN_DIR": n.run, "HA_LIB_DIR": f"{n.dir}/lib", "HA_SYSLOG": "0",
+            "HA_LOG_FILE": f"{n.dir}/ha.log", "HA_SECRETS_ENV": f"{n.dir}/secrets.env", "HA_CHECK_VIP": "0",
+            "KEEPALIVED_KILL_CMD": f"touch {n.dir}/keepalived-killed", "CHECK_SIP": "0",
+            "PG_BIN": PG_BIN, "PG_DATA": n.data, "PG_CONFIG_FILE": "", "PG_SOCKET": n.sock,
+            "PG_PORT": str(n.pg_port), "PG_PEER_HOST": "127.0.0.1", "PG_PEER_PORT": str(peer_pg),
+            "PG_PASSFILE": "", "PG_WRITE_CONNINFO": "1", "PG_START_CMD": start,
+            "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(n.redis_port), "REDIS_PEER_HOST": "127.0.0.1",
+            "REDIS_PEER_PORT": str(peer_redis), "REDIS_ROLE_FILE": f"{n.dir}/redis-role.conf",
+            "OWNER_SERVICES": "", "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": "127.0.0.1",
+            "ETCD_PREFIX": "/hapbx/rig",
+        })
+        env.update(self.settings)
+        n.env = env
+        n.env_file = f"{n.dir}/ha.env"
+        with open(n.env_file, "w", encoding="utf-8") as fh:
+            fh.write(failover.format_env(env))
+        with open(f"{n.dir}/secrets.env", "w", encoding="utf-8") as fh:
+            fh.write(f"REDISCLI_AUTH={REDIS_PASSWORD}\nETCDCTL_USER=hapbx\nETCDCTL_PASSWORD={ETCD_NODE_PASSWORD}\n")
+        os.chmod(f"{n.dir}/secrets.env", 0o600)
+
+    def rewrite_envs(self):
+        for n in self.nodes.values():
+            self._write_env(n)
+
+    # --- processes ---------------------------------------------------------------------------
+    def spawn(self, args, log, env=None, user=None) -> subprocess.Popen:
+        fh = open(log, "ab")
+        p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, user=user)
+        fh.close()
+        self.procs.append(p)
+        return p
+
+    def start_etcd(self):
+        """Three members from the rendered /etc/default/etcd (addresses and ports made local)."""
+        c = self.cluster
+        initial = ",".join(f"{name}=http://127.0.0.1:{peer}" for name, (_, peer) in self.members.items())
+        self.etcd = {}
+        for host in list(c.nodes) + [c.witness]:
+            text = etcd_render.default_file(RenderContext(c, host, masked_secrets()))
+            env = {}
+            for line in text.splitlines():
+                if line.startswith("ETCD_"):
+                    k, _, v = line.partition("=")
+                    env[k] = v.strip('"')
+            client, peer = self.members[host.name]
+            env.update(ETCD_DATA_DIR=f"{self.base}/etcd-{host.name}",
+                       ETCD_LISTEN_PEER_URLS=f"http://127.0.0.1:{peer}",
+                       ETCD_INITIAL_ADVERTISE_PEER_URLS=f"http://127.0.0.1:{peer}",
+                       ETCD_LISTEN_CLIENT_URLS=f"http://127.0.0.1:{client}",
+                       ETCD_ADVERTISE_CLIENT_URLS=f"http://127.0.0.1:{client}",
+                       ETCD_INITIAL_CLUSTER=initial, ETCD_LOG_LEVEL="error")
+            env["PATH"] = os.environ["PATH"]
+            self.etcd[host.name] = self.spawn(["etcd"], f"{self.base}/etcd-{host.name}.log", env=env)
+        self.etcd_env = env
+
+    def bootstrap_etcd_auth(self) -> str:
+        """The rendered bootstrap step, against member pbx1 (the gateway on its client port)."""
+        client, _ = self.members["pbx1"]
+        c = dataclasses.replace(self.cluster, etcd=dataclasses.replace(self.cluster.etcd, client_port=client))
+        ctx = RenderContext(c, c.nodes[0], masked_secrets())
+        body = remote_script("pbx1", "etcd authentication", etcd_render.bootstrap_auth_script(ctx))
+        out = subprocess.run(["bash", "-c", body], input=f"{ETCD_ROOT_PASSWORD}\n{ETCD_NODE_PASSWORD}\n",
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def wait_etcd(self, timeout=20):
+        deadline = time.time() + timeout
+        for client, _ in self.members.values():
+            while True:
+                out = subprocess.run(["curl", "-sS", "--max-time", "1", f"http://127.0.0.1:{client}/health"],
+                                     capture_output=True, text=True)
+                if '"health":"true"' in out.stdout:
+                    break
+                assert time.time() < deadline, f"etcd member on {client} not healthy: {out.stdout}{out.stderr}"
+                time.sleep(0.1)
+
+    def etcdctl(self, *args, check=True) -> str:
+        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "hapbx", "ETCDCTL_PASSWORD": ETCD_NODE_PASSWORD}
+        out = subprocess.run(["etcdctl", f"--endpoints={self.endpoints()}", "--command-timeout=2s", *args],
+                             capture_output=True, text=True, env=env, timeout=10)
+        if check:
+            assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def init_primary(self, name: str):
+        n = self.nodes[name]
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", n.data, "-U", "postgres",
+                        "-A", "trust", "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        with open(f"{n.data}/postgresql.conf", "a", encoding="utf-8") as fh:
+            fh.write("listen_addresses = '127.0.0.1'\nwal_level = replica\nwal_log_hints = on\n"
+                     "max_wal_senders = 6\nmax_replication_slots = 6\nhot_standby = on\nfsync = off\n"
+                     "shared_buffers = 16MB\nwal_keep_size = 64MB\nsynchronous_standby_names = ''\n"
+                     "wal_receiver_status_interval = 1\nwal_retrieve_retry_interval = 500ms\n")
+        self.sh(name, f"runuser -u postgres -- {PG_BIN}/pg_ctl -D {n.data} -l {n.dir}/pg.log "
+                      f"-o '-p {n.pg_port} -k {n.sock}' -w -t 60 start")
+        self.psql(name, "create table t (id serial primary key, node text, at timestamptz default clock_timestamp())")
+        # the replication role as the data tier creates it: replication + what pg_rewind reads
+        self.psql(name, "create role replicator login replication; "
+                        "grant execute on function pg_catalog.pg_ls_dir(text, boolean, boolean) to replicator; "
+                        "grant execute on function pg_catalog.pg_stat_file(text, boolean) to replicator; "
+                        "grant execute on function pg_catalog.pg_read_binary_file(text) to replicator; "
+                        "grant execute on function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) "
+                        "to replicator")
+
+    def start_redis(self):
+        for n in self.nodes.values():
+            p = self.spawn(["redis-server", "--port", str(n.redis_port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--dir", n.dir, "--requirepass", REDIS_PASSWORD,
+                            "--masterauth", REDIS_PASSWORD, "--protected-mode", "no"], f"{n.dir}/redis.log")
+            n.redis = p
+        for n in self.nodes.values():
+            self.wait(lambda n=n: self.redis(n.name, "PING") == "PONG", 10, "redis up")
+
+    def start_daemon(self, name: str):
+        n = self.nodes[name]
+        n.daemon = self.spawn(["bash", f"{self.bin}/leader", "run"], f"{n.dir}/daemon.log",
+                              env={**os.environ, "HAPBX_ENV": n.env_file})
+
+    def start_heartbeat(self, name: str):
+        """Stands for keepalived's check-local runs (the daemon's proof keepalived lives)."""
+        n = self.nodes[name]
+        n.heartbeat = self.spawn(["bash", "-c", f"while :; do date +%s%3N > {n.run}/heartbeat; sleep 0.3; done"],
+                                 f"{n.dir}/heartbeat.log")
+
+    # --- commands ----------------------------------------------------------------------------
+    def sh(self, name: str, cmd: str, timeout=120, check=True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HAPBX_ENV": self.nodes[name].env_file}
+        out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=timeout)
+        if check:
+            assert out.returncode == 0, (cmd, out.stdout, out.stderr)
+        return out
+
+    def script(self, name: str, script: str, *args, timeout=180) -> subprocess.CompletedProcess:
+        return self.sh(name, " ".join([f"{self.bin}/{script}", *args]), timeout=timeout, check=False)
+
+    def notify(self, name: str, state: str):
+        out = self.script(name, "notify", "INSTANCE", "VI_PBX", state, "100")
+        assert out.returncode == 0, out.stderr
+
+    def psql(self, name: str, sql: str, check=True) -> str:
+        n = self.nodes[name]
+        out = subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-X", "-A", "-t", "-q",
+                              "-h", n.sock, "-p", str(n.pg_port), "-d", "postgres", "-c", sql],
+                             capture_output=True, text=True, timeout=30)
+        if check:
+            assert out.returncode == 0, (name, sql, out.stderr)
+        return out.stdout.strip()
+
+    def pg_role(self, name: str) -> str:
+        n = self.nodes[name]
+        out = subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-X", "-A", "-t", "-q",
+                              "-h", n.sock, "-p", str(n.pg_port), "-d", "postgres", "-c",
+                              "select pg_is_in_recovery()", "--set", "connect_timeout=2"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return "down"
+        return "standby" if out.stdout.strip() == "t" else "primary"
+
+    def pg_pid(self, name: str) -> int | None:
+        try:
+            with open(f"{self.nodes[name].data}/postmaster.pid") as fh:
+                pid = int(fh.readline())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def redis(self, name: str, *cmd) -> str:
+        n = self.nodes[name]
+        out = subprocess.run(["redis-cli", "--no-auth-warning", "-p", str(n.redis_port), *cmd],
+                             capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD})
+        return out.stdout.strip()
+
+    def redis_role(self, name: str) -> str:
+        return self.redis(name, "ROLE").split("\n")[0] or "down"
+
+    def status(self, name: str) -> dict:
+        path = f"{self.nodes[name].run}/status"
+        try:
+            with open(path) as fh:
+                return dict(line.strip().split("=", 1) for line in fh if "=" in line)
+        except OSError:
+            return {}
+
+    def wait(self, cond, timeout: float, what: str, step: float = 0.02):
+        deadline = time.time() + timeout
+        while True:
+            if cond():
+                return time.time()
+            if time.time() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for: {what}\n{self.logs()}")
+            time.sleep(step)
+
+    def logs(self, tail=40) -> str:
+        out = []
+        for n in self.nodes.values():
+            try:
+                with open(f"{n.dir}/ha.log") as fh:
+                    lines = fh.readlines()[-tail:]
+                out.append(f"--- {n.name} ha.log\n" + "".join(lines))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    def primaries(self) -> list[str]:
+        return [n for n in NODES if self.pg_role(n) == "primary"]
+
+    # --- teardown ----------------------------------------------------------------------------
+    def stop_pg(self, name: str):
+        pid = self.pg_pid(name)
+        if pid:
+            os.kill(pid, signal.SIGQUIT)
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(p.pid, sig)
+                    except OSError:
+                        pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        # jobs the daemons started in their own sessions (promote/rejoin): found by our script dir
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().decode(errors="replace")
+            except OSError:
+                continue
+            if self.bin in cmd:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        for name in NODES:
+            self.stop_pg(name)
+        time.sleep(0.3)
+        if os.environ.get("HAPBX_RIG_KEEP"):
+            print(f"\n  rig kept in {self.base}")
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)

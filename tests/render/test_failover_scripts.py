@@ -1,0 +1,336 @@
+"""The rendered failover scripts, run for real: two PostgreSQL and two Redis servers on
+loopback ports, a real three-member etcd deciding the lease, the leader daemons, and
+keepalived's notify (called as keepalived calls it). The steps build on each other, in
+order; timings are printed (pytest -s) and asserted against the lease TTL.
+
+Covered: rejoin by pg_basebackup (empty node), promotion refused without the lease and
+while the peer is writable, election of the running primary, repeated and concurrent
+runs, lease loss -> writes stop before the TTL, split VRRP (both MASTER) -> one primary
+and the VIP yielded, failover with real divergence -> pg_rewind, rejoin falling back to
+pg_basebackup when pg_rewind cannot work, a crashed leader daemon fencing at once, a hung
+keepalived handing over, the start guard.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from test_failover_rig import NODES, Rig, now_ms  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
+
+TTL_MS = 2000
+TIMINGS: dict[str, float] = {}
+
+
+def timing(name: str, ms: float):
+    TIMINGS[name] = round(ms)
+    print(f"\n  [timing] {name}: {ms:.0f} ms", flush=True)
+
+
+@pytest.fixture(scope="module")
+def rig(request):
+    r = Rig(sync_relax_after=3, yield_after=2.0, resign_grace=4.0, heartbeat=True)
+    r.failures_at_start = request.session.testsfailed
+    try:
+        yield r
+    finally:
+        r.close()
+        if TIMINGS:
+            print("\n  [timings] " + ", ".join(f"{k}={v}ms" for k, v in TIMINGS.items()), flush=True)
+
+
+@pytest.fixture(autouse=True)
+def in_order(rig, request):
+    """The steps build on each other: after a failure the rest is skipped."""
+    if request.session.testsfailed > rig.failures_at_start:
+        pytest.skip("an earlier step failed")
+
+
+def one_primary(rig) -> str:
+    prim = rig.primaries()
+    assert len(prim) == 1, f"primaries: {prim}\n{rig.logs()}"
+    return prim[0]
+
+
+def test_01_bootstrap_and_rejoin_by_basebackup(rig):
+    rig.start_etcd()
+    rig.wait_etcd()
+    assert rig.bootstrap_etcd_auth() == "changed"
+    assert rig.bootstrap_etcd_auth() == "unchanged"          # idempotent
+    rig.start_redis()
+    rig.init_primary("pbx1")
+    # pbx2 has no data directory: pg_rewind cannot work, rejoin builds it with pg_basebackup
+    t = time.time()
+    out = rig.script("pbx2", "rejoin")
+    assert out.returncode == 0, out.stderr
+    timing("rejoin by pg_basebackup (empty node)", (time.time() - t) * 1000)
+    assert "pg_basebackup: ok" in out.stderr and "pg_rewind path failed" in out.stderr
+    assert rig.pg_role("pbx2") == "standby"
+    assert rig.psql("pbx2", "select status from pg_stat_wal_receiver") == "streaming"
+    assert rig.psql("pbx1", "select slot_name from pg_replication_slots where active") == "pbx2"
+
+
+def test_02_promotion_refused_without_lease_or_while_peer_writable(rig):
+    out = rig.script("pbx2", "promote")
+    assert out.returncode == 5, out.stderr                    # no lease
+    # pretend pbx2 held the lease: the peer is still a writable primary -> refused
+    run = rig.nodes["pbx2"].run
+    with open(f"{run}/authority", "w") as fh:
+        fh.write(f"1 {now_ms() + 60000} fake\n")
+    try:
+        out = rig.script("pbx2", "promote")
+        assert out.returncode == 3, out.stderr
+        assert "writable primary: refusing" in out.stderr
+    finally:
+        os.unlink(f"{run}/authority")
+    assert rig.pg_role("pbx1") == "primary" and rig.pg_role("pbx2") == "standby"
+
+
+def test_03_daemons_elect_the_running_primary(rig):
+    for name in NODES:
+        rig.start_heartbeat(name)
+    rig.notify("pbx1", "MASTER")
+    rig.notify("pbx2", "BACKUP")
+    t = time.time()
+    for name in NODES:
+        rig.start_daemon(name)
+    rig.wait(lambda: rig.status("pbx1").get("writer") == "1", 15, "pbx1 leader and writer")
+    timing("daemon start -> lease + writer (incumbent primary)", (time.time() - t) * 1000)
+    assert rig.status("pbx1")["hold"] == "1" and rig.status("pbx2").get("hold") == "0"
+    assert rig.etcdctl("get", "/hapbx/rig/leader", "--print-value-only") == "pbx1"
+    assert rig.etcdctl("get", "/hapbx/rig/primary", "--print-value-only") == "pbx1"
+    # followers: redis follows the master, the leader switches synchronous replication on
+    rig.wait(lambda: rig.redis_role("pbx2") == "slave", 10, "pbx2 redis replica")
+    assert rig.redis_role("pbx1") == "master"
+    rig.wait(lambda: rig.psql("pbx1", "show synchronous_standby_names") == '"pbx2"', 10, "sync on")
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 10, "sync marked on")
+    rig.psql("pbx1", "insert into t (node) values ('pbx1')")
+    assert rig.psql("pbx1", "select sync_state from pg_stat_replication") == "sync"
+    with open(f"{rig.nodes['pbx1'].run}/leader") as fh:
+        assert fh.read().strip() == "1"                       # keepalived's track_file: +weight
+
+
+def test_04_repeated_and_concurrent_runs_are_harmless(rig):
+    pid1, pid2 = rig.pg_pid("pbx1"), rig.pg_pid("pbx2")
+    results: dict[str, list[int]] = {"promote": [], "rejoin": []}
+
+    def run(node, script):
+        results[script].append(rig.script(node, script).returncode)
+
+    threads = [threading.Thread(target=run, args=("pbx1", "promote")) for _ in range(3)]
+    threads += [threading.Thread(target=run, args=("pbx2", "rejoin")) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert results["promote"] == [0, 0, 0] and results["rejoin"] == [0, 0, 0], results
+    assert rig.script("pbx1", "demote").returncode == 5       # the lease holder refuses
+    for name in NODES:
+        rig.notify(name, "MASTER" if name == "pbx1" else "BACKUP")   # a repeated notify
+    time.sleep(0.6)
+    assert (rig.pg_pid("pbx1"), rig.pg_pid("pbx2")) == (pid1, pid2)   # nothing restarted
+    assert one_primary(rig) == "pbx1" and rig.pg_role("pbx2") == "standby"
+
+
+def test_05_lease_loss_stops_writes_before_the_ttl(rig):
+    """pbx1 keeps running but loses the etcd quorum: it must stop taking writes on its own
+    clock, before the lease can expire in etcd and pbx2 could take it."""
+    acks: list[float] = []
+    stop = threading.Event()
+
+    def writer():
+        import psycopg
+        n = rig.nodes["pbx1"]
+        while not stop.is_set():
+            try:
+                with psycopg.connect(host=n.sock, port=n.pg_port, user="postgres", dbname="postgres",
+                                     connect_timeout=1, autocommit=True) as conn:
+                    while not stop.is_set():
+                        conn.execute("insert into t (node) values ('w')")
+                        acks.append(time.time())
+                        time.sleep(0.01)
+            except Exception:
+                time.sleep(0.02)
+
+    th = threading.Thread(target=writer, daemon=True)
+    th.start()
+    rig.wait(lambda: len(acks) > 20, 10, "writes flowing")
+    t_cut = time.time()
+    for m in ("pbx2", "witness"):
+        os.kill(rig.etcd[m].pid, signal.SIGSTOP)
+    try:
+        t_down = rig.wait(lambda: rig.pg_pid("pbx1") is None, 5, "pbx1 postgres fenced")
+        stop.set()
+        th.join(5)
+        last_ack = max(acks)
+        # a minority etcd leader may still accept a renewal shortly after the cut; the fence
+        # is on the clock of the last renewal that succeeded
+        rig.wait(lambda: rig.status("pbx1").get("hold") == "0", 5, "pbx1 let the lease go")
+        st = rig.status("pbx1")
+        last_renew = int(st["last_renew_at_ms"]) / 1000
+        fenced = int(st["last_fence_at_ms"]) / 1000
+        timing("quorum lost -> postgres stopped (fence)", (t_down - t_cut) * 1000)
+        timing("last successful renewal -> writes fenced", (fenced - last_renew) * 1000)
+        timing("last acknowledged write, after the last renewal", (last_ack - last_renew) * 1000)
+        assert last_renew - t_cut < 1.0, "renewals went on long after the quorum was lost"
+        assert fenced < last_renew + TTL_MS / 1000 - 0.3, "fenced too late"
+        assert last_ack < last_renew + TTL_MS / 1000 - 0.3, "a write was acknowledged too late"
+        assert t_down < last_renew + TTL_MS / 1000
+        assert rig.pg_role("pbx2") == "standby"                 # no quorum: nobody took over
+    finally:
+        for m in ("pbx2", "witness"):
+            os.kill(rig.etcd[m].pid, signal.SIGCONT)
+    # the quorum is back: pbx1 is still the VIP owner, takes the lease again and restarts as primary
+    t = time.time()
+    rig.wait(lambda: rig.status("pbx1").get("writer") == "1" and rig.pg_role("pbx1") == "primary", 20,
+             "pbx1 writer again")
+    timing("quorum back -> pbx1 writer again", (time.time() - t) * 1000)
+    assert one_primary(rig) == "pbx1"
+
+
+def test_06_split_vrrp_keeps_one_primary_and_yields_the_vip(rig):
+    """Both keepalived MASTER (the nodes cannot hear each other, both reach the witness):
+    the lease keeps pbx2 from promoting and pbx2 gives its VIP up."""
+    rig.notify("pbx2", "MASTER")
+    t = time.time()
+    deadline = t + 3.0
+    while time.time() < deadline:
+        assert rig.pg_role("pbx2") == "standby"
+        time.sleep(0.1)
+    rig.wait(lambda: rig.status("pbx2").get("yield") == "1", 5, "pbx2 yields")
+    timing("split VRRP -> non-leader yields the VIP", (time.time() - t) * 1000)
+    assert one_primary(rig) == "pbx1"
+    rig.notify("pbx2", "FAULT")                                   # what keepalived does on the yield
+    time.sleep(0.5)
+    assert rig.status("pbx2").get("yield") == "1"                 # held while pbx1 leads
+    rig.notify("pbx2", "BACKUP")
+
+
+def test_07_failover_with_divergence_then_pg_rewind(rig):
+    # pbx2 stops receiving WAL; pbx1 commits locally (not acknowledged by the standby)
+    rig.psql("pbx2", "alter system set primary_conninfo = ''")
+    rig.psql("pbx2", "select pg_reload_conf()")
+    rig.wait(lambda: rig.psql("pbx1", "select count(*) from pg_stat_replication") == "0", 10, "standby detached")
+    rig.psql("pbx1", "set synchronous_commit = local; insert into t (node) select 'lost' from generate_series(1, 10)")
+    before = int(rig.psql("pbx2", "select count(*) from t"))
+    # keepalived stops on pbx1 (ExecStopPost -> STOP) and the VIP moves to pbx2
+    t0 = time.time()
+    rig.notify("pbx1", "STOP")
+    rig.notify("pbx2", "MASTER")
+    rig.wait(lambda: rig.pg_pid("pbx1") is None, 10, "pbx1 resigned")
+    t_resigned = time.time()
+    rig.wait(lambda: rig.pg_role("pbx2") == "primary", 15, "pbx2 promoted")
+    t_promoted = time.time()
+    rig.wait(lambda: rig.redis_role("pbx2") == "master", 5, "pbx2 redis master")
+    timing("keepalived stop on leader -> its postgres stopped", (t_resigned - t0) * 1000)
+    timing("keepalived stop on leader -> peer postgres writable", (t_promoted - t0) * 1000)
+    assert rig.primaries() == ["pbx2"]
+    rig.psql("pbx2", "insert into t (node) values ('pbx2')")
+    # pbx1 restarts keepalived (BACKUP) and rejoins by itself: pg_rewind discards the 10 rows
+    rig.notify("pbx1", "BACKUP")
+    t1 = time.time()
+    rig.wait(lambda: rig.pg_role("pbx1") == "standby" and
+             rig.psql("pbx1", "select status from pg_stat_wal_receiver", check=False) == "streaming", 60,
+             "pbx1 rejoined")
+    timing("ex-primary down -> streaming standby again (auto rejoin, pg_rewind)", (time.time() - t1) * 1000)
+    log = open(f"{rig.nodes['pbx1'].dir}/ha.log").read()
+    assert "postgres: pg_rewind: ok" in log and "pg_basebackup" not in log.split("pg_rewind: ok")[-1]
+    assert rig.psql("pbx1", "select count(*) from t where node = 'lost'") == "0"
+    assert int(rig.psql("pbx1", "select count(*) from t")) == before + 1
+    rig.wait(lambda: rig.redis_role("pbx1") == "slave", 10, "pbx1 redis replica")
+    assert rig.etcdctl("get", "/hapbx/rig/primary", "--print-value-only") == "pbx2"
+    assert one_primary(rig) == "pbx2"
+
+
+def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
+    """pbx2 (the primary now) runs without wal_log_hints: after the next failover pg_rewind
+    refuses it, and rejoin rebuilds it with pg_basebackup."""
+    n2 = rig.nodes["pbx2"]
+    rig.sh("pbx2", f"touch {n2.dir}/lib/maintenance")
+    rig.sh("pbx2", f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {n2.data} -m fast -w stop")
+    rig.sh("pbx2", f"runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {n2.data} -l {n2.dir}/pg.log "
+                   f"-o '-p {n2.pg_port} -k {n2.sock} -c wal_log_hints=off' -w start")
+    rig.sh("pbx2", f"rm {n2.dir}/lib/maintenance")
+    rig.wait(lambda: rig.psql("pbx2", "select count(*) from pg_stat_replication where state = 'streaming'") == "1",
+             20, "pbx1 streams again")
+    t0 = time.time()
+    rig.notify("pbx2", "STOP")
+    rig.notify("pbx1", "MASTER")
+    rig.wait(lambda: rig.pg_role("pbx1") == "primary", 15, "pbx1 promoted")
+    timing("failover back to pbx1 (keepalived stop -> writable)", (time.time() - t0) * 1000)
+    rig.notify("pbx2", "BACKUP")
+    t1 = time.time()
+    rig.wait(lambda: rig.pg_role("pbx2") == "standby" and
+             rig.psql("pbx2", "select status from pg_stat_wal_receiver", check=False) == "streaming", 60,
+             "pbx2 rejoined")
+    timing("rejoin with pg_rewind refused -> pg_basebackup fallback", (time.time() - t1) * 1000)
+    log = open(f"{n2.dir}/ha.log").read()
+    assert "falling back to pg_basebackup" in log and "pg_basebackup: ok" in log
+    assert one_primary(rig) == "pbx1"
+
+
+def test_09_a_dead_leader_daemon_fences_at_once(rig):
+    n1 = rig.nodes["pbx1"]
+    t0 = time.time()
+    os.kill(n1.daemon.pid, signal.SIGKILL)
+    n1.daemon.wait(5)
+    out = rig.script("pbx1", "leader", "stopped")                 # the unit's ExecStopPost
+    assert out.returncode == 0, out.stderr
+    assert rig.pg_pid("pbx1") is None
+    timing("leader daemon killed -> writes fenced (ExecStopPost)", (time.time() - t0) * 1000)
+    # Restart=always: the new daemon adopts its lease and restarts postgres as the primary
+    rig.start_daemon("pbx1")
+    rig.wait(lambda: rig.pg_role("pbx1") == "primary" and rig.status("pbx1").get("writer") == "1", 20,
+             "pbx1 writer again")
+    assert "adopted this node's leader lease" in open(f"{n1.dir}/ha.log").read()
+    assert one_primary(rig) == "pbx1"
+
+
+def test_10_hung_keepalived_hands_over(rig):
+    """keepalived frozen on the leader: the VIP stays there while the peer takes it too; the
+    leader sees its heartbeat stop, kills keepalived, resigns, and the peer promotes."""
+    n1 = rig.nodes["pbx1"]
+    rig.wait(lambda: rig.psql("pbx1", "select count(*) from pg_stat_replication where state = 'streaming'") == "1",
+             20, "pbx2 streaming")
+    t0 = time.time()
+    os.kill(n1.heartbeat.pid, signal.SIGKILL)                     # keepalived frozen: no more check runs
+    rig.notify("pbx2", "MASTER")                                  # the peer took the VIP
+    rig.wait(lambda: os.path.exists(f"{n1.dir}/keepalived-killed"), 10, "hung keepalived killed")
+    rig.wait(lambda: rig.pg_role("pbx2") == "primary", 15, "pbx2 promoted")
+    timing("keepalived frozen on leader -> peer writable", (time.time() - t0) * 1000)
+    assert rig.pg_role("pbx1") != "primary"
+    rig.notify("pbx1", "STOP")                                    # systemd restarts keepalived...
+    rig.start_heartbeat("pbx1")
+    rig.notify("pbx1", "BACKUP")                                  # ...which comes back BACKUP
+    rig.wait(lambda: rig.pg_role("pbx1") == "standby", 60, "pbx1 rejoined")
+    assert one_primary(rig) == "pbx2"
+
+
+def test_11_start_guard(rig):
+    """An ex-primary (no standby.signal) never starts as a primary beside the new one."""
+    n1 = rig.nodes["pbx1"]
+    rig.sh("pbx1", f"touch {n1.dir}/lib/maintenance")             # keep the daemon's rejoin away
+    try:
+        rig.stop_pg("pbx1")
+        rig.wait(lambda: rig.pg_pid("pbx1") is None, 10, "pbx1 stopped")
+        os.unlink(f"{n1.data}/standby.signal")
+        out = rig.script("pbx1", "pg-guard")
+        assert out.returncode == 1 and "the last primary was pbx2" in out.stderr, out.stderr
+        open(f"{n1.dir}/lib/pg-fenced", "w").close()
+        out = rig.script("pbx1", "pg-guard")
+        assert out.returncode == 1 and "fenced" in out.stderr
+        open(f"{n1.data}/standby.signal", "w").close()
+        assert rig.script("pbx1", "pg-guard").returncode == 0     # a standby may always start
+    finally:
+        rig.sh("pbx1", f"rm -f {n1.dir}/lib/maintenance")
+    rig.wait(lambda: rig.pg_role("pbx1") == "standby", 60, "pbx1 back as standby")
+    assert one_primary(rig) == "pbx2"
