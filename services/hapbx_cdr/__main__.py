@@ -1,0 +1,26 @@
+"""python3 -m hapbx_cdr receiver|worker|admin"""
+import sys
+
+from .settings import SettingsError
+
+
+def main(argv: list[str]) -> int:
+    what = argv[1] if len(argv) > 1 else ""
+    try:
+        if what == "receiver":
+            from .receiver import main as run
+        elif what == "worker":
+            from .worker import main as run
+        elif what == "admin":
+            from .admin import main as run
+        else:
+            print("usage: python3 -m hapbx_cdr receiver|worker|admin", file=sys.stderr)
+            return 2
+        return run()
+    except SettingsError as err:
+        print(f"hapbx-cdr {what}: bad setting: {err}", file=sys.stderr)
+        return 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from looping
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,247 @@
+"""The CDR receiver: FreeSWITCH mod_json_cdr -> validation -> Redis list, 200 only after Redis acked.
+
+Posts are coalesced: while one LPUSH is in flight the next records gather, and go in one
+LPUSH of many values (one round trip for a whole burst), each poster answered when the push
+that carried its record was acknowledged. Redis endpoints are tried in order; an endpoint that
+answers READONLY (a replica) or does not answer is left for the next, so a receiver on either
+node always writes to the current master. A record that cannot be pushed within
+HAPBX_CDR_REDIS_TIMEOUT gets a 503 (mod_json_cdr retries, then keeps it in its error log dir).
+
+Answers: 200 stored in the queue; 400 not a JSON CDR; 413 body too large; 422 a CDR the table
+would refuse (reason in the body); 503 Redis unavailable or the queue full (maxmemory).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from . import records
+from .common import RateLimitedLog, listening_socket, setup_logging, use_uvloop
+from .resp import Connection, ConnectionLost, RespError, open_first
+from .settings import ReceiverSettings
+
+RETRYABLE = ("READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+class Unavailable(Exception):
+    """The record could not be queued (the poster gets a 503 and retries)."""
+
+
+@dataclass
+class Stats:
+    accepted: int = 0
+    rejected: int = 0
+    too_large: int = 0
+    unavailable: int = 0
+    pushes: int = 0
+    replica_acks: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Pusher:
+    """Coalescing LPUSH to whichever endpoint is the master."""
+
+    def __init__(self, settings: ReceiverSettings, log: logging.Logger, stats: Stats):
+        self.s, self.log, self.stats = settings, log, stats
+        self.pending: list[tuple[bytes, asyncio.Future, float]] = []
+        self.wake = asyncio.Event()
+        self.conn: Connection | None = None
+        self.avoid: str | None = None
+        self.wait_ms = settings.wait_replica_ms
+        self.limited = RateLimitedLog(log, 2)
+        self.task: asyncio.Task | None = None
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.conn.label if self.conn and self.conn.connected else None
+
+    async def push(self, payload: bytes) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((payload, fut, time.monotonic() + self.s.redis_timeout))
+        self.wake.set()
+        await fut
+
+    def _fail(self, batch, exc: Exception) -> None:
+        for _, fut, _ in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if not self.pending or self.pending[0][2] > now:
+            return
+        keep = []
+        for item in self.pending:
+            if item[2] <= now:
+                self._fail([item], Unavailable("Redis did not accept the record in time"))
+            else:
+                keep.append(item)
+        self.pending = keep
+
+    async def _connection(self) -> Connection:
+        if self.conn is None or not self.conn.connected:
+            r = self.s.redis
+            self.conn = await open_first(r.endpoints, r.user, r.password, timeout=min(2.0, self.s.redis_timeout),
+                                         exclude=self.avoid)
+            self.log.info("queue: connected to Redis %s", self.conn.label)
+        return self.conn
+
+    async def run(self) -> None:
+        backoff = 0.02
+        while True:
+            if not self.pending:
+                self.wake.clear()
+                await self.wake.wait()
+            self._expire()
+            if not self.pending:
+                continue
+            batch = self.pending[:self.s.max_batch]
+            del self.pending[:len(batch)]
+            try:
+                conn = await self._connection()
+                cmds: list[tuple] = [("LPUSH", self.s.redis.keys.queue, *[p for p, _, _ in batch])]
+                if self.wait_ms:
+                    cmds.append(("WAIT", 1, self.wait_ms))
+                replies = await conn.pipeline(cmds)
+            except (ConnectionLost, RespError, OSError, asyncio.TimeoutError) as err:
+                self.avoid = self.conn.label if self.conn else None
+                if self.conn:
+                    self.conn.close()
+                self.pending[:0] = batch
+                self.limited(logging.WARNING, "queue: Redis unavailable (%s); retrying", err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                continue
+            reply = replies[0]
+            if isinstance(reply, RespError):
+                if reply.kind in RETRYABLE:
+                    # a replica (after a failover) or a master still loading: try the other endpoint
+                    self.avoid = conn.label
+                    conn.close()
+                    self.pending[:0] = batch
+                    self.limited(logging.WARNING, "queue: %s answered %s; trying the next endpoint",
+                                 conn.label, reply.kind)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                # OOM (queue full: maxmemory, noeviction), NOPERM (ACL): not retryable here
+                self.limited(logging.ERROR, "queue: Redis refused the push: %s", reply)
+                self._fail(batch, Unavailable(f"Redis refused the push: {reply.kind}"))
+                continue
+            backoff = 0.02
+            self.avoid = None
+            self.stats.pushes += 1
+            if self.wait_ms:
+                acks = replies[1]
+                if isinstance(acks, RespError):
+                    self.log.warning("queue: WAIT refused (%s): not waiting for the replica any more", acks)
+                    self.wait_ms = 0
+                elif isinstance(acks, int) and acks > 0:
+                    self.stats.replica_acks += 1
+            for _, fut, _ in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+
+def _json(status: int, body: dict) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> web.Application:
+    log = log or logging.getLogger("hapbx-cdr-receiver")
+    stats = Stats()
+    rejected_log = RateLimitedLog(log, 5)
+    app = web.Application(client_max_size=settings.max_body)
+    pusher = Pusher(settings, log, stats)
+    app["pusher"], app["stats"] = pusher, stats
+
+    async def post_cdr(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > settings.max_body:
+            stats.too_large += 1
+            rejected_log(logging.WARNING, "refused a %d-byte body from %s (limit %d)", request.content_length,
+                         request.remote, settings.max_body)
+            return _json(413, {"error": f"body larger than {settings.max_body} bytes"})
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            stats.too_large += 1
+            rejected_log(logging.WARNING, "refused a body over %d bytes from %s", settings.max_body, request.remote)
+            return _json(413, {"error": f"body larger than {settings.max_body} bytes"})
+        try:
+            record = records.decode_body(body, request.headers.get("Content-Type", ""))
+        except records.Invalid as err:
+            stats.rejected += 1
+            rejected_log(logging.WARNING, "refused a malformed CDR from %s: %s", request.remote, err)
+            return _json(400, {"error": str(err)})
+        try:
+            row = records.normalize(record, settings.node)
+        except records.Invalid as err:
+            stats.rejected += 1
+            rejected_log(logging.WARNING, "refused an invalid CDR from %s: %s", request.remote, err)
+            return _json(422, {"error": str(err)})
+        try:
+            await pusher.push(records.envelope(row, time.time()).encode())
+        except Unavailable as err:
+            stats.unavailable += 1
+            return _json(503, {"error": str(err)})
+        stats.accepted += 1
+        return _json(200, {"ok": True, "call_uuid": row["call_uuid"]})
+
+    async def health(request: web.Request) -> web.Response:
+        endpoint = pusher.endpoint
+        body = {"node": settings.node, "redis": endpoint, "pending": len(pusher.pending),
+                **{k: v for k, v in vars(stats).items()}}
+        return _json(200, body)
+
+    async def start(app):
+        pusher.task = asyncio.get_running_loop().create_task(pusher.run())
+
+    async def stop(app):
+        if pusher.task:
+            pusher.task.cancel()
+            try:
+                await pusher.task
+            except asyncio.CancelledError:
+                pass
+        if pusher.conn:
+            pusher.conn.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_post("/cdr", post_cdr)
+    app.router.add_post("/", post_cdr)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def serve(settings: ReceiverSettings, log: logging.Logger) -> None:
+    app = make_app(settings, log)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for host in settings.listen:
+        await web.SockSite(runner, listening_socket(host, settings.port),
+                           shutdown_timeout=settings.redis_timeout + 2).start()
+    log.info("listening on %s port %d (max body %d bytes)", ", ".join(settings.listen), settings.port,
+             settings.max_body)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing the posts in flight")
+    await runner.cleanup()
+
+
+def main() -> int:
+    log = setup_logging("hapbx-cdr-receiver")
+    settings = ReceiverSettings.from_env()
+    fast = use_uvloop()
+    log.info("receiver on %s (event loop: %s)", settings.node, "uvloop" if fast else "asyncio")
+    asyncio.run(serve(settings, log))
+    return 0

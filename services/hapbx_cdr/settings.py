@@ -1,0 +1,164 @@
+"""Settings of the three processes, from the environment (systemd EnvironmentFile, mode 0600).
+
+Every variable is HAPBX_*; a missing required one or a bad value stops the process at start
+with the variable's name (systemd then shows it in the journal).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _get(env, name: str, default: str | None = None) -> str:
+    value = env.get(name, default)
+    if value is None or value == "":
+        if default is not None:
+            return default
+        raise SettingsError(f"{name} is required")
+    return value
+
+
+def _int(env, name: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range {lo}..{hi}")
+    return value
+
+
+def _float(env, name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range {lo}..{hi}")
+    return value
+
+
+def _endpoints(raw: str, name: str) -> list[tuple[str, int]]:
+    out = []
+    for item in raw.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name}: {item!r} is not host:port")
+        out.append((host, int(port)))
+    return out
+
+
+def _list(raw: str) -> list[str]:
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis keys of the queue (all under the cdr user's ACL prefix)."""
+    prefix: str = "cdr:"
+
+    @property
+    def queue(self) -> str:
+        return self.prefix + "queue"
+
+    @property
+    def processing(self) -> str:
+        return self.prefix + "processing"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "dead"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    endpoints: list[tuple[str, int]]
+    user: str
+    password: str
+    keys: Keys
+
+    @staticmethod
+    def from_env(env) -> "RedisSettings":
+        prefix = _get(env, "HAPBX_CDR_KEY_PREFIX", "cdr:")
+        return RedisSettings(
+            endpoints=_endpoints(_get(env, "HAPBX_REDIS_ENDPOINTS", "127.0.0.1:6379"), "HAPBX_REDIS_ENDPOINTS"),
+            user=_get(env, "HAPBX_REDIS_USER", "cdr"), password=_get(env, "HAPBX_REDIS_PASSWORD"),
+            keys=Keys(prefix))
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    node: str
+    listen: list[str]
+    port: int
+    max_body: int
+    redis: RedisSettings
+    redis_timeout: float       # s a record may wait for Redis before the poster gets a 503
+    wait_replica_ms: int       # WAIT for one replica after each push (0: off)
+    max_batch: int             # records per LPUSH
+
+    @staticmethod
+    def from_env(env=os.environ) -> "ReceiverSettings":
+        return ReceiverSettings(
+            node=_get(env, "HAPBX_NODE"), listen=_list(_get(env, "HAPBX_CDR_LISTEN", "127.0.0.1")),
+            port=_int(env, "HAPBX_CDR_PORT", 8088, 1, 65535),
+            max_body=_int(env, "HAPBX_CDR_MAX_BODY", 262144, 1024, 64 << 20),
+            redis=RedisSettings.from_env(env),
+            redis_timeout=_float(env, "HAPBX_CDR_REDIS_TIMEOUT", 3.0, 0.1, 60),
+            wait_replica_ms=_int(env, "HAPBX_CDR_WAIT_REPLICA_MS", 0, 0, 5000),
+            max_batch=_int(env, "HAPBX_CDR_PUSH_BATCH", 256, 1, 10000))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    node: str
+    redis: RedisSettings
+    pg_dsn: str
+    pg_password: str
+    batch: int
+    block_seconds: float
+    backoff_max: float
+
+    @staticmethod
+    def from_env(env=os.environ) -> "WorkerSettings":
+        return WorkerSettings(
+            node=_get(env, "HAPBX_NODE"), redis=RedisSettings.from_env(env),
+            pg_dsn=_get(env, "HAPBX_PG_DSN"), pg_password=_get(env, "HAPBX_PG_PASSWORD"),
+            batch=_int(env, "HAPBX_CDR_BATCH", 500, 1, 10000),
+            block_seconds=_float(env, "HAPBX_CDR_BLOCK_SECONDS", 1.0, 0.01, 30),
+            backoff_max=_float(env, "HAPBX_CDR_BACKOFF_MAX", 5.0, 0.05, 300))
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    node: str
+    listen: list[str]
+    port: int
+    token: str
+    pg_dsn: str
+    pg_password: str
+    redis: RedisSettings
+    vip: str
+    ha_status: str
+    max_body: int
+    db_pool: int
+
+    @staticmethod
+    def from_env(env=os.environ) -> "AdminSettings":
+        token = _get(env, "HAPBX_ADMIN_TOKEN")
+        if len(token) < 16:
+            raise SettingsError("HAPBX_ADMIN_TOKEN is shorter than 16 characters")
+        return AdminSettings(
+            node=_get(env, "HAPBX_NODE"), listen=_list(_get(env, "HAPBX_ADMIN_LISTEN", "127.0.0.1")),
+            port=_int(env, "HAPBX_ADMIN_PORT", 8080, 1, 65535), token=token,
+            pg_dsn=_get(env, "HAPBX_PG_DSN"), pg_password=_get(env, "HAPBX_PG_PASSWORD"),
+            redis=RedisSettings.from_env(env), vip=_get(env, "HAPBX_VIP", "127.0.0.1"),
+            ha_status=_get(env, "HAPBX_HA_STATUS", "/run/hapbx/ha/status"),
+            max_body=_int(env, "HAPBX_ADMIN_MAX_BODY", 65536, 1024, 16 << 20),
+            db_pool=_int(env, "HAPBX_ADMIN_DB_POOL", 4, 1, 64))
