@@ -187,6 +187,16 @@ class KamailioSettings:
     children: int = setting("children", "SIP worker processes per listener.", 16, minimum=1, maximum=256)
     shm_mb: int = setting("shmMb", "Shared memory (-m); 256+ for DMQ sync of 10k contacts.", 512, minimum=64, maximum=65536)
     pkg_mb: int = setting("pkgMb", "Private memory per process (-M).", 16, minimum=4, maximum=1024)
+    flood_requests: int = setting("floodRequests", "Requests one address may send per floodWindowSeconds before "
+                                  "it is banned (pike).", 40, minimum=5, maximum=1000000)
+    flood_window_seconds: int = setting("floodWindowSeconds", "Sampling window of the flood check.", 2,
+                                        minimum=1, maximum=60)
+    ban_seconds: int = setting("banSeconds", "How long a flooding, scanning or password-guessing address is "
+                               "ignored (the ban is replicated to the peer).", 300, minimum=10, maximum=86400)
+    auth_fail_limit: int = setting("authFailLimit", "Failed digest authentications from one address (each within "
+                                   "banSeconds of the last) before it is banned.", 10, minimum=1, maximum=100000)
+    flood_exempt_networks: list[str] = setting("floodExemptNetworks", "Networks never flood- or auth-banned (an "
+                                               "SBC, a load generator); they still authenticate.", [])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +276,8 @@ class ClusterConfig:
                 "redis-server", f"postgresql-{pg}", "postgresql-client-common", "python3-psycopg2",
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
                 "procps", "curl"]
+        if self.kamailio.tls:
+            base.append("kamailio-tls-modules")
         if self.media.engine == "freeswitch":
             base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter"]
         return sorted(set(base + list(self.packages.extra)))
@@ -351,7 +363,8 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
     fw = cfg.firewall
     if fw.rtp_port_min >= fw.rtp_port_max:
         p.add("firewall.rtpPortMin", f"{fw.rtp_port_min} is not below rtpPortMax {fw.rtp_port_max}")
-    for key, nets in (("firewall.sshAllowFrom", fw.ssh_allow_from), ("firewall.sipAllowFrom", fw.sip_allow_from)):
+    for key, nets in (("firewall.sshAllowFrom", fw.ssh_allow_from), ("firewall.sipAllowFrom", fw.sip_allow_from),
+                      ("kamailio.floodExemptNetworks", cfg.kamailio.flood_exempt_networks)):
         for i, net in enumerate(nets):
             if _cidr(net):
                 p.add(f"{key}[{i}]", f"{net!r} {_cidr(net)}")

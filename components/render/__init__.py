@@ -24,6 +24,7 @@ SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
     "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "etcd_root", "etcd_node",
     "freeswitch_esl", "admin_api_token", "vendor_repo_token", "lsyncd_private_key",
+    "kamailio_auth_secret",
 )
 
 

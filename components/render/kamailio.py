@@ -1,0 +1,63 @@
+"""Kamailio on the PBX nodes: kamailio.cfg (one template for 5.6 and 6.0), its secrets include
+and the unit drop-in carrying -m/-M from the stack configuration."""
+from __future__ import annotations
+
+from . import RenderContext, RenderedFile, secret_refs, template
+from .postgres import DATABASE, DISPATCHER_SET
+
+CONF_DIR = "/etc/kamailio"
+CFG = f"{CONF_DIR}/kamailio.cfg"
+SECRETS_CFG = f"{CONF_DIR}/hapbx-secrets.cfg"
+DROPIN = "/etc/systemd/system/kamailio.service.d/hapbx.conf"
+SERVICE = "kamailio.service"
+#: secrets held by hapbx-secrets.cfg
+SECRET_NAMES = ("postgres_kamailio", "kamailio_auth_secret")
+#: User-Agent headers of SIP scanners and password-guessing tools (dropped and banned)
+SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sip-vicious", "sipcli", "sip-scan", "sipscan",
+                       "sundayddr", "iWar", "VaxSIPUserAgent", "smap", "pplsip", "SIVuS", "SIPBomber")
+#: what the validator puts beside a staged kamailio.cfg where the real secrets file does not
+#: exist yet (rendering off the node, CI); on a node the secrets file is installed first
+PLACEHOLDER_SECRETS = '#!define DBURL "postgres://kamailio:x@127.0.0.1/pbx"\\n#!define AUTH_SECRET "x"\\n'
+
+
+def validate_command(binary: str = "kamailio") -> str:
+    """`kamailio -c` on the staged file, with the installed secrets include beside it."""
+    return (f'd=$(dirname {{path}}); if [ -r {SECRETS_CFG} ]; then cp {SECRETS_CFG} "$d/"; '
+            f"else printf '{PLACEHOLDER_SECRETS}' > \"$d/hapbx-secrets.cfg\"; fi; "
+            f"{binary} -c -f {{path}}")
+
+
+SECRETS_VALIDATE = ("grep -Eq '^#!define DBURL \"postgres://kamailio:[^@\"]+@127\\.0\\.0\\.1:[0-9]+/[a-z_]+\"$' {path} && "
+                    "grep -Eq '^#!define AUTH_SECRET \"[A-Za-z0-9@:_-]+\"$' {path}")
+
+
+def aliases(ctx: RenderContext) -> list[str]:
+    """Names that mean this proxy besides its listen addresses (as /etc/hosts has them)."""
+    domain = ctx.cluster.network.domain
+    return [f"vip.{domain}", f"{ctx.host.name}.{domain}"]
+
+
+def config(ctx: RenderContext) -> str:
+    c = ctx.cluster
+    return template("kamailio/kamailio.cfg.j2", ctx, k=c.kamailio, media_set=DISPATCHER_SET, aliases=aliases(ctx),
+                    scanner_ua_re="|".join(SCANNER_USER_AGENTS))
+
+
+def files(ctx: RenderContext) -> list[RenderedFile]:
+    if ctx.is_witness:
+        return []
+    c = ctx.cluster
+    secrets = template("kamailio/hapbx-secrets.cfg.j2", ctx, db_password=ctx.secret("postgres_kamailio"),
+                       auth_secret=ctx.secret("kamailio_auth_secret"), database=DATABASE)
+    out = [
+        RenderedFile(SECRETS_CFG, secrets, service=SERVICE, action="restart", validate=SECRETS_VALIDATE,
+                     group="kamailio", mode="0640", secrets=secret_refs(ctx, secrets) or SECRET_NAMES),
+        RenderedFile(CFG, config(ctx), service=SERVICE, action="restart", validate=validate_command(),
+                     group="kamailio", mode="0640"),
+        RenderedFile(DROPIN, template("kamailio/unit-override.conf.j2", ctx, k=c.kamailio),
+                     service=SERVICE, action="restart"),
+    ]
+    if c.kamailio.tls:
+        out.append(RenderedFile(f"{CONF_DIR}/tls.cfg", template("kamailio/tls.cfg.j2", ctx), service=SERVICE,
+                                action="restart", group="kamailio", mode="0640"))
+    return out
