@@ -55,6 +55,7 @@ class Node:
     env: dict = field(default_factory=dict)
     daemon: subprocess.Popen | None = None
     heartbeat: subprocess.Popen | None = None
+    overrides: dict = field(default_factory=dict)
 
     @property
     def data(self) -> str:
@@ -71,13 +72,17 @@ class Node:
 
 class Rig:
     def __init__(self, sync_relax_after: int = 3, yield_after: float = 2.0, resign_grace: float = 4.0,
-                 heartbeat: bool = False):
+                 heartbeat: bool = False, witness: bool = True, policy: str = "manual-promotion",
+                 no_witness_timeout: int = 30):
         self.base = tempfile.mkdtemp(prefix="hapbx-rig-")
         os.chmod(self.base, 0o755)
         self.bin = f"{self.base}/bin"
         self.procs: list[subprocess.Popen] = []
         self.settings = dict(SYNC_RELAX_AFTER=str(sync_relax_after), YIELD_AFTER=str(yield_after),
                              RESIGN_GRACE=str(resign_grace), HA_HEARTBEAT="1" if heartbeat else "0")
+        if not witness:
+            self.settings.update(WITNESS="0", NO_WITNESS_POLICY=policy, NO_WITNESS_TIMEOUT=str(no_witness_timeout),
+                                 PG_SYNC_NAMES="")
         cluster, _ = load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)
         self.cluster = cluster
         self.members = {}
@@ -129,9 +134,11 @@ class Rig:
             "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(n.redis_port), "REDIS_PEER_HOST": "127.0.0.1",
             "REDIS_PEER_PORT": str(peer_redis), "REDIS_ROLE_FILE": f"{n.dir}/redis-role.conf",
             "OWNER_SERVICES": "", "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": "127.0.0.1",
+            "PG_CONNECT_TIMEOUT": "1",
             "ETCD_PREFIX": "/hapbx/rig",
         })
         env.update(self.settings)
+        env.update(n.overrides)
         n.env = env
         n.env_file = f"{n.dir}/ha.env"
         with open(n.env_file, "w", encoding="utf-8") as fh:

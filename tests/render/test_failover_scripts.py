@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import NODES, Rig, now_ms  # noqa: E402
+from test_failover_rig import NODES, REDIS_PASSWORD, Rig, now_ms  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
@@ -186,6 +187,11 @@ def test_05_lease_loss_stops_writes_before_the_ttl(rig):
         assert last_ack < last_renew + TTL_MS / 1000 - 0.3, "a write was acknowledged too late"
         assert t_down < last_renew + TTL_MS / 1000
         assert rig.pg_role("pbx2") == "standby"                 # no quorum: nobody took over
+        # Redis on pbx1 acknowledges no write either: it is paused, a SET blocks
+        probe = subprocess.run(["timeout", "0.5", "redis-cli", "--no-auth-warning", "-p",
+                                str(rig.nodes["pbx1"].redis_port), "SET", "fence-probe", "1"],
+                               env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD}, capture_output=True)
+        assert probe.returncode == 124, probe
     finally:
         for m in ("pbx2", "witness"):
             os.kill(rig.etcd[m].pid, signal.SIGCONT)
