@@ -18,13 +18,16 @@ CONF_MARKER = f"{PENDING_DIR}/{SERVICE}"
 REPLICATION_USER = "replicator"
 CDR_USER = "cdr"
 CDR_PREFIX = "cdr:"
-#: the CDR receiver pushes, the worker moves items to a processing list and removes them when
-#: stored (reliable queue); nothing else: no KEYS/SCAN, no FLUSH*, no CONFIG, no scripting.
+#: the CDR receiver pushes (then WAITs for the replica), the worker moves items to a processing
+#: list and removes them when stored (reliable queue, MULTI/EXEC); nothing else: no KEYS/SCAN, no
+#: FLUSH*, no CONFIG, no scripting. (CLIENT SETINFO, sent by redis-py >= 5, is not in Redis 7.0;
+#: redis-py ignores its refusal.)
 CDR_COMMANDS = (
     "ping", "echo", "hello", "client|setname", "client|getname", "client|id",
     "lpush", "rpush", "lpop", "rpop", "blpop", "brpop", "lmove", "blmove", "rpoplpush", "brpoplpush",
     "lrem", "llen", "lrange", "lindex", "exists", "del", "type",
     "multi", "exec", "discard", "watch", "unwatch",
+    "wait",  # the receiver waits for the replica's ack of a push (no key, no data)
 )
 #: Redis secrets: user -> secret name
 USERS = {"default": "redis_default", REPLICATION_USER: "redis_replication", CDR_USER: "redis_cdr"}

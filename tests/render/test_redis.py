@@ -171,7 +171,7 @@ def test_replica_replicates_the_master(pair):
 
 ALLOWED = [("lpush", "cdr:queue", "a"), ("rpush", "cdr:queue", "b"), ("llen", "cdr:queue"),
            ("blmove", "cdr:queue", "cdr:processing", "RIGHT", "LEFT", "1"), ("lrange", "cdr:processing", "0", "-1"),
-           ("lrem", "cdr:processing", "1", "b"), ("exists", "cdr:queue"), ("ping",)]
+           ("lrem", "cdr:processing", "1", "b"), ("exists", "cdr:queue"), ("ping",), ("wait", "0", "10")]
 REFUSED = [("lpush", "other:queue", "a"), ("get", "cdr:queue"), ("set", "cdr:x", "1"), ("keys", "*"), ("scan", "0"),
            ("flushall",), ("flushdb",), ("config", "get", "maxmemory"), ("eval", "return 1", "0"), ("debug", "sleep", "0"),
            ("acl", "list"), ("replicaof", "no", "one"), ("publish", "ch", "x"), ("shutdown",), ("del", "other")]
