@@ -51,10 +51,13 @@ def install_script(f: RenderedFile, digest: str) -> str:
     mode = "%o" % int(f.mode, 8)
     validate = ""
     if f.validate:
+        # The checker runs in a function: any shell it contains stays out of the quoting here.
         check = f.validate.replace("{path}", '"$stage"')
-        validate = (f'if ! out=$({check} 2>&1); then\n'
-                    f'  echo "hapbx: [$step] {shlex.quote(f.validate.split()[0])} rejected the new file:" >&2\n'
-                    '  echo "$out" >&2; exit 1\nfi\n')
+        tool = shlex.quote(f.validate.split()[0])
+        validate = (f"check() {{\n{check}\n}}\n"
+                    'if ! out=$(check 2>&1); then\n'
+                    f"  printf 'hapbx: [%s] %s rejected the new file:\\n%s\\n' \"$step\" {tool} \"$out\" >&2\n"
+                    "  exit 1\nfi\n")
     after = ""
     if f.service:
         after = f"mkdir -p {PENDING_DIR}; touch {_marker(f.service)}\n"

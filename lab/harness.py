@@ -50,6 +50,7 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import os
 import runpy
 import secrets as _csprng
@@ -108,6 +109,10 @@ class ApplyError(Exception):
         self.resource, self.host, self.step = resource, host, step
         self.exit_status, self.stderr = exit_status, stderr
         self.partial: ApplyResult | None = None  # what the failed run did before it stopped
+
+# paramiko logs every refused banner (sshd's MaxStartups under parallel dials) with a
+# traceback; the dial retries handle those, and real failures surface as ApplyError.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 def apply(program_dir: str, project: str, stack: str, config: dict[str, object],
