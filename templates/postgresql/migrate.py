@@ -161,14 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", default="pbx")
     ap.add_argument("--partitions-ahead", type=int, default=3, help="months of CDR partitions kept ahead")
     ap.add_argument("--maintenance-only", action="store_true", help="only create CDR partitions ahead")
-    ap.add_argument("--if-primary", action="store_true", help="on a standby, do nothing and exit 0")
+    ap.add_argument("--if-primary", action="store_true",
+                    help="on a standby or a stopped server, do nothing and exit 0 (the daily timer)")
     args = ap.parse_args(argv)
     if not DB_RE.match(args.database):
         print(f"hapbx-migrate: {args.database!r} is not a plain database name", file=sys.stderr)
         return 2
     dsn = args.dsn + (f" port={args.port}" if args.port else "")
     try:
-        if ensure_database(dsn, args.database):
+        try:
+            standby = ensure_database(dsn, args.database)
+        except driver.OperationalError as err:
+            if args.if_primary:  # the timer: a stopped server (fenced, or being rebuilt) has nothing to do
+                print(f"server not available, nothing to do: {str(err).strip()}")
+                return 0
+            raise
+        if standby:
             if args.if_primary:
                 print("standby: nothing to do")
                 return 0

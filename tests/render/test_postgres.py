@@ -313,6 +313,16 @@ def test_an_edited_applied_migration_is_refused_and_a_failing_one_leaves_nothing
         assert c.execute("SELECT max(version) FROM public.schema_migrations").fetchone()[0] == len(pg.migrations())
 
 
+def test_the_daily_timer_run_does_nothing_where_there_is_nothing_to_do(primary):
+    closed = f"host=127.0.0.1 port={free_port()} user=postgres connect_timeout=2"
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        assert RUNNER.main(["--dsn", closed, "--maintenance-only", "--if-primary"]) == 0  # server stopped (fenced)
+        assert RUNNER.main(["--dsn", closed]) == 1  # but a deploy step fails loudly
+    rc, text, _ = primary.migrate("--maintenance-only", "--if-primary")
+    assert (rc, text.strip()) == (0, "unchanged")  # partitions already ahead
+
+
 def test_kamailio_version_rows_match_kamailio_own_create_scripts(conn):
     """The version table holds what kamdbctl's scripts insert (5.6 from this host's package when
     present; the values are identical in 6.0, compared on the kamailio repository's tags)."""
