@@ -99,13 +99,16 @@ def test_02_promotion_refused_without_lease_or_while_peer_writable(rig):
 def test_03_daemons_elect_the_running_primary(rig):
     for name in NODES:
         rig.start_heartbeat(name)
-    rig.notify("pbx1", "MASTER")
-    rig.notify("pbx2", "BACKUP")
+    # first deploy: the daemons start before keepalived (no VRRP state yet)
     t = time.time()
     for name in NODES:
         rig.start_daemon(name)
     rig.wait(lambda: rig.status("pbx1").get("writer") == "1", 15, "pbx1 leader and writer")
     timing("daemon start -> lease + writer (incumbent primary)", (time.time() - t) * 1000)
+    time.sleep(4.5)                                               # past RESIGN_GRACE: keepalived not started is no reason to resign
+    assert rig.status("pbx1").get("hold") == "1" and rig.pg_role("pbx1") == "primary"
+    rig.notify("pbx1", "MASTER")
+    rig.notify("pbx2", "BACKUP")
     assert rig.status("pbx1")["hold"] == "1" and rig.status("pbx2").get("hold") == "0"
     assert rig.etcdctl("get", "/hapbx/rig/leader", "--print-value-only") == "pbx1"
     assert rig.etcdctl("get", "/hapbx/rig/primary", "--print-value-only") == "pbx1"
