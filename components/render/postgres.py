@@ -30,6 +30,10 @@ LOGIN_ROLES = {
 }
 APP_ROLES = ("kamailio", "cdr_writer", "pbx_admin", "pbx_readonly")
 LIB_DIR = "/usr/local/lib/hapbx/postgres"
+#: the replication password for the walreceiver, pg_basebackup and pg_rewind; named explicitly
+#: (primary_conninfo passfile=, PGPASSFILE=) since a postmaster or tool started from a root shell
+#: keeps HOME=/root and would not find ~postgres/.pgpass
+PGPASS = "/var/lib/postgresql/.pgpass"
 PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
 PARTITIONS_AHEAD = 3
 DISPATCHER_SET = 1
@@ -121,7 +125,7 @@ def _static(name: str) -> str:
 
 def _values(ctx: RenderContext, **extra) -> dict:
     c = ctx.cluster
-    return dict(pg=paths(c), database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
+    return dict(pg=paths(c), pgpass=PGPASS, database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
                 partitions_ahead=PARTITIONS_AHEAD, stream_wait=STREAM_WAIT_SECONDS,
                 own_slot=slot_name(ctx.host.name), peer_slot=slot_name(ctx.peer.name),
                 marker=pending_marker(c), **extra)
@@ -187,7 +191,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                      validate=conf_validator(pg), owner="postgres", group="postgres", mode="0644"),
         RenderedFile(f"{pg.conf_dir}/pg_hba.conf", hba, service=svc, action="reload",
                      validate=HBA_VALIDATOR, owner="postgres", group="postgres", mode="0640"),
-        RenderedFile("/var/lib/postgresql/.pgpass",
+        RenderedFile(PGPASS,
                      template("postgresql/pgpass.j2", ctx, password=ctx.secret("postgres_replication"),
                               pgpass_escape=pgpass_escape, **_values(ctx)),
                      owner="postgres", group="postgres", mode="0600", secrets=("postgres_replication",)),

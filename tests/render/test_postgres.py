@@ -44,7 +44,8 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(f"{PGBIN}/postgres"), reason="needs postgresql-15 (Debian)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root"),
 ]
-#: the only settings not taken from the rendered file: paths and the port of this "node"
+#: the only settings not taken from the rendered file: paths and the port of this "node" (and the
+#: passfile path inside primary_conninfo)
 OVERRIDDEN = ("config_file", "data_directory", "hba_file", "ident_file", "external_pid_file", "unix_socket_directories",
               "port", "listen_addresses", "ssl_cert_file", "ssl_key_file")
 SECRETS = {n: f"pw-{n.replace('_', '-')}-9xQ2Lm7" for n in SECRET_NAMES}
@@ -102,9 +103,11 @@ class Server:
         self.ctx = RenderContext(self.cluster, self.node, SECRETS)
         self.files = {f.path: f for f in pg.files(self.ctx)}
         conf_dir = pg.paths(self.cluster).conf_dir
-        self.conf = self._write("postgresql.conf", self.files[f"{conf_dir}/postgresql.conf"].content)
+        self.pgpass = self.dir / "pgpass"  # primary_conninfo names the node's path: point it here
+        self.conf = self._write("postgresql.conf", self.files[f"{conf_dir}/postgresql.conf"].content.replace(
+            f"passfile={pg.PGPASS}", f"passfile={self.pgpass}"))
         self.hba = self._write("pg_hba.conf", self.files[f"{conf_dir}/pg_hba.conf"].content)
-        self.pgpass = self._write("pgpass", self.files["/var/lib/postgresql/.pgpass"].content, mode=0o600)
+        self._write("pgpass", self.files[pg.PGPASS].content, mode=0o600)
         self.ident = self._write("pg_ident.conf", "")
         self.migrations = self.dir / "migrations"
         self.migrations.mkdir()
@@ -765,6 +768,15 @@ def test_pair_streams_promotes_and_rewinds(base):
         status = wait_for("standby streaming", streaming_from(b))
         timings["build"] = time.monotonic() - t0
         assert status == ("streaming", a_port, "pbx2")
+        # the standby step's identity check: the primary's system id over a replication connection
+        # (IDENTIFY_SYSTEM) equals the one in the standby's pg_control
+        ident = as_postgres(f"{PGBIN}/psql", "-X", "-A", "-t", "-q",
+                            f"host=127.0.0.1 port={a_port} user=replicator dbname=replication replication=true "
+                            "sslmode=prefer connect_timeout=5", "-c", "IDENTIFY_SYSTEM", env=b.env).stdout
+        control = as_postgres(f"{PGBIN}/pg_controldata", str(b.data)).stdout
+        sysid = next(line.split(":")[1].strip() for line in control.splitlines()
+                     if line.startswith("Database system identifier"))
+        assert ident.split("|")[0] == sysid
         with a.connect() as c:
             rep = c.execute("SELECT application_name, state FROM pg_stat_replication").fetchall()
             assert rep == [("pbx2", "streaming")]
