@@ -134,8 +134,9 @@ class Worker:
                 dead.append((raw, str(err)))
         if not good:
             return dead
-        conn = self._pg()
+        conn = None
         try:
+            conn = self._pg()
             with conn.cursor() as cur:
                 try:
                     cur.execute(INGEST_SQL, (json.dumps([r for _, r, _ in good]),))
@@ -147,7 +148,7 @@ class Worker:
                     results = self._one_by_one(cur, good, dead)
             conn.commit()
         except psycopg2.Error as err:
-            if isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)) or conn.closed:
+            if conn is None or isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError)) or conn.closed:
                 self._pg_reset()
             else:
                 try:
@@ -219,9 +220,13 @@ class Worker:
             try:
                 self.cycle()
                 backoff = 0.05
-            except Transient as err:
+            except Exception as err:  # noqa: BLE001 - never die on one bad cycle: back off and retry
                 self.c.retries += 1
-                self.limited(logging.WARNING, "%s; retrying in %.2fs", err, backoff)
+                if isinstance(err, Transient):
+                    self.limited(logging.WARNING, "%s; retrying in %.2fs", err, backoff)
+                else:
+                    self.log.exception("unexpected error; retrying in %.2fs", backoff)
+                    self._pg_reset()
                 deadline = time.monotonic() + backoff
                 while not self.stopping and time.monotonic() < deadline:
                     time.sleep(min(0.05, backoff))
