@@ -1,0 +1,105 @@
+"""FreeSWITCH JSON CDR -> cdr.calls row: the mapping and every refusal, without any daemon."""
+import base64
+import json
+import urllib.parse
+import uuid
+
+import pytest
+
+from services.devstack import fs_cdr
+from services.hapbx_cdr import records
+from services.hapbx_cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
+
+U = "0b7a3b8e-6a43-4d0f-9d1e-0123456789ab"
+
+
+def test_mapping_of_a_freeswitch_record():
+    rec = fs_cdr(U, 1_700_000_000.25, caller="1001", callee="2002", duration=30,
+                 extra={"cc_queue": "support@default", "hapbx_direction": "Inbound", "bridge_uuid": str(uuid.UUID(int=5))})
+    row = records.normalize(rec, "pbx2")
+    assert row["call_uuid"] == U and row["bleg_uuid"] == str(uuid.UUID(int=5))
+    assert row["start_time"] == "2023-11-14T22:13:20.250000+00:00"
+    assert row["answer_time"] == "2023-11-14T22:13:22.250000+00:00"
+    assert row["end_time"] == "2023-11-14T22:13:50.250000+00:00"
+    assert (row["duration"], row["billsec"]) == (30, 28)
+    assert row["caller_name"] == "Ext 1001", "percent-encoded values (encode-values) are decoded"
+    assert (row["caller_number"], row["callee_number"], row["queue"]) == ("1001", "2002", "support")
+    assert (row["direction"], row["node"], row["hangup_cause"], row["hangup_cause_q850"]) == \
+        ("inbound", "pbx1", "NORMAL_CLEARING", 16)
+    assert "callflow" not in row["raw"] and row["raw"]["variables"]["uuid"] == U
+
+
+def test_unanswered_call_and_fallbacks():
+    rec = fs_cdr(U, 1_700_000_000, answered=False, duration=5)
+    for k in ("duration", "billsec", "destination_number", "sip_to_user", "start_uepoch", "end_uepoch", "answer_uepoch"):
+        rec["variables"].pop(k)
+    rec["switchname"] = rec["variables"]["switchname"] = "Not A Node!"
+    row = records.normalize(rec, "pbx2")
+    assert row["answer_time"] is None and row["billsec"] == 0 and row["duration"] == 5
+    assert row["callee_number"] == "1002", "taken from the callflow's caller_profile"
+    assert row["node"] == "pbx2", "an unusable switchname falls back to the receiving node"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"uuid": None, "call_uuid": None}, "call_uuid: missing"),
+    ({"uuid": "123", "call_uuid": None}, "not a UUID"),
+    ({"start_uepoch": None, "start_epoch": None}, "start_epoch: missing"),
+    ({"end_uepoch": "1", "end_epoch": None}, "before start"),
+    ({"answer_uepoch": "1", "answer_epoch": None}, "not between start and end"),
+    ({"billsec": "31"}, "billsec"),
+    ({"duration": "-1"}, "duration"),
+    ({"hangup_cause": "normal clearing"}, "hangup_cause"),
+    ({"hangup_cause_q850": "300"}, "q850"),
+    ({"hapbx_direction": "sideways"}, "hapbx_direction"),
+    ({"hapbx_recording_path": "x.wav"}, "not absolute"),
+    ({"start_uepoch": "99999999999999999999999"}, "out of range"),
+])
+def test_refusals_name_the_field(change, message):
+    rec = fs_cdr(U, 1_700_000_000, duration=30)
+    for k, v in change.items():
+        if v is None:
+            rec["variables"].pop(k, None)
+        else:
+            rec["variables"][k] = v
+    with pytest.raises(records.Invalid, match=message):
+        records.normalize(rec, "pbx1")
+
+
+def test_bodies_of_every_encode_setting():
+    rec = fs_cdr(U)
+    text = json.dumps(rec)
+    assert records.decode_body(text.encode(), "application/json") == rec
+    form = ("cdr=" + urllib.parse.quote_plus(text)).encode()
+    assert records.decode_body(form, "application/x-www-form-urlencoded") == rec
+    b64 = ("cdr=" + urllib.parse.quote_plus(base64.b64encode(text.encode()).decode())).encode()
+    assert records.decode_body(b64, "application/x-www-form-urlencoded; charset=utf-8") == rec
+    for body, ctype, message in [(b"nope", "application/json", "not JSON"), (b"[]", "", "not a JSON object"),
+                                 (b"x=1", "application/x-www-form-urlencoded", "no 'cdr' field"),
+                                 (b"cdr=!!!", "application/x-www-form-urlencoded", "neither JSON nor base64"),
+                                 (b"\xff\xfe", "application/json", "not JSON")]:
+        with pytest.raises(records.Invalid, match=message):
+            records.decode_body(body, ctype)
+
+
+def test_envelope_round_trip_and_poison():
+    row = records.normalize(fs_cdr(U), "pbx1")
+    back, queued = records.open_envelope(records.envelope(row, 123.5).encode())
+    assert back == json.loads(json.dumps(row)) and queued == 123.5
+    for item in (b"{", b"[]", json.dumps({"v": 2, "c": row}).encode(), json.dumps({"v": 1, "c": {}}).encode()):
+        with pytest.raises(records.Invalid):
+            records.open_envelope(item)
+
+
+def test_settings_name_the_bad_variable():
+    with pytest.raises(SettingsError, match="HAPBX_NODE is required"):
+        ReceiverSettings.from_env({"HAPBX_REDIS_PASSWORD": "x"})
+    with pytest.raises(SettingsError, match="HAPBX_CDR_PORT=0 is out of range"):
+        ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_CDR_PORT": "0"})
+    with pytest.raises(SettingsError, match="HAPBX_REDIS_ENDPOINTS"):
+        WorkerSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_PG_DSN": "d",
+                                 "HAPBX_PG_PASSWORD": "p", "HAPBX_REDIS_ENDPOINTS": "nohostport"})
+    s = ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x",
+                                   "HAPBX_REDIS_ENDPOINTS": "127.0.0.1:6379, 10.0.0.2:6380",
+                                   "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1"})
+    assert s.redis.endpoints == [("127.0.0.1", 6379), ("10.0.0.2", 6380)] and s.listen == ["127.0.0.1", "10.0.0.1"]
+    assert s.redis.keys.queue == "cdr:queue" and s.redis.keys.dead == "cdr:dead"
