@@ -74,8 +74,9 @@ def connect(dsn: str, dbname: str):
     return conn
 
 
-def ensure_database(dsn: str, database: str) -> bool:
-    """Create the database if missing; returns True when this server is a standby."""
+def ensure_database(dsn: str, database: str, create: bool = True) -> bool | None:
+    """Create the database if missing; returns True when this server is a standby,
+    None when the database is missing and ``create`` is False."""
     conn = connect(dsn, "postgres")
     conn.autocommit = True
     try:
@@ -85,6 +86,8 @@ def ensure_database(dsn: str, database: str) -> bool:
             return True
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
         if cur.fetchone() is None:
+            if not create:
+                return None
             # C.UTF-8 collation: identical on every Debian node, not tied to a glibc locale version.
             cur.execute(f'CREATE DATABASE "{database}" TEMPLATE template0 ENCODING \'UTF8\' LOCALE \'C.UTF-8\'')
             print(f"created database {database}")
@@ -170,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     dsn = args.dsn + (f" port={args.port}" if args.port else "")
     try:
         try:
-            standby = ensure_database(dsn, args.database)
+            # The timer never bootstraps: a node whose server is not (yet) part of the
+            # cluster, e.g. a fresh one before its standby is built, must stay untouched.
+            standby = ensure_database(dsn, args.database, create=not args.maintenance_only)
         except driver.OperationalError as err:
             if args.if_primary:  # the timer: a stopped server (fenced, or being rebuilt) has nothing to do
                 print(f"server not available, nothing to do: {str(err).strip()}")
                 return 0
             raise
+        if standby is None:
+            print(f"no database {args.database} on this server: nothing to maintain")
+            return 0
         if standby:
             if args.if_primary:
                 print("standby: nothing to do")
