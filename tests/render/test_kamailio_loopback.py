@@ -1,0 +1,432 @@
+"""A real Kamailio from the rendered lab config, a real PostgreSQL with our schema, SIPp phones.
+
+The lab stack's kamailio.cfg is rendered for loopback: VIP 127.0.0.10, pbx1 127.0.0.11, pbx2
+127.0.0.12, free ports, two workers, a low flood/auth-failure threshold; the control sockets go to
+a temporary directory. That is all that differs from a node. PostgreSQL 15 gets every migration,
+the rendered seed (dispatcher rows for both nodes' media engines) and the role passwords, then two
+users (1001, 1002) and a queue (8000). A SIPp UAS on each node address stands in for the media
+engines, as on the lab. Phones are SIPp scenarios from templates/sipp on 127.0.0.2x.
+
+Loopback only, every process time-bounded and killed at the end; about 30 s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from components.config import load_stack_file
+from components.render import SECRET_NAMES, TEMPLATES, RenderContext
+from components.render import kamailio as kam
+from components.render import postgres as pg
+from tests.mockrun import ROOT
+from tests.sip import sipp
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists(f"{PGBIN}/postgres"), reason="needs postgresql-15 (Debian)"),
+    pytest.mark.skipif(shutil.which("kamailio") is None or shutil.which("sipp") is None,
+                       reason="needs kamailio and sip-tester (Debian)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root"),
+    pytest.mark.timeout(90),
+]
+VIP, NODE1, NODE2 = "127.0.0.10", "127.0.0.11", "127.0.0.12"
+CALLER, CALLEE, BAD, GUESSER, FLOODER, CLEAN, SCANNER = (f"127.0.0.{i}" for i in (21, 22, 23, 25, 30, 31, 26))
+SECRETS = {n: f"Lp{n.replace('_', '')}4Zk" for n in SECRET_NAMES}
+PASSWORDS = {"1001": "correct-horse-1001", "1002": "correct-horse-1002"}
+QUEUE = "8000"
+AUTH_FAIL_LIMIT = 3
+#: a media engine that answers probes (-aa) but refuses every call
+REFUSING_UAS = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="refusing engine">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 503 Service Unavailable
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag09[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+def free_port() -> int:
+    """A port free for UDP and TCP on every loopback address the test uses."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("0.0.0.0", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def loopback_cluster():
+    c, _ = load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)
+    nodes = [dataclasses.replace(c.nodes[0], address=NODE1), dataclasses.replace(c.nodes[1], address=NODE2)]
+    return dataclasses.replace(
+        c, nodes=nodes, vip=dataclasses.replace(c.vip, address=VIP),
+        postgres=dataclasses.replace(c.postgres, port=free_port()),
+        media=dataclasses.replace(c.media, sip_port=free_port()),
+        kamailio=dataclasses.replace(c.kamailio, sip_port=free_port(), dmq_port=free_port(), children=2,
+                                     flood_requests=30, flood_window_seconds=2, ban_seconds=60,
+                                     auth_fail_limit=AUTH_FAIL_LIMIT))
+
+
+def as_postgres(*cmd: str, input: str | None = None) -> None:
+    out = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True, input=input,
+                         timeout=60, cwd="/")
+    assert out.returncode == 0, (cmd, out.stdout, out.stderr)
+
+
+class Postgres:
+    def __init__(self, base: Path, cluster):
+        self.dir, self.port = base / "pg", cluster.postgres.port
+        self.dir.mkdir()
+        os.chown(self.dir, pwd.getpwnam("postgres").pw_uid, -1)
+        pw = self.dir / "pw"
+        pw.write_text(SECRETS["postgres_superuser"] + "\n")
+        os.chown(pw, pwd.getpwnam("postgres").pw_uid, -1)
+        as_postgres(f"{PGBIN}/initdb", "-D", str(self.dir / "data"), "-U", "postgres", f"--pwfile={pw}",
+                    "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                    "--no-sync", "--no-instructions")
+        as_postgres(f"{PGBIN}/pg_ctl", "start", "-w", "-t", "60", "-D", str(self.dir / "data"),
+                    "-l", str(self.dir / "log"),
+                    "-o", f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+                          "-c fsync=off -c max_connections=60")
+
+    def dsn(self, user: str = "postgres", db: str = "postgres") -> str:
+        secret = "postgres_superuser" if user == "postgres" else pg.LOGIN_ROLES[user]
+        return f"host=127.0.0.1 port={self.port} user={user} password={SECRETS[secret]} dbname={db}"
+
+    def stop(self) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PGBIN}/pg_ctl", "stop", "-m", "immediate",
+                        "-D", str(self.dir / "data")], capture_output=True, timeout=60)
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("hapbx_migrate_sip", os.path.join(TEMPLATES, "postgresql", "migrate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def provision(db: Postgres, cluster, ctx: RenderContext) -> None:
+    """What the data tier's steps do on the primary: migrations, seed, role passwords; then users."""
+    migrations = db.dir / "migrations"
+    migrations.mkdir()
+    files = {f.path: f for f in pg.files(ctx)}
+    for path, f in files.items():
+        if "/migrations/" in path:
+            (migrations / os.path.basename(path)).write_text(f.content)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = load_runner().main(["--dir", str(migrations), "--dsn", f"host=127.0.0.1 port={db.port} user=postgres "
+                                 f"password={SECRETS['postgres_superuser']}"])
+    assert rc == 0, (out.getvalue(), err.getvalue())
+    with psycopg.connect(db.dsn(db="pbx"), autocommit=True) as conn:
+        conn.execute(files[f"{pg.LIB_DIR}/seed.sql"].content)
+        conn.execute(pg.roles_sql(ctx).replace("\\gexec", ""))
+        for (stmt,) in conn.execute(
+                "SELECT format('ALTER ROLE %I PASSWORD %L', r.name, r.verifier) FROM hapbx_roles r").fetchall():
+            conn.execute(stmt)
+        for number, password in PASSWORDS.items():
+            conn.execute("INSERT INTO pbx.extensions (number, type, display_name) VALUES (%s, 'user', %s)",
+                         (number, f"Phone {number}"))
+            conn.execute("SELECT pbx.set_sip_password(%s, %s)", (number, password))
+        conn.execute("INSERT INTO pbx.extensions (number, type, display_name, settings) VALUES (%s, 'queue', "
+                     "'Support', '{\"strategy\": \"longest-idle-agent\"}')", (QUEUE,))
+
+
+class Kamailio:
+    """Kamailio from a node's rendered files; without_vip: the VIP's listen lines dropped (two
+    processes on one host cannot both bind it; on the nodes ip_free_bind makes that possible)."""
+
+    def __init__(self, base: Path, ctx: RenderContext, without_vip: bool = False):
+        self.dir = base / f"kamailio-{ctx.host.name}"
+        self.dir.mkdir()
+        run = str(self.dir) + "/"
+        for f in kam.files(ctx):
+            text = f.content.replace("/run/kamailio/", run)
+            if without_vip:
+                # ...but the VIP still names it, as on a node
+                text = re.sub(rf"^listen=(udp|tcp):{re.escape(VIP)}:.*\n", "", text, flags=re.M)
+                text = text.replace("\nip_free_bind=1\n", f'\nip_free_bind=1\nalias="{VIP}"\n')
+            (self.dir / os.path.basename(f.path)).write_text(text)
+        self.address = ctx.host.address
+        self.ctl = f"unix:{run}kamailio_ctl"
+        self.log = open(self.dir / "log", "w")
+        k = ctx.cluster.kamailio
+        self.proc = subprocess.Popen(
+            ["kamailio", "-DD", "-E", "-f", str(self.dir / "kamailio.cfg"), "-m", "64", "-M", "8"],
+            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.tail()
+            listening = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
+            if f"{self.address}:{k.sip_port} " in listening and f"{self.address}:{k.dmq_port} " in listening:
+                return
+            time.sleep(0.1)
+        raise AssertionError("kamailio did not start:\n" + self.tail())
+
+    def rpc(self, *cmd: str) -> str:
+        return subprocess.run(["kamcmd", "-s", self.ctl, *cmd], capture_output=True, text=True, timeout=10).stdout
+
+    def tail(self) -> str:
+        return (self.dir / "log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@dataclasses.dataclass
+class Stack:
+    cluster: object
+    kamailio: Kamailio
+    media: dict
+    db: Postgres
+
+    @property
+    def target(self) -> str:
+        return f"{VIP}:{self.cluster.kamailio.sip_port}"
+
+    def media_uas(self, node: str, text: str | None = None) -> sipp.Uas:
+        old = self.media.get(node)
+        if old:
+            old.stop()
+        self.media[node] = sipp.Uas(node, self.cluster.media.sip_port, text)
+        return self.media[node]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    base = Path(tempfile.mkdtemp(prefix="hapbx-sip-loopback-"))
+    base.chmod(0o755)
+    cluster = loopback_cluster()
+    ctx = RenderContext(cluster, cluster.nodes[0], SECRETS)
+    db = kamailio = None
+    media: dict = {}
+    try:
+        db = Postgres(base, cluster)
+        provision(db, cluster, ctx)
+        for node in (NODE1, NODE2):
+            media[node] = sipp.Uas(node, cluster.media.sip_port)
+        kamailio = Kamailio(base, ctx)
+        yield Stack(cluster, kamailio, media, db)
+    finally:
+        for uas in media.values():
+            uas.stop()
+        if kamailio:
+            kamailio.stop()
+        if db:
+            db.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def register(stack: Stack, ip: str, user: str, password: str, *, port: int = 0, expect: str = "200",
+             timeout: float = 10) -> sipp.Result:
+    text = sipp.scenario("register.xml", **({} if expect == "200" else
+                                            {'<recv response="200" rtd="true"/>': f'<recv response="{expect}"/>'}))
+    return sipp.run(text, stack.target, ip, port=port, keys={"user": user, "domain": VIP}, auth=(user, password),
+                    timeout=timeout)
+
+
+def call(stack: Stack, ip: str, user: str, callee: str, hold_ms: int = 300) -> sipp.Result:
+    return sipp.run(sipp.scenario("call.xml"), stack.target, ip, service=callee, keys={"user": user, "domain": VIP},
+                    auth=(user, PASSWORDS[user]), extra=("-d", str(hold_ms)))
+
+
+def options(stack: Stack, ip: str, target: str | None = None, recv_timeout: int = 4000, **kw) -> sipp.Result:
+    return sipp.run(sipp.scenario("options.xml"), target or stack.target, ip,
+                    extra=("-recv_timeout", str(recv_timeout)), **kw)
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+def test_options_answered_on_the_vip_and_the_node_address(stack):
+    port = stack.cluster.kamailio.sip_port
+    for target in (f"{VIP}:{port}", f"{NODE1}:{port}"):
+        r = options(stack, CLEAN, target)
+        assert r.ok, (target, r.stdout, r.errors)
+    lists = stack.kamailio.rpc("dispatcher.list")
+    assert f"sip:{NODE1}:{stack.cluster.media.sip_port}" in lists and f"sip:{NODE2}:{stack.cluster.media.sip_port}" in lists
+
+
+def test_register_with_the_right_password_gets_200(stack):
+    r = register(stack, CALLER, "1001", PASSWORDS["1001"])
+    assert r.ok, (r.stdout, r.errors, stack.kamailio.tail())
+    assert "1001" in stack.kamailio.rpc("ul.dump")
+
+
+def test_register_with_a_wrong_password_is_refused(stack):
+    r = register(stack, BAD, "1002", "not-the-password", expect="403")
+    assert r.ok, (r.stdout, r.errors)
+    assert "1002" not in stack.kamailio.rpc("ul.dump")
+
+
+def test_register_of_an_unknown_user_is_refused(stack):
+    r = register(stack, BAD, "1999", "whatever-password", expect="403")
+    assert r.ok, (r.stdout, r.errors)
+    # a queue number has no credentials either: it cannot register
+    r = register(stack, BAD, QUEUE, "whatever-password", expect="403")
+    assert r.ok, (r.stdout, r.errors)
+
+
+def test_call_between_two_registered_users_is_routed(stack):
+    port = free_port()
+    assert register(stack, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port)
+    try:
+        assert register(stack, CALLER, "1001", PASSWORDS["1001"]).ok
+        r = call(stack, CALLER, "1001", "1002")
+        assert r.ok, (r.stdout, r.errors, stack.kamailio.tail())
+        assert phone.invites() == 1
+        assert sum(m.invites() for m in stack.media.values()) == 0  # user to user: not through media
+    finally:
+        phone.stop()
+
+
+def test_queue_number_reaches_a_media_engine_through_dispatcher(stack):
+    before = {n: m.invites() for n, m in stack.media.items()}
+    r = call(stack, CALLER, "1001", QUEUE)
+    assert r.ok, (r.stdout, r.errors, stack.kamailio.tail())
+    got = [n for n, m in stack.media.items() if m.invites() > before[n]]
+    assert len(got) == 1
+    # the same number always lands on the same engine (queue state lives in one engine)
+    assert call(stack, CALLER, "1001", QUEUE).ok
+    assert [n for n, m in stack.media.items() if m.invites() > before[n]] == got
+
+
+def test_media_failover_on_5xx_and_on_timeout(stack):
+    before = {n: m.invites() for n, m in stack.media.items()}
+    assert call(stack, CALLER, "1001", QUEUE).ok
+    first = next(n for n, m in stack.media.items() if m.invites() > before[n])
+    other = NODE2 if first == NODE1 else NODE1
+    # 5xx: the engine answers probes but refuses the call -> the other engine takes it
+    stack.media_uas(first, REFUSING_UAS)
+    other_before = stack.media[other].invites()
+    r = call(stack, CALLER, "1001", QUEUE)
+    assert r.ok, (r.stdout, r.errors, stack.kamailio.tail())
+    assert stack.media[first].invites() == 1 and stack.media[other].invites() == other_before + 1
+    # timeout: the engine is gone -> after the 2 s first-answer timer the other engine takes it
+    stack.media[first].stop()
+    other_before = stack.media[other].invites()
+    started = time.monotonic()
+    r = call(stack, CALLER, "1001", QUEUE)
+    assert r.ok, (r.stdout, r.errors, stack.kamailio.tail())
+    assert stack.media[other].invites() == other_before + 1
+    assert time.monotonic() - started < 8
+    stack.media_uas(first)
+    assert re.search(r"FLAGS: I", stack.kamailio.rpc("dispatcher.list"))  # the timed-out engine is marked down
+    # the probes bring it back (2 answers at 2 s intervals)
+    deadline = time.monotonic() + 15
+    while not all(f.startswith("A") for f in re.findall(r"FLAGS: (\w+)", stack.kamailio.rpc("dispatcher.list"))):
+        assert time.monotonic() < deadline, stack.kamailio.rpc("dispatcher.list")
+        time.sleep(0.5)
+
+
+def test_relay_to_a_foreign_domain_is_refused(stack):
+    for ip, from_domain in ((CLEAN, "foreign.example"), (CALLER, VIP)):
+        r = sipp.run(sipp.scenario("refused.xml"), stack.target, ip, service="1002",
+                     keys={"user": "1001", "domain": "foreign.example", "from_domain": from_domain})
+        assert r.ok, (r.stdout, r.errors)
+
+
+def test_repeated_authentication_failures_ban_the_address(stack):
+    for _ in range(AUTH_FAIL_LIMIT):
+        assert register(stack, GUESSER, "1001", "guessing-wrong", expect="403").ok
+    # banned: no answer at all, to anything, from that address; others are served
+    assert not options(stack, GUESSER, recv_timeout=1500, timeout=5).ok
+    assert options(stack, CLEAN).ok
+    assert GUESSER in stack.kamailio.rpc("htable.dump", "ipban")
+
+
+def test_scanner_user_agent_is_dropped(stack):
+    text = sipp.scenario("options.xml", **{"Max-Forwards: 70": "Max-Forwards: 70\nUser-Agent: friendly-scanner"})
+    assert not sipp.run(text, stack.target, SCANNER, extra=("-recv_timeout", "1500"), timeout=5).ok
+    assert SCANNER in stack.kamailio.rpc("htable.dump", "ipban")
+
+
+def test_flood_from_one_address_gets_blocked(stack):
+    flood = options(stack, FLOODER, calls=300, rate=300, recv_timeout=1000, timeout=10)
+    assert flood.successful < 100 and flood.failed > 150, flood.stdout
+    assert FLOODER in stack.kamailio.rpc("htable.dump", "ipban")
+    assert not options(stack, FLOODER, recv_timeout=1500, timeout=5).ok   # still banned
+    assert options(stack, CLEAN).ok                                        # others are served
+    assert register(stack, CALLER, "1001", PASSWORDS["1001"]).ok
+
+
+def test_registrations_replicate_to_the_peer_and_survive_the_node(stack):
+    """pbx2's Kamailio (same rendered config, its own address) gets pbx1's registrations over DMQ:
+    a phone registered on pbx1 is called through pbx2, also after pbx1 died; a restarted pbx1 gets
+    the whole table back from pbx2."""
+    base = stack.kamailio.dir.parent
+    ctx2 = RenderContext(stack.cluster, stack.cluster.nodes[1], SECRETS)
+    peer = Kamailio(base, ctx2, without_vip=True)
+    port, phone = free_port(), None
+    sip = stack.cluster.kamailio.sip_port
+    try:
+        assert register(stack, CALLEE, "1002", PASSWORDS["1002"], port=port).ok      # on pbx1 (VIP)
+        registered = time.monotonic()
+        while "1002" not in peer.rpc("ul.dump"):
+            assert time.monotonic() - registered < 5, peer.tail()
+            time.sleep(0.02)
+        print(f"\nDMQ: contact on the peer {1000 * (time.monotonic() - registered):.0f} ms after the 200 "
+              "(upper bound: includes kamcmd polling)")
+        phone = sipp.Uas(CALLEE, port)
+        via_pbx2 = dict(target=f"{NODE2}:{sip}", keys={"user": "1001", "domain": VIP},
+                        auth=("1001", PASSWORDS["1001"]), extra=("-d", "200"))
+        r = sipp.run(sipp.scenario("call.xml"), local_ip=CALLER, service="1002", **via_pbx2)
+        assert r.ok, (r.stdout, r.errors, peer.tail())
+        # pbx1 dies: the phone registered there is still reached through pbx2, without re-registering
+        stack.kamailio.proc.send_signal(signal.SIGKILL)
+        os.killpg(stack.kamailio.proc.pid, signal.SIGKILL)
+        stack.kamailio.proc.wait(timeout=10)
+        r = sipp.run(sipp.scenario("call.xml"), local_ip=CALLER, service="1002", **via_pbx2)
+        assert r.ok, (r.stdout, r.errors, peer.tail())
+        assert phone.invites() == 2
+        # pbx1 comes back empty and pulls the table from pbx2
+        time.sleep(1)
+        stack.kamailio.log.close()
+        shutil.rmtree(stack.kamailio.dir)
+        started = time.monotonic()
+        stack.kamailio = Kamailio(base, RenderContext(stack.cluster, stack.cluster.nodes[0], SECRETS))
+        while "1002" not in stack.kamailio.rpc("ul.dump"):
+            assert time.monotonic() - started < 10, stack.kamailio.tail()
+            time.sleep(0.02)
+        print(f"DMQ: restarted pbx1 had the table back {1000 * (time.monotonic() - started):.0f} ms after its start "
+              "(process start included)")
+    finally:
+        if phone:
+            phone.stop()
+        peer.stop()
