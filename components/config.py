@@ -228,6 +228,28 @@ class EtcdSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CdrSettings:
+    receiver_port: int = setting(
+        "receiverPort", "CDR receiver port on loopback and the node address: FreeSWITCH's mod_json_cdr posts to "
+        "http://127.0.0.1:<port>/cdr (the peer's receiver as fallback).", 8088, **PORT)
+    max_body_kb: int = setting("maxBodyKb", "Largest CDR body accepted; a larger post gets 413.", 256,
+                               minimum=4, maximum=65536)
+    batch_size: int = setting("batchSize", "CDRs per PostgreSQL transaction of the worker.", 500, minimum=1, maximum=10000)
+    wait_replica_ms: int = setting(
+        "waitReplicaMs", "After each push the receiver waits up to this long for the Redis replica's ack "
+        "(0: never), so a master crash loses nothing the replica confirmed.", 100, minimum=0, maximum=5000)
+    redis_timeout_seconds: float = setting(
+        "redisTimeoutSeconds", "How long a post may wait for a Redis master (a failover) before it gets 503 and "
+        "FreeSWITCH retries.", 3.0, minimum=0.1, maximum=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminSettings:
+    port: int = setting("port", "Admin API port on the VIP (and on each node address, for health checks).", 8080, **PORT)
+    allow_from: list[str] = setting("allowFrom", "Networks allowed to reach the admin API (empty: the nodes only).", [])
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
     lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
@@ -249,6 +271,8 @@ class ClusterConfig:
     media: MediaSettings = setting("media", "Media engine.", MediaSettings)
     recordings: RecordingSettings = setting("recordings", "Call recordings.", RecordingSettings)
     etcd: EtcdSettings = setting("etcd", "etcd and the leader lease.", EtcdSettings)
+    cdr: CdrSettings = setting("cdr", "CDR pipeline (receiver, Redis queue, worker).", CdrSettings)
+    admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
                                                None, secret=True)
 
@@ -275,7 +299,7 @@ class ClusterConfig:
         base = ["chrony", "nftables", "sudo", "rsync", "lsyncd", "keepalived", "etcd-server", "etcd-client",
                 "redis-server", f"postgresql-{pg}", "postgresql-client-common", "python3-psycopg2",
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
-                "procps", "curl"]
+                "procps", "curl", "python3-aiohttp", "python3-redis"]   # python3-*: the CDR/admin service
         if self.kamailio.tls:
             base.append("kamailio-tls-modules")
         if self.media.engine == "freeswitch":
@@ -364,13 +388,15 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
     if fw.rtp_port_min >= fw.rtp_port_max:
         p.add("firewall.rtpPortMin", f"{fw.rtp_port_min} is not below rtpPortMax {fw.rtp_port_max}")
     for key, nets in (("firewall.sshAllowFrom", fw.ssh_allow_from), ("firewall.sipAllowFrom", fw.sip_allow_from),
-                      ("kamailio.floodExemptNetworks", cfg.kamailio.flood_exempt_networks)):
+                      ("kamailio.floodExemptNetworks", cfg.kamailio.flood_exempt_networks),
+                      ("admin.allowFrom", cfg.admin.allow_from)):
         for i, net in enumerate(nets):
             if _cidr(net):
                 p.add(f"{key}[{i}]", f"{net!r} {_cidr(net)}")
     ports = {"kamailio.sipPort": cfg.kamailio.sip_port, "kamailio.dmqPort": cfg.kamailio.dmq_port,
              "media.sipPort": cfg.media.sip_port, "postgres.port": cfg.postgres.port, "redis.port": cfg.redis.port,
-             "etcd.clientPort": cfg.etcd.client_port, "etcd.peerPort": cfg.etcd.peer_port, "ssh.port": cfg.ssh.port}
+             "etcd.clientPort": cfg.etcd.client_port, "etcd.peerPort": cfg.etcd.peer_port, "ssh.port": cfg.ssh.port,
+             "cdr.receiverPort": cfg.cdr.receiver_port, "admin.port": cfg.admin.port}
     if cfg.kamailio.tls:
         ports["kamailio.tlsPort"] = cfg.kamailio.tls_port
     seen: dict[int, str] = {}

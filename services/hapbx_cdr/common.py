@@ -66,17 +66,3 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
-
-
-def use_uvloop() -> bool:
-    """uvloop (python3-uvloop) when installed: a faster event loop; asyncio's otherwise."""
-    if os.environ.get("HAPBX_NO_UVLOOP") == "1":
-        return False
-    try:
-        import asyncio
-
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True

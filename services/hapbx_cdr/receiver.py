@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from . import records
-from .common import RateLimitedLog, listening_socket, setup_logging, use_uvloop
+from .common import RateLimitedLog, listening_socket, setup_logging
 from .resp import Connection, ConnectionLost, RespError, open_first
 from .settings import ReceiverSettings
 
@@ -241,7 +241,6 @@ async def serve(settings: ReceiverSettings, log: logging.Logger) -> None:
 def main() -> int:
     log = setup_logging("hapbx-cdr-receiver")
     settings = ReceiverSettings.from_env()
-    fast = use_uvloop()
-    log.info("receiver on %s (event loop: %s)", settings.node, "uvloop" if fast else "asyncio")
+    log.info("receiver on %s", settings.node)
     asyncio.run(serve(settings, log))
     return 0
