@@ -1,0 +1,86 @@
+"""CdrPipeline: the CDR receiver, the CDR worker and the admin API on both PBX nodes.
+
+Per node, after its baseline and ``after`` (the data tier's schema and Redis, the HA layer
+settled): the service package, the three units and their env files (0600, secrets on stdin,
+logging off) -> a restart handler for the receiver and for the admin API (enabled, running on
+both nodes; restarted only when one of their files changed) -> the worker placement step:
+the worker runs only where this node is the writer (HA status ``writer=1``, or without the HA
+layer a local primary), is stopped where PostgreSQL is a standby, and is otherwise left to the
+failover scripts, which start it on promotion and stop it on demotion (OWNER_SERVICES).
+Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>``, ``<name>-<node>-worker``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from . import remote as rc
+from .config import ClusterConfig, NodeSettings
+from .node import real_contents
+from .render import RenderContext, masked_secrets
+from .render import cdr
+
+
+@dataclass
+class CdrPipelineArgs:
+    cluster: ClusterConfig
+    #: the PBX nodes' Node components by name (``connection`` and ``ready`` are used)
+    nodes: Mapping[str, object]
+    secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    #: in place first: PostgreSQL schema and roles, Redis, the HA layer (who is the writer)
+    after: Sequence[pulumi.Resource] = ()
+
+
+def _digest(cmd: remote.Command) -> pulumi.Output[str]:
+    return cmd.triggers.apply(lambda t: t[0])
+
+
+class CdrPipeline(pulumi.ComponentResource):
+    def __init__(self, name: str, args: CdrPipelineArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("hapbx:index:CdrPipeline", name, None, opts)
+        c = args.cluster
+        self.handlers: dict[str, list[remote.Command]] = {}
+        self.workers: dict[str, remote.Command] = {}
+        for node in c.nodes:
+            self.handlers[node.name], self.workers[node.name] = self._node(name, node, args)
+        #: receivers and admin APIs running on both nodes, the worker placed
+        self.ready: list[pulumi.Resource] = [*(h for hs in self.handlers.values() for h in hs),
+                                             *self.workers.values()]
+        self.register_outputs({
+            "nodes": [n.name for n in c.nodes],
+            "receiverPort": c.cdr.receiver_port,
+            "receiverUrl": f"http://127.0.0.1:{c.cdr.receiver_port}/cdr",
+            "adminUrl": f"http://{c.vip.address}:{c.admin.port}",
+            "units": list(cdr.UNITS),
+            "ownerServices": list(cdr.OWNER_SERVICES),
+        })
+
+    def _node(self, name: str, node: NodeSettings, args: CdrPipelineArgs):
+        c = args.cluster
+        prefix = f"{name}-{node.name}"
+        conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
+        ready = [*getattr(args.nodes[node.name], "ready", []), *args.after]
+        ctx = RenderContext(c, node, masked_secrets())
+        rendered = cdr.files(ctx)
+        opts = pulumi.ResourceOptions(parent=self, depends_on=ready)
+        installed = {f.path: rc.remote_file(f"{prefix}-file-{f.slug}", node.name, conn, f, content, opts)
+                     for f, content in real_contents(c, node, args.secrets, cdr.files, rendered)}
+        code = [installed[f.path] for f in rendered if f.service is None]
+
+        def own(unit: str) -> list[remote.Command]:
+            return code + [installed[f.path] for f in rendered if f.service == unit]
+
+        handlers = []
+        for unit in (cdr.RECEIVER_UNIT, cdr.ADMIN_UNIT):
+            cmds = own(unit)
+            handlers.append(rc.service_handler(
+                f"{prefix}-svc-{unit.removesuffix('.service')}", node.name, conn, rc.Handler(unit, "restart"),
+                [_digest(x) for x in cmds], pulumi.ResourceOptions(parent=self, depends_on=cmds)))
+        cmds = own(cdr.WORKER_UNIT)
+        worker = rc.step(f"{prefix}-worker", node.name, conn, "CDR worker on the writer only",
+                         rc.SYSTEMD_LOCK + cdr.worker_placement_script(ctx),
+                         pulumi.ResourceOptions(parent=self, depends_on=cmds), triggers=[_digest(x) for x in cmds])
+        return handlers, worker

@@ -1,0 +1,190 @@
+"""CDR pipeline and admin service files of a PBX node (pure: config + node + secrets -> files).
+
+The service code is the ``hapbx_cdr`` package in services/, shipped as files under LIB_DIR and
+run by Debian's /usr/bin/python3 with Debian's packages (python3-aiohttp, python3-redis,
+python3-psycopg2: ClusterConfig.node_packages). Per node:
+
+  hapbx-cdr-receiver.service  both nodes, enabled; loopback + node address, cdr.receiverPort
+  hapbx-cdr-worker.service    never enabled: VIP owner only (WORKER_UNIT is what the failover
+                              scripts start on promotion and stop on demotion: OWNER_SERVICES)
+  hapbx-admin.service         both nodes, enabled; VIP (freebind) + node address + loopback
+  /etc/hapbx/{cdr-receiver,cdr-worker,admin}.env   0600 root, each with only its own secrets
+
+Code files touch the pending markers of all three units (one restart each when any changed).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+
+from ..config import ClusterConfig
+from . import RenderContext, RenderedFile, header, template
+from .postgres import DATABASE
+from .postgres import paths as pg_paths
+from .redis import CDR_USER
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE_DIR = os.path.join(ROOT, "services", "hapbx_cdr")
+LIB_DIR = "/usr/local/lib/hapbx/cdr"
+ENV_DIR = "/etc/hapbx"
+PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
+RECEIVER_UNIT = "hapbx-cdr-receiver.service"
+WORKER_UNIT = "hapbx-cdr-worker.service"
+ADMIN_UNIT = "hapbx-admin.service"
+UNITS = (RECEIVER_UNIT, WORKER_UNIT, ADMIN_UNIT)
+#: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
+OWNER_SERVICES = (WORKER_UNIT,)
+HA_STATUS = "/run/hapbx/ha/status"
+PG_SOCKET_DIR = "/var/run/postgresql"
+
+
+def package_files() -> list[tuple[str, str]]:
+    """(module file name, source) of the service package, sorted."""
+    out = []
+    for name in sorted(os.listdir(PACKAGE_DIR)):
+        if name.endswith(".py"):
+            with open(os.path.join(PACKAGE_DIR, name), encoding="utf-8") as fh:
+                out.append((name, fh.read()))
+    return out
+
+
+def _quote(value: str) -> str:
+    """A value for a systemd EnvironmentFile: double-quoted, backslash and quote escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def env_file(values: dict[str, str], title: str) -> str:
+    lines = [header(), f"# {title}", "# Read by systemd (EnvironmentFile); mode 0600 root: it holds credentials."]
+    lines += [f"{k}={_quote(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def redis_endpoints(ctx: RenderContext, with_peer: bool) -> str:
+    c = ctx.cluster
+    out = [f"127.0.0.1:{c.redis.port}"]
+    if with_peer:
+        out.append(f"{ctx.peer.address}:{c.redis.port}")
+    return ",".join(out)
+
+
+def pg_dsn(cluster: ClusterConfig, user: str) -> str:
+    # the local socket: the worker and the admin write where they run (the primary on the VIP owner)
+    return f"host={PG_SOCKET_DIR} port={cluster.postgres.port} dbname={DATABASE} user={user}"
+
+
+def receiver_env(ctx: RenderContext) -> dict[str, str]:
+    c, node = ctx.cluster, ctx.host
+    return {
+        "HAPBX_NODE": node.name,
+        "HAPBX_CDR_LISTEN": f"127.0.0.1,{node.address}",
+        "HAPBX_CDR_PORT": str(c.cdr.receiver_port),
+        "HAPBX_CDR_MAX_BODY": str(c.cdr.max_body_kb * 1024),
+        "HAPBX_CDR_REDIS_TIMEOUT": f"{c.cdr.redis_timeout_seconds:g}",
+        "HAPBX_CDR_WAIT_REPLICA_MS": str(c.cdr.wait_replica_ms),
+        # the local Redis first; when it is a replica (READONLY) the peer's master
+        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=True),
+        "HAPBX_REDIS_USER": CDR_USER,
+        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+    }
+
+
+def worker_env(ctx: RenderContext) -> dict[str, str]:
+    c, node = ctx.cluster, ctx.host
+    return {
+        "HAPBX_NODE": node.name,
+        "HAPBX_CDR_NODES": ",".join(n.name for n in c.nodes),
+        "HAPBX_CDR_BATCH": str(c.cdr.batch_size),
+        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=False),
+        "HAPBX_REDIS_USER": CDR_USER,
+        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+        "HAPBX_PG_DSN": pg_dsn(c, "cdr_writer"),
+        "HAPBX_PG_PASSWORD": ctx.secret("postgres_cdr"),
+    }
+
+
+def admin_env(ctx: RenderContext) -> dict[str, str]:
+    c, node = ctx.cluster, ctx.host
+    return {
+        "HAPBX_NODE": node.name,
+        "HAPBX_ADMIN_LISTEN": f"{c.vip.address},{node.address},127.0.0.1",
+        "HAPBX_ADMIN_PORT": str(c.admin.port),
+        "HAPBX_ADMIN_TOKEN": ctx.secret("admin_api_token"),
+        "HAPBX_VIP": c.vip.address,
+        "HAPBX_HA_STATUS": HA_STATUS,
+        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=False),
+        "HAPBX_REDIS_USER": CDR_USER,
+        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+        "HAPBX_PG_DSN": pg_dsn(c, "pbx_admin"),
+        "HAPBX_PG_PASSWORD": ctx.secret("postgres_admin"),
+    }
+
+
+def _values(ctx: RenderContext) -> dict:
+    return dict(lib_dir=LIB_DIR, env_dir=ENV_DIR, pg_service=pg_paths(ctx.cluster).service)
+
+
+def unit_validator(unit: str) -> str:
+    return f"systemd-analyze verify --man=no {{path}}:{unit}"
+
+
+def touch_markers() -> str:
+    return f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(f"{PENDING_DIR}/{u}") for u in UNITS)
+
+
+def files(ctx: RenderContext) -> list[RenderedFile]:
+    if ctx.is_witness:
+        return []
+    out = []
+    for name, source in package_files():
+        out.append(RenderedFile(f"{LIB_DIR}/hapbx_cdr/{name}", f"{header()}\n{source}", action=touch_markers(),
+                                validate="python3 -m py_compile {path}"))
+    envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx), ("redis_cdr",),
+             "CDR receiver: where it listens, the Redis endpoints and its Redis user."),
+            ("cdr-worker.env", WORKER_UNIT, worker_env(ctx), ("redis_cdr", "postgres_cdr"),
+             "CDR worker: the local Redis and PostgreSQL (role cdr_writer)."),
+            ("admin.env", ADMIN_UNIT, admin_env(ctx), ("admin_api_token", "redis_cdr", "postgres_admin"),
+             "Admin API: its token, the local PostgreSQL (role pbx_admin), the local Redis (queue depth).")]
+    for name, unit, values, secrets, title in envs:
+        out.append(RenderedFile(f"{ENV_DIR}/{name}", env_file(values, title), service=unit, action="restart",
+                                mode="0600", secrets=secrets))
+    for unit in UNITS:
+        out.append(RenderedFile(f"/etc/systemd/system/{unit}",
+                                template(f"cdr/{unit}.j2", ctx, **_values(ctx)),
+                                service=unit, action="restart", validate=unit_validator(unit)))
+    return out
+
+
+# --- step script: where the worker runs --------------------------------------------------------
+
+def worker_placement_script(ctx: RenderContext) -> str:
+    """Start (or restart on change) the worker where this node is the writer, stop it where the
+    local PostgreSQL is a standby; leave it to the failover scripts otherwise. The writer: the HA
+    leader daemon's status says ``writer=1``; without the HA layer (no status file), a local
+    PostgreSQL that is not in recovery. Idempotent: a second run with nothing pending changes
+    nothing (the pending marker is what a changed file left)."""
+    marker = f"{PENDING_DIR}/{WORKER_UNIT}"
+    return f"""
+marker={marker}
+role=$(runuser -u postgres -- psql -XAtq -p {ctx.cluster.postgres.port} -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || echo down)
+case $role in f) role=primary ;; t) role=standby ;; *) role=down ;; esac
+writer=no
+if [ -r {HA_STATUS} ]; then
+  if grep -qx 'writer=1' {HA_STATUS}; then writer=yes; fi
+elif [ "$role" = primary ]; then
+  writer=yes
+fi
+if [ -e "$marker" ]; then systemctl daemon-reload; fi
+active=no; if systemctl is-active -q {WORKER_UNIT}; then active=yes; fi
+if [ "$role" = primary ] && [ "$writer" = yes ]; then
+  if [ "$active" = no ]; then systemctl start {WORKER_UNIT}; echo "worker started (writer)"
+  elif [ -e "$marker" ]; then systemctl restart {WORKER_UNIT}; echo "worker restarted (writer, files changed)"
+  else echo "unchanged (worker runs here, the writer)"; fi
+elif [ "$role" != primary ] && [ "$active" = yes ]; then
+  systemctl stop {WORKER_UNIT}; echo "worker stopped (PostgreSQL here is $role)"
+elif [ "$active" = yes ] && [ -e "$marker" ]; then
+  systemctl restart {WORKER_UNIT}; echo "worker restarted (files changed)"
+else
+  echo "unchanged (worker not here: PostgreSQL $role, writer $writer)"
+fi
+rm -f "$marker"
+"""
