@@ -99,7 +99,7 @@ class Db:
         except queue.Empty:
             conn = self._connect()
         try:
-            conn.set_session(readonly=readonly)
+            conn.set_session(readonly=True if readonly else "default")
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 result = fn(cur)
             conn.commit()
