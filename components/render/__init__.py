@@ -109,7 +109,8 @@ def renderers() -> list[Renderer]:
     """Every daemon's file set, in install order."""
     from . import baseline, postgres, redis
     from . import etcd, failover, keepalived
-    return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files]
+    from . import cdr
+    return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files, cdr.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:

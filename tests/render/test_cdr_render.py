@@ -1,0 +1,174 @@
+"""The CDR/admin files of both stacks: each through its checker (py_compile, systemd-analyze
+verify), env files 0600 holding only their own secrets, the worker never enabled and named
+where the failover scripts can start it, the placement step through bash -n and shellcheck,
+and the step's decisions run against fake systemctl/psql."""
+import os
+import stat
+import subprocess
+
+import pytest
+
+from components.config import load_stack_file
+from components.remote import SYSTEMD_LOCK, install_script, script
+from components.render import RenderContext, masked_secrets, render_cluster
+from components.render import cdr
+from tests.mockrun import ROOT
+from tests.render.validators import run_validator
+
+STACKS = ["lab", "prod"]
+
+
+def stack(name):
+    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{name}.yaml", assume_secrets=True)
+    return cluster
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_file_passes_its_checker(name):
+    c = stack(name)
+    for node in c.nodes:
+        files = cdr.files(RenderContext(c, node, masked_secrets()))
+        checked = 0
+        for f in files:
+            if f.validate:
+                out = run_validator(f)
+                assert out.returncode == 0, (node.name, f.path, out.stdout, out.stderr)
+                checked += 1
+        assert checked == len(cdr.package_files()) + len(cdr.UNITS)
+    assert cdr.files(RenderContext(c, c.witness, masked_secrets())) == [] if c.witness else True
+
+
+def test_checkers_refuse_broken_files():
+    c = stack("lab")
+    files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], masked_secrets()))}
+    code = files[f"{cdr.LIB_DIR}/hapbx_cdr/worker.py"]
+    assert run_validator(type(code)(**{**code.__dict__, "content": code.content + "\ndef broken(:\n"})).returncode
+    unit = files[f"/etc/systemd/system/{cdr.RECEIVER_UNIT}"]
+    bad = unit.content.replace("ExecStart=/usr/bin/python3", "ExecStart=python3-not-absolute")
+    assert run_validator(type(unit)(**{**unit.__dict__, "content": bad})).returncode
+
+
+def test_the_shipped_package_is_the_repository_package():
+    c = stack("prod")
+    files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[1], masked_secrets()))}
+    for name in os.listdir(cdr.PACKAGE_DIR):
+        if name.endswith(".py"):
+            with open(os.path.join(cdr.PACKAGE_DIR, name)) as fh:
+                assert files[f"{cdr.LIB_DIR}/hapbx_cdr/{name}"].content.endswith(fh.read())
+    for f in files.values():
+        if f.path.startswith(cdr.LIB_DIR):
+            assert f.service is None and all(f"/var/lib/hapbx/pending/{u}" in f.action for u in cdr.UNITS)
+
+
+def test_env_files_hold_only_their_own_secrets_mode_0600():
+    c = stack("lab")
+    real = {**masked_secrets(), **{n: f"real-{n}-Zx9" for n in masked_secrets()}}
+    files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], real))}
+    expected = {"/etc/hapbx/cdr-receiver.env": {"redis_cdr"},
+                "/etc/hapbx/cdr-worker.env": {"redis_cdr", "postgres_cdr"},
+                "/etc/hapbx/admin.env": {"admin_api_token", "redis_cdr", "postgres_admin"}}
+    for path, names in expected.items():
+        f = files[path]
+        assert f.mode == "0600" and f.owner == "root" and set(f.secrets) == names
+        held = {n for n in real if f"real-{n}-Zx9" in f.content}
+        assert held == names, (path, held)
+    for f in files.values():
+        if f.path not in expected:
+            assert "real-" not in f.content and not f.secrets, f.path
+    # values as the services read them
+    receiver = files["/etc/hapbx/cdr-receiver.env"].content
+    assert 'HAPBX_CDR_LISTEN="127.0.0.1,10.77.0.11"' in receiver
+    assert 'HAPBX_REDIS_ENDPOINTS="127.0.0.1:6379,10.77.0.12:6379"' in receiver, "local first, then the peer"
+    admin = files["/etc/hapbx/admin.env"].content
+    assert 'HAPBX_ADMIN_LISTEN="10.77.0.10,10.77.0.11,127.0.0.1"' in admin, "the VIP first"
+    worker = files["/etc/hapbx/cdr-worker.env"].content
+    assert 'HAPBX_PG_DSN="host=/var/run/postgresql port=5432 dbname=pbx user=cdr_writer"' in worker
+    assert 'HAPBX_CDR_NODES="pbx1,pbx2"' in worker
+
+
+def test_worker_is_never_enabled_and_is_an_owner_service():
+    c = stack("prod")
+    files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], masked_secrets()))}
+    worker = files[f"/etc/systemd/system/{cdr.WORKER_UNIT}"].content
+    assert "[Install]" not in worker and "WantedBy" not in worker
+    for unit in (cdr.RECEIVER_UNIT, cdr.ADMIN_UNIT):
+        assert "WantedBy=multi-user.target" in files[f"/etc/systemd/system/{unit}"].content
+    for unit in cdr.UNITS:
+        text = files[f"/etc/systemd/system/{unit}"].content
+        assert "DynamicUser=yes" in text and "ProtectSystem=strict" in text and "CapabilityBoundingSet=\n" in text
+        assert f"LimitNOFILE={c.os.nofile}" in text
+    assert cdr.OWNER_SERVICES == (cdr.WORKER_UNIT,)
+
+
+def test_failover_scripts_start_the_worker_on_promotion():
+    from components.render import failover
+    if not set(cdr.OWNER_SERVICES) <= set(failover.OWNER_SERVICES):
+        pytest.skip("the HA layer does not list the CDR worker in OWNER_SERVICES yet "
+                    "(components/render/failover.py: OWNER_SERVICES = cdr.OWNER_SERVICES)")
+    c = stack("lab")
+    env = next(f for f in failover.files(RenderContext(c, c.nodes[0], masked_secrets())) if f.path == failover.HA_ENV)
+    assert cdr.WORKER_UNIT in env.content
+
+
+def placement(tmp_path, pg_role: str, ha: str | None, active: bool, marker: bool) -> tuple[str, list[str]]:
+    """Run the worker placement step with fake psql/runuser/systemctl; returns (stdout, systemctl calls)."""
+    c = stack("lab")
+    text = cdr.worker_placement_script(RenderContext(c, c.nodes[0], masked_secrets()))
+    status = tmp_path / "status"
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    text = text.replace(cdr.HA_STATUS, str(status)).replace(cdr.PENDING_DIR, str(pending))
+    if ha is not None:
+        status.write_text(f"node=pbx1\nwriter={ha}\n")
+    if marker:
+        (pending / cdr.WORKER_UNIT).touch()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    fakes = {
+        "runuser": f'#!/bin/sh\ncase "{pg_role}" in primary) echo f ;; standby) echo t ;; *) exit 2 ;; esac\n',
+        "systemctl": f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = is-active ] && exit {0 if active else 3}\nexit 0\n',
+    }
+    for name, body in fakes.items():
+        p = bin_dir / name
+        p.write_text(body)
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    out = subprocess.run(["bash", "-c", script("pbx1", "worker", text)], capture_output=True, text=True,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert not (pending / cdr.WORKER_UNIT).exists()
+    calls = [line for line in (log.read_text().splitlines() if log.exists() else []) if not line.startswith("is-active")]
+    return out.stdout.strip(), calls
+
+
+@pytest.mark.parametrize("pg_role, ha, active, marker, expect, calls", [
+    ("primary", "1", False, False, "worker started", [f"start {cdr.WORKER_UNIT}"]),
+    ("primary", "1", True, False, "unchanged", []),
+    ("primary", "1", True, True, "restarted", ["daemon-reload", f"restart {cdr.WORKER_UNIT}"]),
+    ("primary", None, False, False, "worker started", [f"start {cdr.WORKER_UNIT}"]),      # no HA layer
+    ("primary", "0", False, False, "unchanged", []),                                      # promote will start it
+    ("standby", "0", True, False, "worker stopped", [f"stop {cdr.WORKER_UNIT}"]),
+    ("down", None, True, False, "worker stopped", [f"stop {cdr.WORKER_UNIT}"]),
+    ("standby", None, False, True, "unchanged", ["daemon-reload"]),
+])
+def test_worker_placement_decisions(tmp_path, pg_role, ha, active, marker, expect, calls):
+    out, got = placement(tmp_path, pg_role, ha, active, marker)
+    assert expect in out and got == calls, (out, got)
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_step_and_install_scripts_pass_shellcheck(name):
+    c = stack(name)
+    ctx = RenderContext(c, c.nodes[0], masked_secrets())
+    texts = [script("n", "worker", SYSTEMD_LOCK + cdr.worker_placement_script(ctx))]
+    texts += [script("n", f"install {f.path}", install_script(f, f.sha256)) for f in cdr.files(ctx)]
+    for text in texts:
+        out = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", "-"], input=text, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, (out.stdout, text[:400])
+
+
+def test_cdr_files_are_in_the_cluster_render():
+    c = stack("lab")
+    paths = {f.path for f in render_cluster(c, masked_secrets())["pbx1"]}
+    assert f"/etc/systemd/system/{cdr.WORKER_UNIT}" in paths and "/etc/hapbx/admin.env" in paths
