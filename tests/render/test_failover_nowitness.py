@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as th
 
 @pytest.fixture(scope="module")
 def rig(request):
-    r = Rig(witness=False, policy="manual-promotion", yield_after=2.0, resign_grace=4.0, no_witness_timeout=2)
+    r = Rig(witness=False, policy="manual-promotion", no_witness_timeout=2)
     r.failures_at_start = request.session.testsfailed
     try:
         yield r

@@ -71,7 +71,7 @@ class Node:
 
 
 class Rig:
-    def __init__(self, sync_relax_after: int = 3, yield_after: float = 2.0, resign_grace: float = 4.0,
+    def __init__(self, sync_relax_after: int = 3, yield_after: float = 3.0, resign_grace: float = 5.0,
                  heartbeat: bool = False, witness: bool = True, policy: str = "manual-promotion",
                  no_witness_timeout: int = 30):
         self.base = tempfile.mkdtemp(prefix="hapbx-rig-")
@@ -79,7 +79,8 @@ class Rig:
         self.bin = f"{self.base}/bin"
         self.procs: list[subprocess.Popen] = []
         self.settings = dict(SYNC_RELAX_AFTER=str(sync_relax_after), YIELD_AFTER=str(yield_after),
-                             RESIGN_GRACE=str(resign_grace), HA_HEARTBEAT="1" if heartbeat else "0")
+                             RESIGN_GRACE=str(resign_grace), HA_HEARTBEAT="1" if heartbeat else "0",
+                             HUNG_AFTER="1.5")
         if not witness:
             self.settings.update(WITNESS="0", NO_WITNESS_POLICY=policy, NO_WITNESS_TIMEOUT=str(no_witness_timeout),
                                  PG_SYNC_NAMES="")
@@ -249,7 +250,8 @@ class Rig:
     def start_heartbeat(self, name: str):
         """Stands for keepalived's check-local runs (the daemon's proof keepalived lives)."""
         n = self.nodes[name]
-        n.heartbeat = self.spawn(["bash", "-c", f"while :; do date +%s%3N > {n.run}/heartbeat; sleep 0.3; done"],
+        n.heartbeat = self.spawn(["bash", "-c", f"while :; do date +%s%3N > {n.run}/hb.tmp && mv {n.run}/hb.tmp "
+                                         f"{n.run}/heartbeat; sleep 0.3; done"],
                                  f"{n.dir}/heartbeat.log")
 
     # --- commands ----------------------------------------------------------------------------

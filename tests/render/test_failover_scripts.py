@@ -39,7 +39,7 @@ def timing(name: str, ms: float):
 
 @pytest.fixture(scope="module")
 def rig(request):
-    r = Rig(sync_relax_after=3, yield_after=2.0, resign_grace=4.0, heartbeat=True)
+    r = Rig(sync_relax_after=3, yield_after=3.0, resign_grace=5.0, heartbeat=True)
     r.failures_at_start = request.session.testsfailed
     try:
         yield r
@@ -105,7 +105,7 @@ def test_03_daemons_elect_the_running_primary(rig):
         rig.start_daemon(name)
     rig.wait(lambda: rig.status("pbx1").get("writer") == "1", 15, "pbx1 leader and writer")
     timing("daemon start -> lease + writer (incumbent primary)", (time.time() - t) * 1000)
-    time.sleep(4.5)                                               # past RESIGN_GRACE: keepalived not started is no reason to resign
+    time.sleep(5.5)                                               # past RESIGN_GRACE: keepalived not started is no reason to resign
     assert rig.status("pbx1").get("hold") == "1" and rig.pg_role("pbx1") == "primary"
     rig.notify("pbx1", "MASTER")
     rig.notify("pbx2", "BACKUP")
