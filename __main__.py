@@ -9,6 +9,9 @@ from components.config import ConfigError, from_pulumi_config
 from components.node import Node, NodeArgs
 from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
+from components.media import Media, MediaArgs
+from components.recording_sync import RecordingSync, RecordingSyncArgs
+from components.sip_layer import SipLayer, SipLayerArgs
 from components.render import SECRET_NAMES
 from components.ssh import endpoints
 from components.virtual_ip import VirtualIp, VirtualIpArgs
@@ -56,6 +59,13 @@ redis = RedisPair("redis", RedisPairArgs(cluster=cluster, nodes=pbx_nodes, secre
 witness = Witness("etcd", WitnessArgs(cluster=cluster, hosts=nodes, secrets=secrets)) if cluster.witness else None
 vip = VirtualIp("vip", VirtualIpArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
                                      after=[*postgres.ready, *redis.ready, *(witness.ready if witness else [])]))
+
+# SIP and media: Kamailio reads the auth view and dispatcher table from each node's local
+# PostgreSQL, so it starts once the schema exists on the primary and the standby follows it.
+media = Media("media", MediaArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
+sip = SipLayer("sip", SipLayerArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+                                   database_ready=[*postgres.schema_ready, *postgres.ready]))
+recordings = RecordingSync("recsync", RecordingSyncArgs(cluster=cluster, nodes=pbx_nodes, after=media.ready))
 
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)

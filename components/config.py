@@ -209,6 +209,79 @@ class MediaSettings:
     sessions_per_second: int = setting("sessionsPerSecond", "Call setup rate limit of the engine.", 200, minimum=1, maximum=10000)
 
 
+def _number(value: str) -> str | None:
+    return None if re.match(r"^[0-9]{2,15}$", value) else "is not an extension number (2 to 15 digits)"
+
+
+def _prefix(value: str) -> str | None:
+    return None if re.match(r"^\+?[0-9]{0,15}$", value) else "is not a dial prefix ('' or up to 15 digits, '+' first)"
+
+
+def _regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        return f"is not a regular expression ({err})"
+    return None if value.startswith("^") and value.endswith("$") else "must be anchored (^...$)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueSettings:
+    number: str = setting("number", "Extension number of the queue.", check=_number)
+    name: str = setting("name", "Queue name (mod_callcenter queue <name>@default).", check=_name)
+    strategy: str = setting("strategy", "How agents are picked.", "longest-idle-agent", choices=(
+        "ring-all", "longest-idle-agent", "round-robin", "top-down", "agent-with-least-talk-time",
+        "agent-with-fewest-calls", "sequentially-by-agent-order", "random", "ring-progressively"))
+    agents: list[str] = setting("agents", "User extension numbers answering this queue.", [])
+    max_wait_seconds: int = setting("maxWaitSeconds", "Longest wait before the caller leaves the queue (0: no limit).",
+                                    300, minimum=0, maximum=86400)
+    moh: str = setting("moh", "Music on hold while waiting.", "local_stream://moh")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IvrOption:
+    digit: str = setting("digit", "Key pressed.", choices=tuple("0123456789*#"))
+    target: str = setting("target", "Extension number it transfers to (user, queue or IVR).", check=_number)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IvrSettings:
+    number: str = setting("number", "Extension number of the IVR menu.", check=_number)
+    name: str = setting("name", "Menu name.", check=_name)
+    greeting: str = setting("greeting", "Sound played (a FreeSWITCH sound path).", "ivr/ivr-welcome.wav")
+    options: list[IvrOption] = setting("options", "Keys and where they lead.", [])
+    timeout_seconds: int = setting("timeoutSeconds", "Seconds to wait for a key.", 10, minimum=1, maximum=120)
+    default_target: Optional[str] = setting("defaultTarget", "Where a caller who presses nothing goes (unset: hang up).",
+                                            None, check=_number)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrunkSettings:
+    name: str = setting("name", "Trunk (FreeSWITCH gateway) name.", check=_name)
+    host: str = setting("host", "Provider's SIP host or address.")
+    port: int = setting("port", "Provider's SIP port.", 5060, **PORT)
+    transport: str = setting("transport", "Transport to the provider.", "udp", choices=("udp", "tcp", "tls"))
+    prefixes: list[str] = setting("prefixes", "Dialled prefixes sent to this trunk ('' for any other number); trunks "
+                                  "sharing a prefix are tried in the order listed.", [])
+    strip_prefix: bool = setting("stripPrefix", "Remove the matched prefix before sending.", False)
+    prepend: str = setting("prepend", "Digits put in front of the number sent.", "", check=_prefix)
+    caller_id: Optional[str] = setting("callerId", "Caller ID number presented on this trunk (unset: the caller's).",
+                                       None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DialplanSettings:
+    user_pattern: str = setting("userPattern", "Regular expression of user extension numbers (anchored).",
+                                "^[1-6][0-9]{2,3}$", check=_regex)
+    queues: list[QueueSettings] = setting("queues", "Call queues (mod_callcenter).", [])
+    ivrs: list[IvrSettings] = setting("ivrs", "IVR menus.", [])
+    trunks: list[TrunkSettings] = setting("trunks", "Outbound trunks (IP-authenticated gateways).", [])
+    trunk_sip_port: int = setting("trunkSipPort", "FreeSWITCH port on the node address facing the trunks.", 5081, **PORT)
+    recording_fallback: str = setting("recordingFallback", "Recording when the policy cannot be read from the "
+                                      "database (the policies themselves are rows of pbx.recording_policies).",
+                                      "never", choices=("always", "never"))
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecordingSettings:
     directory: str = setting("directory", "Finished recordings, replicated to the peer by lsyncd.",
@@ -216,6 +289,8 @@ class RecordingSettings:
     tmpfs_dir: str = setting("tmpfsDir", "tmpfs where live calls are recorded.", "/var/spool/hapbx/live", check=_abspath)
     tmpfs_mb: int = setting("tmpfsMb", "Size of the live-recording tmpfs.", 20480, minimum=16, maximum=1 << 22)
     sync_delay_seconds: int = setting("syncDelaySeconds", "lsyncd batching delay.", 5, minimum=0, maximum=3600)
+    rsync_options: list[str] = setting("rsyncOptions", "Extra rsync options for the copy to the peer "
+                                       "(e.g. --bwlimit=20000).", [])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +344,8 @@ class ClusterConfig:
     redis: RedisSettings = setting("redis", "Redis pair (CDR queue).", RedisSettings)
     kamailio: KamailioSettings = setting("kamailio", "Kamailio SIP proxy/registrar.", KamailioSettings)
     media: MediaSettings = setting("media", "Media engine.", MediaSettings)
+    dialplan: DialplanSettings = setting("dialplan", "FreeSWITCH's static dialplan: queues, IVRs, trunks.",
+                                         DialplanSettings)
     recordings: RecordingSettings = setting("recordings", "Call recordings.", RecordingSettings)
     etcd: EtcdSettings = setting("etcd", "etcd and the leader lease.", EtcdSettings)
     cdr: CdrSettings = setting("cdr", "CDR pipeline (receiver, Redis queue, worker).", CdrSettings)
@@ -303,7 +380,8 @@ class ClusterConfig:
         if self.kamailio.tls:
             base.append("kamailio-tls-modules")
         if self.media.engine == "freeswitch":
-            base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter"]
+            base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter",
+                     "freeswitch-mod-lua", "freeswitch-mod-pgsql", "lua5.3", "libxml2-utils"]
         return sorted(set(base + list(self.packages.extra)))
 
     def witness_packages(self) -> list[str]:
@@ -399,6 +477,8 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
              "cdr.receiverPort": cfg.cdr.receiver_port, "admin.port": cfg.admin.port}
     if cfg.kamailio.tls:
         ports["kamailio.tlsPort"] = cfg.kamailio.tls_port
+    if cfg.dialplan.trunks and cfg.media.engine == "freeswitch":
+        ports["dialplan.trunkSipPort"] = cfg.dialplan.trunk_sip_port
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:
@@ -416,6 +496,48 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
                   "(PostgreSQL shared_buffers + Redis maxmemory + Kamailio shm/pkg + recordings tmpfs + 512 for the OS)")
 
 
+def _check_dialplan(cfg: ClusterConfig, p: Problems) -> None:
+    d = cfg.dialplan
+    user = re.compile(d.user_pattern)
+    numbers: dict[str, str] = {}
+    for kind, items in (("queues", d.queues), ("ivrs", d.ivrs)):
+        names = [i.name for i in items]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            p.add(f"dialplan.{kind}", f"name {dup!r} is used twice (allowed: unique names)")
+        for i, item in enumerate(items):
+            key = f"dialplan.{kind}[{i}].number"
+            if item.number in numbers:
+                p.add(key, f"{item.number!r} is already {numbers[item.number]} (allowed: a free number)")
+            elif user.match(item.number):
+                p.add(key, f"{item.number!r} matches dialplan.userPattern (allowed: a number no user can have)")
+            numbers.setdefault(item.number, f"dialplan.{kind}[{i}]")
+    for i, q in enumerate(d.queues):
+        for j, agent in enumerate(q.agents):
+            if not user.match(agent):
+                p.add(f"dialplan.queues[{i}].agents[{j}]", f"{agent!r} is not a user number (dialplan.userPattern)")
+    for i, ivr in enumerate(d.ivrs):
+        targets = [(f"dialplan.ivrs[{i}].options[{j}].target", o.target) for j, o in enumerate(ivr.options)]
+        if ivr.default_target:
+            targets.append((f"dialplan.ivrs[{i}].defaultTarget", ivr.default_target))
+        for key, target in targets:
+            if target not in numbers and not user.match(target):
+                p.add(key, f"{target!r} is no user, queue or IVR number")
+        digits = [o.digit for o in ivr.options]
+        for dup in sorted({x for x in digits if digits.count(x) > 1}):
+            p.add(f"dialplan.ivrs[{i}].options", f"digit {dup!r} is used twice")
+    names = [t.name for t in d.trunks]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        p.add("dialplan.trunks", f"name {dup!r} is used twice (allowed: unique names)")
+    for i, t in enumerate(d.trunks):
+        if not t.prefixes:
+            p.add(f"dialplan.trunks[{i}].prefixes", "is empty (allowed: at least one prefix, '' for any number)")
+        for j, prefix in enumerate(t.prefixes):
+            if _prefix(prefix):
+                p.add(f"dialplan.trunks[{i}].prefixes[{j}]", f"{prefix!r} {_prefix(prefix)}")
+    if d.trunks and cfg.media.engine != "freeswitch":
+        p.warn("dialplan.trunks", f"ignored with media.engine {cfg.media.engine!r} (FreeSWITCH places trunk calls)")
+
+
 def memory_budget_mb(cfg: ClusterConfig, node: NodeSettings) -> int:
     pg = int(node.memory_mb * cfg.postgres.memory_share)
     kam = cfg.kamailio.shm_mb + cfg.kamailio.pkg_mb * (cfg.kamailio.children * 2 + 8)
@@ -427,7 +549,7 @@ def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterCo
     p = Problems()
     cfg = parse_object(ClusterConfig, raw, "", p)
     typed = not p.errors
-    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes):
+    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan):
         try:
             check(cfg, p)
         except (TypeError, AttributeError, ValueError, StopIteration):

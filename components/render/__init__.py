@@ -109,8 +109,10 @@ def renderers() -> list[Renderer]:
     """Every daemon's file set, in install order."""
     from . import baseline, postgres, redis
     from . import etcd, failover, keepalived
+    from . import kamailio, sipp_uas, freeswitch, lsyncd
     from . import cdr
-    return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files, cdr.files]
+    return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files,
+            kamailio.files, sipp_uas.files, freeswitch.files, lsyncd.files, cdr.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:

@@ -39,6 +39,7 @@ class Result:
     stderr: str
     errors: str
     seconds: float
+    messages: str = ""
 
     @property
     def ok(self) -> bool:
@@ -53,8 +54,9 @@ def _counts(text: str) -> tuple[int, int]:
 
 def run(text: str, target: str, local_ip: str, *, port: int = 0, service: str = "s", keys: dict | None = None,
         auth: tuple[str, str] | None = None, calls: int = 1, rate: float | None = None, timeout: float = 15,
-        extra: tuple[str, ...] = ()) -> Result:
-    """Run one scenario text against target (ip:port) from local_ip[:port] until `calls` calls ended."""
+        extra: tuple[str, ...] = (), messages: bool = False) -> Result:
+    """Run one scenario text against target (ip:port) from local_ip[:port] until `calls` calls ended.
+    messages: keep SIPp's message trace (Result.messages)."""
     d = tempfile.mkdtemp(prefix="hapbx-sipp-")
     try:
         path = os.path.join(d, "scenario.xml")
@@ -69,14 +71,16 @@ def run(text: str, target: str, local_ip: str, *, port: int = 0, service: str = 
             cmd += ["-key", k, str(v)]
         if auth:
             cmd += ["-au", auth[0], "-ap", auth[1]]
-        cmd += list(extra)
+        cmd += list(extra) + (["-trace_msg"] if messages else [])
         started = time.monotonic()
         out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout + 15)
         seconds = time.monotonic() - started
         errors = "".join(open(os.path.join(d, f), errors="replace").read()[-4000:]
                          for f in os.listdir(d) if f.endswith("_errors.log"))
+        trace = "".join(open(os.path.join(d, f), errors="replace").read()
+                        for f in os.listdir(d) if f.endswith("_messages.log"))
         ok, ko = _counts(out.stdout)
-        return Result(out.returncode, ok, ko, out.stdout[-4000:], out.stderr[-2000:], errors, seconds)
+        return Result(out.returncode, ok, ko, out.stdout[-4000:], out.stderr[-2000:], errors, seconds, trace)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
