@@ -136,3 +136,66 @@ def test_vip_release_removes_the_vip_and_records_stop():
     out = sandbox(files, iface, cmds)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("STOP ")
+
+
+def test_check_local_asks_kamailio_with_sip_options(tmp_path):
+    """chk_local's SIP probe: an OPTIONS to the node's address must get any SIP answer, once
+    our Kamailio configuration is on the node (before that Kamailio is not judged)."""
+    import socket
+    import threading
+    cluster = cluster_of("lab")
+    node = cluster.nodes[0]
+    files = node_files(cluster, node)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for path, f in files.items():
+        if path.startswith(failover.HA_BIN + "/"):
+            (bin_dir / os.path.basename(path)).write_text(f.content)
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "pg_isready").write_text("#!/bin/sh\nexit 0\n")
+    (stub / "redis-cli").write_text("#!/bin/sh\necho PONG\n")
+    for p in stub.iterdir():
+        p.chmod(0o755)
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text("# stock configuration\n")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    env = failover.env_values(RenderContext(cluster, node, masked_secrets()))
+    env.update(HA_RUN_DIR=str(tmp_path / "run"), HA_LIB_DIR=str(tmp_path / "lib"), HA_SECRETS_ENV="",
+               HA_SYSLOG="0", PG_BIN=str(stub), SIP_ADDR="127.0.0.1", SIP_PORT=str(port), KAMAILIO_CFG=str(cfg))
+    (tmp_path / "ha.env").write_text(failover.format_env(env))
+    run_env = {**os.environ, "HAPBX_ENV": str(tmp_path / "ha.env"), "PATH": f"{stub}:{os.environ['PATH']}"}
+
+    def check():
+        return subprocess.run(["bash", str(bin_dir / "check-local")], env=run_env, capture_output=True, text=True,
+                              timeout=10)
+
+    assert check().returncode == 0                      # stock config: Kamailio not judged yet
+    cfg.write_text("# Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply.\n")
+    out = check()
+    assert out.returncode == 1 and "sip" in out.stderr  # ours, but nobody answers
+    got = {}
+
+    sock.setblocking(False)
+    try:
+        while sock.recv(4096):                          # the unanswered probe of the check above
+            pass
+    except BlockingIOError:
+        pass
+    sock.settimeout(5)
+
+    def answer():
+        data, addr = sock.recvfrom(4096)
+        got["request"] = data.decode()
+        sock.sendto(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", addr)
+
+    th = threading.Thread(target=answer)
+    th.start()
+    out = check()
+    th.join(5)
+    sock.close()
+    assert out.returncode == 0, out.stderr
+    assert got["request"].startswith("OPTIONS sip:") and "CSeq: 1 OPTIONS" in got["request"]
+    assert (tmp_path / "run" / "heartbeat").read_text().strip().isdigit()
