@@ -6,6 +6,7 @@ import pulumi
 import pulumi_random as random
 
 from components.config import ConfigError, from_pulumi_config
+from components.cdr import CdrPipeline, CdrPipelineArgs
 from components.node import Node, NodeArgs
 from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
@@ -60,6 +61,11 @@ witness = Witness("etcd", WitnessArgs(cluster=cluster, hosts=nodes, secrets=secr
 vip = VirtualIp("vip", VirtualIpArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
                                      after=[*postgres.ready, *redis.ready, *(witness.ready if witness else [])]))
 
+# The CDR pipeline and the admin API on both nodes: receivers and admin APIs everywhere, the
+# CDR worker only on the writer (placed here once HA has settled, then moved by the failover scripts).
+cdr = CdrPipeline("cdr", CdrPipelineArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+                                         after=[*postgres.schema_ready, *postgres.ready, *redis.ready, *vip.ready]))
+
 # SIP and media: Kamailio reads the auth view and dispatcher table from each node's local
 # PostgreSQL, so it starts once the schema exists on the primary and the standby follows it.
 media = Media("media", MediaArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
@@ -75,3 +81,5 @@ pulumi.export("witness", cluster.witness.address if cluster.witness else None)
 pulumi.export("postgres", {"primary": postgres.primary_name, "standby": postgres.standby_name,
                            "version": cluster.postgres.version, "port": cluster.postgres.port, "database": "pbx"})
 pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.standby.name, "port": cluster.redis.port})
+pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
+                     "adminUrl": f"http://{cluster.vip.address}:{cluster.admin.port}"})
