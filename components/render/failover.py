@@ -33,8 +33,13 @@ SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-l
 PG_REPL_USER = "replicator"
 PG_PASSFILE = "/var/lib/postgresql/.pgpass"
 REDIS_ROLE_FILE = "/etc/redis/role.conf"
-#: services that run only on the VIP owner (started by promote, stopped on demote)
-OWNER_SERVICES: tuple[str, ...] = ()
+
+
+def owner_services() -> tuple[str, ...]:
+    """Units that run on the writer only (promote starts them, demotion/fencing stops them):
+    the CDR worker (components/render/cdr.py)."""
+    from .cdr import OWNER_SERVICES
+    return tuple(OWNER_SERVICES)
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REDIS_PEER_HOST": peer.address,
         "REDIS_PEER_PORT": str(c.redis.port),
         "REDIS_ROLE_FILE": REDIS_ROLE_FILE,
-        "OWNER_SERVICES": " ".join(OWNER_SERVICES),
+        "OWNER_SERVICES": " ".join(owner_services()),
         "SERVICE_CMD": "systemctl",
         "WITNESS": "1" if c.witness else "0",
         "NO_WITNESS_POLICY": c.no_witness_policy or "",

@@ -84,6 +84,7 @@ def test_env_matches_the_data_tier_layout(stack):
     assert f"postgresql@{v}-main.service" in env["PG_START_CMD"]
     assert env["PG_PEER_HOST"] == cluster.peer_of(node).address
     assert env["REDIS_ROLE_FILE"] == "/etc/redis/role.conf"
+    assert env["OWNER_SERVICES"] == "hapbx-cdr-worker.service"     # the CDR worker runs on the writer only
     assert env["ETCD_ENDPOINTS"].count("http://") == 3
     assert env["LEASE_TTL"] == str(cluster.etcd.lease_ttl_seconds)
 

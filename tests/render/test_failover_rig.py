@@ -134,7 +134,8 @@ class Rig:
             "PG_PASSFILE": "", "PG_WRITE_CONNINFO": "1", "PG_START_CMD": start,
             "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(n.redis_port), "REDIS_PEER_HOST": "127.0.0.1",
             "REDIS_PEER_PORT": str(peer_redis), "REDIS_ROLE_FILE": f"{n.dir}/redis-role.conf",
-            "OWNER_SERVICES": "", "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": "127.0.0.1",
+            "OWNER_SERVICES": "hapbx-cdr-worker.service", "SERVICE_CMD": f"{n.dir}/svc",
+            "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": "127.0.0.1",
             "PG_CONNECT_TIMEOUT": "1",
             "ETCD_PREFIX": "/hapbx/rig",
         })
@@ -144,6 +145,10 @@ class Rig:
         n.env_file = f"{n.dir}/ha.env"
         with open(n.env_file, "w", encoding="utf-8") as fh:
             fh.write(failover.format_env(env))
+        # stands for systemctl: records what the scripts did to the VIP-owner-only services
+        with open(f"{n.dir}/svc", "w", encoding="utf-8") as fh:
+            fh.write(f"#!/bin/sh\necho \"$1\" > {n.dir}/owner-services\n")
+        os.chmod(f"{n.dir}/svc", 0o755)
         with open(f"{n.dir}/secrets.env", "w", encoding="utf-8") as fh:
             fh.write(f"REDISCLI_AUTH={REDIS_PASSWORD}\nETCDCTL_USER=hapbx\nETCDCTL_PASSWORD={ETCD_NODE_PASSWORD}\n")
         os.chmod(f"{n.dir}/secrets.env", 0o600)
@@ -303,6 +308,13 @@ class Rig:
                              capture_output=True, text=True, timeout=10,
                              env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD})
         return out.stdout.strip()
+
+    def owner_services(self, name: str) -> str:
+        try:
+            with open(f"{self.nodes[name].dir}/owner-services") as fh:
+                return fh.read().strip()
+        except OSError:
+            return "-"
 
     def redis_role(self, name: str) -> str:
         return self.redis(name, "ROLE").split("\n")[0] or "down"

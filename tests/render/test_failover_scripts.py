@@ -243,6 +243,9 @@ def test_07_failover_with_divergence_then_pg_rewind(rig):
     timing("keepalived stop on leader -> its postgres stopped", (t_resigned - t0) * 1000)
     timing("keepalived stop on leader -> peer postgres writable", (t_promoted - t0) * 1000)
     assert rig.primaries() == ["pbx2"]
+    # the VIP-owner-only services (the CDR worker) moved with the writes
+    rig.wait(lambda: rig.owner_services("pbx2") == "start" and rig.owner_services("pbx1") == "stop", 5,
+             "CDR worker moved")
     rig.psql("pbx2", "insert into t (node) values ('pbx2')")
     # pbx1 restarts keepalived (BACKUP) and rejoins by itself: pg_rewind discards the 10 rows
     rig.notify("pbx1", "BACKUP")
