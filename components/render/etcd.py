@@ -62,7 +62,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
 # --- step scripts ------------------------------------------------------------------------
 
 def start_script(ctx: RenderContext) -> str:
-    return template("etcd/start.sh.j2", ctx, marker=PENDING)
+    return template("etcd/start.sh.j2", ctx, marker=PENDING, data_dir=DATA_DIR)
 
 
 def wait_quorum_script(ctx: RenderContext, wait: int = QUORUM_WAIT_SECONDS) -> str:

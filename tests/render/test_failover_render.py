@@ -126,3 +126,21 @@ def test_units_and_guard():
     guard = by_path["/etc/systemd/system/postgresql@15-main.service.d/hapbx-guard.conf"]
     assert f"ExecStartPre={failover.HA_BIN}/pg-guard" in guard.content
     assert guard.service is None and guard.action == "systemctl daemon-reload"  # never restarts PostgreSQL
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_step_scripts_pass_shellcheck(stack):
+    """The remote steps of Witness and VirtualIp, as components.remote.script wraps them."""
+    from components.remote import script
+    from components.render import etcd
+    cluster = cluster_of(stack)
+    ctx = RenderContext(cluster, cluster.nodes[0], masked_secrets())
+    bodies = {"etcd start": etcd.start_script(ctx), "etcd quorum": etcd.wait_quorum_script(ctx),
+              "etcd auth": etcd.bootstrap_auth_script(ctx), "settle": failover.settle_script(ctx)}
+    for title, body in bodies.items():
+        out = subprocess.run(["shellcheck", "-s", "bash", "-"], input=script("n", title, body),
+                             capture_output=True, text=True)
+        assert out.returncode == 0, (title, out.stdout)
+    assert "ETCD_PRE_VOTE=\"true\"" in etcd.default_file(ctx)
+    assert 'ETCD_HEARTBEAT_INTERVAL="100"' in etcd.default_file(ctx)
+    assert 'ETCD_ELECTION_TIMEOUT="500"' in etcd.default_file(ctx)
