@@ -225,20 +225,25 @@ def settle_script(ctx: RenderContext, wait: int = 60) -> str:
     node's HA status."""
     peer = ctx.peer.name
     return f"""
-for _ in $(seq 1 {wait * 2}); do
+settled() {{
   s=$({HA_BIN}/status 2>/dev/null) || true
   if grep -qx 'daemon_hold=1' <<<"$s" && grep -qx 'vip=present' <<<"$s"; then
-    echo "leader: {ctx.host.name} (lease and VIP)"; grep -E '^(postgres|redis|etcd_leader)=' <<<"$s"; exit 0
+    echo "leader: {ctx.host.name} (lease and VIP)"
+  elif grep -qx 'daemon_hold=0' <<<"$s" && grep -qE '^(etcd_leader={peer}|daemon_holder={peer})$' <<<"$s"; then
+    echo "follower: {peer} leads"
+  elif grep -qx 'daemon_witness=0' <<<"$s" && grep -qx 'daemon_hold=0' <<<"$s" && grep -qx 'postgres=standby' <<<"$s"; then
+    echo "follower (no witness)"
+  else
+    return 1
   fi
-  if grep -qx 'daemon_hold=0' <<<"$s" && grep -qE '^(etcd_leader={peer}|daemon_holder={peer})$' <<<"$s"; then
-    echo "follower: {peer} leads"; grep -E '^(postgres|redis|vip)=' <<<"$s"; exit 0
-  fi
-  if grep -qx 'daemon_witness=0' <<<"$s" && grep -qx 'daemon_hold=0' <<<"$s" && grep -qx 'postgres=standby' <<<"$s"; then
-    echo "follower (no witness)"; grep -E '^(postgres|redis|vip)=' <<<"$s"; exit 0
-  fi
+  grep -E '^(vip|postgres|redis|etcd_leader)=' <<<"$s" || true
+}}
+s=""
+for _ in $(seq 1 {wait * 2}); do
+  if settled; then exit 0; fi
   sleep 0.5
 done
 echo "hapbx: [$step] no leader after {wait} s:" >&2
 echo "$s" >&2
-exit 1
+false
 """
