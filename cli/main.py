@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("docs", help="regenerate Pulumi.yaml config block and README config table")
     d.set_defaults(func=cmd_docs)
 
+    from cli import bench_cdr
+    bench_cdr.add_parser(sub)   # `bench cdr`
+
     lab = sub.add_parser("lab", help="the local systemd-nspawn lab")
     lab.add_argument("--stack", default="lab", help="stack whose lab settings to use (default: lab)")
     lab.add_argument("--config", help="a stack file instead of Pulumi.<stack>.yaml")

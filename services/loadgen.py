@@ -24,9 +24,15 @@ from devstack import fs_cdr  # noqa: E402
 TEMPLATE_CACHE: dict = {}
 
 
+TAG = ""
+
+
 def body_for(call_uuid: str, sent_us: int, pad: int) -> bytes:
     # fs_cdr is the realistic shape; the send time rides in a variable for the latency query
-    rec = fs_cdr(call_uuid, start=sent_us / 1e6 - 31, extra={"hapbx_bench_sent_us": str(sent_us)}, pad=pad)
+    extra = {"hapbx_bench_sent_us": str(sent_us)}
+    if TAG:
+        extra["hapbx_bench_phase"] = TAG
+    rec = fs_cdr(call_uuid, start=sent_us / 1e6 - 31, extra=extra, pad=pad)
     return json.dumps(rec, separators=(",", ":")).encode()
 
 
@@ -123,7 +129,10 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=None)
     ap.add_argument("--pad", type=int, default=0, help="extra bytes per record")
     ap.add_argument("--keep-ids", action="store_true")
+    ap.add_argument("--tag", default="", help="value of the hapbx_bench_phase variable of every record")
     args = ap.parse_args()
+    global TAG
+    TAG = args.tag
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
