@@ -37,8 +37,11 @@ def own_dir(ctx: RenderContext) -> str:
 
 
 def rsh() -> str:
+    """ssh for rsync: the pinned host key only; one multiplexed connection kept for ten minutes, so
+    a batch costs an rsync exchange, not an SSH handshake (~0.6 s on the lab)."""
     return (f"/usr/bin/ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={KNOWN_HOSTS} "
-            "-o ConnectTimeout=5 -o ServerAliveInterval=10 -o ServerAliveCountMax=3")
+            "-o ConnectTimeout=5 -o ServerAliveInterval=10 -o ServerAliveCountMax=3 "
+            "-o ControlMaster=auto -o ControlPersist=600 -o ControlPath=/run/hapbx-recsync/ssh-%C")
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
