@@ -45,7 +45,9 @@ class VirtualIp(pulumi.ComponentResource):
             prefix = f"{name}-{node.name}"
             ha = rc.deploy_files(prefix, node.name, conn,
                                  real_contents(c, node, args.secrets, failover.files, failover.files(ctx)),
-                                 self, depends_on=[*ready, *args.after])
+                                 # the standby's leader daemon starts with these files: only once the
+                                 # primary holds the lease, or it may win the race and promote
+                                 self, depends_on=[*ready, *args.after, *previous])
             ka = rc.deploy_files(prefix, node.name, conn, [(f, f.content) for f in keepalived.files(ctx)], self,
                                  depends_on=[*ha, *previous])
             settle = rc.step(f"{prefix}-settled", node.name, conn, "HA settled (leader elected)",
