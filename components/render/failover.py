@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, fields
 
 from . import TEMPLATES, RenderContext, RenderedFile, header, secret_refs, template
+from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
 
 HA_BIN = "/usr/local/lib/hapbx/ha"
 HA_ENV = "/etc/hapbx/ha.env"
@@ -33,13 +34,8 @@ SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-l
 PG_REPL_USER = "replicator"
 PG_PASSFILE = "/var/lib/postgresql/.pgpass"
 REDIS_ROLE_FILE = "/etc/redis/role.conf"
-
-
-def owner_services() -> tuple[str, ...]:
-    """Units that run on the writer only (promote starts them, demotion/fencing stops them):
-    the CDR worker (components/render/cdr.py)."""
-    from .cdr import OWNER_SERVICES
-    return tuple(OWNER_SERVICES)
+#: units that run on the writer only (promote starts them, demotion/fencing stops them)
+OWNER_SERVICES: tuple[str, ...] = tuple(CDR_OWNER_SERVICES)
 
 
 @dataclass(frozen=True)
@@ -151,7 +147,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REDIS_PEER_HOST": peer.address,
         "REDIS_PEER_PORT": str(c.redis.port),
         "REDIS_ROLE_FILE": REDIS_ROLE_FILE,
-        "OWNER_SERVICES": " ".join(owner_services()),
+        "OWNER_SERVICES": " ".join(OWNER_SERVICES),
         "SERVICE_CMD": "systemctl",
         "WITNESS": "1" if c.witness else "0",
         "NO_WITNESS_POLICY": c.no_witness_policy or "",
