@@ -165,26 +165,36 @@ def worker_placement_script(ctx: RenderContext) -> str:
     marker = f"{PENDING_DIR}/{WORKER_UNIT}"
     return f"""
 marker={marker}
-role=$(runuser -u postgres -- psql -XAtq -p {ctx.cluster.postgres.port} -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || echo down)
-case $role in f) role=primary ;; t) role=standby ;; *) role=down ;; esac
-writer=no
-if [ -r {HA_STATUS} ]; then
-  if grep -qx 'writer=1' {HA_STATUS}; then writer=yes; fi
-elif [ "$role" = primary ]; then
-  writer=yes
-fi
 if [ -e "$marker" ]; then systemctl daemon-reload; fi
-active=no; if systemctl is-active -q {WORKER_UNIT}; then active=yes; fi
-if [ "$role" = primary ] && [ "$writer" = yes ]; then
-  if [ "$active" = no ]; then systemctl start {WORKER_UNIT}; echo "worker started (writer)"
-  elif [ -e "$marker" ]; then systemctl restart {WORKER_UNIT}; echo "worker restarted (writer, files changed)"
-  else echo "unchanged (worker runs here, the writer)"; fi
-elif [ "$role" != primary ] && [ "$active" = yes ]; then
-  systemctl stop {WORKER_UNIT}; echo "worker stopped (PostgreSQL here is $role)"
-elif [ "$active" = yes ] && [ -e "$marker" ]; then
-  systemctl restart {WORKER_UNIT}; echo "worker restarted (files changed)"
-else
-  echo "unchanged (worker not here: PostgreSQL $role, writer $writer)"
-fi
-rm -f "$marker"
+# The failover scripts may start or stop the worker at the same moment (a promotion or a fence
+# during the deploy): a start/stop job they cancel is their decision; look again, up to 3 times.
+place() {{
+  local role writer=no active=no
+  role=$(runuser -u postgres -- psql -XAtq -p {ctx.cluster.postgres.port} -d postgres -c 'select pg_is_in_recovery()' 2>/dev/null || echo down)
+  case $role in f) role=primary ;; t) role=standby ;; *) role=down ;; esac
+  if [ -r {HA_STATUS} ]; then
+    if grep -qx 'writer=1' {HA_STATUS}; then writer=yes; fi
+  elif [ "$role" = primary ]; then
+    writer=yes
+  fi
+  if systemctl is-active -q {WORKER_UNIT}; then active=yes; fi
+  if [ "$role" = primary ] && [ "$writer" = yes ]; then
+    if [ "$active" = no ]; then systemctl start {WORKER_UNIT} && echo "worker started (writer)"
+    elif [ -e "$marker" ]; then systemctl restart {WORKER_UNIT} && echo "worker restarted (writer, files changed)"
+    else echo "unchanged (worker runs here, the writer)"; fi
+  elif [ "$role" != primary ] && [ "$active" = yes ]; then
+    systemctl stop {WORKER_UNIT} && echo "worker stopped (PostgreSQL here is $role)"
+  elif [ "$active" = yes ] && [ -e "$marker" ]; then
+    systemctl restart {WORKER_UNIT} && echo "worker restarted (files changed)"
+  else
+    echo "unchanged (worker not here: PostgreSQL $role, writer $writer)"
+  fi
+}}
+for attempt in 1 2 3; do
+  if place; then rm -f "$marker"; exit 0; fi
+  echo "worker: systemctl did not complete (attempt $attempt; a failover in progress?)" >&2
+  sleep 2
+done
+echo "hapbx: [$step] the worker could not be placed after 3 attempts" >&2
+exit 1
 """

@@ -110,7 +110,8 @@ def test_failover_scripts_start_the_worker_on_promotion():
     assert cdr.WORKER_UNIT in env.content
 
 
-def placement(tmp_path, pg_role: str, ha: str | None, active: bool, marker: bool) -> tuple[str, list[str]]:
+def placement(tmp_path, pg_role: str, ha: str | None, active: bool, marker: bool,
+              fail_first: bool = False) -> tuple[str, list[str]]:
     """Run the worker placement step with fake psql/runuser/systemctl; returns (stdout, systemctl calls)."""
     c = stack("lab")
     text = cdr.worker_placement_script(RenderContext(c, c.nodes[0], masked_secrets()))
@@ -127,7 +128,9 @@ def placement(tmp_path, pg_role: str, ha: str | None, active: bool, marker: bool
     log = tmp_path / "calls"
     fakes = {
         "runuser": f'#!/bin/sh\ncase "{pg_role}" in primary) echo f ;; standby) echo t ;; *) exit 2 ;; esac\n',
-        "systemctl": f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = is-active ] && exit {0 if active else 3}\nexit 0\n',
+        "systemctl": f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = is-active ] && exit {0 if active else 3}\n'
+                     + (f'[ "$1" = start ] && [ ! -e {tmp_path}/once ] && {{ touch {tmp_path}/once; '
+                        'echo "Job canceled." >&2; exit 1; }\n' if fail_first else "") + "exit 0\n",
     }
     for name, body in fakes.items():
         p = bin_dir / name
@@ -172,3 +175,8 @@ def test_cdr_files_are_in_the_cluster_render():
     c = stack("lab")
     paths = {f.path for f in render_cluster(c, masked_secrets())["pbx1"]}
     assert f"/etc/systemd/system/{cdr.WORKER_UNIT}" in paths and "/etc/hapbx/admin.env" in paths
+
+
+def test_worker_placement_looks_again_when_a_failover_cancels_its_job(tmp_path):
+    out, calls = placement(tmp_path, "primary", "1", False, False, fail_first=True)
+    assert calls == [f"start {cdr.WORKER_UNIT}", f"start {cdr.WORKER_UNIT}"] and "worker started" in out
