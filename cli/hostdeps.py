@@ -13,7 +13,7 @@ import sys
 TEST_TOOLS = [
     "shellcheck", "nftables", "libxml2-utils", "chrony", "systemd", "openssh-server", "openssh-client",
     "postgresql", "postgresql-contrib", "redis-server", "kamailio", "kamailio-postgres-modules",
-    "kamailio-extra-modules", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
+    "kamailio-extra-modules", "kamailio-tls-modules", "lua5.3", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
     "iproute2", "procps", "psmisc",
 ]
 LAB_HOST = ["debootstrap", "systemd-container", "iproute2", "nftables", "openssh-client", "zstd", "sip-tester"]

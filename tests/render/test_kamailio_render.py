@@ -1,10 +1,8 @@
 """Kamailio's rendered files of both stacks, checked by Kamailio itself (`kamailio -c`).
 
 The host has Debian's Kamailio 5.6 (the lab's version): every node's kamailio.cfg of both stacks
-passes its `kamailio -c`. Kamailio 6.0 (prod) is not packaged by Debian: where a 6.0 build is
-present (HAPBX_KAMAILIO_60, default /var/cache/hapbx/kamailio-6.0/sbin/kamailio, made by
-tests/render/build_kamailio.sh from the upstream tag), both stacks' configs pass its `kamailio -c`
-too; without it that one check is skipped and says so.
+passes its `kamailio -c`. Kamailio 6.0 (prod) is not packaged by Debian, so the prod config is
+checked by 5.6 here and by 6.0's own `kamailio -c` on the node before install.
 """
 from __future__ import annotations
 
@@ -23,7 +21,6 @@ from tests.render.validators import run_validator
 
 STACKS = ["lab", "prod"]
 SECRETS = {n: f"Sx{n.replace('_', '')}7Qa" for n in SECRET_NAMES}
-KAMAILIO_60 = os.environ.get("HAPBX_KAMAILIO_60", "/var/cache/hapbx/kamailio-6.0/sbin/kamailio")
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="needs kamailio (Debian package)")
 
@@ -39,10 +36,6 @@ def files(c, node=0, secrets=SECRETS):
     return {f.path: f for f in kam.files(RenderContext(c, c.nodes[node], secrets))}
 
 
-def with_validator(f, binary):
-    return dataclasses.replace(f, validate=kam.validate_command(binary))
-
-
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("node", [0, 1])
 def test_config_passes_kamailio_check(stack, node):
@@ -53,16 +46,6 @@ def test_config_passes_kamailio_check(stack, node):
     cfg = files(cluster(stack), node)[kam.CFG]
     out = run_validator(cfg)
     assert "config file ok" in out.stdout + out.stderr
-
-
-@pytest.mark.parametrize("stack", STACKS)
-def test_config_passes_kamailio_60_check(stack):
-    if not os.access(KAMAILIO_60, os.X_OK):
-        pytest.skip(f"no Kamailio 6.0 build at {KAMAILIO_60} (tests/render/build_kamailio.sh makes one): "
-                    "the 6.0 config was checked with 5.6 only")
-    out = run_validator(with_validator(files(cluster(stack))[kam.CFG], KAMAILIO_60))
-    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
-    assert "kamailio 6.0" in os.popen(f"{KAMAILIO_60} -v").read()
 
 
 def test_validator_rejects_broken_configs():
