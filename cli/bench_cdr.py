@@ -296,8 +296,8 @@ def report(args, phases: list[Phase], steps: list[Phase], recv: tuple, info: dic
         f"- Records: FreeSWITCH mod_json_cdr shape, about {config['record_bytes']} bytes each, posted as JSON over "
         f"keep-alive HTTP/1.1 by {config['connections']} connections.",
         f"- Machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')}, Debian {info.get('debian')}, "
-        f"kernel {info.get('kernel')}; load average at the end of the run {info.get('load')} (other work on "
-        "the machine shares the cores and shows up in these numbers).",
+        f"kernel {info.get('kernel')}; load average (1, 5, 15 min) {info.get('load_start')} at the start of the run, "
+        f"{info.get('load')} at the end: other work on the machine shares the cores and shows up in these numbers.",
         "",
     ]
     return "\n".join(lines)
@@ -312,6 +312,7 @@ def run(args) -> int:
         from cli import hostdeps
         hostdeps.ensure(need, "the CDR bench")
     started = time.monotonic()
+    load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     st = devstack.Stack(fsync=True, commit_timestamps=True,
                         worker_env={"HAPBX_CDR_BATCH": str(args.batch), "HAPBX_CDR_BACKOFF_MAX": "1"},
                         receiver_env={"HAPBX_CDR_WAIT_REPLICA_MS": str(args.wait_ms),
@@ -345,7 +346,9 @@ def run(args) -> int:
                                                              "hapbx_bench_phase": "sustained-1700000000"})))
         config = {"batch": args.batch, "wait_ms": args.wait_ms, "connections": args.connections,
                   "record_bytes": record_bytes}
-        text = report(args, phases, steps, recv, machine(), config, time.monotonic() - started)
+        info = machine()
+        info["load_start"] = load_start
+        text = report(args, phases, steps, recv, info, config, time.monotonic() - started)
     finally:
         if replica is not None:
             replica.stop()
