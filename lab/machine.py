@@ -170,10 +170,12 @@ class Machine:
             # it) and is not our child, so it outlives us and leaves no zombie behind.
             subprocess.run(["setsid", "--fork", *wrapper], stdin=subprocess.DEVNULL,
                            stdout=log, stderr=log, check=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a busy 2-core host can take seconds to fork and exec
         while (pid := self.pid()) is None:
-            wrapper_gone = (self.dir / "wrapper.pid").exists() and self._read_pid(
-                "wrapper.pid") is None
+            # The shell truncates wrapper.pid before writing it: an empty file is "not yet",
+            # only a pid that is written and no longer alive means the wrapper is gone.
+            written = (self.dir / "wrapper.pid").read_text().strip() if (self.dir / "wrapper.pid").exists() else ""
+            wrapper_gone = written.isdigit() and self._read_pid("wrapper.pid") is None
             if wrapper_gone or time.monotonic() > deadline:
                 raise CommandError(f"systemd-nspawn for {node.name} did not start: "
                                    f"{self.console_tail()}")
