@@ -310,11 +310,20 @@ pg_stop_fast() {
 # pg_start: the server must not inherit the role lock (a postmaster holding it
 # would block every later promote/demote/rejoin).
 pg_start() {
+	local out rc=0
 	if [[ -n ${LOCK_FD:-} ]]; then
-		timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" {LOCK_FD}>&-
+		out=$(timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" 2>&1 {LOCK_FD}>&-) || rc=$?
 	else
-		timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD"
+		out=$(timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" 2>&1) || rc=$?
 	fi
+	((rc == 0)) && return 0
+	log WARN "start command exit $rc: ${out//$'\n'/ | }"
+	# the command may report failure for a server that did come up (a stale pid file)
+	pg_pid && pg_wait_ready 5000 && {
+		log INFO "postgres is running anyway"
+		return 0
+	}
+	return "$rc"
 }
 
 # pg_wait_ready LIMIT_MS: the local server answers queries.

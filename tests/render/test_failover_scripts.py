@@ -24,11 +24,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import NODES, REDIS_PASSWORD, Rig, now_ms  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, now_ms  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
-TTL_MS = 2000
+TTL_MS = LEASE_TTL * 1000
 TIMINGS: dict[str, float] = {}
 
 
@@ -253,7 +253,8 @@ def test_07_failover_with_divergence_then_pg_rewind(rig):
     rig.notify("pbx1", "BACKUP")
     t1 = time.time()
     rig.wait(lambda: rig.pg_role("pbx1") == "standby" and
-             rig.psql("pbx1", "select status from pg_stat_wal_receiver", check=False) == "streaming", 60,
+             rig.psql("pbx1", "select status from pg_stat_wal_receiver", check=False) == "streaming"
+             and rig.idle("pbx1"), 60,
              "pbx1 rejoined")
     timing("ex-primary down -> streaming standby again (auto rejoin, pg_rewind)", (time.time() - t1) * 1000)
     log = open(f"{rig.nodes['pbx1'].dir}/ha.log").read()
@@ -284,7 +285,8 @@ def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     rig.notify("pbx2", "BACKUP")
     t1 = time.time()
     rig.wait(lambda: rig.pg_role("pbx2") == "standby" and
-             rig.psql("pbx2", "select status from pg_stat_wal_receiver", check=False) == "streaming", 60,
+             rig.psql("pbx2", "select status from pg_stat_wal_receiver", check=False) == "streaming"
+             and rig.idle("pbx2"), 60,
              "pbx2 rejoined")
     timing("rejoin with pg_rewind refused -> pg_basebackup fallback", (time.time() - t1) * 1000)
     log = open(f"{n2.dir}/ha.log").read()
@@ -325,7 +327,7 @@ def test_10_hung_keepalived_hands_over(rig):
     rig.notify("pbx1", "STOP")                                    # systemd restarts keepalived...
     rig.start_heartbeat("pbx1")
     rig.notify("pbx1", "BACKUP")                                  # ...which comes back BACKUP
-    rig.wait(lambda: rig.pg_role("pbx1") == "standby", 60, "pbx1 rejoined")
+    rig.wait(lambda: rig.pg_role("pbx1") == "standby" and rig.idle("pbx1"), 60, "pbx1 rejoined")
     assert one_primary(rig) == "pbx2"
 
 
