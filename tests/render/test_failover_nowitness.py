@@ -58,7 +58,7 @@ def test_02_orderly_handover_is_automatic(rig):
     print(f"\n  [timing] no witness, keepalived stop -> peer writable: {(time.time() - t0) * 1000:.0f} ms")
     assert rig.primaries() == ["pbx2"]
     rig.notify("pbx1", "BACKUP")
-    rig.wait(lambda: rig.pg_role("pbx1") == "standby", 60, "pbx1 rejoined")
+    rig.wait(lambda: rig.pg_role("pbx1") == "standby" and rig.idle("pbx1"), 60, "pbx1 rejoined")
     assert rig.primaries() == ["pbx2"]
 
 
@@ -83,7 +83,7 @@ def test_03_unanswering_peer_needs_the_operator(rig):
     rig.wait(lambda: rig.pg_role("pbx2") != "primary", 15, "pbx2 fenced")
     assert rig.primaries() == ["pbx1"]
     rig.notify("pbx2", "BACKUP")
-    rig.wait(lambda: rig.pg_role("pbx2") == "standby", 60, "pbx2 rejoined")
+    rig.wait(lambda: rig.pg_role("pbx2") == "standby" and rig.idle("pbx2"), 60, "pbx2 rejoined")
 
 
 def test_04_promote_after_timeout_takes_the_risk(rig):
