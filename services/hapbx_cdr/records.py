@@ -221,7 +221,7 @@ def normalize(record: dict, receiving_node: str) -> dict[str, Any]:
 def envelope(row: dict, received_at: float) -> str:
     """What the receiver pushes to Redis: the row plus when it was accepted (for lag metrics)."""
     return json.dumps({"v": ENVELOPE_VERSION, "q": round(received_at, 6), "c": row},
-                      separators=(",", ":"), ensure_ascii=False)
+                      separators=(",", ":"))
 
 
 def open_envelope(item: bytes | str) -> tuple[dict, float]:
