@@ -1,0 +1,67 @@
+"""The HA layer on the lab: the VIP on the one node that leads, and a switchover that moves
+the VIP, PostgreSQL and Redis together, then the old node back as a streaming standby.
+
+The drill fails back at the end so later checks see the configured roles.
+"""
+from __future__ import annotations
+
+import time
+
+STATUS = "/usr/local/lib/hapbx/ha/status"
+
+
+def status(lab, node: str) -> dict[str, str]:
+    out = lab.sh(node, STATUS, check=False)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait(predicate, seconds: float, what: str, since: float) -> float:
+    """Seconds from ``since`` (the fault) until predicate holds."""
+    while time.monotonic() - since < seconds:
+        if predicate():
+            return time.monotonic() - since
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def owner(lab) -> tuple[str, str]:
+    names = [n.name for n in lab.cluster.nodes]
+    holders = [n for n in names if status(lab, n).get("vip") == "present"]
+    assert len(holders) == 1, f"VIP holders: {holders}"
+    return holders[0], next(n for n in names if n != holders[0])
+
+
+def switchover(lab) -> dict[str, float]:
+    """Stop keepalived on the VIP owner; measure until the peer owns the VIP, is the only
+    writable PostgreSQL and the Redis master, and the old owner streams again."""
+    old, new = owner(lab)
+    fault = time.monotonic()
+    lab.sh(old, "systemctl stop keepalived")
+    took = {
+        "vip": wait(lambda: status(lab, new).get("vip") == "present" and status(lab, old).get("vip") == "absent",
+                    20, "VIP on the peer", fault),
+        "postgres_primary": wait(lambda: status(lab, new).get("postgres") == "primary", 60, "peer PostgreSQL primary", fault),
+        "redis_master": wait(lambda: status(lab, new).get("redis") == "master", 20, "peer Redis master", fault),
+    }
+    assert status(lab, old).get("postgres") != "primary", "two writable primaries"
+    lab.sh(old, "systemctl start keepalived")
+    took["rejoined"] = wait(lambda: status(lab, old).get("postgres") == "standby"
+                            and status(lab, old).get("postgres_streaming") == "yes", 180, "old node streaming", fault)
+    assert status(lab, new).get("vip") == "present" and status(lab, old).get("redis") == "slave"
+    print(f"\nswitchover {old} -> {new}, seconds after `systemctl stop keepalived`: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in took.items()))
+    return took
+
+
+def test_the_vip_is_on_one_node_and_that_node_leads(lab):
+    holder, peer = owner(lab)
+    s = status(lab, holder)
+    assert (s["daemon_hold"], s["postgres"], s["redis"]) == ("1", "primary", "master")
+    assert status(lab, peer)["postgres_streaming"] == "yes"
+    assert holder == lab.cluster.primary.name
+
+
+def test_stopping_keepalived_moves_every_role_and_the_old_node_rejoins(lab):
+    switchover(lab)
+    switchover(lab)  # and back: the configured primary leads again
+    assert owner(lab)[0] == lab.cluster.primary.name
