@@ -325,6 +325,28 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HaSettings:
+    check_interval: int = setting("checkIntervalSeconds", "Seconds between keepalived health checks (whole seconds).",
+                                  1, minimum=1, maximum=60)
+    check_fall: int = setting("checkFall", "Failed local checks before FAULT (VIP released).", 2, minimum=1, maximum=30)
+    check_rise: int = setting("checkRise", "Passed checks before leaving FAULT.", 2, minimum=1, maximum=30)
+    reach_fall: int = setting("reachFall", "Failed gateway/witness probes before FAULT.", 3, minimum=1, maximum=30)
+    promote_timeout: int = setting("promoteTimeoutSeconds", "pg_promote wait; failing this long, the leader resigns.",
+                                   30, minimum=5, maximum=600)
+    rejoin: str = setting("rejoin", "Rejoin a fenced or diverged ex-primary automatically, or leave it to the operator.",
+                          "auto", choices=("auto", "manual"))
+    rejoin_backoff: int = setting("rejoinBackoffSeconds", "Wait after a failed automatic rejoin.", 30,
+                                  minimum=1, maximum=3600)
+    sync_relax_after: int = setting("syncRelaxAfterSeconds", "Standby gone this long: the lease holder relaxes "
+                                    "synchronous replication.", 10, minimum=1, maximum=3600)
+    no_witness_timeout: int = setting("noWitnessTimeoutSeconds", "promote-after-timeout: peer silent this long.", 30,
+                                      minimum=5, maximum=3600)
+    leader_weight: int = setting("leaderWeight", "VRRP priority bonus of the lease holder.", 50, minimum=1, maximum=100)
+    fast_stop_ms: int = setting("fastStopMs", "Orderly stop of a resigning primary before an immediate one.", 5000,
+                                minimum=100, maximum=60000)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
     lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
@@ -348,6 +370,7 @@ class ClusterConfig:
                                          DialplanSettings)
     recordings: RecordingSettings = setting("recordings", "Call recordings.", RecordingSettings)
     etcd: EtcdSettings = setting("etcd", "etcd and the leader lease.", EtcdSettings)
+    ha: HaSettings = setting("ha", "HA checks, promotion and rejoin timings (see README, failover).", HaSettings)
     cdr: CdrSettings = setting("cdr", "CDR pipeline (receiver, Redis queue, worker).", CdrSettings)
     admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",

@@ -121,3 +121,16 @@ def test_check_cli_exits_2_listing_every_problem(tmp_path):
         assert key in out.stderr, (key, out.stderr)
     ok = subprocess.run([f"{ROOT}/hapbx", "check", "--config", f"{ROOT}/Pulumi.lab.yaml"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_ha_timings_from_config_reach_keepalived():
+    from components.render import RenderContext, keepalived, masked_secrets
+    raw = stack_config("lab")
+    raw["ha"] = {"checkFall": 5, "checkRise": 4}
+    cluster, _ = build(raw)
+    conf = next(f for f in keepalived.files(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+                if f.path.endswith("keepalived.conf")).content
+    assert "fall 5" in conf and "rise 4" in conf
+    with pytest.raises(ConfigError) as err:
+        build({**stack_config("lab"), "ha": {"rejoin": "sometimes"}})
+    assert any(e.startswith("ha.rejoin:") for e in err.value.errors)
