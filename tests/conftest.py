@@ -7,7 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.mockrun import stack_config  # noqa: E402
+from tests.mockrun import run_ok, stack_config  # noqa: E402
 
 FAKE_TOKEN = "tok-Vq3mZ9-not-a-real-token"
 
@@ -36,3 +36,11 @@ def prod_config(ssh_files):
     raw["ssh"] = {**raw["ssh"], **ssh_files}
     raw["vendorRepoToken"] = FAKE_TOKEN
     return raw
+
+
+@pytest.fixture(params=["lab", "prod"])
+def stack(request, lab_config, prod_config):
+    """(graph, generated secrets, raw config) of each shipped stack under mocks."""
+    if request.param == "lab":
+        return run_ok(lab_config) + (lab_config,)
+    return run_ok(prod_config, ["vendorRepoToken"]) + (prod_config,)

@@ -108,3 +108,10 @@ def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None
         os.chdir(cwd)
         loop.close()
     return graph, secret_values
+
+
+def run_ok(raw_config: dict[str, Any], secret_keys=()) -> tuple[Graph, dict[str, str]]:
+    """run_program that must succeed."""
+    graph, generated = run_program(raw_config, list(secret_keys))
+    assert graph.error is None, repr(graph.error)
+    return graph, generated

@@ -3,27 +3,13 @@
 its own step (never through the generic enable-and-start handler), credentials as secrets."""
 from __future__ import annotations
 
-import pytest
 from pulumi.runtime import rpc
 
 from components.render import cdr
-from tests.mockrun import run_program
+from tests.mockrun import run_ok
 from tests.unit.test_ha_graph import ancestors
 
 CMD = "command:remote:Command"
-
-
-def run(config, secret_keys=()):
-    graph, generated = run_program(config, list(secret_keys))
-    assert graph.error is None, repr(graph.error)
-    return graph, generated
-
-
-@pytest.fixture(params=["lab", "prod"])
-def stack(request, lab_config, prod_config):
-    if request.param == "lab":
-        return run(lab_config) + (lab_config,)
-    return run(prod_config, ["vendorRepoToken"]) + (prod_config,)
 
 
 def test_component_children_on_both_nodes_only(stack):

@@ -12,13 +12,7 @@ from components.config import load_stack_file
 from components.render import RenderContext, masked_secrets
 from components.render import postgres as pg
 from components.render import redis as rd
-from tests.mockrun import ROOT, run_program, stack_config
-
-
-def run(config, secret_keys=()):
-    graph, generated = run_program(config, list(secret_keys))
-    assert graph.error is None, repr(graph.error)
-    return graph, generated
+from tests.mockrun import ROOT, run_ok, stack_config
 
 
 def deps(graph, name: str) -> set[str]:
@@ -44,7 +38,7 @@ def lab(tmp_path_factory):
     (d / "kh").write_text("".join(f"{h} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{i}hostkey\n" for i, h in enumerate(hosts)))
     raw = stack_config("lab")
     raw["ssh"] = {**raw["ssh"], "privateKeyFile": str(d / "id"), "knownHostsFile": str(d / "kh")}
-    graph, generated = run(raw)
+    graph, generated = run_ok(raw)
     return graph, generated, raw
 
 
@@ -101,7 +95,7 @@ def test_schema_runs_on_the_primary_only_after_it_is_up(lab):
 
 def test_initial_primary_from_config_swaps_the_roles(lab):
     _, _, raw = lab
-    graph, _ = run({**raw, "postgres": {**raw["postgres"], "initialPrimary": "pbx2"}})
+    graph, _ = run_ok({**raw, "postgres": {**raw["postgres"], "initialPrimary": "pbx2"}})
     assert host_of(graph.resources["postgres-pbx2-migrate"]) == "10.77.0.12"
     assert "postgres-pbx1-standby" in graph.resources and "postgres-pbx2-standby" not in graph.resources
     assert "postgres-pbx2-replication" in deps(graph, "postgres-pbx1-standby")
@@ -154,7 +148,7 @@ def test_redis_replica_after_master_and_verified(lab):
 
 
 def test_prod_uses_postgresql_16_with_the_same_templates(prod_config):
-    graph, _ = run(prod_config, ["vendorRepoToken"])
+    graph, _ = run_ok(prod_config, ["vendorRepoToken"])
     names = set(graph.resources)
     assert "postgres-node1-file-etc-postgresql-16-main-postgresql.conf" in names
     assert "postgres-node2-standby" in names

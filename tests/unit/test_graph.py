@@ -3,22 +3,9 @@ import pytest
 from pulumi.runtime import rpc
 
 from tests.conftest import FAKE_TOKEN
-from tests.mockrun import run_program
+from tests.mockrun import run_ok, run_program
 
 CMD = "command:remote:Command"
-
-
-def run(config, secret_keys=()):
-    graph, generated = run_program(config, list(secret_keys))
-    assert graph.error is None, repr(graph.error)
-    return graph, generated
-
-
-@pytest.fixture(params=["lab", "prod"])
-def stack(request, lab_config, prod_config):
-    if request.param == "lab":
-        return run(lab_config) + (lab_config,)
-    return run(prod_config, ["vendorRepoToken"]) + (prod_config,)
 
 
 def test_every_host_gets_a_node_with_baseline_children(stack):
@@ -58,8 +45,8 @@ def test_order_packages_then_files_then_handlers(stack):
 
 
 def test_lab_has_no_sysctl_and_prod_has_repositories(lab_config, prod_config):
-    lab, _ = run(lab_config)
-    prod, _ = run(prod_config, ["vendorRepoToken"])
+    lab, _ = run_ok(lab_config)
+    prod, _ = run_ok(prod_config, ["vendorRepoToken"])
     assert not [n for n in lab.resources if "sysctl" in n]
     assert "node1-file-etc-sysctl.d-60-hapbx.conf" in prod.resources
     assert {"node1-repo-key-pgdg", "node1-repo-key-kamailio", "node1-repo-key-freeswitch"} <= set(prod.resources)
@@ -67,7 +54,7 @@ def test_lab_has_no_sysctl_and_prod_has_repositories(lab_config, prod_config):
 
 
 def test_secrets_are_secret_and_in_no_command_string(prod_config):
-    graph, generated = run(prod_config, ["vendorRepoToken"])
+    graph, generated = run_ok(prod_config, ["vendorRepoToken"])
     secrets = list(generated.values()) + [FAKE_TOKEN, "AAAAfakekeyZk2"]
     assert len(generated) >= 10
     for r in graph.commands():

@@ -3,25 +3,11 @@ right hosts, keepalived starts only after PostgreSQL and Redis are configured (a
 quorum authenticates), and credentials travel as secrets."""
 from __future__ import annotations
 
-import pytest
 from pulumi.runtime import rpc
 
-from tests.mockrun import run_program
+from tests.mockrun import run_ok
 
 CMD = "command:remote:Command"
-
-
-def run(config, secret_keys=()):
-    graph, generated = run_program(config, list(secret_keys))
-    assert graph.error is None, repr(graph.error)
-    return graph, generated
-
-
-@pytest.fixture(params=["lab", "prod"])
-def stack(request, lab_config, prod_config):
-    if request.param == "lab":
-        return run(lab_config) + (lab_config,)
-    return run(prod_config, ["vendorRepoToken"]) + (prod_config,)
 
 
 def ancestors(graph, name, seen=None):
@@ -109,7 +95,7 @@ def test_credentials_are_secret(stack):
 def test_no_witness_stack_has_no_quorum(lab_config):
     raw = {**lab_config, "noWitnessPolicy": "manual-promotion"}
     raw.pop("witness")
-    graph, _ = run(raw)
+    graph, _ = run_ok(raw)
     assert "etcd" not in graph.resources and not any(r.name.startswith("etcd-") for r in graph.commands())
     env = graph.resources["vip-pbx1-file-etc-hapbx-ha.env"].inputs["stdin"]
     assert "WITNESS=0" in env and "NO_WITNESS_POLICY=manual-promotion" in env
