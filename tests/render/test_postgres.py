@@ -34,10 +34,9 @@ import pytest
 from psycopg import errors
 
 from components import pgtune
-from components.config import load_stack_file
 from components.render import SECRET_NAMES, TEMPLATES, RenderContext, RenderedFile, masked_secrets
 from components.render import postgres as pg
-from tests.mockrun import ROOT
+from tests.helpers import free_port, shipped_cluster as stack
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 pytestmark = [
@@ -50,17 +49,6 @@ OVERRIDDEN = ("config_file", "data_directory", "hba_file", "ident_file", "extern
               "port", "listen_addresses", "ssl_cert_file", "ssl_key_file")
 SECRETS = {n: f"pw-{n.replace('_', '-')}-9xQ2Lm7" for n in SECRET_NAMES}
 PG_UID = pwd.getpwnam("postgres").pw_uid if os.path.exists(f"{PGBIN}/postgres") else 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stack(name: str):
-    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{name}.yaml", assume_secrets=True)
-    return cluster
 
 
 def loopback_cluster(render_port: int):

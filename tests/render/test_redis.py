@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,27 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_stack_file
 from components.remote import script
 from components.render import SECRET_NAMES, RenderContext, RenderedFile, masked_secrets
 from components.render import redis as rd
-from tests.mockrun import ROOT
 from tests.render.validators import run_validator
+from tests.helpers import free_port, shipped_cluster as stack
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 SECRETS = {n: f"pw-{n.replace('_', '-')}-4Rt8Kz1" for n in SECRET_NAMES}
 ADDRESSES = {"pbx1": "127.0.0.2", "pbx2": "127.0.0.3"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stack(name: str):
-    cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{name}.yaml", assume_secrets=True)
-    return cluster
 
 
 def loopback_cluster(master_port: int):
