@@ -9,8 +9,11 @@ def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
     etcd = [c.etcd.client_port, c.etcd.peer_port]
     if ctx.is_witness:
         return {"etcd": etcd}
-    return {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
-            "media-sip": [c.media.sip_port], "etcd": etcd}
+    ports = {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
+             "media-sip": [c.media.sip_port], "cdr-receiver": [c.cdr.receiver_port], "etcd": etcd}
+    if not c.admin.allow_from:  # the admin API for the nodes only; else its own rule below
+        ports["admin-api"] = [c.admin.port]
+    return ports
 
 
 def systemd_escape_path(path: str) -> str:
