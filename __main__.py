@@ -34,7 +34,7 @@ if cluster.ssh.private_key_file:
         private_key = pulumi.Output.secret(fh.read())
 
 # Every generated credential is a pulumi-random password: stable across applies, secret in state.
-GENERATED = [n for n in SECRET_NAMES if n not in ("vendor_repo_token", "lsyncd_private_key")]
+GENERATED = [n for n in SECRET_NAMES if n != "vendor_repo_token"]
 secrets: dict[str, pulumi.Output[str]] = {
     name: pulumi.Output.secret(random.RandomPassword(
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)

@@ -23,7 +23,7 @@ MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on th
 SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
     "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "etcd_root", "etcd_node",
-    "freeswitch_esl", "admin_api_token", "vendor_repo_token", "lsyncd_private_key",
+    "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     "kamailio_auth_secret",
 )
 
