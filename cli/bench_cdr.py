@@ -366,9 +366,7 @@ def run(args) -> int:
     return 0 if sum(p.sustained for p in phases) * 2 > len(phases) else 1
 
 
-def add_parser(sub) -> None:
-    b = sub.add_parser("bench", help="measure a part on loopback and write reports/<part>-bench.md")
-    bsub = b.add_subparsers(dest="bench_command", required=True)
+def add_parser(bsub) -> None:
     c = bsub.add_parser("cdr", help="CDR pipeline: records/s sustained and end-to-end latency")
     c.add_argument("--rate", type=int, default=TARGET_RATE, help=f"records/s of the sustained phase ({TARGET_RATE})")
     c.add_argument("--seconds", type=float, default=20, help="length of each sustained run (20)")

@@ -84,6 +84,9 @@ def run(args) -> int:
         if args.lab_command == "status":
             print(describe(cluster, spec))
             return 0 if machinery.status(spec).up else 1
+        if args.lab_command == "drill":
+            from cli import drill
+            return drill.run(args, raw, cluster, spec)
         if args.lab_command == "ssh":
             words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them

@@ -94,8 +94,11 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("docs", help="regenerate Pulumi.yaml config block and README config table")
     d.set_defaults(func=cmd_docs)
 
-    from cli import bench_cdr
-    bench_cdr.add_parser(sub)   # `bench cdr`
+    from cli import bench_cdr, bench_sip
+    b = sub.add_parser("bench", help="measure a part and write reports/<part>-bench.md")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bench_cdr.add_parser(bsub)   # `bench cdr`: loopback
+    bench_sip.add_parser(bsub)   # `bench sip`: the running lab, ours against stock Kamailio
 
     lab = sub.add_parser("lab", help="the local systemd-nspawn lab")
     lab.add_argument("--stack", default="lab", help="stack whose lab settings to use (default: lab)")
@@ -107,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
     lsub.add_parser("apply", help="apply the stack to the running lab")
     lsub.add_parser("down", help="remove everything the lab made")
     lsub.add_parser("status", help="nodes, addresses, roles")
+    from cli import drill
+    drill.add_parser(lsub)      # `lab drill`: failover drills -> reports/failover.md
     s = lsub.add_parser("ssh", help="open a shell (or run a command) on a node")
     s.add_argument("node")
     s.add_argument("cmd", nargs=argparse.REMAINDER)
