@@ -1,8 +1,11 @@
 """RedisPair: the CDR queue, master on the initial primary, replica on the peer.
 
 Per node: role (first deploy only) -> redis.conf (users inline) + admin env file -> handler
-(start, or restart when redis.conf changed). The replica's handler waits for the
-master's; a last step on the replica verifies the link is up. Names: ``<name>-<node>-<step>``.
+(start, or restart when redis.conf changed). The handlers are a rolling change
+(``remote.rolling``): master then replica, each waiting for the previous, and on the node that
+holds the VIP a restart is deferred to a final pass (``<name>-<node>-handler-last``) after the
+peer's, so a change never restarts both at once and the VIP owner's Redis goes last. A last
+step on the replica verifies the link is up. Names: ``<name>-<node>-<step>``.
 """
 from __future__ import annotations
 
@@ -33,13 +36,17 @@ class RedisPair(pulumi.ComponentResource):
         self._name, self._args = name, args
         master = c.primary
         replica = c.peer_of(master)
-        m_handler, m_digests = self._node(master, after=[])
-        r_handler, r_digests = self._node(replica, after=[m_handler])
-        ctx = RenderContext(c, replica, masked_secrets())
+        members = [self._node(master), self._node(replica)]
+        ctxs = {n.name: RenderContext(c, n, masked_secrets()) for n in (master, replica)}
+        #: per node: the first and the final pass of the rolling handler
+        self.handlers = rc.rolling(f"{name}-{{node}}-handler", "apply Redis configuration", members, c.vip.address,
+                                   lambda node, defer: rd.handler_script(ctxs[node], defer), self)
+        handlers = [h for pair in self.handlers.values() for h in pair]
         self.verify = rc.step(
             f"{name}-{replica.name}-verify", replica.name, self._conn(replica), f"replication from {master.name}",
-            rd.verify_script(ctx), self._opts([m_handler, r_handler]), triggers=m_digests + r_digests)
-        self.ready: list[pulumi.Resource] = [m_handler, r_handler, self.verify]
+            rd.verify_script(ctxs[replica.name]), self._opts(handlers),
+            triggers=[t for m in members for t in m.triggers])
+        self.ready: list[pulumi.Resource] = [*handlers, self.verify]
         self.register_outputs({
             "master": master.name,
             "replica": replica.name,
@@ -54,7 +61,7 @@ class RedisPair(pulumi.ComponentResource):
     def _opts(self, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, depends_on=list(depends_on))
 
-    def _node(self, node: NodeSettings, after: Sequence[pulumi.Resource]):
+    def _node(self, node: NodeSettings) -> rc.RollingMember:
         c, args = self._args.cluster, self._args
         prefix, conn = f"{self._name}-{node.name}", self._conn(node)
         ready = list(getattr(args.nodes[node.name], "ready", []))
@@ -69,7 +76,4 @@ class RedisPair(pulumi.ComponentResource):
                        self._opts(ready), triggers=[rd.role_line(ctx)])
         conf = install(rd.CONF, [role])
         auth = install(rd.AUTH_FILE, ready)
-        digests = [f.triggers.apply(lambda t: t[0]) for f in (conf, auth)]
-        handler = rc.step(f"{prefix}-handler", node.name, conn, "apply Redis configuration", rd.handler_script(ctx),
-                          self._opts([conf, auth, *after]), triggers=digests)
-        return handler, digests
+        return rc.RollingMember(node.name, conn, [rc.file_digest(f) for f in (conf, auth)], [conf, auth])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pulumi
 from pulumi_command import remote
@@ -107,23 +107,74 @@ class Handler:
     service: str
     action: str          # reload | restart | reload-or-restart
     enable: bool = True
+    #: shell condition that holds once the service serves again after a (re)start; polled every
+    #: 0.2 s for at most ``health_seconds`` (empty: systemd's word is enough)
+    health: str = ""
+    health_seconds: int = 60
+    #: shell run just before a reload/restart (e.g. note what ``health`` must see again)
+    before: str = ""
 
 
-def handler_script(h: Handler) -> str:
+def holds_vip(vip: str) -> str:
+    """Shell condition: this node holds the VIP right now (runtime state, read at apply time).
+    grep reads all of ip's output (no -q): under pipefail an early exit would SIGPIPE ip and
+    read as "not held"."""
+    return f"ip -4 -o addr show | grep -F ' {vip}/' >/dev/null"
+
+
+def defer_on_vip(vip: str, what: str) -> str:
+    """Shell for the first pass of :func:`rolling`: on the node that holds the VIP, leave the
+    pending change for the final pass (the peer goes first) and stop here."""
+    return (f"if {holds_vip(vip)}; then\n"
+            f"  echo {shlex.quote(f'deferred: this node holds the VIP {vip}; {what} after the peer')}; exit 0\n"
+            "fi\n")
+
+
+def wait_healthy(h: Handler) -> str:
+    """Shell: poll ``h.health`` (bounded); fail the step naming the service if it never holds."""
+    if not h.health:
+        return ""
+    return f"""healthy() {{
+{h.health}
+}}
+deadline=$((SECONDS + {h.health_seconds}))
+until healthy; do
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "hapbx: [$step] {h.service} not healthy {h.health_seconds} s after the {h.action}" >&2; exit 1
+  fi
+  sleep 0.2
+done
+"""
+
+
+def handler_script(h: Handler, defer: str = "") -> str:
+    """Start the service if it is not running, else reload/restart it if a change is pending.
+    ``defer`` (from :func:`defer_on_vip`) runs right before a pending reload/restart and may end
+    the script early, leaving the marker for a later pass."""
     svc = shlex.quote(h.service)
     verb = {"reload": "reload", "restart": "restart"}.get(h.action, "reload-or-restart")
     enable = f"systemctl enable -q {svc}\n" if h.enable else ""
+    # the systemd lock (fd 9) is let go before waiting on the daemon's own health
+    healthy = wait_healthy(h)
+    after = f"exec 9>&-\n{healthy}" if healthy else ""
     return SYSTEMD_LOCK + f"""
 marker={_marker(h.service)}
 if [ -e "$marker" ]; then systemctl daemon-reload; fi
 {enable}if ! systemctl is-active -q {svc}; then
-  systemctl start {svc}; rm -f "$marker"; echo started
+  systemctl start {svc}; rm -f "$marker"; result=started
 elif [ -e "$marker" ]; then
-  systemctl {verb} {svc}; rm -f "$marker"; echo {verb}ed
+{defer}{h.before}
+  systemctl {verb} {svc}; rm -f "$marker"; result={verb}ed
 else
-  echo unchanged
+  echo unchanged; exit 0
 fi
+{after}echo "$result"
 """
+
+
+def file_digest(cmd: remote.Command) -> pulumi.Output[str]:
+    """The content hash a :func:`remote_file` command carries (its trigger)."""
+    return cmd.triggers.apply(lambda t: t[0])
 
 
 def service_handler(name: str, node: str, conn: remote.ConnectionArgs, h: Handler,
@@ -135,6 +186,62 @@ def service_handler(name: str, node: str, conn: remote.ConnectionArgs, h: Handle
         triggers=list(file_hashes),
         opts=opts,
     )
+
+
+@dataclass
+class RollingMember:
+    """One node's part in a :func:`rolling` change."""
+    node: str
+    conn: remote.ConnectionArgs
+    #: what makes this node's handler run again (its files' content hashes)
+    triggers: Sequence[pulumi.Input[str]]
+    #: its files and whatever else must be in place first
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+def rolling(name: str, title: str, members: Sequence[RollingMember], vip: str,
+            body: Callable[[str, str], str], parent: pulumi.Resource) -> dict[str, tuple[remote.Command, remote.Command]]:
+    """A change to a daemon that runs on every node, applied one node at a time, the VIP holder last.
+
+    Who holds the VIP is runtime state, so the order is decided on the nodes at apply time by a
+    static chain of two passes:
+
+      first pass  ``<name>`` on each node in turn (each after the previous one is done and healthy):
+                  starts the daemon if it is down, else applies a pending change, unless this node
+                  holds the VIP: then it leaves the change pending (``defer``) and moves on;
+      final pass  ``<name>-last`` on each node in turn, after every first pass: applies what is
+                  still pending, i.e. the VIP holder's deferred change, once the peer's is done.
+
+    ``name`` holds ``{node}``. ``body(node, defer)`` is the node's handler script; ``defer`` is
+    shell that it runs right before a pending reload/restart ("" in the final pass). A pending
+    change survives on the node as its marker, so an apply cut between the passes finishes the
+    change on the next apply. Returns ``{node: (first, last)}``; dependants wait for ``last``.
+    """
+    first: list[remote.Command] = []
+    for m in members:
+        first.append(remote.Command(
+            name.format(node=m.node), connection=m.conn,
+            create=script(m.node, title, body(m.node, defer_on_vip(vip, title))),
+            triggers=list(m.triggers),
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=[*m.depends_on, *first[-1:]])))
+    last: list[remote.Command] = []
+    for m in members:
+        last.append(remote.Command(
+            name.format(node=m.node) + "-last", connection=m.conn,
+            create=script(m.node, f"{title} (VIP holder last)", body(m.node, "")),
+            triggers=list(m.triggers),
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=[*first, *last[-1:]])))
+    return {m.node: (f, l) for m, f, l in zip(members, first, last)}
+
+
+def rolling_handlers(name: str, members: Sequence[RollingMember], handler: Handler | Callable[[str], Handler],
+                     vip: str, parent: pulumi.Resource) -> dict[str, tuple[remote.Command, remote.Command]]:
+    """:func:`rolling` with the standard handler (pending marker, reload/restart, health wait);
+    ``handler`` may be a function of the node name (health checks that name the peer)."""
+    of = handler if callable(handler) else (lambda _node: handler)
+    h = of(members[0].node)
+    return rolling(name, f"{h.action} {h.service}", members, vip,
+                   lambda node, defer: handler_script(of(node), defer), parent)
 
 
 def step(name: str, node: str, conn: remote.ConnectionArgs, title: str, body: str,
@@ -149,10 +256,11 @@ def step(name: str, node: str, conn: remote.ConnectionArgs, title: str, body: st
 
 def deploy_files(resource_prefix: str, node: str, conn: remote.ConnectionArgs,
                  files: Sequence[tuple[RenderedFile, pulumi.Input[str]]], parent: pulumi.Resource,
-                 depends_on: Sequence[pulumi.Resource] = ()) -> list[remote.Command]:
+                 depends_on: Sequence[pulumi.Resource] = (), handlers: bool = True) -> list[remote.Command]:
     """Install files, then one handler per service they belong to. Returns every command.
 
-    Names: ``<prefix>-file-<path slug>`` and ``<prefix>-svc-<service>``.
+    Names: ``<prefix>-file-<path slug>`` and ``<prefix>-svc-<service>``. ``handlers=False``: the
+    files only (the caller applies them, e.g. with :func:`rolling_handlers` across the nodes).
     """
     opts = pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on))
     installed: dict[str, list[remote.Command]] = {}
@@ -165,6 +273,8 @@ def deploy_files(resource_prefix: str, node: str, conn: remote.ConnectionArgs,
             installed.setdefault(f.service, []).append(cmd)
             # restart wins over reload when files of one service disagree
             actions[f.service] = "restart" if "restart" in (f.action, actions.get(f.service)) else f.action
+    if not handlers:
+        return commands
     for service, cmds in installed.items():
         h = Handler(service, actions[service], enable=not service.startswith("systemd-"))
         commands.append(service_handler(

@@ -104,8 +104,10 @@ def role_script(ctx: RenderContext) -> str:
     return template("redis/steps/role.sh.j2", ctx, role_line=role_line(ctx), **_values(ctx))
 
 
-def handler_script(ctx: RenderContext) -> str:
-    return template("redis/steps/handler.sh.j2", ctx, **_values(ctx))
+def handler_script(ctx: RenderContext, defer: str = "") -> str:
+    """Start Redis, or restart it when redis.conf changed; ``defer`` (remote.defer_on_vip) may
+    leave a pending restart for a later pass."""
+    return template("redis/steps/handler.sh.j2", ctx, defer=defer, **_values(ctx))
 
 
 def verify_script(ctx: RenderContext) -> str:

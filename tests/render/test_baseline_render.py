@@ -109,6 +109,11 @@ def test_remote_install_scripts_of_every_file_pass_shellcheck(stack):
         scripts.append(script("n", f"install {f.path}", install_script(f, f.sha256)))
         scripts.append(script("n", f"remove {f.path}", delete_script(f, f.sha256)))
     scripts.append(script("n", "reload nftables", handler_script(Handler("nftables.service", "reload"))))
+    # a rolling handler's first pass (defers on the VIP holder) with a health wait: Kamailio's
+    from components.remote import defer_on_vip
+    from components.sip_layer import kamailio_handler
+    scripts.append(script("n", "restart kamailio", handler_script(kamailio_handler(cluster.nodes[1].address),
+                                                                  defer_on_vip(cluster.vip.address, "restart"))))
     for text in scripts:
         assert subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True).returncode == 0, text
         # warnings inside a daemon's own checker are that daemon's tests' business: errors only here

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from components.remote import script
+from components.remote import defer_on_vip, script
 from components.render import SECRET_NAMES, RenderContext, RenderedFile, masked_secrets
 from components.render import redis as rd
 from tests.render.validators import run_validator
@@ -232,6 +232,8 @@ def test_redis_step_scripts_pass_shellcheck():
     for node in c.nodes:
         ctx = RenderContext(c, node, masked_secrets())
         for name, body in [("role", rd.role_script(ctx)), ("handler", rd.handler_script(ctx)),
+                           ("handler deferring on the VIP holder",
+                            rd.handler_script(ctx, defer_on_vip(c.vip.address, "restart"))),
                            ("verify", rd.verify_script(ctx))]:
             text = script(node.name, name, body)
             out = subprocess.run(["shellcheck", "-s", "bash", "-e", "SC2317", "-"], input=text, capture_output=True,

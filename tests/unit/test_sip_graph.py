@@ -25,6 +25,7 @@ def test_components_and_children(stack):
         children = {r.name for r in graph.resources.values() if r.parent == "sip" and f"-{node}-" in r.name}
         assert {f"sip-{node}-file-etc-kamailio-kamailio.cfg", f"sip-{node}-file-etc-kamailio-hapbx-secrets.cfg",
                 f"sip-{node}-file-etc-systemd-system-kamailio.service.d-hapbx.conf", f"sip-{node}-svc-kamailio",
+                f"sip-{node}-svc-kamailio-last",
                 f"sip-{node}-dispatcher"} <= children
     assert not any(r.name.startswith("sip-") and raw["witness"]["name"] in r.name for r in graph.resources.values())
 
@@ -41,7 +42,7 @@ def test_kamailio_starts_after_the_schema_exists_on_every_node(stack):
         assert f"{node}-packages" in before
         for f in (r for r in graph.resources.values() if r.name.startswith(f"sip-{node}-file-")):
             assert f"postgres-{primary}-migrate" in ancestors(graph, f.name)
-        assert f"sip-{node}-svc-kamailio" in graph.resources[f"sip-{node}-dispatcher"].depends_on
+        assert f"sip-{node}-svc-kamailio-last" in graph.resources[f"sip-{node}-dispatcher"].depends_on
 
 
 def test_kamailio_secrets_travel_secret_and_appear_nowhere_else(prod_config):
