@@ -8,6 +8,7 @@ Pulumi mocks and executes its remote commands over SSH.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 
@@ -69,6 +70,67 @@ def describe(cluster: ClusterConfig, spec: LabSpec) -> str:
     return "\n".join(lines)
 
 
+#: lab-only user extensions `lab up` provisions for a softphone (passwords generated per lab)
+SOFTPHONES = ("9001", "9002")
+
+
+def softphones_path(spec: LabSpec) -> str:
+    # In the lab's state dir (root only): `down` forgets them with the nodes.
+    return os.path.join(spec.state_dir, "softphones.txt")
+
+
+def softphone_passwords(spec: LabSpec) -> dict[str, str]:
+    """The lab's softphone passwords, generated once (0600 file, root only)."""
+    path = softphones_path(spec)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            have = dict(line.split(None, 1) for line in fh.read().splitlines() if line.strip())
+        if set(have) >= set(SOFTPHONES):
+            return {n: have[n].strip() for n in SOFTPHONES}
+    words = {n: secrets.token_urlsafe(18) for n in SOFTPHONES}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{n} {pw}\n" for n, pw in words.items()))
+    return words
+
+
+def provision_softphones(spec: LabSpec, primary: str) -> None:
+    """User extensions for a softphone, on the primary; the password goes on psql's stdin."""
+    sql = ["\\set ON_ERROR_STOP 1", "SET log_statement = 'none';"]
+    for number, password in softphone_passwords(spec).items():
+        sql += [f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{number}', 'user', "
+                f"'Lab softphone {number}') ON CONFLICT (number) DO NOTHING;",
+                f"SELECT pbx.set_sip_password('{number}', '{password}');"]
+    out = machinery.run(spec, primary, "cd / && runuser -u postgres -- psql -X -q -A -t -d pbx",
+                        input="\n".join(sql) + "\n", timeout=60)
+    if out.returncode != 0:
+        raise machinery.LabError(f"softphone extensions on {primary}", out.stderr.strip(), "see the PostgreSQL log")
+
+
+def end_to_end(cluster: ClusterConfig, spec: LabSpec, seconds: float = 60) -> bool:
+    """The end-to-end checks (lab/health.py), printed; then, when green, how to register a softphone."""
+    from lab import health
+    print(f"[lab {spec.name}] end-to-end checks:")
+    result = health.wait_green(cluster, spec, seconds=seconds)
+    for c in result:
+        print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<28} {c.detail}")
+    if not all(c.ok for c in result):
+        print(f"hapbx lab: the cluster is not healthy after {seconds:.0f} s (see FAIL above); "
+              "`./hapbx lab apply` converges it again", file=sys.stderr)
+        return False
+    primary = next((n.name for n in cluster.nodes if health.status(spec, n.name).get("postgres") == "primary"),
+                   cluster.primary.name)
+    provision_softphones(spec, primary)
+    vip, port = cluster.vip.address, cluster.kamailio.sip_port
+    print(f"""
+Register a softphone (on this host: the lab bridge {spec.host_address}/{spec.prefixlen} is the only way in):
+  SIP server and domain   {vip}, port {port} (UDP or TCP)
+  users                   {', '.join(SOFTPHONES)} (lab-only extensions; call one from the other)
+  password                generated for this lab only, shown by: sudo cat {softphones_path(spec)}
+  (another user: `./hapbx lab ssh {primary}` and the README's "Add an extension by SQL")""")
+    return True
+
+
 def run(args) -> int:
     path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
     try:
@@ -102,6 +164,8 @@ def run(args) -> int:
               f"{len(result.replaced)} replaced, {len(result.deleted)} deleted, {len(result.unchanged)} unchanged "
               f"... {time.monotonic() - started:.1f}s")
         print(describe(cluster, spec))
+        if args.lab_command == "up":
+            return 0 if end_to_end(cluster, spec) else 1
         return 0
     except machinery.LabError as err:
         print(f"hapbx lab: {err}", file=sys.stderr)
