@@ -4,6 +4,11 @@ two PostgreSQL 15 servers and two Redis servers on loopback ports, a three-membe
 bootstrap step), and per node an env file derived from the rendered one with local
 ports, temp dirs and pg_ctl instead of systemd. Every process it starts is recorded and
 ended by its pid. (No tests here: helpers imported by test_failover_*.py.)
+
+With `netns=True` each host (pbx1, pbx2, witness) is a private network namespace with
+its own address on a private bridge (RIG_SUBNET, reachable from nowhere else), every
+daemon of a host runs inside its namespace, and `cut()` drops the traffic between two
+hosts with nft rules inside both: a real network partition of PostgreSQL, Redis and etcd.
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ ETCD_NODE_PASSWORD = "rigEtcdNode5"
 #: the stacks use 2 s; this machine runs many suites at once, and a 2 s lease on an
 #: overloaded host fences for real (correctly, but then the later steps have nothing to test)
 LEASE_TTL = 3
+#: the netns rig's private subnet: exists only inside the rig's namespaces
+RIG_SUBNET = "10.81.0.0/24"
+RIG_ADDRESSES = {"pbx1": "10.81.0.11", "pbx2": "10.81.0.12", "witness": "10.81.0.13"}
 
 
 def free_port() -> int:
@@ -76,8 +84,12 @@ class Node:
 class Rig:
     def __init__(self, sync_relax_after: int = 3, yield_after: float = 3.0, resign_grace: float = 5.0,
                  heartbeat: bool = False, witness: bool = True, policy: str = "manual-promotion",
-                 no_witness_timeout: int = 30):
+                 no_witness_timeout: int = 30, netns: bool = False):
         self.base = tempfile.mkdtemp(prefix="hapbx-rig-")
+        self.netns = netns
+        self.ns: dict[str, str] = {}
+        names = ("pbx1", "pbx2", "witness")
+        self.addr = dict(RIG_ADDRESSES) if netns else {name: "127.0.0.1" for name in names}
         os.chmod(self.base, 0o755)
         self.bin = f"{self.base}/bin"
         self.procs: list[subprocess.Popen] = []
@@ -90,7 +102,6 @@ class Rig:
         cluster, _ = load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)
         self.cluster = cluster
         self.members = {}
-        names = ("pbx1", "pbx2", "witness")
         for name in names:
             self.members[name] = (free_port(), free_port())
         self.nodes = {}
@@ -105,6 +116,61 @@ class Rig:
         self._install_scripts()
         for n in self.nodes.values():
             self._write_env(n)
+        if netns:
+            self._make_network()
+
+    # --- network (netns mode) ----------------------------------------------------------------
+    def _make_network(self):
+        """A switch namespace with a bridge, one namespace per host on a veth to it."""
+        tag = f"hapbxrg{os.getpid() % 100000}"
+        sw = f"{tag}-sw"
+        prefix = RIG_SUBNET.split("/")[1]
+        self._ip("netns", "add", sw)
+        self.ns["switch"] = sw
+        self._ip("netns", "exec", sw, "ip", "link", "add", "br0", "type", "bridge")
+        self._ip("netns", "exec", sw, "ip", "link", "set", "br0", "up")
+        for i, name in enumerate(("pbx1", "pbx2", "witness"), start=1):
+            ns = f"{tag}-{name}"
+            self._ip("netns", "add", ns)
+            self.ns[name] = ns
+            self._ip("link", "add", f"{tag[-5:]}h{i}", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
+                     "netns", sw)
+            self._ip("netns", "exec", sw, "ip", "link", "set", f"p{i}", "master", "br0", "up")
+            for cmd in (["ip", "link", "set", f"{tag[-5:]}h{i}", "name", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                        ["ip", "addr", "add", f"{self.addr[name]}/{prefix}", "dev", "eth0"],
+                        ["ip", "link", "set", "lo", "up"]):
+                self._ip("netns", "exec", ns, *cmd)
+
+    @staticmethod
+    def _ip(*args):
+        out = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, f"ip {' '.join(args)}: {out.stderr}"
+
+    def inside(self, name: str, argv: list[str]) -> list[str]:
+        """argv run in host `name`'s namespace (as is, without netns)."""
+        return ["ip", "netns", "exec", self.ns[name], *argv] if self.netns else list(argv)
+
+    def cut(self, a: str, b: str):
+        """The link between hosts a and b fails: nft in both drops every packet between them."""
+        for me, other in ((a, b), (b, a)):
+            rules = (f"table inet hapbx_rig_cut {{\n chain in {{ type filter hook input priority -10; "
+                     f"ip saddr {self.addr[other]} drop; }}\n chain out {{ type filter hook output priority -10; "
+                     f"ip daddr {self.addr[other]} drop; }}\n}}\n")
+            out = subprocess.run(self.inside(me, ["nft", "-f", "-"]), input=rules, capture_output=True, text=True,
+                                 timeout=10)
+            assert out.returncode == 0, out.stderr
+
+    def heal(self, *names: str):
+        for name in names or ("pbx1", "pbx2", "witness"):
+            subprocess.run(self.inside(name, ["nft", "delete", "table", "inet", "hapbx_rig_cut"]),
+                           capture_output=True, timeout=10)
+
+    def reaches(self, a: str, b: str) -> bool:
+        """TCP from host a to b's etcd client port (a listening port on every host)."""
+        port = self.members[b][0]
+        out = subprocess.run(self.inside(a, ["timeout", "1", "bash", "-c", f"exec 3<>/dev/tcp/{self.addr[b]}/{port}"]),
+                             capture_output=True, timeout=5)
+        return out.returncode == 0
 
     # --- files -----------------------------------------------------------------------------
     def _install_scripts(self):
@@ -118,7 +184,7 @@ class Rig:
                 os.chmod(dest, int(f.mode, 8))
 
     def endpoints(self) -> str:
-        return ",".join(f"http://127.0.0.1:{c}" for c, _ in self.members.values())
+        return ",".join(f"http://{self.addr[name]}:{c}" for name, (c, _) in self.members.items())
 
     def _write_env(self, n: Node):
         cnode = next(x for x in self.cluster.nodes if x.name == n.name)
@@ -133,12 +199,12 @@ class Rig:
             "HA_LOG_FILE": f"{n.dir}/ha.log", "HA_SECRETS_ENV": f"{n.dir}/secrets.env", "HA_CHECK_VIP": "0",
             "KEEPALIVED_KILL_CMD": f"touch {n.dir}/keepalived-killed", "CHECK_SIP": "0",
             "PG_BIN": PG_BIN, "PG_DATA": n.data, "PG_CONFIG_FILE": "", "PG_SOCKET": n.sock,
-            "PG_PORT": str(n.pg_port), "PG_PEER_HOST": "127.0.0.1", "PG_PEER_PORT": str(peer_pg),
+            "PG_PORT": str(n.pg_port), "PG_PEER_HOST": self.addr[n.peer], "PG_PEER_PORT": str(peer_pg),
             "PG_PASSFILE": "", "PG_WRITE_CONNINFO": "1", "PG_START_CMD": start,
-            "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(n.redis_port), "REDIS_PEER_HOST": "127.0.0.1",
+            "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(n.redis_port), "REDIS_PEER_HOST": self.addr[n.peer],
             "REDIS_PEER_PORT": str(peer_redis), "REDIS_ROLE_FILE": f"{n.dir}/redis-role.conf",
             "OWNER_SERVICES": "hapbx-cdr-worker.service", "SERVICE_CMD": f"{n.dir}/svc",
-            "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": "127.0.0.1",
+            "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": self.addr["witness"],
             "PG_CONNECT_TIMEOUT": "1",
             "ETCD_PREFIX": "/hapbx/rig",
         })
@@ -161,7 +227,10 @@ class Rig:
             self._write_env(n)
 
     # --- processes ---------------------------------------------------------------------------
-    def spawn(self, args, log, env=None, user=None) -> subprocess.Popen:
+    def spawn(self, args, log, env=None, user=None, host: str | None = None) -> subprocess.Popen:
+        """A long-running process, in `host`'s namespace when given (netns mode)."""
+        if host:
+            args = self.inside(host, args)
         fh = open(log, "ab")
         p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, user=user)
         fh.close()
@@ -171,7 +240,7 @@ class Rig:
     def start_etcd(self):
         """Three members from the rendered /etc/default/etcd (addresses and ports made local)."""
         c = self.cluster
-        initial = ",".join(f"{name}=http://127.0.0.1:{peer}" for name, (_, peer) in self.members.items())
+        initial = ",".join(f"{name}=http://{self.addr[name]}:{peer}" for name, (_, peer) in self.members.items())
         self.etcd = {}
         for host in list(c.nodes) + [c.witness]:
             text = etcd_render.default_file(RenderContext(c, host, masked_secrets()))
@@ -181,14 +250,18 @@ class Rig:
                     k, _, v = line.partition("=")
                     env[k] = v.strip('"')
             client, peer = self.members[host.name]
+            addr = self.addr[host.name]
+            # as rendered: the host's address, and loopback for the local scripts (netns mode)
+            listen = f"http://{addr}:{client}" + (f",http://127.0.0.1:{client}" if self.netns else "")
             env.update(ETCD_DATA_DIR=f"{self.base}/etcd-{host.name}",
-                       ETCD_LISTEN_PEER_URLS=f"http://127.0.0.1:{peer}",
-                       ETCD_INITIAL_ADVERTISE_PEER_URLS=f"http://127.0.0.1:{peer}",
-                       ETCD_LISTEN_CLIENT_URLS=f"http://127.0.0.1:{client}",
-                       ETCD_ADVERTISE_CLIENT_URLS=f"http://127.0.0.1:{client}",
+                       ETCD_LISTEN_PEER_URLS=f"http://{addr}:{peer}",
+                       ETCD_INITIAL_ADVERTISE_PEER_URLS=f"http://{addr}:{peer}",
+                       ETCD_LISTEN_CLIENT_URLS=listen,
+                       ETCD_ADVERTISE_CLIENT_URLS=f"http://{addr}:{client}",
                        ETCD_INITIAL_CLUSTER=initial, ETCD_LOG_LEVEL="error")
             env["PATH"] = os.environ["PATH"]
-            self.etcd[host.name] = self.spawn(["etcd"], f"{self.base}/etcd-{host.name}.log", env=env)
+            self.etcd[host.name] = self.spawn(["etcd"], f"{self.base}/etcd-{host.name}.log", env=env,
+                                              host=host.name if self.netns else None)
         self.etcd_env = env
 
     def bootstrap_etcd_auth(self) -> str:
@@ -197,25 +270,28 @@ class Rig:
         c = dataclasses.replace(self.cluster, etcd=dataclasses.replace(self.cluster.etcd, client_port=client))
         ctx = RenderContext(c, c.nodes[0], masked_secrets())
         body = remote_script("pbx1", "etcd authentication", etcd_render.bootstrap_auth_script(ctx))
-        out = subprocess.run(["bash", "-c", body], input=f"{ETCD_ROOT_PASSWORD}\n{ETCD_NODE_PASSWORD}\n",
+        out = subprocess.run(self.inside("pbx1", ["bash", "-c", body]), input=f"{ETCD_ROOT_PASSWORD}\n{ETCD_NODE_PASSWORD}\n",
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
     def wait_etcd(self, timeout=20):
         deadline = time.time() + timeout
-        for client, _ in self.members.values():
+        for name, (client, _) in self.members.items():
             while True:
-                out = subprocess.run(["curl", "-sS", "--max-time", "1", f"http://127.0.0.1:{client}/health"],
+                out = subprocess.run(self.inside(name, ["curl", "-sS", "--max-time", "1",
+                                                        f"http://{self.addr[name]}:{client}/health"]),
                                      capture_output=True, text=True)
                 if '"health":"true"' in out.stdout:
                     break
                 assert time.time() < deadline, f"etcd member on {client} not healthy: {out.stdout}{out.stderr}"
                 time.sleep(0.1)
 
-    def etcdctl(self, *args, check=True) -> str:
+    def etcdctl(self, *args, check=True, host: str = "witness") -> str:
+        """etcdctl as seen from `host` (netns mode: the witness reaches every member unless cut)."""
         env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "hapbx", "ETCDCTL_PASSWORD": ETCD_NODE_PASSWORD}
-        out = subprocess.run(["etcdctl", f"--endpoints={self.endpoints()}", "--command-timeout=2s", *args],
+        out = subprocess.run(self.inside(host, ["etcdctl", f"--endpoints={self.endpoints()}", "--command-timeout=2s",
+                                                *args]),
                              capture_output=True, text=True, env=env, timeout=10)
         if check:
             assert out.returncode == 0, out.stderr
@@ -226,10 +302,14 @@ class Rig:
         subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", n.data, "-U", "postgres",
                         "-A", "trust", "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
         with open(f"{n.data}/postgresql.conf", "a", encoding="utf-8") as fh:
-            fh.write("listen_addresses = '127.0.0.1'\nwal_level = replica\nwal_log_hints = on\n"
+            # netns: '*' is this host's addresses only (the file travels to the peer by basebackup)
+            fh.write(f"listen_addresses = '{'*' if self.netns else '127.0.0.1'}'\nwal_level = replica\nwal_log_hints = on\n"
                      "max_wal_senders = 6\nmax_replication_slots = 6\nhot_standby = on\nfsync = off\n"
                      "shared_buffers = 16MB\nwal_keep_size = 64MB\nsynchronous_standby_names = ''\n"
                      "wal_receiver_status_interval = 1\nwal_retrieve_retry_interval = 500ms\n")
+        if self.netns:
+            with open(f"{n.data}/pg_hba.conf", "a", encoding="utf-8") as fh:
+                fh.write(f"host all all {RIG_SUBNET} trust\nhost replication all {RIG_SUBNET} trust\n")
         self.sh(name, f"runuser -u postgres -- {PG_BIN}/pg_ctl -D {n.data} -l {n.dir}/pg.log "
                       f"-o '-p {n.pg_port} -k {n.sock}' -w -t 60 start")
         self.psql(name, "create table t (id serial primary key, node text, at timestamptz default clock_timestamp())")
@@ -243,9 +323,11 @@ class Rig:
 
     def start_redis(self):
         for n in self.nodes.values():
-            p = self.spawn(["redis-server", "--port", str(n.redis_port), "--bind", "127.0.0.1", "--save", "",
+            p = self.spawn(["redis-server", "--port", str(n.redis_port), "--bind",
+                            " ".join(sorted({"127.0.0.1", self.addr[n.name]})), "--save", "",
                             "--appendonly", "no", "--dir", n.dir, "--requirepass", REDIS_PASSWORD,
-                            "--masterauth", REDIS_PASSWORD, "--protected-mode", "no"], f"{n.dir}/redis.log")
+                            "--masterauth", REDIS_PASSWORD, "--protected-mode", "no"], f"{n.dir}/redis.log",
+                           host=n.name if self.netns else None)
             n.redis = p
         for n in self.nodes.values():
             self.wait(lambda n=n: self.redis(n.name, "PING") == "PONG", 10, "redis up")
@@ -253,7 +335,7 @@ class Rig:
     def start_daemon(self, name: str):
         n = self.nodes[name]
         n.daemon = self.spawn(["bash", f"{self.bin}/leader", "run"], f"{n.dir}/daemon.log",
-                              env={**os.environ, "HAPBX_ENV": n.env_file})
+                              env={**os.environ, "HAPBX_ENV": n.env_file}, host=name if self.netns else None)
 
     def start_heartbeat(self, name: str):
         """Stands for keepalived's check-local runs (the daemon's proof keepalived lives)."""
@@ -262,10 +344,68 @@ class Rig:
                                          f"{n.run}/heartbeat; sleep 0.3; done"],
                                  f"{n.dir}/heartbeat.log")
 
+    def bootstrap_pair(self, timeout: float = 60):
+        """etcd with auth, Redis, pbx1 primary, pbx2 rejoined by basebackup, both daemons
+        running with keepalived's states (pbx1 MASTER), synchronous replication on."""
+        self.start_etcd()
+        self.wait_etcd()
+        self.bootstrap_etcd_auth()
+        self.start_redis()
+        self.init_primary("pbx1")
+        out = self.script("pbx2", "rejoin")
+        assert out.returncode == 0, out.stderr
+        for name in NODES:
+            self.start_heartbeat(name)
+            self.start_daemon(name)
+        self.wait(lambda: self.status("pbx1").get("writer") == "1", timeout, "pbx1 leader and writer")
+        self.notify("pbx1", "MASTER")
+        self.notify("pbx2", "BACKUP")
+        self.wait_in_sync("pbx1", timeout)
+
+    def wait_in_sync(self, primary: str, timeout: float = 60):
+        """The peer streams synchronously, etcd says it may be promoted, Redis follows."""
+        peer = self.nodes[primary].peer
+        self.wait(lambda: self.psql(primary, "select sync_state from pg_stat_replication", check=False) == "sync",
+                  timeout, f"{peer} synchronous standby of {primary}")
+        self.wait(lambda: self.etcdctl("get", "/hapbx/rig/sync", "--print-value-only", check=False) == "on",
+                  timeout, "sync marked on in etcd")
+        self.wait(lambda: self.redis_role(peer) == "slave", timeout, f"{peer} redis replica")
+
+    # --- etcd membership (as root: maintenance calls) -----------------------------------------
+    def etcd_root(self, *args, endpoint: str | None = None) -> str:
+        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": ETCD_ROOT_PASSWORD}
+        out = subprocess.run(self.inside("witness", ["etcdctl", f"--endpoints={endpoint or self.endpoints()}",
+                                                     "--command-timeout=3s", *args]),
+                             capture_output=True, text=True, env=env, timeout=15)
+        assert out.returncode == 0, (args, out.stderr)
+        return out.stdout
+
+    def etcd_leader(self) -> str:
+        """Name of the etcd member that leads the raft group now."""
+        import json
+        ids = {m["ID"]: m["name"] for m in json.loads(self.etcd_root("member", "list", "-w", "json"))["members"]}
+        for name, (client, _) in self.members.items():      # any member that answers (some may be cut)
+            try:
+                status = json.loads(self.etcd_root("endpoint", "status", "-w", "json",
+                                                   endpoint=f"http://{self.addr[name]}:{client}"))
+                return ids[status[0]["Status"]["leader"]]
+            except AssertionError:
+                continue
+        raise AssertionError("no etcd member answers endpoint status")
+
+    def etcd_move_leader(self, to: str):
+        import json
+        ids = {m["name"]: m["ID"] for m in json.loads(self.etcd_root("member", "list", "-w", "json"))["members"]}
+        leader = self.etcd_leader()
+        if leader != to:
+            client = self.members[leader][0]
+            self.etcd_root("move-leader", f"{ids[to]:x}", endpoint=f"http://{self.addr[leader]}:{client}")
+        self.wait(lambda: self.etcd_leader() == to, 10, f"etcd leader on {to}")
+
     # --- commands ----------------------------------------------------------------------------
     def sh(self, name: str, cmd: str, timeout=120, check=True) -> subprocess.CompletedProcess:
         env = {**os.environ, "HAPBX_ENV": self.nodes[name].env_file}
-        out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=timeout)
+        out = subprocess.run(self.inside(name, ["bash", "-c", cmd]), capture_output=True, text=True, env=env, timeout=timeout)
         if check:
             assert out.returncode == 0, (cmd, out.stdout, out.stderr)
         return out
@@ -307,7 +447,7 @@ class Rig:
 
     def redis(self, name: str, *cmd) -> str:
         n = self.nodes[name]
-        out = subprocess.run(["redis-cli", "--no-auth-warning", "-p", str(n.redis_port), *cmd],
+        out = subprocess.run(self.inside(name, ["redis-cli", "--no-auth-warning", "-p", str(n.redis_port), *cmd]),
                              capture_output=True, text=True, timeout=10,
                              env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD})
         return out.stdout.strip()
@@ -407,6 +547,13 @@ class Rig:
         for name in NODES:
             self.stop_pg(name)
         time.sleep(0.3)
+        for ns in self.ns.values():
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         if os.environ.get("HAPBX_RIG_KEEP"):
             print(f"\n  rig kept in {self.base}")
         else:
