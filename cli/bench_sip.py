@@ -1,20 +1,935 @@
-"""`hapbx bench sip`: SIPp against the lab's VIP, ours side by side with stock Kamailio (issue 10).
+"""`hapbx bench sip`: SIPp against the running lab, ours side by side with stock Kamailio (issue 10).
 
-Placeholder wiring: the benchmark is being written in this module.
+On a running lab (`./hapbx lab up`), from the host's lab address, to the lab's own addresses only:
+
+  ours   the deployed Kamailio, through the VIP (sip port of the stack)
+  stock  Kamailio's own sample configuration as the node's package ships it (the conffile,
+         checked against dpkg's checksum), with auth and usrloc in the database enabled as its
+         comments say (WITH_MYSQL + WITH_AUTH + WITH_USRLOCDB, db_postgres for db_mysql, DBURL to a
+         database made from the package's own SQL files), started on the VIP node's own address on
+         --stock-port for the run, and removed after it (unit, firewall rule, database, role)
+
+Scenarios, the same for both:
+  register  REGISTER with digest auth (N users provisioned through the schema), rate stepped up
+            until more than 0.1 % fail, p95 passes 50 ms or the rate is not reached
+  hold      calls to the media stand-in, ramped to --concurrent calls and held for --hold-seconds
+  calls     calls/s stepped up (each held --call-hold-ms) until more than 0.1 % fail or the rate
+            is not reached
+Each step: attempts, failures, p50/p95/p99 of the phone's view (first request -> final 200),
+Kamailio CPU and memory (PSS of all its processes) on the VIP node.
+
+Every SIPp run, wait and the whole run are bounded in time; users, the stock database and role,
+the firewall rule and the stock unit are removed in every case. Writes reports/sip-bench.md and
+reports/sip-bench.png.
 """
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = os.path.join(ROOT, "bench", "sip")
 REPORT = "reports/sip-bench.md"
+
+#: the issue's targets
+TARGET_CONCURRENT, TARGET_CPS, TARGET_SETUP_P95 = 800, 200, 50.0
+TARGET_REG_P95, TARGET_REG_RATE = 20.0, 500
+#: stop rules
+MAX_FAIL_RATIO, REG_P95_LIMIT, RATE_REACHED = 0.001, 50.0, 0.95
+
+USER_BASE = 7900000          # bench users 7900000.. (7 digits: no clash with a real dial plan here)
+CALLEE = "7989999"           # the number called (a queue extension: ours sends it to dispatcher)
+MARK = "hapbx bench"         # display name of every extension the bench creates
+STOCK = "hapbx_bench_stock"  # database and role of the stock baseline
+STOCK_UNIT = "hapbx-bench-stock"
+STOCK_DIR = "/run/hapbx-bench-stock"
+STOCK_SQL = ("standard-create.sql", "auth_db-create.sql", "usrloc-create.sql")
+NFT_COMMENT = "hapbx-bench-stock"
+
+
+# ---------------------------------------------------------------- pure parts (unit tested)
+
+def parse_stat_csv(text: str) -> list[dict[str, str]]:
+    """SIPp's -trace_stat file (';' separated, header line first) as one dict per line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    head = lines[0].rstrip(";").split(";")
+    return [dict(zip(head, line.rstrip(";").split(";"))) for line in lines[1:]]
+
+
+def stat_int(row: dict[str, str], key: str) -> int:
+    try:
+        return int(float(row.get(key, "0") or 0))
+    except ValueError:
+        return 0
+
+
+def parse_rtt_rows(text: str, rtd: str = "1") -> list[tuple[float, float]]:
+    """SIPp's -trace_rtt file: `Date_ms;response_time_ms;rtd_no` lines; (date ms, value ms) of one rtd."""
+    out = []
+    for line in text.splitlines():
+        parts = line.strip().split(";")
+        if len(parts) < 3 or parts[0] == "Date_ms" or parts[2] != rtd:
+            continue
+        try:
+            out.append((float(parts[0]), float(parts[1])))
+        except ValueError:
+            pass
+    return out
+
+
+def parse_rtt_csv(text: str, rtd: str = "1") -> list[float]:
+    """The latencies (ms) of one rtd."""
+    return [v for _, v in parse_rtt_rows(text, rtd)]
+
+
+def start_span(rows: list[tuple[float, float]]) -> float:
+    """Seconds over which the measured calls were started: the spread of their start times
+    (completion date - latency), scaled from n-1 intervals to n (one interval per call at a steady rate)."""
+    if len(rows) < 2:
+        return 0.0
+    starts = sorted(d - v for d, v in rows)
+    n = len(starts)
+    return (starts[-1] - starts[0]) / 1000 * n / (n - 1)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of the values; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Step:
+    scenario: str          # register | hold | calls
+    target: str            # ours | stock
+    rate: float            # offered (per second)
+    seconds: float         # length of the offered load
+    hold_ms: int = 0
+    attempted: int = 0
+    ok: int = 0
+    failed: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max_concurrent: int = 0
+    held_seconds: int = 0   # seconds (stat samples) with max_concurrent calls up
+    retransmissions: int = 0
+    elapsed: float = 0.0    # seconds from the first call to the last call started
+    kam_cores: float | None = None
+    kam_pss_mb: float | None = None
+    sipp_cores: float | None = None
+    note: str = ""
+
+    @property
+    def fail_ratio(self) -> float:
+        return self.failed / self.attempted if self.attempted else 1.0
+
+    @property
+    def achieved(self) -> float:
+        """Calls (registrations) started per second while the load was offered."""
+        return self.attempted / self.elapsed if self.elapsed else 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d.update(fail_ratio=self.fail_ratio, achieved=self.achieved)
+        return d
+
+
+def stop_reason(step: Step) -> str | None:
+    """Why stepping stops after this step (None: go on to the next rate)."""
+    if not step.attempted:
+        return "nothing was sent"
+    if step.fail_ratio > MAX_FAIL_RATIO:
+        return f"failures {step.fail_ratio * 100:.2f} % > {MAX_FAIL_RATIO * 100:g} %"
+    if step.scenario == "register" and (step.p95 is None or step.p95 > REG_P95_LIMIT):
+        return f"p95 {fmt_ms(step.p95)} > {REG_P95_LIMIT:g} ms"
+    if step.achieved < RATE_REACHED * step.rate:
+        return f"rate not reached ({step.achieved:.0f}/s of {step.rate:g}/s offered)"
+    return None
+
+
+def passed(step: Step) -> bool:
+    return stop_reason(step) is None
+
+
+def best(steps: list[Step]) -> Step | None:
+    """The highest offered rate that passed, among steps up to the first one that did not."""
+    good = None
+    for s in steps:
+        if not passed(s):
+            break
+        good = s
+    return good
+
+
+def at_rate(steps: list[Step], rate: float) -> Step | None:
+    """The step at the lowest offered rate >= rate (the figure 'at rate')."""
+    return next((s for s in sorted(steps, key=lambda s: s.rate) if s.rate >= rate), None)
+
+
+def fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} ms"
+
+
+def ratio(ours: float | None, stock: float | None) -> str:
+    if ours is None or stock is None or stock == 0:
+        return "-"
+    return f"{ours / stock:.2f}x"
+
+
+def stock_config(shipped: str, listen: str, dburl_include: str) -> str:
+    """The stock sample configuration with auth + usrloc in the database, as its comments describe
+    ("define WITH_MYSQL", "define WITH_AUTH", "define WITH_USRLOCDB"), PostgreSQL's db module loaded
+    where the MySQL one is, DBURL (the trydef's own name) from an include, one listen socket."""
+    if not shipped.startswith("#!KAMAILIO"):
+        raise ValueError("not a Kamailio configuration (no #!KAMAILIO first line)")
+    if shipped.count('loadmodule "db_mysql.so"') != 1:
+        raise ValueError('the stock configuration does not load "db_mysql.so" exactly once')
+    head, rest = shipped.split("\n", 1)
+    defines = ("#\n# hapbx bench sip: stock baseline. Only these lines, the module swap below and the listen\n"
+               "# line differ from the package's file.\n"
+               "#!define WITH_MYSQL\n#!define WITH_AUTH\n#!define WITH_USRLOCDB\n"
+               f'include_file "{dburl_include}"\n')
+    rest = rest.replace('loadmodule "db_mysql.so"', 'loadmodule "db_postgres.so"  # hapbx bench: PostgreSQL')
+    marker = "# listen=udp:10.0.0.10:5060\n"
+    if marker not in rest:
+        raise ValueError(f"no {marker.strip()!r} line to put the listen socket after")
+    rest = rest.replace(marker, marker + f"listen={listen}  # hapbx bench\n", 1)
+    return f"{head}\n{defines}{rest}"
+
+
+# ---------------------------------------------------------------- the lab
+
+class Lab:
+    def __init__(self, path: str):
+        from cli import lab_cmd
+        from lab import machinery
+        self.machinery = machinery
+        self.raw, self.cluster = lab_cmd.load(path)
+        self.spec = lab_cmd.spec_for(self.cluster)
+        self.path = path
+        self.host = str(self.cluster.lab.host_address)
+        self.vip = self.cluster.vip.address
+        self.port = self.cluster.kamailio.sip_port
+
+    def sh(self, node: str, command: str, timeout: float = 60, input: str | None = None, check: bool = True) -> str:
+        out = self.machinery.run(self.spec, node, f"cd /tmp && {command}", timeout=timeout, input=input)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"{node}: {command[:200]}: exit {out.returncode}: {out.stderr.strip()[-800:]}")
+        return out.stdout
+
+    def psql(self, node: str, sql: str, db: str = "pbx", timeout: float = 120) -> str:
+        return self.sh(node, f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d {db}",
+                       input=sql, timeout=timeout)
+
+    def address(self, node: str) -> str:
+        return next(n.address for n in self.cluster.nodes if n.name == node)
+
+    def vip_owner(self) -> str | None:
+        for n in self.cluster.nodes:
+            if f" {self.vip}/" in self.sh(n.name, "ip -4 -o addr show", check=False):
+                return n.name
+        return None
+
+
+NODE_PROBE = r"""
+import json, os, sys, time
+marker = sys.argv[1]
+ticks = pss = rss = n = 0
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip() != "kamailio":
+                continue
+        with open(f"/proc/{pid}/cmdline") as fh:
+            if marker not in fh.read().split("\0"):
+                continue
+        with open(f"/proc/{pid}/stat") as fh:
+            parts = fh.read().rsplit(")", 1)[1].split()
+        t = int(parts[11]) + int(parts[12])
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            mem = {l.split(":")[0]: int(l.split()[1]) for l in fh if l.split()[-1:] == ["kB"]}
+    except (OSError, ValueError, IndexError):
+        continue
+    ticks += t; pss += mem.get("Pss", 0); rss += mem.get("Rss", 0); n += 1
+print(json.dumps({"t": time.time(), "ticks": ticks, "hz": os.sysconf("SC_CLK_TCK"), "pss_kb": pss,
+                  "rss_kb": rss, "processes": n}))
+"""
+
+
+class Sampler:
+    """Kamailio's CPU ticks and PSS on the VIP node (every `every` s) and SIPp's CPU on the host."""
+
+    def __init__(self, lab: Lab, node: str, marker: str, every: float = 3.0):
+        self.lab, self.node, self.marker, self.every = lab, node, marker, every
+        self.samples: list[dict] = []
+        self.sipp_ticks = 0
+        self.pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> None:
+        try:
+            out = self.lab.sh(self.node, f"python3 - {shlex.quote(self.marker)}", input=NODE_PROBE, timeout=20)
+            self.samples.append(json.loads(out))
+        except (RuntimeError, ValueError, subprocess.SubprocessError):
+            pass
+        if self.pid:
+            try:
+                with open(f"/proc/{self.pid}/stat") as fh:
+                    parts = fh.read().rsplit(")", 1)[1].split()
+                self.sipp_ticks = max(self.sipp_ticks, int(parts[11]) + int(parts[12]))
+            except (OSError, ValueError, IndexError):
+                pass
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def stop(self, step: Step) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.sample()
+        s = [x for x in self.samples if x.get("processes")]
+        if len(s) >= 2 and s[-1]["t"] > s[0]["t"]:
+            step.kam_cores = round((s[-1]["ticks"] - s[0]["ticks"]) / s[0]["hz"] / (s[-1]["t"] - s[0]["t"]), 2)
+        if s:
+            step.kam_pss_mb = round(max(x["pss_kb"] for x in s) / 1024, 1)
+        if step.elapsed and self.sipp_ticks:
+            step.sipp_cores = round(self.sipp_ticks / os.sysconf("SC_CLK_TCK") / max(step.elapsed, 1e-3), 2)
+
+
+@dataclass
+class Target:
+    name: str       # ours | stock
+    address: str    # where SIPp sends
+    port: int
+    domain: str     # From/To domain (the digest realm)
+    marker: str     # the -f argument of its Kamailio processes
+    node: str       # the node it runs on (the VIP node)
+
+
+def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log, *, calls: int, limit: int,
+             service: str = "s", extra: tuple[str, ...] = (), keys: dict | None = None,
+             sampler: bool = True) -> Step:
+    """One bounded SIPp run; fills step from its stat and rtt files."""
+    d = tempfile.mkdtemp(prefix="hapbx-bench-sipp-")
+    try:
+        cmd = ["sipp", f"{target.address}:{target.port}", "-sf", os.path.join(SCENARIOS, scenario),
+               "-i", lab.host, "-p", "0", "-s", service, "-inf", inf, "-key", "domain", target.domain,
+               "-key", "expires", "120", "-m", str(calls), "-l", str(limit), "-r", f"{step.rate:g}", "-rp", "1000",
+               "-nostdin", "-trace_err", "-trace_screen", "-trace_stat", "-stf", "stat.csv", "-fd", "1", "-trace_rtt",
+               "-rtt_freq", "1", "-recv_timeout", "8000", "-max_socket", "16000"]
+        for k, v in (keys or {}).items():
+            cmd += ["-key", k, str(v)]
+        if step.hold_ms:
+            cmd += ["-d", str(step.hold_ms)]
+        bound = calls / max(step.rate, 1) + step.hold_ms / 1000 + 30
+        cmd += ["-timeout", f"{int(bound)}s", *extra]
+        meter = Sampler(lab, target.node, target.marker) if sampler else None
+        if meter:
+            meter.start()
+        proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if meter:
+            meter.pid = proc.pid
+        try:
+            _, err = proc.communicate(timeout=bound + 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            step.note = "SIPp killed at its time bound"
+        rows = parse_stat_csv(open(os.path.join(d, "stat.csv")).read()) if os.path.exists(os.path.join(d, "stat.csv")) else []
+        rtt = "".join(open(os.path.join(d, f)).read() for f in os.listdir(d) if f.endswith("_rtt.csv"))
+        errors = "".join(open(os.path.join(d, f), errors="replace").read()[-1500:]
+                         for f in os.listdir(d) if f.endswith("_errors.log"))
+        if rows:
+            last = rows[-1]
+            step.attempted = stat_int(last, "OutgoingCall(C)")
+            step.ok = stat_int(last, "SuccessfulCall(C)")
+            step.failed = stat_int(last, "FailedCall(C)")
+            step.retransmissions = stat_int(last, "Retransmissions(C)")
+            screen = "".join(open(os.path.join(d, f), errors="replace").read()
+                             for f in os.listdir(d) if f.endswith("_screen.log"))
+            final = screen_counts(screen)
+            if final:   # the final screen is written at exit, the stat file only every second
+                step.ok, step.failed = final
+                step.attempted = max(step.attempted, step.ok + step.failed)
+            # calls that never ended (SIPp stopped at its bound) count as failed
+            step.failed += max(0, step.attempted - step.ok - step.failed)
+            conc = [stat_int(r, "CurrentCall") for r in rows]
+            step.max_concurrent = max(conc)
+            step.held_seconds = sum(1 for c in conc if c >= step.max_concurrent)
+        pairs = parse_rtt_rows(rtt)
+        values = [v for _, v in pairs]
+        step.elapsed = start_span(pairs) or (len(rows) or 1.0)
+        step.p50, step.p95, step.p99 = (percentile(values, q) for q in (50, 95, 99))
+        if meter:
+            meter.stop(step)
+        if proc.returncode not in (0, 1) and not rows:
+            raise RuntimeError(f"sipp exited {proc.returncode}: {err.strip()[-800:]} {errors[-800:]}")
+        if step.failed and errors:
+            step.note = (step.note + " " + first_error(errors)).strip()
+        log(f"  {target.name:5} {step.scenario:8} {step.rate:>6g}/s: {step.ok}/{step.attempted} ok, "
+            f"{step.failed} failed, p50 {fmt_ms(step.p50)} p95 {fmt_ms(step.p95)} p99 {fmt_ms(step.p99)}, "
+            f"max {step.max_concurrent} up, kamailio {step.kam_cores} cores {step.kam_pss_mb} MB"
+            + (f" ({step.note})" if step.note else ""))
+        return step
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def first_error(errors: str) -> str:
+    m = re.search(r"^.*(Aborting|unexpected|[Tt]imeout|retrans|Dead call|Max).*$", errors, re.M)
+    return (m.group(0) if m else "")[:200]
+
+
+def screen_counts(text: str) -> tuple[int, int] | None:
+    """(successful, failed) from SIPp's final screen (-trace_screen), the cumulative column."""
+    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", text)
+    ko = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", text)
+    return (int(ok.group(1)), int(ko.group(1))) if ok and ko else None
+
+
+# ---------------------------------------------------------------- provisioning and the stock baseline
+
+def provision_ours(lab: Lab, primary: str, users: list[tuple[str, str]], domain: str) -> None:
+    """Bench users (and the called queue) through the PBX schema: pbx.extensions + pbx.set_sip_password."""
+    values = ",".join(f"('{u}','{p}')" for u, p in users)
+    lab.psql(primary, f"""
+BEGIN;
+DELETE FROM pbx.extensions WHERE display_name = '{MARK}';
+INSERT INTO pbx.extensions (number, type, display_name) SELECT u, 'user', '{MARK}' FROM (VALUES {values}) v(u, p);
+SELECT count(pbx.set_sip_password(u, p, '{domain}')) FROM (VALUES {values}) v(u, p);
+INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{CALLEE}', 'queue', '{MARK}');
+COMMIT;
+""")
+
+
+def cleanup_ours(lab: Lab, primary: str) -> str:
+    return lab.psql(primary, f"DELETE FROM pbx.extensions WHERE display_name = '{MARK}' RETURNING 1;").count("1")
+
+
+def shipped_stock_cfg(lab: Lab, node: str) -> tuple[str, str, str]:
+    """The package's own kamailio.cfg for the node's installed version: (text, version, source).
+    The node's /etc copy is ours, so it comes from the host's copy or the .deb, checked against the
+    md5 dpkg recorded for the conffile on the node."""
+    version = lab.sh(node, "dpkg-query -W -f='${Version}' kamailio").strip()
+    want = lab.sh(node, "dpkg-query -W -f='${Conffiles}' kamailio").split("/etc/kamailio/kamailio.cfg ")[1].split()[0]
+    candidates = []
+    if os.path.exists("/etc/kamailio/kamailio.cfg"):
+        candidates.append(("host /etc/kamailio/kamailio.cfg", open("/etc/kamailio/kamailio.cfg", "rb").read()))
+    for cache in ("/var/cache/apt/archives", "/var/cache/hapbx"):
+        for dirpath, _, files in os.walk(cache):
+            for f in files:
+                if f.startswith(f"kamailio_{version.split(':')[-1]}_") and f.endswith(".deb"):
+                    deb = os.path.join(dirpath, f)
+                    out = subprocess.run(f"dpkg-deb --fsys-tarfile {shlex.quote(deb)} | tar -xO ./etc/kamailio/kamailio.cfg",
+                                         shell=True, capture_output=True, timeout=60)
+                    if out.returncode == 0:
+                        candidates.append((deb, out.stdout))
+    for source, data in candidates:
+        if hashlib.md5(data).hexdigest() == want:
+            return data.decode(), version, source
+    raise RuntimeError(f"no copy of kamailio {version}'s shipped kamailio.cfg (md5 {want}) on this host "
+                       "(looked at /etc/kamailio/kamailio.cfg and the kamailio .deb in the apt cache)")
+
+
+class Stock:
+    """The stock baseline on the VIP node: database + role, config, firewall rule, transient unit."""
+
+    def __init__(self, lab: Lab, node: str, port: int, shm_mb: int, pkg_mb: int, log):
+        self.lab, self.node, self.port, self.log = lab, node, port, log
+        self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
+        self.address = lab.address(node)
+        self.cfg_path = f"{STOCK_DIR}/kamailio.cfg"
+        self.password = secrets.token_hex(16)
+        self.version = self.source = ""
+        self.changes: list[str] = []
+
+    def deploy(self, users: list[tuple[str, str]]) -> None:
+        shipped, self.version, self.source = shipped_stock_cfg(self.lab, self.node)
+        cfg = stock_config(shipped, f"udp:{self.address}:{self.port}", f"{STOCK_DIR}/dburl.cfg")
+        self.changes = [line for line in cfg.splitlines() if "hapbx bench" in line or line.startswith(("#!define WITH_", "include_file"))]
+        self.cleanup(quiet=True)
+        lab, n = self.lab, self.node
+        lab.psql(n, f"CREATE ROLE {STOCK} LOGIN PASSWORD '{self.password}';\nCREATE DATABASE {STOCK} OWNER {STOCK};\n",
+                 db="postgres")
+        sql = "".join(lab.sh(n, f"cat /usr/share/kamailio/postgres/{f}") for f in STOCK_SQL)
+        values = ",".join(f"('{u}','{self.address}','{p}','{md5(f'{u}:{self.address}:{p}')}',"
+                          f"'{md5(f'{u}@{self.address}:{self.address}:{p}')}')" for u, p in users)
+        lab.psql(n, f"SET ROLE {STOCK};\n{sql}\nINSERT INTO subscriber (username, domain, password, ha1, ha1b) "
+                    f"VALUES {values};\n", db=STOCK)
+        dburl = f'#!define DBURL "postgres://{STOCK}:{self.password}@127.0.0.1/{STOCK}"\n'
+        lab.sh(n, f"install -d -m 0770 -g kamailio {STOCK_DIR} && install -m 0640 -g kamailio /dev/stdin {STOCK_DIR}/dburl.cfg",
+               input=dburl)
+        lab.sh(n, f"install -m 0640 -g kamailio /dev/stdin {self.cfg_path} && "
+                  f"{{ kamailio -c -f {self.cfg_path} > {STOCK_DIR}/check.log 2>&1 || {{ tail -20 {STOCK_DIR}/check.log >&2; exit 1; }}; }}",
+               input=cfg)
+        lab.sh(n, f"nft insert rule inet hapbx input ip saddr {lab.host} udp dport {self.port} accept "
+                  f"comment '\"{NFT_COMMENT}\"'")
+        lab.sh(n, f"systemd-run --unit={STOCK_UNIT} --property=LimitNOFILE=16384 /usr/sbin/kamailio -DD "
+                  f"-P {STOCK_DIR}/kamailio.pid -Y {STOCK_DIR} -f {self.cfg_path} -m {self.shm_mb} -M {self.pkg_mb} "
+                  "-u kamailio -g kamailio")
+        deadline = time.monotonic() + 30
+        while f"{self.address}:{self.port} " not in lab.sh(n, "ss -lunH"):
+            if time.monotonic() > deadline or "active" != lab.sh(n, f"systemctl is-active {STOCK_UNIT}", check=False).strip():
+                raise RuntimeError("stock Kamailio did not start: " +
+                                   lab.sh(n, f"journalctl -u {STOCK_UNIT} -n 20 --no-pager", check=False)[-1500:])
+            time.sleep(0.3)
+        self.log(f"bench sip: stock Kamailio {self.version} ({self.source}) on {self.address}:{self.port}")
+
+    def cleanup(self, quiet: bool = False) -> None:
+        lab, n = self.lab, self.node
+        lab.sh(n, f"systemctl stop {STOCK_UNIT} 2>/dev/null; systemctl reset-failed {STOCK_UNIT} 2>/dev/null; "
+                  f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{NFT_COMMENT}\" # handle \\([0-9]*\\)$/\\1/p'); "
+                  f"do nft delete rule inet hapbx input handle $h; done; rm -rf {STOCK_DIR}", check=False)
+        lab.psql(n, f"DROP DATABASE IF EXISTS {STOCK} WITH (FORCE);\nDROP ROLE IF EXISTS {STOCK};\n", db="postgres")
+        if not quiet:
+            self.log("bench sip: stock baseline removed (unit, firewall rule, database, role)")
+
+
+def md5(s: str) -> str:
+    return hashlib.md5(s.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the run
+
+def machine() -> dict[str, str]:
+    info = {"kernel": platform.release(), "cores": str(os.cpu_count())}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
+        with open("/proc/meminfo") as fh:
+            info["memory"] = f"{int(fh.readline().split()[1]) // 1024} MiB"
+        with open("/etc/debian_version") as fh:
+            info["debian"] = fh.read().strip()
+    except OSError:
+        pass
+    try:
+        info["sipp"] = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        info["sipp"] = "?"
+    return info
+
+
+MEASURE_LOCK = "/run/lock/hapbx-measure.lock"
+
+
+def under_measure_lock() -> bool:
+    """True when the machine's measurement lock is held (by the `flock` this run was started under):
+    a second flock on a new descriptor of the same file fails then."""
+    import fcntl
+    try:
+        fd = os.open(MEASURE_LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def command(meta: dict) -> str:
+    base = "./hapbx bench sip " + " ".join(shlex.quote(a) for a in meta["argv"])
+    return f"flock {MEASURE_LOCK} {base.strip()}" if meta.get("locked") else base.strip()
+
+
+def load_avg() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def check_exempt(lab: Lab, max_rate: float) -> None:
+    """Our Kamailio bans an address sending more than floodRequests per window (pike): the host
+    must be in kamailio.floodExemptNetworks (the lab stack has it) or the bench measures the ban."""
+    k = lab.cluster.kamailio
+    host = ipaddress.ip_address(lab.host)
+    if any(host in ipaddress.ip_network(n, strict=False) for n in k.flood_exempt_networks):
+        return
+    if k.flood_requests / k.flood_window_seconds >= max_rate * 4:
+        return
+    raise RuntimeError(f"the lab host {lab.host} is not in kamailio.floodExemptNetworks of {lab.path}: "
+                       "Kamailio would ban it as a flood within seconds. Add it there (the shipped lab stack has "
+                       "it) and `./hapbx lab apply`.")
+
+
+def stepped(lab, target, scenario, rates, seconds, hold_ms, inf, log, deadline, users) -> list[Step]:
+    steps = []
+    for rate in rates:
+        if time.monotonic() + seconds + hold_ms / 1000 + 30 > deadline:
+            log(f"  {target.name} {scenario}: time budget reached, no step at {rate}/s")
+            break
+        calls = int(rate * seconds)
+        step = sipp_run(lab, target, "register.xml" if scenario == "register" else "call.xml",
+                        Step(scenario, target.name, rate, seconds, hold_ms), inf, log, calls=calls,
+                        limit=max(int(rate * (hold_ms / 1000 + 2) * 2), 200), service=CALLEE)
+        steps.append(step)
+        reason = stop_reason(step)
+        if reason:
+            step.note = (step.note + f" stop: {reason}").strip()
+            break
+        time.sleep(2)   # let retransmission timers and the DMQ queue settle between steps
+    return steps
+
+
+def run_target(lab, target, args, inf, log, deadline) -> dict[str, list[Step]]:
+    out: dict[str, list[Step]] = {}
+    warm = sipp_run(lab, target, "register.xml", Step("warm-up", target.name, 50, 2), inf, log, calls=min(100, args.users),
+                    limit=100, sampler=False)
+    if warm.ok == 0:
+        raise RuntimeError(f"{target.name}: no REGISTER succeeded in the warm-up ({warm.note})")
+    probe = sipp_run(lab, target, "call.xml", Step("warm-up", target.name, 5, 1, 200), inf, log, calls=5, limit=5,
+                     service=CALLEE, sampler=False)
+    if probe.ok == 0:
+        raise RuntimeError(f"{target.name}: no call succeeded in the warm-up ({probe.note})")
+    out["register"] = stepped(lab, target, "register", args.register_rates, args.step_seconds, 0, inf, log, deadline, args.users)
+    time.sleep(2)
+    hold = Step("hold", target.name, args.ramp_rate, args.concurrent / args.ramp_rate, args.hold_seconds * 1000)
+    out["hold"] = [sipp_run(lab, target, "call.xml", hold, inf, log, calls=args.concurrent, limit=args.concurrent,
+                            service=CALLEE)]
+    time.sleep(3)
+    out["calls"] = stepped(lab, target, "calls", args.call_rates, args.step_seconds, args.call_hold_ms, inf, log,
+                           deadline, args.users)
+    return out
+
+
+def media_engine_of_ours(lab: Lab, target: Target, inf: str) -> str:
+    """Which media stand-in dispatcher gives the bench's callee (the 200 OK's Contact)."""
+    d = tempfile.mkdtemp(prefix="hapbx-bench-probe-")
+    try:
+        subprocess.run(["sipp", f"{target.address}:{target.port}", "-sf", os.path.join(SCENARIOS, "call.xml"),
+                        "-i", lab.host, "-p", "0", "-s", CALLEE, "-inf", inf, "-key", "domain", target.domain,
+                        "-m", "1", "-d", "100", "-nostdin", "-trace_msg", "-timeout", "15s", "-recv_timeout", "5000"],
+                       cwd=d, capture_output=True, timeout=30)
+        text = "".join(open(os.path.join(d, f), errors="replace").read() for f in os.listdir(d) if f.endswith("_messages.log"))
+        m = re.search(r"Contact: <sip:media@([0-9.]+):(\d+)", text)
+        if not m:
+            raise RuntimeError(f"a call to {CALLEE} through our Kamailio reached no media stand-in: {text[-1500:]}")
+        return f"{m.group(1)}:{m.group(2)}"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(args) -> int:
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    bounded(args)
+    argv = sys.argv[sys.argv.index("sip") + 1:] if "sip" in sys.argv else []
+    started, load_start, t_start = time.monotonic(), load_avg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    deadline = started + args.max_minutes * 60
+    path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
+    try:
+        lab = Lab(path)
+    except Exception as err:  # ConfigError carries every problem
+        print(err, file=sys.stderr)
+        return 2
+    if not lab.machinery.status(lab.spec).up:
+        print(f"hapbx bench sip: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)", file=sys.stderr)
+        return 2
+    try:
+        check_exempt(lab, max(args.register_rates + args.call_rates))
+    except RuntimeError as err:
+        print(f"hapbx bench sip: {err}", file=sys.stderr)
+        return 2
+    locked = under_measure_lock()
+    owner = lab.vip_owner()
+    if owner is None:
+        print("hapbx bench sip: the VIP is on no node", file=sys.stderr)
+        return 1
+    if lab.psql(owner, "SELECT pg_is_in_recovery();").strip() != "f":
+        print(f"hapbx bench sip: {owner} holds the VIP but is not the PostgreSQL primary", file=sys.stderr)
+        return 1
+    domain = lab.psql(owner, "SELECT value FROM pbx.settings WHERE key = 'sip.domain';").strip() or lab.vip
+    users = [(str(USER_BASE + i), secrets.token_hex(8)) for i in range(args.users)]
+    callee_pw = secrets.token_hex(8)
+    k = lab.cluster.kamailio
+    ours = Target("ours", lab.vip, lab.port, domain, "/etc/kamailio/kamailio.cfg", owner)
+    stock = Stock(lab, owner, args.stock_port, args.stock_shm_mb, args.stock_pkg_mb, log)
+    # the From domain carries the port: the stock `from_uri==myself` (which decides whether a call is
+    # authenticated) takes a URI without a port as 5060, not the stock listener's port
+    stock_target = Target("stock", stock.address, args.stock_port, f"{stock.address}:{args.stock_port}",
+                          stock.cfg_path, owner)
+    tmp = tempfile.mkdtemp(prefix="hapbx-bench-sip-")
+    results: dict[str, dict[str, list[Step]]] = {}
+    info = machine()
+    notes: list[str] = []
+    try:
+        inf = os.path.join(tmp, "users.csv")
+        with open(os.open(inf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+        log(f"bench sip: lab {lab.spec.name}, VIP {lab.vip} on {owner}; {args.users} users through the PBX schema")
+        provision_ours(lab, owner, users, domain)
+        info["kamailio"] = lab.sh(owner, "kamailio -v | head -1").strip()
+        info["postgresql"] = lab.psql(owner, "SHOW server_version;").strip()
+        engine = media_engine_of_ours(lab, ours, inf)
+        log(f"bench sip: our calls to {CALLEE} reach the media stand-in {engine} (dispatcher)")
+        if not args.no_stock:
+            stock.deploy(users + [(CALLEE, callee_pw)])
+            reg = Step("contact", "stock", 1, 1)
+            sipp_run(lab, stock_target, "register-contact.xml", reg, inf, log, calls=1, limit=1, sampler=False,
+                     extra=("-au", CALLEE, "-ap", callee_pw),
+                     keys={"user": CALLEE, "contact": f"sip:media@{engine}", "expires": "3600"})
+            if not reg.ok:
+                raise RuntimeError(f"stock: the callee's contact could not be registered ({reg.note})")
+        order = [ours] + ([] if args.no_stock else [stock_target])
+        for t in order:
+            log(f"bench sip: {t.name} at {t.address}:{t.port}")
+            results[t.name] = run_target(lab, t, args, inf, log, deadline)
+    except Exception as err:  # report what was measured, say what stopped the run
+        notes.append(f"The run stopped early: {err}")
+        log(f"bench sip: stopped: {err}")
+    finally:
+        try:
+            if not args.no_stock:
+                stock.cleanup()
+            removed = cleanup_ours(lab, owner)
+            log(f"bench sip: {removed} bench extensions removed")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    info["load_start"], info["load_end"] = load_start, load_avg()
+    took = time.monotonic() - started
+    meta = {"argv": argv, "started": t_start, "took": took, "info": info, "owner": owner, "domain": domain,
+            "kamailio": {"children": k.children, "shm_mb": k.shm_mb, "pkg_mb": k.pkg_mb},
+            "stock": {"version": stock.version, "source": stock.source, "changes": stock.changes, "port": args.stock_port,
+                      "shm_mb": args.stock_shm_mb, "pkg_mb": args.stock_pkg_mb},
+            "args": {k2: v for k2, v in vars(args).items() if k2 != "func"}, "notes": notes, "lab": lab.spec.name,
+            "config": path, "locked": locked}
+    out_md = args.out
+    os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
+    png = os.path.splitext(out_md)[0] + ".png"
+    chart(results, png)
+    with open(out_md, "w") as fh:
+        fh.write(report(results, meta, os.path.basename(png)))
+    with open(os.path.splitext(out_md)[0] + ".json", "w") as fh:
+        json.dump({"meta": meta, "results": {t: {s: [x.as_dict() for x in v] for s, v in r.items()}
+                                             for t, r in results.items()}}, fh, indent=1)
+    log(f"bench sip: wrote {out_md} and {png} ({took:.0f} s)")
+    return 0 if results and not notes else 1
+
+
+# ---------------------------------------------------------------- report
+
+def chart(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, scenario, title in ((axes[0], "register", "REGISTER with digest auth"),
+                                (axes[1], "calls", "calls through the proxy to the media stand-in")):
+        for name, style in (("ours", "-o"), ("stock", "--s")):
+            steps = results.get(name, {}).get(scenario, [])
+            if not steps:
+                continue
+            x = [s.rate for s in steps]
+            ax.plot(x, [s.p95 or 0 for s in steps], style, label=f"{name} p95")
+            ax.plot(x, [s.p50 or 0 for s in steps], style, alpha=0.4, label=f"{name} p50")
+            for s in steps:
+                if not passed(s):
+                    ax.annotate("stop", (s.rate, s.p95 or 0), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        target = TARGET_REG_P95 if scenario == "register" else TARGET_SETUP_P95
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target p95 {target:g} ms")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("offered rate (per second)")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _row(s: Step) -> str:
+    return (f"| {s.target} | {s.rate:g} | {s.achieved:.0f} | {s.ok}/{s.attempted} | {s.failed} ({s.fail_ratio * 100:.2f} %) | "
+            f"{fmt_ms(s.p50)} | {fmt_ms(s.p95)} | {fmt_ms(s.p99)} | {s.max_concurrent} | {s.retransmissions} | "
+            f"{'-' if s.kam_cores is None else s.kam_cores} | {'-' if s.kam_pss_mb is None else s.kam_pss_mb} | "
+            f"{'-' if s.sipp_cores is None else s.sipp_cores} | {s.note or ('pass' if passed(s) else '')} |")
+
+
+HEAD = ("| Kamailio | offered/s | started/s | ok/attempted | failed | p50 | p95 | p99 | max up | retrans | "
+        "Kamailio cores | Kamailio PSS MB | SIPp cores | result |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def report(results: dict, meta: dict, png: str) -> str:
+    info = meta["info"]
+    ours, stock = results.get("ours", {}), results.get("stock", {})
+    reg_o, reg_s = best(ours.get("register", [])), best(stock.get("register", []))
+    call_o, call_s = best(ours.get("calls", [])), best(stock.get("calls", []))
+    hold_o = (ours.get("hold") or [None])[0]
+    hold_s = (stock.get("hold") or [None])[0]
+    reg500_o, reg500_s = at_rate(ours.get("register", []), TARGET_REG_RATE), at_rate(stock.get("register", []), TARGET_REG_RATE)
+    c200_o, c200_s = at_rate(ours.get("calls", []), TARGET_CPS), at_rate(stock.get("calls", []), TARGET_CPS)
+
+    def v(step, attr):
+        return getattr(step, attr) if step is not None else None
+
+    def yn(ok):
+        return "**met**" if ok else "**missed**"
+
+    lines = [
+        "# SIP benchmark: the deployed Kamailio against stock Kamailio",
+        "",
+        f"Generated by `{command(meta)}` on {meta['started']} "
+        f"({meta['took']:.0f} s), on the lab `{meta['lab']}` ({meta['config']}). SIPp runs on the lab host "
+        f"and sends only to the lab's own addresses: ours through the VIP (on {meta['owner']}), the stock baseline "
+        f"to {meta['owner']}'s own address, port {meta['stock']['port']}.",
+        "",
+        "Latency is what a phone sees, measured by SIPp: REGISTER from the first REGISTER to the 200 after the "
+        "401 challenge (two round trips and one digest check); call setup from the first INVITE to the 200 OK "
+        "(INVITE, 407, ACK, INVITE with credentials, relay to the media stand-in, 100/180/200 back). SIPp's clock "
+        "has 1 ms resolution. A step fails when more than 0.1 % of its calls failed, when fewer than 95 % of the "
+        "offered rate could be started, or (REGISTER) when p95 passed 50 ms; stepping stops at the first failed step.",
+        "",
+        "## Summary against the targets",
+        "",
+        "| target | ours | stock | ours/stock | target |",
+        "|---|---|---|---|---|",
+    ]
+    held_ok = hold_o is not None and hold_o.max_concurrent >= TARGET_CONCURRENT and hold_o.fail_ratio <= MAX_FAIL_RATIO
+    lines += [
+        f"| concurrent calls held (failures) | {v(hold_o, 'max_concurrent')} ({'-' if hold_o is None else f'{hold_o.fail_ratio * 100:.2f} %'}) | "
+        f"{v(hold_s, 'max_concurrent')} ({'-' if hold_s is None else f'{hold_s.fail_ratio * 100:.2f} %'}) | "
+        f"{ratio(v(hold_o, 'max_concurrent'), v(hold_s, 'max_concurrent'))} | {TARGET_CONCURRENT} with < 0.1 %: {yn(held_ok)} |",
+        f"| highest calls/s passed | {v(call_o, 'rate')} | {v(call_s, 'rate')} | {ratio(v(call_o, 'rate'), v(call_s, 'rate'))} | "
+        f">= {TARGET_CPS}: {yn(call_o is not None and call_o.rate >= TARGET_CPS)} |",
+        f"| call-setup p95 at {TARGET_CPS} calls/s | {fmt_ms(v(c200_o, 'p95'))} | {fmt_ms(v(c200_s, 'p95'))} | "
+        f"{ratio(v(c200_o, 'p95'), v(c200_s, 'p95'))} | < {TARGET_SETUP_P95:g} ms: "
+        f"{yn(c200_o is not None and c200_o.p95 is not None and c200_o.p95 < TARGET_SETUP_P95 and passed(c200_o))} |",
+        f"| highest REGISTER/s passed | {v(reg_o, 'rate')} | {v(reg_s, 'rate')} | {ratio(v(reg_o, 'rate'), v(reg_s, 'rate'))} | "
+        f">= {TARGET_REG_RATE}: {yn(reg_o is not None and reg_o.rate >= TARGET_REG_RATE)} |",
+        f"| REGISTER p95 at {TARGET_REG_RATE}/s | {fmt_ms(v(reg500_o, 'p95'))} | {fmt_ms(v(reg500_s, 'p95'))} | "
+        f"{ratio(v(reg500_o, 'p95'), v(reg500_s, 'p95'))} | < {TARGET_REG_P95:g} ms: "
+        f"{yn(reg500_o is not None and reg500_o.p95 is not None and reg500_o.p95 < TARGET_REG_P95 and passed(reg500_o))} |",
+        f"| Kamailio CPU at {TARGET_CPS} calls/s (cores) | {v(c200_o, 'kam_cores')} | {v(c200_s, 'kam_cores')} | "
+        f"{ratio(v(c200_o, 'kam_cores'), v(c200_s, 'kam_cores'))} | |",
+        f"| Kamailio PSS with the calls held (MB) | {v(hold_o, 'kam_pss_mb')} | {v(hold_s, 'kam_pss_mb')} | "
+        f"{ratio(v(hold_o, 'kam_pss_mb'), v(hold_s, 'kam_pss_mb'))} | |",
+        "",
+        "Ratios are ours divided by stock: above 1 is more for rates, calls and resources, slower for latency.",
+        "",
+        "@@ANALYSIS@@",
+        "",
+        f"![latency against load]({png})",
+        "",
+    ]
+    for scenario, title in (("register", "REGISTER with digest auth, stepped"),
+                            ("hold", f"Calls ramped to {meta['args']['concurrent']} concurrent and held "
+                                     f"{meta['args']['hold_seconds']} s (ramp {meta['args']['ramp_rate']} calls/s)"),
+                            ("calls", f"Calls/s stepped, each call held {meta['args']['call_hold_ms']} ms")):
+        lines += [f"## {title}", "", HEAD]
+        for name in ("ours", "stock"):
+            lines += [_row(s) for s in results.get(name, {}).get(scenario, [])]
+        if scenario == "hold":
+            lines += ["", "max up = the most calls SIPp had up at once (its CurrentCall, sampled every second); "
+                          "held for " + ", ".join(f"{s.target} {s.held_seconds} s" for n in ("ours", "stock")
+                                                 for s in results.get(n, {}).get("hold", [])) + " at that level."]
+        lines.append("")
+    st = meta["stock"]
+    lines += [
+        "## Setup",
+        "",
+        f"- Ours: the deployed `/etc/kamailio/kamailio.cfg` ({info.get('kamailio')}), children {meta['kamailio']['children']}, "
+        f"-m {meta['kamailio']['shm_mb']} -M {meta['kamailio']['pkg_mb']}, digest auth against `kamailio.subscriber` "
+        "(the PBX schema's view), usrloc in memory replicated to the peer over DMQ, calls to a queue number "
+        "sent by dispatcher to a node's media stand-in (SIPp UAS). The lab host is in `kamailio.floodExemptNetworks` "
+        "(Pulumi.lab.yaml), so the flood ban (pike) is skipped for it: it is the lab's load generator.",
+        f"- Stock: Kamailio {st['version']} `kamailio.cfg` as the package ships it (taken from {st['source']}, its md5 "
+        f"equal to the conffile checksum dpkg recorded on the node), started by `systemd-run` on {meta['owner']} "
+        f"for the run with Debian's default -m {st['shm_mb']} -M {st['pkg_mb']}, then removed. Changes, all of them:",
+        "",
+        "```",
+        *st["changes"],
+        "```",
+        "",
+        "  The database `hapbx_bench_stock` was made from the package's "
+        f"{', '.join(STOCK_SQL)} (kamdbctl's tables), on the same PostgreSQL primary, with the same users in "
+        "`subscriber` (cleartext password, as the stock `calculate_ha1 yes` expects) and usrloc `db_mode 2` "
+        "(write-back) as WITH_USRLOCDB sets it. The stock configuration has no dispatcher: its calls go to the same "
+        "media stand-in through usrloc (the callee registered with the stand-in as contact), the stock way to "
+        "reach a destination.",
+        f"- Users: {meta['args']['users']} user extensions ({USER_BASE}..) and the called queue {CALLEE} created "
+        "through the PBX schema (`pbx.extensions` + `pbx.set_sip_password`) on the primary, each with its own "
+        "random password, used in turn by SIPp (injection file); all removed at the end. REGISTERs use Expires 120, "
+        "so the bench contacts expire two minutes after the run.",
+        f"- Machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')}, Debian {info.get('debian')}, "
+        f"kernel {info.get('kernel')}. The lab nodes (systemd-nspawn) and SIPp share these cores: SIPp, Kamailio, "
+        "the peer's Kamailio (DMQ), PostgreSQL and the media stand-in all run on the same 2 cores. Load average "
+        f"(1, 5, 15 min): {info.get('load_start')} at the start, {info.get('load_end')} at the end.",
+        f"- Versions: {info.get('kamailio')}, PostgreSQL {info.get('postgresql')}, {info.get('sipp')}.",
+        f"- Command: `{command(meta)}`; "
+        f"REGISTER rates {meta['args']['register_rates']}, calls/s {meta['args']['call_rates']}, "
+        f"{meta['args']['step_seconds']:g} s per step, whole run bounded to {meta['args']['max_minutes']:g} min.",
+        "",
+    ]
+    for n in meta["notes"]:
+        lines += [f"**{n}**", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+
+def rates(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def add_parser(bsub) -> None:
     s = bsub.add_parser("sip", help="SIP on the running lab: REGISTER and calls, ours vs stock Kamailio")
-    s.add_argument("--out", default=REPORT, help=f"report file ({REPORT})")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--stack", default="lab", help="lab stack (reads Pulumi.<stack>.yaml; default lab)")
+    g.add_argument("--config", help="a lab stack file instead")
+    s.add_argument("--users", type=int, default=2000, help="bench users provisioned (2000)")
+    s.add_argument("--register-rates", type=rates, default=[200, 400, 500, 700, 1000, 1300, 1600, 2000],
+                   help="REGISTER/s steps (200,400,500,700,1000,1300,1600,2000)")
+    s.add_argument("--call-rates", type=rates, default=[50, 100, 150, 200, 250, 300, 400, 500],
+                   help="calls/s steps (50,100,150,200,250,300,400,500)")
+    s.add_argument("--step-seconds", type=float, default=12, help="length of each step (12)")
+    s.add_argument("--call-hold-ms", type=int, default=4000, help="holding time of the stepped calls (4000)")
+    s.add_argument("--concurrent", type=int, default=TARGET_CONCURRENT, help="calls held at once (800)")
+    s.add_argument("--ramp-rate", type=int, default=100, help="calls/s of the ramp to --concurrent (100)")
+    s.add_argument("--hold-seconds", type=int, default=40, help="holding time of the held calls (40)")
+    s.add_argument("--stock-port", type=int, default=5070, help="UDP port of the stock baseline (5070)")
+    s.add_argument("--stock-shm-mb", type=int, default=64, help="stock -m (Debian's default 64)")
+    s.add_argument("--stock-pkg-mb", type=int, default=8, help="stock -M (Debian's default 8)")
+    s.add_argument("--no-stock", action="store_true", help="ours only")
+    s.add_argument("--max-minutes", type=float, default=20, help="the whole run's time bound (20)")
+    s.add_argument("--out", default=os.path.join(ROOT, REPORT), help=f"report file ({REPORT})")
     s.set_defaults(func=run)
 
 
-def run(args) -> int:
-    print("hapbx bench sip: not implemented yet", file=sys.stderr)
-    return 2
+def bounded(args) -> None:
+    """Every loop bounded: a typo cannot start an hour-long run or an unbounded flood."""
+    args.users = min(max(args.users, 10), 20000)
+    args.register_rates = sorted(min(max(r, 1), 5000) for r in args.register_rates)[:12]
+    args.call_rates = sorted(min(max(r, 1), 2000) for r in args.call_rates)[:12]
+    args.step_seconds = min(max(args.step_seconds, 3), 120)
+    args.call_hold_ms = min(max(args.call_hold_ms, 0), 60000)
+    args.concurrent = min(max(args.concurrent, 1), 5000)
+    args.ramp_rate = min(max(args.ramp_rate, 1), 1000)
+    args.hold_seconds = min(max(args.hold_seconds, 1), 300)
+    args.max_minutes = min(max(args.max_minutes, 1), 60)
