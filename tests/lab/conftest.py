@@ -32,6 +32,9 @@ def test_lab_config() -> dict:
     raw["witness"]["address"] = swap(raw["witness"]["address"])
     raw["vip"]["address"] = swap(raw["vip"]["address"])
     raw["network"]["gateway"] = f"{NET}.1"
+    # the lab host stays exempt from Kamailio's flood ban (probes, SIPp) on the test subnet too
+    kam = raw["kamailio"]
+    kam["floodExemptNetworks"] = [swap(n) for n in kam.get("floodExemptNetworks", [])]
     return raw
 
 
