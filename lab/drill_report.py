@@ -1,0 +1,213 @@
+"""reports/failover.md and its charts from the drills' results (see lab/drills.py)."""
+from __future__ import annotations
+
+import os
+import statistics
+
+from .drills import DRILLS, HEAL, HOLD
+
+# targets of issue 9, per drill
+SIP_1S = {1, 2, 3, 6}
+WRITE_5S = {1, 2, 3, 6}
+VIP_1S = {1, 2, 3, 5, 6}
+NO_LOSS = {1, 2, 3, 6, 7}
+
+
+def _fmt(v, unit="s", digits=2) -> str:
+    if v is None:
+        return "–"
+    if v == float("inf"):
+        return "never"
+    return f"{v:.{digits}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+
+def _mmm(rows: list[dict], key: str, unit="s", digits=2) -> str:
+    v = [r[key] for r in rows if r.get(key) is not None]
+    if not v:
+        return "–"
+    if all(isinstance(x, (int, float)) for x in v):
+        return " / ".join(_fmt(x, unit, digits) for x in (min(v), statistics.median(v), max(v)))
+    return "–"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def write(path: str, data: dict) -> None:
+    meta, results, charts = data["meta"], data["results"], data.get("charts", {})
+    assets = os.path.splitext(path)[0]
+    os.makedirs(assets, exist_ok=True)
+    by = {}
+    for r in results:
+        by.setdefault(r["drill"], []).append(r)
+    images = {d: _chart(os.path.join(assets, f"drill{d}.png"), d, charts.get(str(d), []), by[d]) for d in by}
+    rel = os.path.basename(assets)
+    m, h = meta, meta["host"]
+    L = ["# Failover drills on the lab", "",
+         f"Real runs of `{m['command']}` against lab `{m['lab']}` (two systemd-nspawn nodes + witness, "
+         "the program applied by `./hapbx lab up`), written by the command itself.", "",
+         f"- started {m['started']}, {m['seconds']:.0f} s in all; {len(results)} runs of drills "
+         f"{', '.join(map(str, sorted(by)))} ({m['runs']} per drill asked)"
+         + (f"; **stopped early: {m['error']}**" if m.get("error") else ""),
+         f"- machine: {h['cores']} cores ({h['cpu']}), {h['memory_mb']} MiB, kernel {h['kernel']}, "
+         f"Python {h['python']}; shared with other work: load average at start "
+         f"{' '.join(f'{x:.2f}' for x in m['load_start'])}, at end {' '.join(f'{x:.2f}' for x in m['load_end'])}",
+         f"- on the nodes: {'; '.join(m.get('versions', {}).get('node', []))}; matplotlib "
+         f"{m.get('versions', {}).get('matplotlib', '?')}",
+         "- lab stack: VRRPv3 adverts every 0.1 s, leader lease 4 s renewed every 0.5 s (fence 0.5 s before), "
+         "synchronous replication relaxed by the lease holder after 10 s without the standby", "",
+         "## How it is measured", "",
+         "- **fault** at t = 0 (the node's clock, which is the host's: nspawn shares the kernel); the fault lasts "
+         "the drill's hold time, then the **heal**; the run ends when the failed node is a streaming standby "
+         "again and the cluster is healthy (one VIP owner that leads, primary and Redis master; the peer a "
+         "synchronous streaming standby and replica).",
+         "- **samplers** on both nodes every 100 ms: VIP present, PostgreSQL primary / streaming standby / "
+         "standby / down, Redis role, lease holder. A powered-off node counts as owning nothing.",
+         "- **writer** from the host: one INSERT through the VIP (psycopg, TLS, role pbx_admin) every 50 ms; "
+         "an insert unanswered after 5 s is abandoned (not acknowledged). After the run the rows are read "
+         "back through the VIP: **acknowledged rows lost** = acknowledged ids missing.",
+         "- **SIP**: OPTIONS to the VIP every 100 ms (an answer within 1 s counts) and a digest REGISTER "
+         "(challenge + authenticated request, 200 within 1 s) every 0.5 s.",
+         "- **time until X answers again**: from the fault to the first success after the last interruption "
+         "of the run (a failed attempt, or no success for 0.35 s OPTIONS / 1.2 s REGISTER / 0.5 s writes); "
+         "0 = never interrupted. Covers the whole run, heal and rejoin included.",
+         "- **phone**: a SIPp phone registered through the VIP before the fault is called (1901 → 1902 via "
+         "the VIP) 2.5 s before the heal, i.e. while the fault is on.",
+         "- **rejoin**: from the heal until the node that is not primary is a streaming standby.", "",
+         "## Results (min / median / max over the runs)", "",
+         "| drill | runs | SIP answers | writes accepted | REGISTER ok | two VIP owners, longest | "
+         "samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted(by):
+        rows = by[d]
+        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_s')} | {_mmm(rows, 'write_s')} | "
+                 f"{_mmm(rows, 'register_s')} | {_mmm(rows, 'two_vip_longest_s', digits=1)} | "
+                 f"{sum(r['two_primary_samples'] for r in rows)} | "
+                 f"{sum(r['acked_lost'] for r in rows)} of {sum(r['acked'] for r in rows)} | "
+                 f"{sum(1 for r in rows if r['phone_called'])}/{len(rows)} | {_mmm(rows, 'rejoin_after_heal_s', digits=1)} |")
+    L += ["", "## Against the targets", "",
+          "| target | drills | result |", "|---|---|---|"]
+    checks = [
+        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_s"] <= 1.0,
+         lambda rows: f"max {_fmt(max(r['sip_s'] for r in rows))}"),
+        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_s"] <= 5.0,
+         lambda rows: f"max {_fmt(max(r['write_s'] for r in rows))}"),
+        ("zero samples with two writable primaries", set(DRILLS), lambda r: r["two_primary_samples"] == 0,
+         lambda rows: f"{sum(r['two_primary_samples'] for r in rows)} samples"),
+        ("two VIP owners never longer than 1 s", VIP_1S, lambda r: r["two_vip_longest_s"] <= 1.0,
+         lambda rows: f"longest {_fmt(max(r['two_vip_longest_s'] for r in rows), digits=1)}"),
+        ("zero acknowledged rows lost", NO_LOSS, lambda r: r["acked_lost"] == 0,
+         lambda rows: f"{sum(r['acked_lost'] for r in rows)} lost"),
+        ("every failed node back as a streaming standby", set(DRILLS),
+         lambda r: r["rejoin_after_heal_s"] is not None, lambda rows: f"{len(rows)} of {len(rows)} runs"),
+        ("a phone registered before receives a call", set(DRILLS), lambda r: r["phone_called"],
+         lambda rows: f"{sum(1 for r in rows if r['phone_called'])} of {len(rows)} runs"),
+    ]
+    for name, ds, ok, say in checks:
+        for d in sorted(ds & set(by)):
+            rows = by[d]
+            good = all(ok(r) for r in rows)
+            L.append(f"| {name} | {d} | {_verdict(good)}: {say(rows)} |")
+    L += ["", "## Per drill", ""]
+    for d in sorted(by):
+        rows = by[d]
+        L += [f"### {d}. {DRILLS[d]}", "",
+              f"Fault held {HOLD[d]:.0f} s; heal: {HEAL[d]}.", ""]
+        L += [f"- VIP on the peer (sampled): {_mmm(rows, 'vip_moved_s')}; peer PostgreSQL primary: "
+              f"{_mmm(rows, 'peer_primary_s')}",
+              f"- SIP OPTIONS unanswered in all: {_mmm(rows, 'sip_down_s')}; writes refused or waiting: "
+              f"{_mmm(rows, 'write_down_s')}; REGISTER failing: {_mmm(rows, 'register_down_s')}",
+              f"- two VIP owners: {sum(r['two_vip_samples'] for r in rows)} samples in all; "
+              f"two Redis masters: {sum(r['two_redis_master_samples'] for r in rows)} samples in all",
+              f"- failed node streaming again after the fault: {_mmm(rows, 'streaming_from_samples_s', digits=1)} "
+              "(samples; before the heal where the node could rejoin on its own)",
+              f"- rows not acknowledged but stored (commits whose answer the writer never got): "
+              f"{sum(r['unacked_present'] for r in rows)}"]
+        endings = [f"run {r['run']}: {r['two_vip_longest_s']:.1f} s, {r['two_vip_ended']}" for r in rows
+                   if r["two_vip_longest_s"] > 0]
+        if endings:
+            L.append("- two VIP owners, how long and what ended it: " + "; ".join(endings))
+        errs: dict[str, int] = {}
+        for r in rows:
+            for k, v in r.get("write_errors", {}).items():
+                errs[k] = errs.get(k, 0) + v
+        if errs:
+            L.append("- writer errors after the fault: " + "; ".join(f"{v}× `{k}`" for k, v in
+                                                                     sorted(errs.items(), key=lambda kv: -kv[1])[:4]))
+        L += ["", "| run | failed node | SIP | writes | REGISTER | two VIP | two primaries | lost/acked | "
+              "phone | rejoined (node, after heal) | owner after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            L.append(f"| {r['run']} | {r['failed']} | {_fmt(r['sip_s'])} | {_fmt(r['write_s'])} | "
+                     f"{_fmt(r['register_s'])} | {_fmt(r['two_vip_longest_s'], digits=1)} | "
+                     f"{r['two_primary_samples']} | {r['acked_lost']}/{r['acked']} | "
+                     f"{'yes' if r['phone_called'] else 'no ' + r['phone_note']} | {r['rejoin_node']} "
+                     f"{_fmt(r['rejoin_after_heal_s'], digits=1)} | {r['final_owner']} |")
+        if images.get(d):
+            L += ["", f"![drill {d} timeline]({rel}/{os.path.basename(images[d])})"]
+        L.append("")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(L).rstrip() + "\n")
+
+
+def _chart(path: str, drill: int, runs: list[dict], rows: list[dict]) -> str | None:
+    """Timeline of the median run (by write recovery): VIP owner, primary, Redis master, lease,
+    probe outcomes, per node, over seconds since the fault."""
+    if not runs:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(runs)), key=lambda i: (rows[i]["write_s"] if i < len(rows) else 0))
+    c = runs[order[len(order) // 2]]
+    run_no = rows[order[len(order) // 2]]["run"] if order[len(order) // 2] < len(rows) else "?"
+    xs = c["x"]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    lanes = []
+    y = 0
+    colours = {"vip": "tab:blue", "primary": "tab:red", "streaming": "tab:green", "master": "tab:orange",
+               "lease": "tab:purple"}
+    for node in (c["failed"], c["peer"]):
+        st = c["nodes"][node]
+        tracks = [("VIP", lambda s: s[0] == 1, "vip"),
+                  ("PG primary", lambda s: s[1] == "primary", "primary"),
+                  ("PG streaming", lambda s: s[1] == "streaming", "streaming"),
+                  ("Redis master", lambda s: s[2] == "master", "master"),
+                  ("lease", lambda s: s[3] == "1", "lease")]
+        for label, pred, col in tracks:
+            spans, start = [], None
+            for x, s in zip(xs, st):
+                if pred(s) and start is None:
+                    start = x
+                if not pred(s) and start is not None:
+                    spans.append((start, x - start))
+                    start = None
+            if start is not None:
+                spans.append((start, xs[-1] - start + 0.1))
+            ax.broken_barh(spans, (y + 0.15, 0.7), color=colours[col])
+            lanes.append(f"{node} {label}")
+            y += 1
+    for label, key in (("OPTIONS", "options"), ("REGISTER", "registers"), ("writes", "writes")):
+        pts = c[key]
+        ax.scatter([p[0] for p in pts if p[1]], [y + 0.5] * sum(1 for p in pts if p[1]), s=4, c="tab:green",
+                   marker="|")
+        ax.scatter([p[0] for p in pts if not p[1]], [y + 0.5] * sum(1 for p in pts if not p[1]), s=14,
+                   c="tab:red", marker="x")
+        lanes.append(f"{label} ok / failed")
+        y += 1
+    ax.axvline(0, color="k", lw=1)
+    ax.axvline(c["heal"], color="k", lw=1, ls="--")
+    ax.text(0, y + 0.1, " fault", fontsize=8)
+    ax.text(c["heal"], y + 0.1, " heal", fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(lanes))])
+    ax.set_yticklabels(lanes, fontsize=7)
+    ax.set_ylim(0, y + 0.8)
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_xlabel("seconds since the fault")
+    ax.set_title(f"drill {drill}: {DRILLS[drill]} (run {run_no}; failed node {c['failed']})", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

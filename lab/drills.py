@@ -1,0 +1,872 @@
+"""Failover drills on a running lab (issue 9): break the cluster the ways production breaks,
+measure what clients see, heal, and check the failed node is a streaming standby again.
+
+During every run:
+- a sampler on each node (python3 + Debian's psycopg2/redis, a transient systemd unit) writes
+  every 100 ms: VIP present, PostgreSQL role (primary / streaming standby / standby / down),
+  Redis role, leader-lease holder flag; to a file on the node's disk, so an isolated or
+  powered-off node keeps its record (fetched after the heal);
+- from the host (the lab bridge address): a writer inserts rows through the VIP with
+  psycopg and records every acknowledgement; SIP OPTIONS every 100 ms and a digest-auth
+  REGISTER every 0.5 s probe the VIP (together 14 requests/s, under the pike limit of
+  20/s from one address);
+- a SIPp phone registered before the fault is called through the VIP before the heal.
+
+The host reaches PostgreSQL on the VIP through a drill-only rule on each node (an accept for
+the host address on the PostgreSQL port in the node's firewall, and a source NAT to the VIP
+so pg_hba's "VIP" line admits it); it is removed when the drill command ends, and a node's
+firewall reload removes it too (it is put back after a node boots).
+
+Every wait is bounded; a run that cannot bring the cluster back to health stops the command
+with the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import machinery
+from .host import command
+
+STATUS = "/usr/local/lib/hapbx/ha/status"
+LIB = "/usr/local/lib/hapbx/ha/lib.sh"
+DRILL_DIR = "/var/lib/hapbx-drill"
+SAMPLER_UNIT = "hapbx-drill-sampler"
+ACCESS_COMMENT = "hapbx-drill-writer"
+USERS = ("1901", "1902", "1903")   # caller, the phone registered before the fault, the REGISTER probe
+SAMPLE_S = 0.1
+
+DRILLS = {
+    1: "stop keepalived on the VIP owner",
+    2: "power off the VIP owner node",
+    3: "kill PostgreSQL (SIGKILL) on the primary",
+    4: "cut the link between the nodes (both still reach the gateway and the witness)",
+    5: "isolate the VIP owner completely",
+    6: "SIGKILL keepalived on the VIP owner",
+    7: "freeze the VIP owner's keepalived (SIGSTOP) for 10 s, then SIGCONT",
+}
+# seconds the fault lasts before the heal (drill 7: the freeze itself)
+HOLD = {1: 10.0, 2: 10.0, 3: 10.0, 4: 20.0, 5: 15.0, 6: 10.0, 7: 10.0}
+HEAL = {1: "systemctl start keepalived", 2: "node started again", 3: "none (the leader daemon rejoins it)",
+        4: "link restored", 5: "network restored", 6: "none (systemd restarts keepalived)",
+        7: "SIGCONT"}
+
+SAMPLER = r'''
+import os, pwd, subprocess, sys, time
+out, vip, iface, period = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+pw = ""
+for line in open("/etc/redis/admin.env"):
+    if line.startswith("REDISCLI_AUTH="):
+        pw = line.split("=", 1)[1].strip().strip("'\"")
+f = open(out, "a", buffering=1)
+u = pwd.getpwnam("postgres")
+os.setgid(u.pw_gid); os.setuid(u.pw_uid)
+import psycopg2, redis
+r = redis.Redis(host="127.0.0.1", port=6379, password=pw or None, socket_timeout=0.3, socket_connect_timeout=0.3)
+conn = None
+def pg_role():
+    global conn
+    try:
+        if conn is None:
+            conn = psycopg2.connect(host="/var/run/postgresql", dbname="postgres", user="postgres",
+                                    connect_timeout=1, options="-c statement_timeout=300")
+            conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("select pg_is_in_recovery(), (select status from pg_stat_wal_receiver limit 1)")
+        rec, st = cur.fetchone()
+        return "primary" if not rec else ("streaming" if st == "streaming" else "standby")
+    except Exception:
+        try:
+            conn and conn.close()
+        except Exception:
+            pass
+        conn = None
+        return "down"
+def redis_role():
+    try:
+        return r.execute_command("ROLE")[0].decode()
+    except Exception:
+        return "down"
+def hold():
+    try:
+        for line in open("/run/hapbx/ha/status"):
+            if line.startswith("hold="):
+                return line.strip()[5:]
+    except Exception:
+        pass
+    return "-"
+nxt = time.time()
+while True:
+    t = time.time()
+    try:
+        a = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", iface], capture_output=True, text=True,
+                           timeout=1).stdout
+        v = 1 if (" %s/" % vip) in a else 0
+    except Exception:
+        v = -1
+    f.write("%.3f %d %s %s %s\n" % (t, v, pg_role(), redis_role(), hold()))
+    nxt += period
+    d = nxt - time.time()
+    if d > 0:
+        time.sleep(d)
+    else:
+        nxt = time.time()
+'''
+
+
+class DrillError(RuntimeError):
+    """A drill could not run or could not bring the cluster back: says what and what to do."""
+
+
+# ------------------------------------------------------------------ context
+
+
+@dataclass
+class Ctx:
+    spec: object
+    cluster: object
+    host: str
+    vip: str
+    names: tuple[str, str]
+    addresses: dict[str, str]
+    pg_port: int
+    sip_port: int
+    iface: str
+    log: Callable[[str], None] = print
+    pg_password: str = ""
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def sh(self, node: str, cmd: str, timeout: float = 30, check: bool = True) -> str:
+        try:
+            out = machinery.run(self.spec, node, cmd, timeout=timeout)
+        except Exception as exc:  # subprocess.TimeoutExpired
+            if check:
+                raise DrillError(f"{node}: `{cmd[:80]}`: {exc}") from exc
+            return ""
+        if check and out.returncode != 0:
+            raise DrillError(f"{node}: `{cmd[:80]}` exited {out.returncode}: {out.stderr.strip()[-400:]}")
+        return out.stdout
+
+    def peer(self, node: str) -> str:
+        return self.names[1] if node == self.names[0] else self.names[0]
+
+    def dsn(self) -> dict:
+        return dict(host=self.vip, port=self.pg_port, dbname="pbx", user="pbx_admin", password=self.pg_password,
+                    sslmode="require", connect_timeout=2, application_name="hapbx-drill")
+
+
+def make_ctx(spec, cluster, log=print) -> Ctx:
+    names = tuple(n.name for n in cluster.nodes)
+    return Ctx(spec=spec, cluster=cluster, host=spec.host_address, vip=cluster.vip.address, names=names,
+               addresses={n.name: n.address for n in cluster.nodes}, pg_port=cluster.postgres.port,
+               sip_port=cluster.kamailio.sip_port, iface=cluster.network.interface, log=log)
+
+
+def status(ctx: Ctx, node: str) -> dict[str, str]:
+    """The node's HA status plus the primary-side sync state and the etcd sync key."""
+    cmd = (f"{STATUS}; . /etc/hapbx/ha.env; "
+           "echo sync_state=$(runuser -u postgres -- psql -X -A -t -h /var/run/postgresql -d postgres -c "
+           f"\"select sync_state from pg_stat_replication where application_name = '$HAPBX_PEER'\" 2>/dev/null); "
+           f"bash -c '. {LIB}; etcd_get \"$ETCD_SYNC_KEY\" && echo etcd_sync=$REPLY' 2>/dev/null; true")
+    out = ctx.sh(node, f"cd / && {{ {cmd}; }}", timeout=20, check=False)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def both(ctx: Ctx, fn) -> dict:
+    res: dict = {}
+    ts = [threading.Thread(target=lambda n=n: res.__setitem__(n, fn(n))) for n in ctx.names]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    return res
+
+
+def health(ctx: Ctx) -> tuple[str | None, list[str]]:
+    """(VIP owner, problems); no problems = one VIP owner that leads and writes, the peer a
+    synchronous streaming standby and Redis replica."""
+    st = both(ctx, lambda n: status(ctx, n))
+    owners = [n for n in ctx.names if st[n].get("vip") == "present"]
+    if len(owners) != 1:
+        return None, [f"VIP on {owners or 'no node'}"]
+    o = owners[0]
+    p = ctx.peer(o)
+    bad = []
+    want = {(o, "daemon_hold"): "1", (o, "postgres"): "primary", (o, "redis"): "master",
+            (p, "postgres"): "standby", (p, "postgres_streaming"): "yes", (p, "redis"): "slave",
+            (o, "sync_state"): "sync"}
+    for (n, k), v in want.items():
+        if st[n].get(k) != v:
+            bad.append(f"{n} {k}={st[n].get(k)!r} (want {v})")
+    if st[o].get("etcd_sync", "").startswith("relaxed"):
+        bad.append(f"etcd sync key {st[o]['etcd_sync']}")
+    return o, bad
+
+
+def wait_healthy(ctx: Ctx, seconds: float, what: str) -> str:
+    deadline = time.monotonic() + seconds
+    problems: list[str] = []
+    while time.monotonic() < deadline:
+        owner, problems = health(ctx)
+        if owner and not problems:
+            return owner
+        time.sleep(0.5)
+    raise DrillError(f"{what}: the cluster is not healthy after {seconds:.0f} s: {'; '.join(problems)}. "
+                     "Look at `hapbx-ha status` and `journalctl -u hapbx-leader` on the nodes "
+                     "(./hapbx lab ssh pbx1), or rebuild: ./hapbx lab down && ./hapbx lab up")
+
+
+# ------------------------------------------------------------------ setup on the nodes
+
+
+def ensure_access(ctx: Ctx, node: str) -> None:
+    """The host may reach PostgreSQL on the VIP (drill writer): accept + SNAT to the VIP."""
+    nat = (f"table ip hapbx_drill\ndelete table ip hapbx_drill\ntable ip hapbx_drill {{\n"
+           f"  chain writer_in {{\n    type nat hook input priority 100; policy accept;\n"
+           f"    ip saddr {ctx.host} ip daddr {ctx.vip} tcp dport {ctx.pg_port} snat ip to {ctx.vip}\n  }}\n}}\n")
+    drop_old = (f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{ACCESS_COMMENT}\".*# handle //p'); "
+                "do nft delete rule inet hapbx input handle $h; done")
+    ctx.sh(node, f"{drop_old}; nft insert rule inet hapbx input ip saddr {ctx.host} ip daddr {ctx.vip} "
+                 f"tcp dport {ctx.pg_port} accept comment '\"{ACCESS_COMMENT}\"'", timeout=20)
+    machinery.run(ctx.spec, node, "nft -f -", input=nat, timeout=20)
+
+
+def remove_access(ctx: Ctx, node: str) -> None:
+    ctx.sh(node, f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{ACCESS_COMMENT}\".*# handle //p'); "
+                 "do nft delete rule inet hapbx input handle $h; done; nft delete table ip hapbx_drill 2>/dev/null; true",
+           timeout=20, check=False)
+
+
+def psql(ctx: Ctx, node: str, sql: str) -> str:
+    return ctx.sh(node, f"cd / && runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d pbx -c {shq(sql)}")
+
+
+def shq(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def setup(ctx: Ctx) -> None:
+    """Writer table, SIP users (fresh random passwords), samplers, host access; on a healthy cluster."""
+    owner = wait_healthy(ctx, 120, "before the drills")
+    peer = ctx.peer(owner)
+    for n in ctx.names:
+        ensure_access(ctx, n)
+        machinery.run(ctx.spec, n, f"mkdir -p {DRILL_DIR} && cat > {DRILL_DIR}/sampler.py", input=SAMPLER, timeout=20)
+    env = ctx.sh(owner, "grep '^HAPBX_PG_PASSWORD=' /etc/hapbx/admin.env")
+    ctx.pg_password = env.split("=", 1)[1].strip().strip("'\"")
+    psql(ctx, owner, "CREATE SCHEMA IF NOT EXISTS hapbx_drill; "
+                     "CREATE TABLE IF NOT EXISTS hapbx_drill.writes (run text NOT NULL, id integer NOT NULL, "
+                     "t_client double precision, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, id)); "
+                     "GRANT USAGE ON SCHEMA hapbx_drill TO pbx_admin; "
+                     "GRANT SELECT, INSERT ON hapbx_drill.writes TO pbx_admin")
+    for u in USERS:
+        ctx.passwords[u] = secrets.token_hex(12)
+        psql(ctx, owner, f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{u}', 'user', "
+                         f"'Drill {u}') ON CONFLICT (number) DO NOTHING")
+        psql(ctx, owner, f"SELECT pbx.set_sip_password('{u}', '{ctx.passwords[u]}')")
+    # the standby's Kamailio authenticates from its replica
+    q = "SELECT username || ' ' || ha1 FROM kamailio.subscriber WHERE username IN (%s) ORDER BY 1" % (
+        ", ".join(f"'{u}'" for u in USERS))
+    want = psql(ctx, owner, q)
+    deadline = time.monotonic() + 20
+    while psql(ctx, peer, q) != want:
+        if time.monotonic() > deadline:
+            raise DrillError(f"drill users not on the standby {peer} after 20 s")
+        time.sleep(0.3)
+
+
+def cleanup(ctx: Ctx) -> None:
+    host_cut(ctx, None)
+    for n in ctx.names:
+        st = machinery.status(ctx.spec).node(n)
+        if st.running:
+            stop_sampler(ctx, n)
+            remove_access(ctx, n)
+
+
+def start_sampler(ctx: Ctx, node: str, run_id: str) -> None:
+    ctx.sh(node, f"systemctl stop {SAMPLER_UNIT} 2>/dev/null; systemctl reset-failed {SAMPLER_UNIT} 2>/dev/null; "
+                 f"systemd-run --quiet --collect --unit={SAMPLER_UNIT} -p Nice=-5 python3 {DRILL_DIR}/sampler.py "
+                 f"{DRILL_DIR}/{run_id}.{node}.tsv {ctx.vip} {ctx.iface} {SAMPLE_S}", timeout=20)
+
+
+def stop_sampler(ctx: Ctx, node: str) -> None:
+    ctx.sh(node, f"systemctl stop {SAMPLER_UNIT} 2>/dev/null; true", timeout=20, check=False)
+
+
+def fetch_samples(ctx: Ctx, node: str, run_id: str) -> list[tuple]:
+    out = ctx.sh(node, f"cat {DRILL_DIR}/{run_id}.{node}.tsv && rm -f {DRILL_DIR}/{run_id}.{node}.tsv",
+                 timeout=30, check=False)
+    rows = []
+    for line in out.splitlines():
+        p = line.split()
+        if len(p) == 5:
+            rows.append((float(p[0]), int(p[1]), p[2], p[3], p[4]))
+    return rows
+
+
+# ------------------------------------------------------------------ host bridge faults
+
+
+def _table(ctx: Ctx) -> str:
+    return "hapbx_drill_" + re.sub(r"[^a-z0-9]", "_", ctx.spec.name)
+
+
+def bridge_port(ctx: Ctx, node: str) -> str:
+    mac = ctx.sh(node, f"cat /sys/class/net/{ctx.iface}/address", timeout=20).strip()
+    for _ in range(20):
+        fdb = json.loads(command(["bridge", "-j", "fdb", "show", "br", ctx.spec.bridge]).stdout)
+        for e in fdb:
+            if e.get("mac") == mac and "permanent" not in (e.get("state") or "") and e.get("ifname", "").startswith("vb-"):
+                return e["ifname"]
+        command(["ping", "-c", "1", "-W", "1", ctx.addresses[node]], check=False)
+        time.sleep(0.2)
+    raise DrillError(f"no bridge port of {ctx.spec.bridge} carries {node}'s MAC {mac}")
+
+
+def host_cut(ctx: Ctx, rules: list[str] | None) -> None:
+    """Drop frames on the lab bridge (rules: nft statements per hook) or remove the drill table."""
+    t = _table(ctx)
+    if rules is None:
+        if command(["nft", "list", "table", "bridge", t], check=False).returncode == 0:
+            command(["nft", "delete", "table", "bridge", t])
+        return
+    chains = {"forward": [], "input": [], "output": []}
+    for r in rules:
+        hook, stmt = r.split(":", 1)
+        chains[hook].append(stmt)
+    body = "".join(f"  chain {h} {{\n    type filter hook {h} priority -200; policy accept;\n"
+                   + "".join(f"    {s}\n" for s in stmts) + "  }\n" for h, stmts in chains.items())
+    command(["nft", "-f", "-"], input=f"table bridge {t}\ndelete table bridge {t}\ntable bridge {t} {{\n{body}}}\n")
+
+
+# ------------------------------------------------------------------ probes from the host
+
+
+def md5(s: str) -> str:
+    return hashlib.md5(s.encode()).hexdigest()
+
+
+class Writer(threading.Thread):
+    """Inserts a row through the VIP every 50 ms; one record per attempt: (id, sent, done, ok, error).
+    A statement not answered within 5 s is abandoned (socket shut down): not acknowledged."""
+
+    def __init__(self, ctx: Ctx, run_id: str):
+        super().__init__(daemon=True)
+        self.ctx, self.run_id = ctx, run_id
+        self.stop_ev = threading.Event()
+        self.records: list[tuple] = []
+
+    def run(self) -> None:
+        import psycopg
+        conn = None
+        i = 0
+        while not self.stop_ev.is_set():
+            i += 1
+            t = time.time()
+            timer = None
+            try:
+                if conn is None:
+                    conn = psycopg.connect(**self.ctx.dsn(), autocommit=True)
+                fd = conn.fileno()
+                timer = threading.Timer(5.0, _shutdown, (fd,))
+                timer.start()
+                conn.execute("INSERT INTO hapbx_drill.writes (run, id, t_client) VALUES (%s, %s, %s)",
+                             (self.run_id, i, t))
+                timer.cancel()
+                self.records.append((i, t, time.time(), True, ""))
+            except Exception as exc:  # every failure is a not-acknowledged attempt
+                if timer:
+                    timer.cancel()
+                self.records.append((i, t, time.time(), False, str(exc).strip().splitlines()[0][:100]
+                                     if str(exc).strip() else type(exc).__name__))
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:
+                    pass
+                conn = None
+                self.stop_ev.wait(0.05)
+            d = t + 0.05 - time.time()
+            if d > 0:
+                self.stop_ev.wait(d)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+        s.shutdown(socket.SHUT_RDWR)
+        s.close()
+    except OSError:
+        pass
+
+
+class OptionsProbe(threading.Thread):
+    """SIP OPTIONS to the VIP every 100 ms over UDP; records (seq, sent, answered or None)."""
+
+    def __init__(self, ctx: Ctx, period: float = 0.1):
+        super().__init__(daemon=True)
+        self.ctx, self.period = ctx, period
+        self.stop_ev = threading.Event()
+        self.sent: dict[int, float] = {}
+        self.answered: dict[int, float] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ctx.host, 0))
+        self.sock.settimeout(0.2)
+        self.rx = threading.Thread(target=self._recv, daemon=True)
+
+    def _recv(self) -> None:
+        while not self.stop_ev.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except (socket.timeout, OSError):
+                continue
+            m = re.search(rb"Call-ID:\s*drill-o-(\d+)@", data, re.I)
+            if m and data.startswith(b"SIP/2.0 "):
+                self.answered.setdefault(int(m.group(1)), time.time())
+
+    def run(self) -> None:
+        self.rx.start()
+        c, port = self.ctx, self.sock.getsockname()[1]
+        seq = 0
+        nxt = time.time()
+        while not self.stop_ev.is_set():
+            seq += 1
+            msg = (f"OPTIONS sip:{c.vip}:{c.sip_port} SIP/2.0\r\n"
+                   f"Via: SIP/2.0/UDP {c.host}:{port};branch=z9hG4bK-drill-{seq};rport\r\n"
+                   f"Max-Forwards: 70\r\nFrom: <sip:drill-probe@{c.host}>;tag=d{seq}\r\n"
+                   f"To: <sip:{c.vip}:{c.sip_port}>\r\nCall-ID: drill-o-{seq}@{c.host}\r\n"
+                   f"CSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n")
+            self.sent[seq] = time.time()
+            try:
+                self.sock.sendto(msg.encode(), (c.vip, c.sip_port))
+            except OSError:
+                pass
+            nxt += self.period
+            self.stop_ev.wait(max(0.0, nxt - time.time()))
+        self.rx.join(1)
+        self.sock.close()
+
+    def records(self, within: float = 1.0) -> list[tuple]:
+        """(sent, done, ok): answered within `within` seconds."""
+        out = []
+        for s, t in sorted(self.sent.items()):
+            a = self.answered.get(s)
+            ok = a is not None and a - t <= within
+            out.append((t, a if ok else t + within, ok))
+        return out
+
+
+class RegisterProbe(threading.Thread):
+    """A digest-authenticated REGISTER through the VIP every 0.5 s (user 1903); each attempt
+    (challenge + authenticated request) must end with 200 within 1 s."""
+
+    def __init__(self, ctx: Ctx, user: str, password: str, period: float = 0.5):
+        super().__init__(daemon=True)
+        self.ctx, self.user, self.password, self.period = ctx, user, password, period
+        self.stop_ev = threading.Event()
+        self.out: list[tuple] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ctx.host, 0))
+
+    def _wait(self, call_id: str, cseq: int, deadline: float) -> bytes | None:
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65535)
+            except (socket.timeout, OSError):
+                return None
+            if (call_id.encode() in data and re.search(rb"CSeq:\s*%d REGISTER" % cseq, data, re.I)
+                    and data.startswith(b"SIP/2.0 ") and not data.startswith(b"SIP/2.0 1")):
+                return data
+
+    def attempt(self, n: int) -> bool:
+        c, port = self.ctx, self.sock.getsockname()[1]
+        call_id = f"drill-r-{n}-{secrets.token_hex(4)}@{c.host}"
+        uri = f"sip:{c.vip}:{c.sip_port}"
+        deadline = time.time() + 1.0
+
+        def req(cseq: int, auth: str = "") -> bytes:
+            return (f"REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {c.host}:{port};branch=z9hG4bK-dr{n}x{cseq};rport\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:{self.user}@{c.vip}>;tag=r{n}\r\nTo: <sip:{self.user}@{c.vip}>\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n"
+                    f"Contact: <sip:{self.user}@{c.host}:{port}>\r\nExpires: 60\r\n{auth}Content-Length: 0\r\n\r\n").encode()
+        try:
+            self.sock.sendto(req(1), (c.vip, c.sip_port))
+            r = self._wait(call_id, 1, deadline)
+            if r is None or not r.startswith(b"SIP/2.0 401"):
+                return False
+            h = re.search(rb"WWW-Authenticate:\s*Digest\s+(.*)", r, re.I)
+            if not h:
+                return False
+            params = dict((k.decode().lower(), v.decode()) for k, v in
+                          re.findall(rb'(\w+)="?([^",\r\n]*)"?', h.group(1)))
+            realm, nonce = params.get("realm", ""), params.get("nonce", "")
+            ha1 = md5(f"{self.user}:{realm}:{self.password}")
+            ha2 = md5(f"REGISTER:{uri}")
+            if "auth" in params.get("qop", "").split(","):
+                cnonce, nc = secrets.token_hex(8), "00000001"
+                resp = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+                extra = f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+            else:
+                resp, extra = md5(f"{ha1}:{nonce}:{ha2}"), ""
+            opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
+            auth = (f'Authorization: Digest username="{self.user}", realm="{realm}", nonce="{nonce}", '
+                    f'uri="{uri}", response="{resp}", algorithm=MD5{extra}{opaque}\r\n')
+            self.sock.sendto(req(2, auth), (c.vip, c.sip_port))
+            r = self._wait(call_id, 2, deadline)
+            return r is not None and r.startswith(b"SIP/2.0 200")
+        except OSError:
+            return False
+
+    def run(self) -> None:
+        n = 0
+        nxt = time.time()
+        while not self.stop_ev.is_set():
+            n += 1
+            t = time.time()
+            ok = self.attempt(n)
+            self.out.append((t, time.time(), ok))
+            nxt += self.period
+            self.stop_ev.wait(max(0.0, nxt - time.time()))
+        self.sock.close()
+
+
+# ------------------------------------------------------------------ the phone registered before
+
+
+class Phone:
+    def __init__(self, ctx: Ctx):
+        from tests.sip import sipp
+        self.sipp, self.ctx = sipp, ctx
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((ctx.host, 0))
+            self.port = s.getsockname()[1]
+        target = f"{ctx.vip}:{ctx.sip_port}"
+        r = sipp.run(sipp.scenario("register.xml"), target, ctx.host, port=self.port,
+                     keys={"domain": ctx.vip, "user": USERS[1]}, auth=(USERS[1], ctx.passwords[USERS[1]]), timeout=10)
+        if not r.ok:
+            raise DrillError(f"the phone {USERS[1]} could not register through the VIP before the fault: "
+                             f"{r.stdout[-600:]} {r.errors[-600:]}")
+        self.uas = sipp.Uas(ctx.host, self.port)
+
+    def called(self) -> tuple[bool, str]:
+        sipp, ctx = self.sipp, self.ctx
+        before = self.uas.invites()
+        r = sipp.run(sipp.scenario("call.xml"), f"{ctx.vip}:{ctx.sip_port}", ctx.host, service=USERS[1],
+                     keys={"domain": ctx.vip, "user": USERS[0]}, auth=(USERS[0], ctx.passwords[USERS[0]]),
+                     extra=("-d", "300"), timeout=10)
+        got = self.uas.invites() > before
+        return (r.ok and got), ("" if r.ok and got else f"call ok={r.ok} invite at phone={got}")
+
+    def stop(self) -> None:
+        self.uas.stop()
+
+
+# ------------------------------------------------------------------ one run
+
+
+@dataclass
+class RunData:
+    drill: int
+    run: int
+    run_id: str
+    failed: str           # the VIP owner at the fault
+    peer: str
+    t0: float             # the fault (node clock = host clock: nspawn shares the kernel)
+    t_heal: float
+    t_end: float
+    samples: dict          # node -> [(t, vip, pg, redis, hold)]
+    writes: list           # (id, sent, done, ok, err)
+    options: list          # (sent, done, ok)
+    registers: list        # (sent, done, ok)
+    lost: list             # acknowledged ids not in the table
+    unacked_present: int
+    phone_ok: bool
+    phone_note: str
+    rejoin_node: str
+    rejoin_after_heal: float | None
+    final_owner: str
+    notes: list
+
+
+def node_now(ctx: Ctx, node: str, action: str, timeout: float = 30) -> float:
+    """Run an action on a node; returns the node's clock just before it."""
+    out = ctx.sh(node, f"date +%s.%N; {action}", timeout=timeout)
+    return float(out.split()[0])
+
+
+def wait_streaming(ctx: Ctx, node: str, since: float, seconds: float) -> float | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        st = status(ctx, node)
+        if st.get("postgres") == "standby" and st.get("postgres_streaming") == "yes":
+            return time.time() - since
+        time.sleep(0.3)
+    return None
+
+
+def run_one(ctx: Ctx, drill: int, n: int) -> RunData:
+    owner = wait_healthy(ctx, 240, f"drill {drill} run {n}: before the fault")
+    peer = ctx.peer(owner)
+    run_id = f"d{drill}r{n}-{int(time.time())}"
+    notes: list[str] = []
+    for node in ctx.names:
+        start_sampler(ctx, node, run_id)
+    phone = Phone(ctx)
+    writer, opts = Writer(ctx, run_id), OptionsProbe(ctx)
+    reg = RegisterProbe(ctx, USERS[2], ctx.passwords[USERS[2]])
+    for t in (writer, opts, reg):
+        t.start()
+    try:
+        time.sleep(3.0)   # baseline
+        ctx.log(f"  drill {drill} run {n}: fault on {owner} ({DRILLS[drill]})")
+        if drill == 1:
+            t0 = node_now(ctx, owner, "systemctl stop keepalived")
+        elif drill == 2:
+            t0 = time.time()
+            machinery.stop_node(ctx.spec, owner, hard=True, progress=lambda _: None)
+        elif drill == 3:
+            t0 = node_now(ctx, owner, ". /etc/hapbx/ha.env; kill -KILL $(head -1 $PG_DATA/postmaster.pid)")
+        elif drill == 4:
+            a, b = bridge_port(ctx, owner), bridge_port(ctx, peer)
+            t0 = time.time()
+            host_cut(ctx, [f'forward:iifname "{a}" oifname "{b}" drop', f'forward:iifname "{b}" oifname "{a}" drop'])
+        elif drill == 5:
+            a = bridge_port(ctx, owner)
+            t0 = time.time()
+            host_cut(ctx, [f'forward:iifname "{a}" drop', f'forward:oifname "{a}" drop',
+                           f'input:iifname "{a}" drop', f'output:oifname "{a}" drop'])
+        elif drill == 6:
+            t0 = node_now(ctx, owner, "systemctl kill -s KILL keepalived.service")
+        elif drill == 7:
+            t0 = node_now(ctx, owner, "systemctl kill -s STOP keepalived.service")
+        else:
+            raise DrillError(f"no drill {drill}")
+        time.sleep(max(0.0, t0 + HOLD[drill] - 2.5 - time.time()))
+        phone_ok, phone_note = phone.called()
+        time.sleep(max(0.0, t0 + HOLD[drill] - time.time()))
+        # heal
+        if drill == 1:
+            t_heal = node_now(ctx, owner, "systemctl start keepalived")
+        elif drill == 2:
+            t_heal = time.time()
+            machinery.start_node(ctx.spec, owner, progress=lambda _: None)
+            ensure_access(ctx, owner)
+            start_sampler(ctx, owner, run_id)
+            notes.append(f"{owner} booted in {time.time() - t_heal:.1f} s")
+        elif drill in (4, 5):
+            t_heal = time.time()
+            host_cut(ctx, None)
+        elif drill == 7:
+            t_heal = node_now(ctx, owner, "systemctl kill -s CONT keepalived.service")
+        else:
+            t_heal = time.time()
+        # the node that must come back: whichever is not the primary now
+        deadline = time.monotonic() + 60
+        st = {}
+        while time.monotonic() < deadline:
+            st = both(ctx, lambda x: status(ctx, x))
+            prim = [x for x in ctx.names if st[x].get("postgres") == "primary" and st[x].get("daemon_hold") == "1"]
+            if len(prim) == 1:
+                break
+            time.sleep(0.3)
+        else:
+            raise DrillError(f"drill {drill} run {n}: no single leading primary 60 s after the heal: {st}")
+        rejoin_node = ctx.peer(prim[0])
+        rejoin = wait_streaming(ctx, rejoin_node, t_heal, 180)
+        if rejoin is None:
+            raise DrillError(f"drill {drill} run {n}: {rejoin_node} is not a streaming standby 180 s after the heal "
+                             f"(see `journalctl -u hapbx-leader` on it)")
+        final_owner = wait_healthy(ctx, 120, f"drill {drill} run {n}: after the heal")
+        time.sleep(1.0)
+        t_end = time.time()
+    finally:
+        for t in (writer, opts, reg):
+            t.stop_ev.set()
+        for t in (writer, opts, reg):
+            t.join(10)
+        phone.stop()
+        host_cut(ctx, None)
+    samples = {}
+    for node in ctx.names:
+        stop_sampler(ctx, node)
+        samples[node] = fetch_samples(ctx, node, run_id)
+    lost, present = count_lost(ctx, run_id, writer.records)
+    unacked = sum(1 for r in writer.records if not r[3] and r[0] in present)
+    return RunData(drill, n, run_id, owner, peer, t0, t_heal, t_end, samples, writer.records, opts.records(),
+                   reg.out, lost, unacked, phone_ok, phone_note, rejoin_node, rejoin, final_owner, notes)
+
+
+def count_lost(ctx: Ctx, run_id: str, records: list) -> tuple[list[int], set[int]]:
+    import psycopg
+    last = None
+    for _ in range(20):
+        try:
+            with psycopg.connect(**ctx.dsn(), autocommit=True) as conn:
+                present = {r[0] for r in conn.execute("SELECT id FROM hapbx_drill.writes WHERE run = %s",
+                                                      (run_id,)).fetchall()}
+            acked = [r[0] for r in records if r[3]]
+            return sorted(i for i in acked if i not in present), present
+        except Exception as exc:
+            last = exc
+            time.sleep(0.5)
+    raise DrillError(f"cannot read the drill rows through the VIP: {last}")
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def interruption_end(records: list[tuple], t0: float, gap: float) -> tuple[float, float]:
+    """(seconds from t0 until the service answered again after its last interruption in the run,
+    total seconds without an answer). records: (sent, done, ok) sorted by sent. An interruption is a
+    failed attempt, or answers more than `gap` seconds apart."""
+    last_ok = None
+    end = 0.0
+    down = 0.0
+    failing = False
+    for sent, done, ok in records:
+        if sent < t0 - 0.0:
+            if ok:
+                last_ok = done
+            continue
+        if not ok:
+            failing = True
+            continue
+        ref = last_ok if last_ok is not None else t0
+        if failing or done - max(ref, t0) > gap:
+            end = max(end, done - t0)
+            down += done - max(ref, t0)
+        failing = False
+        last_ok = done
+    if failing:
+        end = float("inf")
+    return end, down
+
+
+def timeline(rd: RunData, step: float = SAMPLE_S) -> tuple[list[float], dict]:
+    """States of both nodes every `step` seconds (relative to the fault). A node without a
+    sample in the last 0.35 s (powered off) owns nothing and runs nothing."""
+    start = rd.t0 - 3.0
+    xs = []
+    states = {n: [] for n in rd.samples}
+    idx = {n: 0 for n in rd.samples}
+    t = start
+    while t <= rd.t_end:
+        xs.append(t - rd.t0)
+        for n, rows in rd.samples.items():
+            i = idx[n]
+            while i + 1 < len(rows) and rows[i + 1][0] <= t:
+                i += 1
+            idx[n] = i
+            if rows and rows[i][0] <= t and t - rows[i][0] <= 0.35:
+                states[n].append(rows[i][1:])
+            else:
+                states[n].append((0, "off", "off", "-"))
+        t += step
+    return xs, states
+
+
+def runs_of(flags: list[bool], xs: list[float]) -> list[tuple[float, float]]:
+    out, start = [], None
+    for x, f in zip(xs, flags):
+        if f and start is None:
+            start = x
+        if not f and start is not None:
+            out.append((start, x))
+            start = None
+    if start is not None:
+        out.append((start, xs[-1] + SAMPLE_S))
+    return out
+
+
+def analyse(rd: RunData) -> dict:
+    xs, st = timeline(rd)
+    a, b = rd.failed, rd.peer
+    both_vip = [st[a][i][0] == 1 and st[b][i][0] == 1 for i in range(len(xs))]
+    both_pg = [st[a][i][1] == "primary" and st[b][i][1] == "primary" for i in range(len(xs))]
+    both_redis = [st[a][i][2] == "master" and st[b][i][2] == "master" for i in range(len(xs))]
+    vip_runs = [r for r in runs_of(both_vip, xs) if r[1] > 0]
+    longest = max((e - s for s, e in vip_runs), default=0.0)
+    ended = ""
+    if vip_runs:
+        s, e = max(vip_runs, key=lambda r: r[1] - r[0])
+        # who dropped it
+        i = min(range(len(xs)), key=lambda k: abs(xs[k] - e))
+        dropped = [n for n in (a, b) if st[n][i][0] != 1]
+        heal_rel = rd.t_heal - rd.t0
+        ended = (f"{'/'.join(dropped) or '?'} dropped the VIP at +{e:.1f} s "
+                 f"({'before' if e < heal_rel else 'after'} the heal at +{heal_rel:.1f} s)")
+    # the surviving node's promotion: first sample at which the peer is primary
+    promoted = next((x for x, s_ in zip(xs, st[b]) if x >= 0 and s_[1] == "primary"), None)
+    vip_moved = next((x for x, sa, sb in zip(xs, st[a], st[b]) if x >= 0 and sb[0] == 1 and sa[0] != 1), None)
+    rejoin_from_samples = None
+    rn = rd.rejoin_node
+    for x, s_ in zip(xs, st[rn]):
+        if x >= 0 and s_[1] == "streaming":
+            if rejoin_from_samples is None:
+                rejoin_from_samples = x
+        elif x >= 0:
+            rejoin_from_samples = None
+    wr = [(s, d, ok) for _, s, d, ok, _ in rd.writes]
+    sip_end, sip_down = interruption_end(rd.options, rd.t0, 0.35)
+    reg_end, reg_down = interruption_end(rd.registers, rd.t0, 1.2)
+    w_end, w_down = interruption_end(wr, rd.t0, 0.5)
+    errors: dict[str, int] = {}
+    for _, s, _, ok, err in rd.writes:
+        if not ok and s >= rd.t0:
+            k = re.sub(r"\d+\.\d+\.\d+\.\d+|\"[^\"]*\"", "…", err)[:70]
+            errors[k] = errors.get(k, 0) + 1
+    return {
+        "drill": rd.drill, "run": rd.run, "failed": a, "peer": b, "final_owner": rd.final_owner,
+        "sip_s": sip_end, "sip_down_s": sip_down, "register_s": reg_end, "register_down_s": reg_down,
+        "write_s": w_end, "write_down_s": w_down,
+        "two_vip_samples": sum(both_vip), "two_vip_longest_s": longest, "two_vip_ended": ended,
+        "two_primary_samples": sum(both_pg), "two_redis_master_samples": sum(both_redis),
+        "acked": sum(1 for r in rd.writes if r[3]), "acked_lost": len(rd.lost), "lost_ids": rd.lost[:20],
+        "unacked_present": rd.unacked_present, "attempts": len(rd.writes),
+        "phone_called": rd.phone_ok, "phone_note": rd.phone_note,
+        "vip_moved_s": vip_moved, "peer_primary_s": promoted,
+        "rejoin_node": rn,
+        # from the samples (100 ms); the ssh poll after the heal (slower, ~0.5 s a status) as a fallback
+        "rejoin_after_heal_s": (max(0.0, rejoin_from_samples - (rd.t_heal - rd.t0)) if rejoin_from_samples is not None
+                                else rd.rejoin_after_heal),
+        "rejoin_polled_after_heal_s": rd.rejoin_after_heal,
+        "streaming_from_samples_s": rejoin_from_samples,
+        "heal_at_s": rd.t_heal - rd.t0, "write_errors": errors, "notes": rd.notes,
+    }
+
+
+def chart_data(rd: RunData) -> dict:
+    xs, st = timeline(rd)
+    rel = lambda t: round(t - rd.t0, 3)  # noqa: E731
+    return {"x": [round(x, 2) for x in xs],
+            "nodes": {n: [[s[0], s[1], s[2], s[3]] for s in v] for n, v in st.items()},
+            "options": [[rel(s), ok] for s, _, ok in rd.options],
+            "registers": [[rel(s), ok] for s, _, ok in rd.registers],
+            "writes": [[rel(s), ok] for _, s, _, ok, _ in rd.writes],
+            "heal": rel(rd.t_heal), "failed": rd.failed, "peer": rd.peer}
+
+
+def summary(values: list) -> tuple:
+    v = [x for x in values if x is not None]
+    if not v:
+        return (None, None, None)
+    return (min(v), statistics.median(v), max(v))
