@@ -16,25 +16,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import Rig  # noqa: E402
+from test_failover_rig import Rig, ordered_rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
 
-@pytest.fixture(scope="module")
-def rig(request):
-    r = Rig(witness=False, policy="manual-promotion", no_witness_timeout=2)
-    r.failures_at_start = request.session.testsfailed
-    try:
-        yield r
-    finally:
-        r.close()
-
-
-@pytest.fixture(autouse=True)
-def in_order(rig, request):
-    if request.session.testsfailed > rig.failures_at_start:
-        pytest.skip("an earlier step failed")
+rig, in_order = ordered_rig(lambda: Rig(witness=False, policy="manual-promotion", no_witness_timeout=2))
 
 
 def test_01_bootstrap(rig):

@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, Rig  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, Rig, ordered_rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and PostgreSQL as postgres: needs root")
 
@@ -108,24 +108,14 @@ class Probe:
         return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
-@pytest.fixture(scope="module")
-def rig(request):
-    r = Rig(sync_relax_after=SYNC_RELAX_AFTER, yield_after=3.0, resign_grace=5.0, heartbeat=True, netns=True)
-    r.failures_at_start = request.session.testsfailed
-    try:
-        t = time.time()
-        r.bootstrap_pair()
-        timing("netns rig: etcd, PostgreSQL pair in sync, Redis pair", time.time() - t)
-        yield r
-    finally:
-        r.close()
+def bootstrap(r: Rig):
+    t = time.time()
+    r.bootstrap_pair()
+    timing("netns rig: etcd, PostgreSQL pair in sync, Redis pair", time.time() - t)
 
 
-@pytest.fixture(autouse=True)
-def in_order(rig, request):
-    """The scenarios start from the state the previous one left: after a failure, skip."""
-    if request.session.testsfailed > rig.failures_at_start:
-        pytest.skip("an earlier scenario failed")
+rig, in_order = ordered_rig(lambda: Rig(sync_relax_after=SYNC_RELAX_AFTER, yield_after=3.0, resign_grace=5.0,
+                                        heartbeat=True, netns=True), setup=bootstrap)
 
 
 def primary_of(rig: Rig) -> str:

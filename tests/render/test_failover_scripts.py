@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, now_ms  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, now_ms, ordered_rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
@@ -37,23 +37,13 @@ def timing(name: str, ms: float):
     print(f"\n  [timing] {name}: {ms:.0f} ms", flush=True)
 
 
-@pytest.fixture(scope="module")
-def rig(request):
-    r = Rig(sync_relax_after=3, yield_after=3.0, resign_grace=5.0, heartbeat=True)
-    r.failures_at_start = request.session.testsfailed
-    try:
-        yield r
-    finally:
-        r.close()
-        if TIMINGS:
-            print("\n  [timings] " + ", ".join(f"{k}={v}ms" for k, v in TIMINGS.items()), flush=True)
+def print_timings():
+    if TIMINGS:
+        print("\n  [timings] " + ", ".join(f"{k}={v}ms" for k, v in TIMINGS.items()), flush=True)
 
 
-@pytest.fixture(autouse=True)
-def in_order(rig, request):
-    """The steps build on each other: after a failure the rest is skipped."""
-    if request.session.testsfailed > rig.failures_at_start:
-        pytest.skip("an earlier step failed")
+rig, in_order = ordered_rig(lambda: Rig(sync_relax_after=3, yield_after=3.0, resign_grace=5.0, heartbeat=True),
+                            teardown=print_timings)
 
 
 def one_primary(rig) -> str:
