@@ -142,7 +142,7 @@ def checks(cluster, spec) -> list[Check]:
     out: list[Check] = []
     names = [n.name for n in cluster.nodes]
     st = {n: status(spec, n) for n in names}
-    owners = [n for n in names if st[n].get("vip") == "present"]
+    owners = [n for n in names if f" {cluster.vip.address}/" in _sh(spec, n, "ip -4 -o addr show")[1]]
     owner = owners[0] if len(owners) == 1 else None
     if owner:
         s = st[owner]
