@@ -332,6 +332,7 @@ class Target:
     domain: str     # From/To domain (the digest realm)
     marker: str     # the -f argument of its Kamailio processes
     node: str       # the node it runs on (the VIP node)
+    before_calls: object = None   # stock: (re)registers the callee's contact before its calls
 
 
 def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log, *, calls: int, limit: int,
@@ -342,11 +343,12 @@ def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log,
     try:
         cmd = ["sipp", f"{target.address}:{target.port}", "-sf", os.path.join(SCENARIOS, scenario),
                "-i", lab.host, "-p", "0", "-s", service, "-inf", inf, "-key", "domain", target.domain,
-               "-key", "expires", "120", "-m", str(calls), "-l", str(limit), "-r", f"{step.rate:g}", "-rp", "1000",
+               "-key", "expires", str((keys or {}).get("expires", 120)), "-m", str(calls), "-l", str(limit), "-r", f"{step.rate:g}", "-rp", "1000",
                "-nostdin", "-trace_err", "-trace_screen", "-trace_stat", "-stf", "stat.csv", "-fd", "1", "-trace_rtt",
                "-rtt_freq", "1", "-recv_timeout", "8000", "-max_socket", "16000"]
         for k, v in (keys or {}).items():
-            cmd += ["-key", k, str(v)]
+            if k != "expires":
+                cmd += ["-key", k, str(v)]
         if step.hold_ms:
             cmd += ["-d", str(step.hold_ms)]
         bound = calls / max(step.rate, 1) + step.hold_ms / 1000 + 30
@@ -606,6 +608,8 @@ def run_target(lab, target, args, inf, log, deadline) -> dict[str, list[Step]]:
                     limit=100, sampler=False)
     if warm.ok == 0:
         raise RuntimeError(f"{target.name}: no REGISTER succeeded in the warm-up ({warm.note})")
+    if target.before_calls:
+        target.before_calls()
     probe = sipp_run(lab, target, "call.xml", Step("warm-up", target.name, 5, 1, 200), inf, log, calls=5, limit=5,
                      service=CALLEE, sampler=False)
     if probe.ok == 0:
@@ -709,12 +713,15 @@ def run(args) -> int:
         log(f"bench sip: our calls to {CALLEE} reach the media stand-in {engine} (dispatcher)")
         if not args.no_stock:
             stock.deploy(users + [(CALLEE, callee_pw)])
-            reg = Step("contact", "stock", 1, 1)
-            sipp_run(lab, stock_target, "register-contact.xml", reg, inf, log, calls=1, limit=1, sampler=False,
-                     extra=("-au", CALLEE, "-ap", callee_pw),
-                     keys={"user": CALLEE, "contact": f"sip:media@{engine}", "expires": "3600"})
-            if not reg.ok:
-                raise RuntimeError(f"stock: the callee's contact could not be registered ({reg.note})")
+
+            def contact() -> None:
+                reg = Step("contact", "stock", 1, 1)
+                sipp_run(lab, stock_target, "register-contact.xml", reg, inf, log, calls=1, limit=1, sampler=False,
+                         extra=("-au", CALLEE, "-ap", callee_pw),
+                         keys={"user": CALLEE, "contact": f"sip:media@{engine}", "expires": "3600"})
+                if not reg.ok:
+                    raise RuntimeError(f"stock: the callee's contact could not be registered ({reg.note})")
+            stock_target.before_calls = contact
         order = [ours] + ([] if args.no_stock else [stock_target])
         for t in order:
             log(f"bench sip: {t.name} at {t.address}:{t.port}")
@@ -871,6 +878,9 @@ def report(results: dict, meta: dict, png: str) -> str:
     def v(step, attr):
         return getattr(step, attr) if step is not None else None
 
+    def show(x):
+        return "-" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
     def yn(ok):
         return "**met**" if ok else "**missed**"
 
@@ -895,22 +905,22 @@ def report(results: dict, meta: dict, png: str) -> str:
     ]
     held_ok = hold_o is not None and hold_o.max_concurrent >= TARGET_CONCURRENT and hold_o.fail_ratio <= MAX_FAIL_RATIO
     lines += [
-        f"| concurrent calls held (failures) | {v(hold_o, 'max_concurrent')} ({'-' if hold_o is None else f'{hold_o.fail_ratio * 100:.2f} %'}) | "
+        f"| concurrent calls held (failures) | {show(v(hold_o, 'max_concurrent'))} ({'-' if hold_o is None else f'{hold_o.fail_ratio * 100:.2f} %'}) | "
         f"{v(hold_s, 'max_concurrent')} ({'-' if hold_s is None else f'{hold_s.fail_ratio * 100:.2f} %'}) | "
         f"{ratio(v(hold_o, 'max_concurrent'), v(hold_s, 'max_concurrent'))} | {TARGET_CONCURRENT} with < 0.1 %: {yn(held_ok)} |",
-        f"| highest calls/s passed | {v(call_o, 'rate')} | {v(call_s, 'rate')} | {ratio(v(call_o, 'rate'), v(call_s, 'rate'))} | "
+        f"| highest calls/s passed | {show(v(call_o, 'rate'))} | {show(v(call_s, 'rate'))} | {ratio(v(call_o, 'rate'), v(call_s, 'rate'))} | "
         f">= {TARGET_CPS}: {yn(call_o is not None and call_o.rate >= TARGET_CPS)} |",
         f"| call-setup p95 at {TARGET_CPS} calls/s | {fmt_ms(v(c200_o, 'p95'))} | {fmt_ms(v(c200_s, 'p95'))} | "
         f"{ratio(v(c200_o, 'p95'), v(c200_s, 'p95'))} | < {TARGET_SETUP_P95:g} ms: "
         f"{yn(c200_o is not None and c200_o.p95 is not None and c200_o.p95 < TARGET_SETUP_P95 and passed(c200_o))} |",
-        f"| highest REGISTER/s passed | {v(reg_o, 'rate')} | {v(reg_s, 'rate')} | {ratio(v(reg_o, 'rate'), v(reg_s, 'rate'))} | "
+        f"| highest REGISTER/s passed | {show(v(reg_o, 'rate'))} | {show(v(reg_s, 'rate'))} | {ratio(v(reg_o, 'rate'), v(reg_s, 'rate'))} | "
         f">= {TARGET_REG_RATE}: {yn(reg_o is not None and reg_o.rate >= TARGET_REG_RATE)} |",
         f"| REGISTER p95 at {TARGET_REG_RATE}/s | {fmt_ms(v(reg500_o, 'p95'))} | {fmt_ms(v(reg500_s, 'p95'))} | "
         f"{ratio(v(reg500_o, 'p95'), v(reg500_s, 'p95'))} | < {TARGET_REG_P95:g} ms: "
         f"{yn(reg500_o is not None and reg500_o.p95 is not None and reg500_o.p95 < TARGET_REG_P95 and passed(reg500_o))} |",
-        f"| Kamailio CPU at {TARGET_CPS} calls/s (cores) | {v(c200_o, 'kam_cores')} | {v(c200_s, 'kam_cores')} | "
+        f"| Kamailio CPU at {TARGET_CPS} calls/s (cores) | {show(v(c200_o, 'kam_cores'))} | {show(v(c200_s, 'kam_cores'))} | "
         f"{ratio(v(c200_o, 'kam_cores'), v(c200_s, 'kam_cores'))} | |",
-        f"| Kamailio PSS with the calls held (MB) | {v(hold_o, 'kam_pss_mb')} | {v(hold_s, 'kam_pss_mb')} | "
+        f"| Kamailio PSS with the calls held (MB) | {show(v(hold_o, 'kam_pss_mb'))} | {show(v(hold_s, 'kam_pss_mb'))} | "
         f"{ratio(v(hold_o, 'kam_pss_mb'), v(hold_s, 'kam_pss_mb'))} | |",
         "",
         "Ratios are ours divided by stock: above 1 is more for rates, calls and resources, slower for latency.",
