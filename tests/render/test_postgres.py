@@ -295,10 +295,11 @@ def test_an_edited_applied_migration_is_refused_and_a_failing_one_leaves_nothing
         rc = RUNNER.main(["--dir", str(edited), "--dsn", primary.dsn()])
     assert rc == 1 and "001_foundation was applied with another content" in err.getvalue()
     f.write_text(f.read_text().replace("\n-- edited\n", ""))
-    (edited / "006_broken.sql").write_text("CREATE TABLE pbx.half_done (id int);\nSELECT 1/0;\n")
+    broken = f"{len(pg.migrations()) + 1:03d}_broken"
+    (edited / f"{broken}.sql").write_text("CREATE TABLE pbx.half_done (id int);\nSELECT 1/0;\n")
     with redirect_stdout(out), redirect_stderr(err):
         rc = RUNNER.main(["--dir", str(edited), "--dsn", primary.dsn()])
-    assert rc == 1 and "006_broken failed, nothing of it was applied" in err.getvalue()
+    assert rc == 1 and f"{broken} failed, nothing of it was applied" in err.getvalue()
     with primary.connect(db=pg.DATABASE) as c:
         assert c.execute("SELECT to_regclass('pbx.half_done')").fetchone()[0] is None
         assert c.execute("SELECT max(version) FROM public.schema_migrations").fetchone()[0] == len(pg.migrations())
@@ -664,6 +665,17 @@ def sip_register(sock, port: int, user: str, domain: str, cseq: int, auth: str =
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/kamailio"), reason="needs kamailio + kamailio-postgres-modules")
+def test_auth_lookup_uses_the_extension_number_index(provisioned):
+    """auth_db's query on the view must not scan every extension (seq scans priced out:
+    a plan that still scans pbx.extensions has no index it can use)."""
+    with provisioned.connect(db=pg.DATABASE) as c:
+        c.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN SELECT ha1 FROM kamailio.subscriber WHERE username = '2000' AND domain = 'pbx.test'"))
+    assert "Seq Scan on extensions" not in plan, plan
+    assert "extensions_number_key" in plan, plan
+
+
 def test_real_kamailio_starts_against_the_schema_and_authenticates(provisioned, tmp_path):
     """Kamailio's own modules: auth_db, usrloc (db_mode 1) and dispatcher check their table
     versions at start; a REGISTER is challenged, then accepted with the right password, refused
