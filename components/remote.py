@@ -21,6 +21,10 @@ from .render import RenderedFile
 from .ssh import Endpoint
 
 PENDING_DIR = "/var/lib/hapbx/pending"
+#: where a handler notes the restart it is making (epoch seconds): keepalived's check-local
+#: does not count that daemon's brief absence, so a planned restart never moves the VIP
+#: (honoured 30 s at most: a cut-off apply cannot blind the health check)
+PLANNED_DIR = "/run/hapbx/ha"
 # Steps run in parallel; systemd's manager does not like a daemon-reload while it
 # re-executes ("Transport endpoint is not connected"): one manager operation at a time.
 SYSTEMD_LOCK = "exec 9>/run/lock/hapbx-systemd.lock\nflock -w 120 9\n"
@@ -157,6 +161,11 @@ def handler_script(h: Handler, defer: str = "") -> str:
     # the systemd lock (fd 9) is let go before waiting on the daemon's own health
     healthy = wait_healthy(h)
     after = f"exec 9>&-\n{healthy}" if healthy else ""
+    planned, unplanned = "", ""
+    if verb != "reload":
+        note = shlex.quote(f"{PLANNED_DIR}/planned-restart.{h.service}")
+        planned = f"  install -d -m 0755 {PLANNED_DIR} && date +%s > {note}\n"
+        unplanned = f"rm -f {note}\n"
     return SYSTEMD_LOCK + f"""
 marker={_marker(h.service)}
 if [ -e "$marker" ]; then systemctl daemon-reload; fi
@@ -164,11 +173,11 @@ if [ -e "$marker" ]; then systemctl daemon-reload; fi
   systemctl start {svc}; rm -f "$marker"; result=started
 elif [ -e "$marker" ]; then
 {defer}{h.before}
-  systemctl {verb} {svc}; rm -f "$marker"; result={verb}ed
+{planned}  systemctl {verb} {svc}; rm -f "$marker"; result={verb}ed
 else
   echo unchanged; exit 0
 fi
-{after}echo "$result"
+{after}{unplanned}echo "$result"
 """
 
 

@@ -10,11 +10,13 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from components import remote as rc  # noqa: E402
 from components.config import load_stack_file  # noqa: E402
 from components.render import RenderContext, masked_secrets  # noqa: E402
 from components.render import failover, keepalived  # noqa: E402
@@ -176,6 +178,15 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     cfg.write_text("# Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply.\n")
     out = check()
     assert out.returncode == 1 and "sip" in out.stderr  # ours, but nobody answers
+    # an apply restarting Kamailio on purpose (the handler's note): not a failure, for 30 s at most
+    assert rc.PLANNED_DIR == failover.HA_RUN_DIR
+    note = tmp_path / "run" / "planned-restart.kamailio.service"
+    note.write_text(f"{int(time.time())}\n")
+    assert check().returncode == 0
+    note.write_text(f"{int(time.time()) - 31}\n")
+    out = check()
+    assert out.returncode == 1 and "sip" in out.stderr
+    note.unlink()
     got = {}
 
     sock.setblocking(False)

@@ -141,6 +141,7 @@ def run_passes(graph, tmp_path, first_name: str, nodes: list[str], peers: dict[s
         text = (graph.resources[name].inputs["create"]
                 .replace(marker, str(d / os.path.basename(marker)))
                 .replace(rc.PENDING_DIR, str(d))
+                .replace(rc.PLANNED_DIR, str(d))
                 .replace("/run/lock/hapbx-systemd.lock", str(d / "lock"))
                 .replace("/etc/redis/admin.env", str(d / "admin.env")))
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NODE": node, "VIP_NODE": vip_node,
