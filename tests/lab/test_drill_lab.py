@@ -1,0 +1,32 @@
+"""One short failover drill on the suite's lab (the rest: `./hapbx lab drill`, reports/failover.md).
+
+Drill 1 (keepalived stopped on the VIP owner), one run, with everything the full drills measure:
+100 ms samplers on both nodes, a writer through the VIP, SIP OPTIONS/REGISTER probes, a phone
+registered before the fault called during it, and the old owner back as a streaming standby.
+Asserts issue 9's targets for this drill; then fails back so later tests see the configured roles.
+"""
+from __future__ import annotations
+
+from lab import drills
+
+
+def test_drill_1_keepalived_stopped_on_the_vip_owner(lab):
+    ctx = drills.make_ctx(lab.spec, lab.cluster, log=lambda _: None)
+    try:
+        drills.setup(ctx)
+        rd = drills.run_one(ctx, 1, 1)
+        a = drills.analyse(rd)
+        print("\ndrill 1: " + ", ".join(f"{k} {a[k]}" for k in (
+            "sip_s", "register_s", "write_s", "two_vip_longest_s", "two_primary_samples", "acked", "acked_lost",
+            "phone_called", "rejoin_node", "rejoin_after_heal_s")))
+        assert a["acked"] > 100, a                       # the writer did write through the VIP
+        assert a["sip_s"] <= 1.0, a                       # SIP on the VIP answers again within 1 s
+        assert a["write_s"] <= 5.0, a                     # writes through the VIP within 5 s
+        assert a["two_primary_samples"] == 0, a           # never two writable primaries
+        assert a["two_vip_longest_s"] <= 1.0, a           # two VIP owners never longer than 1 s
+        assert a["acked_lost"] == 0, a                    # no acknowledged row lost
+        assert a["phone_called"], a                       # a phone registered before still receives a call
+        assert a["rejoin_after_heal_s"] is not None and rd.rejoin_node == rd.failed, a   # back as streaming standby
+        drills.switch_to(ctx, lab.cluster.primary.name)
+    finally:
+        drills.cleanup(ctx)
