@@ -25,6 +25,9 @@ def add_parser(lsub) -> None:
     d.add_argument("--runs", type=int, default=5, help="runs of each drill (5)")
     d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all seven)")
     d.add_argument("--report-only", action="store_true", help="write the report again from results.json")
+    d.add_argument("--note", default="", help="a note on this invocation, printed in the report")
+    d.add_argument("--merge", action="store_true",
+                   help="keep the other drills' results from results.json (a drill run again replaces its own)")
 
 
 def _root() -> str:
@@ -57,10 +60,18 @@ def run(args, raw, cluster, spec) -> int:
         print(f"hapbx lab drill: lab {spec.name} is not up: run ./hapbx lab up first", file=sys.stderr)
         return 1
     ctx = drills.make_ctx(spec, cluster)
-    meta = {"command": "./hapbx lab drill " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
+    command = " ".join(["./hapbx lab drill", *(shlex.quote(a) for a in sys.argv[3:])])
+    try:  # ./hapbx execs python: its parent is what ran it (flock, for measurements)
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            parent = [a.decode() for a in fh.read().split(b"\0") if a]
+        if parent and os.path.basename(parent[0]) == "flock":
+            command = " ".join(parent[:2]) + " " + command
+    except OSError:
+        pass
+    meta = {"command": command,
             "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "load_start": os.getloadavg(), "host": _machine(), "lab": spec.name,
-            "drills": only, "runs": args.runs}
+            "drills": only, "runs": args.runs, "note": args.note}
     started = time.monotonic()
     results: list[dict] = []
     charts: dict = {}
@@ -96,6 +107,15 @@ def run(args, raw, cluster, spec) -> int:
     if results:
         os.makedirs(assets, exist_ok=True)
         data = {"meta": meta, "results": results, "charts": charts}
+        if args.merge and os.path.exists(results_path):
+            with open(results_path, encoding="utf-8") as fh:
+                old = json.load(fh)
+            kept = [r for r in old["results"] if r["drill"] not in only]
+            data["results"] = sorted(kept + results, key=lambda r: (r["drill"], r["run"]))
+            data["charts"] = {**{k: v for k, v in old.get("charts", {}).items() if int(k) not in only}, **charts}
+            # each drill keeps the conditions it was measured under
+            earlier = old["meta"].get("parts", [dict(old["meta"], parts=None)])
+            meta["parts"] = [m for m in earlier if not set(m["drills"]) <= set(only)] + [dict(meta)]
         with open(results_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, default=_json_default)
         drill_report.write(out, data)

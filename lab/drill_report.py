@@ -47,12 +47,15 @@ def write(path: str, data: dict) -> None:
     L = ["# Failover drills on the lab", "",
          f"Real runs of `{m['command']}` against lab `{m['lab']}` (two systemd-nspawn nodes + witness, "
          "the program applied by `./hapbx lab up`), written by the command itself.", "",
-         f"- started {m['started']}, {m['seconds']:.0f} s in all; {len(results)} runs of drills "
-         f"{', '.join(map(str, sorted(by)))} ({m['runs']} per drill asked)"
-         + (f"; **stopped early: {m['error']}**" if m.get("error") else ""),
          f"- machine: {h['cores']} cores ({h['cpu']}), {h['memory_mb']} MiB, kernel {h['kernel']}, "
-         f"Python {h['python']}; shared with other work: load average at start "
-         f"{' '.join(f'{x:.2f}' for x in m['load_start'])}, at end {' '.join(f'{x:.2f}' for x in m['load_end'])}",
+         f"Python {h['python']}; shared with other work (load averages below)",
+         *[f"- `{p['command']}`: started {p['started']}, {p['seconds']:.0f} s, drills "
+           f"{', '.join(map(str, p['drills']))} × {p['runs']} runs; load average at start "
+           f"{' '.join(f'{x:.2f}' for x in p['load_start'])}, at end {' '.join(f'{x:.2f}' for x in p['load_end'])}"
+           + (f"; **stopped early: {p['error']}**" if p.get("error") else "")
+           + (f" ({p['note']})" if p.get("note") else "")
+           for p in (m.get("parts") or [m])],
+         f"- {len(results)} runs in this report",
          f"- on the nodes: {'; '.join(m.get('versions', {}).get('node', []))}; matplotlib "
          f"{m.get('versions', {}).get('matplotlib', '?')}",
          "- lab stack: VRRPv3 adverts every 0.1 s, leader lease 4 s renewed every 0.5 s (fence 0.5 s before), "
