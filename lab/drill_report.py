@@ -66,7 +66,9 @@ def write(path: str, data: dict) -> None:
          "again and the cluster is healthy (one VIP owner that leads, primary and Redis master; the peer a "
          "synchronous streaming standby and replica).",
          "- **samplers** on both nodes every 100 ms: VIP present, PostgreSQL primary / streaming standby / "
-         "standby / down, Redis role, lease holder. A powered-off node counts as owning nothing.",
+         "standby / down, Redis role, lease holder. A powered-off node counts as owning nothing. "
+         "A fenced Redis master keeps reporting the role `master` while its writes are paused "
+         "(CLIENT PAUSE WRITE) until it follows the new master: \"two Redis masters\" samples are that.",
          "- **writer** from the host: one INSERT through the VIP (psycopg, TLS, role pbx_admin) every 50 ms; "
          "an insert unanswered after 5 s is abandoned (not acknowledged). After the run the rows are read "
          "back through the VIP: **acknowledged rows lost** = acknowledged ids missing.",
@@ -127,6 +129,11 @@ def write(path: str, data: dict) -> None:
               "(samples; before the heal where the node could rejoin on its own)",
               f"- rows not acknowledged but stored (commits whose answer the writer never got): "
               f"{sum(r['unacked_present'] for r in rows)}"]
+        stayed = [r for r in rows if r["final_owner"] == r["failed"]]
+        if stayed:
+            L.append(f"- in {len(stayed)} of {len(rows)} runs the failed node led again at the end "
+                     "(it kept or regained the lease: no failover, e.g. the leader restarting its own "
+                     "PostgreSQL); the node that had to stream again was then the other one")
         endings = [f"run {r['run']}: {r['two_vip_longest_s']:.1f} s, {r['two_vip_ended']}" for r in rows
                    if r["two_vip_longest_s"] > 0]
         if endings:
