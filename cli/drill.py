@@ -115,7 +115,13 @@ def run(args, raw, cluster, spec) -> int:
             data["charts"] = {**{k: v for k, v in old.get("charts", {}).items() if int(k) not in only}, **charts}
             # each drill keeps the conditions it was measured under
             earlier = old["meta"].get("parts", [dict(old["meta"], parts=None)])
-            meta["parts"] = [m for m in earlier if not set(m["drills"]) <= set(only)] + [dict(meta)]
+            parts, covered = [], set()
+            for part in reversed(earlier + [dict(meta)]):   # a part stays while some drill's runs are its own
+                mine = set(part["drills"]) - covered
+                if mine:
+                    parts.insert(0, dict(part, in_report=sorted(mine)))
+                covered |= set(part["drills"])
+            meta["parts"] = parts
         with open(results_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, default=_json_default)
         drill_report.write(out, data)

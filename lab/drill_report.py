@@ -45,12 +45,15 @@ def write(path: str, data: dict) -> None:
     rel = os.path.basename(assets)
     m, h = meta, meta["host"]
     L = ["# Failover drills on the lab", "",
-         f"Real runs of `{m['command']}` against lab `{m['lab']}` (two systemd-nspawn nodes + witness, "
+         f"Real runs of the command(s) below against lab `{m['lab']}` (two systemd-nspawn nodes + witness, "
          "the program applied by `./hapbx lab up`), written by the command itself.", "",
          f"- machine: {h['cores']} cores ({h['cpu']}), {h['memory_mb']} MiB, kernel {h['kernel']}, "
          f"Python {h['python']}; shared with other work (load averages below)",
          *[f"- `{p['command']}`: started {p['started']}, {p['seconds']:.0f} s, drills "
-           f"{', '.join(map(str, p['drills']))} × {p['runs']} runs; load average at start "
+           f"{', '.join(map(str, p['drills']))} × {p['runs']} runs"
+           + (f" (in this report: drills {', '.join(map(str, p['in_report']))})"
+              if p.get("in_report") and p["in_report"] != p["drills"] else "")
+           + "; load average at start "
            f"{' '.join(f'{x:.2f}' for x in p['load_start'])}, at end {' '.join(f'{x:.2f}' for x in p['load_end'])}"
            + (f"; **stopped early: {p['error']}**" if p.get("error") else "")
            + (f" ({p['note']})" if p.get("note") else "")
