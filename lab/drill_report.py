@@ -34,8 +34,29 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
 
+def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]]:
+    """From a run's chart data (attempts by send time, relative to the fault): seconds until the
+    service answered again after its last interruption before heal + 5 s (what the fault did), and
+    the times of failed attempts later (during rejoin and after). Send times stand in for answer
+    times where the data has no answer times (the next attempt's send time bounds it: sequential)."""
+    from .drills import interruption_end
+    until = chart["heal"] + 5.0
+    pts = chart[key]
+    # answer time: stored (3rd field) or, conservatively, the next attempt's send time
+    recs = [(p[0], p[2] if len(p) > 2 else (pts[i + 1][0] if i + 1 < len(pts) else p[0]), p[1])
+            for i, p in enumerate(pts) if p[0] <= until]
+    end, _ = interruption_end(recs, 0.0, gap)
+    later = [p[0] for p in pts if p[0] > until and not p[1]]
+    return end, later
+
+
 def write(path: str, data: dict) -> None:
     meta, results, charts = data["meta"], data["results"], data.get("charts", {})
+    for d, runs in charts.items():   # charts and results of a drill are in the same (run) order
+        rows = [r for r in results if r["drill"] == int(d)]
+        for r, c in zip(rows, runs):
+            r["write_fault_s"], r["write_later"] = _during_fault(c, "writes", 0.5)
+            r["sip_fault_s"], r["sip_later"] = _during_fault(c, "options", 0.35)
     assets = os.path.splitext(path)[0]
     os.makedirs(assets, exist_ok=True)
     by = {}
@@ -84,12 +105,16 @@ def write(path: str, data: dict) -> None:
          "the VIP) 2.5 s before the heal, i.e. while the fault is on.",
          "- **rejoin**: from the heal until the node that is not primary is a streaming standby.", "",
          "## Results (min / median / max over the runs)", "",
-         "| drill | runs | SIP answers | writes accepted | REGISTER ok | two VIP owners, longest | "
-         "samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "Two readings of \"answers again\": *fault* = the last interruption that began before heal + 5 s "
+         "(what the fault itself did; the targets), *run* = the last interruption of the whole run, rejoin "
+         "included (a later blip shows here).", "",
+         "| drill | runs | SIP answers (fault) | writes accepted (fault) | writes accepted (run) | REGISTER ok (run) | "
+         "two VIP owners, longest | samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in sorted(by):
         rows = by[d]
-        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_s')} | {_mmm(rows, 'write_s')} | "
+        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_fault_s')} | {_mmm(rows, 'write_fault_s')} | "
+                 f"{_mmm(rows, 'write_s')} | "
                  f"{_mmm(rows, 'register_s')} | {_mmm(rows, 'two_vip_longest_s', digits=1)} | "
                  f"{sum(r['two_primary_samples'] for r in rows)} | "
                  f"{sum(r['acked_lost'] for r in rows)} of {sum(r['acked'] for r in rows)} | "
@@ -97,10 +122,10 @@ def write(path: str, data: dict) -> None:
     L += ["", "## Against the targets", "",
           "| target | drills | result |", "|---|---|---|"]
     checks = [
-        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_s"] <= 1.0,
-         lambda rows: f"max {_fmt(max(r['sip_s'] for r in rows))}"),
-        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_s"] <= 5.0,
-         lambda rows: f"max {_fmt(max(r['write_s'] for r in rows))}"),
+        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_fault_s"] <= 1.0,
+         lambda rows: f"max {_fmt(max(r['sip_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['sip_s'] for r in rows))})"),
+        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_fault_s"] <= 5.0,
+         lambda rows: f"max {_fmt(max(r['write_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['write_s'] for r in rows))})"),
         ("zero samples with two writable primaries", set(DRILLS), lambda r: r["two_primary_samples"] == 0,
          lambda rows: f"{sum(r['two_primary_samples'] for r in rows)} samples"),
         ("two VIP owners never longer than 1 s", VIP_1S, lambda r: r["two_vip_longest_s"] <= 1.0,
@@ -141,6 +166,10 @@ def write(path: str, data: dict) -> None:
                    if r["two_vip_longest_s"] > 0]
         if endings:
             L.append("- two VIP owners, how long and what ended it: " + "; ".join(endings))
+        later = [f"run {r['run']}: {', '.join(f'+{t:.1f} s' for t in r['write_later'][:5])}"
+                 for r in rows if r.get("write_later")]
+        if later:
+            L.append("- writes refused after heal + 5 s (during or after the rejoin): " + "; ".join(later))
         errs: dict[str, int] = {}
         for r in rows:
             for k, v in r.get("write_errors", {}).items():

@@ -863,9 +863,9 @@ def chart_data(rd: RunData) -> dict:
     rel = lambda t: round(t - rd.t0, 3)  # noqa: E731
     return {"x": [round(x, 2) for x in xs],
             "nodes": {n: [[s[0], s[1], s[2], s[3]] for s in v] for n, v in st.items()},
-            "options": [[rel(s), ok] for s, _, ok in rd.options],
-            "registers": [[rel(s), ok] for s, _, ok in rd.registers],
-            "writes": [[rel(s), ok] for _, s, _, ok, _ in rd.writes],
+            "options": [[rel(s), ok, rel(d)] for s, d, ok in rd.options],
+            "registers": [[rel(s), ok, rel(d)] for s, d, ok in rd.registers],
+            "writes": [[rel(s), ok, rel(d)] for _, s, d, ok, _ in rd.writes],
             "heal": rel(rd.t_heal), "failed": rd.failed, "peer": rd.peer}
 
 
