@@ -13,6 +13,34 @@ VIP_1S = {1, 2, 3, 5, 6}
 NO_LOSS = {1, 2, 3, 6, 7}
 
 
+# why a drill behaves as it does where the targets say "say how long and what ended it",
+# or where the lab falls short (printed under the drill)
+WHY = {
+    2: "A powered-off leader cannot release its lease: the peer waits for it to expire in etcd (the lab's "
+       "lease is 4 s, renewed every 0.5 s, so 3.5-4 s after the fault), takes it on its next tick, then "
+       "promotes (peer check bounded at 0.3 s, pg_promote ~0.1 s, synchronous replication relaxed at once). "
+       "Writes come back at TTL + ~1 s: within 5 s needs a lease of 3 s or less (production default 2 s; the "
+       "lab keeps 4 s because its shared 2-core host missed 2 s renewals under test load). SIP does not wait "
+       "for the lease: the VIP moves in 0.3-0.4 s and the standby's Kamailio serves from its replica.",
+    4: "Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
+       "leader daemon sees the peer holding the lease for YIELD_AFTER (11 s on the lab) and makes keepalived "
+       "go FAULT. Meanwhile clients follow the last gratuitous ARP: the non-leader's (read-only PostgreSQL; "
+       "SIP works). The leader's commits wait for the cut synchronous standby until it marks it stale and "
+       "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
+       "a second primary. The tie-breaker that makes this safe is the witness (etcd quorum + lease).",
+    5: "The isolated owner cannot be told anything: it keeps the VIP until its own check-reach fails (gateway "
+       "and witness unanswered, ha.reachFall 3 × 1 s + ping timeout), while the peer takes the VIP after "
+       "0.3-0.5 s. Nobody can reach the isolated copy, so clients see one owner (SIP answers again in "
+       "under 0.6 s), but the samples count two; below 1 s would need sub-second reachability probes. "
+       "Writes wait for the isolated leader's lease to expire, as in drill 2.",
+    7: "The frozen keepalived keeps its VIP while the peer, hearing no adverts, takes it too. The leader "
+       "daemon on the frozen node sees no keepalived heartbeat for HUNG_AFTER (3 s), resigns (fast stop of "
+       "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "
+       "ends the double ownership at ~+3 s, and the peer promotes at once. SIGCONT at +10 s finds a "
+       "restarted keepalived that stays BACKUP (nopreempt).",
+}
+
+
 def _fmt(v, unit="s", digits=2) -> str:
     if v is None:
         return "–"
@@ -147,6 +175,8 @@ def write(path: str, data: dict) -> None:
         rows = by[d]
         L += [f"### {d}. {DRILLS[d]}", "",
               f"Fault held {HOLD[d]:.0f} s; heal: {HEAL[d]}.", ""]
+        if d in WHY:
+            L += [WHY[d], ""]
         L += [f"- VIP on the peer (sampled): {_mmm(rows, 'vip_moved_s')}; peer PostgreSQL primary: "
               f"{_mmm(rows, 'peer_primary_s')}",
               f"- SIP OPTIONS unanswered in all: {_mmm(rows, 'sip_down_s')}; writes refused or waiting: "
