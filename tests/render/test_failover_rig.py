@@ -379,9 +379,12 @@ class Rig:
     # --- etcd membership (as root: maintenance calls) -----------------------------------------
     def etcd_root(self, *args, endpoint: str | None = None) -> str:
         env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": ETCD_ROOT_PASSWORD}
-        out = subprocess.run(self.inside("witness", ["etcdctl", f"--endpoints={endpoint or self.endpoints()}",
-                                                     "--command-timeout=3s", *args]),
-                             capture_output=True, text=True, env=env, timeout=15)
+        for _ in range(3):      # as etcdctl(): a loaded host or a member cut from the raft leader times out
+            out = subprocess.run(self.inside("witness", ["etcdctl", f"--endpoints={endpoint or self.endpoints()}",
+                                                         "--command-timeout=3s", *args]),
+                                 capture_output=True, text=True, env=env, timeout=15)
+            if out.returncode == 0:
+                break
         assert out.returncode == 0, (args, out.stderr)
         return out.stdout
 
