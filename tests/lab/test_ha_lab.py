@@ -47,6 +47,8 @@ def switchover(lab) -> dict[str, float]:
     lab.sh(old, "systemctl start keepalived")
     took["rejoined"] = wait(lambda: status(lab, old).get("postgres") == "standby"
                             and status(lab, old).get("postgres_streaming") == "yes", 180, "old node streaming", fault)
+    # a planned switchover back needs a synchronous standby (a stale one is never promoted)
+    took["in_sync"] = wait(lambda: status(lab, new).get("etcd_sync") == "on", 60, "old node synchronous", fault)
     assert status(lab, new).get("vip") == "present" and status(lab, old).get("redis") == "slave"
     print(f"\nswitchover {old} -> {new}, seconds after `systemctl stop keepalived`: "
           + ", ".join(f"{k} {v:.2f}" for k, v in took.items()))
