@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from cli.machine import host, version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "services"))
@@ -194,22 +194,7 @@ def fmt(seconds: float | None) -> str:
 
 
 def machine() -> dict[str, str]:
-    info = {"kernel": platform.release(), "cores": str(os.cpu_count()),
-            "load": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
-        with open("/proc/meminfo") as fh:
-            info["memory"] = f"{int(fh.readline().split()[1]) // 1024} MiB"
-        with open("/etc/debian_version") as fh:
-            info["debian"] = fh.read().strip()
-    except OSError:
-        pass
-    def version(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "?"
+    info = {**host(), "load": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
     info["postgresql"] = version([f"{devstack.pg_bin()}/postgres", "--version"])
     info["redis"] = version(["redis-server", "--version"])
     info["python3"] = version([devstack.SYSTEM_PYTHON, "--version"])

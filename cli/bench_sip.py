@@ -29,7 +29,6 @@ import ipaddress
 import json
 import math
 import os
-import platform
 import re
 import secrets
 import shlex
@@ -39,7 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from cli.machine import host, version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = os.path.join(ROOT, "bench", "sip")
@@ -522,21 +522,7 @@ def md5(s: str) -> str:
 # ---------------------------------------------------------------- the run
 
 def machine() -> dict[str, str]:
-    info = {"kernel": platform.release(), "cores": str(os.cpu_count())}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
-        with open("/proc/meminfo") as fh:
-            info["memory"] = f"{int(fh.readline().split()[1]) // 1024} MiB"
-        with open("/etc/debian_version") as fh:
-            info["debian"] = fh.read().strip()
-    except OSError:
-        pass
-    try:
-        info["sipp"] = subprocess.run(["sipp", "-v"], capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.SubprocessError):
-        info["sipp"] = "?"
-    return info
+    return {**host(), "sipp": version(["sipp", "-v"])}
 
 
 MEASURE_LOCK = "/run/lock/hapbx-measure.lock"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import time
+from cli.machine import host
 
 REPORT = "reports/failover.md"
 
@@ -70,7 +70,7 @@ def run(args, raw, cluster, spec) -> int:
         pass
     meta = {"command": command,
             "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "load_start": os.getloadavg(), "host": _machine(), "lab": spec.name,
+            "load_start": os.getloadavg(), "host": host(), "lab": spec.name,
             "drills": only, "runs": args.runs, "note": args.note}
     started = time.monotonic()
     results: list[dict] = []
@@ -133,22 +133,6 @@ def _json_default(o):
     if isinstance(o, float) and o == float("inf"):
         return None
     return str(o)
-
-
-def _machine() -> dict:
-    mem = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) // 1024
-    model = ""
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cores": os.cpu_count(), "memory_mb": mem, "cpu": model, "kernel": platform.release(),
-            "python": platform.python_version()}
 
 
 def _versions(ctx) -> dict:

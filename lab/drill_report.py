@@ -96,7 +96,7 @@ def write(path: str, data: dict) -> None:
     L = ["# Failover drills on the lab", "",
          f"Real runs of the command(s) below against lab `{m['lab']}` (two systemd-nspawn nodes + witness, "
          "the program applied by `./hapbx lab up`), written by the command itself.", "",
-         f"- machine: {h['cores']} cores ({h['cpu']}), {h['memory_mb']} MiB, kernel {h['kernel']}, "
+         f"- machine: {h['cores']} cores ({h['cpu']}), {h.get('memory') or str(h.get('memory_mb')) + ' MiB'}, kernel {h['kernel']}, "
          f"Python {h['python']}; shared with other work (load averages below)",
          *[f"- `{p['command']}`: started {p['started']}, {p['seconds']:.0f} s, drills "
            f"{', '.join(map(str, p['drills']))} × {p['runs']} runs"

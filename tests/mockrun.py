@@ -115,3 +115,18 @@ def run_ok(raw_config: dict[str, Any], secret_keys=()) -> tuple[Graph, dict[str,
     graph, generated = run_program(raw_config, list(secret_keys))
     assert graph.error is None, repr(graph.error)
     return graph, generated
+
+
+def ancestors(graph: Graph, name: str, seen: set[str] | None = None) -> set[str]:
+    """Every resource `name` waits for, transitively: explicit dependencies, and a component
+    as a dependency stands for all its children."""
+    seen = set() if seen is None else seen
+    for dep in graph.resources[name].depends_on if name in graph.resources else ():
+        if dep not in seen:
+            seen.add(dep)
+            ancestors(graph, dep, seen)
+            for child in (c.name for c in graph.resources.values() if c.parent == dep):
+                if child not in seen:
+                    seen.add(child)
+                    ancestors(graph, child, seen)
+    return seen

@@ -7,7 +7,7 @@ from pulumi.runtime import rpc
 
 from components.render import cdr
 from tests.mockrun import run_ok
-from tests.unit.test_ha_graph import ancestors
+from tests.mockrun import ancestors
 
 CMD = "command:remote:Command"
 

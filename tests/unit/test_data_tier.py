@@ -12,18 +12,7 @@ from components.config import load_stack_file
 from components.render import RenderContext, masked_secrets
 from components.render import postgres as pg
 from components.render import redis as rd
-from tests.mockrun import ROOT, run_ok, stack_config
-
-
-def deps(graph, name: str) -> set[str]:
-    """Every resource `name` waits for, transitively (explicit depends_on)."""
-    seen, todo = set(), list(graph.resources[name].depends_on)
-    while todo:
-        d = todo.pop()
-        if d not in seen:
-            seen.add(d)
-            todo.extend(graph.resources[d].depends_on if d in graph.resources else [])
-    return seen
+from tests.mockrun import ROOT, ancestors, run_ok, stack_config
 
 
 def host_of(rec) -> str:
@@ -60,22 +49,22 @@ def test_every_data_step_waits_for_its_nodes_baseline(lab):
         for comp in ("postgres", "redis"):
             for r in graph.resources.values():
                 if r.parent == comp and r.name.startswith(f"{comp}-{node}-"):
-                    assert f"{node}-packages" in deps(graph, r.name), r.name
+                    assert f"{node}-packages" in ancestors(graph, r.name), r.name
 
 
 def test_standby_is_built_after_the_whole_primary_chain(lab):
     graph, _, _ = lab
-    before = deps(graph, "postgres-pbx2-standby")
+    before = ancestors(graph, "postgres-pbx2-standby")
     assert {"postgres-pbx1-configure", "postgres-pbx1-migrate", "postgres-pbx1-roles",
             "postgres-pbx1-replication"} <= before
     assert "postgres-pbx2-file-var-lib-postgresql-.pgpass" in before  # its replication password is in place
     # and the standby's own handler and slot come after the build
-    assert "postgres-pbx2-standby" in deps(graph, "postgres-pbx2-configure")
-    assert "postgres-pbx2-configure" in deps(graph, "postgres-pbx2-replication")
+    assert "postgres-pbx2-standby" in ancestors(graph, "postgres-pbx2-configure")
+    assert "postgres-pbx2-configure" in ancestors(graph, "postgres-pbx2-replication")
     # nothing of the primary waits for the standby
     for r in graph.resources.values():
         if r.name.startswith("postgres-pbx1-"):
-            assert not any(d.startswith("postgres-pbx2-") for d in deps(graph, r.name)), r.name
+            assert not any(d.startswith("postgres-pbx2-") for d in ancestors(graph, r.name)), r.name
 
 
 def test_schema_runs_on_the_primary_only_after_it_is_up(lab):
@@ -84,9 +73,9 @@ def test_schema_runs_on_the_primary_only_after_it_is_up(lab):
     assert sorted(r.name for r in steps) == ["postgres-pbx1-migrate", "postgres-pbx1-roles"]
     assert all(host_of(r) == "10.77.0.11" for r in steps)
     migrate = graph.resources["postgres-pbx1-migrate"]
-    assert "postgres-pbx1-configure" in deps(graph, migrate.name)
-    assert "postgres-pbx1-file-etc-postgresql-15-main-postgresql.conf" in deps(graph, migrate.name)
-    assert "postgres-pbx1-migrate" in deps(graph, "postgres-pbx1-roles")
+    assert "postgres-pbx1-configure" in ancestors(graph, migrate.name)
+    assert "postgres-pbx1-file-etc-postgresql-15-main-postgresql.conf" in ancestors(graph, migrate.name)
+    assert "postgres-pbx1-migrate" in ancestors(graph, "postgres-pbx1-roles")
     assert "python3 /usr/local/lib/hapbx/postgres/migrate.py" in migrate.inputs["create"]
     assert "is a standby (in recovery): the schema is applied on the primary only" in migrate.inputs["create"]
     # re-run only when the migrations, the runner or the seed data change
@@ -98,8 +87,8 @@ def test_initial_primary_from_config_swaps_the_roles(lab):
     graph, _ = run_ok({**raw, "postgres": {**raw["postgres"], "initialPrimary": "pbx2"}})
     assert host_of(graph.resources["postgres-pbx2-migrate"]) == "10.77.0.12"
     assert "postgres-pbx1-standby" in graph.resources and "postgres-pbx2-standby" not in graph.resources
-    assert "postgres-pbx2-replication" in deps(graph, "postgres-pbx1-standby")
-    assert "redis-pbx2-handler" in deps(graph, "redis-pbx1-handler")  # Redis master follows the PG primary
+    assert "postgres-pbx2-replication" in ancestors(graph, "postgres-pbx1-standby")
+    assert "redis-pbx2-handler" in ancestors(graph, "redis-pbx1-handler")  # Redis master follows the PG primary
     assert "redis-pbx1-verify" in graph.resources
 
 
@@ -140,9 +129,9 @@ def test_role_passwords_travel_as_scram_verifiers_not_cleartext(lab):
 
 def test_redis_replica_after_master_and_verified(lab):
     graph, _, _ = lab
-    assert "redis-pbx1-handler" in deps(graph, "redis-pbx2-handler")
-    assert {"redis-pbx1-handler", "redis-pbx2-handler"} <= deps(graph, "redis-pbx2-verify")
-    assert "redis-pbx1-role" in deps(graph, "redis-pbx1-file-etc-redis-redis.conf")  # validated with the role file
+    assert "redis-pbx1-handler" in ancestors(graph, "redis-pbx2-handler")
+    assert {"redis-pbx1-handler", "redis-pbx2-handler"} <= ancestors(graph, "redis-pbx2-verify")
+    assert "redis-pbx1-role" in ancestors(graph, "redis-pbx1-file-etc-redis-redis.conf")  # validated with the role file
     assert "replicaof 10.77.0.11 6379" in graph.resources["redis-pbx2-role"].inputs["create"]
     assert "replicaof no one" in graph.resources["redis-pbx1-role"].inputs["create"]
 

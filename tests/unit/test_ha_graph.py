@@ -5,25 +5,9 @@ from __future__ import annotations
 
 from pulumi.runtime import rpc
 
-from tests.mockrun import run_ok
+from tests.mockrun import ancestors, run_ok
 
 CMD = "command:remote:Command"
-
-
-def ancestors(graph, name, seen=None):
-    """Every resource `name` waits for, through explicit dependencies and parents' dependencies."""
-    seen = set() if seen is None else seen
-    r = graph.resources[name]
-    for dep in r.depends_on:
-        if dep not in seen:
-            seen.add(dep)
-            ancestors(graph, dep, seen)
-            # a component as dependency stands for all its children
-            for child in (c.name for c in graph.resources.values() if c.parent == dep):
-                if child not in seen:
-                    seen.add(child)
-                    ancestors(graph, child, seen)
-    return seen
 
 
 def test_components_and_their_outputs(stack):

@@ -17,23 +17,13 @@ import pytest
 from components import remote as rc
 from components.render import kamailio as kam
 from components.render import redis as rd
-from tests.mockrun import run_ok
+from tests.mockrun import ancestors, run_ok
 
 # daemon -> (first-pass name, node order in the chain, what depends on the final pass)
 ROLLING = {
     "kamailio": ("sip-{node}-svc-kamailio", None, "sip-{node}-dispatcher"),
     "redis": ("redis-{node}-handler", "primary-first", None),
 }
-
-
-def deps(graph, name: str) -> set[str]:
-    seen, todo = set(), [name]
-    while todo:
-        for dep in graph.resources[todo.pop()].depends_on:
-            if dep not in seen:
-                seen.add(dep)
-                todo.append(dep)
-    return seen
 
 
 def order(raw: dict, daemon: str) -> list[str]:
@@ -52,13 +42,13 @@ def test_chain_one_node_at_a_time_then_the_deferred_pass(stack, daemon):
     first = {n: graph.resources[first_name.format(node=n)] for n in (a, b)}
     last = {n: graph.resources[first_name.format(node=n) + "-last"] for n in (a, b)}
     # first pass: b's waits for a's (and so for a's health wait inside it); a's never for b's
-    assert first[a].name in deps(graph, first[b].name)
-    assert first[b].name not in deps(graph, first[a].name)
+    assert first[a].name in ancestors(graph, first[b].name)
+    assert first[b].name not in ancestors(graph, first[a].name)
     # final pass: after every first pass, one node after the other
     for n in (a, b):
-        assert {first[a].name, first[b].name} <= deps(graph, last[n].name)
-        assert last[n].name not in deps(graph, first[a].name) | deps(graph, first[b].name)
-    assert last[a].name in deps(graph, last[b].name)
+        assert {first[a].name, first[b].name} <= ancestors(graph, last[n].name)
+        assert last[n].name not in ancestors(graph, first[a].name) | ancestors(graph, first[b].name)
+    assert last[a].name in ancestors(graph, last[b].name)
     # each node's passes run again only when that node's files change (same triggers, own files)
     for n in (a, b):
         assert first[n].inputs["triggers"] == last[n].inputs["triggers"] and first[n].inputs["triggers"]
@@ -127,7 +117,7 @@ def run_passes(graph, tmp_path, first_name: str, nodes: list[str], peers: dict[s
     log = tmp_path / "log"
     log.write_text("")
     names = [first_name.format(node=n) for n in nodes] + [first_name.format(node=n) + "-last" for n in nodes]
-    names.sort(key=lambda n: len(deps(graph, n) & set(names)))   # a chain: fewer ancestors first
+    names.sort(key=lambda n: len(ancestors(graph, n) & set(names)))   # a chain: fewer ancestors first
     for node in nodes:
         d = tmp_path / node
         d.mkdir(exist_ok=True)

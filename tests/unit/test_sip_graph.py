@@ -1,20 +1,9 @@
 """SIP, media and recordings in the resource graph of both stacks (Pulumi mocks)."""
 from pulumi.runtime import rpc
 
-from tests.mockrun import run_ok
+from tests.mockrun import ancestors, run_ok
 
 CMD = "command:remote:Command"
-
-
-def ancestors(graph, name: str) -> set[str]:
-    """Every resource a resource waits for (explicit dependencies, transitively)."""
-    seen, todo = set(), [name]
-    while todo:
-        for dep in graph.resources[todo.pop()].depends_on:
-            if dep not in seen:
-                seen.add(dep)
-                todo.append(dep)
-    return seen
 
 
 def test_components_and_children(stack):
