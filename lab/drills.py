@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import machinery
+from .health import STATUS, options_request
 from .host import command
 
-STATUS = "/usr/local/lib/hapbx/ha/status"
-LIB = "/usr/local/lib/hapbx/ha/lib.sh"
 DRILL_DIR = "/var/lib/hapbx-drill"
 SAMPLER_UNIT = "hapbx-drill-sampler"
 ACCESS_COMMENT = "hapbx-drill-writer"
@@ -172,11 +171,10 @@ def make_ctx(spec, cluster, log=print) -> Ctx:
 
 
 def status(ctx: Ctx, node: str) -> dict[str, str]:
-    """The node's HA status plus the primary-side sync state and the etcd sync key."""
+    """The node's HA status (etcd_sync included) plus the primary-side sync state, in one call."""
     cmd = (f"{STATUS}; . /etc/hapbx/ha.env; "
            "echo sync_state=$(runuser -u postgres -- psql -X -A -t -h /var/run/postgresql -d postgres -c "
-           f"\"select sync_state from pg_stat_replication where application_name = '$HAPBX_PEER'\" 2>/dev/null); "
-           f"bash -c '. {LIB}; etcd_get \"$ETCD_SYNC_KEY\" && echo etcd_sync=$REPLY' 2>/dev/null; true")
+           f"\"select sync_state from pg_stat_replication where application_name = '$HAPBX_PEER'\" 2>/dev/null); true")
     out = ctx.sh(node, f"cd / && {{ {cmd}; }}", timeout=20, check=False)
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
@@ -446,14 +444,10 @@ class OptionsProbe(threading.Thread):
         nxt = time.time()
         while not self.stop_ev.is_set():
             seq += 1
-            msg = (f"OPTIONS sip:{c.vip}:{c.sip_port} SIP/2.0\r\n"
-                   f"Via: SIP/2.0/UDP {c.host}:{port};branch=z9hG4bK-drill-{seq};rport\r\n"
-                   f"Max-Forwards: 70\r\nFrom: <sip:drill-probe@{c.host}>;tag=d{seq}\r\n"
-                   f"To: <sip:{c.vip}:{c.sip_port}>\r\nCall-ID: drill-o-{seq}@{c.host}\r\n"
-                   f"CSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n")
+            msg = options_request(c.vip, c.sip_port, (c.host, port), f"drill-o-{seq}")
             self.sent[seq] = time.time()
             try:
-                self.sock.sendto(msg.encode(), (c.vip, c.sip_port))
+                self.sock.sendto(msg, (c.vip, c.sip_port))
             except OSError:
                 pass
             nxt += self.period
