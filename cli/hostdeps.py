@@ -14,7 +14,7 @@ TEST_TOOLS = [
     "shellcheck", "nftables", "libxml2-utils", "chrony", "systemd", "openssh-server", "openssh-client",
     "postgresql", "postgresql-contrib", "redis-server", "kamailio", "kamailio-postgres-modules",
     "kamailio-extra-modules", "kamailio-tls-modules", "lua5.3", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
-    "iproute2", "procps", "psmisc", "python3-aiohttp", "python3-redis", "python3-psycopg2",
+    "iproute2", "iputils-ping", "procps", "psmisc", "python3-aiohttp", "python3-redis", "python3-psycopg2",
 ]
 LAB_HOST = ["debootstrap", "systemd-container", "iproute2", "nftables", "openssh-client", "zstd", "sip-tester"]
 POLICY = "/usr/sbin/policy-rc.d"

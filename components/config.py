@@ -330,7 +330,10 @@ class HaSettings:
                                   1, minimum=1, maximum=60)
     check_fall: int = setting("checkFall", "Failed local checks before FAULT (VIP released).", 2, minimum=1, maximum=30)
     check_rise: int = setting("checkRise", "Passed checks before leaving FAULT.", 2, minimum=1, maximum=30)
-    reach_fall: int = setting("reachFall", "Failed gateway/witness probes before FAULT.", 3, minimum=1, maximum=30)
+    reach_interval_ms: int = setting("reachIntervalMs", "Gateway/witness ping period of the reachability watcher.",
+                                     100, minimum=20, maximum=1000)
+    reach_lost_after_ms: int = setting("reachLostAfterMs", "No gateway/witness reply for this long: isolated, FAULT "
+                                       "(VIP released).", 800, minimum=200, maximum=30000)
     promote_timeout: int = setting("promoteTimeoutSeconds", "pg_promote wait; failing this long, the leader resigns.",
                                    30, minimum=5, maximum=600)
     rejoin: str = setting("rejoin", "Rejoin a fenced or diverged ex-primary automatically, or leave it to the operator.",
@@ -512,6 +515,9 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
     if cfg.etcd.renew_interval_seconds * 4 > cfg.etcd.lease_ttl_seconds:
         p.add("etcd.renewIntervalSeconds", f"{cfg.etcd.renew_interval_seconds} leaves fewer than 4 renewals per "
               f"lease TTL of {cfg.etcd.lease_ttl_seconds} s (allowed: at most TTL/4)")
+    if cfg.ha.reach_lost_after_ms < 3 * cfg.ha.reach_interval_ms:
+        p.add("ha.reachLostAfterMs", f"{cfg.ha.reach_lost_after_ms} is shorter than 3 pings of ha.reachIntervalMs "
+              f"{cfg.ha.reach_interval_ms} (allowed: at least 3 × reachIntervalMs)")
     for i, n in enumerate(cfg.nodes):
         need = memory_budget_mb(cfg, n)
         if need > n.memory_mb:

@@ -17,22 +17,21 @@ NO_LOSS = {1, 2, 3, 6, 7}
 # or where the lab falls short (printed under the drill)
 WHY = {
     2: "A powered-off leader cannot release its lease: the peer waits for it to expire in etcd (the lab's "
-       "lease is 4 s, renewed every 0.5 s, so 3.5-4 s after the fault), takes it on its next tick, then "
+       "lease is 3 s, renewed every 0.5 s, so 2.5-3 s after the fault), takes it on its next tick, then "
        "promotes (peer check bounded at 0.3 s, pg_promote ~0.1 s, synchronous replication relaxed at once). "
-       "Writes come back at TTL + ~1 s: within 5 s needs a lease of 3 s or less (production default 2 s; the "
-       "lab keeps 4 s because its shared 2-core host missed 2 s renewals under test load). SIP does not wait "
-       "for the lease: the VIP moves in 0.3-0.4 s and the standby's Kamailio serves from its replica.",
+       "Writes come back at TTL + ~1 s (production default 2 s). SIP does not wait for the lease: the VIP "
+       "moves in 0.3-0.5 s and the standby's Kamailio serves from its replica.",
     4: "Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
        "leader daemon sees the peer holding the lease for YIELD_AFTER (11 s on the lab) and makes keepalived "
        "go FAULT. Meanwhile clients follow the last gratuitous ARP: the non-leader's (read-only PostgreSQL; "
        "SIP works). The leader's commits wait for the cut synchronous standby until it marks it stale and "
        "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
        "a second primary. The tie-breaker that makes this safe is the witness (etcd quorum + lease).",
-    5: "The isolated owner cannot be told anything: it keeps the VIP until its own check-reach fails (gateway "
-       "and witness unanswered, ha.reachFall 3 × 1 s + ping timeout), while the peer takes the VIP after "
-       "0.3-0.5 s. Nobody can reach the isolated copy, so clients see one owner (SIP answers again in "
-       "under 0.6 s), but the samples count two; below 1 s would need sub-second reachability probes. "
-       "Writes wait for the isolated leader's lease to expire, as in drill 2.",
+    5: "The isolated owner cannot be told anything: it drops the VIP itself when its reachability watcher "
+       "has heard neither gateway nor witness for ha.reachLostAfterMs (800 ms; pings every 100 ms), while "
+       "the peer takes the VIP after 0.3-0.5 s: the overlap is the difference. Nobody can reach the "
+       "isolated copy meanwhile, so clients see one owner. Writes wait for the isolated leader's lease to "
+       "expire, as in drill 2.",
     7: "The frozen keepalived keeps its VIP while the peer, hearing no adverts, takes it too. The leader "
        "daemon on the frozen node sees no keepalived heartbeat for HUNG_AFTER (3 s), resigns (fast stop of "
        "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "

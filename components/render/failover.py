@@ -22,9 +22,10 @@ HA_RUN_DIR = "/run/hapbx/ha"
 HA_LIB_DIR = "/var/lib/hapbx/ha"
 HA_CLI = "/usr/local/sbin/hapbx-ha"
 LEADER_UNIT = "hapbx-leader.service"
+REACH_UNIT = "hapbx-reach.service"
 
 #: scripts under HA_BIN; lib.sh is sourced, the rest are executables
-SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-local", "check-reach",
+SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-local", "reach",
            "vip-release", "pg-guard", "status")
 
 # What the data tier provides (components/render/postgres.py, redis.py): the replication
@@ -45,7 +46,8 @@ class HaSettings:
     check_interval: int = 1          # s between track_script runs (keepalived: integer)
     check_fall: int = 2              # failures before FAULT (local health)
     check_rise: int = 2              # successes before leaving FAULT
-    reach_fall: int = 3              # failures before FAULT (gateway/witness unreachable)
+    reach_interval_ms: int = 100     # ms between the reachability watcher's pings (gateway, witness)
+    reach_lost_after_ms: int = 800   # ms without any reply: isolated, FAULT (track_file "reach")
     promote_timeout: int = 30        # s: pg_promote wait; failing this long, the leader resigns
     rejoin: str = "auto"             # auto: the daemon rejoins a diverged/down ex-primary; manual: operator
     rejoin_backoff: int = 30         # s between failed automatic rejoins
@@ -101,6 +103,14 @@ def reach_targets(ctx: RenderContext) -> list[str]:
     return out
 
 
+def reach_env(ctx: RenderContext) -> dict[str, str]:
+    """The reachability watcher's parameters: in its unit (a change restarts it), not in ha.env."""
+    ha = HaSettings.of(ctx.cluster)
+    return {"REACH_TARGETS": " ".join(reach_targets(ctx)),
+            "REACH_INTERVAL": f"{ha.reach_interval_ms / 1000:g}",
+            "REACH_LOST_AFTER": f"{ha.reach_lost_after_ms / 1000:g}"}
+
+
 def env_values(ctx: RenderContext) -> dict[str, str]:
     """Every parameter of the scripts for this node (tests override a few)."""
     c, node, peer = ctx.cluster, ctx.host, ctx.peer
@@ -119,7 +129,6 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "VIP": c.vip.address,
         "VIP_PREFIX": str(c.network.prefix),
         "VIP_IFACE": c.network.interface,
-        "REACH_TARGETS": " ".join(reach_targets(ctx)),
         "CHECK_SIP": "1",
         "SIP_ADDR": node.address,
         "SIP_PORT": str(c.kamailio.sip_port),
@@ -203,12 +212,17 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     out.append(RenderedFile(HA_SECRETS_ENV, sec, service=LEADER_UNIT, action="reload", mode="0600",
                             secrets=secret_refs(ctx, sec) or ("redis_default",)))
     for name in SCRIPTS:
-        out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=LEADER_UNIT, action="reload",
+        # the watcher is its own daemon; lib.sh is read by it only at start (no restart for that)
+        service, action = (REACH_UNIT, "restart") if name == "reach" else (LEADER_UNIT, "reload")
+        out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=service, action=action,
                                 mode="0644" if name.endswith(".sh") else "0755", validate="bash -n {path}"))
     out.append(RenderedFile(HA_CLI, script_text("hapbx-ha"), mode="0755", validate="bash -n {path}"))
     out.append(RenderedFile(f"/etc/systemd/system/{LEADER_UNIT}", template("failover/hapbx-leader.service.j2", ctx,
                                                                            ha_bin=HA_BIN),
                             service=LEADER_UNIT, action="reload"))
+    out.append(RenderedFile(f"/etc/systemd/system/{REACH_UNIT}", template(
+        "failover/hapbx-reach.service.j2", ctx, ha_bin=HA_BIN, run_dir=HA_RUN_DIR, env=reach_env(ctx),
+        interval_ms=HaSettings.of(ctx.cluster).reach_interval_ms), service=REACH_UNIT, action="restart"))
     out.append(RenderedFile(f"/etc/systemd/system/{pg['service']}.d/hapbx-guard.conf",
                             template("failover/pg-guard.conf.j2", ctx, ha_bin=HA_BIN),
                             action="systemctl daemon-reload"))

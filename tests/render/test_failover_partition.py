@@ -189,7 +189,7 @@ def test_2_primary_isolated_fails_over_and_rejoins(rig):
         rig.cut("pbx1", "pbx2")
         rig.cut("pbx1", "witness")
         assert rig.reaches("pbx2", "witness") and not rig.reaches("pbx1", "witness")
-        rig.notify("pbx1", "FAULT")                              # check-reach: the witness is gone
+        rig.notify("pbx1", "FAULT")                              # the reach watcher: the witness is gone
         rig.notify("pbx2", "MASTER")
         t_fenced = rig.wait(lambda: rig.pg_role("pbx1") != "primary", 3 * LEASE_TTL, "pbx1 stops writes")
         t_promoted = rig.wait(lambda: rig.status("pbx2").get("writer") == "1" and rig.pg_role("pbx2") == "primary",

@@ -94,13 +94,20 @@ def test_vrrp_settings_come_from_config(stack):
         assert f"{cluster.vip.address}/{cluster.network.prefix} dev {cluster.network.interface}" in inst
         assert f"garp_master_repeat {cluster.vip.garp_repeat}\n" in inst
         assert f'notify "{failover.HA_BIN}/notify"' in inst
-        for name in ("chk_local", "chk_reach"):
-            assert re.search(r"track_script \{[^}]*\b" + name + r"\b", inst)
-        assert re.search(r"track_file \{\s+leader\s+yield\s+\}", inst)
-        # the gateway (and the witness) are the isolation probes
-        env = node_files(cluster, node)[failover.HA_ENV].content
+        assert re.search(r"track_script \{\s+chk_local\s+\}", inst)
+        assert re.search(r"track_file \{\s+leader\s+yield\s+reach\s+\}", inst)
+        # isolation: the watcher's file (weight 0: non-zero is FAULT), created as "reachable" only
+        # when missing: an isolated node's 1 survives a keepalived restart
+        track = conf[conf.index("track_file reach {"):]
+        track = track[:track.index("}")]
+        assert f'file "{failover.HA_RUN_DIR}/reach"' in track and "weight 0" in track
+        assert "init_file 0" in track and "overwrite" not in track
+        # the gateway (and the witness) are the isolation probes, in the watcher's unit
+        unit = node_files(cluster, node)[f"/etc/systemd/system/{failover.REACH_UNIT}"].content
         targets = [cluster.network.gateway] + ([cluster.witness.address] if cluster.witness else [])
-        assert f"REACH_TARGETS={shlex.quote(' '.join(targets))}" in env
+        assert 'Environment="REACH_TARGETS=' + " ".join(targets) + '"' in unit
+        assert f'Environment="REACH_LOST_AFTER={cluster.ha.reach_lost_after_ms / 1000:g}"' in unit
+        assert "REACH_TARGETS" not in node_files(cluster, node)[failover.HA_ENV].content
     # fractional adverts need VRRPv3; both stacks use 0.1 s
     assert cluster.vip.vrrp_version == 3 and cluster.vip.advert_interval < 1
 
@@ -118,7 +125,7 @@ def test_unit_dropin_drops_the_vip_and_restarts(stack):
     out = sandbox(files, cluster.network.interface,
                   "cp /lib/systemd/system/keepalived.service /etc/systemd/system/ && "
                   "systemd-analyze verify --man=no /etc/systemd/system/keepalived.service "
-                  f"/etc/systemd/system/{failover.LEADER_UNIT}")
+                  f"/etc/systemd/system/{failover.LEADER_UNIT} /etc/systemd/system/{failover.REACH_UNIT}")
     assert out.returncode == 0 and "keepalived" not in out.stderr and "hapbx" not in out.stderr, out.stderr
 
 

@@ -34,7 +34,7 @@ class Pair:
         self.cluster, _ = load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)
         self.tag = f"hapbxka{os.getpid() % 100000}"
         self.base = tempfile.mkdtemp(prefix="hapbx-ka-")
-        self.ns, self.procs, self.dirs = {}, {}, {}
+        self.ns, self.procs, self.dirs, self.reach_env = {}, {}, {}, {}
         self.iface = self.cluster.network.interface
         self.vip = self.cluster.vip.address
 
@@ -67,17 +67,18 @@ class Pair:
                     fh.write(f.content)
         with open(f"{d}/keepalived.conf", "w") as fh:
             fh.write(files[keepalived.CONF].content)
-        # stand-ins: pg_isready healthy unless the test drops "pg-down"; ping (the gateway
-        # probe) answers unless it drops "cut-off" (no packet leaves the namespaces)
-        for name, flag in (("pg_isready", "pg-down"), ("ping", "cut-off")):
-            with open(f"{d}/stub/{name}", "w") as fh:
-                fh.write(f"#!/bin/sh\n[ ! -e {d}/{flag} ]\n")
-            os.chmod(f"{d}/stub/{name}", 0o755)
+        # stand-in: pg_isready healthy unless the test drops "pg-down"
+        with open(f"{d}/stub/pg_isready", "w") as fh:
+            fh.write(f"#!/bin/sh\n[ ! -e {d}/pg-down ]\n")
+        os.chmod(f"{d}/stub/pg_isready", 0o755)
         env = failover.env_values(ctx)
         env.update(HA_LIB_DIR=f"{d}/lib", HA_SECRETS_ENV="", HA_SYSLOG="0", HA_LOG_FILE=f"{d}/ha.log",
-                   PG_BIN=f"{d}/stub", CHECK_SIP="0", REACH_TARGETS="127.0.0.1")
+                   PG_BIN=f"{d}/stub", CHECK_SIP="0")
         with open(f"{d}/ha.env", "w") as fh:
             fh.write(failover.format_env(env))
+        # the real reachability watcher (its unit's settings), probing the namespace's own loopback:
+        # cut() drops its echo requests there
+        self.reach_env[node.name] = {**failover.reach_env(ctx), "REACH_TARGETS": "127.0.0.1"}
 
     def start(self, name: str):
         d, ns = self.dirs[name], self.ns[name]
@@ -87,12 +88,14 @@ class Pair:
             f"install -m 0755 {d}/scripts/* {failover.HA_BIN}/",
             f"(redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes "
             f"--pidfile /run/redis.pid --logfile {d}/redis.log)",
+            f"(setsid {failover.HA_BIN}/reach </dev/null >>{d}/reach.log 2>&1 &)",
             f"exec keepalived --dont-fork --log-console --log-detail --no-syslog -f {d}/keepalived.conf",
         ])
         log = open(f"{d}/keepalived.log", "ab")
         p = subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private",
                               "bash", "-c", setup], stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "HAPBX_ENV": f"{d}/ha.env", "PATH": f"{d}/stub:{os.environ['PATH']}"},
+                             env={**os.environ, **self.reach_env[name], "HAPBX_ENV": f"{d}/ha.env",
+                                  "PATH": f"{d}/stub:{os.environ['PATH']}"},
                              start_new_session=True)
         log.close()
         self.procs[name] = p
@@ -104,6 +107,17 @@ class Pair:
         return subprocess.run(["nsenter", "-t", str(self.procs[name].pid), "-m", "-n", "bash", "-c", cmd],
                               capture_output=True, text=True, timeout=20,
                               env={**os.environ, "HAPBX_ENV": f"{self.dirs[name]}/ha.env"})
+
+    def cut(self, name: str, on: bool = True) -> None:
+        """Isolate a node from its reachability targets: its echo requests are dropped."""
+        rules = ("table inet hapbxcut\ndelete table inet hapbxcut\n" + (
+            "table inet hapbxcut {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+            "  icmp type echo-request drop\n }\n}\n" if on else ""))
+        subprocess.run(["ip", "netns", "exec", self.ns[name], "nft", "-f", "-"], input=rules, text=True, check=True)
+
+    def reach_status(self, name: str) -> dict[str, str]:
+        out = self.run_in(name, "cat /run/hapbx/ha/reach.status 2>/dev/null").stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def has_vip(self, name: str) -> bool:
         out = subprocess.run(["ip", "netns", "exec", self.ns[name], "ip", "-4", "-o", "addr", "show", "dev",
@@ -233,14 +247,24 @@ def test_vrrp_behaviour_of_the_rendered_config(pair):
     assert pair.state(n1) == "FAULT"
     os.unlink(f"{pair.dirs[n1]}/pg-down")
 
-    # isolation: neither gateway nor witness answers the VIP owner: FAULT, the VIP moves
+    # isolation: neither gateway nor witness answers the VIP owner: the watcher writes 1 after
+    # reachLostAfterMs of silence, FAULT, the VIP leaves at once (a vrrp_script needed 3 × 1 s)
     pair.wait(lambda: pair.state(n1) == "BACKUP", 5, "n1 healthy again")
+    assert pair.reach_status(n2).get("isolated") == "0"
+    lost_after = c.ha.reach_lost_after_ms / 1000
     t0 = time.time()
-    open(f"{pair.dirs[n2]}/cut-off", "w").close()
-    t = pair.wait(lambda: pair.has_vip(n1) and not pair.has_vip(n2), 10, "VIP leaves the isolated node")
-    timings["isolated (gateway probe failing) -> VIP on peer"] = (t - t0) * 1000
-    os.unlink(f"{pair.dirs[n2]}/cut-off")
-    pair.wait(lambda: pair.state(n2) == "BACKUP", 5, "n2 back to BACKUP")
+    pair.cut(n2)
+    t = pair.wait(lambda: not pair.has_vip(n2), 10, "VIP leaves the isolated node")
+    timings["isolated -> VIP gone from it"] = (t - t0) * 1000
+    pair.wait(lambda: pair.has_vip(n1), 5, "VIP on the peer")
+    assert t - t0 < lost_after + 1.5, f"isolated node kept the VIP {t - t0:.2f} s (lost after {lost_after} s)"
+    pair.wait(lambda: pair.state(n2) == "FAULT", 3, "isolated node in FAULT")
+    pair.wait(lambda: pair.reach_status(n2).get("isolated") == "1", 3, "watcher reports isolation")
+    pair.cut(n2, on=False)
+    pair.wait(lambda: pair.state(n2) == "BACKUP", 5, "n2 back to BACKUP once its probes answer")
+    assert pair.has_vip(n1) and not pair.has_vip(n2), "the healed node took the VIP back"
+    st = pair.reach_status(n1)
+    assert st.get("isolated") == "0" and st.get("isolations") == "0", st
 
     # frozen VIP owner (the leader, +weight): the peer takes the VIP too; on resume the
     # leader's higher priority wins and the peer drops it again

@@ -58,6 +58,8 @@ INVALID = [
     ("no witness and no policy", "witness", DELETE, "noWitnessPolicy", "required"),
     ("lab settings missing", "lab", DELETE, "lab", "required"),
     ("lease renewal too slow", "etcd", {"renewIntervalSeconds": 1.0}, "etcd.renewIntervalSeconds", "renewals"),
+    ("isolation faster than 3 pings", "ha", {"reachIntervalMs": 200, "reachLostAfterMs": 500}, "ha.reachLostAfterMs",
+     "3 pings"),
     ("bad interface name", "network.interface", "eth0 with space", "network.interface", "interface name"),
     ("missing required key", "vip", DELETE, "vip", "required"),
     ("bad CIDR", "firewall.sshAllowFrom", ["10.0.0.0/99"], "firewall.sshAllowFrom[0]", "CIDR"),

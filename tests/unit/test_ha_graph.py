@@ -33,6 +33,8 @@ def test_keepalived_starts_after_postgres_redis_and_the_quorum(stack):
     for node in (n["name"] for n in raw["nodes"]):
         before = ancestors(graph, f"vip-{node}-svc-keepalived")
         assert f"vip-{node}-svc-hapbx-leader" in before
+        # the isolation watcher runs before keepalived tracks its file
+        assert f"vip-{node}-svc-hapbx-reach" in before
         assert f"vip-{node}-file-etc-keepalived-keepalived.conf" in before
         assert "etcd-auth" in before and "etcd-quorum" in before
         for other in (n["name"] for n in raw["nodes"]):
