@@ -71,7 +71,11 @@ def run(args, raw, cluster, spec) -> int:
     meta = {"command": command,
             "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "load_start": os.getloadavg(), "host": host(), "lab": spec.name,
-            "drills": only, "runs": args.runs, "note": args.note}
+            "drills": only, "runs": args.runs, "note": args.note,
+            "stack": {"advert_s": cluster.vip.advert_interval, "lease_ttl_s": cluster.etcd.lease_ttl_seconds,
+                      "renew_s": cluster.etcd.renew_interval_seconds, "relax_s": cluster.ha.sync_relax_after,
+                      "reach_every_ms": cluster.ha.reach_interval_ms,
+                      "reach_lost_ms": cluster.ha.reach_lost_after_ms}}
     started = time.monotonic()
     results: list[dict] = []
     charts: dict = {}

@@ -2,12 +2,16 @@
 
 Order (every step idempotent; each re-runs only when its inputs change):
 
-  primary:  files -> configure -> migrate (schema + seed, primary only) -> roles (SCRAM verifiers)
+  primary:  files -> configure -> migrate (schema + seed) -> roles (SCRAM verifiers)
             -> replication (slot for the standby, pg_rewind grants)
   standby:  files -> standby (pg_basebackup -S <slot> unless already a standby of that primary,
-            then streaming verified) -> configure -> replication (slot for the primary)
+            then streaming verified) -> configure -> migrate -> roles -> replication (slot for the primary)
 
-The standby step waits for the primary's whole chain. Names: ``<name>-<node>-<step>``.
+The standby step waits for the primary's whole chain. ``initialPrimary`` names the primary of the
+first deploy only: after a failover the nodes have swapped roles, so the writing steps (migrate,
+roles) are on both chains and apply on whichever node is the primary at apply time (the other
+says it skipped), and the standby step accepts a node promoted by a failover whose peer is its
+standby. Names: ``<name>-<node>-<step>``.
 """
 from __future__ import annotations
 
@@ -57,11 +61,7 @@ class PostgresPair(pulumi.ComponentResource):
             f"{name}-{primary.name}-configure", primary.name, p_conn, "apply PostgreSQL configuration",
             pg.configure_script(p_ctx), self._opts(p_conf_files + p_other),
             triggers=[_digest(f) for f in p_conf_files])
-        seed = next(f for f in pg.files(p_ctx) if f.path.endswith("/seed.sql"))
-        self.migrate = rc.step(
-            f"{name}-{primary.name}-migrate", primary.name, p_conn, "apply schema migrations and seed data",
-            pg.migrate_script(p_ctx), self._opts([p_configure]),
-            triggers=[pg.migrations_digest(), seed.sha256])
+        self.migrate = self._migrate(primary, [p_configure])
         self.roles = self._roles(primary, [self.migrate])
         p_replication = rc.step(
             f"{name}-{primary.name}-replication", primary.name, p_conn, "replication slot for the standby",
@@ -80,13 +80,15 @@ class PostgresPair(pulumi.ComponentResource):
             f"{name}-{standby.name}-configure", standby.name, s_conn, "apply PostgreSQL configuration",
             pg.configure_script(s_ctx), self._opts([self.standby]),
             triggers=[_digest(f) for f in s_conf_files])
+        s_migrate = self._migrate(standby, [s_configure])
+        s_roles = self._roles(standby, [s_migrate])
         s_replication = rc.step(
             f"{name}-{standby.name}-replication", standby.name, s_conn, "replication slot for the primary",
-            pg.replication_script(s_ctx), self._opts([s_configure]),
+            pg.replication_script(s_ctx), self._opts([s_roles]),
             triggers=[pg.slot_name(primary.name)])
 
         #: the schema is in place on the primary (Kamailio and the CDR worker wait for this)
-        self.schema_ready: list[pulumi.Resource] = [self.migrate, self.roles]
+        self.schema_ready: list[pulumi.Resource] = [self.migrate, self.roles, s_migrate, s_roles]
         #: both nodes configured, the standby streaming
         self.ready: list[pulumi.Resource] = [p_replication, s_configure, s_replication]
         self.primary_name, self.standby_name = primary.name, standby.name
@@ -125,8 +127,17 @@ class PostgresPair(pulumi.ComponentResource):
                                 self, depends_on=ready)
         return conf_files, other
 
+    def _migrate(self, node: NodeSettings, after: Sequence[pulumi.Resource]) -> remote.Command:
+        """Schema migrations and seed data, applied if this node is the primary at apply time."""
+        ctx = self._ctx(node)
+        seed = next(f for f in pg.files(ctx) if f.path.endswith("/seed.sql"))
+        return rc.step(f"{self._name}-{node.name}-migrate", node.name, self._conn(node),
+                       "apply schema migrations and seed data (on the primary)", pg.migrate_script(ctx),
+                       self._opts(after), triggers=[pg.migrations_digest(), seed.sha256])
+
     def _roles(self, node: NodeSettings, after: Sequence[pulumi.Resource]) -> remote.Command:
-        """Set the login roles' SCRAM verifiers: computed here, sent on stdin, output not logged."""
+        """Set the login roles' SCRAM verifiers (if this node is the primary at apply time):
+        computed here, sent on stdin, output not logged."""
         c, args = self._args.cluster, self._args
         names = list(pg.role_secret_names())
         sql = pulumi.Output.all(*[args.secrets[n] for n in names]).apply(

@@ -40,6 +40,15 @@ WHY = {
 }
 
 
+def _stack_line(st: dict | None) -> str:
+    if not st:   # results written before the settings were recorded
+        return "- lab stack: not recorded with these results"
+    return (f"- lab stack: VRRPv3 adverts every {st['advert_s']:g} s, leader lease {st['lease_ttl_s']:g} s renewed "
+            f"every {st['renew_s']:g} s (fence 0.5 s before), synchronous replication relaxed by the lease holder "
+            f"after {st['relax_s']:g} s without the standby, a node isolated after {st['reach_lost_ms']} ms "
+            f"without an answer from gateway or witness (pinged every {st['reach_every_ms']} ms)")
+
+
 def _fmt(v, unit="s", digits=2) -> str:
     if v is None:
         return "–"
@@ -109,13 +118,12 @@ def write(path: str, data: dict) -> None:
          f"- {len(results)} runs in this report",
          f"- on the nodes: {'; '.join(m.get('versions', {}).get('node', []))}; matplotlib "
          f"{m.get('versions', {}).get('matplotlib', '?')}",
-         "- lab stack: VRRPv3 adverts every 0.1 s, leader lease 4 s renewed every 0.5 s (fence 0.5 s before), "
-         "synchronous replication relaxed by the lease holder after 10 s without the standby", "",
+         _stack_line(m.get("stack")), "",
          "## How it is measured", "",
          "- **fault** at t = 0 (the node's clock, which is the host's: nspawn shares the kernel); the fault lasts "
          "the drill's hold time, then the **heal**; the run ends when the failed node is a streaming standby "
          "again and the cluster is healthy (one VIP owner that leads, primary and Redis master; the peer a "
-         "synchronous streaming standby and replica).",
+         "synchronous streaming standby and replica, its keepalived BACKUP); the next run starts only then.",
          "- **samplers** on both nodes every 100 ms: VIP present, PostgreSQL primary / streaming standby / "
          "standby / down, Redis role, lease holder. A powered-off node counts as owning nothing. "
          "A fenced Redis master keeps reporting the role `master` while its writes are paused "
@@ -129,7 +137,8 @@ def write(path: str, data: dict) -> None:
          "of the run (a failed attempt, or no success for 0.35 s OPTIONS / 1.2 s REGISTER / 0.5 s writes); "
          "0 = never interrupted. Covers the whole run, heal and rejoin included.",
          "- **phone**: a SIPp phone registered through the VIP before the fault is called (1901 → 1902 via "
-         "the VIP) 2.5 s before the heal, i.e. while the fault is on.",
+         "the VIP) 2.5 s before the heal, i.e. while the fault is on; before the fault the run waits (15 s at "
+         "most) until the phone's contact has reached the peer's Kamailio too (DMQ).",
          "- **rejoin**: from the heal until the node that is not primary is a streaming standby.", "",
          "## Results (min / median / max over the runs)", "",
          "Two readings of \"answers again\": *fault* = the last interruption that began before heal + 5 s "

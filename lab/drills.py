@@ -201,7 +201,10 @@ def health(ctx: Ctx) -> tuple[str | None, list[str]]:
     bad = []
     want = {(o, "daemon_hold"): "1", (o, "postgres"): "primary", (o, "redis"): "master",
             (p, "postgres"): "standby", (p, "postgres_streaming"): "yes", (p, "redis"): "slave",
-            (o, "sync_state"): "sync"}
+            (o, "sync_state"): "sync",
+            # the peer can take over: its keepalived out of FAULT (its local checks pass: a node
+            # just rebooted may still be starting Kamailio)
+            (p, "vrrp_state"): "BACKUP"}
     for (n, k), v in want.items():
         if st[n].get(k) != v:
             bad.append(f"{n} {k}={st[n].get(k)!r} (want {v})")
@@ -547,7 +550,10 @@ class RegisterProbe(threading.Thread):
 
 
 class Phone:
-    def __init__(self, ctx: Ctx):
+    """Registered through the VIP before the fault; ``replicated`` is how long its contact took to
+    reach the peer's Kamailio too (DMQ), None if not within 15 s: the peer answers for it after the fault."""
+
+    def __init__(self, ctx: Ctx, peer: str):
         from tests.sip import sipp
         self.sipp, self.ctx = sipp, ctx
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -564,6 +570,15 @@ class Phone:
             raise DrillError(f"the phone {USERS[1]} could not register through the VIP before the fault: "
                              f"{r.stdout[-600:]} {r.errors[-600:]}")
         self.uas = sipp.Uas(ctx.host, self.port)
+        self.replicated: float | None = None
+        t = time.monotonic()
+        while time.monotonic() - t < 15:
+            out = ctx.sh(peer, f"kamcmd -s unix:/run/kamailio/kamailio_ctl ul.lookup location s:{USERS[1]} 2>&1",
+                         timeout=10, check=False)
+            if f":{self.port}" in out:
+                self.replicated = time.monotonic() - t
+                break
+            time.sleep(0.2)
 
     def called(self) -> tuple[bool, str]:
         sipp, ctx = self.sipp, self.ctx
@@ -628,7 +643,9 @@ def run_one(ctx: Ctx, drill: int, n: int) -> RunData:
     notes: list[str] = []
     for node in ctx.names:
         start_sampler(ctx, node, run_id)
-    phone = Phone(ctx)
+    phone = Phone(ctx, peer)
+    notes.append(f"phone's contact on {peer} after {phone.replicated:.1f} s" if phone.replicated is not None
+                 else f"phone's contact not on {peer} within 15 s")
     writer, opts = Writer(ctx, run_id), OptionsProbe(ctx)
     reg = RegisterProbe(ctx, USERS[2], ctx.passwords[USERS[2]])
     for t in (writer, opts, reg):

@@ -89,7 +89,15 @@ def header(comment: str = "#") -> str:
     return f"{comment} {MANAGED_BY}"
 
 
+def postgres_unit(cluster) -> str:
+    """The cluster's own unit (Debian's postgresql.service is an umbrella that does not wait
+    for it): what depends on a running PostgreSQL orders itself after this one."""
+    from .postgres import paths
+    return f"{paths(cluster).service}.service"
+
+
 _env.globals["managed_by"] = header
+_env.globals["postgres_unit"] = postgres_unit
 
 
 def template(name: str, ctx: RenderContext, **extra) -> str:

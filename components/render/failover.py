@@ -151,6 +151,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "PG_START_CMD": f"systemctl reset-failed {pg['service']} 2>/dev/null; systemctl start {pg['service']}",
         "PG_PROMOTE_TIMEOUT": str(ha.promote_timeout),
         "PG_FAST_STOP_MS": str(ha.fast_stop_ms),
+        "PG_CRASH_GRACE": "10",   # s check-local ignores a primary restarting in place after a crash
         "REDIS_HOST": "127.0.0.1",
         "REDIS_PORT": str(c.redis.port),
         "REDIS_PEER_HOST": peer.address,

@@ -83,6 +83,8 @@ def test_memory_comes_from_config_and_restart_outlives_dmq_transactions():
     assert "-m 384 -M 12" in unit and "ExecStart=\nExecStart=/usr/sbin/kamailio" in unit
     lifetime = int(re.search(r'"max_noninv_lifetime", (\d+)', files(c)[kam.CFG].content).group(1))
     assert int(re.search(r"RestartSec=(\d+)", unit).group(1)) * 1000 > lifetime
+    # and it starts once the PostgreSQL cluster accepts (not after Debian's umbrella unit only)
+    assert re.search(rf"^After=.*\bpostgresql@{c.postgres.version}-main\.service\b", unit, re.M)
 
 
 def test_protection_settings_come_from_config():

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from components import remote as rc  # noqa: E402
 from components.config import load_stack_file  # noqa: E402
-from components.render import RenderContext, masked_secrets  # noqa: E402
+from components.render import RenderContext, masked_secrets, postgres_unit  # noqa: E402
 from components.render import failover, keepalived  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,7 +120,8 @@ def test_unit_dropin_drops_the_vip_and_restarts(stack):
     assert "Restart=always" in dropin and "StartLimitIntervalSec=0" in dropin
     assert f"ExecStopPost={failover.HA_BIN}/vip-release stop" in dropin
     assert f"ExecStartPre={failover.HA_BIN}/vip-release start" in dropin
-    assert "After=postgresql.service redis-server.service" in dropin
+    assert f"After={postgres_unit(cluster)} redis-server.service" in dropin
+    assert postgres_unit(cluster) == f"postgresql@{cluster.postgres.version}-main.service"
     # systemd reads the packaged unit plus our drop-in, and our leader unit, without a complaint
     out = sandbox(files, cluster.network.interface,
                   "cp /lib/systemd/system/keepalived.service /etc/systemd/system/ && "
@@ -217,3 +218,15 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     assert out.returncode == 0, out.stderr
     assert got["request"].startswith("OPTIONS sip:") and "CSeq: 1 OPTIONS" in got["request"]
     assert (tmp_path / "run" / "heartbeat").read_text().strip().isdigit()
+    # the primary crashed and the leader daemon restarts it in place (its note): not a failure,
+    # for PG_CRASH_GRACE (10 s) at most; Kamailio is judged on its own meanwhile
+    cfg.write_text("# stock configuration\n")
+    (stub / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
+    out = check()
+    assert out.returncode == 1 and "postgres" in out.stderr
+    note = tmp_path / "run" / "planned-restart.postgres"
+    note.write_text(f"{int(time.time()) - 5}\n")
+    assert check().returncode == 0
+    note.write_text(f"{int(time.time()) - int(env['PG_CRASH_GRACE']) - 1}\n")
+    out = check()
+    assert out.returncode == 1 and "postgres" in out.stderr

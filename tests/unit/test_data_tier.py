@@ -61,25 +61,33 @@ def test_standby_is_built_after_the_whole_primary_chain(lab):
     # and the standby's own handler and slot come after the build
     assert "postgres-pbx2-standby" in ancestors(graph, "postgres-pbx2-configure")
     assert "postgres-pbx2-configure" in ancestors(graph, "postgres-pbx2-replication")
+    assert "postgres-pbx2-roles" in ancestors(graph, "postgres-pbx2-replication")
     # nothing of the primary waits for the standby
     for r in graph.resources.values():
         if r.name.startswith("postgres-pbx1-"):
             assert not any(d.startswith("postgres-pbx2-") for d in ancestors(graph, r.name)), r.name
 
 
-def test_schema_runs_on_the_primary_only_after_it_is_up(lab):
+def test_schema_steps_run_on_each_node_and_apply_on_whichever_is_primary(lab):
     graph, _, _ = lab
     steps = [r for r in graph.commands() if r.name.endswith(("-migrate", "-roles"))]
-    assert sorted(r.name for r in steps) == ["postgres-pbx1-migrate", "postgres-pbx1-roles"]
-    assert all(host_of(r) == "10.77.0.11" for r in steps)
-    migrate = graph.resources["postgres-pbx1-migrate"]
-    assert "postgres-pbx1-configure" in ancestors(graph, migrate.name)
-    assert "postgres-pbx1-file-etc-postgresql-15-main-postgresql.conf" in ancestors(graph, migrate.name)
-    assert "postgres-pbx1-migrate" in ancestors(graph, "postgres-pbx1-roles")
-    assert "python3 /usr/local/lib/hapbx/postgres/migrate.py" in migrate.inputs["create"]
-    assert "is a standby (in recovery): the schema is applied on the primary only" in migrate.inputs["create"]
-    # re-run only when the migrations, the runner or the seed data change
-    assert migrate.inputs["triggers"][0] == pg.migrations_digest()
+    assert sorted(r.name for r in steps) == ["postgres-pbx1-migrate", "postgres-pbx1-roles",
+                                             "postgres-pbx2-migrate", "postgres-pbx2-roles"]
+    assert {host_of(graph.resources[f"postgres-{n}-migrate"]) for n in ("pbx1", "pbx2")} == {"10.77.0.11", "10.77.0.12"}
+    for node in ("pbx1", "pbx2"):
+        migrate = graph.resources[f"postgres-{node}-migrate"]
+        assert f"postgres-{node}-configure" in ancestors(graph, migrate.name)
+        assert f"postgres-{node}-file-etc-postgresql-15-main-postgresql.conf" in ancestors(graph, migrate.name)
+        assert f"postgres-{node}-migrate" in ancestors(graph, f"postgres-{node}-roles")
+        assert "python3 /usr/local/lib/hapbx/postgres/migrate.py" in migrate.inputs["create"]
+        # a standby skips when its peer is the primary (after a failover that is the other node)
+        assert "writer_here || exit 0" in migrate.inputs["create"]
+        assert "writer_here || exit 0" in graph.resources[f"postgres-{node}-roles"].inputs["create"]
+        # re-run only when the migrations, the runner or the seed data change
+        assert migrate.inputs["triggers"][0] == pg.migrations_digest()
+    # the first deploy: the configured primary's schema is in place before the standby is built
+    assert "postgres-pbx1-migrate" in ancestors(graph, "postgres-pbx2-standby")
+    assert "postgres-pbx2-standby" in ancestors(graph, "postgres-pbx2-migrate")
 
 
 def test_initial_primary_from_config_swaps_the_roles(lab):
