@@ -22,7 +22,8 @@ WHY = {
        "Writes come back at TTL + ~1 s (production default 2 s). SIP does not wait for the lease: the VIP "
        "moves in 0.3-0.5 s and the standby's Kamailio serves from its replica.",
     4: "Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
-       "leader daemon sees the peer holding the lease for YIELD_AFTER (11 s on the lab) and makes keepalived "
+       "leader daemon sees the peer holding the lease for YIELD_AFTER (9 s on the lab: hang limit 3 s + 2 × the "
+       "3 s lease) and makes keepalived "
        "go FAULT. Meanwhile clients follow the last gratuitous ARP: the non-leader's (read-only PostgreSQL; "
        "SIP works). The leader's commits wait for the cut synchronous standby until it marks it stale and "
        "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
@@ -70,20 +71,23 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
 
 
-def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]]:
+def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float], list[tuple[float, float]]]:
     """From a run's chart data (attempts by send time, relative to the fault): seconds until the
-    service answered again after its last interruption before heal + 5 s (what the fault did), and
-    the times of failed attempts later (during rejoin and after). Send times stand in for answer
-    times where the data has no answer times (the next attempt's send time bounds it: sequential)."""
-    from .drills import interruption_end
+    service answered again after the fault's outage, i.e. the end of the longest interruption that
+    began before heal + 5 s; the other interruptions of that period (shorter stalls, e.g. one slow
+    commit while the rejoined standby turns synchronous); the times of failed attempts later
+    (during rejoin and after). Send times stand in for answer times where the data has none (the
+    next attempt's send time bounds it: sequential)."""
+    from .drills import interruptions
     until = chart["heal"] + 5.0
     pts = chart[key]
     # answer time: stored (3rd field) or, conservatively, the next attempt's send time
     recs = [(p[0], p[2] if len(p) > 2 else (pts[i + 1][0] if i + 1 < len(pts) else p[0]), p[1])
             for i, p in enumerate(pts) if p[0] <= until]
-    end, _ = interruption_end(recs, 0.0, gap)
+    ints = interruptions(recs, 0.0, gap)
+    outage = max(ints, key=lambda i: i[1] - i[0], default=(0.0, 0.0))
     later = [p[0] for p in pts if p[0] > until and not p[1]]
-    return end, later
+    return outage[1], later, [i for i in ints if i is not outage]
 
 
 def write(path: str, data: dict) -> None:
@@ -91,8 +95,8 @@ def write(path: str, data: dict) -> None:
     for d, runs in charts.items():   # charts and results of a drill are in the same (run) order
         rows = [r for r in results if r["drill"] == int(d)]
         for r, c in zip(rows, runs):
-            r["write_fault_s"], r["write_later"] = _during_fault(c, "writes", 0.5)
-            r["sip_fault_s"], r["sip_later"] = _during_fault(c, "options", 0.35)
+            r["write_fault_s"], r["write_later"], r["write_stalls"] = _during_fault(c, "writes", 0.5)
+            r["sip_fault_s"], r["sip_later"], r["sip_stalls"] = _during_fault(c, "options", 0.35)
     assets = os.path.splitext(path)[0]
     os.makedirs(assets, exist_ok=True)
     by = {}
@@ -141,8 +145,10 @@ def write(path: str, data: dict) -> None:
          "most) until the phone's contact has reached the peer's Kamailio too (DMQ).",
          "- **rejoin**: from the heal until the node that is not primary is a streaming standby.", "",
          "## Results (min / median / max over the runs)", "",
-         "Two readings of \"answers again\": *fault* = the last interruption that began before heal + 5 s "
-         "(what the fault itself did; the targets), *run* = the last interruption of the whole run, rejoin "
+         "Two readings of \"answers again\": *fault* = the end of the longest interruption that began before "
+         "heal + 5 s (the outage the fault caused; the targets; shorter interruptions of that period, such as "
+         "one slow commit once the outage was over, are listed under the drill), *run* = the end of the last "
+         "interruption of the whole run, rejoin "
          "included (a later blip shows here).", "",
          "| drill | runs | SIP answers (fault) | writes accepted (fault) | writes accepted (run) | REGISTER ok (run) | "
          "two VIP owners, longest | samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
@@ -204,6 +210,12 @@ def write(path: str, data: dict) -> None:
                    if r["two_vip_longest_s"] > 0]
         if endings:
             L.append("- two VIP owners, how long and what ended it: " + "; ".join(endings))
+        for what, key in (("writes", "write_stalls"), ("SIP", "sip_stalls")):
+            stalls = [f"run {r['run']}: " + ", ".join(f"{e - b:.2f} s at +{b:.1f} s" for b, e in r[key][:4])
+                      for r in rows if r.get(key)]
+            if stalls:
+                L.append(f"- other {what} interruptions before heal + 5 s (besides the outage counted above): "
+                         + "; ".join(stalls))
         later = [f"run {r['run']}: {', '.join(f'+{t:.1f} s' for t in r['write_later'][:5])}"
                  for r in rows if r.get("write_later")]
         if later:

@@ -749,31 +749,37 @@ def count_lost(ctx: Ctx, run_id: str, records: list) -> tuple[list[int], set[int
 # ------------------------------------------------------------------ analysis
 
 
-def interruption_end(records: list[tuple], t0: float, gap: float) -> tuple[float, float]:
-    """(seconds from t0 until the service answered again after its last interruption in the run,
-    total seconds without an answer). records: (sent, done, ok) sorted by sent. An interruption is a
-    failed attempt, or answers more than `gap` seconds apart."""
+def interruptions(records: list[tuple], t0: float, gap: float) -> list[tuple[float, float]]:
+    """(start, end) in seconds from t0 of every interruption after t0: failed attempts, or answers
+    more than `gap` seconds apart; it starts at the last answer before it (t0 at the latest) and
+    ends at the next answer (inf: none came). records: (sent, done, ok) sorted by sent."""
+    out: list[tuple[float, float]] = []
     last_ok = None
-    end = 0.0
-    down = 0.0
     failing = False
     for sent, done, ok in records:
-        if sent < t0 - 0.0:
+        if sent < t0:
             if ok:
                 last_ok = done
             continue
         if not ok:
             failing = True
             continue
-        ref = last_ok if last_ok is not None else t0
-        if failing or done - max(ref, t0) > gap:
-            end = max(end, done - t0)
-            down += done - max(ref, t0)
+        start = max(last_ok if last_ok is not None else t0, t0)
+        if failing or done - start > gap:
+            out.append((start - t0, done - t0))
         failing = False
         last_ok = done
     if failing:
-        end = float("inf")
-    return end, down
+        out.append((max(last_ok if last_ok is not None else t0, t0) - t0, float("inf")))
+    return out
+
+
+def interruption_end(records: list[tuple], t0: float, gap: float) -> tuple[float, float]:
+    """(seconds from t0 until the service answered again after its last interruption in the run,
+    total seconds without an answer)."""
+    ints = interruptions(records, t0, gap)
+    end = max((e for _, e in ints), default=0.0)
+    return end, sum(e - s for s, e in ints if e != float("inf"))
 
 
 def timeline(rd: RunData, step: float = SAMPLE_S) -> tuple[list[float], dict]:

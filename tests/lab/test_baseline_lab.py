@@ -89,7 +89,8 @@ def fingerprint(lab) -> dict:
     for host, paths in managed_files(lab).items():
         sums = lab.sh(host, "sha256sum " + " ".join(paths) + "; stat -c '%n %U:%G:%a %Y' " + " ".join(paths))
         pids = lab.sh(host, "for u in chrony systemd-journald ssh nftables var-spool-hapbx-live.mount "
-                            f"postgresql@{lab.cluster.postgres.version}-main redis-server keepalived etcd kamailio; do "
+                            f"postgresql@{lab.cluster.postgres.version}-main redis-server keepalived etcd kamailio "
+                            "hapbx-leader hapbx-reach; do "
                             "echo $u $(systemctl show -p MainPID,ActiveEnterTimestampMonotonic --value $u); done")
         out[host] = (sums, pids)
     return out

@@ -65,6 +65,14 @@ def test_the_vip_is_on_one_node_and_that_node_leads(lab):
     assert (s["daemon_hold"], s["postgres"], s["redis"]) == ("1", "primary", "master")
     assert status(lab, peer)["postgres_streaming"] == "yes"
     assert holder == lab.cluster.primary.name
+    # both reachability watchers hear the gateway or the witness, and never lost them
+    for node in (holder, peer):
+        st = status(lab, node)
+        assert (st.get("reach_isolated"), st.get("reach_isolations")) == ("0", "0"), st
+        # how close this loaded host came to a false fence or a false isolation (for the record)
+        print(f"\n{node}: longest renewal gap {st.get('daemon_renew_max_gap_ms')} ms (fence after "
+              f"{lab.cluster.etcd.lease_ttl_seconds * 1000 - 500}), longest silence of gateway and witness "
+              f"{st.get('reach_max_gap_ms')} ms (isolated after {lab.cluster.ha.reach_lost_after_ms})")
 
 
 def stdout_of(lab, name: str) -> str:

@@ -24,7 +24,7 @@ from tests.sip import sipp
 
 CTL = "unix:/run/kamailio/kamailio_ctl"
 OTHERS = ("chrony", "systemd-journald", "ssh", "nftables", "redis-server", "keepalived", "etcd", "hapbx-leader",
-          "hapbx-media-uas", "hapbx-cdr-receiver", "hapbx-cdr-worker", "hapbx-admin", "hapbx-recsync")
+          "hapbx-reach", "hapbx-media-uas", "hapbx-cdr-receiver", "hapbx-cdr-worker", "hapbx-admin", "hapbx-recsync")
 PROPS = "MainPID,ActiveEnterTimestampMonotonic,ActiveExitTimestampMonotonic,ActiveEnterTimestamp"
 
 
