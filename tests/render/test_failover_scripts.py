@@ -8,7 +8,7 @@ while the peer is writable, election of the running primary, repeated and concur
 runs, lease loss -> writes stop before the TTL, split VRRP (both MASTER) -> one primary
 and the VIP yielded, failover with real divergence -> pg_rewind, rejoin falling back to
 pg_basebackup when pg_rewind cannot work, a crashed leader daemon fencing at once, a hung
-keepalived handing over, the start guard.
+keepalived handing over, the start guard, a crashed primary restarted in place.
 """
 from __future__ import annotations
 
@@ -342,3 +342,24 @@ def test_11_start_guard(rig):
         rig.sh("pbx1", f"rm -f {n1.dir}/lib/maintenance")
     rig.wait(lambda: rig.pg_role("pbx1") == "standby", 60, "pbx1 back as standby")
     assert one_primary(rig) == "pbx2"
+
+
+def test_12_a_crashed_primary_restarts_in_place(rig):
+    """The lease holder's PostgreSQL is SIGKILLed: its daemon restarts it as the primary on the
+    same node (no failover) and marks the restart as planned while it runs, so keepalived's
+    check-local does not move the VIP meanwhile (lab drill 3)."""
+    leader = one_primary(rig)
+    n = rig.nodes[leader]
+    rig.wait(lambda: rig.status(leader).get("writer") == "1" and rig.idle(leader), 30, f"{leader} writer")
+    marker = f"{n.run}/planned-restart.postgres"
+    old = rig.pg_pid(leader)
+    t0 = time.time()
+    os.kill(old, signal.SIGKILL)
+    rig.wait(lambda: os.path.exists(marker), 5, "the restart marked as planned")
+    timing("primary SIGKILLed -> daemon restarts it in place", (time.time() - t0) * 1000)
+    rig.wait(lambda: rig.pg_role(leader) == "primary" and rig.status(leader).get("writer") == "1", 30,
+             f"{leader} primary again")
+    timing("primary SIGKILLed -> writable again on the same node", (time.time() - t0) * 1000)
+    assert rig.pg_pid(leader) not in (None, old)
+    rig.wait(lambda: not os.path.exists(marker), 5, "marker removed once the server is back")
+    assert one_primary(rig) == leader and "restarting it in place" in open(f"{n.dir}/ha.log").read()
