@@ -6,7 +6,11 @@ from the stack configuration, recording, JSON CDR to the local receiver) -> one 
 lab (media.engine sipp-uas): Debian has no FreeSWITCH, so a SIPp UAS service on the same address
 and port answers and holds calls; dispatcher probes and fails over on it exactly as on FreeSWITCH.
 
-Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>``, ``<name>-<node>-dirs``.
+A change restarts (or reloads) the engine one node at a time, the VIP holder last (``remote.rolling``),
+each node's pass waiting until its engine listens on the media port again: a restart drops the calls
+of that node only, and Kamailio's dispatcher sends new calls to the other one meanwhile.
+
+Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>`` (+ ``-last``), ``<name>-<node>-dirs``.
 """
 from __future__ import annotations
 
@@ -27,6 +31,12 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     return sipp_uas.files(ctx) + freeswitch.files(ctx)
 
 
+def listening(port: int) -> str:
+    """Shell condition: the engine listens on its SIP port again (FreeSWITCH opens it once its
+    profile is up; the SIPp stand-in once it runs)."""
+    return f"ss -Hlun sport = :{port} | grep -q ."
+
+
 @dataclass
 class MediaArgs:
     cluster: ClusterConfig
@@ -39,6 +49,8 @@ class Media(pulumi.ComponentResource):
         super().__init__("hapbx:index:Media", name, None, opts)
         c = args.cluster
         self.ready: list[pulumi.Resource] = []
+        members: dict[str, list[rc.RollingMember]] = {}   # per service
+        actions: dict[str, str] = {}
         for node in c.nodes:
             conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
             after = list(getattr(args.nodes[node.name], "ready", []))
@@ -48,7 +60,21 @@ class Media(pulumi.ComponentResource):
                 after.append(rc.step(f"{name}-{node.name}-dirs", node.name, conn, "media directories", steps,
                                      pulumi.ResourceOptions(parent=self, depends_on=after), triggers=[steps]))
             pairs = real_contents(c, node, args.secrets, files, files(ctx))
-            self.ready += rc.deploy_files(f"{name}-{node.name}", node.name, conn, pairs, self, depends_on=after)
+            installed = rc.deploy_files(f"{name}-{node.name}", node.name, conn, pairs, self, depends_on=after,
+                                        handlers=False)
+            self.ready += installed
+            for service in dict.fromkeys(f.service for f, _ in pairs if f.service):
+                mine = [cmd for (f, _), cmd in zip(pairs, installed) if f.service == service]
+                members.setdefault(service, []).append(
+                    rc.RollingMember(node.name, conn, [rc.file_digest(cmd) for cmd in mine], mine))
+                if any(f.action == "restart" for f, _ in pairs if f.service == service):
+                    actions[service] = "restart"
+                actions.setdefault(service, "reload")
+        for service, nodes in members.items():
+            handler = rc.Handler(service, actions[service], health=listening(c.media.sip_port))
+            passes = rc.rolling_handlers(f"{name}-{{node}}-svc-{service.removesuffix('.service')}", nodes,
+                                         handler, c.vip.address, self)
+            self.ready += [cmd for pair in passes.values() for cmd in pair]
         self.register_outputs({
             "engine": c.media.engine,
             "destinations": {n.name: f"{n.address}:{c.media.sip_port}" for n in c.nodes},

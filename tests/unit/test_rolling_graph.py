@@ -17,13 +17,21 @@ import pytest
 from components import remote as rc
 from components.render import kamailio as kam
 from components.render import redis as rd
+from components.render import sipp_uas
 from tests.mockrun import ancestors, run_ok
 
-# daemon -> (first-pass name, node order in the chain, what depends on the final pass)
+# daemon -> (first-pass name, node order in the chain, what depends on the final pass); {unit}: the
+# stack's media engine (lab: the SIPp stand-in, prod: FreeSWITCH)
 ROLLING = {
     "kamailio": ("sip-{node}-svc-kamailio", None, "sip-{node}-dispatcher"),
     "redis": ("redis-{node}-handler", "primary-first", None),
+    "media": ("media-{node}-svc-{unit}", None, None),
 }
+MEDIA_UNIT = {"sipp-uas": "hapbx-media-uas", "freeswitch": "freeswitch"}
+
+
+def first_pass(raw: dict, daemon: str) -> str:
+    return ROLLING[daemon][0].replace("{unit}", MEDIA_UNIT[raw["media"]["engine"]])
 
 
 def order(raw: dict, daemon: str) -> list[str]:
@@ -37,7 +45,8 @@ def order(raw: dict, daemon: str) -> list[str]:
 @pytest.mark.parametrize("daemon", sorted(ROLLING))
 def test_chain_one_node_at_a_time_then_the_deferred_pass(stack, daemon):
     graph, _, raw = stack
-    first_name, _, dependant = ROLLING[daemon]
+    _, _, dependant = ROLLING[daemon]
+    first_name = first_pass(raw, daemon)
     a, b = order(raw, daemon)
     first = {n: graph.resources[first_name.format(node=n)] for n in (a, b)}
     last = {n: graph.resources[first_name.format(node=n) + "-last"] for n in (a, b)}
@@ -65,6 +74,13 @@ def test_chain_one_node_at_a_time_then_the_deferred_pass(stack, daemon):
     if dependant:
         for n in (a, b):
             assert last[n].name in graph.resources[dependant.format(node=n)].depends_on
+
+
+def test_media_handler_waits_until_the_engine_listens_again(stack):
+    graph, _, raw = stack
+    script = graph.resources[first_pass(raw, "media").format(node=raw["nodes"][0]["name"])].inputs["create"]
+    assert f"ss -Hlun sport = :{raw.get('media', {}).get('sipPort', 5080)}" in script
+    assert script.index("exec 9>&-") < script.index("until healthy")
 
 
 def test_kamailio_handler_waits_for_health_and_the_peer_in_dmq(lab_config):
@@ -103,6 +119,8 @@ case "$last" in
 esac
 """,
     "flock": "#!/bin/bash\nexit 0\n",
+    # ss: the media engine listens again
+    "ss": "#!/bin/bash\necho 'UNCONN 0 0 10.0.0.99:5080 0.0.0.0:*'\n",
 }
 
 
@@ -149,18 +167,19 @@ def test_the_vip_holder_restarts_last_whichever_it_is(lab_config, tmp_path, daem
     nodes = order(lab_config, daemon)
     addrs = {n["name"]: n["address"] for n in lab_config["nodes"]}
     peers = {n: next(addrs[p] for p in nodes if p != n) for n in nodes}
-    marker = f"{rc.PENDING_DIR}/{kam.SERVICE}" if daemon == "kamailio" else rd.CONF_MARKER
+    marker = {"kamailio": f"{rc.PENDING_DIR}/{kam.SERVICE}", "redis": rd.CONF_MARKER,
+              "media": f"{rc.PENDING_DIR}/{sipp_uas.UNIT}"}[daemon]
     other = next(n for n in nodes if n != vip_node)
-    restarts, outputs = run_passes(graph, tmp_path, ROLLING[daemon][0], nodes, peers, lab_config["vip"]["address"],
+    restarts, outputs = run_passes(graph, tmp_path, first_pass(lab_config, daemon), nodes, peers, lab_config["vip"]["address"],
                                    vip_node, set(nodes), marker)
     assert [r.split()[0] for r in restarts] == [other, vip_node], (restarts, outputs)
     assert all(r.split()[1] == "restart" for r in restarts)
     assert any(f"{vip_node}" in o and "deferred: this node holds the VIP" in o for o in outputs), outputs
     # nothing pending: nothing restarts on any pass
-    restarts, outputs = run_passes(graph, tmp_path, ROLLING[daemon][0], nodes, peers, lab_config["vip"]["address"],
+    restarts, outputs = run_passes(graph, tmp_path, first_pass(lab_config, daemon), nodes, peers, lab_config["vip"]["address"],
                                    vip_node, set(), marker)
     assert restarts == [], outputs
     # only the VIP holder's files changed: it restarts (in the final pass), the peer does not
-    restarts, _ = run_passes(graph, tmp_path, ROLLING[daemon][0], nodes, peers, lab_config["vip"]["address"],
+    restarts, _ = run_passes(graph, tmp_path, first_pass(lab_config, daemon), nodes, peers, lab_config["vip"]["address"],
                              vip_node, {vip_node}, marker)
     assert [r.split()[0] for r in restarts] == [vip_node]
