@@ -3,11 +3,13 @@
 Per node, after its baseline and ``after`` (the data tier's schema and Redis, the HA layer
 settled): the service package, the three units and their env files (0600, secrets on stdin,
 logging off) -> a restart handler for the receiver and for the admin API (enabled, running on
-both nodes; restarted only when one of their files changed) -> the worker placement step:
+both nodes; restarted only when one of their files changed, one node at a time with the VIP holder
+last, each waiting until the service listens again: ``remote.rolling``; a FreeSWITCH posting while
+its node's receiver restarts falls back to the peer's) -> the worker placement step:
 the worker runs only where this node is the writer (HA status ``writer=1``, or without the HA
 layer a local primary), is stopped where PostgreSQL is a standby, and is otherwise left to the
 failover scripts, which start it on promotion and stop it on demotion (OWNER_SERVICES).
-Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>``, ``<name>-<node>-worker``.
+Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>`` (+ ``-last``), ``<name>-<node>-worker``.
 """
 from __future__ import annotations
 
@@ -42,10 +44,21 @@ class CdrPipeline(pulumi.ComponentResource):
     def __init__(self, name: str, args: CdrPipelineArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hapbx:index:CdrPipeline", name, None, opts)
         c = args.cluster
-        self.handlers: dict[str, list[remote.Command]] = {}
+        self.handlers: dict[str, list[remote.Command]] = {n.name: [] for n in c.nodes}
         self.workers: dict[str, remote.Command] = {}
+        members: dict[str, list[rc.RollingMember]] = {cdr.RECEIVER_UNIT: [], cdr.ADMIN_UNIT: []}
         for node in c.nodes:
-            self.handlers[node.name], self.workers[node.name] = self._node(name, node, args)
+            own, self.workers[node.name] = self._node(name, node, args)
+            conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
+            for unit, cmds in own.items():
+                members[unit].append(rc.RollingMember(node.name, conn, [_digest(x) for x in cmds], cmds))
+        ports = {cdr.RECEIVER_UNIT: c.cdr.receiver_port, cdr.ADMIN_UNIT: c.admin.port}
+        for unit, nodes in members.items():
+            handler = rc.Handler(unit, "restart", health=rc.listening(ports[unit]))
+            passes = rc.rolling_handlers(f"{name}-{{node}}-svc-{unit.removesuffix('.service')}", nodes, handler,
+                                         c.vip.address, self)
+            for node, pair in passes.items():
+                self.handlers[node] += list(pair)
         #: receivers and admin APIs running on both nodes, the worker placed
         self.ready: list[pulumi.Resource] = [*(h for hs in self.handlers.values() for h in hs),
                                              *self.workers.values()]
@@ -73,14 +86,8 @@ class CdrPipeline(pulumi.ComponentResource):
         def own(unit: str) -> list[remote.Command]:
             return code + [installed[f.path] for f in rendered if f.service == unit]
 
-        handlers = []
-        for unit in (cdr.RECEIVER_UNIT, cdr.ADMIN_UNIT):
-            cmds = own(unit)
-            handlers.append(rc.service_handler(
-                f"{prefix}-svc-{unit.removesuffix('.service')}", node.name, conn, rc.Handler(unit, "restart"),
-                [_digest(x) for x in cmds], pulumi.ResourceOptions(parent=self, depends_on=cmds)))
         cmds = own(cdr.WORKER_UNIT)
         worker = rc.step(f"{prefix}-worker", node.name, conn, "CDR worker on the writer only",
                          rc.SYSTEMD_LOCK + cdr.worker_placement_script(ctx),
                          pulumi.ResourceOptions(parent=self, depends_on=cmds), triggers=[_digest(x) for x in cmds])
-        return handlers, worker
+        return {unit: own(unit) for unit in (cdr.RECEIVER_UNIT, cdr.ADMIN_UNIT)}, worker

@@ -31,12 +31,6 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     return sipp_uas.files(ctx) + freeswitch.files(ctx)
 
 
-def listening(port: int) -> str:
-    """Shell condition: the engine listens on its SIP port again (FreeSWITCH opens it once its
-    profile is up; the SIPp stand-in once it runs)."""
-    return f"ss -Hlun sport = :{port} | grep -q ."
-
-
 @dataclass
 class MediaArgs:
     cluster: ClusterConfig
@@ -71,7 +65,8 @@ class Media(pulumi.ComponentResource):
                     actions[service] = "restart"
                 actions.setdefault(service, "reload")
         for service, nodes in members.items():
-            handler = rc.Handler(service, actions[service], health=listening(c.media.sip_port))
+            # FreeSWITCH opens its SIP port once its profile is up; the SIPp stand-in once it runs
+            handler = rc.Handler(service, actions[service], health=rc.listening(c.media.sip_port, "udp"))
             passes = rc.rolling_handlers(f"{name}-{{node}}-svc-{service.removesuffix('.service')}", nodes,
                                          handler, c.vip.address, self)
             self.ready += [cmd for pair in passes.values() for cmd in pair]

@@ -119,6 +119,11 @@ class Handler:
     before: str = ""
 
 
+def listening(port: int, proto: str = "tcp") -> str:
+    """Shell condition (a Handler's ``health``): some socket listens on that port again."""
+    return f"ss -Hl{'u' if proto == 'udp' else 't'}n sport = :{port} | grep -q ."
+
+
 def holds_vip(vip: str) -> str:
     """Shell condition: this node holds the VIP right now (runtime state, read at apply time).
     grep reads all of ip's output (no -q): under pipefail an early exit would SIGPIPE ip and

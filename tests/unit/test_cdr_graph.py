@@ -17,12 +17,14 @@ def test_component_children_on_both_nodes_only(stack):
     assert graph.resources["cdr"].type == "hapbx:index:CdrPipeline"
     children = {r.name for r in graph.resources.values() if r.parent == "cdr"}
     nodes = [n["name"] for n in raw["nodes"]]
-    per_node = len(cdr.package_files()) + 3 + len(cdr.UNITS) + 3   # code, env files, units, 2 handlers + worker
+    # code, env files, units, 2 rolling handlers (first and final pass each) + worker
+    per_node = len(cdr.package_files()) + 3 + len(cdr.UNITS) + 5
     assert len(children) == per_node * len(nodes)
     for node in nodes:
         assert f"cdr-{node}-file-etc-hapbx-admin.env" in children
         assert f"cdr-{node}-file-usr-local-lib-hapbx-cdr-hapbx-cdr-worker.py" in children
-        assert {f"cdr-{node}-svc-hapbx-cdr-receiver", f"cdr-{node}-svc-hapbx-admin", f"cdr-{node}-worker"} <= children
+        assert {f"cdr-{node}-svc-hapbx-cdr-receiver", f"cdr-{node}-svc-hapbx-admin", f"cdr-{node}-worker",
+                f"cdr-{node}-svc-hapbx-cdr-receiver-last", f"cdr-{node}-svc-hapbx-admin-last"} <= children
         # the worker is never enabled by a generic handler: only placed by its step
         assert f"cdr-{node}-svc-hapbx-cdr-worker" not in children
     assert not any(raw["witness"]["name"] in c for c in children)

@@ -1,8 +1,9 @@
 """Rolling changes (components/remote.py `rolling`): one node at a time, the VIP holder last.
 
-The graph under Pulumi mocks: per daemon a first pass chained node after node, then a final pass
-after every first pass, each pass triggered by its own node's files only. Then the passes' real
-scripts are run in the graph's order against stub `systemctl`/`ip`/`kamcmd`/`redis-cli`, with
+The graph under Pulumi mocks (Kamailio, Redis, the media engine, the CDR receiver, the admin API):
+per daemon a first pass chained node after node, then a final pass after every first pass, each
+pass triggered by its own node's files only. Then the passes' real scripts are run in the graph's
+order against stub `systemctl`/`ip`/`kamcmd`/`redis-cli`/`ss`, with
 either node holding the VIP: the holder's restart is deferred by the first pass and done by the
 final pass, strictly after the peer's; nothing pending restarts nothing.
 """
@@ -17,7 +18,7 @@ import pytest
 from components import remote as rc
 from components.render import kamailio as kam
 from components.render import redis as rd
-from components.render import sipp_uas
+from components.render import cdr, sipp_uas
 from tests.mockrun import ancestors, run_ok
 
 # daemon -> (first-pass name, node order in the chain, what depends on the final pass); {unit}: the
@@ -26,6 +27,8 @@ ROLLING = {
     "kamailio": ("sip-{node}-svc-kamailio", None, "sip-{node}-dispatcher"),
     "redis": ("redis-{node}-handler", "primary-first", None),
     "media": ("media-{node}-svc-{unit}", None, None),
+    "cdr-receiver": ("cdr-{node}-svc-hapbx-cdr-receiver", None, None),
+    "admin": ("cdr-{node}-svc-hapbx-admin", None, None),
 }
 MEDIA_UNIT = {"sipp-uas": "hapbx-media-uas", "freeswitch": "freeswitch"}
 
@@ -79,7 +82,7 @@ def test_chain_one_node_at_a_time_then_the_deferred_pass(stack, daemon):
 def test_media_handler_waits_until_the_engine_listens_again(stack):
     graph, _, raw = stack
     script = graph.resources[first_pass(raw, "media").format(node=raw["nodes"][0]["name"])].inputs["create"]
-    assert f"ss -Hlun sport = :{raw.get('media', {}).get('sipPort', 5080)}" in script
+    assert rc.listening(raw.get("media", {}).get("sipPort", 5080), "udp") in script
     assert script.index("exec 9>&-") < script.index("until healthy")
 
 
@@ -119,8 +122,8 @@ case "$last" in
 esac
 """,
     "flock": "#!/bin/bash\nexit 0\n",
-    # ss: the media engine listens again
-    "ss": "#!/bin/bash\necho 'UNCONN 0 0 10.0.0.99:5080 0.0.0.0:*'\n",
+    # ss: the restarted service listens again
+    "ss": "#!/bin/bash\necho 'LISTEN 0 0 10.0.0.99:5080 0.0.0.0:*'\n",
 }
 
 
@@ -168,7 +171,8 @@ def test_the_vip_holder_restarts_last_whichever_it_is(lab_config, tmp_path, daem
     addrs = {n["name"]: n["address"] for n in lab_config["nodes"]}
     peers = {n: next(addrs[p] for p in nodes if p != n) for n in nodes}
     marker = {"kamailio": f"{rc.PENDING_DIR}/{kam.SERVICE}", "redis": rd.CONF_MARKER,
-              "media": f"{rc.PENDING_DIR}/{sipp_uas.UNIT}"}[daemon]
+              "media": f"{rc.PENDING_DIR}/{sipp_uas.UNIT}", "cdr-receiver": f"{rc.PENDING_DIR}/{cdr.RECEIVER_UNIT}",
+              "admin": f"{rc.PENDING_DIR}/{cdr.ADMIN_UNIT}"}[daemon]
     other = next(n for n in nodes if n != vip_node)
     restarts, outputs = run_passes(graph, tmp_path, first_pass(lab_config, daemon), nodes, peers, lab_config["vip"]["address"],
                                    vip_node, set(nodes), marker)
