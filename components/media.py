@@ -57,13 +57,10 @@ class Media(pulumi.ComponentResource):
             installed = rc.deploy_files(f"{name}-{node.name}", node.name, conn, pairs, self, depends_on=after,
                                         handlers=False)
             self.ready += installed
-            for service in dict.fromkeys(f.service for f, _ in pairs if f.service):
-                mine = [cmd for (f, _), cmd in zip(pairs, installed) if f.service == service]
+            for service, (action, mine) in rc.by_service([f for f, _ in pairs], installed).items():
                 members.setdefault(service, []).append(
                     rc.RollingMember(node.name, conn, [rc.file_digest(cmd) for cmd in mine], mine))
-                if any(f.action == "restart" for f, _ in pairs if f.service == service):
-                    actions[service] = "restart"
-                actions.setdefault(service, "reload")
+                actions[service] = "restart" if "restart" in (action, actions.get(service)) else action
         for service, nodes in members.items():
             # FreeSWITCH opens its SIP port once its profile is up; the SIPp stand-in once it runs
             handler = rc.Handler(service, actions[service], health=rc.listening(c.media.sip_port, "udp"))

@@ -268,6 +268,18 @@ def step(name: str, node: str, conn: remote.ConnectionArgs, title: str, body: st
         triggers=list(triggers or []), opts=opts)
 
 
+def by_service(files: Sequence[RenderedFile], commands: Sequence[remote.Command]
+               ) -> dict[str, tuple[str, list[remote.Command]]]:
+    """Installed files (``commands`` in the order of ``files``) grouped by the service they belong
+    to: {service: (action, its file commands)}; restart wins over reload when the files disagree."""
+    out: dict[str, tuple[str, list[remote.Command]]] = {}
+    for f, cmd in zip(files, commands):
+        if f.service:
+            action, cmds = out.get(f.service, (f.action, []))
+            out[f.service] = ("restart" if "restart" in (f.action, action) else f.action, cmds + [cmd])
+    return out
+
+
 def deploy_files(resource_prefix: str, node: str, conn: remote.ConnectionArgs,
                  files: Sequence[tuple[RenderedFile, pulumi.Input[str]]], parent: pulumi.Resource,
                  depends_on: Sequence[pulumi.Resource] = (), handlers: bool = True) -> list[remote.Command]:
@@ -277,20 +289,11 @@ def deploy_files(resource_prefix: str, node: str, conn: remote.ConnectionArgs,
     files only (the caller applies them, e.g. with :func:`rolling_handlers` across the nodes).
     """
     opts = pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on))
-    installed: dict[str, list[remote.Command]] = {}
-    actions: dict[str, str] = {}
-    commands = []
-    for f, content in files:
-        cmd = remote_file(f"{resource_prefix}-file-{f.slug}", node, conn, f, content, opts)
-        commands.append(cmd)
-        if f.service:
-            installed.setdefault(f.service, []).append(cmd)
-            # restart wins over reload when files of one service disagree
-            actions[f.service] = "restart" if "restart" in (f.action, actions.get(f.service)) else f.action
+    commands = [remote_file(f"{resource_prefix}-file-{f.slug}", node, conn, f, content, opts) for f, content in files]
     if not handlers:
         return commands
-    for service, cmds in installed.items():
-        h = Handler(service, actions[service], enable=not service.startswith("systemd-"))
+    for service, (action, cmds) in by_service([f for f, _ in files], commands).items():
+        h = Handler(service, action, enable=not service.startswith("systemd-"))
         commands.append(service_handler(
             f"{resource_prefix}-svc-{service.removesuffix('.service')}", node, conn, h,
             [c.triggers.apply(lambda t: t[0]) for c in cmds],

@@ -188,13 +188,18 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     assert out.returncode == 1 and "sip" in out.stderr  # ours, but nobody answers
     # an apply restarting Kamailio on purpose (the handler's note): not a failure, for 30 s at most
     assert rc.PLANNED_DIR == failover.HA_RUN_DIR
-    note = tmp_path / "run" / "planned-restart.kamailio.service"
-    note.write_text(f"{int(time.time())}\n")
-    assert check().returncode == 0
-    note.write_text(f"{int(time.time()) - 31}\n")
-    out = check()
-    assert out.returncode == 1 and "sip" in out.stderr
-    note.unlink()
+
+    def honoured_for(name: str, seconds: int, failing: str) -> None:
+        """A restart note written that many seconds ago hides the failure; one second older, not."""
+        note = tmp_path / "run" / f"planned-restart.{name}"
+        note.write_text(f"{int(time.time()) - seconds + 2}\n")
+        assert check().returncode == 0
+        note.write_text(f"{int(time.time()) - seconds - 1}\n")
+        out = check()
+        assert out.returncode == 1 and failing in out.stderr
+        note.unlink()
+
+    honoured_for("kamailio.service", 30, "sip")
     got = {}
 
     sock.setblocking(False)
@@ -224,9 +229,4 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     (stub / "pg_isready").write_text("#!/bin/sh\nexit 2\n")
     out = check()
     assert out.returncode == 1 and "postgres" in out.stderr
-    note = tmp_path / "run" / "planned-restart.postgres"
-    note.write_text(f"{int(time.time()) - 5}\n")
-    assert check().returncode == 0
-    note.write_text(f"{int(time.time()) - int(env['PG_CRASH_GRACE']) - 1}\n")
-    out = check()
-    assert out.returncode == 1 and "postgres" in out.stderr
+    honoured_for("postgres", int(env["PG_CRASH_GRACE"]), "postgres")
