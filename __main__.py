@@ -14,24 +14,27 @@ from components.media import Media, MediaArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
 from components.render import SECRET_NAMES
-from components.ssh import endpoints
+from components.ssh import endpoints, private_key_file
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
 
 config = pulumi.Config()
+# `pulumi preview` (a PR reviewer, a CI runner) connects nowhere: it needs nothing on local disk.
+preview = pulumi.runtime.is_dry_run()
 try:
     cluster, warnings = from_pulumi_config(config)
-    hosts = endpoints(cluster)
+    hosts, ssh_warnings = endpoints(cluster, preview)
+    key_text, key_warnings = private_key_file(cluster, preview)
 except ConfigError as err:
     # Fail before any resource exists, with every problem listed.
     raise pulumi.RunError(str(err)) from None
-for warning in warnings:
+for warning in [*warnings, *ssh_warnings, *key_warnings]:
     pulumi.log.warn(warning)
 
-private_key = None
-if cluster.ssh.private_key_file:
-    with open(cluster.ssh.private_key_file, encoding="utf-8") as fh:
-        private_key = pulumi.Output.secret(fh.read())
+# The key: secret config (works anywhere), else the file on the deploy host, else ssh-agent.
+private_key = config.require_secret("sshPrivateKey") if cluster.ssh_private_key else None
+if key_text is not None:
+    private_key = pulumi.Output.secret(key_text)
 
 # Every generated credential is a pulumi-random password: stable across applies, secret in state.
 GENERATED = [n for n in SECRET_NAMES if n != "vendor_repo_token"]
@@ -40,9 +43,8 @@ secrets: dict[str, pulumi.Output[str]] = {
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)
     for name in GENERATED
 }
-token = config.get_secret("vendorRepoToken")
-if token is not None:
-    secrets["vendor_repo_token"] = token
+if cluster.vendor_repo_token:
+    secrets["vendor_repo_token"] = config.require_secret("vendorRepoToken")
 
 nodes = {
     h.name: Node(h.name, NodeArgs(cluster=cluster, host=h, endpoint=hosts[h.name], private_key=private_key,

@@ -13,7 +13,7 @@ import sys
 import time
 
 from components.config import PROJECT, ClusterConfig, ConfigError, build, read_stack_file
-from lab import harness, machinery
+from lab import harness, machinery, plan
 from lab.spec import LabNode, LabSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,13 @@ def state_path(spec: LabSpec) -> str:
 def apply(raw: dict, spec: LabSpec, stack: str = "lab", force: bool = False, log=print) -> harness.ApplyResult:
     config = {f"{PROJECT}:{k}": v for k, v in raw.items()}
     return harness.apply(ROOT, PROJECT, stack, config, [], state_path(spec), force=force, log=log)
+
+
+def preview(raw: dict, spec: LabSpec, stack: str = "lab") -> plan.PreviewResult:
+    """What `apply` would change, from the lab's state: nothing runs, nothing is written."""
+    config = {f"{PROJECT}:{k}": v for k, v in raw.items()}
+    return plan.preview(ROOT, PROJECT, stack, config, [], state_path(spec),
+                        log=lambda line: print(line, file=sys.stderr))
 
 
 def describe(cluster: ClusterConfig, spec: LabSpec) -> str:
@@ -153,6 +160,13 @@ def run(args) -> int:
             words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them
             os.execvp(argv[0], ["ssh", "-t", *argv[1:]] if not args.cmd else argv)
+        if args.lab_command == "apply" and args.preview:
+            try:
+                print(preview(raw, spec, stack=args.stack).text)
+            except OSError as err:  # the state is root's, 0600
+                print(f"hapbx lab: preview: cannot read the state: {err}", file=sys.stderr)
+                return 1
+            return 0
         if args.lab_command == "up":
             machinery.up(spec)
             if args.no_apply:
@@ -171,6 +185,9 @@ def run(args) -> int:
         print(f"hapbx lab: {err}", file=sys.stderr)
         return 1
     except harness.ApplyError as err:
+        if getattr(args, "preview", False):
+            print(f"hapbx lab: preview failed: {err}", file=sys.stderr)
+            return 1
         print(f"hapbx lab: apply failed: {err}\nFix the cause and run `./hapbx lab up` again: "
               "what succeeded is kept and will not run again.", file=sys.stderr)
         return 1

@@ -107,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     up = lsub.add_parser("up", help="build the lab and apply the stack to it")
     up.add_argument("--no-apply", action="store_true", help="only build and boot the nodes")
     up.add_argument("--force", action="store_true", help="run every command again (idempotence check)")
-    lsub.add_parser("apply", help="apply the stack to the running lab")
+    ap = lsub.add_parser("apply", help="apply the stack to the running lab")
+    ap.add_argument("--preview", action="store_true",
+                    help="only show what apply would change (like pulumi preview): runs and writes nothing")
     lsub.add_parser("down", help="remove everything the lab made")
     lsub.add_parser("status", help="nodes, addresses, roles")
     from cli import drill

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,7 +22,7 @@ from .schema import ConfigError, Problems, describe, parse_object, setting
 PROJECT = "high-cc-pbx"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
-SECRET_KEYS = ("vendorRepoToken",)
+SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey")
 SUPPORTED = {"postgres": ("15", "16"), "kamailio": ("5.6", "6.0"), "freeswitch": ("1.10",)}
 
 
@@ -53,9 +54,20 @@ def _abspath(value: str) -> str | None:
     return None if value.startswith("/") and ".." not in value.split("/") else "is not an absolute path"
 
 
+#: host key types a pin may have; pulumi-command offers only the pinned key's own type
+#: (remote/connection.go: HostKeyAlgorithms = [publicKey.Type()])
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+RSA_PIN_REFUSED = ("is an ssh-rsa key: pulumi-command then offers only the 'ssh-rsa' (SHA-1) algorithm, which "
+                   "OpenSSH 8.8 and later refuse, so no connection could be made (pin the host's ed25519 key "
+                   "instead: `ssh-keyscan -t ed25519 HOST`, checked against the host's own "
+                   "/etc/ssh/ssh_host_ed25519_key.pub)")
+
+
 def _host_key(value: str) -> str | None:
     parts = value.split()
-    ok = len(parts) >= 2 and parts[0] in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
+    if parts[:1] == ["ssh-rsa"]:
+        return RSA_PIN_REFUSED
+    ok = len(parts) >= 2 and parts[0] in HOST_KEY_TYPES
     return None if ok else "is not an SSH public host key line ('ssh-ed25519 AAAA...')"
 
 
@@ -75,10 +87,11 @@ class SshSettings:
     user: str = setting("user", "SSH user on every node (root, or a user with passwordless sudo).", "root")
     port: int = setting("port", "SSH port on every node.", 22, **PORT)
     private_key_file: Optional[str] = setting(
-        "privateKeyFile", "Private key used to reach the nodes; read at deploy time, kept secret. Unset: ssh-agent.",
-        None, check=_abspath)
+        "privateKeyFile", "Private key file on the machine running `pulumi up`, read as a secret (not needed by "
+        "`pulumi preview`). Unset: the `sshPrivateKey` secret, else ssh-agent.", None, check=_abspath)
     known_hosts_file: Optional[str] = setting(
-        "knownHostsFile", "known_hosts file to pin host keys from when a node has no `hostKey`.", None, check=_abspath)
+        "knownHostsFile", "known_hosts file to pin host keys from when a host has no `hostKey` (ed25519, then "
+        "ECDSA; not needed by `pulumi preview`).", None, check=_abspath)
     dial_error_limit: int = setting("dialErrorLimit", "SSH dial attempts before a step fails.", 10, minimum=1, maximum=100)
     per_dial_timeout: int = setting("perDialTimeout", "Seconds per SSH dial attempt.", 10, minimum=1, maximum=300)
 
@@ -378,6 +391,10 @@ class ClusterConfig:
     admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
                                                None, secret=True)
+    ssh_private_key: Optional[str] = setting(
+        "sshPrivateKey", "Private key reaching the nodes, as secret config (`pulumi config set --secret "
+        "high-cc-pbx:sshPrivateKey < KEYFILE`): previews and updates run anywhere, nothing on disk.",
+        None, secret=True)
 
     # --- derived facts, used by components and the lab -----------------------------------
     @property
@@ -482,6 +499,8 @@ def _check_environment(cfg: ClusterConfig, p: Problems) -> None:
             p.add("lab", "is set but environment is 'prod' (allowed: only in lab stacks)")
         if cfg.media.engine != "freeswitch":
             p.warn("media.engine", f"{cfg.media.engine!r} in prod: a test stand-in carries no real media")
+    if cfg.ssh_private_key and cfg.ssh.private_key_file:
+        p.add("sshPrivateKey", "is set and so is ssh.privateKeyFile (allowed: one of them)")
     if any(r.token_auth for r in cfg.packages.repositories) and not cfg.vendor_repo_token:
         p.add("vendorRepoToken", "is required by a repository with tokenAuth; set it with "
               f"`pulumi config set --secret {PROJECT}:vendorRepoToken <token>`")
@@ -607,6 +626,10 @@ def read_stack_file(path: str) -> tuple[dict[str, Any], list[str]]:
             continue
         if isinstance(value, dict) and set(value) == {"secure"}:
             value = SecretPlaceholder(name)
+        elif name in SECRET_KEYS and value not in (None, ""):
+            problems.append(f"{key}: is in clear text in the stack file (allowed: an encrypted value, set with "
+                            f"`pulumi config set --secret {key}`)")
+            continue
         raw[name] = value
     return raw, problems
 
@@ -625,8 +648,7 @@ def load_stack_file(path: str, assume_secrets: bool = False) -> tuple[ClusterCon
     (render masks them anyway; `check` must report them)."""
     raw, problems = read_stack_file(path)
     if assume_secrets:
-        for key in SECRET_KEYS:
-            raw.setdefault(key, SecretPlaceholder(key))
+        raw.setdefault("vendorRepoToken", SecretPlaceholder("vendorRepoToken"))  # the one a render reads
     try:
         cfg, warnings = build(raw, source=path)
     except ConfigError as err:
@@ -636,23 +658,40 @@ def load_stack_file(path: str, assume_secrets: bool = False) -> tuple[ClusterCon
     return cfg, warnings
 
 
+def unset_default(f: dataclasses.Field) -> Any:
+    """The `default` Pulumi.yaml declares for a key a stack may leave out, or MISSING for a key
+    every stack must set. The CLI hands the default to the program as if the stack had set it
+    (pkg/workspace/config.go, mergeConfig), so for optional keys it is a value that reads as
+    "unset": "" for a string, {} for an object (each key its own default)."""
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return dataclasses.MISSING
+    tp = typing.get_type_hints(ClusterConfig)[f.name]
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return {} if dataclasses.is_dataclass(inner[0]) else ""
+
+
 def from_pulumi_config(config: Any) -> tuple[ClusterConfig, list[str]]:
-    """Read every declared key from a ``pulumi.Config``; secrets stay secret Outputs elsewhere."""
+    """Read every declared key from a ``pulumi.Config``; secrets stay secret Outputs elsewhere.
+    A key holding its Pulumi.yaml default (see :func:`unset_default`) counts as not set."""
     raw: dict[str, Any] = {}
     for f in dataclasses.fields(ClusterConfig):
         key = f.metadata["key"]
         if f.metadata.get("secret"):
             # Only presence matters for validation; the value is read as an Output by __main__.py.
-            if config.get(key) is not None:
+            if config.get(key):
                 raw[key] = SecretPlaceholder(key)
             continue
         text = config.get(key)
-        if text is not None:
-            # Structured values reach the program as JSON text; plain strings stay strings.
-            try:
-                raw[key] = json.loads(text)
-            except ValueError:
-                raw[key] = text
+        if text is None:
+            continue
+        # Structured values reach the program as JSON text; plain strings stay strings.
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if value == unset_default(f) or text == "":
+            continue
+        raw[key] = value
     return build(raw, source=f"stack configuration ({PROJECT}:*)")
 
 

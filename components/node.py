@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import pulumi
-from pulumi_command import remote
 
 from . import remote as rc
 from .config import ClusterConfig, NodeSettings, WitnessSettings
@@ -71,15 +70,16 @@ class Node(pulumi.ComponentResource):
         self.connection = rc.connection(args.endpoint, args.private_key)
         ctx = RenderContext(cluster, host, masked_secrets())
         files = baseline.files(ctx)
-        apt_files = [f for f in files if f.path.startswith("/etc/apt/")]
-        other_files = [f for f in files if f not in apt_files]
+        # before the packages: apt sources, and sshd's limits for the burst of connections that follows
+        early_files = [f for f in files if f.path.startswith("/etc/apt/") or f.path == baseline.SSHD_DROP_IN]
+        other_files = [f for f in files if f not in early_files]
         child = pulumi.ResourceOptions(parent=self)
 
         keys = [rc.step(f"{name}-repo-key-{r.name}", name, self.connection, f"fetch key of {r.name}",
                         repo_key_script(r.name, r.key_url), child, triggers=[r.key_url])
                 for r in cluster.packages.repositories]
         sources = rc.deploy_files(name, name, self.connection,
-                                  real_contents(cluster, host, args.secrets, baseline.files, apt_files),
+                                  real_contents(cluster, host, args.secrets, baseline.files, early_files),
                                   self, depends_on=keys)
         packages = cluster.witness_packages() if isinstance(host, WitnessSettings) else cluster.node_packages()
         self.packages = rc.step(

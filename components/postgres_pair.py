@@ -15,7 +15,6 @@ standby. Names: ``<name>-<node>-<step>``.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -142,12 +141,10 @@ class PostgresPair(pulumi.ComponentResource):
         names = list(pg.role_secret_names())
         sql = pulumi.Output.all(*[args.secrets[n] for n in names]).apply(
             lambda vals: pg.roles_sql(RenderContext(c, node, {**masked_secrets(), **dict(zip(names, vals))})))
-        return remote.Command(
-            f"{self._name}-{node.name}-roles",
-            connection=self._conn(node),
-            create=rc.script(node.name, "set role passwords", pg.roles_script(self._ctx(node))),
+        return rc.command(
+            f"{self._name}-{node.name}-roles", self._conn(node),
+            rc.script(node.name, "set role passwords", pg.roles_script(self._ctx(node))), self._opts(after),
             stdin=pulumi.Output.secret(sql),
-            triggers=[pulumi.Output.secret(sql.apply(lambda s: hashlib.sha256(s.encode()).hexdigest()))],
+            triggers=[rc.digest_of(sql)],
             logging=remote.Logging.NONE,
-            opts=self._opts(after),
         )

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import pulumi
-from pulumi_command import remote
 
 from . import remote as rc
 from .config import ClusterConfig
@@ -47,11 +46,11 @@ class RecordingSync(pulumi.ComponentResource):
         for n in c.nodes:
             peer = c.peer_of(n)
             # the peer's public keys on stdin; a new key there (rotation) re-runs this step
-            authorize[n.name] = remote.Command(
-                f"{name}-{n.name}-authorize", connection=conn[n.name],
-                create=rc.script(n.name, f"authorize {peer.name}'s recordings key", lsyncd.authorize_script(ctx[n.name])),
-                stdin=keys[peer.name].stdout, triggers=[keys[peer.name].stdout],
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[keys[n.name], keys[peer.name]]))
+            authorize[n.name] = rc.command(
+                f"{name}-{n.name}-authorize", conn[n.name],
+                rc.script(n.name, f"authorize {peer.name}'s recordings key", lsyncd.authorize_script(ctx[n.name])),
+                pulumi.ResourceOptions(parent=self, depends_on=[keys[n.name], keys[peer.name]]),
+                stdin=keys[peer.name].stdout, triggers=[keys[peer.name].stdout])
         self.ready: list[pulumi.Resource] = []
         for n in c.nodes:
             peer = c.peer_of(n)

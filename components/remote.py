@@ -9,7 +9,9 @@ line; files holding secrets turn command logging off.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,6 +30,25 @@ PLANNED_DIR = "/run/hapbx/ha"
 # Steps run in parallel; systemd's manager does not like a daemon-reload while it
 # re-executes ("Transport endpoint is not connected"): one manager operation at a time.
 SYSTEMD_LOCK = "exec 9>/run/lock/hapbx-systemd.lock\nflock -w 120 9\n"
+
+
+def command(name: str, conn: remote.ConnectionArgs, create: pulumi.Input[str], opts: pulumi.ResourceOptions,
+            **kwargs) -> remote.Command:
+    """Every remote command of the program: the one place for what they all share.
+
+    ``add_previous_output_in_env=False``: pulumi-command otherwise asks sshd to set
+    PULUMI_COMMAND_STDOUT/STDERR, which Debian's sshd refuses (no AcceptEnv), and logs a
+    warning on every update and delete; no script of ours reads them.
+    """
+    return remote.Command(name, connection=conn, create=create, add_previous_output_in_env=False, opts=opts,
+                          **kwargs)
+
+
+def digest_of(content: pulumi.Input[str]) -> pulumi.Output[str]:
+    """sha256 of a content, never secret: a hash reveals nothing of a 32-character random
+    secret, and a secret digest would make the whole command text `[secret]` in a preview."""
+    return pulumi.Output.unsecret(pulumi.Output.from_input(content).apply(
+        lambda c: hashlib.sha256(c.encode()).hexdigest()))
 
 
 def connection(endpoint: Endpoint, private_key: pulumi.Input[str] | None) -> remote.ConnectionArgs:
@@ -50,17 +71,76 @@ def _marker(key: str) -> str:
     return f"{PENDING_DIR}/{key}"
 
 
+#: what a validator's output shows instead of a secret value (a secret-bearing file's
+#: validator may quote the offending line, and pulumi-command's error carries all output)
+SECRET_MASK = "[secret]"
+_PLACEHOLDER = re.compile(r"@@SECRET:[a-z_]+@@")
+
+
+def secret_values(masked: str, real: str) -> list[str] | None:
+    """The secret values in ``real``, found where the masked render has placeholders; None when
+    the two do not line up (the caller then withholds the validator's output entirely)."""
+    pieces = _PLACEHOLDER.split(masked)
+    if len(pieces) == 1:
+        return []
+    if not real.startswith(pieces[0]):
+        return None
+    values, pos = [], len(pieces[0])
+    for nxt in pieces[1:]:
+        if nxt == "" and nxt is not pieces[-1]:
+            return None  # two placeholders side by side: no boundary to split on
+        end = len(real) - len(nxt) if nxt is pieces[-1] else real.find(nxt, pos)
+        if end < pos:
+            return None
+        values.append(real[pos:end])
+        pos = end + len(nxt)
+    rebuilt = iter(values)
+    if _PLACEHOLDER.sub(lambda _: next(rebuilt), masked) != real:
+        return None
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def secret_stdin(content: str, values: list[str] | None) -> str:
+    """stdin of a secret-bearing file's install: the values to mask (base64, longest first;
+    -1: withhold all output), then the content."""
+    if values is None:
+        return "-1\n" + content
+    lines = "".join(base64.b64encode(v.encode()).decode() + "\n" for v in values)
+    return f"{len(values)}\n{lines}{content}"
+
+
+# Reads the secrets header of secret_stdin() into "$dir/secrets" (0600, in the private stage dir;
+# never in argv: printf is a builtin) and defines mask(), which the validator's output goes through.
+_READ_SECRETS = r"""umask 077
+IFS= read -r count
+: > "$dir/secrets"
+for ((i = 0; i < count; i++)); do
+  IFS= read -r line; printf '%s' "$line" | base64 -d >> "$dir/secrets"; echo >> "$dir/secrets"
+done
+mask() {
+  if [ "$count" -lt 0 ]; then echo "(output withheld: the file holds secrets)"; return; fi
+  awk -v m='@@MASK@@' 'FILENAME == ARGV[1] { if (length($0)) s[++n] = $0; next }
+    { for (i = 1; i <= n; i++) while ((p = index($0, s[i])) > 0) $0 = substr($0, 1, p - 1) m substr($0, p + length(s[i]))
+      print }' "$dir/secrets" -
+}
+""".replace("@@MASK@@", SECRET_MASK)
+
+
 def install_script(f: RenderedFile, digest: str) -> str:
+    """Install script; a secret-bearing file reads :func:`secret_stdin` (its secrets, then the
+    content), and nothing it prints can carry a secret value."""
     dest = shlex.quote(f.path)
     mode = "%o" % int(f.mode, 8)
+    secret = bool(f.secrets)
     validate = ""
     if f.validate:
         # The checker runs in a function: any shell it contains stays out of the quoting here.
         check = f.validate.replace("{path}", '"$stage"')
         tool = shlex.quote(f.validate.split()[0])
+        shown = '"$(printf \'%s\\n\' "$out" | mask)"' if secret else '"$out"'
         validate = (f"check() {{\n{check}\n}}\n"
                     'if ! out=$(check 2>&1); then\n'
-                    f"  printf 'hapbx: [%s] %s rejected the new file:\\n%s\\n' \"$step\" {tool} \"$out\" >&2\n"
+                    f"  printf 'hapbx: [%s] %s rejected the new file:\\n%s\\n' \"$step\" {tool} {shown} >&2\n"
                     "  exit 1\nfi\n")
     after = ""
     if f.service:
@@ -70,7 +150,7 @@ def install_script(f: RenderedFile, digest: str) -> str:
     return f"""
 dir=$(mktemp -d /tmp/hapbx-stage.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-stage="$dir/$(basename {dest})"
+{_READ_SECRETS if secret else ""}stage="$dir/$(basename {dest})"
 cat > "$stage"
 [ "$(sha256sum < "$stage" | cut -d' ' -f1)" = {digest} ] || {{ echo "hapbx: [$step] content damaged in transit" >&2; exit 1; }}
 {validate}if [ -f {dest} ] && cmp -s "$stage" {dest} && [ "$(stat -c '%U:%G:%a' {dest})" = {f.owner}:{f.group}:{mode} ]; then
@@ -93,16 +173,17 @@ def remote_file(name: str, node: str, conn: remote.ConnectionArgs, f: RenderedFi
     """Install one rendered file. ``f`` is the file rendered with masked secrets (path, owner,
     mode, validator); ``content`` is the real text, a secret Output when it holds secrets."""
     secret = bool(f.secrets)
-    digest = pulumi.Output.from_input(content).apply(lambda c: hashlib.sha256(c.encode()).hexdigest())
-    return remote.Command(
-        name,
-        connection=conn,
-        create=digest.apply(lambda h: script(node, f"install {f.path}", install_script(f, h))),
+    digest = digest_of(content)
+    stdin = (pulumi.Output.secret(pulumi.Output.from_input(content).apply(
+        lambda c: secret_stdin(c, secret_values(f.content, c)))) if secret else content)
+    return command(
+        name, conn,
+        digest.apply(lambda h: script(node, f"install {f.path}", install_script(f, h))),
+        opts,
         delete=digest.apply(lambda h: script(node, f"remove {f.path}", delete_script(f, h))),
-        stdin=pulumi.Output.secret(content) if secret else content,
+        stdin=stdin,
         triggers=[digest],
         logging=remote.Logging.NONE if secret else remote.Logging.STDOUT_AND_STDERR,
-        opts=opts,
     )
 
 
@@ -194,12 +275,8 @@ def file_digest(cmd: remote.Command) -> pulumi.Output[str]:
 def service_handler(name: str, node: str, conn: remote.ConnectionArgs, h: Handler,
                     file_hashes: Sequence[pulumi.Input[str]], opts: pulumi.ResourceOptions) -> remote.Command:
     """Reload/restart a service only when one of its files changed (pending marker)."""
-    return remote.Command(
-        name, connection=conn,
-        create=script(node, f"{h.action} {h.service}", handler_script(h)),
-        triggers=list(file_hashes),
-        opts=opts,
-    )
+    return command(name, conn, script(node, f"{h.action} {h.service}", handler_script(h)), opts,
+                   triggers=list(file_hashes))
 
 
 @dataclass
@@ -233,18 +310,16 @@ def rolling(name: str, title: str, members: Sequence[RollingMember], vip: str,
     """
     first: list[remote.Command] = []
     for m in members:
-        first.append(remote.Command(
-            name.format(node=m.node), connection=m.conn,
-            create=script(m.node, title, body(m.node, defer_on_vip(vip, title))),
-            triggers=list(m.triggers),
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=[*m.depends_on, *first[-1:]])))
+        first.append(command(
+            name.format(node=m.node), m.conn, script(m.node, title, body(m.node, defer_on_vip(vip, title))),
+            pulumi.ResourceOptions(parent=parent, depends_on=[*m.depends_on, *first[-1:]]),
+            triggers=list(m.triggers)))
     last: list[remote.Command] = []
     for m in members:
-        last.append(remote.Command(
-            name.format(node=m.node) + "-last", connection=m.conn,
-            create=script(m.node, f"{title} (VIP holder last)", body(m.node, "")),
-            triggers=list(m.triggers),
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=[*first, *last[-1:]])))
+        last.append(command(
+            name.format(node=m.node) + "-last", m.conn, script(m.node, f"{title} (VIP holder last)", body(m.node, "")),
+            pulumi.ResourceOptions(parent=parent, depends_on=[*first, *last[-1:]]),
+            triggers=list(m.triggers)))
     return {m.node: (f, l) for m, f, l in zip(members, first, last)}
 
 
@@ -262,10 +337,8 @@ def step(name: str, node: str, conn: remote.ConnectionArgs, title: str, body: st
          opts: pulumi.ResourceOptions, triggers: Sequence[pulumi.Input[str]] | None = None,
          delete: str | None = None) -> remote.Command:
     """A plain idempotent remote step (packages, directories...)."""
-    return remote.Command(
-        name, connection=conn, create=script(node, title, body),
-        delete=script(node, f"undo {title}", delete) if delete else None,
-        triggers=list(triggers or []), opts=opts)
+    return command(name, conn, script(node, title, body), opts,
+                   delete=script(node, f"undo {title}", delete) if delete else None, triggers=list(triggers or []))
 
 
 def by_service(files: Sequence[RenderedFile], commands: Sequence[remote.Command]

@@ -187,7 +187,7 @@ def describe(cls: type, prefix: str = "") -> list[dict]:
         else:
             default = MISSING
         if dataclasses.is_dataclass(default):
-            default = MISSING  # documented field by field below
+            default = {}  # each key its own default, documented field by field below
         doc = f.metadata["doc"]
         if f.metadata.get("choices"):
             doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."

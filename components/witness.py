@@ -59,15 +59,12 @@ class Witness(pulumi.ComponentResource):
                               triggers=[cluster_digest])
         creds = pulumi.Output.all(args.secrets["etcd_root"], args.secrets["etcd_node"]).apply(
             lambda v: f"{v[0]}\n{v[1]}\n")
-        self.auth = remote.Command(
-            f"{name}-auth",
-            connection=f_conn,
-            create=rc.script(first.name, "etcd authentication", etcd.bootstrap_auth_script(f_ctx)),
+        self.auth = rc.command(
+            f"{name}-auth", f_conn, rc.script(first.name, "etcd authentication", etcd.bootstrap_auth_script(f_ctx)),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.quorum]),
             stdin=pulumi.Output.secret(creds),
-            triggers=[pulumi.Output.secret(creds.apply(lambda s: hashlib.sha256(s.encode()).hexdigest())),
-                      cluster_digest],
-            logging=remote.Logging.NONE,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.quorum]))
+            triggers=[rc.digest_of(creds), cluster_digest],
+            logging=remote.Logging.NONE)
         #: the quorum answers and clients must authenticate: the leader daemons may start
         self.ready: list[pulumi.Resource] = [self.quorum, self.auth]
         self.endpoints = etcd.endpoints(c)

@@ -33,10 +33,27 @@ def recordings_mount_unit(ctx: RenderContext) -> str:
     return systemd_escape_path(ctx.cluster.recordings.tmpfs_dir) + ".mount"
 
 
+#: sshd limits for the deploy's connection burst (one connection per command): well above
+#: 4 x CPUs of a large deploy host, each unauthenticated connection costs sshd ~1 process
+SSHD_MAX_STARTUPS = 128
+SSHD_MAX_SESSIONS = 64
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/hapbx.conf"
+
+
+def sshd_drop_in(ctx: RenderContext) -> RenderedFile:
+    """Installed before the packages step, so the rest of the deploy already meets it."""
+    return RenderedFile(SSHD_DROP_IN, template("sshd/hapbx.conf.j2", ctx, max_startups=SSHD_MAX_STARTUPS,
+                                                max_sessions=SSHD_MAX_SESSIONS),
+                        service="ssh.service", action="reload",
+                        # the drop-in alone as a whole config (sshd -t needs its privilege-separation dir)
+                        validate="install -d -m 0755 /run/sshd && sshd -t -f {path}")
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     c = ctx.cluster
     members = list(c.nodes) + ([c.witness] if c.witness else [])
     out = [
+        sshd_drop_in(ctx),
         RenderedFile("/etc/hostname", f"{ctx.host.name}\n", action="hostname -F /etc/hostname"),
         RenderedFile("/etc/hosts", template("hosts/hosts.j2", ctx, members=members)),
         RenderedFile("/etc/chrony/chrony.conf", template("chrony/chrony.conf.j2", ctx, members=members),

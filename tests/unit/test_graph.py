@@ -31,14 +31,14 @@ def test_order_packages_then_files_then_handlers(stack):
     graph, _, raw = stack
     host = raw["nodes"][0]["name"]
     files = [r for r in graph.commands() if r.name.startswith(f"{host}-file-")]
-    apt = [f for f in files if "-etc-apt-" in f.name]
+    apt = [f for f in files if "-etc-apt-" in f.name or "-etc-ssh-sshd" in f.name]  # before the packages
     for f in files:
         if f in apt:
             assert f"{host}-packages" not in f.depends_on
         else:
             assert f.depends_on == [f"{host}-packages"], f.name
     assert set(graph.resources[f"{host}-packages"].depends_on) == {a.name for a in apt} | {
-        r.name for r in graph.commands() if r.name.startswith(f"{host}-repo-key-")}
+        r.name for r in graph.commands() if r.name.startswith(f"{host}-repo-key-")} | {f"{host}-svc-ssh"}
     handler = graph.resources[f"{host}-svc-chrony"]
     assert set(handler.depends_on) == {f"{host}-file-etc-chrony-chrony.conf", f"{host}-file-etc-default-chrony",
                                        f"{host}-file-etc-systemd-system-chrony.service.d-hapbx.conf"}
