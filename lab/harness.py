@@ -31,12 +31,25 @@ ApplyError, and everything completed before it stays in state, so the next
 apply continues. Old halves of replacements that a failed apply left behind are
 deleted at the start of the next one, as Pulumi does.
 
-Secret values known to the run (secret config, secret-marked inputs, secret
-random outputs) are masked in every log line, error and exported output.
+Secrets as the engine and provider treat them: secret *config* values are
+masked in every log line and error (the engine does that); a failed command's
+error carries its whole script and all of its stdout and stderr, as
+pulumi-command builds it (``remote/commandOutputs.go``: ``"%w: running %q:\n%s"``),
+and generated secrets in it are NOT masked, as the engine does not mask them:
+the program itself must never print one. Exported secrets show as ``[secret]``.
+
+Connections as the provider makes them: one SSH connection per command
+(golang.org/x/crypto/ssh dial, every dial error retried up to dialErrorLimit
+with the provider's backoff), at most ``parallel`` operations at once (the
+engine's default is 4 x CPUs, ``PULUMI_PARALLEL`` overrides it, as in
+``pkg/cmd/pulumi/operations/up.go``). ``ApplyResult.dials`` reports per host the
+most connections open at once and the dial attempts that were refused and retried.
+``PULUMI_COMMAND_STDOUT/STDERR`` are asked for (unless ``addPreviousOutputInEnv``
+is false) with a reply; a refusal is the provider's warning, and the command runs.
 
 Where it differs from `pulumi up` with the real provider, knowingly:
 * host-key mismatches and unparseable private keys fail at once instead of
-  after dialErrorLimit retries; idle SSH connections are reused between commands;
+  after dialErrorLimit retries;
 * no connection.proxy, no SSH agent; no command timeout (as the provider);
 * delete_before_replace does not cascade replacements to dependants;
   ignore_changes and replace_on_changes act on top-level input names;
@@ -98,6 +111,9 @@ class ApplyResult:
     executed: list[str] = field(default_factory=list)  # one entry per command run, completion order
     outputs: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: per host: most SSH connections open at once, dials made, dial attempts refused and retried
+    dials: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the provider would warn about
 
 
 class ApplyError(Exception):
@@ -115,8 +131,17 @@ class ApplyError(Exception):
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
+def engine_parallelism() -> int:
+    """The engine's default ``--parallel``: PULUMI_PARALLEL if set, else 4 x CPUs."""
+    try:
+        wanted = int(os.environ.get("PULUMI_PARALLEL", "0"))
+    except ValueError:
+        wanted = 0
+    return wanted if wanted > 0 else 4 * (os.cpu_count() or 1)
+
+
 def apply(program_dir: str, project: str, stack: str, config: dict[str, object],
-          secret_keys: list[str], state_path: str, *, force: bool = False, parallel: int = 16,
+          secret_keys: list[str], state_path: str, *, force: bool = False, parallel: int | None = None,
           log: Callable[[str], None] = print, reveal: bool = False) -> ApplyResult:
     """Run the program like ``pulumi up`` would, executing remote commands for real.
 
@@ -127,6 +152,7 @@ def apply(program_dir: str, project: str, stack: str, config: dict[str, object],
     unless ``reveal``.
     """
     program_dir = os.path.realpath(program_dir)
+    parallel = parallel or engine_parallelism()
     _refuse_state_inside(program_dir, state_path)
     masker = _Masker()
     masker.add_config(config, secret_keys)
@@ -155,7 +181,6 @@ def _running(what: str, state_path: str, log: Callable[[str], None], masker: _Ma
     """
     started = time.monotonic()
     with _StateFile.open(state_path, project, stack) as state:
-        masker.add_all(state.known_secrets())
         run = _Run(state, masker, log, force)
         try:
             yield run
@@ -165,13 +190,17 @@ def _running(what: str, state_path: str, log: Callable[[str], None], masker: _Ma
         finally:
             run.close()
             run.result.seconds = time.monotonic() - started
+            run.result.dials = run.ssh.report()
             run.log(_summary(what, run.result))
 
 
 def _summary(what: str, result: ApplyResult) -> str:
     counts = ", ".join(f"{len(getattr(result, k))} {k}" for k in
                        ("created", "updated", "replaced", "deleted", "unchanged"))
-    return f"harness: {what}: {counts}; {len(result.executed)} commands in {result.seconds:.2f} s"
+    dials = "; ".join(f"{host}: {d['max_concurrent']} at once, {d['dials']} dials, {d['retried']} refused and "
+                      "retried" for host, d in sorted(result.dials.items()))
+    return (f"harness: {what}: {counts}; {len(result.executed)} commands in {result.seconds:.2f} s"
+            + (f"; ssh {dials}" if dials else ""))
 
 
 def _refuse_state_inside(program_dir: str, state_path: str) -> None:
@@ -500,8 +529,9 @@ def _authenticate(transport: paramiko.Transport, conn: _Conn) -> None:
         raise _NoRetry("connection has neither privateKey nor password")
 
 
-def _dial(conn: _Conn) -> paramiko.Transport:
-    """Dial with the provider's retry rule: limit+1 attempts, 0.1 s backoff x1.5 up to 5 s."""
+def _dial(conn: _Conn, refused: Callable[[], None] = lambda: None) -> paramiko.Transport:
+    """Dial with the provider's retry rule: limit+1 attempts, 0.1 s backoff x1.5 up to 5 s;
+    ``refused`` counts each failed attempt that is retried."""
     delay, attempt = 0.1, 0
     while True:
         attempt += 1
@@ -513,64 +543,58 @@ def _dial(conn: _Conn) -> paramiko.Transport:
             if 0 <= conn.dial_error_limit < attempt:
                 raise ConnectionError(f"dial {conn.host}:{conn.port} failed after {attempt} "
                                       f"attempts: {exc or type(exc).__name__}") from exc
+            refused()
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
 
 
-class _SshPool:
-    """Authenticated transports kept per connection and reused one command at a time.
+@dataclass
+class _HostDials:
+    open: int = 0
+    max_concurrent: int = 0
+    dials: int = 0
+    retried: int = 0
 
-    The provider dials once per command; reusing idle transports avoids a key
-    exchange per command and a storm of new connections against sshd's
-    MaxStartups, and is invisible to the commands (each gets its own session).
-    """
+
+class _Dialer:
+    """One SSH connection per command, as pulumi-command dials (no reuse), counted per host."""
 
     def __init__(self) -> None:
-        self._idle: dict[_Conn, list[paramiko.Transport]] = {}
+        self._hosts: dict[str, _HostDials] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def session(self, conn: _Conn) -> Iterator[paramiko.Channel]:
-        transport, channel = self._open(conn)
-        try:
-            yield channel
-        except BaseException:
-            transport.close()
-            raise
-        finally:
-            channel.close()
+    def connect(self, conn: _Conn) -> Iterator[paramiko.Transport]:
+        stats = self._stats(conn.host)
         with self._lock:
-            self._idle.setdefault(conn, []).append(transport)
-
-    def _open(self, conn: _Conn) -> tuple[paramiko.Transport, paramiko.Channel]:
-        while (transport := self._take(conn)) is not None:
+            stats.open += 1
+            stats.dials += 1
+            stats.max_concurrent = max(stats.max_concurrent, stats.open)
+        try:
+            transport = _dial(conn, lambda: self._count_retry(stats))
             try:
-                return transport, transport.open_session(timeout=30)
-            except (OSError, EOFError, paramiko.SSHException):
-                transport.close()  # went stale while idle: try the next, then dial
-        transport = _dial(conn)
-        try:
-            return transport, transport.open_session(timeout=30)
-        except BaseException:
-            transport.close()
-            raise
-
-    def _take(self, conn: _Conn) -> paramiko.Transport | None:
-        with self._lock:
-            idle = self._idle.get(conn, [])
-            while idle:
-                transport = idle.pop()
-                if transport.is_active():
-                    return transport
+                yield transport
+            finally:
                 transport.close()
-        return None
+        finally:
+            with self._lock:
+                stats.open -= 1
+
+    def _stats(self, host: str) -> _HostDials:
+        with self._lock:
+            return self._hosts.setdefault(host, _HostDials())
+
+    def _count_retry(self, stats: _HostDials) -> None:
+        with self._lock:
+            stats.retried += 1
+
+    def report(self) -> dict:
+        with self._lock:
+            return {host: {"max_concurrent": d.max_concurrent, "dials": d.dials, "retried": d.retried}
+                    for host, d in self._hosts.items()}
 
     def close(self) -> None:
-        with self._lock:
-            for transports in self._idle.values():
-                for transport in transports:
-                    transport.close()
-            self._idle.clear()
+        return None  # nothing is kept open between commands
 
 
 @dataclass
@@ -580,12 +604,9 @@ class _Exec:
     stderr: str
 
 
-def _execute(channel: paramiko.Channel, command: str, stdin: str,
-             env: dict[str, str], previous_env: dict[str, str]) -> _Exec:
+def _execute(channel: paramiko.Channel, command: str, stdin: str, env: dict[str, str]) -> _Exec:
     for key, value in env.items():
         _setenv_strict(channel, key, value)
-    for key, value in previous_env.items():
-        channel.set_environment_variable(key, value)  # optimistic, like the provider
     channel.exec_command(command)
     # stdout, stderr and stdin share one channel window: move all three at once.
     errors: list[bytes] = []
@@ -600,10 +621,9 @@ def _execute(channel: paramiko.Channel, command: str, stdin: str,
     return _Exec(channel.recv_exit_status(), _decode(out), _decode(errors[0] if errors else b""))
 
 
-def _setenv_strict(channel: paramiko.Channel, key: str, value: str) -> None:
-    # The provider fails the command when sshd refuses a variable of
-    # `environment` (no AcceptEnv); paramiko's setenv never asks for a reply, so
-    # send the request with want_reply the way paramiko's exec_command does.
+def _env_request(channel: paramiko.Channel, key: str, value: str) -> None:
+    """An `env` channel request with want_reply (paramiko's own setenv never asks); raises
+    SSHException when sshd refuses it (paramiko then closes the channel)."""
     message = paramiko.Message()
     message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
     message.add_int(channel.remote_chanid)
@@ -613,11 +633,39 @@ def _setenv_strict(channel: paramiko.Channel, key: str, value: str) -> None:
     message.add_string(value)
     channel._event_pending()
     channel.transport._send_user_message(message)
+    channel._wait_for_event()
+
+
+def _setenv_strict(channel: paramiko.Channel, key: str, value: str) -> None:
+    # The provider fails the command when sshd refuses a variable of `environment` (no AcceptEnv).
     try:
-        channel._wait_for_event()
+        _env_request(channel, key, value)
     except paramiko.SSHException as exc:
         raise paramiko.SSHException(f"could not set environment variable {key!r}: the server "
                                     "refused it (AcceptEnv); pass it on stdin instead") from exc
+
+
+def _open_session(transport: paramiko.Transport, previous_env: dict[str, str],
+                  warn: Callable[[str], None]) -> paramiko.Channel:
+    """A session with the previous run's output in its environment where sshd accepts it.
+    The provider only warns when sshd refuses (util.go logAndWrapSetenvErr) and runs the command
+    anyway; paramiko closes a channel whose request was refused, so the command gets a new one."""
+    channel = transport.open_session(timeout=30)
+    for key, value in previous_env.items():
+        try:
+            _env_request(channel, key, value)
+        except paramiko.SSHException:
+            warn(f"Unable to set '{key}'. This only works if your SSH server is configured to accept these "
+                 "variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote "
+                 "host, you could prefix the command itself with the variables in the form 'VAR=value command'")
+            channel = transport.open_session(timeout=30)
+            break
+    return channel
+
+
+def go_quote(text: str) -> str:
+    """Go's %q of a string, as pulumi-command quotes the script in its error."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _feed_stdin(channel: paramiko.Channel, stdin: str) -> None:
@@ -689,17 +737,22 @@ class _RemoteCommand(_Handler):
         conn = _Conn.from_input(inputs["connection"])
         started = time.monotonic()
         try:
-            with run.ssh.session(conn) as channel:
-                done = _execute(channel, command, inputs.get("stdin") or "",
-                                inputs.get("environment") or {}, _previous_env(inputs, base))
+            with run.ssh.connect(conn) as transport:
+                channel = _open_session(transport, _previous_env(inputs, base), run.warn)
+                try:
+                    done = _execute(channel, command, inputs.get("stdin") or "", inputs.get("environment") or {})
+                finally:
+                    channel.close()
         except (_NoRetry, ConnectionError, OSError, EOFError, paramiko.SSHException) as exc:
             raise run.error(f"{step} of {name} on {conn.host}: {exc or type(exc).__name__}",
                             resource=name, host=conn.host, step=step) from exc
         run.executed(name, conn.host, step, time.monotonic() - started)
         if done.status != 0:
-            detail = done.stderr.strip() or f"(no stderr; stdout ends: {done.stdout.strip()[-2000:]})"
+            # pulumi-command's error: the quoted script, then all of stdout and stderr, whatever
+            # `logging` says; the engine masks config secrets in it, nothing else
             raise run.error(f"{step} of {name} on {conn.host} failed: exit status {done.status}\n"
-                            f"stderr:\n{detail}", resource=name, host=conn.host, step=step,
+                            f"Process exited with status {done.status}: running {go_quote(command)}:\n"
+                            f"{done.stdout}{done.stderr}", resource=name, host=conn.host, step=step,
                             exit_status=done.status, stderr=done.stderr)
         return {"stdout": _trim(done.stdout), "stderr": _trim(done.stderr)}
 
@@ -850,7 +903,7 @@ class _Run:
 
     def __init__(self, state: _StateFile, masker: _Masker, log: Callable[[str], None], force: bool):
         self.state, self.masker, self._log, self.force = state, masker, log, force
-        self.ssh = _SshPool()
+        self.ssh = _Dialer()
         self.result = ApplyResult()
         self.seen: set[str] = set()
         self.first_error: ApplyError | None = None
@@ -866,6 +919,11 @@ class _Run:
         if details.get("stderr") is not None:
             details["stderr"] = self.masker.mask(details["stderr"])
         return ApplyError(self.masker.mask(message), **details)
+
+    def warn(self, message: str) -> None:
+        with self._lock:
+            self.result.warnings.append(message)
+        self.log(f"harness: warning (as pulumi-command): {message}")
 
     def executed(self, name: str, host: str, step: str, seconds: float) -> None:
         with self._lock:
@@ -888,7 +946,6 @@ class _Run:
         handler = _HANDLERS.get(args.typ, _PASSIVE)
         if handler is _PASSIVE and not args.typ.startswith("pulumi:providers:"):
             self.log(f"harness: warning: {args.typ} {args.name} is not emulated (outputs = inputs)")
-        self.masker.add_all(_secret_inputs(args.inputs))
         with self._lock:
             self.seen.add(reg.urn)
         try:
@@ -920,7 +977,6 @@ class _Run:
             outputs = handler.update(self, args.name, old, inputs)
         else:
             outputs = handler.create(self, args.name, inputs)
-        self.masker.add_all(outputs[k] for k in handler.secret_outputs if k in outputs)
         kept_id = action in ("update", "force")
         entry.update(outputs=outputs, id=old["id"] if kept_id else handler.new_id(args.name, outputs),
                      secrets=self._entry_secrets(args.inputs, outputs, handler))

@@ -84,15 +84,16 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[st
 
 
 def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None,
-                stack: str = "test") -> tuple[Graph, dict[str, str]]:
-    """Run __main__.py under mocks with the given config (keys without project prefix)."""
+                stack: str = "test", preview: bool = False) -> tuple[Graph, dict[str, str]]:
+    """Run __main__.py under mocks with the given config (keys without project prefix);
+    ``preview``: as `pulumi preview` runs it (pulumi.runtime.is_dry_run() is true)."""
     graph, secret_values = Graph(), {}
     cfg = {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in raw_config.items()}
     loop = asyncio.new_event_loop()  # before set_mocks: the mocks bind to the current loop
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_all_config(cfg, [f"{PROJECT}:{k}" for k in (secret_keys or [])])
     settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(RecordingMocks(graph, secret_values), project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(RecordingMocks(graph, secret_values), project=PROJECT, stack=stack, preview=preview)
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -110,9 +111,9 @@ def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None
     return graph, secret_values
 
 
-def run_ok(raw_config: dict[str, Any], secret_keys=()) -> tuple[Graph, dict[str, str]]:
+def run_ok(raw_config: dict[str, Any], secret_keys=(), preview: bool = False) -> tuple[Graph, dict[str, str]]:
     """run_program that must succeed."""
-    graph, generated = run_program(raw_config, list(secret_keys))
+    graph, generated = run_program(raw_config, list(secret_keys), preview=preview)
     assert graph.error is None, repr(graph.error)
     return graph, generated
 

@@ -61,10 +61,9 @@ def _wait_listening(port: int, proc: subprocess.Popen, log: Path, seconds: float
     raise RuntimeError("sshd did not listen in time")
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> Sshd:
+def _sshd(d: Path, settings: str):
+    """A real sshd on 127.0.0.1 with its own keys under d; yields Sshd, stops it after."""
     _ensure_sshd()
-    d = tmp_path_factory.mktemp("sshd")
     host_pub = _keygen(d / "host_key")
     other_pub = _keygen(d / "other_key")
     _keygen(d / "client_key")
@@ -82,10 +81,8 @@ def sshd(tmp_path_factory) -> Sshd:
         StrictModes no
         PidFile none
         LogLevel ERROR
-        AcceptEnv PULUMI_COMMAND_* HARNESS_OK
-        MaxStartups 64
         SetEnv HOME={d}/home
-        """))
+        """) + textwrap.dedent(settings))
     # Debian's bash sources ~/.bashrc for ssh commands; a developer's root
     # .bashrc (pyenv init) costs ~90 ms a command, a lab node's stock one nothing.
     (d / "home").mkdir()
@@ -99,6 +96,25 @@ def sshd(tmp_path_factory) -> Sshd:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> Sshd:
+    """Accepts the provider's variables and a large connection burst."""
+    yield from _sshd(tmp_path_factory.mktemp("sshd"), """\
+        AcceptEnv PULUMI_COMMAND_* HARNESS_OK
+        MaxStartups 64
+        """)
+
+
+@pytest.fixture(scope="session")
+def strict_sshd(tmp_path_factory) -> Sshd:
+    """As a Debian node's stock sshd: AcceptEnv LANG LC_* only; and at most 2 connections
+    being authenticated at once (stock: 10), so a burst of dials is refused in part."""
+    yield from _sshd(tmp_path_factory.mktemp("strict-sshd"), """\
+        AcceptEnv LANG LC_*
+        MaxStartups 2
+        """)
 
 
 PROGRAM = '''

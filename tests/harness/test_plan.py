@@ -100,7 +100,7 @@ def stack(tmp_path, monkeypatch) -> Stack:
     def tripwire(*args, **kwargs):
         raise AssertionError("preview dialled SSH")
     monkeypatch.setattr(harness, "_dial", tripwire)
-    monkeypatch.setattr(harness._SshPool, "session", tripwire)
+    monkeypatch.setattr(harness._Dialer, "connect", tripwire)
     return Stack(tmp_path)
 
 
