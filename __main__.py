@@ -32,7 +32,9 @@ for warning in [*warnings, *ssh_warnings, *key_warnings]:
     pulumi.log.warn(warning)
 
 # The key: secret config (works anywhere), else the file on the deploy host, else ssh-agent.
-private_key = config.require_secret("sshPrivateKey") if cluster.ssh_private_key else None
+private_key = None
+if cluster.ssh_private_key:  # `pulumi config set --secret` from a file drops the final newline
+    private_key = config.require_secret("sshPrivateKey").apply(lambda k: k if k.endswith("\n") else k + "\n")
 if key_text is not None:
     private_key = pulumi.Output.secret(key_text)
 

@@ -52,9 +52,12 @@ def state_path(spec: LabSpec) -> str:
     return os.path.join(spec.state_dir, "pulumi", "state.json")
 
 
-def apply(raw: dict, spec: LabSpec, stack: str = "lab", force: bool = False, log=print) -> harness.ApplyResult:
+def apply(raw: dict, spec: LabSpec, stack: str = "lab", force: bool = False, log=print,
+          parallel: int | None = None) -> harness.ApplyResult:
+    """Apply the stack as `pulumi up` would (``parallel``: the engine's default, 4 x CPUs)."""
     config = {f"{PROJECT}:{k}": v for k, v in raw.items()}
-    return harness.apply(ROOT, PROJECT, stack, config, [], state_path(spec), force=force, log=log)
+    return harness.apply(ROOT, PROJECT, stack, config, [], state_path(spec), force=force, log=log,
+                         parallel=parallel)
 
 
 def preview(raw: dict, spec: LabSpec, stack: str = "lab") -> plan.PreviewResult:

@@ -14,8 +14,12 @@ def stack_file(args) -> str:
 
 def cmd_check(args) -> int:
     from components.config import ConfigError, load_stack_file
+    from components.pulumi_config_rules import check_stack_file
     try:
+        cli_problems = check_stack_file(os.path.join(ROOT, "Pulumi.yaml"), args.config)
         cluster, warnings = load_stack_file(args.config)
+        if cli_problems:  # what `pulumi preview` itself would refuse before running the program
+            raise ConfigError(cli_problems, f"{args.config} (the Pulumi CLI's rules)")
     except FileNotFoundError:
         print(f"{args.config}: no such stack file", file=sys.stderr)
         return 2
