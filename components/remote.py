@@ -86,10 +86,11 @@ def secret_values(masked: str, real: str) -> list[str] | None:
     if not real.startswith(pieces[0]):
         return None
     values, pos = [], len(pieces[0])
-    for nxt in pieces[1:]:
-        if nxt == "" and nxt is not pieces[-1]:
+    for i, nxt in enumerate(pieces[1:], start=1):
+        last = i == len(pieces) - 1
+        if nxt == "" and not last:
             return None  # two placeholders side by side: no boundary to split on
-        end = len(real) - len(nxt) if nxt is pieces[-1] else real.find(nxt, pos)
+        end = len(real) - len(nxt) if last else real.find(nxt, pos)
         if end < pos:
             return None
         values.append(real[pos:end])
