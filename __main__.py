@@ -14,7 +14,7 @@ from components.media import Media, MediaArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
 from components.render import SECRET_NAMES
-from components.ssh import endpoints, private_key_file
+from components.ssh import reach
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
 
@@ -23,12 +23,11 @@ config = pulumi.Config()
 preview = pulumi.runtime.is_dry_run()
 try:
     cluster, warnings = from_pulumi_config(config)
-    hosts, ssh_warnings = endpoints(cluster, preview)
-    key_text, key_warnings = private_key_file(cluster, preview)
+    hosts, key_text, ssh_warnings = reach(cluster, preview)
 except ConfigError as err:
     # Fail before any resource exists, with every problem listed.
     raise pulumi.RunError(str(err)) from None
-for warning in [*warnings, *ssh_warnings, *key_warnings]:
+for warning in [*warnings, *ssh_warnings]:
     pulumi.log.warn(warning)
 
 # The key: secret config (works anywhere), else the file on the deploy host, else ssh-agent.

@@ -104,3 +104,23 @@ def private_key_file(cluster: ClusterConfig, preview: bool = False) -> tuple[str
         raise ConfigError([message], "SSH settings")
     with open(path, encoding="utf-8") as fh:
         return fh.read(), []
+
+
+def reach(cluster: ClusterConfig, preview: bool = False) -> tuple[dict[str, Endpoint], str | None, list[str]]:
+    """Endpoints, the private key file's text and warnings; every SSH problem in one ConfigError."""
+    errors: list[str] = []
+    hosts: dict[str, Endpoint] = {}
+    key_text, warnings = None, []
+    try:
+        hosts, found = endpoints(cluster, preview)
+        warnings += found
+    except ConfigError as err:
+        errors += err.errors
+    try:
+        key_text, found = private_key_file(cluster, preview)
+        warnings += found
+    except ConfigError as err:
+        errors += err.errors
+    if errors:
+        raise ConfigError(errors, "SSH settings")
+    return hosts, key_text, warnings
