@@ -1065,13 +1065,15 @@ class _LiveMocks(_mocks.Mocks):
 
 
 def _run_program(program_dir: str, project: str, stack: str, config: dict[str, object],
-                 secret_keys: list[str], run: _Run, parallel: int) -> dict:
-    """Run __main__.py under the live mocks; returns the stack exports (secret markers kept)."""
+                 secret_keys: list[str], run: Any, parallel: int, preview: bool = False) -> dict:
+    """Run __main__.py under the live mocks; returns the stack exports (secret markers kept).
+    ``preview``: as under `pulumi preview` (``pulumi.runtime.is_dry_run()`` is True); ``run``
+    registers each resource (an apply's ``_Run``, or lab/plan.py's read-only one)."""
     with _program_context(program_dir), _event_loop(parallel):
         _config.set_all_config({k: _config_string(v) for k, v in config.items()}, list(secret_keys))
         _settings.ROOT.set(None)
         mocks = _LiveMocks(run)
-        pulumi.runtime.set_mocks(mocks, project, stack, preview=False, monitor=_LiveMonitor(mocks))
+        pulumi.runtime.set_mocks(mocks, project, stack, preview=preview, monitor=_LiveMonitor(mocks))
         try:
             _sync_await(run_pulumi_func(lambda: runpy.run_path(program_dir, run_name="__main__")))
         except BaseException as exc:

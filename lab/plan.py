@@ -25,22 +25,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import runpy
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import pulumi
 from pulumi.output import Unknown
-from pulumi.runtime import config as _config
-from pulumi.runtime import settings as _settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
-from lab.harness import (_HANDLERS, _PASSIVE, MASK, ApplyError, _as_apply_error, _canonical, _config_string,
-                         _delete_order, _event_loop, _ignore_changes, _LiveMocks, _LiveMonitor, _load_state,
-                         _Masker, _outputs, _plan, _program_context, _Run, _secret_inputs, _string_leaves,
-                         _unwrap)
+from lab.harness import (_HANDLERS, _PASSIVE, MASK, ApplyError, _canonical, _delete_order, _ignore_changes,
+                         _load_state, _Masker, _outputs, _plan, _Run, _run_program, _secret_inputs,
+                         _string_leaves, _unwrap)
 
 UNKNOWN_TEXT = "[unknown]"  # an input computed from an output only an apply would know
 MAX_DIFF_LINES = 40  # per resource
@@ -82,7 +75,8 @@ def preview(program_dir: str, project: str, stack: str, config: dict[str, object
     masker.add_config(config, secret_keys)
     masker.add_all(s for e in [*state["resources"].values(), *state["pending"]] for s in e.get("secrets", []))
     run = _Preview(state["resources"], masker, log)
-    _run_preview(program_dir, project, stack, config, secret_keys, run)
+    # one worker thread: the report lists resources in program order
+    _run_program(program_dir, project, stack, config, secret_keys, run, parallel=1, preview=True)
     gone = [e for urn, e in state["resources"].items() if urn not in run.seen]
     for entry in _delete_order(state["pending"] + gone):
         note = " (old half of a replacement)" if entry in state["pending"] else ""
@@ -168,22 +162,6 @@ class _Preview:
         summary = (f"Resources: + {len(r.create)} to create, ~ {len(r.update)} to update, +- {len(r.replace)} "
                    f"to replace, - {len(r.delete)} to delete, {len(r.same)} unchanged")
         return "\n".join([*lines, "", summary] if lines else [summary])
-
-
-def _run_preview(program_dir: str, project: str, stack: str, config: dict[str, object],
-                 secret_keys: list[str], run: _Preview) -> None:
-    """harness._run_program with preview=True; one worker thread keeps the report in program order."""
-    with _program_context(program_dir), _event_loop(1):
-        _config.set_all_config({k: _config_string(v) for k, v in config.items()}, list(secret_keys))
-        _settings.ROOT.set(None)
-        mocks = _LiveMocks(run)
-        pulumi.runtime.set_mocks(mocks, project, stack, preview=True, monitor=_LiveMonitor(mocks))
-        try:
-            _sync_await(run_pulumi_func(lambda: runpy.run_path(program_dir, run_name="__main__")))
-        except BaseException as exc:
-            raise _as_apply_error(exc, run) from exc
-        if run.first_error is not None:
-            raise run.first_error
 
 
 def _known(value: Any) -> Any:
