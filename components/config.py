@@ -279,7 +279,11 @@ class TrunkSettings:
     strip_prefix: bool = setting("stripPrefix", "Remove the matched prefix before sending.", False)
     prepend: str = setting("prepend", "Digits put in front of the number sent.", "", check=_prefix)
     caller_id: Optional[str] = setting("callerId", "Caller ID number presented on this trunk (unset: the caller's).",
-                                       None)
+                                       None, check=_prefix)
+    caller_id_name: Optional[str] = setting(
+        "callerIdName", "Caller ID name presented on this trunk (unset: the number presented; an internal "
+        "display name never leaves through a trunk).", None, check=lambda v: None if re.match(
+            r"^[A-Za-z0-9 .'&()-]{1,40}$", v) else "is not a caller name (1-40 letters, digits, space, .'&()-)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,8 +28,20 @@ USER = GROUP = "freeswitch"
 RECORDINGS_GROUP = "hapbx-rec"
 ESL_PORT = 8021
 DB_USER = "pbx_readonly"
-SECRET_NAMES = ("freeswitch_esl", "postgres_readonly")
 CDR_ERROR_DIR = "/var/log/freeswitch/json_cdr_errors"
+#: the policy cache (recording policies, inbound routes) the Lua scripts read: no call waits on
+#: PostgreSQL; refreshed from it by a timer (a failed refresh keeps the last copy)
+POLICY_UNIT = "hapbx-fs-policies"
+POLICY_RUNTIME_DIR = "hapbx-freeswitch"
+POLICY_CACHE = f"/run/{POLICY_RUNTIME_DIR}/policies.tsv"
+POLICY_PGPASS = "/etc/hapbx/freeswitch.pgpass"
+POLICY_REFRESH_SECONDS = 2
+POLICY_TIMEOUT_SECONDS = 1
+#: the cache is still used when older (PostgreSQL down), with a warning in the log
+POLICY_MAX_AGE_SECONDS = 60
+#: RTP silence before a call is hung up, in a call / on hold (channel variables; the profiles'
+#: rtp-timeout-sec is deprecated in 1.10)
+MEDIA_TIMEOUT_MS, MEDIA_HOLD_TIMEOUT_MS = 300_000, 1_800_000
 XML_VALIDATE = "xmllint --noout {path}"
 LUA_VALIDATE = "luac5.3 -p -o /dev/null {path}"
 #: files whose change FreeSWITCH takes with reloadxml (the unit drop-in's ExecReload); the rest
@@ -70,11 +82,34 @@ def outbound_routes(ctx: RenderContext) -> list[OutboundRoute]:
         legs = []
         for t in by_prefix[prefix]:
             number = t.prepend + ("$2" if t.strip_prefix else "$1$2")
-            cid = f"[origination_caller_id_number={t.caller_id}]" if t.caller_id else ""
-            legs.append(f"{cid}sofia/gateway/{t.name}/{number}")
+            legs.append(f"{caller_id_vars(t)}sofia/gateway/{t.name}/{number}")
         routes.append(OutboundRoute(prefix, tuple(by_prefix[prefix]), re.escape(prefix),
                                     r"\+?[0-9]+" if prefix == "" else "[0-9]+", "|".join(legs)))
     return routes
+
+
+def caller_id_vars(trunk) -> str:
+    """Per-leg caller ID a trunk presents: its callerId (else the caller's number) and its
+    callerIdName (else that number); an internal display name never reaches a carrier."""
+    number = trunk.caller_id or "${caller_id_number}"
+    return f"[origination_caller_id_number={number},origination_caller_id_name={trunk.caller_id_name or number}]"
+
+
+@dataclass(frozen=True)
+class TrunkSource:
+    name: str
+    address_re: str
+
+
+def trunk_sources(ctx: RenderContext) -> list[TrunkSource]:
+    """Trunks known by source address (given as an address): how an inbound call names its trunk."""
+    out = []
+    for t in ctx.cluster.dialplan.trunks:
+        try:
+            out.append(TrunkSource(t.name, re.escape(str(ipaddress.ip_address(t.host)))))
+        except ValueError:
+            pass  # a host name: identified by ${sip_gateway} when the call is addressed to its gateway
+    return out
 
 
 def trunk_addresses(ctx: RenderContext) -> list[str]:
@@ -106,7 +141,11 @@ def _values(ctx: RenderContext) -> dict:
         trunk_hosts=trunk_addresses(ctx), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
                                                                   for n in (ctx.host, ctx.peer)),
         cdr_urls=[f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"],
-        cdr_error_dir=CDR_ERROR_DIR, group=GROUP)
+        cdr_error_dir=CDR_ERROR_DIR, user=USER, group=GROUP, trunk_sources=trunk_sources(ctx),
+        policy_cache=POLICY_CACHE, policy_max_age=POLICY_MAX_AGE_SECONDS, runtime_dir=POLICY_RUNTIME_DIR,
+        refresh_seconds=POLICY_REFRESH_SECONDS, timeout_seconds=POLICY_TIMEOUT_SECONDS, pgpass=POLICY_PGPASS,
+        port=c.postgres.port, db_user=DB_USER, database=DATABASE,
+        media_timeout_ms=MEDIA_TIMEOUT_MS, media_hold_timeout_ms=MEDIA_HOLD_TIMEOUT_MS)
 
 
 def fs_cli_conf(ctx: RenderContext) -> str:
@@ -130,14 +169,14 @@ def render(ctx: RenderContext) -> list[RenderedFile]:
                             action="reload" if rel in RELOADABLE else "restart", validate=XML_VALIDATE,
                             group=GROUP, mode="0640", **kw)
 
-    secrets = template("freeswitch/secrets.xml.j2", ctx, esl_password=ctx.secret("freeswitch_esl"),
-                       db_password=ctx.secret("postgres_readonly"), db_user=DB_USER, database=DATABASE, **v)
+    secrets = template("freeswitch/secrets.xml.j2", ctx, esl_password=ctx.secret("freeswitch_esl"), **v)
     cli = fs_cli_conf(ctx)
+    pgpass = f"127.0.0.1:{ctx.cluster.postgres.port}:{DATABASE}:{DB_USER}:{ctx.secret('postgres_readonly')}\n"
     out = [
         xml("freeswitch.xml"),
         xml("vars.xml"),
         RenderedFile(f"{CONF}/secrets.xml", secrets, service=SERVICE, action="restart", validate=XML_VALIDATE,
-                     group=GROUP, mode="0640", secrets=secret_refs(ctx, secrets) or SECRET_NAMES),
+                     group=GROUP, mode="0640", secrets=secret_refs(ctx, secrets) or ("freeswitch_esl",)),
         *[xml(f"autoload_configs/{m}.conf.xml") for m in AUTOLOAD],
         xml("sip_profiles/internal.xml"),
         xml("dialplan/hapbx.xml"),
@@ -149,6 +188,18 @@ def render(ctx: RenderContext) -> list[RenderedFile]:
                      validate=LUA_VALIDATE),
         RenderedFile(f"{LIB_DIR}/hapbx_inbound.lua", template("freeswitch/scripts/hapbx_inbound.lua.j2", ctx, **v),
                      validate=LUA_VALIDATE),
+        RenderedFile(f"{LIB_DIR}/hapbx_policies.lua", template("freeswitch/scripts/hapbx_policies.lua.j2", ctx, **v),
+                     validate=LUA_VALIDATE),
+        RenderedFile(f"{LIB_DIR}/policy-cache", template("freeswitch/scripts/policy-cache.j2", ctx, **v),
+                     mode="0755", validate="bash -n {path}"),
+        RenderedFile(POLICY_PGPASS, pgpass, owner=USER, group=GROUP, mode="0600",
+                     secrets=secret_refs(ctx, pgpass) or ("postgres_readonly",)),
+        RenderedFile(f"/etc/systemd/system/{POLICY_UNIT}.service",
+                     template("freeswitch/hapbx-fs-policies.service.j2", ctx, **v), service=f"{POLICY_UNIT}.timer",
+                     action="restart", validate=f"systemd-analyze verify --man=no {{path}}:{POLICY_UNIT}.service"),
+        RenderedFile(f"/etc/systemd/system/{POLICY_UNIT}.timer",
+                     template("freeswitch/hapbx-fs-policies.timer.j2", ctx, **v), service=f"{POLICY_UNIT}.timer",
+                     action="restart"),
         RenderedFile(f"{LIB_DIR}/recording-done", template("freeswitch/scripts/recording-done.j2", ctx, **v),
                      mode="0755", validate="sh -n {path}"),
         RenderedFile(FS_CLI_CONF, cli, mode="0600", secrets=secret_refs(ctx, cli) or ("freeswitch_esl",)),
@@ -201,6 +252,24 @@ BUILTIN_VARS = {"base_dir", "conf_dir", "sounds_dir", "recordings_dir", "log_dir
 APP_MODULES = {"callcenter": "mod_callcenter", "lua": "mod_lua", "bridge": "mod_dptools", "ivr": "mod_dptools",
                "transfer": "mod_dptools", "answer": "mod_dptools", "set": "mod_dptools", "respond": "mod_dptools",
                "hangup": "mod_dptools", "sleep": "mod_dptools", "record_session": "mod_dptools"}
+
+
+#: Debian's freeswitch package: SWITCH_GLOBAL_dirs.script_dir
+SCRIPT_DIR = "/usr/share/freeswitch/scripts"
+
+
+def mod_lua_path(data: str, script_dir: str = SCRIPT_DIR) -> str:
+    """The file the `lua` application runs for ``data``, as mod_lua 1.10 resolves it
+    (mod_lua.cpp lua_parse_and_execute): the first word; unless switch_is_file_path (starts with
+    '/' or holds '://'), FreeSWITCH's own scripts directory in front. lua.conf's
+    script-directory is only Lua's package.path, for `require`."""
+    name = data.strip().split(" ", 1)[0]
+    return name if name.startswith("/") or "://" in name else f"{script_dir}/{name}"
+
+
+def lua_dofile_paths(text: str) -> list[str]:
+    """Files a Lua script loads with dofile("...") (absolute paths only: nothing is resolved)."""
+    return re.findall(r'dofile\("([^"]+)"\)', text)
 
 
 def _xml(text: str):
@@ -264,7 +333,7 @@ def reference_problems(files: dict[str, str]) -> list[str]:
     agents_ = {el.get("name") for _, el in all_of("agent", "autoload_configs/callcenter")}
     menus = {el.get("name") for _, el in all_of("menu", "autoload_configs/ivr")}
     modules = {el.get("module") for _, el in all_of("load", "autoload_configs/modules")}
-    scripts = {posixpath.basename(p) for p in files if p.startswith(LIB_DIR + "/")}
+    installed = set(files)
 
     for rel, el in all_of("param", "sip_profiles/"):
         name, value = el.get("name"), el.get("value", "")
@@ -317,8 +386,8 @@ def reference_problems(files: dict[str, str]) -> list[str]:
             problems.append(f"{rel}: queue {data!r} is not defined in callcenter.conf")
         elif app == "ivr" and data not in menus:
             problems.append(f"{rel}: IVR menu {data!r} is not defined in ivr.conf")
-        elif app == "lua" and data.split()[0] not in scripts:
-            problems.append(f"{rel}: Lua script {data.split()[0]!r} is not installed")
+        elif app == "lua" and mod_lua_path(data) not in installed:
+            problems.append(f"{rel}: Lua script {data.split()[0]!r} is {mod_lua_path(data)}, which is not installed")
         elif app == "transfer":
             parts = data.split()
             dialable(rel, parts[0], parts[2] if len(parts) > 2 else "default")
@@ -332,4 +401,9 @@ def reference_problems(files: dict[str, str]) -> list[str]:
         problems.append("modules.conf: sofia, dialplan_xml, event_socket and json_cdr must be loaded")
     if "pgsql://" in "".join(conf.values()) and "mod_pgsql" not in modules:
         problems.append("a pgsql:// DSN is used but mod_pgsql is not loaded")
+    for path, text in files.items():
+        if path.endswith(".lua"):
+            for loaded in lua_dofile_paths(text):
+                if loaded not in installed:
+                    problems.append(f"{path}: dofile({loaded!r}) is not installed")
     return problems

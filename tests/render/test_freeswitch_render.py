@@ -64,7 +64,7 @@ def test_every_file_passes_its_checker(stack, dialplan, node):
             out = run_validator(f)
             assert out.returncode == 0, (f.path, out.stdout, out.stderr)
             checked += 1
-    assert checked == len([p for p in files if p.endswith((".xml", ".lua", "recording-done"))])
+    assert checked == len([p for p in files if p.endswith((".xml", ".lua", "recording-done", "policy-cache", ".service"))])
     assert fs.reference_problems({p: f.content for p, f in files.items()}) == []
 
 
@@ -90,7 +90,8 @@ def test_validators_reject_broken_files():
     ("dialplan/hapbx.xml", 'data="main"', 'data="nomenu"', "IVR menu 'nomenu' is not defined"),
     ("dialplan/hapbx.xml", "sofia/gateway/carrier-a/", "sofia/gateway/carrier-x/", "gateway 'carrier-x'"),
     ("dialplan/hapbx.xml", "sofia/internal/", "sofia/intern/", "SIP profile 'intern'"),
-    ("dialplan/hapbx.xml", 'data="hapbx_inbound.lua"', 'data="missing.lua"', "Lua script 'missing.lua'"),
+    ("dialplan/hapbx.xml", f'data="{fs.LIB_DIR}/hapbx_inbound.lua"', 'data="hapbx_inbound.lua"',
+     f"Lua script 'hapbx_inbound.lua' is {fs.SCRIPT_DIR}/hapbx_inbound.lua, which is not installed"),
     ("dialplan/hapbx.xml", 'data="8000 XML hapbx"', 'data="8000 XML nowhere"', "context 'nowhere'"),
     ("autoload_configs/ivr.conf.xml", 'param="transfer 8001 XML hapbx"', 'param="transfer 9999 XML hapbx"',
      "transfer target '9999' matches no dialplan extension"),
@@ -98,7 +99,6 @@ def test_validators_reject_broken_files():
     ("autoload_configs/acl.conf.xml", '<list name="kamailio"', '<list name="kamailio2"', "'kamailio' is no ACL"),
     ("autoload_configs/event_socket.conf.xml", 'value="127.0.0.1"', 'value="0.0.0.0"', "not loopback"),
     ("autoload_configs/modules.conf.xml", '<load module="mod_callcenter"/>', "", "needs mod_callcenter"),
-    ("autoload_configs/modules.conf.xml", '<load module="mod_pgsql"/>', "", "mod_pgsql is not loaded"),
     ("vars.xml", "hapbx_node=", "hapbx_nod=", "$${hapbx_node} is never set"),
     ("freeswitch.xml", 'data="dialplan/*.xml"', 'data="dialplans/*.xml"', "matches no file"),
     ("sip_profiles/internal.xml", 'name="context" value="hapbx"', 'name="context" value="default"',
@@ -152,8 +152,9 @@ def test_dialplan_follows_the_config():
     # longest prefix first, '' last; shared prefixes fail over in the order listed
     routes = re.findall(r'expression="\^\((.*?)\)\((.*?)\)\$"', dialplan)
     assert [p for p, _ in routes] == ["00", r"\+", ""]
-    assert "sofia/gateway/carrier-a/$2|sofia/gateway/carrier-b/+$1$2" in dialplan.replace(
-        "[origination_caller_id_number=4420700000]", "")
+    assert ("[origination_caller_id_number=4420700000,origination_caller_id_name=4420700000]sofia/gateway/carrier-a/$2|"
+            "[origination_caller_id_number=${caller_id_number},origination_caller_id_name=${caller_id_number}]"
+            "sofia/gateway/carrier-b/+$1$2") in dialplan
     cc = files[f"{fs.CONF}/autoload_configs/callcenter.conf.xml"].content
     assert '<queue name="support@default">' in cc and '"strategy" value="round-robin"' in cc
     assert len(re.findall(r"<tier ", cc)) == 3 and len(re.findall(r"<agent ", cc)) == 3
@@ -163,7 +164,7 @@ def test_dialplan_follows_the_config():
     assert 'data="8000 XML hapbx"' in dialplan  # IVR default target
     # recording by policy, to the live tmpfs, moved on hangup
     lua = files[f"{fs.LIB_DIR}/hapbx_recording.lua"].content
-    assert "pbx.recording_policy_for" in lua and "record_post_process_exec_api" in lua and "execute_on_answer" in lua
+    assert "policies.recording_mode" in lua and "record_post_process_exec_api" in lua and "execute_on_answer" in lua
     assert f"hapbx_live_dir={c.recordings.tmpfs_dir}" in files[f"{fs.CONF}/vars.xml"].content
     # no trunks: no external profile, no gateway
     assert f"{fs.CONF}/sip_profiles/external.xml" not in tree(cluster(dialplan=None))
@@ -172,14 +173,20 @@ def test_dialplan_follows_the_config():
 def test_secrets_only_where_needed():
     files = tree(cluster())
     holders = {p for p, f in files.items() if f.secrets}
-    assert holders == {f"{fs.CONF}/secrets.xml", fs.FS_CLI_CONF}
+    assert holders == {f"{fs.CONF}/secrets.xml", fs.FS_CLI_CONF, fs.POLICY_PGPASS}
     for p, f in files.items():
         if p not in holders:
             assert not any(v in f.content for v in SECRETS.values()), p
     assert files[fs.FS_CLI_CONF].mode == "0600"
     sec = files[f"{fs.CONF}/secrets.xml"]
     assert sec.mode == "0640" and sec.group == "freeswitch" and SECRETS["freeswitch_esl"] in sec.content
-    assert "user=pbx_readonly" in sec.content and SECRETS["postgres_readonly"] in sec.content
+    # the database password is in no DSN FreeSWITCH holds (it would log it on every failed
+    # connection): only the policy cache's pgpass file, the freeswitch user's alone
+    assert "pgsql://" not in "".join(f.content for f in files.values())
+    assert SECRETS["postgres_readonly"] not in sec.content
+    pgpass = files[fs.POLICY_PGPASS]
+    assert pgpass.mode == "0600" and pgpass.owner == "freeswitch" and pgpass.secrets == ("postgres_readonly",)
+    assert pgpass.content == f"127.0.0.1:5432:pbx:pbx_readonly:{SECRETS['postgres_readonly']}\n"
     masked = {f.path: f for f in fs.render(RenderContext(cluster(), cluster().nodes[0], masked_secrets()))}
     assert "@@SECRET:freeswitch_esl@@" in masked[f"{fs.CONF}/secrets.xml"].content
 
@@ -211,3 +218,62 @@ def test_setup_moves_foreign_files_aside_and_prepares_directories():
     assert out.returncode == 0, out.stderr
     assert "Managed by high-cc-pbx" in script and "/var/backups/hapbx-freeswitch-dist" in script
     assert f"install -d -o root -g {fs.RECORDINGS_GROUP} -m 2770 {c.recordings.directory} {c.recordings.directory}/{c.nodes[0].name}" in script
+
+
+# --- what FreeSWITCH really does (seen on a real 1.10.12, issue 17) -------------------------------
+
+def test_every_lua_script_the_dialplan_runs_resolves_the_way_mod_lua_resolves_it():
+    """mod_lua runs a bare name from FreeSWITCH's own scripts directory, never lua.conf's
+    script-directory: a bare name here would run nothing in production."""
+    for dialplan in (DIALPLAN, None):
+        files = tree(cluster(dialplan=dialplan))
+        text = files[f"{fs.CONF}/dialplan/hapbx.xml"].content
+        runs = re.findall(r'application="lua" data="([^"]+)"', text)
+        assert runs, "the dialplan runs Lua"
+        for data in runs:
+            assert fs.mod_lua_path(data) in files, data
+        for path, f in files.items():
+            for loaded in fs.lua_dofile_paths(f.content):
+                assert loaded in files, (path, loaded)
+    assert fs.mod_lua_path("hapbx_recording.lua queue 8000") == "/usr/share/freeswitch/scripts/hapbx_recording.lua"
+    assert fs.mod_lua_path("/x/y.lua a b") == "/x/y.lua"
+
+
+def test_json_cdr_posts_json_the_receiver_accepts():
+    """disable-100-continue replaces mod_json_cdr's header list in 1.10 (Content-Type lost)."""
+    text = tree(cluster())[f"{fs.CONF}/autoload_configs/json_cdr.conf.xml"].content
+    params = dict(re.findall(r'<param name="([^"]+)" value="([^"]*)"/>', text))
+    assert params["encode"] == "false" and "disable-100-continue" not in params
+
+
+def test_calls_from_ip_trunks_are_named_by_source_address_and_carriers_see_the_trunks_caller_id():
+    c = cluster()
+    dialplan = tree(c)[f"{fs.CONF}/dialplan/hapbx.xml"].content
+    inbound = dialplan[dialplan.index('<context name="hapbx-inbound">'):]
+    # carrier-a is an address: known by it; carrier-b a name: known by its gateway only
+    assert re.search(r'field="network_addr" expression="\^203\\\.0\\\.113\\\.5\$">\s*'
+                     r'<action application="set" data="hapbx_trunk=carrier-a"/>', inbound)
+    assert 'data="hapbx_trunk=${sip_gateway}"' in inbound and "sip_gateway_name" not in dialplan
+    assert inbound.index("inbound-trunk-carrier-a") < inbound.index('name="inbound"')
+    # no internal display name to a carrier: name = the trunk's callerIdName, else the number shown
+    named = copy.deepcopy(DIALPLAN)
+    named["trunks"][0]["callerIdName"] = "Example Ltd"
+    text = tree(cluster(dialplan=named))[f"{fs.CONF}/dialplan/hapbx.xml"].content
+    assert "[origination_caller_id_number=4420700000,origination_caller_id_name=Example Ltd]" in text
+    with pytest.raises(ConfigError, match=r"dialplan.trunks\[0\].callerIdName"):
+        named["trunks"][0]["callerIdName"] = "Evil]name,x=y"
+        build(raw_config("prod", named))
+
+
+def test_no_codec_without_a_module_and_no_deprecated_or_unconfigured_module():
+    files = tree(cluster())
+    modules = set(re.findall(r'<load module="([^"]+)"/>', files[f"{fs.CONF}/autoload_configs/modules.conf.xml"].content))
+    assert "mod_db" not in modules and "mod_pgsql" not in modules   # nothing uses them; mod_db wanted a db.conf
+    vars_ = files[f"{fs.CONF}/vars.xml"].content
+    for key in ("global_codec_prefs", "outbound_codec_prefs"):
+        codecs = re.search(rf"{key}=([^\"]+)", vars_).group(1).split(",")
+        assert set(codecs) <= {"PCMU", "PCMA"}, codecs   # the core's own codecs; G722 needs a module
+    for path, f in files.items():
+        assert "rtp-timeout-sec" not in f.content and "rtp-hold-timeout-sec" not in f.content, path
+    dialplan = files[f"{fs.CONF}/dialplan/hapbx.xml"].content
+    assert dialplan.count(f'data="media_timeout={fs.MEDIA_TIMEOUT_MS}"') == 2   # both contexts
