@@ -427,8 +427,10 @@ class ClusterConfig:
         if self.kamailio.tls:
             base.append("kamailio-tls-modules")
         if self.media.engine == "freeswitch":
+            # the IVR greetings and hold music are files of the sound packages
             base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter",
-                     "freeswitch-mod-lua", "freeswitch-mod-pgsql", "lua5.3", "libxml2-utils"]
+                     "freeswitch-mod-lua", "freeswitch-sounds-en-us-callie", "freeswitch-music-default",
+                     "lua5.3", "libxml2-utils"]
         return sorted(set(base + list(self.packages.extra)))
 
     def witness_packages(self) -> list[str]:

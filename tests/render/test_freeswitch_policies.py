@@ -35,6 +35,7 @@ STUB = textwrap.dedent("""\
       getVariable = function(_, k) return vars[k] end,
       setVariable = function(_, k, v) vars[k] = v end,
       execute = function(_, app, data) vars["executed"] = app .. " " .. data end,
+      answered = function() return vars["answered"] == "yes" end,
     }
     freeswitch = {
       getGlobalVariable = function(k) return globals[k] end,
@@ -43,7 +44,8 @@ STUB = textwrap.dedent("""\
     }
     argv = ARGV
     dofile(SCRIPT)
-    for _, k in ipairs({"hapbx_recording_mode", "hapbx_route_target", "executed"}) do
+    for _, k in ipairs({"hapbx_recording_mode", "hapbx_route_target", "executed", "execute_on_answer",
+                        "hapbx_recording_path"}) do
       print(k .. "=" .. tostring(vars[k]))
     end
     """)
@@ -189,3 +191,15 @@ def test_the_password_reaches_psql_through_pgpassfile_only(rig):
     assert "PGPASSFILE=" in script
     unit = rig.files[f"/etc/systemd/system/{fs.POLICY_UNIT}.service"].content
     assert f"User={fs.USER}" in unit and SECRETS["postgres_readonly"] not in unit
+
+
+def test_a_recorded_call_already_answered_starts_recording_at_once(rig):
+    """A transfer out of an IVR (which answers first) never fires execute_on_answer: seen on a real
+    FreeSWITCH 1.10.12, the CDR then named a recording that was never made."""
+    assert rig.refresh().returncode == 0
+    ringing, _ = rig.lua("hapbx_recording.lua", {"caller_id_number": "1002", "uuid": "u4"}, ["extension", "1001"])
+    assert ringing["execute_on_answer"] == "record_session /live/u4.wav" and ringing["executed"] == "nil"
+    up, _ = rig.lua("hapbx_recording.lua", {"caller_id_number": "1002", "uuid": "u5", "answered": "yes"},
+                    ["extension", "1001"])
+    assert up["executed"] == "record_session /live/u5.wav" and up["execute_on_answer"] == "nil"
+    assert up["hapbx_recording_path"].endswith("/u5.wav")
