@@ -9,7 +9,11 @@ its node's receiver restarts falls back to the peer's) -> the worker placement s
 the worker runs only where this node is the writer (HA status ``writer=1``, or without the HA
 layer a local primary), is stopped where PostgreSQL is a standby, and is otherwise left to the
 failover scripts, which start it on promotion and stop it on demotion (OWNER_SERVICES).
-Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>`` (+ ``-last``), ``<name>-<node>-worker``.
+With FreeSWITCH as the media engine, each node also gets hapbx-cdr-replay.timer (enabled and
+started by the standard handler, restarted when its units change): it posts what mod_json_cdr
+left in its error directory to the receivers.
+Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>`` (+ ``-last``), ``<name>-<node>-worker``,
+``<name>-<node>-svc-hapbx-cdr-replay.timer``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ class CdrPipeline(pulumi.ComponentResource):
         c = args.cluster
         self.handlers: dict[str, list[remote.Command]] = {n.name: [] for n in c.nodes}
         self.workers: dict[str, remote.Command] = {}
+        #: hapbx-cdr-replay.timer's handler per node (FreeSWITCH only)
+        self.replays: dict[str, remote.Command] = {}
         members: dict[str, list[rc.RollingMember]] = {cdr.RECEIVER_UNIT: [], cdr.ADMIN_UNIT: []}
         for node in c.nodes:
             own, self.workers[node.name] = self._node(name, node, args)
@@ -59,15 +65,15 @@ class CdrPipeline(pulumi.ComponentResource):
                                          c.vip.address, self)
             for node, pair in passes.items():
                 self.handlers[node] += list(pair)
-        #: receivers and admin APIs running on both nodes, the worker placed
+        #: receivers and admin APIs running on both nodes, the worker placed, the replay timers on
         self.ready: list[pulumi.Resource] = [*(h for hs in self.handlers.values() for h in hs),
-                                             *self.workers.values()]
+                                             *self.workers.values(), *self.replays.values()]
         self.register_outputs({
             "nodes": [n.name for n in c.nodes],
             "receiverPort": c.cdr.receiver_port,
             "receiverUrl": f"http://127.0.0.1:{c.cdr.receiver_port}/cdr",
             "adminUrl": f"http://{c.vip.address}:{c.admin.port}",
-            "units": list(cdr.UNITS),
+            "units": list(cdr.UNITS) + ([cdr.REPLAY_UNIT, cdr.REPLAY_TIMER] if cdr.replays(c) else []),
             "ownerServices": list(cdr.OWNER_SERVICES),
         })
 
@@ -86,6 +92,11 @@ class CdrPipeline(pulumi.ComponentResource):
         def own(unit: str) -> list[remote.Command]:
             return code + [installed[f.path] for f in rendered if f.service == unit]
 
+        replay = [installed[f.path] for f in rendered if f.service == cdr.REPLAY_TIMER]
+        if replay:
+            self.replays[node.name] = rc.service_handler(
+                f"{prefix}-svc-{cdr.REPLAY_TIMER}", node.name, conn, rc.Handler(cdr.REPLAY_TIMER, "restart"),
+                [_digest(x) for x in replay], pulumi.ResourceOptions(parent=self, depends_on=code + replay))
         cmds = own(cdr.WORKER_UNIT)
         worker = rc.step(f"{prefix}-worker", node.name, conn, "CDR worker on the writer only",
                          rc.SYSTEMD_LOCK + cdr.worker_placement_script(ctx),

@@ -9,8 +9,13 @@ python3-psycopg2: ClusterConfig.node_packages). Per node:
                               scripts start on promotion and stop on demotion: OWNER_SERVICES)
   hapbx-admin.service         both nodes, enabled; VIP (freebind) + node address + loopback
   /etc/hapbx/{cdr-receiver,cdr-worker,admin}.env   0600 root, each with only its own secrets
+  hapbx-cdr-replay.service    media.engine freeswitch only (the lab's SIPp stand-in writes no CDRs):
+  + .timer (enabled)          every minute, posts what mod_json_cdr left in its err-log-dir to
+                              this node's receiver, then the peer's (hapbx_cdr/replay.py); no
+                              secrets, settings in the unit; runs as FreeSWITCH's user
 
-Code files touch the pending markers of all three units (one restart each when any changed).
+Code files touch the pending markers of the three daemons' units (one restart each when any
+changed); the replay needs none (each run starts afresh).
 """
 from __future__ import annotations
 
@@ -32,6 +37,10 @@ RECEIVER_UNIT = "hapbx-cdr-receiver.service"
 WORKER_UNIT = "hapbx-cdr-worker.service"
 ADMIN_UNIT = "hapbx-admin.service"
 UNITS = (RECEIVER_UNIT, WORKER_UNIT, ADMIN_UNIT)
+REPLAY_UNIT = "hapbx-cdr-replay.service"
+REPLAY_TIMER = "hapbx-cdr-replay.timer"
+#: seconds an error file must be old before it is replayed (mod_json_cdr may still be writing it)
+REPLAY_MIN_AGE = 10
 #: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
 OWNER_SERVICES = (WORKER_UNIT,)
 HA_STATUS = "/run/hapbx/ha/status"
@@ -123,6 +132,32 @@ def _values(ctx: RenderContext) -> dict:
     return dict(lib_dir=LIB_DIR, env_dir=ENV_DIR, pg_service=pg_paths(ctx.cluster).service)
 
 
+def replays(cluster: ClusterConfig) -> bool:
+    """Whether the nodes get the replay timer: only FreeSWITCH writes json_cdr error files."""
+    return cluster.media.engine == "freeswitch"
+
+
+def replay_urls(ctx: RenderContext) -> list[str]:
+    """This node's receiver, then the peer's: the order of json_cdr.conf's urls."""
+    port = ctx.cluster.cdr.receiver_port
+    return [f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"]
+
+
+def replay_files(ctx: RenderContext) -> list[RenderedFile]:
+    from . import freeswitch as fs
+    c = ctx.cluster
+    values = dict(lib_dir=LIB_DIR, error_dir=fs.CDR_ERROR_DIR, fs_user=fs.USER, fs_group=fs.GROUP,
+                  receiver_unit=RECEIVER_UNIT, urls=replay_urls(ctx), min_age=REPLAY_MIN_AGE,
+                  # a receiver may hold a post for cdr.redisTimeoutSeconds before its 503
+                  timeout=f"{c.cdr.redis_timeout_seconds + 5:g}")
+    return [
+        RenderedFile(f"/etc/systemd/system/{REPLAY_UNIT}", template(f"cdr/{REPLAY_UNIT}.j2", ctx, **values),
+                     service=REPLAY_TIMER, action="restart", validate=unit_validator(REPLAY_UNIT)),
+        RenderedFile(f"/etc/systemd/system/{REPLAY_TIMER}", template(f"cdr/{REPLAY_TIMER}.j2", ctx, **values),
+                     service=REPLAY_TIMER, action="restart", validate=unit_validator(REPLAY_TIMER)),
+    ]
+
+
 def unit_validator(unit: str) -> str:
     return f"systemd-analyze verify --man=no {{path}}:{unit}"
 
@@ -151,6 +186,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         out.append(RenderedFile(f"/etc/systemd/system/{unit}",
                                 template(f"cdr/{unit}.j2", ctx, **_values(ctx)),
                                 service=unit, action="restart", validate=unit_validator(unit)))
+    if replays(ctx.cluster):
+        out += replay_files(ctx)
     return out
 
 

@@ -1,4 +1,4 @@
-"""python3 -m hapbx_cdr receiver|worker|admin"""
+"""python3 -m hapbx_cdr receiver|worker|admin|replay (replay: also python3 -m hapbx_cdr.replay)"""
 import sys
 
 from .settings import SettingsError
@@ -13,8 +13,10 @@ def main(argv: list[str]) -> int:
             from .worker import main as run
         elif what == "admin":
             from .admin import main as run
+        elif what == "replay":
+            from .replay import main as run
         else:
-            print("usage: python3 -m hapbx_cdr receiver|worker|admin", file=sys.stderr)
+            print("usage: python3 -m hapbx_cdr receiver|worker|admin|replay", file=sys.stderr)
             return 2
         return run()
     except SettingsError as err:

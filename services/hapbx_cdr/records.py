@@ -1,17 +1,26 @@
 """FreeSWITCH JSON CDR -> one row of cdr.calls. Pure standard library (importable anywhere).
 
-What the receiver accepts (mod_json_cdr, any ``encode`` setting):
-  * ``Content-Type: application/json``: the record itself (``encode`` false);
-  * ``application/x-www-form-urlencoded``: ``cdr=<url-encoded JSON>`` (``encode`` true) or
-    ``cdr=<base64 JSON>`` (``encode`` base64).
+What the receiver accepts: every body mod_json_cdr (FreeSWITCH 1.10, process_cdr) sends:
+  * ``encode`` false: ``Content-Type: application/json``, the record itself;
+  * ``encode`` false with ``disable-100-continue``: the module's header list is replaced by
+    ``Expect:`` alone, so libcurl sends its default ``application/x-www-form-urlencoded`` with the
+    record itself (no ``cdr=``): a body that starts with ``{`` is JSON whatever its type says;
+  * ``encode`` true: ``application/x-www-form-urlencoded``, ``cdr=<url-escaped JSON>``;
+  * ``encode`` base64: ``application/x-www-form-base64-encoded``, ``cdr=<base64 JSON>`` (raw
+    base64: a ``+`` is a ``+``), and the same under the form type (disable-100-continue);
+  * the files of mod_json_cdr's err-log-dir as replay.py posts them (the same shapes).
 Variable values may be percent-encoded (``encode-values``, FreeSWITCH's default): decoded here.
+``encode`` true escapes the JSON with switch_url_encode, which leaves an existing ``%XX`` as it is,
+so an escaped value's ``%22`` (``"``) or ``%0D%0A`` comes out of the form decoding raw inside a
+JSON string: _fs_escaped_json() reads such a body back (see there).
 
 Columns are taken from ``variables`` (first present wins):
   call_uuid        uuid, call_uuid                      (required, a UUID)
   bleg_uuid        bridge_uuid, signal_bond, other_leg_unique_id (ignored unless a UUID)
   direction        hapbx_direction (inbound|outbound|internal), else internal
-  caller_number    caller_id_number, sip_from_user, ani
-  caller_name      caller_id_name
+  caller_number    caller_id_number, callflow caller_profile, sip_from_user, ani
+  caller_name      caller_id_name, callflow caller_profile (FreeSWITCH has no caller_id_* variables:
+                   a real CDR has the caller's id in callflow[].caller_profile only)
   callee_number    destination_number, sip_to_user, callee_id_number, callflow caller_profile
   queue            hapbx_queue, cc_queue (the part before '@')
   trunk            hapbx_trunk, sip_gateway_name
@@ -37,7 +46,7 @@ import re
 import uuid as uuidlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 CAUSE_RE = re.compile(r"^[A-Z0-9_]{1,64}$")
@@ -53,31 +62,139 @@ class Invalid(ValueError):
     """A record cdr.calls would refuse; the message says why (shown to the poster)."""
 
 
+FORM = "application/x-www-form-urlencoded"
+BASE64_FORM = "application/x-www-form-base64-encoded"
+BASE64_RE = re.compile(rb"^[A-Za-z0-9+/ ]+={0,2}$")
+VALUE_START = '"{[-0123456789tfn'
+#: quotes _fs_escaped_json may take back (each one more pass over the body), and the characters
+#: all passes may read together
+REQUOTE_TRIES = 64
+REQUOTE_BUDGET = 1_000_000
+QUOTE_OR_BACKSLASH = re.compile(r'["\\]')
+
+
 def decode_body(body: bytes, content_type: str) -> dict:
-    """The posted bytes -> the JSON object, whatever mod_json_cdr's ``encode`` setting."""
+    """The posted bytes -> the JSON object, whatever mod_json_cdr's ``encode`` and
+    ``disable-100-continue`` settings (see the module docstring); Invalid otherwise."""
     ctype = (content_type or "").split(";")[0].strip().lower()
-    text: str | bytes = body
-    if ctype == "application/x-www-form-urlencoded" or (ctype != "application/json" and body[:4] == b"cdr="):
+    if body.lstrip()[:1] == b"{":
+        # the record itself: encode=false, under whatever type (disable-100-continue: the form type)
+        return _json_object(body)
+    if body[:4] == b"cdr=" or ctype in (FORM, BASE64_FORM):
+        value = _cdr_field(body)
+        if value.lstrip()[:1] == b"{":
+            return _json_object(value)
+        if value[:3].upper() == b"%7B":
+            return _fs_escaped_json(value)
+        # raw base64 as the module sends it (a '+' is a '+'), or url-escaped by another poster
+        b64 = unquote_to_bytes(value) if b"%" in value else value
         try:
-            form = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            raise Invalid("form body is not ASCII") from None
-        values = form.get("cdr")
-        if not values:
-            raise Invalid("form body has no 'cdr' field")
-        text = values[0]
-        if not text.lstrip().startswith("{"):
-            try:
-                text = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise Invalid("'cdr' field is neither JSON nor base64") from None
+            decoded = base64.b64decode(b64.replace(b" ", b"+"), validate=True) if BASE64_RE.match(b64) else None
+        except (binascii.Error, ValueError):
+            decoded = None
+        if decoded is None:
+            raise Invalid("'cdr' field is neither JSON nor base64")
+        return _json_object(decoded)
+    return _json_object(body)
+
+
+def _cdr_field(body: bytes) -> bytes:
+    """The raw (still escaped) value of the form's ``cdr`` field."""
+    for part in body.split(b"&"):
+        name, sep, value = part.partition(b"=")
+        if sep and unquote_to_bytes(name.replace(b"+", b" ")) == b"cdr":
+            return value.strip()
+    raise Invalid("form body has no 'cdr' field")
+
+
+def _json_object(text: bytes | str) -> dict:
     try:
-        record = json.loads(text)
+        # strict=False: control characters inside strings (an unescaped value's CR LF) are data
+        record = json.loads(text, strict=False)
     except (ValueError, UnicodeDecodeError) as err:
         raise Invalid(f"body is not JSON ({str(err)[:80]})") from None
     if not isinstance(record, dict):
         raise Invalid("body is not a JSON object")
     return record
+
+
+def _fs_escaped_json(value: bytes) -> dict:
+    """``cdr=`` of ``encode=true``: switch_url_encode(JSON), which leaves an ``%XX`` that is
+    already there as it is. With ``encode-values`` (the default) every variable value is
+    percent-encoded already, so its ``%22`` (``"``) and ``%5C`` (``\\``) come out of one decoding
+    raw inside a JSON string, where they would end it or escape. Plain decoding first; if that is
+    no JSON, _requote() writes such characters back as data, and where a guess was wrong (the
+    parser stops after it) takes the last one back, a bounded number of times."""
+    try:
+        # switch_url_encode writes a blank as %20 and '+' as %2B: a raw '+' is a form's blank
+        text = unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("'cdr' field is not UTF-8") from None
+    try:
+        return _json_object(text)
+    except Invalid as err:
+        first = err
+    data: set[int] = set()
+    # bounded work: at most REQUOTE_TRIES passes, fewer on a large body (the event loop waits)
+    for _ in range(max(1, min(REQUOTE_TRIES, REQUOTE_BUDGET // max(len(text), 1)))):
+        out, closes = _requote(text, data)
+        try:
+            record = json.loads(out, strict=False)
+        except json.JSONDecodeError as err:
+            before = [t for t, o in closes if o < err.pos and t not in data]
+            if not before:
+                break
+            data.add(before[-1])
+            continue
+        if isinstance(record, dict):
+            return record
+        break
+    raise first
+
+
+def _requote(text: str, data: set[int]) -> tuple[str, list[tuple[int, int]]]:
+    """``text`` with the quotes and backslashes inside strings that cannot be JSON's written as
+    data: a ``"`` in a string closes it only if the JSON can go on after it (``:`` or ``,`` then a
+    value, or ``}`` ``]``) and it is not in ``data``; a backslash that starts no JSON escape is
+    data. Returns the text and where each closing quote was (in ``text``, in the output).
+    Only quotes and backslashes are looked at (one regex pass), the rest is copied in spans."""
+    out: list[str] = []
+    size = 0
+    closes: list[tuple[int, int]] = []
+    in_string = False
+    pos = 0          # text before pos is in out
+    skip = -1        # a backslash's escaped character, already copied
+    for m in QUOTE_OR_BACKSLASH.finditer(text):
+        i = m.start()
+        if i <= skip:
+            continue
+        ch = text[i]
+        if not in_string:
+            in_string = ch == '"'
+            continue
+        if ch == "\\":
+            nxt = text[i + 1:i + 2]
+            if nxt and nxt in '"\\/bfnrt' or (nxt == "u" and re.match(r"[0-9A-Fa-f]{4}", text[i + 2:i + 6])):
+                skip = i + 1
+                continue
+            piece = "\\\\"
+        else:
+            after = text[i + 1:i + 3]
+            if i not in data and (after[:1] in ("", "}", "]") or (
+                    after[:1] in (":", ",") and after[1:2] != "" and after[1] in VALUE_START)):
+                in_string = False
+                out.append(text[pos:i])
+                size += i - pos
+                closes.append((i, size))
+                pos = i
+                continue
+            piece = '\\"'
+        out.append(text[pos:i])
+        out.append(piece)
+        size += i - pos + len(piece)
+        pos = i + 1
+    out.append(text[pos:])
+    return "".join(out), closes
 
 
 def _var(variables: dict, *names: str) -> str | None:
@@ -139,14 +256,21 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value[:TEXT_MAX]
 
 
-def _callee_from_callflow(record: dict) -> str | None:
+def _from_callflow(record: dict, field: str) -> str | None:
+    """``field`` of the first callflow step's caller_profile that has it (FreeSWITCH lists the
+    newest profile first; the caller's id and the number dialled live there, not in variables)."""
     flow = record.get("callflow")
     steps = flow if isinstance(flow, list) else [flow] if isinstance(flow, dict) else []
     for step in steps:
         profile = step.get("caller_profile") if isinstance(step, dict) else None
-        if isinstance(profile, dict) and profile.get("destination_number"):
-            return unquote(str(profile["destination_number"]))
+        value = profile.get(field) if isinstance(profile, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != "":
+            return unquote(str(value))
     return None
+
+
+def _callee_from_callflow(record: dict) -> str | None:
+    return _from_callflow(record, "destination_number")
 
 
 def normalize(record: dict, receiving_node: str) -> dict[str, Any]:
@@ -198,8 +322,9 @@ def normalize(record: dict, receiving_node: str) -> dict[str, Any]:
         "call_uuid": call_uuid,
         "bleg_uuid": bleg,
         "direction": direction,
-        "caller_number": _text(_var(variables, "caller_id_number", "sip_from_user", "ani")) or "",
-        "caller_name": _text(_var(variables, "caller_id_name")) or "",
+        "caller_number": _text(_var(variables, "caller_id_number") or _from_callflow(record, "caller_id_number")
+                               or _var(variables, "sip_from_user", "ani")) or "",
+        "caller_name": _text(_var(variables, "caller_id_name") or _from_callflow(record, "caller_id_name")) or "",
         "callee_number": _text(_var(variables, "destination_number", "sip_to_user", "callee_id_number")
                                or _callee_from_callflow(record)) or "",
         "queue": _text(queue),

@@ -1,4 +1,5 @@
-"""Settings of the three processes, from the environment (systemd EnvironmentFile, mode 0600).
+"""Settings of the processes (receiver, worker, admin, replay), from the environment (systemd
+EnvironmentFile, mode 0600; the replay's unit sets its own, which hold no secret).
 
 Every variable is HAPBX_*; a missing required one or a bad value stops the process at start
 with the variable's name (systemd then shows it in the journal).
@@ -162,3 +163,31 @@ class AdminSettings:
             ha_status=_get(env, "HAPBX_HA_STATUS", "/run/hapbx/ha/status"),
             max_body=_int(env, "HAPBX_ADMIN_MAX_BODY", 65536, 1024, 16 << 20),
             db_pool=_int(env, "HAPBX_ADMIN_DB_POOL", 4, 1, 64))
+
+
+#: FreeSWITCH's err-log-dir in json_cdr.conf (components/render/freeswitch.py CDR_ERROR_DIR)
+FS_CDR_ERROR_DIR = "/var/log/freeswitch/json_cdr_errors"
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    directory: str             # where mod_json_cdr left what no receiver took
+    urls: list[str]            # receivers, tried in order (this node's, then the peer's)
+    timeout: float             # s per POST (a receiver may wait HAPBX_CDR_REDIS_TIMEOUT for Redis)
+    min_age: float             # s a file must be old: FreeSWITCH may still be writing a younger one
+    give_up_after: int         # receivers unavailable for this many files in a row: stop this run
+
+    @staticmethod
+    def from_env(env=os.environ) -> "ReplaySettings":
+        urls = _list(_get(env, "HAPBX_CDR_REPLAY_URLS", "http://127.0.0.1:8088/cdr"))
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"HAPBX_CDR_REPLAY_URLS: {url!r} is not an http(s) URL")
+        directory = _get(env, "HAPBX_CDR_REPLAY_DIR", FS_CDR_ERROR_DIR)
+        if not directory.startswith("/"):
+            raise SettingsError(f"HAPBX_CDR_REPLAY_DIR={directory!r} is not an absolute path")
+        return ReplaySettings(
+            directory=directory.rstrip("/") or "/", urls=urls,
+            timeout=_float(env, "HAPBX_CDR_REPLAY_TIMEOUT", 10.0, 0.1, 300),
+            min_age=_float(env, "HAPBX_CDR_REPLAY_MIN_AGE", 10.0, 0, 86400),
+            give_up_after=_int(env, "HAPBX_CDR_REPLAY_GIVE_UP_AFTER", 3, 1, 1000000))

@@ -1,7 +1,8 @@
 """The CDR/admin files of both stacks: each through its checker (py_compile, systemd-analyze
 verify), env files 0600 holding only their own secrets, the worker never enabled and named
 where the failover scripts can start it, the placement step through bash -n and shellcheck,
-and the step's decisions run against fake systemctl/psql."""
+and the step's decisions run against fake systemctl/psql; the replay service and timer only
+where FreeSWITCH runs, with settings the replay accepts."""
 import os
 import stat
 import subprocess
@@ -34,7 +35,7 @@ def test_every_file_passes_its_checker(name):
                 out = run_validator(f)
                 assert out.returncode == 0, (node.name, f.path, out.stdout, out.stderr)
                 checked += 1
-        assert checked == len(cdr.package_files()) + len(cdr.UNITS)
+        assert checked == len(cdr.package_files()) + len(cdr.UNITS) + (2 if cdr.replays(c) else 0)
     assert cdr.files(RenderContext(c, c.witness, masked_secrets())) == [] if c.witness else True
 
 
@@ -180,3 +181,67 @@ def test_cdr_files_are_in_the_cluster_render():
 def test_worker_placement_looks_again_when_a_failover_cancels_its_job(tmp_path):
     out, calls = placement(tmp_path, "primary", "1", False, False, fail_first=True)
     assert calls == [f"start {cdr.WORKER_UNIT}", f"start {cdr.WORKER_UNIT}"] and "worker started" in out
+
+
+def unit_environment(text: str) -> dict[str, str]:
+    """The Environment= assignments of a unit, as systemd reads them (no quoting used here)."""
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("Environment="):
+            for item in line[len("Environment="):].split():
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def test_replay_timer_only_where_freeswitch_runs():
+    lab, prod = stack("lab"), stack("prod")
+    assert lab.media.engine != "freeswitch" and not cdr.replays(lab)
+    for node in lab.nodes:
+        paths = {f.path for f in cdr.files(RenderContext(lab, node, masked_secrets()))}
+        assert not any("replay" in p and p.startswith("/etc/systemd") for p in paths), paths
+    assert prod.media.engine == "freeswitch" and cdr.replays(prod)
+    for node in prod.nodes:
+        files = {f.path: f for f in cdr.files(RenderContext(prod, node, masked_secrets()))}
+        service = files[f"/etc/systemd/system/{cdr.REPLAY_UNIT}"]
+        timer = files[f"/etc/systemd/system/{cdr.REPLAY_TIMER}"]
+        for f in (service, timer):
+            assert f.service == cdr.REPLAY_TIMER and f.action == "restart" and not f.secrets and f.validate
+        text = service.content
+        assert "Type=oneshot" in text and "ExecStart=/usr/bin/python3 -m hapbx_cdr.replay" in text
+        assert "[Install]" not in text, "started by its timer only"
+        assert "User=freeswitch" in text and "Group=freeswitch" in text, "the error directory is FreeSWITCH's"
+        assert "ProtectSystem=strict" in text and "ReadWritePaths=-/var/log/freeswitch/json_cdr_errors" in text
+        assert "ConditionPathIsDirectory=/var/log/freeswitch/json_cdr_errors" in text
+        assert "Restart=" not in text
+        assert "OnCalendar=minutely" in timer.content and "WantedBy=timers.target" in timer.content
+
+
+def test_replay_unit_settings_are_what_the_replay_reads():
+    from components.render import freeswitch
+    from services.hapbx_cdr.settings import FS_CDR_ERROR_DIR, ReplaySettings
+    assert FS_CDR_ERROR_DIR == freeswitch.CDR_ERROR_DIR, "the replay's default is json_cdr.conf's err-log-dir"
+    c = stack("prod")
+    node = c.nodes[0]
+    text = {f.path: f for f in cdr.files(RenderContext(c, node, masked_secrets()))}[
+        f"/etc/systemd/system/{cdr.REPLAY_UNIT}"].content
+    env = unit_environment(text)
+    assert env["PYTHONPATH"] == cdr.LIB_DIR
+    s = ReplaySettings.from_env(env)
+    port = c.cdr.receiver_port
+    assert s.directory == freeswitch.CDR_ERROR_DIR
+    assert s.urls == [f"http://127.0.0.1:{port}/cdr", f"http://{c.peer_of(node).address}:{port}/cdr"], \
+        "this node's receiver first, then the peer's (json_cdr.conf's order)"
+    assert s.timeout > c.cdr.redis_timeout_seconds, "a receiver may hold a post that long before its 503"
+    assert s.min_age >= 5
+
+
+def test_replay_unit_checkers_refuse_broken_units():
+    c = stack("prod")
+    files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], masked_secrets()))}
+    service = files[f"/etc/systemd/system/{cdr.REPLAY_UNIT}"]
+    timer = files[f"/etc/systemd/system/{cdr.REPLAY_TIMER}"]
+    bad = service.content.replace("ExecStart=/usr/bin/python3", "ExecStart=python3-not-absolute")
+    assert run_validator(type(service)(**{**service.__dict__, "content": bad})).returncode
+    bad = timer.content.replace("OnCalendar=minutely", "OnCalendar=every-now-and-then").replace("OnBootSec=1min", "")
+    assert run_validator(type(timer)(**{**timer.__dict__, "content": bad})).returncode

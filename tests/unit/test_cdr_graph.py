@@ -17,8 +17,10 @@ def test_component_children_on_both_nodes_only(stack):
     assert graph.resources["cdr"].type == "hapbx:index:CdrPipeline"
     children = {r.name for r in graph.resources.values() if r.parent == "cdr"}
     nodes = [n["name"] for n in raw["nodes"]]
-    # code, env files, units, 2 rolling handlers (first and final pass each) + worker
-    per_node = len(cdr.package_files()) + 3 + len(cdr.UNITS) + 5
+    # code, env files, units, 2 rolling handlers (first and final pass each) + worker;
+    # with FreeSWITCH the replay service and timer and the timer's handler
+    freeswitch = raw.get("media", {}).get("engine", "freeswitch") == "freeswitch"
+    per_node = len(cdr.package_files()) + 3 + len(cdr.UNITS) + 5 + (3 if freeswitch else 0)
     assert len(children) == per_node * len(nodes)
     for node in nodes:
         assert f"cdr-{node}-file-etc-hapbx-admin.env" in children
@@ -28,6 +30,26 @@ def test_component_children_on_both_nodes_only(stack):
         # the worker is never enabled by a generic handler: only placed by its step
         assert f"cdr-{node}-svc-hapbx-cdr-worker" not in children
     assert not any(raw["witness"]["name"] in c for c in children)
+
+
+def test_replay_timer_only_with_freeswitch(stack):
+    graph, _, raw = stack
+    freeswitch = raw.get("media", {}).get("engine", "freeswitch") == "freeswitch"
+    for node in (n["name"] for n in raw["nodes"]):
+        name = f"cdr-{node}-svc-{cdr.REPLAY_TIMER}"
+        if not freeswitch:
+            assert name not in graph.resources
+            assert not any("system-hapbx-cdr-replay" in r or r.endswith(cdr.REPLAY_TIMER) for r in graph.resources
+                           if r.startswith(f"cdr-{node}-"))
+            continue
+        handler = graph.resources[name]
+        assert f"systemctl enable -q {cdr.REPLAY_TIMER}" in handler.inputs["create"]
+        before = ancestors(graph, name)
+        for f in (cdr.REPLAY_UNIT, cdr.REPLAY_TIMER, "replay.py"):
+            assert any(b.startswith(f"cdr-{node}-file-") and b.endswith(f) for b in before), f
+        assert f"{node}-packages" in before, "FreeSWITCH's user exists first"
+        # restarted when one of its two units changes (their content hashes)
+        assert len(handler.inputs["triggers"]) == 2
 
 
 def test_everything_waits_for_schema_redis_and_ha(stack):

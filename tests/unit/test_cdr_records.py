@@ -81,6 +81,87 @@ def test_bodies_of_every_encode_setting():
             records.decode_body(body, ctype)
 
 
+def _fs_encoder():
+    """make_requests.py's switch_url_encode (FreeSWITCH's, with an existing %XX left as it is)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "freeswitch", "make_requests.py")
+    spec = importlib.util.spec_from_file_location("make_requests", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bodies_as_mod_json_cdr_sends_them():
+    """Each (encode, disable-100-continue) of json_cdr.conf, as process_cdr and libcurl make it."""
+    fs = _fs_encoder()
+    rec = fs_cdr(U, extra={"sip_full_from": fs.switch_url_encode('"Ann, \\Bee" <sip:1001@pbx>;tag=x'),
+                           "switch_r_sdp": fs.switch_url_encode("v=0\r\nm=audio 4000 RTP/AVP 8\r\n"),
+                           "hapbx_json": fs.switch_url_encode('{"a":1,"b":"x"}'),
+                           "sip_from_display": "Zo%C3%AB%2B"})
+    rec["callflow"][0]["caller_profile"]["caller_id_name"] = 'Zoë "Z" O\'Neil ~>?'
+    text = fs.cjson(rec)
+    # encode=false with disable-100-continue: the raw JSON under libcurl's default form type
+    assert records.decode_body(text.encode(), "application/x-www-form-urlencoded") == rec
+    assert records.decode_body(b"\n " + text.encode(), "text/plain") == rec, "any other type: JSON if it looks so"
+    # encode=true: url-escaped, the values' own %XX (a quote, CR LF) left as they are
+    escaped = fs.switch_url_encode(text).encode()
+    assert b"%2522" not in escaped and b"%22Ann,%20%5CBee%22" in escaped
+    got = records.decode_body(b"cdr=" + escaped, "application/x-www-form-urlencoded")
+    assert got["variables"]["uuid"] == U and got["callflow"] == rec["callflow"]
+    assert urllib.parse.unquote(got["variables"]["sip_full_from"]) == '"Ann, \\Bee" <sip:1001@pbx>;tag=x'
+    assert urllib.parse.unquote(got["variables"]["switch_r_sdp"]) == "v=0\r\nm=audio 4000 RTP/AVP 8\r\n"
+    assert urllib.parse.unquote(got["variables"]["hapbx_json"]) == '{"a":1,"b":"x"}'
+    # encode=base64: raw base64 (a '+' stays a '+'), under its own type or the form type
+    b64 = base64.b64encode(text.encode())
+    assert b"+" in b64 or b"/" in b64
+    for ctype in ("application/x-www-form-base64-encoded", "application/x-www-form-urlencoded", ""):
+        assert records.decode_body(b"cdr=" + b64, ctype) == rec, ctype
+    assert records.decode_body(b"cdr=" + b64.replace(b"+", b" "), "application/x-www-form-urlencoded") == rec
+    # the error directory's files as replay.py posts them (a final newline)
+    assert records.decode_body(b"cdr=" + escaped + b"\n", "application/x-www-form-urlencoded")["variables"]["uuid"] == U
+    assert records.decode_body(b"cdr=" + b64 + b"\n", "application/x-www-form-base64-encoded") == rec
+    # garbage is still refused
+    for body, ctype, message in [(b"hello", "application/x-www-form-urlencoded", "no 'cdr' field"),
+                                 (b"hello", "application/x-www-form-base64-encoded", "no 'cdr' field"),
+                                 (b"cdr=%7B%22a%22%3A", "application/x-www-form-urlencoded", "not JSON"),
+                                 (b"cdr=" + base64.b64encode(b"[1]"), "application/x-www-form-base64-encoded",
+                                  "not a JSON object"),
+                                 (b"cdr=" + base64.b64encode(b"nope"), "", "not JSON"),
+                                 (b"{" + text.encode()[:200], "application/x-www-form-urlencoded", "not JSON"),
+                                 (b"", "application/json", "not JSON"),
+                                 (b"x=1&cdr", "application/x-www-form-urlencoded", "no 'cdr' field")]:
+        with pytest.raises(records.Invalid, match=message):
+            records.decode_body(body, ctype)
+
+
+def test_caller_from_the_callflow_when_variables_lack_it():
+    rec = fs_cdr(U, caller="1001")
+    for k in ("caller_id_name", "caller_id_number", "sip_from_user"):
+        rec["variables"].pop(k)
+    profile = rec["callflow"][0]["caller_profile"]
+    profile.update(caller_id_name="Alice%20Example", caller_id_number="%2B4930123")
+    row = records.normalize(rec, "pbx1")
+    assert (row["caller_number"], row["caller_name"]) == ("+4930123", "Alice Example"), "url-unquoted"
+    # the variables win where they have it; sip_from_user only after the profile
+    rec["variables"]["sip_from_user"] = "9999"
+    assert records.normalize(rec, "pbx1")["caller_number"] == "+4930123"
+    rec["variables"]["caller_id_name"] = "Set%20By%20Dialplan"
+    assert records.normalize(rec, "pbx1")["caller_name"] == "Set By Dialplan"
+    # the first step that has it (the newest profile first); no callflow: the old fallbacks
+    rec["variables"].pop("caller_id_name")
+    rec["callflow"] = [{"caller_profile": {"caller_id_name": "", "destination_number": "2002"}},
+                       {"caller_profile": {"caller_id_name": "Older", "caller_id_number": "1001"}}]
+    row = records.normalize(rec, "pbx1")
+    assert (row["caller_name"], row["caller_number"], row["callee_number"]) == ("Older", "1001", "1002")
+    rec["callflow"] = "junk"
+    row = records.normalize(rec, "pbx1")
+    assert (row["caller_name"], row["caller_number"]) == ("", "9999")
+    long = "N" * 400
+    rec["callflow"] = {"caller_profile": {"caller_id_name": long}}
+    assert records.normalize(rec, "pbx1")["caller_name"] == long[:records.TEXT_MAX]
+
+
 def test_envelope_round_trip_and_poison():
     row = records.normalize(fs_cdr(U), "pbx1")
     back, queued = records.open_envelope(records.envelope(row, 123.5).encode())
