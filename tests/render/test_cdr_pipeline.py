@@ -26,6 +26,7 @@ import pytest
 
 from services import devstack
 from services.devstack import SYSTEM_PYTHON, Stack, fs_cdr, http
+from tests.render import cdr_stack
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -37,33 +38,13 @@ LOADGEN = os.path.join(devstack.SERVICES, "loadgen.py")
 
 @pytest.fixture(scope="module")
 def stack():
-    need = devstack.missing_packages()
-    if need:
-        from cli import hostdeps
-        hostdeps.ensure(need, "the CDR service tests")
-    st = Stack(worker_env={"HAPBX_CDR_BATCH": "200"})
-    try:
-        st.start_data()
-        st.start_receiver()
-        yield st
-    finally:
-        st.close()
+    yield from cdr_stack.started(worker_env={"HAPBX_CDR_BATCH": "200"})
 
 
 @pytest.fixture
 def clean(stack):
     """Empty table and queues; no worker running; the receiver running."""
-    if stack.worker is not None:
-        stack.worker.stop()
-        stack.worker = None
-    stack.pg.psql("TRUNCATE cdr.calls, cdr.call_uuids")
-    stack.redis.cli("DEL", "cdr:queue", "cdr:processing:pbx1", "cdr:processing:pbx2", "cdr:dead")
-    if stack.receiver is None or not stack.receiver.running:
-        stack.start_receiver()
-    yield stack
-    if stack.worker is not None:
-        stack.worker.stop(signal.SIGKILL)
-        stack.worker = None
+    yield from cdr_stack.cleaned(stack)
 
 
 def post(st: Stack, record, content_type: str = "application/json") -> tuple[int, dict | str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ import pytest
 from services import devstack
 from services.devstack import SERVICES, SYSTEM_PYTHON, Stack, free_port
 from tests import freeswitch_requests as fsr
+from tests.render import cdr_stack
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -36,32 +36,13 @@ PRIVATE = ("Alice Example", "ACME Berlin", "Zo", "Jürgen", "J%C3%BCrgen", "sip_
 
 @pytest.fixture(scope="module")
 def stack():
-    need = devstack.missing_packages()
-    if need:
-        from cli import hostdeps
-        hostdeps.ensure(need, "the CDR service tests")
-    st = Stack()
-    try:
-        st.start_data()
-        st.start_receiver()
-        yield st
-    finally:
-        st.close()
+    yield from cdr_stack.started()
 
 
 @pytest.fixture
 def clean(stack):
-    if stack.worker is not None:
-        stack.worker.stop()
-        stack.worker = None
-    stack.pg.psql("TRUNCATE cdr.calls, cdr.call_uuids")
-    stack.redis.cli("DEL", "cdr:queue", "cdr:processing:pbx1", "cdr:dead")
-    if stack.receiver is None or not stack.receiver.running:
-        stack.start_receiver()
-    yield stack
-    if stack.worker is not None:
-        stack.worker.stop(signal.SIGKILL)
-        stack.worker = None
+    """Empty table and queues; no worker running; the receiver running."""
+    yield from cdr_stack.cleaned(stack)
 
 
 def error_file(req: fsr.Request) -> bytes:
