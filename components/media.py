@@ -63,8 +63,9 @@ class Media(pulumi.ComponentResource):
                 actions[service] = "restart" if "restart" in (action, actions.get(service)) else action
         for service, nodes in members.items():
             # FreeSWITCH opens its SIP port once its profile is up; the SIPp stand-in once it runs
-            # (a timer of the engine's has no port of its own)
-            health = "" if service.endswith(".timer") else rc.listening(c.media.sip_port, "udp")
+            # (a timer of the engine's, the stand-in's CDR poster have no port of their own)
+            engine = service in (freeswitch.SERVICE, sipp_uas.UNIT)
+            health = rc.listening(c.media.sip_port, "udp") if engine else ""
             handler = rc.Handler(service, actions[service], health=health)
             passes = rc.rolling_handlers(f"{name}-{{node}}-svc-{service.removesuffix('.service')}", nodes,
                                          handler, c.vip.address, self)

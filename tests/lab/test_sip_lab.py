@@ -8,6 +8,7 @@ written on one node appears on the peer within lsyncd's configured delay.
 """
 from __future__ import annotations
 
+import shlex
 import socket
 import threading
 import time
@@ -144,6 +145,60 @@ def test_register_and_calls_through_the_vip(sip):
     assert r.ok, (r.stdout, r.errors)
     engines = {f"sip:media@{n.address}:{c.media.sip_port}" for n in c.nodes}
     assert any(e in r.messages for e in engines), r.messages[-3000:]   # answered by a node's stand-in
+
+
+def writer(lab) -> str:
+    """The node the HA layer made the writer (its status says so), else the initial primary."""
+    for node in lab.cluster.nodes:
+        if "writer=1" in lab.sh(node.name, "cat /run/hapbx/ha/status 2>/dev/null || true"):
+            return node.name
+    return lab.cluster.primary.name
+
+
+def test_a_call_through_the_vip_ends_up_in_cdr_calls(sip):
+    """The media stand-in's CDR, posted as mod_json_cdr posts (its node's receiver, the Redis queue,
+    the writer's worker): the row is in cdr.calls on the writer within seconds of the BYE."""
+    from components.render import sipp_uas
+    lab = sip
+    if vip_owner(lab) is None:
+        pytest.skip("the VIP is on no node: the HA layer did not place it (VIP checks not run)")
+    c, me, vip = lab.cluster, host_ip(lab), lab.cluster.vip.address
+    for n in c.nodes:   # the stand-in spools each call's CDR, its poster posts them
+        assert lab.sh(n.name, f"systemctl is-active {sipp_uas.UNIT} {sipp_uas.CDR_UNIT}").split() == ["active"] * 2
+    call_id = f"labcdr-{uuid.uuid4().hex[:12]}-%u@{me}"
+    r = sipp.run(sipp.scenario("call.xml"), target(lab, vip), me, service=QUEUE, keys={"domain": vip, "user": "1001"},
+                 auth=("1001", PASSWORDS["1001"]), extra=("-d", "500", "-cid_str", call_id), messages=True)
+    assert r.ok, (r.stdout, r.errors)
+    hung_up = time.monotonic()
+    sent = call_id.replace("%u", "1")
+    want = sipp_uas.call_uuid(sent)
+    engine = next((n.name for n in c.nodes if f"sip:media@{n.address}:{c.media.sip_port}" in r.messages), None)
+    assert engine, r.messages[-3000:]
+    w = writer(lab)
+    query = shlex.quote("SELECT node, direction, caller_number, callee_number, hangup_cause, billsec <= duration, "
+                        f"raw->'variables'->>'sip_call_id' FROM cdr.calls WHERE call_uuid = '{want}'")
+    row = lab.sh(w, f"for i in $(seq 200); do r=$(cd / && runuser -u postgres -- psql -X -A -t -q -d pbx -c {query}); "
+                    '[ -n "$r" ] && { echo "$r"; exit 0; }; sleep 0.05; done; exit 1', timeout=30, check=False).strip()
+    took = time.monotonic() - hung_up
+    if not row:
+        kept = {n.name: lab.sh(n.name, f"ls {sipp_uas.ERROR_DIR} 2>/dev/null | grep -c {want} || true").strip()
+                for n in c.nodes}
+        journal = lab.sh(engine, f"ls {sipp_uas.SPOOL_DIR} 2>&1; journalctl -u {sipp_uas.UNIT} -u {sipp_uas.CDR_UNIT} "
+                                 "-n 20 --no-pager | grep post-cdr || true")
+        raise AssertionError(f"call {sent} ({want}, answered on {engine}) not in cdr.calls on {w} within 10 s; "
+                             f"kept in the error dirs: {kept}; {journal}")
+    assert row == f"{engine}|internal|1001|{QUEUE}|NORMAL_CLEARING|t|{sent}", row
+    assert took < 5.0, took
+    for n in c.nodes:
+        assert lab.sh(n.name, f"ls {sipp_uas.ERROR_DIR} 2>/dev/null | grep -c {want} || true").strip() == "0"
+        # one dynamic user for both units; the spool is empty once the poster is done
+        uids = lab.sh(n.name, f"for u in {sipp_uas.UNIT} {sipp_uas.CDR_UNIT}; do "
+                              "ps -o uid= -p $(systemctl show -p MainPID --value $u); done").split()
+        assert len(uids) == 2 and uids[0] == uids[1] != "0", uids
+        assert lab.sh(n.name, f"for i in $(seq 40); do [ -z \"$(ls -A {sipp_uas.SPOOL_DIR})\" ] && exit 0; "
+                              "sleep 0.05; done; ls -l " + sipp_uas.SPOOL_DIR, check=False).strip() == "", n.name
+    print(f"\ncall {sent} answered on {engine}: in cdr.calls on {w} {took * 1000:.0f} ms after the BYE's 200 "
+          "(polled every 50 ms through one lab command)")
 
 
 def test_recording_written_on_one_node_appears_on_the_peer_within_the_delay(lab):

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from components.render import TEMPLATES
+from components.render import TEMPLATES, sipp_uas
 
 SCENARIOS = os.path.join(TEMPLATES, "sipp")
 
@@ -92,7 +92,8 @@ class Uas:
         self.dir = tempfile.mkdtemp(prefix="hapbx-sipp-uas-")
         path = os.path.join(self.dir, "uas.xml")
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text or scenario("uas.xml"))
+            # a phone, or the loopback tests' media: the stand-in's CDR poster is not run
+            fh.write(text or sipp_uas.scenario_text(post_cdr="true"))
         self.ip, self.port = local_ip, port
         self.proc = subprocess.Popen(
             ["sipp", "-sf", path, "-i", local_ip, "-p", str(port), "-aa", "-nostdin", "-trace_msg",

@@ -63,6 +63,24 @@ def test_media_engine_follows_the_stack(lab_config, prod_config):
     assert not any("hapbx-media-uas" in name for name in graph.resources)
 
 
+def test_the_stand_ins_cdr_poster_restarts_only_itself(lab_config):
+    """post-cdr and its unit belong to the CDR poster (hapbx-media-uas-cdr): a change to them
+    restarts that one (no SIP port to wait for), never SIPp and the calls it holds."""
+    from components.render import sipp_uas
+    graph, _ = run_ok(lab_config)
+    for node in ("pbx1", "pbx2"):
+        poster = graph.resources[f"media-{node}-file-usr-local-lib-hapbx-media-uas-post-cdr"]
+        assert sipp_uas.POST_CDR in poster.inputs["create"] and "install -D -o root -g root -m 0755" in \
+            poster.inputs["create"]
+        digest = poster.inputs["triggers"][0]
+        uas = [graph.resources[f"media-{node}-svc-hapbx-media-uas{last}"] for last in ("", "-last")]
+        cdr = [graph.resources[f"media-{node}-svc-hapbx-media-uas-cdr{last}"] for last in ("", "-last")]
+        assert all(digest not in str(r.inputs.get("triggers", "")) for r in uas)
+        assert all(digest in str(r.inputs.get("triggers", "")) for r in cdr)
+        assert poster.name in ancestors(graph, cdr[0].name)
+        assert "ss -Hlun" in uas[0].inputs["create"] and "ss -Hl" not in cdr[0].inputs["create"]
+
+
 def test_lsyncd_keys_never_leave_the_nodes(stack):
     """The recordings key is made on each node: Pulumi carries public keys only, so no private key
     is in any input, output, trigger or state; the key step prints public keys only; each node's

@@ -1,0 +1,559 @@
+"""The lab's media stand-in posts each call's CDR as FreeSWITCH's mod_json_cdr does.
+
+Real SIPp (Debian's sip-tester 3.6) runs the rendered UAS scenario on loopback with the rendered
+post-cdr script; a SIPp caller places calls to it. The posts go to small recording HTTP servers on
+the rendered receiver URLs (this node 127.0.0.1, the peer 127.0.0.2, the rendered port), or to the
+real CDR receiver and worker with Redis and PostgreSQL (services/devstack.py), down to cdr.calls.
+
+What is checked: the request is mod_json_cdr's (POST /cdr, application/json, freeswitch-json/1.0)
+with a body the receiver's own decode_body + normalize accept, numbers and call UUID right
+(uuid3 of the Call-ID); the peer is tried when this node's receiver is down; a record no receiver
+took is kept in the error directory; SIPp does not wait for the posters and leaves no zombie;
+headers full of shell metacharacters never run anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from components.render import RenderContext, masked_secrets, sipp_uas
+from services.hapbx_cdr import records
+from tests.helpers import free_port, shipped_cluster
+from tests.render.validators import run_validator
+from tests.sip import sipp
+
+pytestmark = [
+    pytest.mark.skipif(not (shutil.which("sipp") and shutil.which("curl")), reason="needs sipp and curl"),
+    pytest.mark.timeout(180),
+]
+
+LOCAL, PEER = "127.0.0.1", "127.0.0.2"   # this node's receiver (the rendered 127.0.0.1) and the peer's
+
+# A phone calling the stand-in directly: INVITE (From from -key from_hdr), 200, ACK, -d ms, BYE.
+CALLER = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="caller">
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [from_hdr];tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:caller@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=t 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+
+]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [from_hdr];tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <pause/>
+  <send retrans="500">
+    <![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [from_hdr];tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+# ------------------------------------------------------------------ receivers
+
+class Recorder:
+    """An HTTP server on (address, port) that records every request; answers `status`."""
+
+    def __init__(self, address: str, port: int, status: int = 200):
+        self.requests: list[dict] = []
+        self.status = status
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"   # answers Expect: 100-continue, as the receiver does
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                recorder.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers),
+                                          "body": body, "at": time.time()})
+                answer = json.dumps({"ok": recorder.status == 200}).encode()
+                self.send_response(recorder.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128    # the drainer's parallel posts (aiohttp's backlog is 128 too)
+            daemon_threads = True
+
+        self.server = Server((address, port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float = 10) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class BlackHole:
+    """Accepts TCP connections (the kernel's backlog) and never answers: a hung receiver."""
+
+    def __init__(self, address: str, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(512)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ------------------------------------------------------------------ the stand-in
+
+class StandIn:
+    """The rendered scenario and post-cdr (URLs: 127.0.0.1 and the peer 127.0.0.2 on `port`; its
+    state directory in a temporary one) run by a real SIPp UAS on 127.0.0.1 as the unit runs it
+    (-aa -nostdin), and ``post-cdr --drain`` as the CDR unit runs it."""
+
+    def __init__(self, receiver_port: int, node: int = 0):
+        c = shipped_cluster("lab")
+        nodes = [dataclasses.replace(c.nodes[0], address=LOCAL), dataclasses.replace(c.nodes[1], address=PEER)]
+        self.cluster = dataclasses.replace(c, nodes=nodes, cdr=dataclasses.replace(c.cdr, receiver_port=receiver_port))
+        self.node = self.cluster.nodes[node]
+        self.dir = tempfile.mkdtemp(prefix="hapbx-standin-")
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state)
+        self.errors = sipp_uas.ERROR_DIR.replace(sipp_uas.STATE_DIR, self.state)
+        self.spool = sipp_uas.SPOOL_DIR.replace(sipp_uas.STATE_DIR, self.state)
+        self.script = os.path.join(self.dir, "post-cdr")
+        ctx = RenderContext(self.cluster, self.node, masked_secrets())
+        with open(self.script, "w", encoding="utf-8") as fh:
+            fh.write(sipp_uas.post_cdr_text(ctx, state_dir=self.state))
+        os.chmod(self.script, 0o755)
+        self.drainer: subprocess.Popen | None = None
+        self.start_drainer()
+        self.scenario = os.path.join(self.dir, "uas.xml")
+        with open(self.scenario, "w", encoding="utf-8") as fh:
+            fh.write(sipp_uas.scenario_text(post_cdr=self.script))
+        self.port = free_udp_port()
+        self.stderr_path = os.path.join(self.dir, "stderr")
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["sipp", "-sf", self.scenario, "-i", LOCAL, "-p", str(self.port), "-aa", "-nostdin", "-trace_err"],
+                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while f"{LOCAL}:{self.port} " not in subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout:
+            assert self.proc.poll() is None, f"sipp exited: {self.stderr()}"
+            assert time.monotonic() < deadline, "sipp UAS did not start"
+            time.sleep(0.05)
+
+    def start_drainer(self) -> None:
+        with open(os.path.join(self.dir, "drainer.stderr"), "ab") as err:
+            self.drainer = subprocess.Popen([self.script, "--drain"], cwd=self.state, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def stop_drainer(self) -> None:
+        if self.drainer and self.drainer.poll() is None:
+            os.killpg(self.drainer.pid, signal.SIGKILL)
+            self.drainer.wait(timeout=5)
+        self.drainer = None
+
+    def spooled(self) -> list[str]:
+        return sorted(os.listdir(self.spool)) if os.path.isdir(self.spool) else []
+
+    @property
+    def target(self) -> str:
+        return f"{LOCAL}:{self.port}"
+
+    def call(self, call_id: str = "standin-%u-%p@127.0.0.1", callee: str = "8000",
+             from_hdr: str = '"Lab 1001" <sip:1001@127.0.0.1>', calls: int = 1, rate: float | None = None,
+             hold_ms: int = 300) -> sipp.Result:
+        """Calls from a SIPp phone; call_id is SIPp's -cid_str (%u call number, %p pid)."""
+        return sipp.run(CALLER, self.target, LOCAL, service=callee, keys={"from_hdr": from_hdr}, calls=calls,
+                        rate=rate, extra=("-cid_str", call_id, "-d", str(hold_ms)), timeout=30)
+
+    def stderr(self) -> str:
+        """What SIPp, the per-call half and the drainer printed."""
+        out = ""
+        for name in (self.stderr_path, os.path.join(self.dir, "drainer.stderr")):
+            if os.path.exists(name):
+                with open(name, errors="replace") as fh:
+                    out += fh.read()
+        return out
+
+    def error_files(self) -> list[str]:
+        return sorted(os.listdir(self.errors)) if os.path.isdir(self.errors) else []
+
+    def zombies(self) -> list[str]:
+        """Children of the SIPp process that exited and were not reaped within 0.5 s (SIPp reaps
+        its first child right after forking the poster off: a zombie for an instant is normal)."""
+        def sample() -> set[str]:
+            out = set()
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[0] == "Z" and int(fields[1]) == self.proc.pid:
+                    out.add(pid)
+            return out
+        first = sample()
+        time.sleep(0.5)
+        return sorted(first & sample())
+
+    def stop(self) -> None:
+        self.stop_drainer()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # its exec'd children too (same process group)
+            self.proc.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+@pytest.fixture
+def standin(port):
+    s = StandIn(port)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def servers():
+    made: list = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def row_of(request: dict, node: str = "pbx1") -> dict:
+    record = records.decode_body(request["body"], request["headers"].get("Content-Type", ""))
+    return records.normalize(record, node)
+
+
+def assert_mod_json_cdr_request(request: dict) -> None:
+    assert request["method"] == "POST" and request["path"] == "/cdr"
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert request["headers"]["User-Agent"] == "freeswitch-json/1.0"
+    record = json.loads(request["body"])
+    assert {"core-uuid", "switchname", "channel_data", "variables", "callflow"} <= set(record)
+
+
+# ------------------------------------------------------------------ static checks
+
+def test_rendered_poster_and_unit():
+    """post-cdr passes its own validator (sh -n) and shellcheck on both nodes; the unit lets its
+    dynamic user write the error directory; the exec command carries only sanitized variables."""
+    c = shipped_cluster("lab")
+    for node in c.nodes:
+        files = {f.path: f for f in sipp_uas.files(RenderContext(c, node, masked_secrets()))}
+        script = files[sipp_uas.POST_CDR]
+        assert script.mode == "0755" and script.service == sipp_uas.CDR_UNIT and script.validate == "sh -n {path}"
+        r = run_validator(script)
+        assert r.returncode == 0, r.stderr
+        peer = c.peer_of(node)
+        assert f"LOCAL_URL=http://127.0.0.1:{c.cdr.receiver_port}/cdr\n" in script.content
+        assert f"PEER_URL=http://{peer.address}:{c.cdr.receiver_port}/cdr\n" in script.content
+        if shutil.which("shellcheck"):
+            out = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script.content, capture_output=True,
+                                 text=True)
+            assert out.returncode == 0, out.stdout
+        for path in (sipp_uas.UNIT_PATH, sipp_uas.CDR_UNIT_PATH):   # one dynamic user, one state directory
+            unit = files[path].content
+            assert "DynamicUser=yes\nUser=hapbx-media-uas\nStateDirectory=hapbx-media-uas\n" in unit, path
+        assert f"ExecStart={sipp_uas.POST_CDR} --drain\n" in files[sipp_uas.CDR_UNIT_PATH].content
+        for d in (sipp_uas.ERROR_DIR, sipp_uas.SPOOL_DIR, sipp_uas.WORK_DIR):
+            assert d.startswith(sipp_uas.STATE_DIR + "/") and f"={d}\n" in script.content
+    scenario = sipp_uas.scenario_text()
+    command = re.search(r'<exec command="([^"]*)"', scenario).group(1)
+    assert command.startswith(f"exec {sipp_uas.POST_CDR} ")
+    # every substitution is a regexp-restricted or numeric variable, or a SIPp number
+    subs = re.findall(r"\[([^\]]*)\]", command)
+    assert subs == ["$call_id", "$caller", "$caller_name", "$callee", "$start_s", "$start_us", "$answer_s",
+                    "$answer_us", "$end_s", "$end_us", "pid", "call_number"]
+    assert all(f"'[{s}]'" in command for s in subs)
+    for var in ("call_id", "caller", "caller_name", "callee"):
+        assigned = re.findall(r'<ereg regexp="([^"]*)"[^>]*assign_to="[^"]*\b' + var + '"', scenario)
+        assert assigned, var
+        for regexp in assigned:   # the captured group admits no quote, backslash, $ ` ; | & < > ( )
+            group = re.findall(r"\(([^()]*\{1,\d+\})\)", regexp.replace("&quot;", '"').replace("&lt;", "<"))
+            assert group and not set("'\"\\$`;|&<>()\n") & set(re.sub(r"\{1,\d+\}", "", group[-1])), regexp
+
+
+def test_scenario_loads_in_sipp_and_answers_options(standin):
+    r = sipp.run(sipp.scenario("options.xml"), standin.target, LOCAL)
+    assert r.ok, (r.stdout, r.errors)
+    assert standin.proc.poll() is None
+
+
+# ------------------------------------------------------------------ posting
+
+def test_a_call_posts_a_freeswitch_json_cdr_to_this_nodes_receiver(standin, port, servers):
+    local, peer = Recorder(LOCAL, port), Recorder(PEER, port)
+    servers += [local, peer]
+    call_id = f"standin-{os.getpid()}-%u@127.0.0.1"
+    before = time.time()
+    r = standin.call(call_id, callee="8000", hold_ms=1200)
+    assert r.ok, (r.stdout, r.errors)
+    [request] = local.wait(1)
+    took = request["at"] - before
+    assert_mod_json_cdr_request(request)
+    row = row_of(request)
+    sent_id = call_id.replace("%u", "1")
+    assert row["call_uuid"] == sipp_uas.call_uuid(sent_id)
+    assert (row["caller_number"], row["caller_name"], row["callee_number"]) == ("1001", "Lab 1001", "8000")
+    assert (row["direction"], row["hangup_cause"], row["hangup_cause_q850"], row["node"]) == \
+        ("internal", "NORMAL_CLEARING", 16, "pbx1")
+    start, answer, end = (datetime.fromisoformat(row[k]) for k in ("start_time", "answer_time", "end_time"))
+    assert start <= answer <= end
+    assert abs(start.timestamp() - before) < 5
+    assert timedelta(seconds=1.1) < end - answer < timedelta(seconds=5)
+    assert row["duration"] >= row["billsec"] >= 1
+    variables = json.loads(request["body"])["variables"]
+    assert variables["sip_call_id"] == sent_id and variables["uuid"] == row["call_uuid"]
+    assert isinstance(json.loads(request["body"])["callflow"], list)
+    assert peer.requests == [] and standin.error_files() == []
+    print(f"\nCDR posted {took:.2f} s after the call started (held 1.2 s)")
+
+
+def test_the_peer_takes_the_cdr_when_this_nodes_receiver_is_down_or_refuses(standin, port, servers):
+    peer = Recorder(PEER, port)
+    servers.append(peer)
+    r = standin.call("peer-a-%u@127.0.0.1")         # nothing listens on 127.0.0.1:port
+    assert r.ok, (r.stdout, r.errors)
+    [request] = peer.wait(1)
+    assert_mod_json_cdr_request(request)
+    assert row_of(request, "pbx2")["call_uuid"] == sipp_uas.call_uuid("peer-a-1@127.0.0.1")
+    refusing = Recorder(LOCAL, port, status=503)    # a receiver without Redis
+    servers.append(refusing)
+    r = standin.call("peer-b-%u@127.0.0.1")
+    assert r.ok, (r.stdout, r.errors)
+    assert len(peer.wait(2)) == 2 and len(refusing.requests) == 1
+    assert row_of(peer.requests[1])["call_uuid"] == sipp_uas.call_uuid("peer-b-1@127.0.0.1")
+    assert standin.error_files() == []
+
+
+def test_a_cdr_no_receiver_took_is_kept_for_a_replay(standin, port, servers):
+    r = standin.call("kept-%u@127.0.0.1", callee="+4930123")   # no receiver anywhere
+    assert r.ok, (r.stdout, r.errors)
+    want = sipp_uas.call_uuid("kept-1@127.0.0.1")
+    deadline = time.monotonic() + 10
+    while standin.error_files() != [f"{want}.cdr.json"]:
+        assert time.monotonic() < deadline, (standin.error_files(), standin.stderr())
+        time.sleep(0.05)
+    with open(os.path.join(standin.errors, f"{want}.cdr.json"), "rb") as fh:
+        body = fh.read()
+    row = records.normalize(records.decode_body(body, "application/json"), "pbx1")
+    assert (row["call_uuid"], row["callee_number"]) == (want, "+4930123")
+    log = [line for line in standin.stderr().splitlines() if "post-cdr" in line]
+    assert len(log) == 1 and want in log[0] and "kept in" in log[0], log
+    assert standin.spooled() == []
+    # the replay of the kept record: accepted as it is, by the receiver that is back
+    back = Recorder(LOCAL, port)
+    servers.append(back)
+    out = subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", "-H", "Content-Type: application/json",
+                          "--data-binary", f"@{os.path.join(standin.errors, want + '.cdr.json')}",
+                          f"http://{LOCAL}:{port}/cdr"], capture_output=True, timeout=10)
+    assert out.returncode == 0 and row_of(back.wait(1)[0])["call_uuid"] == want
+
+
+def test_sipp_does_not_wait_for_the_posts_and_leaves_no_zombie(standin, port, servers):
+    """Both receivers hang (connections accepted, never answered): a post takes 3 s each way,
+    yet 40 calls at 20/s go through at their pace; the records are kept afterwards."""
+    servers += [BlackHole(LOCAL, port), BlackHole(PEER, port)]
+    started = time.monotonic()
+    r = standin.call("hang-%u-%p@127.0.0.1", calls=40, rate=20, hold_ms=100)
+    took = time.monotonic() - started
+    assert r.ok and r.successful == 40, (r.stdout, r.errors)
+    assert took < 2 * sipp_uas.POST_MAX_TIME + 2, took   # 40 calls: far less than one poster's wait each
+    assert standin.zombies() == []
+    deadline = time.monotonic() + 4 * sipp_uas.POST_MAX_TIME + 10
+    while len(standin.error_files()) < 40:
+        assert time.monotonic() < deadline, (len(standin.error_files()), standin.stderr()[-2000:])
+        time.sleep(0.2)
+    assert len(set(standin.error_files())) == 40
+    time.sleep(0.5)
+    assert standin.zombies() == []
+    print(f"\n40 calls at 20/s with hung receivers: {took:.2f} s; 40 records kept")
+
+
+def test_calls_spooled_while_the_poster_is_down_are_posted_when_it_is_back(standin, port, servers):
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    standin.stop_drainer()
+    r = standin.call("spooled-%u@127.0.0.1", calls=5, rate=50, hold_ms=100)
+    assert r.ok and r.successful == 5, (r.stdout, r.errors)
+    deadline = time.monotonic() + 5
+    while len(standin.spooled()) < 5:
+        assert time.monotonic() < deadline, standin.spooled()
+        time.sleep(0.05)
+    assert local.requests == []
+    with open(os.path.join(standin.spool, "0-0-1.cdr"), "w"):
+        pass                                     # a call being spooled (empty so far): left alone
+    standin.start_drainer()
+    requests = local.wait(5)
+    assert len(requests) == 5
+    assert sorted(row_of(q)["call_uuid"] for q in requests) == \
+        sorted(sipp_uas.call_uuid(f"spooled-{n}@127.0.0.1") for n in range(1, 6))
+    time.sleep(0.5)
+    assert standin.spooled() == ["0-0-1.cdr"] and len(local.requests) == 5
+    with open(os.path.join(standin.spool, "0-0-1.cdr"), "w") as fh:   # now written
+        fh.write("late-1@127.0.0.1|1001||8000|1700000000000000|1700000001000000|1700000031000000|1|1\n")
+    assert row_of(local.wait(6)[5])["call_uuid"] == sipp_uas.call_uuid("late-1@127.0.0.1")
+    time.sleep(0.3)
+    assert standin.spooled() == [] and standin.error_files() == []
+
+
+# ------------------------------------------------------------------ hostile headers
+
+HOSTILE_CALL_IDS = [
+    "abc;touch {d}/pwned-1;x-%u",
+    "$(touch {d}/pwned-2)-%u",
+    "`touch {d}/pwned-3`-%u",
+    "x' ; touch {d}/pwned-4 ; '-%u",
+    "x\"$(touch {d}/pwned-5)\"-%u",
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_CALL_IDS)
+def test_shell_metacharacters_in_the_call_id_run_nothing(standin, port, servers, raw):
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    canary = tempfile.mkdtemp(prefix="hapbx-canary-")
+    try:
+        r = standin.call(raw.format(d=canary))
+        assert r.ok, (r.stdout, r.errors)
+        requests = local.wait(1)
+        time.sleep(0.3)
+        assert os.listdir(canary) == []
+        [request] = requests
+        # a CDR all the same: the Call-ID is not one of the safe ones, so none is reported, and the
+        # call UUID comes from SIPp's pid, call number and start time instead
+        assert_mod_json_cdr_request(request)
+        row = row_of(request)
+        assert json.loads(request["body"])["variables"]["sip_call_id"] == ""
+        assert row["caller_number"] == "1001" and row["callee_number"] == "8000"
+    finally:
+        shutil.rmtree(canary, ignore_errors=True)
+
+
+def test_shell_metacharacters_in_from_and_uri_run_nothing(standin, port, servers):
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    canary = tempfile.mkdtemp(prefix="hapbx-canary-")
+    try:
+        hostile_from = f"\"x'$(touch {canary}/pwned-6)'\" <sip:1001';touch {canary}/pwned-7;'@127.0.0.1>"
+        r = standin.call("from-%u@127.0.0.1", from_hdr=hostile_from,
+                         callee=f"8000';touch {canary}/pwned-8;'")
+        assert r.ok, (r.stdout, r.errors)
+        r = standin.call("name-%u@127.0.0.1", from_hdr=f"\"Eve $(touch {canary}/pwned-9)\" <sip:+491701@x.test>")
+        assert r.ok, (r.stdout, r.errors)
+        requests = local.wait(2)
+        time.sleep(0.3)
+        assert os.listdir(canary) == []
+        first, second = requests
+        one, two = row_of(first), row_of(second)
+        assert (one["caller_number"], one["caller_name"], one["callee_number"]) == ("", "", "")
+        assert one["call_uuid"] == sipp_uas.call_uuid("from-1@127.0.0.1")
+        assert (two["caller_number"], two["caller_name"], two["callee_number"]) == ("+491701", "+491701", "8000")
+    finally:
+        shutil.rmtree(canary, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.mark.skipif(shutil.which("redis-server") is None or not os.path.exists("/usr/lib/postgresql"),
+                    reason="needs redis-server and PostgreSQL server binaries")
+def test_a_call_ends_up_in_cdr_calls_through_the_real_receiver_and_worker():
+    from services import devstack
+    need = devstack.missing_packages()
+    if need:
+        from cli import hostdeps
+        hostdeps.ensure(need, "the CDR service tests")
+    st = devstack.Stack()
+    standin = None
+    try:
+        st.start_data()
+        st.start_receiver()
+        st.start_worker()
+        standin = StandIn(st.receiver_port)
+        call_id = f"e2e-{os.getpid()}-%u@127.0.0.1"
+        started = time.time()
+        r = standin.call(call_id, callee="8000", calls=3, rate=10, hold_ms=200)
+        assert r.ok and r.successful == 3, (r.stdout, r.errors)
+        st.wait_stored(3, timeout=15)
+        took = time.time() - started
+        ids = [sipp_uas.call_uuid(call_id.replace("%u", str(n))) for n in (1, 2, 3)]
+        rows = st.pg.psql("SELECT call_uuid, direction, caller_number, caller_name, callee_number, node, hangup_cause "
+                          "FROM cdr.calls ORDER BY call_uuid")
+        assert rows.splitlines() == [f"{i}|internal|1001|Lab 1001|8000|pbx1|NORMAL_CLEARING" for i in sorted(ids)]
+        assert st.queue_lengths() == {"queue": 0, "processing": 0, "dead": 0}
+        assert standin.error_files() == []
+        print(f"\n3 calls (10/s, held 0.2 s) in cdr.calls through the receiver and worker {took:.2f} s after "
+              "the first was placed")
+    finally:
+        if standin:
+            standin.stop()
+        st.close()
