@@ -184,13 +184,17 @@ class Kamailio:
             ["kamailio", "-DD", "-E", "-f", str(self.dir / "kamailio.cfg"), "-m", "64", "-M", "8"],
             cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.tail()
-            listening = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
-            if f"{self.address}:{k.sip_port} " in listening and f"{self.address}:{k.dmq_port} " in listening:
-                return
-            time.sleep(0.1)
-        raise AssertionError("kamailio did not start:\n" + self.tail())
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.tail()
+                listening = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
+                if f"{self.address}:{k.sip_port} " in listening and f"{self.address}:{k.dmq_port} " in listening:
+                    return
+                time.sleep(0.1)
+            raise AssertionError("kamailio did not start:\n" + self.tail())
+        except BaseException:
+            self.stop()  # nobody holds this object yet: its processes must not outlive the test
+            raise
 
     def rpc(self, *cmd: str) -> str:
         return subprocess.run(["kamcmd", "-s", self.ctl, *cmd], capture_output=True, text=True, timeout=10).stdout
