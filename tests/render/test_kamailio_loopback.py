@@ -238,7 +238,7 @@ def stack():
     base.chmod(0o755)
     cluster = loopback_cluster()
     ctx = RenderContext(cluster, cluster.nodes[0], SECRETS)
-    db = kamailio = None
+    db = kamailio = st = None
     media: dict = {}
     try:
         db = Postgres(base, cluster)
@@ -246,12 +246,14 @@ def stack():
         for node in (NODE1, NODE2):
             media[node] = sipp.Uas(node, cluster.media.sip_port)
         kamailio = Kamailio(base, ctx)
-        yield Stack(cluster, kamailio, media, db)
+        st = Stack(cluster, kamailio, media, db)
+        yield st
     finally:
         for uas in media.values():
             uas.stop()
-        if kamailio:
-            kamailio.stop()
+        # a test may have replaced the Kamailio (a restart): stop the one running now, and the first
+        for k in {id(x): x for x in (kamailio, st.kamailio if st else None) if x}.values():
+            k.stop()
         if db:
             db.stop()
         shutil.rmtree(base, ignore_errors=True)
