@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from typing import Iterator
 
+import pytest
+
 from services import devstack
 from services.devstack import Stack
 
@@ -37,3 +39,15 @@ def cleaned(stack: Stack) -> Iterator[Stack]:
     if stack.worker is not None:
         stack.worker.stop(signal.SIGKILL)
         stack.worker = None
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The module's stack with the services' default settings (import it, or define your own)."""
+    yield from started()
+
+
+@pytest.fixture
+def clean(stack):
+    """Empty table and queues; no worker running; the receiver running."""
+    yield from cleaned(stack)

@@ -25,7 +25,7 @@ import pytest
 from services.devstack import Stack
 from services.hapbx_cdr import records
 from tests import freeswitch_requests as fsr
-from tests.render import cdr_stack
+from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -58,17 +58,6 @@ KNOWN = {
     "97fac19e-8fa9-4659-a034-f93d4d1ef5cd": dict(caller_number="4917012345", caller_name="Carrier Caller",
                                                 callee_number="4930123456", direction="inbound", trunk="carrier-a"),
 }
-
-
-@pytest.fixture(scope="module")
-def stack():
-    yield from cdr_stack.started()
-
-
-@pytest.fixture
-def clean(stack):
-    """Empty table and queues; no worker running; the receiver running."""
-    yield from cdr_stack.cleaned(stack)
 
 
 def record_of(req: fsr.Request) -> dict:

@@ -27,6 +27,7 @@ import pytest
 from services import devstack
 from services.devstack import SYSTEM_PYTHON, Stack, fs_cdr, http
 from tests.render import cdr_stack
+from tests.render.cdr_stack import clean  # noqa: F401  (fixture)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -39,12 +40,6 @@ LOADGEN = os.path.join(devstack.SERVICES, "loadgen.py")
 @pytest.fixture(scope="module")
 def stack():
     yield from cdr_stack.started(worker_env={"HAPBX_CDR_BATCH": "200"})
-
-
-@pytest.fixture
-def clean(stack):
-    """Empty table and queues; no worker running; the receiver running."""
-    yield from cdr_stack.cleaned(stack)
 
 
 def post(st: Stack, record, content_type: str = "application/json") -> tuple[int, dict | str]:

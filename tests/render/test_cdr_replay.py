@@ -21,7 +21,7 @@ import pytest
 from services import devstack
 from services.devstack import SERVICES, SYSTEM_PYTHON, Stack, free_port
 from tests import freeswitch_requests as fsr
-from tests.render import cdr_stack
+from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -32,17 +32,6 @@ pytestmark = [
 #: what the caller names of the fixtures must never be seen in: the replay's output
 PRIVATE = ("Alice Example", "ACME Berlin", "Zo", "Jürgen", "J%C3%BCrgen", "sip_from_user", "caller_profile",
            "+493012345678", "10.77.0.10")
-
-
-@pytest.fixture(scope="module")
-def stack():
-    yield from cdr_stack.started()
-
-
-@pytest.fixture
-def clean(stack):
-    """Empty table and queues; no worker running; the receiver running."""
-    yield from cdr_stack.cleaned(stack)
 
 
 def error_file(req: fsr.Request) -> bytes:
