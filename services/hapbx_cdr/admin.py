@@ -4,7 +4,12 @@ thread pool). Token authentication (``Authorization: Bearer <token>``) on everyt
 
   /api/v1/extensions[/{number}]            unified extensions; users get SIP credentials (HA1
                                            only, computed here: the password never reaches the
-                                           database), which Kamailio's auth view serves at once
+                                           database), which Kamailio's auth view serves at once,
+                                           and toll-fraud controls: class_of_service (internal <
+                                           national < international < premium: a class dials its
+                                           own and every lower one), max_calls (concurrent calls
+                                           out) and calls_per_minute (call attempts); defaults
+                                           national, 2, 10; Kamailio reads them at digest auth
   /api/v1/trunks[/{name}]                  carriers (targets of routes and trunk policies)
   /api/v1/recording-policies[/{id}]        DB-driven recording policies
   /api/v1/routes/inbound[/{id}]            DID -> extension
@@ -218,17 +223,43 @@ def set_credentials(cur, ext_id: int, number: str, password: str) -> str:
     return domain
 
 
+# The limits as kamailio.subscriber serves them to Kamailio: a user without its pbx.calling_limits
+# row (never, unless a superuser deleted it) gets the most restrictive values there, and here.
 EXT_SELECT = """
 SELECT e.id, e.number, e.type, e.display_name, e.enabled, e.settings, e.created_at, e.updated_at,
-       c.domain AS sip_domain
-  FROM pbx.extensions e LEFT JOIN pbx.sip_credentials c ON c.extension_id = e.id"""
+       c.domain AS sip_domain, coalesce(l.class, 'internal') AS class_of_service,
+       coalesce(l.max_calls, 1) AS max_calls, coalesce(l.calls_per_minute, 1) AS calls_per_minute
+  FROM pbx.extensions e LEFT JOIN pbx.sip_credentials c ON c.extension_id = e.id
+  LEFT JOIN pbx.calling_limits l ON l.extension_id = e.id"""
 
 
 def ext_out(row: dict) -> dict:
     out = {k: row[k] for k in ("number", "type", "display_name", "enabled", "settings", "created_at", "updated_at")}
     if row["type"] == "user":
         out["sip"] = {"username": row["number"], "domain": row["sip_domain"], "has_password": row["sip_domain"] is not None}
+        out.update({k: row[k] for k in v.CALLING_LIMITS})
     return out
+
+
+def user_only_problems(typ: str, given) -> dict:
+    """A message for every user-only field in ``given`` when the extension is of another type."""
+    if typ == "user":
+        return {}
+    problems = {k: "only user extensions have calling limits" for k in v.CALLING_LIMITS if k in given}
+    if "sip_password" in given:
+        problems["sip_password"] = "only user extensions have SIP credentials"
+    return problems
+
+
+def set_limits(cur, ext_id: int, number: str, limits: dict) -> None:
+    """Change a user's calling limits (its pbx.calling_limits row exists from its creation on)."""
+    if not limits:
+        return
+    sql, args = update_sql("pbx.calling_limits", {v.CALLING_LIMITS[k]: value for k, value in limits.items()},
+                           "extension_id = %s")
+    cur.execute(sql, [*args, ext_id])
+    if cur.rowcount == 0:
+        raise ApiError(409, f"extension {number} has no pbx.calling_limits row (it is created with the user)")
 
 
 def lookup_extension(cur, number: str | None, field: str = "extension") -> tuple[int, str]:
@@ -368,11 +399,19 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
         return reply(await db(run, readonly=True))
 
     async def create_extension(request):
-        data = checked(v.EXTENSION, await body_of(request))
+        body = await body_of(request)
+        # fields a non-user may not have are listed with every other bad field
+        typ = body.get("type") if isinstance(body, dict) else None
+        not_user = user_only_problems(typ, body) if typ in v.EXTENSION_TYPES else {}
+        try:
+            data = v.check(v.EXTENSION, body)
+        except v.Problems as p:
+            raise ApiError(422, "validation failed", {**p.fields, **not_user}) from None
+        if not_user:
+            raise ApiError(422, "validation failed", not_user)
         password = data.pop("sip_password", None)
         generated = False
-        if data["type"] != "user" and password is not None:
-            raise ApiError(422, "validation failed", {"sip_password": "only user extensions have SIP credentials"})
+        limits = {k: data.pop(k) for k in v.CALLING_LIMITS if k in data}
         if data["type"] == "user" and password is None:
             password, generated = secrets.token_urlsafe(18), True
 
@@ -384,6 +423,7 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
             ext_id = cur.fetchone()["id"]
             if password is not None:
                 set_credentials(cur, ext_id, data["number"], password)
+            set_limits(cur, ext_id, data["number"], limits)   # the row itself: made by the insert's trigger
             cur.execute(EXT_SELECT + " WHERE e.id = %s", (ext_id,))
             return ext_out(cur.fetchone())
         out = await db(run)
@@ -413,23 +453,27 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
         number = ext_number(request)
         data = checked(v.EXTENSION_PATCH, await body_of(request), partial=True)
         password = data.pop("sip_password", None)
+        limits = {k: data.pop(k) for k in v.CALLING_LIMITS if k in data}
 
         def run(cur):
             cur.execute("SELECT id, type FROM pbx.extensions WHERE number = %s FOR UPDATE", (number,))
             row = cur.fetchone()
             if row is None:
                 raise ApiError(404, f"no extension {number}")
-            if password is not None and row["type"] != "user":
-                raise ApiError(422, "validation failed", {"sip_password": "only user extensions have SIP credentials"})
+            not_user = user_only_problems(row["type"], [*limits, *(["sip_password"] if password is not None else [])])
+            if not_user:
+                raise ApiError(422, "validation failed", not_user)
             if data:
                 sql, args = update_sql("pbx.extensions", data, "id = %s")
                 cur.execute(sql, [*args, row["id"]])
             if password is not None:
                 set_credentials(cur, row["id"], number, password)
+            set_limits(cur, row["id"], number, limits)
             cur.execute(EXT_SELECT + " WHERE e.id = %s", (row["id"],))
             return ext_out(cur.fetchone())
         out = await db(run)
-        log.info("extension %s changed (%s)", number, ", ".join([*data, *(["sip_password"] if password else [])]))
+        log.info("extension %s changed (%s)", number,
+                 ", ".join([*data, *limits, *(["sip_password"] if password else [])]))
         return reply(out)
 
     async def delete_extension(request):
@@ -734,8 +778,11 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
              "updated_at": {"type": "string", "format": "date-time", "readOnly": True}}
     ident = {"id": {"type": "integer", "readOnly": True}, **stamp}
     schemas = {
-        "Extension": v.object_schema(v.EXTENSION, read_only={
+        "Extension": {**v.object_schema(v.EXTENSION, read_only={
             **stamp, "sip": {"type": "object", "readOnly": True, "description": "users: digest username, domain"}}),
+            "description": "sip_password, class_of_service, max_calls and calls_per_minute belong to user "
+                           "extensions only (422 for any other type). Every user has calling limits (GET shows "
+                           "them; defaults national, 2, 10), which Kamailio enforces for the authenticated caller."},
         "ExtensionPatch": v.object_schema(v.EXTENSION_PATCH, partial=True),
         "Trunk": v.object_schema(v.TRUNK, read_only=stamp),
         "TrunkPatch": v.object_schema(v.TRUNK_PATCH, partial=True),
@@ -790,7 +837,7 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                 {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(v.EXTENSION_TYPES)}},
                 {"name": "enabled", "in": "query", "schema": {"type": "boolean"}}, *paging],
                 "responses": {**ok(page("Extension")), "401": errors["401"], "422": errors["422"]}},
-            "post": {"summary": "Create an extension (users: SIP credentials, effective at once)",
+            "post": {"summary": "Create an extension (users: SIP credentials and calling limits, effective at once)",
                      "requestBody": body(ref("Extension")),
                      "responses": {**ok(ref("Extension"), "201", "Created (sip_password once, if generated)"),
                                    **{c: errors[c] for c in ("400", "401", "409", "415", "422", "503")}}}},
@@ -798,7 +845,8 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
             "parameters": [{"name": "number", "in": "path", "required": True, "schema": {"type": "string"}}],
             "get": {"summary": "One extension", "responses": {**ok(ref("Extension")), "401": errors["401"],
                                                                "404": errors["404"]}},
-            "patch": {"summary": "Change (display_name, enabled: disable, settings, sip_password)",
+            "patch": {"summary": "Change (display_name, enabled: disable, settings; users: sip_password, "
+                                 "class_of_service, max_calls, calls_per_minute)",
                       "requestBody": body(ref("ExtensionPatch")),
                       "responses": {**ok(ref("Extension")), **{c: errors[c] for c in errors}}},
             "delete": {"summary": "Delete (409 while routes point at it)",
@@ -828,7 +876,9 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
     return {
         "openapi": "3.0.3",
         "info": {"title": "high-cc-pbx admin API", "version": __version__,
-                 "description": "Extensions (unified model), SIP credentials, recording policies, routes, CDRs."},
+                 "description": "Extensions (unified model), SIP credentials, calling limits of users (class of "
+                                "service, concurrent calls, call attempts a minute), recording policies, routes, "
+                                "CDRs."},
         "servers": servers,
         "security": [{"bearer": []}],
         "paths": paths,

@@ -120,6 +120,22 @@ def _printable(value: str) -> str | None:
     return None if value.isprintable() else "must hold printable characters only"
 
 
+#: the classes of service of pbx.call_classes (migration 007), by rank: a class may dial every
+#: class up to its own
+CALL_CLASSES = ("internal", "national", "international", "premium")
+#: toll-fraud controls of user extensions (pbx.calling_limits, read by Kamailio through
+#: kamailio.subscriber): API field -> column
+CALLING_LIMITS = {"class_of_service": "class", "max_calls": "max_calls", "calls_per_minute": "calls_per_minute"}
+LIMIT_FIELDS = {
+    "class_of_service": Field("string", "Users: what they may dial, each class including those before it: internal "
+                                        "(extensions of this PBX), national, international, premium (premium-rate "
+                                        "and special numbers). Default national.", choices=CALL_CLASSES),
+    "max_calls": Field("integer", "Users: calls the extension may have going out at once. Default 2.",
+                       minimum=1, maximum=100),
+    "calls_per_minute": Field("integer", "Users: call attempts the extension may make in a minute. Default 10.",
+                              minimum=1, maximum=600),
+}
+
 EXTENSION = {
     "number": Field("string", "Dialable number, unique (2-15 digits).", required=True, pattern=NUMBER),
     "type": Field("string", "Kind of extension; only `user` has SIP credentials.", required=True,
@@ -132,6 +148,7 @@ EXTENSION = {
     "sip_password": Field("string", "SIP digest password of a user (12-128 printable characters); stored only "
                                     "as HA1 hashes. Omitted on create: one is generated and returned once.",
                           min_length=12, max_length=128, write_only=True, check=_printable),
+    **LIMIT_FIELDS,
 }
 EXTENSION_PATCH = {k: v for k, v in EXTENSION.items() if k not in ("number", "type")}
 
