@@ -7,13 +7,14 @@ import pulumi_random as random
 
 from components.config import ConfigError, from_pulumi_config
 from components.cdr import CdrPipeline, CdrPipelineArgs
+from components.certificates import SipCertificate, SipCertificateArgs
 from components.node import Node, NodeArgs
 from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
 from components.media import Media, MediaArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
-from components.render import SECRET_NAMES
+from components.render import GENERATED_SECRETS
 from components.ssh import reach
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
@@ -38,14 +39,22 @@ if key_text is not None:
     private_key = pulumi.Output.secret(key_text)
 
 # Every generated credential is a pulumi-random password: stable across applies, secret in state.
-GENERATED = [n for n in SECRET_NAMES if n != "vendor_repo_token"]
 secrets: dict[str, pulumi.Output[str]] = {
     name: pulumi.Output.secret(random.RandomPassword(
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)
-    for name in GENERATED
+    for name in GENERATED_SECRETS
 }
 if cluster.vendor_repo_token:
     secrets["vendor_repo_token"] = config.require_secret("vendorRepoToken")
+
+# SIP over TLS: the stack's own certificate, else one from the cluster CA (pulumi-tls, in state).
+sip_certificate = None
+if cluster.kamailio.tls:
+    sip_certificate = SipCertificate("sip-tls", SipCertificateArgs(
+        cluster=cluster, provided_certificate=cluster.kamailio.tls_certificate,
+        provided_key=config.require_secret("kamailioTlsKey") if cluster.kamailio.tls_certificate else None))
+    secrets["kamailio_tls_certificate"] = pulumi.Output.secret(sip_certificate.certificate_pem)
+    secrets["kamailio_tls_key"] = sip_certificate.private_key_pem
 
 nodes = {
     h.name: Node(h.name, NodeArgs(cluster=cluster, host=h, endpoint=hosts[h.name], private_key=private_key,
@@ -84,5 +93,7 @@ pulumi.export("witness", cluster.witness.address if cluster.witness else None)
 pulumi.export("postgres", {"primary": postgres.primary_name, "standby": postgres.standby_name,
                            "version": cluster.postgres.version, "port": cluster.postgres.port, "database": "pbx"})
 pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.standby.name, "port": cluster.redis.port})
+# the CA phones must trust for SIP over TLS (public: a certificate, not a key)
+pulumi.export("sipTlsCa", sip_certificate.ca_pem if sip_certificate else None)
 pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
                      "adminUrl": f"http://{cluster.vip.address}:{cluster.admin.port}"})

@@ -22,7 +22,7 @@ from .schema import ConfigError, Problems, describe, parse_object, setting
 PROJECT = "high-cc-pbx"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
-SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey")
+SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey")
 SUPPORTED = {"postgres": ("15", "16"), "kamailio": ("5.6", "6.0"), "freeswitch": ("1.10",)}
 
 
@@ -194,8 +194,17 @@ class RedisSettings:
 class KamailioSettings:
     version: str = setting("version", "Kamailio version installed on the nodes.", "6.0", choices=SUPPORTED["kamailio"])
     sip_port: int = setting("sipPort", "SIP port (UDP and TCP) on the VIP and node addresses.", 5060, **PORT)
-    tls: bool = setting("tls", "Also listen for SIP over TLS.", False)
+    tls: bool = setting("tls", "Also listen for SIP over TLS (phones choose UDP, TCP or TLS).", True)
     tls_port: int = setting("tlsPort", "SIP TLS port.", 5061, **PORT)
+    tls_certificate: Optional[str] = setting(
+        "tlsCertificate", "PEM chain (server certificate first) of the SIP TLS certificate, for the VIP's name; "
+        "its key is the secret kamailioTlsKey. Unset: a certificate from the cluster's own CA (phones must "
+        "trust that CA).", None, check=lambda v: None if "-----BEGIN CERTIFICATE-----" in v else "is not a PEM certificate")
+    nonce_expire_seconds: int = setting("nonceExpireSeconds", "Lifetime of a digest challenge (nonce counts and "
+                                        "one-time nonces guard replays within it).", 300, minimum=30, maximum=3600)
+    dialog_timeout_seconds: int = setting("dialogTimeoutSeconds", "A call whose BYE never arrives stops counting "
+                                          "against its extension's and trunk's limits after this long.", 14400,
+                                          minimum=600, maximum=86400)
     dmq_port: int = setting("dmqPort", "Port of the DMQ replication listener (between nodes only).", 5090, **PORT)
     children: int = setting("children", "SIP worker processes per listener.", 16, minimum=1, maximum=256)
     shm_mb: int = setting("shmMb", "Shared memory (-m); 256+ for DMQ sync of 10k contacts.", 512, minimum=64, maximum=65536)
@@ -284,6 +293,17 @@ class TrunkSettings:
         "callerIdName", "Caller ID name presented on this trunk (unset: the number presented; an internal "
         "display name never leaves through a trunk).", None, check=lambda v: None if re.match(
             r"^[A-Za-z0-9 .'&()-]{1,40}$", v) else "is not a caller name (1-40 letters, digits, space, .'&()-)")
+    national_prefixes: list[str] = setting("nationalPrefixes", "Dialled prefixes this trunk carries as national "
+                                           "calls (class of service 'national').", [])
+    international_prefixes: list[str] = setting("internationalPrefixes", "Dialled prefixes of international "
+                                                "calls; any number of the trunk no class prefix names is "
+                                                "international too.", [])
+    premium_prefixes: list[str] = setting("premiumPrefixes", "Dialled prefixes of premium-rate and special "
+                                          "numbers (class 'premium': no extension has it by default).", [])
+    max_channels: int = setting("maxChannels", "Concurrent calls through this trunk; more are refused "
+                                "(503) by Kamailio.", 30, minimum=1, maximum=10000)
+    addresses: list[str] = setting("addresses", "Addresses the provider sends calls from (inbound ACL and "
+                                   "firewall for dialplan.trunkSipPort); unset: host, when it is an address.", [])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,6 +419,9 @@ class ClusterConfig:
         "sshPrivateKey", "Private key reaching the nodes, as secret config (`pulumi config set --secret "
         "high-cc-pbx:sshPrivateKey < KEYFILE`): previews and updates run anywhere, nothing on disk.",
         None, secret=True)
+    kamailio_tls_key: Optional[str] = setting(
+        "kamailioTlsKey", "Private key (PEM) of kamailio.tlsCertificate, as secret config (`pulumi config set "
+        "--secret high-cc-pbx:kamailioTlsKey < KEYFILE`).", None, secret=True)
 
     # --- derived facts, used by components and the lab -----------------------------------
     @property
@@ -507,6 +530,10 @@ def _check_environment(cfg: ClusterConfig, p: Problems) -> None:
             p.warn("media.engine", f"{cfg.media.engine!r} in prod: a test stand-in carries no real media")
     if cfg.ssh_private_key and cfg.ssh.private_key_file:
         p.add("sshPrivateKey", "is set and so is ssh.privateKeyFile (allowed: one of them)")
+    if bool(cfg.kamailio.tls_certificate) != bool(cfg.kamailio_tls_key):
+        p.add("kamailioTlsKey" if cfg.kamailio.tls_certificate else "kamailio.tlsCertificate",
+              "is required with " + ("kamailio.tlsCertificate" if cfg.kamailio.tls_certificate else "kamailioTlsKey")
+              + " (allowed: both, or neither for a certificate from the cluster CA)")
     if any(r.token_auth for r in cfg.packages.repositories) and not cfg.vendor_repo_token:
         p.add("vendorRepoToken", "is required by a repository with tokenAuth; set it with "
               f"`pulumi config set --secret {PROJECT}:vendorRepoToken <token>`")
@@ -588,8 +615,29 @@ def _check_dialplan(cfg: ClusterConfig, p: Problems) -> None:
         for j, prefix in enumerate(t.prefixes):
             if _prefix(prefix):
                 p.add(f"dialplan.trunks[{i}].prefixes[{j}]", f"{prefix!r} {_prefix(prefix)}")
-    if d.trunks and cfg.media.engine != "freeswitch":
-        p.warn("dialplan.trunks", f"ignored with media.engine {cfg.media.engine!r} (FreeSWITCH places trunk calls)")
+        classed: dict[str, str] = {}
+        for field in ("nationalPrefixes", "internationalPrefixes", "premiumPrefixes"):
+            for j, prefix in enumerate(getattr(t, _attr(field))):
+                key = f"dialplan.trunks[{i}].{field}[{j}]"
+                if _prefix(prefix) or prefix == "":
+                    p.add(key, f"{prefix!r} {_prefix(prefix) or 'is empty (allowed: 1 to 15 digits)'}")
+                elif prefix in classed:
+                    p.add(key, f"{prefix!r} is already in {classed[prefix]} (allowed: one class per prefix)")
+                classed.setdefault(prefix, field)
+        if not t.national_prefixes:
+            p.warn(f"dialplan.trunks[{i}].nationalPrefixes", "is empty: every call through this trunk is "
+                   "international or premium, which extensions of class 'national' (the default) may not place")
+        for j, addr in enumerate(t.addresses):
+            if _ipv4(addr):
+                p.add(f"dialplan.trunks[{i}].addresses[{j}]", f"{addr!r} {_ipv4(addr)}")
+        if not t.addresses and _ipv4(t.host):
+            p.warn(f"dialplan.trunks[{i}].addresses", f"is empty and host {t.host!r} is a name: calls from this "
+                   "trunk are refused (no address to let in)")
+
+
+def _attr(key: str) -> str:
+    """nationalPrefixes -> national_prefixes"""
+    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), key)
 
 
 def memory_budget_mb(cfg: ClusterConfig, node: NodeSettings) -> int:

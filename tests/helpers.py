@@ -18,3 +18,27 @@ def shipped_cluster(name: str) -> ClusterConfig:
     """A shipped stack's validated config (absent secrets stand as placeholders)."""
     cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{name}.yaml", assume_secrets=True)
     return cluster
+
+
+def self_signed(address: str) -> dict[str, str]:
+    """A throwaway SIP TLS certificate and key for `address` (ECDSA P-256, one day), as the render
+    layer's secrets kamailio_tls_certificate and kamailio_tls_key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return {"kamailio_tls_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "kamailio_tls_key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()).decode()}

@@ -24,8 +24,13 @@ SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
     "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "etcd_root", "etcd_node",
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
-    "kamailio_auth_secret",
+    "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
+    "kamailio_tls_certificate", "kamailio_tls_key",
 )
+#: secrets that are certificates (pulumi-tls or the stack's own), not generated passwords
+CERTIFICATE_SECRETS = ("kamailio_tls_certificate", "kamailio_tls_key")
+#: secrets generated as pulumi-random passwords
+GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in ("vendor_repo_token", *CERTIFICATE_SECRETS))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Kamailio on the PBX nodes: kamailio.cfg (one template for 5.6 and 6.0), its secrets include
-and the unit drop-in carrying -m/-M from the stack configuration."""
+"""Kamailio on the PBX nodes: kamailio.cfg (one template for 5.6 and 6.0), its secrets include,
+the TLS certificate, and the unit drop-in carrying -m/-M from the stack configuration."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import RenderContext, RenderedFile, secret_refs, template
+from .freeswitch import outbound_routes
 from .postgres import DATABASE, DISPATCHER_SET
 
 CONF_DIR = "/etc/kamailio"
@@ -10,14 +13,26 @@ CFG = f"{CONF_DIR}/kamailio.cfg"
 SECRETS_CFG = f"{CONF_DIR}/hapbx-secrets.cfg"
 DROPIN = "/etc/systemd/system/kamailio.service.d/hapbx.conf"
 SERVICE = "kamailio.service"
+TLS_DIR = f"{CONF_DIR}/tls"
+TLS_CFG = f"{CONF_DIR}/tls.cfg"
+TLS_CERTIFICATE = f"{TLS_DIR}/fullchain.pem"
+TLS_KEY = f"{TLS_DIR}/privkey.pem"
 #: secrets held by hapbx-secrets.cfg
-SECRET_NAMES = ("postgres_kamailio", "kamailio_auth_secret")
+SECRET_NAMES = ("postgres_kamailio", "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret")
+#: classes of service, lowest first: the rows of pbx.call_classes (migration 007), by rank
+CALL_CLASSES = ("internal", "national", "international", "premium")
+#: what Kamailio refuses, as statistics (kamcmd stats.get_statistics all)
+STATISTICS = ("hapbx_relay_refused", "hapbx_forged_dialog", "hapbx_untrusted_media", "hapbx_dmq_refused",
+              "hapbx_banned_dropped", "hapbx_flood_banned", "hapbx_scanner_dropped", "hapbx_auth_failed",
+              "hapbx_auth_banned", "hapbx_class_refused", "hapbx_call_rate_refused", "hapbx_call_limit_refused",
+              "hapbx_trunk_limit_refused")
 #: User-Agent headers of SIP scanners and password-guessing tools (dropped and banned)
 SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sip-vicious", "sipcli", "sip-scan", "sipscan",
                        "sundayddr", "iWar", "VaxSIPUserAgent", "smap", "pplsip", "SIVuS", "SIPBomber")
 #: what the validator puts beside a staged kamailio.cfg where the real secrets file does not
 #: exist yet (rendering off the node, CI); on a node the secrets file is installed first
-PLACEHOLDER_SECRETS = '#!define DBURL "postgres://kamailio:x@127.0.0.1/pbx"\\n#!define AUTH_SECRET "x"\\n'
+PLACEHOLDER_SECRETS = ('#!define DBURL "postgres://kamailio:x@127.0.0.1/pbx"\\n#!define AUTH_SECRET "x"\\n'
+                       '#!define DIALOG_SECRET "x"\\n#!define MEDIA_SECRET "x"\\n')
 
 
 def validate_command(binary: str = "kamailio") -> str:
@@ -28,7 +43,9 @@ def validate_command(binary: str = "kamailio") -> str:
 
 
 SECRETS_VALIDATE = ("grep -Eq '^#!define DBURL \"postgres://kamailio:[^@\"]+@127\\.0\\.0\\.1:[0-9]+/[a-z_]+\"$' {path} && "
-                    "grep -Eq '^#!define AUTH_SECRET \"[A-Za-z0-9@:_-]+\"$' {path}")
+                    "grep -Eq '^#!define AUTH_SECRET \"[A-Za-z0-9@:_-]+\"$' {path} && "
+                    "grep -Eq '^#!define DIALOG_SECRET \"[A-Za-z0-9@:_-]+\"$' {path} && "
+                    "grep -Eq '^#!define MEDIA_SECRET \"[A-Za-z0-9@:_-]+\"$' {path}")
 
 
 def aliases(ctx: RenderContext) -> list[str]:
@@ -37,10 +54,49 @@ def aliases(ctx: RenderContext) -> list[str]:
     return [f"vip.{domain}", f"{ctx.host.name}.{domain}"]
 
 
+@dataclass(frozen=True)
+class DialRule:
+    """A dialled number matching ``regex`` (POSIX ERE, as Kamailio's =~) is of ``dial_class`` and
+    leaves through ``trunk`` ('' for our own numbers)."""
+    regex: str
+    dial_class: str
+    trunk: str = ""
+
+
+def _ere(prefix: str) -> str:
+    return prefix.replace("+", "[+]")
+
+
+def dial_rules(ctx: RenderContext) -> list[DialRule]:
+    """In the media engine's order: our own numbers (users, queues, IVRs) are internal; then each
+    outbound route (longest prefix first) classes its numbers by its first trunk's class prefixes
+    (longest first); a number the trunk takes that no class prefix names is international."""
+    d = ctx.cluster.dialplan
+    rules = [DialRule(d.user_pattern, "internal")]
+    own = [x.number for x in (*d.queues, *d.ivrs)]
+    if own:
+        rules.append(DialRule(f"^({'|'.join(own)})$", "internal"))
+    for route in outbound_routes(ctx):
+        trunk = route.trunks[0]
+        rest = "[+]?[0-9]+$" if route.prefix == "" else "[0-9]*$"
+        by_length = sorted(((p, cls) for cls in CALL_CLASSES[1:] for p in getattr(trunk, f"{cls}_prefixes")),
+                           key=lambda pc: (-len(pc[0]), pc[0]))
+        for prefix, cls in by_length:
+            if prefix.startswith(route.prefix):
+                rules.append(DialRule(f"^{_ere(prefix)}[0-9]*$", cls, trunk.name))
+            elif route.prefix.startswith(prefix):
+                rules.append(DialRule(f"^{_ere(route.prefix)}{rest}", cls, trunk.name))
+                break  # every number of the route is classed: nothing reaches the default
+        else:
+            rules.append(DialRule(f"^{_ere(route.prefix)}{rest}", "international", trunk.name))
+    return rules
+
+
 def config(ctx: RenderContext) -> str:
     c = ctx.cluster
     return template("kamailio/kamailio.cfg.j2", ctx, k=c.kamailio, media_set=DISPATCHER_SET, aliases=aliases(ctx),
-                    scanner_ua_re="|".join(SCANNER_USER_AGENTS))
+                    scanner_ua_re="|".join(SCANNER_USER_AGENTS), statistics=STATISTICS,
+                    call_classes=CALL_CLASSES, dial_rules=dial_rules(ctx), trunks=c.dialplan.trunks)
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
@@ -48,16 +104,31 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         return []
     c = ctx.cluster
     secrets = template("kamailio/hapbx-secrets.cfg.j2", ctx, db_password=ctx.secret("postgres_kamailio"),
-                       auth_secret=ctx.secret("kamailio_auth_secret"), database=DATABASE)
+                       auth_secret=ctx.secret("kamailio_auth_secret"), database=DATABASE,
+                       dialog_secret=ctx.secret("kamailio_dialog_secret"), media_secret=ctx.secret("sip_media_secret"))
     out = [
         RenderedFile(SECRETS_CFG, secrets, service=SERVICE, action="restart", validate=SECRETS_VALIDATE,
                      group="kamailio", mode="0640", secrets=secret_refs(ctx, secrets) or SECRET_NAMES),
+        *tls_files(ctx),
         RenderedFile(CFG, config(ctx), service=SERVICE, action="restart", validate=validate_command(),
                      group="kamailio", mode="0640"),
         RenderedFile(DROPIN, template("kamailio/unit-override.conf.j2", ctx, k=c.kamailio),
                      service=SERVICE, action="restart"),
     ]
-    if c.kamailio.tls:
-        out.append(RenderedFile(f"{CONF_DIR}/tls.cfg", template("kamailio/tls.cfg.j2", ctx), service=SERVICE,
-                                action="restart", group="kamailio", mode="0640"))
     return out
+
+
+def tls_files(ctx: RenderContext) -> list[RenderedFile]:
+    """The certificate chain, its key and tls.cfg; installed before kamailio.cfg, whose check
+    (kamailio -c) loads them."""
+    if not ctx.cluster.kamailio.tls:
+        return []
+    chain, key = ctx.secret("kamailio_tls_certificate"), ctx.secret("kamailio_tls_key")
+    return [
+        RenderedFile(TLS_CERTIFICATE, chain, service=SERVICE, action="restart", group="kamailio", mode="0644",
+                     validate="openssl x509 -noout -in {path}", secrets=secret_refs(ctx, chain)),
+        RenderedFile(TLS_KEY, key, service=SERVICE, action="restart", group="kamailio", mode="0640",
+                     validate="openssl pkey -noout -in {path}", secrets=secret_refs(ctx, key) or ("kamailio_tls_key",)),
+        RenderedFile(TLS_CFG, template("kamailio/tls.cfg.j2", ctx, certificate=TLS_CERTIFICATE, key=TLS_KEY),
+                     service=SERVICE, action="restart", group="kamailio", mode="0640"),
+    ]

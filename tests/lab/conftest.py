@@ -32,6 +32,9 @@ def test_lab_config() -> dict:
     raw["witness"]["address"] = swap(raw["witness"]["address"])
     raw["vip"]["address"] = swap(raw["vip"]["address"])
     raw["network"]["gateway"] = f"{NET}.1"
+    for trunk in raw.get("dialplan", {}).get("trunks", []):
+        trunk["host"] = swap(trunk["host"])
+        trunk["addresses"] = [swap(a) for a in trunk.get("addresses", [])]
     # the lab host stays exempt from Kamailio's flood ban (probes, SIPp) on the test subnet too
     kam = raw["kamailio"]
     kam["floodExemptNetworks"] = [swap(n) for n in kam.get("floodExemptNetworks", [])]

@@ -34,6 +34,7 @@ from components.config import load_stack_file
 from components.render import SECRET_NAMES, TEMPLATES, RenderContext
 from components.render import kamailio as kam
 from components.render import postgres as pg
+from tests.helpers import self_signed
 from tests.mockrun import ROOT
 from tests.sip import sipp
 
@@ -47,7 +48,7 @@ pytestmark = [
 ]
 VIP, NODE1, NODE2 = "127.0.0.10", "127.0.0.11", "127.0.0.12"
 CALLER, CALLEE, BAD, GUESSER, FLOODER, CLEAN, SCANNER, NATTED = (f"127.0.0.{i}" for i in (21, 22, 23, 25, 30, 31, 26, 27))
-SECRETS = {n: f"Lp{n.replace('_', '')}4Zk" for n in SECRET_NAMES}
+SECRETS = {**{n: f"Lp{n.replace('_', '')}4Zk" for n in SECRET_NAMES}, **self_signed(VIP)}
 PASSWORDS = {"1001": "correct-horse-1001", "1002": "correct-horse-1002"}
 QUEUE = "8000"
 AUTH_FAIL_LIMIT = 3
@@ -91,7 +92,7 @@ def loopback_cluster():
         c, nodes=nodes, vip=dataclasses.replace(c.vip, address=VIP),
         postgres=dataclasses.replace(c.postgres, port=free_port()),
         media=dataclasses.replace(c.media, sip_port=free_port()),
-        kamailio=dataclasses.replace(c.kamailio, sip_port=free_port(), dmq_port=free_port(), children=2,
+        kamailio=dataclasses.replace(c.kamailio, sip_port=free_port(), dmq_port=free_port(), tls_port=free_port(), children=2,
                                      flood_requests=30, flood_window_seconds=2, ban_seconds=60,
                                      auth_fail_limit=AUTH_FAIL_LIMIT))
 
@@ -170,10 +171,11 @@ class Kamailio:
         self.dir.mkdir()
         run = str(self.dir) + "/"
         for f in kam.files(ctx):
-            text = f.content.replace("/run/kamailio/", run)
+            text = f.content.replace("/run/kamailio/", run).replace(f"{kam.TLS_DIR}/", run).replace(
+                f"{kam.CONF_DIR}/", run)
             if without_vip:
                 # ...but the VIP still names it, as on a node
-                text = re.sub(rf"^listen=(udp|tcp):{re.escape(VIP)}:.*\n", "", text, flags=re.M)
+                text = re.sub(rf"^listen=(udp|tcp|tls):{re.escape(VIP)}:.*\n", "", text, flags=re.M)
                 text = text.replace("\nip_free_bind=1\n", f'\nip_free_bind=1\nalias="{VIP}"\n')
             (self.dir / os.path.basename(f.path)).write_text(text)
         self.address = ctx.host.address
@@ -187,8 +189,9 @@ class Kamailio:
         try:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, self.tail()
-                listening = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
-                if f"{self.address}:{k.sip_port} " in listening and f"{self.address}:{k.dmq_port} " in listening:
+                udp = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
+                tcp = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+                if f"{self.address}:{k.sip_port} " in udp and f"{self.address}:{k.dmq_port} " in tcp:
                     return
                 time.sleep(0.1)
             raise AssertionError("kamailio did not start:\n" + self.tail())

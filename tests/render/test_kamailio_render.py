@@ -16,11 +16,12 @@ import pytest
 from components.config import load_stack_file
 from components.render import SECRET_NAMES, RenderContext, masked_secrets
 from components.render import kamailio as kam
+from tests.helpers import self_signed
 from tests.mockrun import ROOT
 from tests.render.validators import run_validator
 
 STACKS = ["lab", "prod"]
-SECRETS = {n: f"Sx{n.replace('_', '')}7Qa" for n in SECRET_NAMES}
+SECRETS = {**{n: f"Sx{n.replace('_', '')}7Qa" for n in SECRET_NAMES}, **self_signed("10.0.0.10")}
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="needs kamailio (Debian package)")
 
@@ -69,12 +70,16 @@ def test_listens_on_node_and_vip_with_free_bind_and_dmq_apart():
     assert "\nip_free_bind=1\n" in text
     for proto in ("udp", "tcp"):
         assert f"\nlisten={proto}:{node}:{k.sip_port}\n" in text and f"\nlisten={proto}:{vip}:{k.sip_port}\n" in text
-    assert f"socket_workers=2\nlisten=udp:{node}:{k.dmq_port}\n" in text
-    assert f'"server_address", "sip:{node}:{k.dmq_port}"' in text
-    assert f'"notification_address", "sip:{peer}:{k.dmq_port}"' in text
+    # DMQ over TCP only: a KDMQ over UDP could carry any source address
+    assert f"\nlisten=tcp:{node}:{k.dmq_port}\n" in text and f":{k.dmq_port}\n" not in text.replace(
+        f"\nlisten=tcp:{node}:{k.dmq_port}\n", "")
+    assert f'"server_address", "sip:{node}:{k.dmq_port};transport=tcp"' in text
+    assert f'"notification_address", "sip:{peer}:{k.dmq_port};transport=tcp"' in text
     assert '"batch_msg_contacts", 50' in text and '("usrloc", "db_mode", 0)' in text
     assert f"children={k.children}\n" in text and f"tcp_children={k.children}\n" in text
-    assert "tls" not in re.sub(r"#.*", "", text)  # TLS is off in both stacks
+    # SIP over TLS on the node address and the VIP, with its certificate installed beside
+    assert f"\nlisten=tls:{node}:{k.tls_port}\n" in text and f"\nlisten=tls:{vip}:{k.tls_port}\n" in text
+    assert "\nenable_tls=yes\n" in text and f'modparam("tls", "config", "{kam.TLS_CFG}")' in text
 
 
 def test_memory_comes_from_config_and_restart_outlives_dmq_transactions():
@@ -103,11 +108,14 @@ def test_protection_settings_come_from_config():
 def test_secrets_only_in_the_secrets_file():
     fs = files(cluster("prod"))
     sec = fs[kam.SECRETS_CFG]
-    assert sec.secrets == ("postgres_kamailio", "kamailio_auth_secret")
+    assert sec.secrets == kam.SECRET_NAMES
     assert (sec.owner, sec.group, sec.mode) == ("root", "kamailio", "0640")
-    assert SECRETS["postgres_kamailio"] in sec.content and SECRETS["kamailio_auth_secret"] in sec.content
+    assert all(SECRETS[n] in sec.content for n in kam.SECRET_NAMES)
+    # the TLS key only in its own file (root and kamailio), shipped as a secret
+    key = fs[kam.TLS_KEY]
+    assert key.secrets == ("kamailio_tls_key",) and (key.group, key.mode) == ("kamailio", "0640")
     for path, f in fs.items():
-        if path != kam.SECRETS_CFG:
+        if path not in (kam.SECRETS_CFG, kam.TLS_KEY, kam.TLS_CERTIFICATE):
             assert not f.secrets and not any(v in f.content for v in SECRETS.values()), path
     masked = {f.path: f for f in kam.files(RenderContext(cluster("prod"), cluster("prod").nodes[0], masked_secrets()))}
     assert "@@SECRET:postgres_kamailio@@" in masked[kam.SECRETS_CFG].content

@@ -1,0 +1,308 @@
+"""The SIP edge of the rendered Kamailio, attacked on loopback (the stack of test_kamailio_loopback:
+a real Kamailio from the lab config, PostgreSQL with every migration, SIPp media engines).
+
+Each test sends what an attacker or a fraudulent extension would, by hand (lab/sip_wire.py), and
+checks the refusal, that nothing reached where it was aimed, and the statistic counting it.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+import time
+
+import psycopg
+import pytest
+
+from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up
+from tests.render.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, SECRETS, VIP, call, free_port,
+                                                 register,
+                                                 stack)  # noqa: F401  (stack: the module's fixture)
+from tests.sip import sipp
+
+ATTACKER, SINK = "127.0.0.41", "127.0.0.40"
+#: extensions of this module: one per limit, so counts never mix
+USERS = {"1003": "limit-calls-1003", "1004": "limit-rate-1004", "1005": "class-of-svc-1005"}
+SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.21\r\ns=-\r\nc=IN IP4 127.0.0.21\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+
+
+@pytest.fixture(scope="module")
+def edge(stack):  # noqa: F811
+    with psycopg.connect(stack.db.dsn(db="pbx"), autocommit=True) as conn:
+        for number, password in USERS.items():
+            conn.execute("INSERT INTO pbx.extensions (number, type, display_name) VALUES (%s, 'user', %s) "
+                         "ON CONFLICT (number) DO NOTHING", (number, f"Edge {number}"))
+            conn.execute("SELECT pbx.set_sip_password(%s, %s)", (number, password))
+    return stack
+
+
+def limits(stack, number: str, **values) -> None:
+    sets = ", ".join(f"{k} = %s" for k in values)
+    with psycopg.connect(stack.db.dsn(db="pbx"), autocommit=True) as conn:
+        conn.execute(f"UPDATE pbx.calling_limits SET {sets} WHERE extension_id = "
+                     "(SELECT id FROM pbx.extensions WHERE number = %s)", (*values.values(), number))
+
+
+def stat(stack, name: str) -> int:
+    m = re.search(rf"{name} = (\d+)", stack.kamailio.rpc("stats.get_statistics", "all"))
+    assert m, f"no statistic {name}"
+    return int(m.group(1))
+
+
+class Sink:
+    """Where a relay would go: records every datagram it gets."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((SINK, 0))
+        self.port = self.sock.getsockname()[1]
+        self.got: list[bytes] = []
+        self.sock.settimeout(0.2)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                self.got.append(self.sock.recv(65535))
+            except OSError:
+                continue
+
+    def close(self):
+        self._stop = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.close()
+
+
+def invite(stack, user: str, number: str) -> Request:
+    port = stack.cluster.kamailio.sip_port
+    return Request("INVITE", f"sip:{number}@{VIP}:{port}", f"sip:{user}@{VIP}", f"sip:{number}@{VIP}",
+                   contact=f"sip:{user}@{CALLER}:5999", body=SDP)
+
+
+def place(stack, user: str, number: str, transport: str = "tcp"):
+    """A call by ``user`` to ``number``: its final response; an answered call is hung up at once."""
+    with Connection((VIP, stack.cluster.kamailio.sip_port), transport, CALLER) as conn:
+        response, sent = authenticated(conn, invite(stack, user, number), user, USERS.get(user) or PASSWORDS[user])
+        if response is not None and response.status == 200:
+            bye = hang_up(conn, sent, response)
+            assert bye is not None and bye.status == 200, bye and bye.line
+        return response
+
+
+# --- relaying -------------------------------------------------------------------------------------
+
+def test_forged_in_dialog_requests_are_refused_and_never_reach_the_target(edge, sink):
+    port = edge.cluster.kamailio.sip_port
+    before = stat(edge, "hapbx_forged_dialog")
+    for method in ("INVITE", "MESSAGE", "BYE"):
+        for route in (f"<sip:{VIP}:{port};lr>", f"<sip:{VIP}:{port};lr;hs=0123456789abcdef01234567>"):
+            req = Request(method, f"sip:victim@{SINK}:{sink.port}", f"sip:1001@{VIP}", f"sip:victim@{SINK}",
+                          to_tag="forged42", extra=[f"Route: {route}"], body=SDP if method == "INVITE" else "")
+            with Connection((VIP, port), "udp", ATTACKER) as conn:
+                r = conn.ask(req)
+            assert r is not None and r.line == "403 Not Our Dialog", (method, route, r and r.line)
+    time.sleep(0.5)
+    assert sink.got == []
+    assert stat(edge, "hapbx_forged_dialog") == before + 6
+
+
+def test_out_of_dialog_relay_is_refused_and_counted(edge, sink):
+    port = edge.cluster.kamailio.sip_port
+    before = stat(edge, "hapbx_relay_refused")
+    req = Request("MESSAGE", f"sip:victim@{SINK}:{sink.port}", f"sip:1001@{VIP}", f"sip:victim@{SINK}",
+                  body="hello", content_type="text/plain")
+    with Connection((VIP, port), "udp", ATTACKER) as conn:
+        r = conn.ask(req)
+    assert r is not None and r.line == "403 Relaying Forbidden"
+    time.sleep(0.3)
+    assert sink.got == [] and stat(edge, "hapbx_relay_refused") == before + 1
+
+
+def test_a_real_call_is_signed_and_its_bye_goes_through(edge):
+    """A call the proxy record-routed carries the signature: its ACK and BYE are relayed."""
+    port = free_port()
+    assert register(edge, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port)
+    try:
+        before = stat(edge, "hapbx_forged_dialog")
+        r = call(edge, CALLER, "1001", "1002")
+        assert r.ok, (r.stdout, r.errors, edge.kamailio.tail())
+        messages = phone.messages()
+        assert re.search(r"Record-Route: <sip:[0-9.:]+;lr;hs=[0-9a-f]{24}", messages), messages[-2000:]
+        assert "BYE sip:" in messages
+        assert stat(edge, "hapbx_forged_dialog") == before
+    finally:
+        phone.stop()
+
+
+# --- trust by address -----------------------------------------------------------------------------
+
+def test_a_media_address_over_udp_or_without_the_secret_is_not_trusted(edge):
+    port = free_port()
+    assert register(edge, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port)
+    sip = edge.cluster.kamailio.sip_port
+    try:
+        before = stat(edge, "hapbx_untrusted_media")
+        for transport, extra in (("udp", [f"X-Hapbx-Media: {SECRETS['sip_media_secret']}"]), ("tcp", []),
+                                 ("tcp", ["X-Hapbx-Media: a-guess"])):
+            req = Request("INVITE", f"sip:1002@{VIP}:{sip}", f"sip:8000@{VIP}", f"sip:1002@{VIP}",
+                          contact=f"sip:8000@{NODE2}:5999", extra=extra, body=SDP)
+            with Connection((VIP, sip), transport, NODE2) as conn:
+                r = conn.ask(req)
+            assert r is not None and r.status == 407, (transport, extra, r and r.line)
+        assert phone.invites() == 0
+        assert stat(edge, "hapbx_untrusted_media") == before + 3
+        # the real thing: TCP from the engine's address with the secret -> the user's phone rings
+        req = Request("INVITE", f"sip:1002@{VIP}:{sip}", f"sip:8000@{VIP}", f"sip:1002@{VIP}",
+                      contact=f"sip:8000@{NODE2}:5999", extra=[f"X-Hapbx-Media: {SECRETS['sip_media_secret']}"], body=SDP)
+        with Connection((VIP, sip), "tcp", NODE2) as conn:
+            r = conn.ask(req, timeout=5)
+        assert r is not None and r.status == 200, r and r.line
+        assert phone.invites() == 1 and "X-Hapbx-Media" not in phone.messages()
+    finally:
+        phone.stop()
+
+
+def test_dmq_is_tcp_only_and_kdmq_elsewhere_is_dropped(edge):
+    k = edge.cluster.kamailio
+    udp = {line.split()[3] for line in socket_lines("-lunH")}
+    assert f"127.0.0.11:{k.dmq_port}" not in udp
+    assert f"127.0.0.11:{k.dmq_port}" in {line.split()[3] for line in socket_lines("-ltnH")}
+    before = stat(edge, "hapbx_dmq_refused")
+    req = Request("KDMQ", f"sip:usrloc@{VIP}:{k.sip_port}", f"sip:usrloc@{ATTACKER}", f"sip:usrloc@{VIP}",
+                  body="{}", content_type="application/json")
+    with Connection((VIP, k.sip_port), "udp", ATTACKER) as conn:
+        assert conn.ask(req, timeout=1) is None
+    assert stat(edge, "hapbx_dmq_refused") == before + 1
+
+
+def socket_lines(flags: str) -> list[str]:
+    import subprocess
+    return subprocess.run(["ss", flags], capture_output=True, text=True).stdout.splitlines()
+
+
+# --- toll fraud -----------------------------------------------------------------------------------
+
+def test_a_call_to_a_forbidden_prefix_is_refused_until_the_class_allows_it(edge):
+    media_before = sum(m.invites() for m in edge.media.values())
+    before = stat(edge, "hapbx_class_refused")
+    limits(edge, "1005", **{"class": "national"})
+    for number in ("0900123456", "0049301234567"):           # premium, international
+        r = place(edge, "1005", number)
+        assert r is not None and r.line == "403 Call Class Not Allowed", (number, r and r.line)
+    assert stat(edge, "hapbx_class_refused") == before + 2
+    assert sum(m.invites() for m in edge.media.values()) == media_before
+    r = place(edge, "1005", "0301234567")                     # national: to a media engine
+    assert r is not None and r.status == 200, r and r.line
+    limits(edge, "1005", **{"class": "international"})
+    assert place(edge, "1005", "0049301234567").status == 200
+    assert place(edge, "1005", "0900123456").line == "403 Call Class Not Allowed"
+    limits(edge, "1005", **{"class": "premium"})
+    assert place(edge, "1005", "0900123456").status == 200
+    assert sum(m.invites() for m in edge.media.values()) == media_before + 3
+
+
+def test_concurrent_calls_beyond_the_extension_limit_get_486(edge):
+    limits(edge, "1003", max_calls=1, calls_per_minute=100)
+    port = free_port()
+    assert register(edge, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port)
+    try:
+        before = stat(edge, "hapbx_call_limit_refused")
+        held = {}
+        first = threading.Thread(target=lambda: held.setdefault("r", sipp.run(
+            sipp.scenario("call.xml"), edge.target, CALLER, service="1002", keys={"user": "1003", "domain": VIP},
+            auth=("1003", USERS["1003"]), extra=("-d", "4000"))))
+        first.start()
+        deadline = time.monotonic() + 5
+        while "1003" not in edge.kamailio.rpc("dlg.list") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = place(edge, "1003", "1002")
+        assert r is not None and r.line == "486 Call Limit Reached", r and r.line
+        first.join(timeout=20)
+        assert held["r"].ok, held["r"].stdout
+        assert stat(edge, "hapbx_call_limit_refused") == before + 1
+        # the first call ended: its slot is free again
+        assert call(edge, CALLER, "1001", "1002").ok
+    finally:
+        phone.stop()
+
+
+def test_call_attempts_beyond_the_rate_get_403(edge):
+    limits(edge, "1004", calls_per_minute=2, max_calls=10)
+    if 60 - time.time() % 60 < 15:          # the count is per clock minute: start well inside one
+        time.sleep(60 - time.time() % 60 + 0.5)
+    before = stat(edge, "hapbx_call_rate_refused")
+    assert place(edge, "1004", "8000").status == 200
+    assert place(edge, "1004", "8000").status == 200
+    r = place(edge, "1004", "8000")
+    assert r is not None and r.line == "403 Call Rate Exceeded", r and r.line
+    assert stat(edge, "hapbx_call_rate_refused") == before + 1
+
+
+# --- credentials and TLS --------------------------------------------------------------------------
+
+def test_a_captured_register_cannot_be_replayed(edge):
+    sip = edge.cluster.kamailio.sip_port
+    phone = f"sip:1001@{CALLER}:5998"
+    req = Request("REGISTER", f"sip:{VIP}:{sip}", f"sip:1001@{VIP}", f"sip:1001@{VIP}", contact=phone,
+                  extra=["Expires: 60"])
+    with Connection((VIP, sip), "tcp", CALLER) as conn:
+        r, sent = authenticated(conn, req, "1001", PASSWORDS["1001"])
+        assert r is not None and r.status == 200, r and r.line
+        # the same credentials again (an eavesdropper's replay): challenged, not registered
+        sent.cseq += 1
+        sent.contact = f"sip:1001@{ATTACKER}:5060"
+        r = conn.ask(sent)
+        assert r is not None and r.status == 401, r.line
+        # a client that does not count (no qop): its nonce is good once
+        challenge = conn.ask(Request("REGISTER", req.uri, req.from_uri, req.to_uri, call_id=req.call_id,
+                                     cseq=sent.cseq + 1, contact=phone))
+        once = Request("REGISTER", req.uri, req.from_uri, req.to_uri, call_id=req.call_id, cseq=sent.cseq + 2,
+                       contact=phone)
+        header = authorization(challenge, once, "1001", PASSWORDS["1001"])
+        header = re.sub(r", qop=auth, nc=\w+, cnonce=\"\w+\"", "", header)
+        header = re.sub(r'response="\w+"', 'response="%s"' % _no_qop(challenge, once), header)
+        once.extra.append(header)
+        assert conn.ask(once).status == 200
+        once.cseq += 1
+        once.contact = f"sip:1001@{ATTACKER}:5060"
+        assert conn.ask(once).status == 401
+    assert f"{ATTACKER}:5060" not in edge.kamailio.rpc("ul.dump")
+
+
+def _no_qop(challenge, request) -> str:
+    import hashlib
+    from lab.sip_wire import challenge_params
+    p = challenge_params(challenge)
+    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+    return md5(f"{md5('1001:' + p['realm'] + ':' + PASSWORDS['1001'])}:{p['nonce']}:{md5(f'REGISTER:{request.uri}')}")
+
+
+def test_sip_over_tls_registers_and_is_answered(edge):
+    k = edge.cluster.kamailio
+    ctx = ssl.create_default_context(cadata=_certificate(edge))
+    ctx.check_hostname = False                 # the certificate names the VIP by address (SAN)
+    req = Request("REGISTER", f"sip:{VIP}:{k.tls_port};transport=tls", f"sip:1002@{VIP}", f"sip:1002@{VIP}",
+                  contact=f"sip:1002@{CALLER}:5997;transport=tls", extra=["Expires: 60"])
+    with Connection((VIP, k.tls_port), "tls", CALLER, tls_context=ctx) as conn:
+        assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+        r, _ = authenticated(conn, req, "1002", PASSWORDS["1002"])
+        assert r is not None and r.status == 200, r and r.line
+    assert "tls:" in edge.kamailio.rpc("ul.dump").lower()
+
+
+def _certificate(stack) -> str:
+    from tests.render.test_kamailio_loopback import SECRETS
+    return SECRETS["kamailio_tls_certificate"]
