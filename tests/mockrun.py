@@ -11,7 +11,7 @@ import os
 import runpy
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pulumi
 from pulumi.runtime import mocks, rpc, settings
@@ -44,7 +44,9 @@ class Graph:
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Returns inputs as outputs; RandomPassword results are wrapped secret as the real engine marks them."""
+    """Returns inputs as outputs; RandomPassword results are wrapped secret as the real engine marks them;
+    tls:index/* resources get real keys and certificates (the live harness's emulation of pulumi-tls),
+    their secret outputs wrapped secret, a PrivateKey's PEM recorded in secret_values."""
 
     def __init__(self, graph: Graph, secret_values: dict[str, str]):
         self.graph = graph
@@ -53,17 +55,32 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         outputs = dict(args.inputs)
+        resource_id = f"{args.name}-id"
         if args.typ == "random:index/randomPassword:RandomPassword":
             value = f"generated-{args.name}-Zq8"
             self.secret_values[args.name] = value
             outputs["result"] = rpc.wrap_rpc_secret(value) if hasattr(rpc, "wrap_rpc_secret") else value
+        elif args.typ.startswith("tls:index/"):
+            resource_id, generated = _tls_outputs(args.typ, args.inputs)
+            outputs.update(generated)
+            if "privateKeyPem" in generated and args.typ == "tls:index/privateKey:PrivateKey":
+                self.secret_values[args.name] = rpc.unwrap_rpc_secret(generated["privateKeyPem"])
         with self.lock:
             rec = self.graph.resources.setdefault(args.name, Recorded(args.name, args.typ))
             rec.type, rec.inputs = args.typ, dict(args.inputs)
-        return f"{args.name}-id", outputs
+        return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         return {}
+
+
+def _tls_outputs(typ: str, inputs: dict) -> tuple[str, dict]:
+    """(id, outputs) as pulumi-tls creates them, secret outputs wrapped secret."""
+    from lab import harness  # only programs with TLS resources pay for its imports
+
+    resource_id, outputs = harness.tls_generate(typ, harness._unwrap(inputs))
+    secret = harness.TLS_TYPES[typ].secret_outputs
+    return resource_id, {k: rpc.wrap_rpc_secret(v) if k in secret else v for k, v in outputs.items()}
 
 
 def _record_options(graph: Graph, args: pulumi.ResourceTransformationArgs):
@@ -87,8 +104,17 @@ def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None
                 stack: str = "test", preview: bool = False) -> tuple[Graph, dict[str, str]]:
     """Run __main__.py under mocks with the given config (keys without project prefix);
     ``preview``: as `pulumi preview` runs it (pulumi.runtime.is_dry_run() is true)."""
+    return run_function(lambda: runpy.run_path(os.path.join(ROOT, "__main__.py"), run_name="__main__"),
+                        raw_config, secret_keys, stack, preview)
+
+
+def run_function(program: Callable[[], Any], raw_config: dict[str, Any] | None = None,
+                 secret_keys: list[str] | None = None, stack: str = "test",
+                 preview: bool = False) -> tuple[Graph, dict[str, str]]:
+    """Run ``program()`` as the Pulumi program under the recording mocks, from the repository root.
+    ``Graph.outputs``: the stack's exports as the engine receives them (secrets as rpc secret values)."""
     graph, secret_values = Graph(), {}
-    cfg = {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in raw_config.items()}
+    cfg = {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in (raw_config or {}).items()}
     loop = asyncio.new_event_loop()  # before set_mocks: the mocks bind to the current loop
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_all_config(cfg, [f"{PROJECT}:{k}" for k in (secret_keys or [])])
@@ -99,10 +125,13 @@ def run_program(raw_config: dict[str, Any], secret_keys: list[str] | None = None
     try:
         from pulumi.runtime.stack import run_pulumi_func
         from pulumi.runtime.sync_await import _sync_await
-        def program():
+        def main():
             pulumi.runtime.register_stack_transformation(lambda a: _record_options(graph, a))
-            runpy.run_path(os.path.join(ROOT, "__main__.py"), run_name="__main__")
-        _sync_await(run_pulumi_func(program))
+            program()
+        _sync_await(run_pulumi_func(main))
+        root = settings.get_root_resource()
+        if root is not None and root.outputs:
+            graph.outputs = rpc.deserialize_properties(_sync_await(rpc.serialize_properties(dict(root.outputs), {})))
     except BaseException as err:  # surfaced to the test
         graph.error = err
     finally:

@@ -1,0 +1,123 @@
+"""components/certificates.py under Pulumi mocks: a provided certificate and key pass through
+untouched; otherwise a CA and a server certificate for the VIP and the nodes, as five
+children of the component (the mocks give them real keys and certificates)."""
+import os
+
+import pulumi
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pulumi.runtime import rpc
+
+from components.certificates import SipCertificate, SipCertificateArgs, chain_after_first, server_names
+from components.config import load_stack_file
+from lab import harness
+from tests.mockrun import ROOT, run_function
+
+CHILDREN = {"sip-tls-ca-key": "tls:index/privateKey:PrivateKey", "sip-tls-ca": "tls:index/selfSignedCert:SelfSignedCert",
+            "sip-tls-key": "tls:index/privateKey:PrivateKey", "sip-tls-csr": "tls:index/certRequest:CertRequest",
+            "sip-tls-cert": "tls:index/locallySignedCert:LocallySignedCert"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cfg, _ = load_stack_file(os.path.join(ROOT, "Pulumi.lab.yaml"))
+    return cfg
+
+
+def run(args_of):
+    """Run a program holding one SipCertificate 'sip-tls' (args from args_of()) and exporting its outputs."""
+    def program():
+        cert = SipCertificate("sip-tls", args_of())
+        pulumi.export("certificate", cert.certificate_pem)
+        pulumi.export("key", cert.private_key_pem)
+        pulumi.export("ca", cert.ca_pem)
+    graph, _ = run_function(program)
+    return graph
+
+
+def plain(value):
+    return rpc.unwrap_rpc_secret(value) if rpc.is_rpc_secret(value) else value
+
+
+@pytest.fixture(scope="module")
+def generated(cluster):
+    graph = run(lambda: SipCertificateArgs(cluster=cluster))
+    assert graph.error is None, repr(graph.error)
+    return graph
+
+
+def test_generated_path_creates_the_five_children_of_the_component(generated):
+    assert generated.resources["sip-tls"].type == "hapbx:index:SipCertificate"
+    children = {r.name: r for r in generated.resources.values() if r.parent == "sip-tls"}
+    assert {name: r.type for name, r in children.items()} == CHILDREN
+    assert set(generated.resources) == {"sip-tls", *CHILDREN}
+
+
+def test_generated_inputs_ca_and_server_certificate_for_vip_and_nodes(generated, cluster):
+    r = generated.resources
+    for key in ("sip-tls-ca-key", "sip-tls-key"):
+        assert (r[key].inputs["algorithm"], r[key].inputs["ecdsaCurve"]) == ("ECDSA", "P256")
+    assert r["sip-tls-ca"].inputs["isCaCertificate"] is True
+    assert "cert_signing" in r["sip-tls-ca"].inputs["allowedUses"]
+    domain = cluster.network.domain
+    assert r["sip-tls-csr"].inputs["dnsNames"] == [f"vip.{domain}", *(f"{n.name}.{domain}" for n in cluster.nodes)]
+    assert r["sip-tls-csr"].inputs["ipAddresses"] == [cluster.vip.address, *(n.address for n in cluster.nodes)]
+    cert = r["sip-tls-cert"].inputs
+    assert cert["validityPeriodHours"] == 2 * 365 * 24 and cert["earlyRenewalHours"] == 30 * 24
+    assert "server_auth" in cert["allowedUses"] and not cert.get("isCaCertificate")
+    # the key inputs of the request and the certificate arrive secret (pulumi-tls marks them)
+    assert rpc.is_rpc_secret(r["sip-tls-csr"].inputs["privateKeyPem"])
+    assert rpc.is_rpc_secret(r["sip-tls-cert"].inputs["caPrivateKeyPem"])
+
+
+def test_generated_outputs_full_chain_secret_key_and_ca(generated, cluster):
+    out = generated.outputs
+    assert rpc.is_rpc_secret(out["key"]) and not rpc.is_rpc_secret(out["certificate"])
+    chain = x509.load_pem_x509_certificates(out["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(out["ca"].encode())
+    assert len(chain) == 2 and chain[1] == ca  # server certificate, then the CA
+    chain[0].verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key(plain(out["key"]).encode(), None)
+    assert chain[0].public_key() == key.public_key()
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns, ips = server_names(cluster)
+    assert san.get_values_for_type(x509.DNSName) == dns
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ips
+
+
+@pytest.fixture(scope="module")
+def provided_chain():
+    _, ca_key = harness.tls_generate("tls:index/privateKey:PrivateKey", {"algorithm": "ECDSA", "ecdsaCurve": "P256"})
+    _, ca = harness.tls_generate("tls:index/selfSignedCert:SelfSignedCert", {
+        "privateKeyPem": ca_key["privateKeyPem"], "subject": {"commonName": "Some CA"}, "isCaCertificate": True,
+        "validityPeriodHours": 24, "allowedUses": ["cert_signing"]})
+    _, leaf = harness.tls_generate("tls:index/selfSignedCert:SelfSignedCert", {
+        "privateKeyPem": ca_key["privateKeyPem"], "subject": {"commonName": "vip.example.org"},
+        "validityPeriodHours": 24, "allowedUses": ["server_auth"]})
+    # as an operator pastes it: CRLF-free but no final newline, a comment line between
+    return leaf["certPem"] + "# intermediate\n" + ca["certPem"].rstrip("\n"), ca["certPem"], ca_key["privateKeyPem"]
+
+
+@pytest.mark.parametrize("secret_key", [True, False])
+def test_provided_certificate_and_key_pass_through_untouched(cluster, provided_chain, secret_key):
+    chain, ca_pem, key_pem = provided_chain
+    wrap = pulumi.Output.secret if secret_key else pulumi.Output.from_input
+    graph = run(lambda: SipCertificateArgs(cluster=cluster, provided_certificate=chain, provided_key=wrap(key_pem)))
+    assert graph.error is None, repr(graph.error)
+    assert set(graph.resources) == {"sip-tls"}  # nothing generated
+    out = graph.outputs
+    assert out["certificate"] == chain  # byte for byte
+    assert rpc.is_rpc_secret(out["key"]) and plain(out["key"]) == key_pem  # secret even if handed in plain
+    assert out["ca"] == ca_pem  # the chain after the server certificate
+
+
+def test_provided_certificate_needs_its_key(cluster, provided_chain):
+    graph = run(lambda: SipCertificateArgs(cluster=cluster, provided_certificate=provided_chain[0]))
+    assert isinstance(graph.error, ValueError) and "needs its key" in str(graph.error)
+
+
+def test_chain_after_first():
+    block = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"
+    assert chain_after_first(block + "\n") == ""
+    assert chain_after_first(f"{block}\n{block}\n{block}") == f"{block}\n{block}\n"
