@@ -61,7 +61,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             self.secret_values[args.name] = value
             outputs["result"] = rpc.wrap_rpc_secret(value) if hasattr(rpc, "wrap_rpc_secret") else value
         elif args.typ.startswith("tls:index/"):
-            resource_id, generated = _tls_outputs(args.typ, args.inputs)
+            resource_id, generated = _tls_outputs(args.typ, args.name, args.inputs)
             outputs.update(generated)
             if "privateKeyPem" in generated and args.typ == "tls:index/privateKey:PrivateKey":
                 self.secret_values[args.name] = rpc.unwrap_rpc_secret(generated["privateKeyPem"])
@@ -74,11 +74,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
-def _tls_outputs(typ: str, inputs: dict) -> tuple[str, dict]:
+#: what the mocks made, by type, name and inputs: a program run twice in one test session gets
+#: the same keys and certificates, as a stack keeps them in its state between updates
+_TLS_MADE: dict[tuple[str, str, str], tuple[str, dict]] = {}
+
+
+def _tls_outputs(typ: str, name: str, inputs: dict) -> tuple[str, dict]:
     """(id, outputs) as pulumi-tls creates them, secret outputs wrapped secret."""
     from lab import harness  # only programs with TLS resources pay for its imports
 
-    resource_id, outputs = harness.tls_generate(typ, harness._unwrap(inputs))
+    plain = harness._unwrap(inputs)
+    made = (typ, name, json.dumps(plain, sort_keys=True, default=str))
+    if made not in _TLS_MADE:
+        _TLS_MADE[made] = harness.tls_generate(typ, plain)
+    resource_id, outputs = _TLS_MADE[made]
     secret = harness.TLS_TYPES[typ].secret_outputs
     return resource_id, {k: rpc.wrap_rpc_secret(v) if k in secret else v for k, v in outputs.items()}
 
