@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import RenderContext, RenderedFile, secret_refs, template
+from .dialing import trunk_addresses
 
 # Ports only the other cluster members may reach, by purpose (used by nftables and tests).
 def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
@@ -14,6 +15,16 @@ def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
     if not c.admin.allow_from:  # the admin API for the nodes only; else its own rule below
         ports["admin-api"] = [c.admin.port]
     return ports
+
+
+def trunk_ingress(ctx: RenderContext) -> tuple[int, list[str]] | None:
+    """(FreeSWITCH's trunk port, the trunks' addresses): the only senders let in on that port;
+    None where no trunk call can arrive (a witness, no FreeSWITCH, no trunk address)."""
+    c = ctx.cluster
+    if ctx.is_witness or c.media.engine != "freeswitch":
+        return None
+    addresses = [a for t in c.dialplan.trunks for a in trunk_addresses(t)]
+    return (c.dialplan.trunk_sip_port, sorted(set(addresses))) if addresses else None
 
 
 def systemd_escape_path(path: str) -> str:
@@ -63,7 +74,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         RenderedFile("/etc/systemd/system/chrony.service.d/hapbx.conf", template("chrony/unit-override.conf.j2", ctx),
                      service="chrony.service", action="restart"),
         RenderedFile("/etc/nftables.conf", template("nftables/nftables.conf.j2", ctx, members=members,
-                                                    peer_ports=peer_ports(ctx)),
+                                                    peer_ports=peer_ports(ctx), trunks=trunk_ingress(ctx)),
                      service="nftables.service", action="reload", validate="nft -c -f {path}", mode="0755"),
         RenderedFile("/etc/systemd/journald.conf.d/hapbx.conf", template("journald/hapbx.conf.j2", ctx),
                      service="systemd-journald.service", action="restart"),

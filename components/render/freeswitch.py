@@ -11,11 +11,12 @@ receiver (the peer's as fallback).
 """
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 import re
 from dataclasses import dataclass
 
 from . import MANAGED_BY, RenderContext, RenderedFile, secret_refs, template
+from .dialing import allowed_callers, dial_rules, routes_by_prefix, trunk_addresses
 from .postgres import DATABASE
 
 CONF = "/etc/freeswitch"
@@ -66,24 +67,35 @@ def kamailio_sources(ctx: RenderContext) -> list[str]:
 
 
 def user_dial(ctx: RenderContext, number: str) -> str:
-    """Through Kamailio (this node's first, then the peer's), which knows where the user is."""
+    """Through Kamailio (this node's first, then the peer's), which knows where the user is; over
+    TCP, the only transport on which Kamailio takes the engine's calls without a password."""
     port = ctx.cluster.kamailio.sip_port
-    return "|".join(f"sofia/internal/{number}@{n.address}:{port}" for n in (ctx.host, ctx.peer))
+    return "|".join(f"sofia/internal/{number}@{n.address}:{port};transport=tcp" for n in (ctx.host, ctx.peer))
+
+
+@dataclass(frozen=True)
+class ClassGate:
+    """Numbers matching ``regex`` may be dialled only by callers of ``allowed`` classes."""
+    regex: str
+    dial_class: str
+    allowed: tuple[str, ...]
+
+
+def class_gates(ctx: RenderContext) -> list[ClassGate]:
+    """The trunk-bound dial rules, each with the classes of service that may dial it."""
+    return [ClassGate(r.regex, r.dial_class, allowed_callers(r.dial_class))
+            for r in dial_rules(ctx.cluster.dialplan) if r.trunk]
 
 
 def outbound_routes(ctx: RenderContext) -> list[OutboundRoute]:
     """One route per dialled prefix, longest first ('' last); trunks sharing it tried in order."""
-    by_prefix: dict[str, list] = {}
-    for t in ctx.cluster.dialplan.trunks:
-        for p in t.prefixes:
-            by_prefix.setdefault(p, []).append(t)
     routes = []
-    for prefix in sorted(by_prefix, key=lambda p: (-len(p), p)):
+    for prefix, trunks in routes_by_prefix(ctx.cluster.dialplan):
         legs = []
-        for t in by_prefix[prefix]:
+        for t in trunks:
             number = t.prepend + ("$2" if t.strip_prefix else "$1$2")
             legs.append(f"{caller_id_vars(t)}sofia/gateway/{t.name}/{number}")
-        routes.append(OutboundRoute(prefix, tuple(by_prefix[prefix]), re.escape(prefix),
+        routes.append(OutboundRoute(prefix, tuple(trunks), re.escape(prefix),
                                     r"\+?[0-9]+" if prefix == "" else "[0-9]+", "|".join(legs)))
     return routes
 
@@ -102,24 +114,17 @@ class TrunkSource:
 
 
 def trunk_sources(ctx: RenderContext) -> list[TrunkSource]:
-    """Trunks known by source address (given as an address): how an inbound call names its trunk."""
-    out = []
-    for t in ctx.cluster.dialplan.trunks:
-        try:
-            out.append(TrunkSource(t.name, re.escape(str(ipaddress.ip_address(t.host)))))
-        except ValueError:
-            pass  # a host name: identified by ${sip_gateway} when the call is addressed to its gateway
-    return out
+    """Trunks known by source address: how an inbound call names its trunk (a trunk given by name
+    only is identified by ${sip_gateway} when the call is addressed to its gateway)."""
+    return [TrunkSource(t.name, "(" + "|".join(re.escape(a) for a in trunk_addresses(t)) + ")")
+            for t in ctx.cluster.dialplan.trunks if trunk_addresses(t)]
 
 
-def trunk_addresses(ctx: RenderContext) -> list[str]:
-    """Trunk hosts given as addresses (the inbound ACL); names are not resolved into the ACL."""
-    out = []
+def all_trunk_addresses(ctx: RenderContext) -> list[str]:
+    """Every address a trunk's calls may come from (the inbound ACL, the firewall)."""
+    out: list[str] = []
     for t in ctx.cluster.dialplan.trunks:
-        try:
-            out.append(str(ipaddress.ip_address(t.host)))
-        except ValueError:
-            pass
+        out += [a for a in trunk_addresses(t) if a not in out]
     return out
 
 
@@ -138,14 +143,17 @@ def _values(ctx: RenderContext) -> dict:
         ivrs=c.dialplan.ivrs, trunks=c.dialplan.trunks, outbound=outbound_routes(ctx),
         user_pattern=c.dialplan.user_pattern, user_dial=user_dial(ctx, "${destination_number}"),
         agent_dial=lambda number: user_dial(ctx, number), agents=agents(ctx), kamailio_sources=kamailio_sources(ctx),
-        trunk_hosts=trunk_addresses(ctx), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
+        trunk_hosts=all_trunk_addresses(ctx), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
                                                                   for n in (ctx.host, ctx.peer)),
         cdr_urls=[f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"],
         cdr_error_dir=CDR_ERROR_DIR, user=USER, group=GROUP, trunk_sources=trunk_sources(ctx),
         policy_cache=POLICY_CACHE, policy_max_age=POLICY_MAX_AGE_SECONDS, runtime_dir=POLICY_RUNTIME_DIR,
         refresh_seconds=POLICY_REFRESH_SECONDS, timeout_seconds=POLICY_TIMEOUT_SECONDS, pgpass=POLICY_PGPASS,
         port=c.postgres.port, db_user=DB_USER, database=DATABASE,
-        media_timeout_ms=MEDIA_TIMEOUT_MS, media_hold_timeout_ms=MEDIA_HOLD_TIMEOUT_MS)
+        media_timeout_ms=MEDIA_TIMEOUT_MS, media_hold_timeout_ms=MEDIA_HOLD_TIMEOUT_MS,
+        # compared as a hash: the dialplan's debug log prints both sides of a condition
+        media_secret_md5=hashlib.md5(ctx.secret("sip_media_secret").encode()).hexdigest(),
+        class_gates=class_gates(ctx))
 
 
 def fs_cli_conf(ctx: RenderContext) -> str:

@@ -2,10 +2,8 @@
 the TLS certificate, and the unit drop-in carrying -m/-M from the stack configuration."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import RenderContext, RenderedFile, secret_refs, template
-from .freeswitch import outbound_routes
+from .dialing import CALL_CLASSES, dial_rules
 from .postgres import DATABASE, DISPATCHER_SET
 
 CONF_DIR = "/etc/kamailio"
@@ -19,8 +17,6 @@ TLS_CERTIFICATE = f"{TLS_DIR}/fullchain.pem"
 TLS_KEY = f"{TLS_DIR}/privkey.pem"
 #: secrets held by hapbx-secrets.cfg
 SECRET_NAMES = ("postgres_kamailio", "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret")
-#: classes of service, lowest first: the rows of pbx.call_classes (migration 007), by rank
-CALL_CLASSES = ("internal", "national", "international", "premium")
 #: what Kamailio refuses, as statistics (kamcmd stats.get_statistics all)
 STATISTICS = ("hapbx_relay_refused", "hapbx_forged_dialog", "hapbx_untrusted_media", "hapbx_dmq_refused",
               "hapbx_banned_dropped", "hapbx_flood_banned", "hapbx_scanner_dropped", "hapbx_auth_failed",
@@ -54,49 +50,11 @@ def aliases(ctx: RenderContext) -> list[str]:
     return [f"vip.{domain}", f"{ctx.host.name}.{domain}"]
 
 
-@dataclass(frozen=True)
-class DialRule:
-    """A dialled number matching ``regex`` (POSIX ERE, as Kamailio's =~) is of ``dial_class`` and
-    leaves through ``trunk`` ('' for our own numbers)."""
-    regex: str
-    dial_class: str
-    trunk: str = ""
-
-
-def _ere(prefix: str) -> str:
-    return prefix.replace("+", "[+]")
-
-
-def dial_rules(ctx: RenderContext) -> list[DialRule]:
-    """In the media engine's order: our own numbers (users, queues, IVRs) are internal; then each
-    outbound route (longest prefix first) classes its numbers by its first trunk's class prefixes
-    (longest first); a number the trunk takes that no class prefix names is international."""
-    d = ctx.cluster.dialplan
-    rules = [DialRule(d.user_pattern, "internal")]
-    own = [x.number for x in (*d.queues, *d.ivrs)]
-    if own:
-        rules.append(DialRule(f"^({'|'.join(own)})$", "internal"))
-    for route in outbound_routes(ctx):
-        trunk = route.trunks[0]
-        rest = "[+]?[0-9]+$" if route.prefix == "" else "[0-9]*$"
-        by_length = sorted(((p, cls) for cls in CALL_CLASSES[1:] for p in getattr(trunk, f"{cls}_prefixes")),
-                           key=lambda pc: (-len(pc[0]), pc[0]))
-        for prefix, cls in by_length:
-            if prefix.startswith(route.prefix):
-                rules.append(DialRule(f"^{_ere(prefix)}[0-9]*$", cls, trunk.name))
-            elif route.prefix.startswith(prefix):
-                rules.append(DialRule(f"^{_ere(route.prefix)}{rest}", cls, trunk.name))
-                break  # every number of the route is classed: nothing reaches the default
-        else:
-            rules.append(DialRule(f"^{_ere(route.prefix)}{rest}", "international", trunk.name))
-    return rules
-
-
 def config(ctx: RenderContext) -> str:
     c = ctx.cluster
     return template("kamailio/kamailio.cfg.j2", ctx, k=c.kamailio, media_set=DISPATCHER_SET, aliases=aliases(ctx),
                     scanner_ua_re="|".join(SCANNER_USER_AGENTS), statistics=STATISTICS,
-                    call_classes=CALL_CLASSES, dial_rules=dial_rules(ctx), trunks=c.dialplan.trunks)
+                    call_classes=CALL_CLASSES, dial_rules=dial_rules(c.dialplan), trunks=c.dialplan.trunks)
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:

@@ -64,6 +64,19 @@ def test_firewall_opens_peer_ports_to_the_peer_only():
     assert "policy drop" in nft and "flush ruleset" not in nft  # only our own table is touched
 
 
+def test_firewall_opens_sip_tls_and_the_trunk_port_to_the_trunks_only():
+    cluster, hosts = rendered("prod")
+    nft = next(f for f in hosts[cluster.nodes[0].name] if f.path == "/etc/nftables.conf").content
+    assert f"tcp dport {cluster.kamailio.tls_port} accept" in nft
+    port = cluster.dialplan.trunk_sip_port
+    assert f'meta l4proto {{ tcp, udp }} th dport {port} ip saddr {{ 198.51.100.20 }} accept comment "trunks"' in nft
+    assert nft.count(f" {port} ") == 1   # no other rule lets anyone else in on it
+    witness = next(f for f in hosts[cluster.witness.name] if f.path == "/etc/nftables.conf").content
+    assert str(port) not in witness
+    _, lab = rendered("lab")   # the SIPp stand-in takes no trunk calls: the port stays shut
+    assert '"trunks"' not in next(f for f in lab["pbx1"] if f.path == "/etc/nftables.conf").content
+
+
 def test_tmpfs_is_sized_from_config():
     cluster, hosts = rendered("lab")
     unit = next(f for f in hosts["pbx1"] if f.path.endswith(".mount"))

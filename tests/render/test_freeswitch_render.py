@@ -5,6 +5,7 @@ contexts, queues, agents, IVR menus, transfer targets, modules)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
 import re
 import shutil
@@ -26,7 +27,7 @@ DIALPLAN = {
               "options": [{"digit": "1", "target": "8000"}, {"digit": "2", "target": "8001"},
                           {"digit": "0", "target": "1001"}], "defaultTarget": "8000"}],
     "trunks": [{"name": "carrier-a", "host": "203.0.113.5", "prefixes": ["00", "+"], "stripPrefix": True,
-                "callerId": "4420700000"},
+                "callerId": "4420700000", "premiumPrefixes": ["00900"]},
                {"name": "carrier-b", "host": "sip.carrier-b.example", "transport": "tcp", "prefixes": ["00", ""],
                 "prepend": "+"}],
 }
@@ -134,6 +135,29 @@ def test_profiles_sessions_and_event_socket_from_config():
     assert f"internal_sip_port={c.media.sip_port}" in vars_ and f"hapbx_node={c.nodes[0].name}" in vars_
 
 
+def test_dialplan_trusts_only_kamailio_and_checks_the_class_again():
+    """A call on the internal profile needs Kamailio's media secret (compared as an MD5, so the
+    secret is in no file and no log line); a trunk-bound number needs the caller's class, which
+    only Kamailio vouches for (X-Hapbx-Class on the internal profile); X- headers go no further."""
+    c = cluster()
+    files = tree(c)
+    dialplan = files[f"{fs.CONF}/dialplan/hapbx.xml"].content
+    secret = SECRETS["sip_media_secret"]
+    assert secret not in "".join(f.content for f in files.values() if f.path != f"{fs.CONF}/secrets.xml")
+    trust = re.search(r'<extension name="hapbx-trust".*?</extension>', dialplan, re.S).group(0)
+    assert '${sofia_profile_name}" expression="^internal$"' in trust
+    assert f'expression="^{hashlib.md5(secret.encode()).hexdigest()}$"' in trust and '"respond" data="403' in trust
+    gates = re.findall(r'<extension name="class-\d+-(\w+)" continue="true">\s*<condition field="destination_number" '
+                       r'expression="([^"]+)"/>\s*<condition field="\$\{sofia_profile_name\}:\$\{sip_h_X-Hapbx-Class\}" '
+                       r'expression="\^internal:\(([a-z|]+)\)\$">', dialplan)
+    assert ("premium", "^00900[0-9]*$", "premium") in gates
+    assert ("international", "^00[0-9]*$", "international|premium") in gates    # carrier-a: nothing listed
+    assert ("international", "^[+]?[0-9]+$", "international|premium") in gates  # carrier-b takes any number
+    # every gate precedes the routes it guards
+    assert dialplan.index("class-1-") < dialplan.index('<extension name="outbound-1">')
+    assert '"sip_copy_custom_headers=false"' in dialplan
+
+
 def test_cdr_goes_to_the_local_receiver_then_the_peer():
     c = cluster()
     conf = tree(c)[f"{fs.CONF}/autoload_configs/json_cdr.conf.xml"].content
@@ -158,7 +182,8 @@ def test_dialplan_follows_the_config():
     cc = files[f"{fs.CONF}/autoload_configs/callcenter.conf.xml"].content
     assert '<queue name="support@default">' in cc and '"strategy" value="round-robin"' in cc
     assert len(re.findall(r"<tier ", cc)) == 3 and len(re.findall(r"<agent ", cc)) == 3
-    assert f"sofia/internal/1001@{c.nodes[0].address}:{c.kamailio.sip_port}|sofia/internal/1001@{c.nodes[1].address}" in cc
+    assert (f"sofia/internal/1001@{c.nodes[0].address}:{c.kamailio.sip_port};transport=tcp|"
+            f"sofia/internal/1001@{c.nodes[1].address}:{c.kamailio.sip_port};transport=tcp") in cc
     ivr = files[f"{fs.CONF}/autoload_configs/ivr.conf.xml"].content
     assert 'digits="2" param="transfer 8001 XML hapbx"' in ivr
     assert 'data="8000 XML hapbx"' in dialplan  # IVR default target
@@ -167,7 +192,7 @@ def test_dialplan_follows_the_config():
     assert "policies.recording_mode" in lua and "record_post_process_exec_api" in lua and "execute_on_answer" in lua
     assert f"hapbx_live_dir={c.recordings.tmpfs_dir}" in files[f"{fs.CONF}/vars.xml"].content
     # no trunks: no external profile, no gateway
-    assert f"{fs.CONF}/sip_profiles/external.xml" not in tree(cluster(dialplan=None))
+    assert f"{fs.CONF}/sip_profiles/external.xml" not in tree(cluster(dialplan={}))
 
 
 def test_secrets_only_where_needed():
@@ -251,7 +276,7 @@ def test_calls_from_ip_trunks_are_named_by_source_address_and_carriers_see_the_t
     dialplan = tree(c)[f"{fs.CONF}/dialplan/hapbx.xml"].content
     inbound = dialplan[dialplan.index('<context name="hapbx-inbound">'):]
     # carrier-a is an address: known by it; carrier-b a name: known by its gateway only
-    assert re.search(r'field="network_addr" expression="\^203\\\.0\\\.113\\\.5\$">\s*'
+    assert re.search(r'field="network_addr" expression="\^\(203\\\.0\\\.113\\\.5\)\$">\s*'
                      r'<action application="set" data="hapbx_trunk=carrier-a"/>', inbound)
     assert 'data="hapbx_trunk=${sip_gateway}"' in inbound and "sip_gateway_name" not in dialplan
     assert inbound.index("inbound-trunk-carrier-a") < inbound.index('name="inbound"')
