@@ -59,7 +59,7 @@ def dial_rules(dialplan) -> list[DialRule]:
         by_length = sorted(((p, cls) for cls in CALL_CLASSES[1:] for p in getattr(trunk, f"{cls}_prefixes")),
                            key=lambda pc: (-len(pc[0]), pc[0]))
         for class_prefix, cls in by_length:
-            if class_prefix.startswith(prefix):
+            if class_prefix.startswith(prefix) and class_prefix != prefix:
                 rules.append(DialRule(f"^{_ere(class_prefix)}[0-9]*$", cls, trunk.name))
             elif prefix.startswith(class_prefix):
                 rules.append(DialRule(f"^{_ere(prefix)}{rest}", cls, trunk.name))
@@ -78,3 +78,14 @@ def trunk_addresses(trunk) -> list[str]:
         return [str(ipaddress.ip_address(trunk.host))]
     except ValueError:
         return []
+
+
+def exclusive(rules: list[DialRule]) -> list[DialRule]:
+    """The same rules for a matcher that tries them all (FreeSWITCH's continuing extensions):
+    each regex also refuses what an earlier rule took (a PCRE negative lookahead)."""
+    out = []
+    for i, rule in enumerate(rules):
+        earlier = "|".join(f"(?:{r.regex.removeprefix('^')})" for r in rules[:i])
+        regex = f"^(?!{earlier}){rule.regex.removeprefix('^')}" if earlier else rule.regex
+        out.append(DialRule(regex, rule.dial_class, rule.trunk))
+    return out

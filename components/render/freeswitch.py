@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from . import MANAGED_BY, RenderContext, RenderedFile, secret_refs, template
-from .dialing import allowed_callers, dial_rules, routes_by_prefix, trunk_addresses
+from .dialing import allowed_callers, dial_rules, exclusive, routes_by_prefix, trunk_addresses
 from .postgres import DATABASE
 
 CONF = "/etc/freeswitch"
@@ -84,7 +84,7 @@ class ClassGate:
 def class_gates(ctx: RenderContext) -> list[ClassGate]:
     """The trunk-bound dial rules, each with the classes of service that may dial it."""
     return [ClassGate(r.regex, r.dial_class, allowed_callers(r.dial_class))
-            for r in dial_rules(ctx.cluster.dialplan) if r.trunk]
+            for r in exclusive(dial_rules(ctx.cluster.dialplan)) if r.trunk]
 
 
 def outbound_routes(ctx: RenderContext) -> list[OutboundRoute]:

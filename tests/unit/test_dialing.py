@@ -51,3 +51,19 @@ def test_a_trunk_without_class_prefixes_carries_international_calls_only():
 def test_one_list_of_classes_in_kamailio_freeswitch_and_the_admin_api():
     assert CALL_CLASSES == validate.CALL_CLASSES == ("internal", "national", "international", "premium")
     assert [allowed_callers(c)[0] for c in CALL_CLASSES] == list(CALL_CLASSES)
+
+
+def test_exclusive_rules_match_once_and_agree_with_the_first_match():
+    """FreeSWITCH evaluates every gate: each number must meet exactly the rule Kamailio's first
+    match gives it, never a looser or stricter one besides."""
+    from components.render.dialing import exclusive
+    plan = dialplan([{"name": "carrier", "host": "198.51.100.20", "prefixes": ["0"], "nationalPrefixes": ["0", "0049"],
+                      "internationalPrefixes": ["00"], "premiumPrefixes": ["0900"]},
+                     {"name": "backup", "host": "198.51.100.21", "prefixes": [""]}])
+    rules = dial_rules(plan)
+    for number in ("1001", "0301234", "0049301234", "0033123", "0900123", "+4930", "77"):
+        hits = [r for r in exclusive(rules) if re.search(r.regex, number)]
+        assert len(hits) <= 1, (number, hits)
+        got = (hits[0].dial_class, hits[0].trunk) if hits else ("internal", "")
+        assert got == classify(rules, number), number
+    assert classify(rules, "0049301234") == ("national", "carrier")
