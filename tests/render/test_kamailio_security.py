@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up
+from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up, in_dialog
 from tests.render.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, VIP, call, free_port, register,
                                                  stack)  # noqa: F401  (stack: the module's fixture)
 from tests.sip import sipp
@@ -113,6 +113,36 @@ def test_forged_in_dialog_requests_are_refused_and_never_reach_the_target(edge, 
     time.sleep(0.5)
     assert sink.got == []
     assert stat(edge, "hapbx_forged_dialog") == before + 6
+
+
+def test_a_callers_own_signed_route_set_cannot_be_aimed_elsewhere(edge, sink):
+    """The signature proves the route set is ours, not that its holder may aim it anywhere: an
+    in-dialog request inside the attacker's own answered call, towards a foreign host, is refused;
+    the same call's BYE to the real party goes through."""
+    port = free_port()
+    assert register(edge, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port, extra=("-d", "3000"))
+    try:
+        sip = edge.cluster.kamailio.sip_port
+        with Connection((VIP, sip), "tcp", CALLER) as conn:
+            answer, sent = authenticated(conn, invite(edge, "1005", "1002"), "1005", USERS["1005"])
+            assert answer is not None and answer.status == 200, answer and answer.line
+            conn.send(in_dialog(sent, answer, "ACK"))
+            before = stat(edge, "hapbx_forged_dialog")
+            for method in ("INVITE", "MESSAGE"):
+                req = in_dialog(sent, answer, method)
+                req.uri, req.cseq = f"sip:x@{SINK}:{sink.port}", sent.cseq + 5
+                req.body = SDP if method == "INVITE" else "hi"
+                req.content_type = None if method == "INVITE" else "text/plain"
+                r = conn.ask(req)
+                assert r is not None and r.line == "403 Not Our Dialog", (method, r and r.line)
+            assert stat(edge, "hapbx_forged_dialog") == before + 2
+            bye = conn.ask(in_dialog(sent, answer, "BYE"))
+            assert bye is not None and bye.status == 200, bye and bye.line
+        time.sleep(0.3)
+        assert sink.got == []
+    finally:
+        phone.stop()
 
 
 def test_out_of_dialog_relay_is_refused_and_counted(edge, sink):
@@ -238,12 +268,14 @@ def test_concurrent_calls_beyond_the_extension_limit_get_486(edge):
 
 
 def test_call_attempts_beyond_the_rate_get_403(edge):
+    """calls_per_minute counts the last 60 s, not the clock minute: attempts at a minute's end
+    still count a second later."""
     limits(edge, "1004", calls_per_minute=2, max_calls=10)
-    if 60 - time.time() % 60 < 15:          # the count is per clock minute: start well inside one
-        time.sleep(60 - time.time() % 60 + 0.5)
     before = stat(edge, "hapbx_call_rate_refused")
+    time.sleep(58.5 - time.time() % 60 if time.time() % 60 < 58.5 else 60 - time.time() % 60 + 58.5)
     assert place(edge, "1004", "8000").status == 200
     assert place(edge, "1004", "8000").status == 200
+    time.sleep(max(0.0, 61 - time.time() % 60) if time.time() % 60 > 30 else 0)   # into the next minute
     r = place(edge, "1004", "8000")
     assert r is not None and r.line == "403 Call Rate Exceeded", r and r.line
     assert stat(edge, "hapbx_call_rate_refused") == before + 1
