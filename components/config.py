@@ -448,7 +448,7 @@ class ClusterConfig:
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
                 "procps", "curl", "python3-aiohttp", "python3-redis"]   # python3-*: the CDR/admin service
         if self.kamailio.tls:
-            base.append("kamailio-tls-modules")
+            base += ["kamailio-tls-modules", "openssl"]   # openssl: checks the certificate and key before install
         if self.media.engine == "freeswitch":
             # the IVR greetings and hold music are files of the sound packages
             base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter",
