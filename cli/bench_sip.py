@@ -427,6 +427,9 @@ BEGIN;
 DELETE FROM pbx.extensions WHERE display_name = '{MARK}';
 INSERT INTO pbx.extensions (number, type, display_name) SELECT u, 'user', '{MARK}' FROM (VALUES {values}) v(u, p);
 SELECT count(pbx.set_sip_password(u, p, '{domain}')) FROM (VALUES {values}) v(u, p);
+-- a load generator's users: limits at their ceilings, so the bench measures the checks, not refusals
+UPDATE pbx.calling_limits SET max_calls = 100, calls_per_minute = 600
+ WHERE extension_id IN (SELECT id FROM pbx.extensions WHERE display_name = '{MARK}');
 INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{CALLEE}', 'queue', '{MARK}');
 COMMIT;
 """)
