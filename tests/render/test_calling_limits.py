@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
-import socket
-import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
@@ -22,10 +19,9 @@ from psycopg import errors
 
 from components.render import postgres as pg
 from services.hapbx_cdr import validate as v
-from tests.helpers import free_port
 from tests.render import test_cdr_admin, test_postgres
 from tests.render.test_cdr_admin import api, st  # noqa: F401  (st: fixture)
-from tests.render.test_postgres import EXT, KAMAILIO_CFG, RUNNER, SECRETS, denied, digest, sip_register
+from tests.render.test_postgres import EXT, RUNNER, denied
 from tests.render.test_postgres import base, primary  # noqa: F401  (fixtures)
 
 pytestmark = [*test_postgres.pytestmark, *test_cdr_admin.pytestmark]
@@ -262,56 +258,9 @@ def test_a_user_without_its_row_gets_the_most_restrictive_limits(server, extensi
 
 # --- Kamailio ----------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.exists("/usr/sbin/kamailio"), reason="needs kamailio + kamailio-postgres-modules")
-def test_real_kamailio_loads_the_limits_at_digest_auth(server, extensions, tmp_path):
-    """auth_db with load_credentials "cos;max_calls;calls_per_minute" against the view: after a
-    successful auth_check the three are AVPs (echoed in the reason phrase of the 200)."""
-    extensions("7170", password="user-7170-password")
-    run(server, "UPDATE pbx.calling_limits l SET class = 'international', max_calls = 5, calls_per_minute = 30 "
-                "FROM pbx.extensions e WHERE e.id = l.extension_id AND e.number = '7170'")
-    cfg_text = KAMAILIO_CFG
-    for old, new in (('"load_credentials", ""', '"load_credentials", "cos;max_calls;calls_per_minute"'),
-                     ('if (!save("location")) {{ sl_reply_error(); }}',
-                      'sl_send_reply("200", "cos=$avp(cos) max_calls=$avp(max_calls) cpm=$avp(calls_per_minute)");')):
-        assert old in cfg_text
-        cfg_text = cfg_text.replace(old, new)
-    port = free_port()
-    db = f"postgres://kamailio:{SECRETS['postgres_kamailio']}@127.0.0.1:{server.port}/{pg.DATABASE}"
-    cfg = tmp_path / "kamailio.cfg"
-    cfg.write_text(cfg_text.format(port=port, db=db))
-    proc = subprocess.Popen(["kamailio", "-f", str(cfg), "-DD", "-E", "-m", "64", "-M", "8", "-P", str(tmp_path / "pid"),
-                             "-Y", str(tmp_path), "-w", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(0.5)
-            challenge = ""
-            for _ in range(40):  # up to ~20 s for the start
-                try:
-                    challenge = sip_register(s, port, "7170", DOMAIN, 1)
-                    break
-                except socket.timeout:
-                    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert challenge.startswith("SIP/2.0 401"), challenge
-            s.settimeout(5)
-            header = next(line for line in challenge.split("\r\n") if line.lower().startswith("www-authenticate"))
-            nonce = header.split('nonce="')[1].split('"')[0]
-            ha1 = hashlib.md5(f"7170:{DOMAIN}:user-7170-password".encode()).hexdigest()
-            resp = digest(ha1, "REGISTER", f"sip:{DOMAIN}", nonce, "00000001", "0a1b2c", "auth")
-            auth = (f'Authorization: Digest username="7170", realm="{DOMAIN}", nonce="{nonce}", uri="sip:{DOMAIN}", '
-                    f'response="{resp}", algorithm=MD5, qop=auth, nc=00000001, cnonce="0a1b2c"\r\n')
-            ok = sip_register(s, port, "7170", DOMAIN, 2, auth)
-            assert ok.split("\r\n")[0] == "SIP/2.0 200 cos=international max_calls=5 cpm=30", ok
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# Kamailio loading them at digest auth, and refusing by them: tests/render/test_kamailio_security.py
+# (the rendered kamailio.cfg against this schema).
 
-
-# --- the admin API -----------------------------------------------------------------------------------
 
 def view_row(stack, number: str) -> str:
     return stack.pg.psql(f"SELECT cos, max_calls, calls_per_minute FROM kamailio.subscriber "
