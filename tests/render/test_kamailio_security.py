@@ -139,10 +139,76 @@ def test_a_callers_own_signed_route_set_cannot_be_aimed_elsewhere(edge, sink):
             assert stat(edge, "hapbx_forged_dialog") == before + 2
             bye = conn.ask(in_dialog(sent, answer, "BYE"))
             assert bye is not None and bye.status == 200, bye and bye.line
+            # the call is over: its route set, kept, is aimed at the sink again
+            req = in_dialog(sent, answer, "MESSAGE")
+            req.uri, req.cseq, req.body, req.content_type = f"sip:x@{SINK}:{sink.port}", sent.cseq + 9, "hi", "text/plain"
+            r = conn.ask(req)
+            assert r is not None and r.line == "403 Not Our Dialog", r and r.line
         time.sleep(0.3)
         assert sink.got == []
     finally:
         phone.stop()
+
+
+def signed_route(stack, call_id: str) -> str:
+    """Our Record-Route for a call (as route[DIALOG_SIG] signs it), as a peer node would have made it."""
+    import hashlib
+    from tests.render.test_kamailio_loopback import SECRETS
+    hs = hashlib.sha256(f"{SECRETS['kamailio_dialog_secret']}:{call_id}".encode()).hexdigest()[:24]
+    return f"<sip:{VIP}:{stack.cluster.kamailio.sip_port};lr;hs={hs}>"
+
+
+def test_a_dialog_this_node_does_not_know_reaches_registered_phones_and_engines_only(edge, sink):
+    """After a failover the surviving node has the signature, not the parties: its in-dialog
+    requests go to a media engine or a registered contact, never elsewhere."""
+    port = free_port()
+    assert register(edge, CALLEE, "1002", PASSWORDS["1002"], port=port).ok
+    phone = sipp.Uas(CALLEE, port, text=BYE_ANSWERER)
+    try:
+        sip = edge.cluster.kamailio.sip_port
+        before = stat(edge, "hapbx_forged_dialog")
+        for target, expect in ((f"sip:1002@{CALLEE}:{port}", 200), (f"sip:x@{SINK}:{sink.port}", 403)):
+            req = Request("BYE", target, f"sip:1001@{VIP}", f"sip:1002@{VIP}", to_tag="peer-made",
+                          call_id="failed-over-" + str(port))
+            req.extra.append(f"Route: {signed_route(edge, req.call_id)}")
+            with Connection((VIP, sip), "udp", CALLER) as conn:
+                r = conn.ask(req)
+            assert r is not None and r.status == expect, (target, r and r.line)
+        assert stat(edge, "hapbx_forged_dialog") == before + 1
+        time.sleep(0.3)
+        assert sink.got == [] and "BYE sip:1002@" in phone.messages()
+    finally:
+        phone.stop()
+
+
+#: a phone that answers a BYE (of a call set up before a failover)
+BYE_ANSWERER = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="bye answerer">
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+
+def test_a_forged_udp_source_cannot_get_a_cluster_address_banned(edge):
+    """A scanner's packet forging a node's own address: the cluster's addresses are never banned
+    (a node's health check is an OPTIONS from its own address), so the node is still answered."""
+    port = edge.cluster.kamailio.sip_port
+    scan = Request("OPTIONS", f"sip:{VIP}:{port}", f"sip:x@{NODE2}", f"sip:{VIP}", extra=["User-Agent: friendly-scanner"])
+    with Connection((VIP, port), "udp", NODE2) as conn:
+        conn.ask(scan, timeout=1)
+        assert NODE2 not in edge.kamailio.rpc("htable.dump", "ipban")
+        ok = conn.ask(Request("OPTIONS", f"sip:{VIP}:{port}", f"sip:x@{NODE2}", f"sip:{VIP}"))
+        assert ok is not None and ok.status == 200
 
 
 def test_out_of_dialog_relay_is_refused_and_counted(edge, sink):
