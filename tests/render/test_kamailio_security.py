@@ -166,15 +166,23 @@ def test_a_dialog_this_node_does_not_know_reaches_registered_phones_and_engines_
     phone = sipp.Uas(CALLEE, port, text=BYE_ANSWERER)
     try:
         sip = edge.cluster.kamailio.sip_port
+        # a user registers a Contact at the sink, from its own address: a contact it declares is
+        # not where it registered from
+        with Connection((VIP, sip), "tcp", CALLER) as conn:
+            reg = Request("REGISTER", f"sip:{VIP}:{sip}", f"sip:1003@{VIP}", f"sip:1003@{VIP}",
+                          contact=f"sip:1003@{SINK}:{sink.port}", extra=["Expires: 60"])
+            r, _ = authenticated(conn, reg, "1003", USERS["1003"])
+            assert r is not None and r.status == 200, r and r.line
         before = stat(edge, "hapbx_forged_dialog")
-        for target, expect in ((f"sip:1002@{CALLEE}:{port}", 200), (f"sip:x@{SINK}:{sink.port}", 403)):
+        for target, expect in ((f"sip:1002@{CALLEE}:{port}", 200), (f"sip:x@{SINK}:{sink.port}", 403),
+                               (f"sip:1003@{SINK}:{sink.port}", 403)):
             req = Request("BYE", target, f"sip:1001@{VIP}", f"sip:1002@{VIP}", to_tag="peer-made",
                           call_id="failed-over-" + str(port))
             req.extra.append(f"Route: {signed_route(edge, req.call_id)}")
             with Connection((VIP, sip), "udp", CALLER) as conn:
                 r = conn.ask(req)
             assert r is not None and r.status == expect, (target, r and r.line)
-        assert stat(edge, "hapbx_forged_dialog") == before + 1
+        assert stat(edge, "hapbx_forged_dialog") == before + 2
         time.sleep(0.3)
         assert sink.got == [] and "BYE sip:1002@" in phone.messages()
     finally:
