@@ -82,20 +82,12 @@ ATTACKS = {
 # Holes the config is known to leave: key -> why. Their tests run inside `with hole(key):` (a strict
 # xfail: once refused they fail until the entry goes), their rows say so in the report, and what they
 # let reach the sink is theirs (anything else there still fails the run). Found by this test and
-# closed since: 2f, 8d (commit 83a6d16), 2g, 5c (commit 39e2045).
+# closed since: 2f, 8d (commit 83a6d16), 2g, 5c (commit 39e2045), 2h, 2i (the commit after af65238).
 CLOSED = ("2f (a caller's own signed route set aimed elsewhere during its call) and 8d (the clock-minute window of "
           "calls_per_minute) by commit 83a6d16; 2g (a kept route set once the dialog was forgotten) and 5c (one forged "
-          "scanner packet banning a node, its keepalived FAULT; both nodes: no VIP) by commit 39e2045")
-KNOWN_HOLES: dict[str, str] = {
-    "2h": "route[DIALOG_TARGET] counts the caller's Contact host as its INVITE declares it ($ct, read before "
-          "the NAT fix applies) as a party of the call, whichever side sends: a user of ours who names a "
-          "foreign host in its INVITE's Contact can send any in-dialog request of the answered call to that "
-          "host, and Kamailio relays it there from its own address.",
-    "2i": "route[UNKNOWN_DIALOG_TARGET] takes the host of any contact registered for the R-URI's user as a "
-          "target (the Contact as declared, not only the address it was received from): a user of ours "
-          "registers a foreign host as its Contact and, with the signed route set of any call of its own "
-          "that Kamailio has forgotten, sends in-dialog requests there; Kamailio relays them.",
-}
+          "scanner packet banning a node, its keepalived FAULT; both nodes: no VIP) by commit 39e2045; 2h (a Contact "
+          "declared in the INVITE) and 2i (a Contact declared in a REGISTER) by the source-address checks that followed")
+KNOWN_HOLES: dict[str, str] = {}   # none open: 2h and 2i were closed by the source-address checks
 
 
 @contextlib.contextmanager
