@@ -9,7 +9,6 @@ holding the VIP) and whether the attack was refused as it must be.
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 
 
@@ -28,15 +27,9 @@ class Row:
 
 
 def machine() -> dict[str, str]:
-    info = {"kernel": platform.release(), "cores": str(os.cpu_count()), "python": platform.python_version()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
-        with open("/proc/meminfo") as fh:
-            info["memory"] = f"{int(fh.readline().split()[1]) // 1024} MiB"
-    except OSError:
-        pass
-    return info
+    """The machine of the run, as every report in reports/ names it."""
+    from cli.machine import host
+    return host()
 
 
 def _cell(text: str) -> str:
