@@ -71,11 +71,13 @@ def target(lab, address: str) -> str:
 def test_kamailio_runs_with_the_rendered_config(lab, node):
     assert lab.sh(node, "systemctl is-active kamailio").strip() == "active"
     c = lab.cluster
-    listening = lab.sh(node, "ss -lunH")
+    udp, tcp = lab.sh(node, "ss -lunH"), lab.sh(node, "ss -ltnH")
     address = next(n.address for n in c.nodes if n.name == node)
-    for addr, port in ((address, c.kamailio.sip_port), (c.vip.address, c.kamailio.sip_port),
-                       (address, c.kamailio.dmq_port)):
-        assert f"{addr}:{port} " in listening, (node, addr, port)   # the VIP too, owned or not
+    for addr, port in ((address, c.kamailio.sip_port), (c.vip.address, c.kamailio.sip_port)):
+        assert f"{addr}:{port} " in udp and f"{addr}:{port} " in tcp, (node, addr, port)   # the VIP too, owned or not
+        assert f"{addr}:{c.kamailio.tls_port} " in tcp, (node, addr, "tls")
+    # DMQ over TCP only: a KDMQ over UDP could carry any source address
+    assert f"{address}:{c.kamailio.dmq_port} " in tcp and f":{c.kamailio.dmq_port} " not in udp
     cmdline = lab.sh(node, "cat /proc/$(cat /run/kamailio/kamailio.pid)/cmdline | tr '\\0' ' '")
     assert f"-m {c.kamailio.shm_mb} -M {c.kamailio.pkg_mb}" in cmdline
     nodes = lab.sh(node, "kamcmd -s unix:/run/kamailio/kamailio_ctl dmq.list_nodes")
