@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+from components.render.etcd import KEY_PREFIX
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -57,6 +59,12 @@ def test_01_bootstrap_and_rejoin_by_basebackup(rig):
     rig.wait_etcd()
     assert rig.bootstrap_etcd_auth() == "changed"
     assert rig.bootstrap_etcd_auth() == "unchanged"          # idempotent
+    # authentication is really on: a read without credentials is refused, the node user's works
+    anonymous = subprocess.run(rig.inside("witness", ["etcdctl", f"--endpoints={rig.endpoints()}", "--command-timeout=3s",
+                                                      "get", KEY_PREFIX + "leader"]),
+                               capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=15)
+    assert anonymous.returncode != 0 and "user name is empty" in anonymous.stderr, (anonymous.stdout, anonymous.stderr)
+    rig.etcdctl("get", KEY_PREFIX + "leader")
     rig.start_redis()
     rig.init_primary("pbx1")
     # pbx2 has no data directory: pg_rewind cannot work, rejoin builds it with pg_basebackup
