@@ -166,13 +166,14 @@ def challenge_params(response: Response) -> dict[str, str]:
 
 
 def authorization(response: Response, request: Request, user: str, password: str, nc: int = 1,
-                  cnonce: str | None = None) -> str:
-    """The Authorization (401) or Proxy-Authorization (407) header answering ``response``."""
+                  cnonce: str | None = None, qop: bool = True) -> str:
+    """The Authorization (401) or Proxy-Authorization (407) header answering ``response``;
+    ``qop`` False: answered as a client that does not count nonces would (RFC 2069 style)."""
     p = challenge_params(response)
     ha1 = _md5(f"{user}:{p['realm']}:{password}")
     ha2 = _md5(f"{request.method}:{request.uri}")
     fields = f'username="{user}", realm="{p["realm"]}", nonce="{p["nonce"]}", uri="{request.uri}", algorithm=MD5'
-    if "qop" in p:
+    if qop and "qop" in p:
         cnonce = cnonce or secrets.token_hex(8)
         digest = _md5(f"{ha1}:{p['nonce']}:{nc:08x}:{cnonce}:auth:{ha2}")
         fields += f', qop=auth, nc={nc:08x}, cnonce="{cnonce}"'

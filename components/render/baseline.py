@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import RenderContext, RenderedFile, secret_refs, template
-from .dialing import trunk_addresses
+from .dialing import all_trunk_addresses
 
 # Ports only the other cluster members may reach, by purpose (used by nftables and tests).
 def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
@@ -23,8 +23,8 @@ def trunk_ingress(ctx: RenderContext) -> tuple[int, list[str]] | None:
     c = ctx.cluster
     if ctx.is_witness or c.media.engine != "freeswitch":
         return None
-    addresses = [a for t in c.dialplan.trunks for a in trunk_addresses(t)]
-    return (c.dialplan.trunk_sip_port, sorted(set(addresses))) if addresses else None
+    addresses = all_trunk_addresses(c.dialplan)
+    return (c.dialplan.trunk_sip_port, sorted(addresses)) if addresses else None
 
 
 def systemd_escape_path(path: str) -> str:

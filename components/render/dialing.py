@@ -89,3 +89,11 @@ def exclusive(rules: list[DialRule]) -> list[DialRule]:
         regex = f"^(?!{earlier}){rule.regex.removeprefix('^')}" if earlier else rule.regex
         out.append(DialRule(regex, rule.dial_class, rule.trunk))
     return out
+
+
+def all_trunk_addresses(dialplan) -> list[str]:
+    """Every address a trunk's calls may come from, first seen first (the inbound ACL, the firewall)."""
+    out: list[str] = []
+    for t in dialplan.trunks:
+        out += [a for a in trunk_addresses(t) if a not in out]
+    return out

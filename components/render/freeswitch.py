@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from . import MANAGED_BY, RenderContext, RenderedFile, secret_refs, template
-from .dialing import allowed_callers, dial_rules, exclusive, routes_by_prefix, trunk_addresses
+from .dialing import all_trunk_addresses, allowed_callers, dial_rules, exclusive, routes_by_prefix, trunk_addresses
 from .postgres import DATABASE
 
 CONF = "/etc/freeswitch"
@@ -120,14 +120,6 @@ def trunk_sources(ctx: RenderContext) -> list[TrunkSource]:
             for t in ctx.cluster.dialplan.trunks if trunk_addresses(t)]
 
 
-def all_trunk_addresses(ctx: RenderContext) -> list[str]:
-    """Every address a trunk's calls may come from (the inbound ACL, the firewall)."""
-    out: list[str] = []
-    for t in ctx.cluster.dialplan.trunks:
-        out += [a for a in trunk_addresses(t) if a not in out]
-    return out
-
-
 def agents(ctx: RenderContext) -> list[str]:
     seen: list[str] = []
     for q in ctx.cluster.dialplan.queues:
@@ -143,7 +135,7 @@ def _values(ctx: RenderContext) -> dict:
         ivrs=c.dialplan.ivrs, trunks=c.dialplan.trunks, outbound=outbound_routes(ctx),
         user_pattern=c.dialplan.user_pattern, user_dial=user_dial(ctx, "${destination_number}"),
         agent_dial=lambda number: user_dial(ctx, number), agents=agents(ctx), kamailio_sources=kamailio_sources(ctx),
-        trunk_hosts=all_trunk_addresses(ctx), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
+        trunk_hosts=all_trunk_addresses(c.dialplan), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
                                                                   for n in (ctx.host, ctx.peer)),
         cdr_urls=[f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"],
         cdr_error_dir=CDR_ERROR_DIR, user=USER, group=GROUP, trunk_sources=trunk_sources(ctx),
