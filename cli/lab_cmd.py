@@ -37,7 +37,7 @@ def spec_for(cluster: ClusterConfig) -> LabSpec:
     if cluster.witness:
         nodes.append(LabNode(cluster.witness.name, cluster.witness.address, tuple(cluster.witness_packages())))
     spec = LabSpec(name=lab.name, bridge=lab.bridge, subnet=lab.subnet, host_address=lab.host_address,
-                   nodes=tuple(nodes))
+                   nodes=tuple(nodes), release=cluster.release.codename)
     wanted = {"ssh.privateKeyFile": (cluster.ssh.private_key_file, str(spec.private_key_path)),
               "ssh.knownHostsFile": (cluster.ssh.known_hosts_file, str(spec.known_hosts_path))}
     bad = [f"{k}: {have!r} is not the lab's file (allowed: {want!r})" for k, (have, want) in wanted.items()
@@ -67,7 +67,7 @@ def preview(raw: dict, spec: LabSpec, stack: str = "lab") -> plan.PreviewResult:
                         log=lambda line: print(line, file=sys.stderr))
 
 
-def describe(cluster: ClusterConfig, spec: LabSpec) -> str:
+def describe(cluster: ClusterConfig, spec: LabSpec, stack: str = "lab") -> str:
     st = machinery.status(spec)
     lines = [f"lab {spec.name}: bridge {spec.bridge} {spec.host_address}/{spec.prefixlen}, "
              f"{'isolated' if st.isolated else 'NOT isolated'}"]
@@ -76,7 +76,7 @@ def describe(cluster: ClusterConfig, spec: LabSpec) -> str:
         lines.append(f"  {n.name:<8} {n.address:<15} {state}")
     lines += [f"  VIP      {cluster.vip.address:<15} SIP udp/tcp {cluster.kamailio.sip_port}",
               f"  ssh:     ./hapbx lab ssh {cluster.nodes[0].name}",
-              f"  stack:   Pulumi.lab.yaml (pulumi up -s lab works against the same nodes)"]
+              f"  stack:   Pulumi.{stack}.yaml (pulumi up -s {stack} works against the same nodes)"]
     return "\n".join(lines)
 
 
@@ -154,7 +154,7 @@ def run(args) -> int:
             machinery.down(spec)
             return 0
         if args.lab_command == "status":
-            print(describe(cluster, spec))
+            print(describe(cluster, spec, args.stack))
             return 0 if machinery.status(spec).up else 1
         if args.lab_command == "drill":
             from cli import drill
@@ -173,14 +173,14 @@ def run(args) -> int:
         if args.lab_command == "up":
             machinery.up(spec)
             if args.no_apply:
-                print(describe(cluster, spec))
+                print(describe(cluster, spec, args.stack))
                 return 0
         started = time.monotonic()
         result = apply(raw, spec, stack=args.stack, force=getattr(args, "force", False))
         print(f"[lab {spec.name}] apply: {len(result.created)} created, {len(result.updated)} updated, "
               f"{len(result.replaced)} replaced, {len(result.deleted)} deleted, {len(result.unchanged)} unchanged "
               f"... {time.monotonic() - started:.1f}s")
-        print(describe(cluster, spec))
+        print(describe(cluster, spec, args.stack))
         if args.lab_command == "up":
             return 0 if end_to_end(cluster, spec) else 1
         return 0

@@ -17,13 +17,16 @@ from typing import Any, Optional
 
 import yaml
 
+from .releases import DEFAULT_RELEASE, RELEASES, SUPPORTED_KAMAILIO, SUPPORTED_POSTGRES, release
 from .schema import ConfigError, Problems, describe, parse_object, setting
 
 PROJECT = "high-cc-pbx"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
 SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey")
-SUPPORTED = {"postgres": ("15", "16"), "kamailio": ("5.6", "6.0"), "freeswitch": ("1.10",)}
+SUPPORTED = {"postgres": SUPPORTED_POSTGRES, "kamailio": SUPPORTED_KAMAILIO, "freeswitch": ("1.10",)}
+#: how a version setting says "the one the node's Debian release packages"
+RELEASE_OWN = ""
 
 
 def _name(value: str) -> str | None:
@@ -142,6 +145,9 @@ class NtpSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class OsSettings:
+    release: str = setting("release", "Debian release of the nodes and the witness (the deploy refuses a node running "
+                           "another); it decides which PostgreSQL and Kamailio Debian itself provides.",
+                           DEFAULT_RELEASE, choices=tuple(RELEASES))
     apply_sysctl: bool = setting("applySysctl", "Apply kernel tuning; false only where /proc/sys is read-only (containers).", True)
     nofile: int = setting("nofile", "Open-file limit for the daemons.", 1048576, minimum=1024, maximum=1 << 24)
     journald_max_use_mb: int = setting("journaldMaxUseMb", "Cap of the persistent journal.", 1024, minimum=16, maximum=1 << 20)
@@ -175,7 +181,9 @@ class PackageSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PostgresSettings:
-    version: str = setting("version", "PostgreSQL major version.", "16", choices=SUPPORTED["postgres"])
+    version: str = setting("version", "PostgreSQL major version; unset: the release's own (bookworm 15, trixie 17). "
+                           "Another major needs its vendor repository in packages.repositories.", RELEASE_OWN,
+                           choices=(RELEASE_OWN,) + SUPPORTED["postgres"])
     port: int = setting("port", "PostgreSQL port.", 5432, **PORT)
     initial_primary: str = setting("initialPrimary", "Node that is primary at first deploy.", "")
     max_connections: int = setting("maxConnections", "Connection limit (Kamailio children x 2 + services + headroom).",
@@ -192,7 +200,9 @@ class RedisSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class KamailioSettings:
-    version: str = setting("version", "Kamailio version installed on the nodes.", "6.0", choices=SUPPORTED["kamailio"])
+    version: str = setting("version", "Kamailio version installed on the nodes; unset: the release's own (bookworm "
+                           "5.6, trixie 6.0). Another needs its vendor repository in packages.repositories.",
+                           RELEASE_OWN, choices=(RELEASE_OWN,) + SUPPORTED["kamailio"])
     sip_port: int = setting("sipPort", "SIP port (UDP and TCP) on the VIP and node addresses.", 5060, **PORT)
     tls: bool = setting("tls", "Also listen for SIP over TLS (phones choose UDP, TCP or TLS).", True)
     tls_port: int = setting("tlsPort", "SIP TLS port.", 5061, **PORT)
@@ -425,6 +435,11 @@ class ClusterConfig:
 
     # --- derived facts, used by components and the lab -----------------------------------
     @property
+    def release(self):
+        """The nodes' Debian release (components/releases.py)."""
+        return release(self.os.release)
+
+    @property
     def subnet(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(f"{self.nodes[0].address}/{self.network.prefix}", strict=False)
 
@@ -442,9 +457,8 @@ class ClusterConfig:
 
     def node_packages(self) -> list[str]:
         """Every Debian package a PBX node needs; the lab bakes exactly this list."""
-        pg = self.postgres.version
         base = ["chrony", "nftables", "sudo", "rsync", "lsyncd", "keepalived", "etcd-server", "etcd-client",
-                "redis-server", f"postgresql-{pg}", "postgresql-client-common", "python3-psycopg2",
+                "redis-server", *self.release.postgres_packages(self.postgres.version), "python3-psycopg2",
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
                 "procps", "curl", "python3-aiohttp", "python3-redis"]   # python3-*: the CDR/admin service
         if self.kamailio.tls:
@@ -646,11 +660,28 @@ def memory_budget_mb(cfg: ClusterConfig, node: NodeSettings) -> int:
     return pg + cfg.redis.maxmemory_mb + kam + cfg.recordings.tmpfs_mb + 512
 
 
+def _with_release_versions(cfg: ClusterConfig, p: Problems) -> ClusterConfig:
+    """Unset versions become the release's own; another version needs a vendor repository."""
+    rel = cfg.release
+    pg = cfg.postgres.version or rel.postgres
+    kam = cfg.kamailio.version or rel.kamailio
+    for key, want, own, package in (("postgres.version", pg, rel.postgres, f"postgresql-{pg}"),
+                                    ("kamailio.version", kam, rel.kamailio, f"kamailio {kam}")):
+        if want != own and not cfg.packages.repositories:
+            p.add(key, f"{want!r} is not what Debian {rel.codename} packages ({own!r}) and no vendor repository is "
+                  f"configured (allowed: {own!r} or unset, or add the repository providing {package} to "
+                  "packages.repositories)")
+    return dataclasses.replace(cfg, postgres=dataclasses.replace(cfg.postgres, version=pg),
+                               kamailio=dataclasses.replace(cfg.kamailio, version=kam))
+
+
 def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterConfig, list[str]]:
     """Validate raw key->value config (keys without the project prefix). Returns config and warnings."""
     p = Problems()
     cfg = parse_object(ClusterConfig, raw, "", p)
     typed = not p.errors
+    if typed:
+        cfg = _with_release_versions(cfg, p)
     for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan):
         try:
             check(cfg, p)

@@ -35,6 +35,20 @@ def real_contents(cluster: ClusterConfig, host, secrets: Mapping[str, pulumi.Out
     return [(f, real.apply(lambda by_path, p=f.path: by_path[p]) if f.secrets else f.content) for f in files]
 
 
+def release_check_script(codename: str) -> str:
+    """Refuse a host of another Debian release before anything is written to it: the package
+    list, the repositories and the versions are the configured release's (components/releases.py)."""
+    return f"""
+running=$(. /etc/os-release && echo "${{VERSION_CODENAME:-unknown}}")
+if [ "$running" != {shlex.quote(codename)} ]; then
+  echo "this host runs Debian $running but os.release is {codename}: set os.release to $running" \
+       "(or install {codename}) and run again" >&2
+  exit 1
+fi
+echo "Debian $running"
+"""
+
+
 def packages_script(packages: list[str]) -> str:
     wanted = " ".join(shlex.quote(p) for p in packages)
     return f"""
@@ -75,16 +89,21 @@ class Node(pulumi.ComponentResource):
         other_files = [f for f in files if f not in early_files]
         child = pulumi.ResourceOptions(parent=self)
 
+        codename = cluster.release.codename
+        release_check = rc.step(f"{name}-release", name, self.connection, "check the Debian release",
+                                release_check_script(codename), child, triggers=[codename])
+        checked = pulumi.ResourceOptions(parent=self, depends_on=[release_check])
         keys = [rc.step(f"{name}-repo-key-{r.name}", name, self.connection, f"fetch key of {r.name}",
-                        repo_key_script(r.name, r.key_url), child, triggers=[r.key_url])
+                        repo_key_script(r.name, r.key_url), checked, triggers=[r.key_url])
                 for r in cluster.packages.repositories]
         sources = rc.deploy_files(name, name, self.connection,
                                   real_contents(cluster, host, args.secrets, baseline.files, early_files),
-                                  self, depends_on=keys)
+                                  self, depends_on=[release_check, *keys])
         packages = cluster.witness_packages() if isinstance(host, WitnessSettings) else cluster.node_packages()
         self.packages = rc.step(
-            f"{name}-packages", name, self.connection, "install packages", packages_script(packages),
-            pulumi.ResourceOptions(parent=self, depends_on=keys + sources),
+            f"{name}-packages", name, self.connection, "install packages",
+            packages_script(packages),
+            pulumi.ResourceOptions(parent=self, depends_on=[release_check, *keys, *sources]),
             triggers=[hashlib.sha256(" ".join(packages).encode()).hexdigest()])
         self.files = rc.deploy_files(name, name, self.connection,
                                      real_contents(cluster, host, args.secrets, baseline.files, other_files),

@@ -4,8 +4,11 @@ Both live under the shared cache dir and are built in a scratch directory that i
 renamed into place only when complete, so an interrupted build never leaves a
 half cache. Builds take a lock on the cache so two labs never build at once.
 
+Every image is of one Debian release (the suite, e.g. bookworm or trixie): the suite is
+part of the base's identity, and so of every layer's over it.
+
 Layout:
-    <cache>/base/<base-id>/rootfs         the base tree (overlay lowest layer)
+    <cache>/base/<base-id>/rootfs         the base tree of one suite (overlay lowest layer)
     <cache>/layers/<key>/fs               an overlay upper dir over the base
     <cache>/layers/<key>/packages.txt     what it holds (for humans)
 Layers no longer referenced by any lab are left in place; delete <cache>/layers/<key>
@@ -23,7 +26,6 @@ from typing import Iterator, Sequence
 
 from .host import command, remove_tree, unmount_under
 
-SUITE = "bookworm"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "openssh-server",
                  "python3", "iputils-ping")
 # Bump when finish_base() changes, so caches made by older code are not reused.
@@ -43,8 +45,8 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def base_id() -> str:
-    return _digest(json.dumps({"suite": SUITE, "variant": "minbase",
+def base_id(suite: str) -> str:
+    return _digest(json.dumps({"suite": suite, "variant": "minbase",
                                "include": BASE_PACKAGES, "format": BASE_FORMAT}))
 
 
@@ -53,26 +55,26 @@ def normalize(packages: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(set(packages)))
 
 
-def layer_key(packages: Sequence[str]) -> str:
-    return _digest(base_id(), *normalize(packages))
+def layer_key(suite: str, packages: Sequence[str]) -> str:
+    return _digest(base_id(suite), *normalize(packages))
 
 
-def base_root(cache: Path) -> Path:
-    return cache / "base" / base_id() / "rootfs"
+def base_root(cache: Path, suite: str) -> Path:
+    return cache / "base" / base_id(suite) / "rootfs"
 
 
-def layer_root(cache: Path, packages: Sequence[str]) -> Path:
-    return cache / "layers" / layer_key(packages) / "fs"
+def layer_root(cache: Path, suite: str, packages: Sequence[str]) -> Path:
+    return cache / "layers" / layer_key(suite, packages) / "fs"
 
 
-def lower_dirs(cache: Path, packages: Sequence[str]) -> list[Path]:
+def lower_dirs(cache: Path, suite: str, packages: Sequence[str]) -> list[Path]:
     """Overlay lower dirs for a node, lowest first; no packages means the base alone."""
-    return [base_root(cache)] + ([layer_root(cache, packages)] if packages else [])
+    return [base_root(cache, suite)] + ([layer_root(cache, suite, packages)] if packages else [])
 
 
-def missing(cache: Path, packages: Sequence[str]) -> list[Path]:
+def missing(cache: Path, suite: str, packages: Sequence[str]) -> list[Path]:
     """Cache entries a node with these packages still needs, base first."""
-    return [d for d in lower_dirs(cache, packages) if not d.is_dir()]
+    return [d for d in lower_dirs(cache, suite, packages) if not d.is_dir()]
 
 
 # --- building ---------------------------------------------------------------
@@ -106,25 +108,25 @@ def _build(cache: Path, final: Path, scratch_name: str, fill) -> None:
             remove_tree(scratch)
 
 
-def build_base(cache: Path) -> None:
+def build_base(cache: Path, suite: str) -> None:
     def fill(scratch: Path) -> None:
         tree = scratch / "rootfs"
         # No mirror argument: debootstrap uses the distribution's default archive.
         command(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                 SUITE, str(tree)], timeout=1800)
+                 suite, str(tree)], timeout=1800)
         _finish_base(tree)
         (scratch / "build.json").write_text(json.dumps(
-            {"suite": SUITE, "include": BASE_PACKAGES, "format": BASE_FORMAT}) + "\n")
-    _build(cache, base_root(cache), f"base-{base_id()}", fill)
+            {"suite": suite, "include": BASE_PACKAGES, "format": BASE_FORMAT}) + "\n")
+    _build(cache, base_root(cache, suite), f"base-{base_id(suite)}", fill)
 
 
-def build_layer(cache: Path, packages: Sequence[str]) -> None:
+def build_layer(cache: Path, suite: str, packages: Sequence[str]) -> None:
     wanted = normalize(packages)
 
     def fill(scratch: Path) -> None:
-        _install_into_layer(base_root(cache), scratch, wanted)
+        _install_into_layer(base_root(cache, suite), scratch, wanted)
         (scratch / "packages.txt").write_text("\n".join(wanted) + "\n")
-    _build(cache, layer_root(cache, wanted), f"layer-{layer_key(wanted)}", fill)
+    _build(cache, layer_root(cache, suite, wanted), f"layer-{layer_key(suite, wanted)}", fill)
 
 
 def _finish_base(tree: Path) -> None:

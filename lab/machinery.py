@@ -104,19 +104,20 @@ def up(spec: LabSpec, progress: Sink = print) -> LabInfo:
 
 def _ensure_images(spec: LabSpec, p: Progress) -> None:
     cache = spec.cache
-    if image.missing(cache, ()):
-        with p.step(f"build base image {image.SUITE} (debootstrap, about a minute)",
+    suite = spec.release
+    if image.missing(cache, suite, ()):
+        with p.step(f"build base image {suite} (debootstrap, about a minute)",
                     hint="check the host reaches the Debian archive (`apt-get update`), "
                          "then run up again", announce=True):
-            image.build_base(cache)
+            image.build_base(cache, suite)
     lists = {n.name: image.normalize(n.packages) for n in spec.nodes}
     for packages in sorted(set(lists.values()) - {()}):
-        if image.missing(cache, packages):
+        if image.missing(cache, suite, packages):
             users = ", ".join(name for name, pkgs in lists.items() if pkgs == packages)
             with p.step(f"build package layer for {users}: {' '.join(packages)}",
-                        hint="check the names are Debian bookworm packages, then run up again",
+                        hint=f"check the names are Debian {suite} packages, then run up again",
                         announce=True):
-                image.build_layer(cache, packages)
+                image.build_layer(cache, suite, packages)
 
 
 def _ensure_lab_key(spec: LabSpec) -> None:
@@ -304,4 +305,4 @@ def _machines(spec: LabSpec) -> list[Machine]:
 
 
 def _lowers(spec: LabSpec, node: LabNode) -> list[Path]:
-    return image.lower_dirs(spec.cache, node.packages)
+    return image.lower_dirs(spec.cache, spec.release, node.packages)

@@ -34,6 +34,7 @@ class LabSpec:
     subnet: str          # e.g. "10.77.0.0/24"
     host_address: str    # the host on the bridge, the nodes' gateway
     nodes: tuple[LabNode, ...]
+    release: str = "bookworm"  # Debian suite of every node's image
     state_dir: str = ""  # default /var/lib/hapbx/<name>
     cache_dir: str = "/var/cache/hapbx"
 
@@ -119,6 +120,8 @@ def _validate(spec: LabSpec) -> list[str]:
         if addr in addresses:
             problems.append(f"{label} {addr} is already used by {addresses[addr]}")
         addresses[addr] = label
+    if not _NAME.match(spec.release):
+        problems.append(f"release {spec.release!r} is not a Debian suite name")
     if not spec.nodes:
         problems.append("nodes must not be empty")
     names = [n.name for n in spec.nodes]

@@ -48,10 +48,12 @@ def test_spec_rejects_bad_values(over, words):
 
 
 def test_layer_key_ignores_order_and_duplicates_but_not_content():
-    assert image.layer_key(["b", "a"]) == image.layer_key(["a", "b", "a"])
-    assert image.layer_key(["a"]) != image.layer_key(["a", "b"])
+    assert image.layer_key("bookworm", ["b", "a"]) == image.layer_key("bookworm", ["a", "b", "a"])
+    assert image.layer_key("bookworm", ["a"]) != image.layer_key("bookworm", ["a", "b"])
+    # The same list over another release's base is another layer.
+    assert image.layer_key("bookworm", ["a"]) != image.layer_key("trixie", ["a"])
     # Nodes with no packages run on the base alone.
-    assert image.lower_dirs(Path("/c"), ()) == [image.base_root(Path("/c"))]
+    assert image.lower_dirs(Path("/c"), "trixie", ()) == [image.base_root(Path("/c"), "trixie")]
 
 
 def test_ssh_argv_pins_the_host_key():

@@ -92,7 +92,42 @@ def test_shipped_stacks_are_valid():
     assert lab.environment == "lab" and not lab_warnings
     prod, _ = build({**stack_config("prod"), "vendorRepoToken": "x"})
     assert [n.address for n in prod.nodes] == ["192.168.1.101", "192.168.1.102"]
-    assert prod.vip.address == "192.168.1.100" and prod.postgres.version == "16" and prod.kamailio.version == "6.0"
+    assert prod.vip.address == "192.168.1.100" and prod.postgres.version == "17" and prod.kamailio.version == "6.0"
+    assert (prod.os.release, [r.name for r in prod.packages.repositories]) == ("trixie", ["freeswitch"])
+    assert (lab.os.release, lab.postgres.version, lab.kamailio.version) == ("bookworm", "15", "5.6")
+    lab13, lab13_warnings = build(stack_config("lab-trixie"))
+    assert not lab13_warnings and (lab13.postgres.version, lab13.kamailio.version) == ("17", "6.0")
+    assert lab13.lab.name != lab.lab.name and lab13.lab.bridge != lab.lab.bridge and lab13.lab.subnet != lab.lab.subnet
+
+
+@pytest.mark.parametrize("release, key, version, own", [
+    ("bookworm", "postgres.version", "17", "15"), ("trixie", "postgres.version", "16", "17"),
+    ("trixie", "kamailio.version", "5.6", "6.0"), ("bookworm", "kamailio.version", "6.0", "5.6")])
+def test_a_version_debian_does_not_package_needs_a_vendor_repository(release, key, version, own):
+    raw = mutate(mutate(stack_config("lab"), "os.release", release), key, version)
+    with pytest.raises(ConfigError) as err:
+        build(raw)
+    assert any(e.startswith(f"{key}: {version!r} is not what Debian {release} packages ({own!r})")
+               for e in err.value.errors), err.value.errors
+    raw["packages"] = {"repositories": [{"name": "vendor", "uri": "http://vendor.invalid/deb", "suite": release,
+                                         "keyUrl": "http://vendor.invalid/key.asc"}]}
+    cfg, _ = build(raw)
+    assert getattr(cfg, key.split(".")[0]).version == version
+
+
+@pytest.mark.parametrize("release, postgres, kamailio", [("bookworm", "15", "5.6"), ("trixie", "17", "6.0")])
+def test_unset_versions_are_the_releases_own(release, postgres, kamailio):
+    raw = mutate(stack_config("lab"), "os.release", release)
+    raw.pop("postgres", None)
+    cfg, _ = build(raw)
+    assert (cfg.postgres.version, cfg.kamailio.version) == (postgres, kamailio)
+    assert f"postgresql-{postgres}" in cfg.node_packages()
+
+
+def test_an_unknown_release_is_refused():
+    with pytest.raises(ConfigError) as err:
+        build(mutate(stack_config("lab"), "os.release", "buster"))
+    assert any(e.startswith("os.release: 'buster'") for e in err.value.errors), err.value.errors
 
 
 def test_prod_without_token_names_the_secret():

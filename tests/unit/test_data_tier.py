@@ -145,13 +145,13 @@ def test_redis_replica_after_master_and_verified(lab):
     assert "replicaof no one" in graph.resources["redis-pbx1-role"].inputs["create"]
 
 
-def test_prod_uses_postgresql_16_with_the_same_templates(prod_config):
+def test_prod_uses_debian_13s_postgresql_17_with_the_same_templates(prod_config):
     graph, _ = run_ok(prod_config, ["vendorRepoToken"])
     names = set(graph.resources)
-    assert "postgres-node1-file-etc-postgresql-16-main-postgresql.conf" in names
+    assert "postgres-node1-file-etc-postgresql-17-main-postgresql.conf" in names
     assert "postgres-node2-standby" in names
     create = graph.resources["postgres-node2-standby"].inputs["create"]
-    assert "PGBIN=/usr/lib/postgresql/16/bin" in create and "SVC=postgresql@16-main" in create
+    assert "PGBIN=/usr/lib/postgresql/17/bin" in create and "SVC=postgresql@17-main" in create
 
 
 # --- pure parts -------------------------------------------------------------------------------

@@ -32,13 +32,17 @@ def test_order_packages_then_files_then_handlers(stack):
     host = raw["nodes"][0]["name"]
     files = [r for r in graph.commands() if r.name.startswith(f"{host}-file-")]
     apt = [f for f in files if "-etc-apt-" in f.name or "-etc-ssh-sshd" in f.name]  # before the packages
+    keys = {r.name for r in graph.commands() if r.name.startswith(f"{host}-repo-key-")}
     for f in files:
         if f in apt:
-            assert f"{host}-packages" not in f.depends_on
+            assert set(f.depends_on) == {f"{host}-release"} | keys, f.name   # nothing before the release check
         else:
             assert f.depends_on == [f"{host}-packages"], f.name
-    assert set(graph.resources[f"{host}-packages"].depends_on) == {a.name for a in apt} | {
-        r.name for r in graph.commands() if r.name.startswith(f"{host}-repo-key-")} | {f"{host}-svc-ssh"}
+    for key in keys:
+        assert graph.resources[key].depends_on == [f"{host}-release"]
+    assert set(graph.resources[f"{host}-packages"].depends_on) == {a.name for a in apt} | keys | {
+        f"{host}-svc-ssh", f"{host}-release"}
+    assert graph.resources[f"{host}-release"].depends_on == []
     handler = graph.resources[f"{host}-svc-chrony"]
     assert set(handler.depends_on) == {f"{host}-file-etc-chrony-chrony.conf", f"{host}-file-etc-default-chrony",
                                        f"{host}-file-etc-systemd-system-chrony.service.d-hapbx.conf"}
@@ -49,7 +53,8 @@ def test_lab_has_no_sysctl_and_prod_has_repositories(lab_config, prod_config):
     prod, _ = run_ok(prod_config, ["vendorRepoToken"])
     assert not [n for n in lab.resources if "sysctl" in n]
     assert "node1-file-etc-sysctl.d-60-hapbx.conf" in prod.resources
-    assert {"node1-repo-key-pgdg", "node1-repo-key-kamailio", "node1-repo-key-freeswitch"} <= set(prod.resources)
+    # Debian 13 packages PostgreSQL 17 and Kamailio 6.0: FreeSWITCH's is the one vendor repository
+    assert {n for n in prod.resources if "repo-key" in n} == {f"{h}-repo-key-freeswitch" for h in ("node1", "node2", "witness")}
     assert not [n for n in lab.resources if "repo-key" in n]
 
 
