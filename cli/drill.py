@@ -4,8 +4,9 @@
     ./hapbx lab drill --only 1,3 --runs 2  # some drills, fewer runs
 
 The scenarios, probes and measurements are in lab/drills.py; the report and its charts in
-lab/drill_report.py. Every run's figures also go to reports/failover/results.json, from which
-`--report-only` writes the report again.
+lab/drill_report.py. Every run's figures also go to reports/failover/results.json (results-trixie.json
+for the Debian 13 lab, `--stack lab-trixie`), from which `--report-only` writes the report again; the
+report shows every release on record.
 """
 from __future__ import annotations
 
@@ -40,11 +41,10 @@ def run(args, raw, cluster, spec) -> int:
     root = _root()
     out = args.out if os.path.isabs(args.out) else os.path.join(root, args.out)
     assets = os.path.splitext(out)[0]
-    results_path = os.path.join(assets, "results.json")
+    release = cluster.os.release
+    results_path = drill_report.results_path(assets, release)
     if args.report_only:
-        with open(results_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        drill_report.write(out, data)
+        drill_report.write(out, drill_report.load_all(assets))
         print(f"hapbx lab drill: wrote {os.path.relpath(out, root)}")
         return 0
     try:
@@ -70,7 +70,7 @@ def run(args, raw, cluster, spec) -> int:
         pass
     meta = {"command": command,
             "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "load_start": os.getloadavg(), "host": host(), "lab": spec.name,
+            "load_start": os.getloadavg(), "host": host(), "lab": spec.name, "release": release,
             "drills": only, "runs": args.runs, "note": args.note,
             "stack": {"advert_s": cluster.vip.advert_interval, "lease_ttl_s": cluster.etcd.lease_ttl_seconds,
                       "renew_s": cluster.etcd.renew_interval_seconds, "relax_s": cluster.ha.sync_relax_after,
@@ -128,7 +128,7 @@ def run(args, raw, cluster, spec) -> int:
             meta["parts"] = parts
         with open(results_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, default=_json_default)
-        drill_report.write(out, data)
+        drill_report.write(out, drill_report.load_all(assets))
         print(f"hapbx lab drill: {len(results)} runs in {meta['seconds']:.0f}s; wrote {os.path.relpath(out, root)}")
     return 1 if error else 0
 

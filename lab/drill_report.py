@@ -1,6 +1,7 @@
 """reports/failover.md and its charts from the drills' results (see lab/drills.py)."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 
@@ -90,18 +91,132 @@ def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]
     return outage[1], later, [i for i in ints if i is not outage]
 
 
-def write(path: str, data: dict) -> None:
-    meta, results, charts = data["meta"], data["results"], data.get("charts", {})
+#: the release of the lab stack (Pulumi.lab.yaml): its runs are the report's body, with charts;
+#: every other release's runs get a section of their own with the same tables
+MAIN_RELEASE = "bookworm"
+DEBIAN = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+
+
+def results_path(assets: str, release: str) -> str:
+    """Where one release's runs are kept (results.json: the lab stack's release)."""
+    return os.path.join(assets, "results.json" if release == MAIN_RELEASE else f"results-{release}.json")
+
+
+def load_all(assets: str) -> dict[str, dict]:
+    """Every release's runs on record: {release: data}."""
+    out = {}
+    for release in DEBIAN:
+        path = results_path(assets, release)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                out[release] = json.load(fh)
+    return out
+
+
+def _by_drill(data: dict) -> dict[int, list[dict]]:
+    """The runs of each drill, with the fault-period readings taken from their charts."""
+    results, charts = data["results"], data.get("charts", {})
     for d, runs in charts.items():   # charts and results of a drill are in the same (run) order
         rows = [r for r in results if r["drill"] == int(d)]
         for r, c in zip(rows, runs):
             r["write_fault_s"], r["write_later"], r["write_stalls"] = _during_fault(c, "writes", 0.5)
             r["sip_fault_s"], r["sip_later"], r["sip_stalls"] = _during_fault(c, "options", 0.35)
-    assets = os.path.splitext(path)[0]
-    os.makedirs(assets, exist_ok=True)
-    by = {}
+    by: dict[int, list[dict]] = {}
     for r in results:
         by.setdefault(r["drill"], []).append(r)
+    return by
+
+
+def _results_table(by: dict[int, list[dict]]) -> list[str]:
+    L = ["| drill | runs | SIP answers (fault) | writes accepted (fault) | writes accepted (run) | REGISTER ok (run) | "
+         "two VIP owners, longest | samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted(by):
+        rows = by[d]
+        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_fault_s')} | {_mmm(rows, 'write_fault_s')} | "
+                 f"{_mmm(rows, 'write_s')} | "
+                 f"{_mmm(rows, 'register_s')} | {_mmm(rows, 'two_vip_longest_s', digits=1)} | "
+                 f"{sum(r['two_primary_samples'] for r in rows)} | "
+                 f"{sum(r['acked_lost'] for r in rows)} of {sum(r['acked'] for r in rows)} | "
+                 f"{sum(1 for r in rows if r['phone_called'])}/{len(rows)} | {_mmm(rows, 'rejoin_after_heal_s', digits=1)} |")
+    return L
+
+
+def _targets_table(by: dict[int, list[dict]]) -> list[str]:
+    L = ["| target | drills | result |", "|---|---|---|"]
+    checks = [
+        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_fault_s"] <= 1.0,
+         lambda rows: f"max {_fmt(max(r['sip_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['sip_s'] for r in rows))})"),
+        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_fault_s"] <= 5.0,
+         lambda rows: f"max {_fmt(max(r['write_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['write_s'] for r in rows))})"),
+        ("zero samples with two writable primaries", set(DRILLS), lambda r: r["two_primary_samples"] == 0,
+         lambda rows: f"{sum(r['two_primary_samples'] for r in rows)} samples"),
+        ("two VIP owners never longer than 1 s", VIP_1S, lambda r: r["two_vip_longest_s"] <= 1.0,
+         lambda rows: f"longest {_fmt(max(r['two_vip_longest_s'] for r in rows), digits=1)}"),
+        ("zero acknowledged rows lost", NO_LOSS, lambda r: r["acked_lost"] == 0,
+         lambda rows: f"{sum(r['acked_lost'] for r in rows)} lost"),
+        ("every failed node back as a streaming standby", set(DRILLS),
+         lambda r: r["rejoin_after_heal_s"] is not None, lambda rows: f"{len(rows)} of {len(rows)} runs"),
+        ("a phone registered before receives a call", set(DRILLS), lambda r: r["phone_called"],
+         lambda rows: f"{sum(1 for r in rows if r['phone_called'])} of {len(rows)} runs"),
+    ]
+    for name, ds, ok, say in checks:
+        for d in sorted(ds & set(by)):
+            rows = by[d]
+            good = all(ok(r) for r in rows)
+            L.append(f"| {name} | {d} | {_verdict(good)}: {say(rows)} |")
+    return L
+
+
+def _side_by_side(releases: dict[str, dict[int, list[dict]]]) -> list[str]:
+    """Medians of the headline figures per drill, one column per release."""
+    names = list(releases)
+    L = ["| drill | figure | " + " | ".join(f"{DEBIAN[n]} ({n})" for n in names) + " |",
+         "|---|---|" + "---|" * len(names)]
+    figures = (("SIP answers (fault), median", "sip_fault_s"), ("writes accepted (fault), median", "write_fault_s"),
+               ("rejoined after heal, median", "rejoin_after_heal_s"))
+    for d in sorted(set().union(*releases.values())):
+        for label, key in figures:
+            cells = [_median(by.get(d, []), key) for by in releases.values()]
+            L.append(f"| {d} | {label} | " + " | ".join(cells) + " |")
+        cells = [f"{sum(r['two_primary_samples'] for r in by.get(d, []))} / "
+                 f"{sum(r['acked_lost'] for r in by.get(d, []))} of {sum(r['acked'] for r in by.get(d, []))}"
+                 if by.get(d) else "–" for by in releases.values()]
+        L.append(f"| {d} | two-primary samples / ack. rows lost | " + " | ".join(cells) + " |")
+    return L
+
+
+def _median(rows: list[dict], key: str) -> str:
+    vals = sorted(r[key] for r in rows if r.get(key) is not None)
+    if not vals:
+        return "–"
+    return f"{statistics.median(vals):.2f}s ({len(vals)} runs)"
+
+
+def _release_section(release: str, data: dict) -> list[str]:
+    """Another release's runs: what ran, on which versions, and the same two tables."""
+    m, by = data["meta"], _by_drill(data)
+    parts = m.get("parts") or [m]
+    L = [f"## {DEBIAN[release]} ({release}): lab `{m['lab']}`", "",
+         *[f"- `{p['command']}`: started {p['started']}, {p['seconds']:.0f} s, drills "
+           f"{', '.join(map(str, p['drills']))} × {p['runs']} runs; load average at start "
+           f"{' '.join(f'{x:.2f}' for x in p['load_start'])}, at end {' '.join(f'{x:.2f}' for x in p['load_end'])}"
+           + (f"; **stopped early: {p['error']}**" if p.get("error") else "")
+           + (f" ({p['note']})" if p.get("note") else "") for p in parts],
+         f"- on the nodes: {'; '.join(m.get('versions', {}).get('node', []))}",
+         _stack_line(m.get("stack")), "", "### Results (min / median / max over the runs)", "",
+         *_results_table(by), "", "### Against the targets", "", *_targets_table(by), ""]
+    return L
+
+
+def write(path: str, by_release: dict[str, dict]) -> None:
+    """The report: the lab stack's release in full, then every other release's tables."""
+    data = by_release[MAIN_RELEASE]
+    meta = data["meta"]
+    by = _by_drill(data)
+    results, charts = data["results"], data.get("charts", {})
+    assets = os.path.splitext(path)[0]
+    os.makedirs(assets, exist_ok=True)
     images = {d: _chart(os.path.join(assets, f"drill{d}.png"), d, charts.get(str(d), []), by[d]) for d in by}
     rel = os.path.basename(assets)
     m, h = meta, meta["host"]
@@ -150,40 +265,13 @@ def write(path: str, data: dict) -> None:
          "one slow commit once the outage was over, are listed under the drill), *run* = the end of the last "
          "interruption of the whole run, rejoin "
          "included (a later blip shows here).", "",
-         "| drill | runs | SIP answers (fault) | writes accepted (fault) | writes accepted (run) | REGISTER ok (run) | "
-         "two VIP owners, longest | samples with two primaries | ack. rows lost | phone called | rejoined after heal |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for d in sorted(by):
-        rows = by[d]
-        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_fault_s')} | {_mmm(rows, 'write_fault_s')} | "
-                 f"{_mmm(rows, 'write_s')} | "
-                 f"{_mmm(rows, 'register_s')} | {_mmm(rows, 'two_vip_longest_s', digits=1)} | "
-                 f"{sum(r['two_primary_samples'] for r in rows)} | "
-                 f"{sum(r['acked_lost'] for r in rows)} of {sum(r['acked'] for r in rows)} | "
-                 f"{sum(1 for r in rows if r['phone_called'])}/{len(rows)} | {_mmm(rows, 'rejoin_after_heal_s', digits=1)} |")
-    L += ["", "## Against the targets", "",
-          "| target | drills | result |", "|---|---|---|"]
-    checks = [
-        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_fault_s"] <= 1.0,
-         lambda rows: f"max {_fmt(max(r['sip_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['sip_s'] for r in rows))})"),
-        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_fault_s"] <= 5.0,
-         lambda rows: f"max {_fmt(max(r['write_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['write_s'] for r in rows))})"),
-        ("zero samples with two writable primaries", set(DRILLS), lambda r: r["two_primary_samples"] == 0,
-         lambda rows: f"{sum(r['two_primary_samples'] for r in rows)} samples"),
-        ("two VIP owners never longer than 1 s", VIP_1S, lambda r: r["two_vip_longest_s"] <= 1.0,
-         lambda rows: f"longest {_fmt(max(r['two_vip_longest_s'] for r in rows), digits=1)}"),
-        ("zero acknowledged rows lost", NO_LOSS, lambda r: r["acked_lost"] == 0,
-         lambda rows: f"{sum(r['acked_lost'] for r in rows)} lost"),
-        ("every failed node back as a streaming standby", set(DRILLS),
-         lambda r: r["rejoin_after_heal_s"] is not None, lambda rows: f"{len(rows)} of {len(rows)} runs"),
-        ("a phone registered before receives a call", set(DRILLS), lambda r: r["phone_called"],
-         lambda rows: f"{sum(1 for r in rows if r['phone_called'])} of {len(rows)} runs"),
-    ]
-    for name, ds, ok, say in checks:
-        for d in sorted(ds & set(by)):
-            rows = by[d]
-            good = all(ok(r) for r in rows)
-            L.append(f"| {name} | {d} | {_verdict(good)}: {say(rows)} |")
+         *_results_table(by), "", "## Against the targets", "", *_targets_table(by)]
+    others = {r: d for r, d in by_release.items() if r != MAIN_RELEASE}
+    if others:
+        L += ["", "## Debian releases side by side", "",
+              "The same drills on each release's lab (its own Debian packages: see the versions under each). "
+              "Full tables of the other releases follow the per-drill sections.", "",
+              *_side_by_side({MAIN_RELEASE: by, **{r: _by_drill(d) for r, d in others.items()}})]
     L += ["", "## Per drill", ""]
     for d in sorted(by):
         rows = by[d]
@@ -238,6 +326,8 @@ def write(path: str, data: dict) -> None:
         if images.get(d):
             L += ["", f"![drill {d} timeline]({rel}/{os.path.basename(images[d])})"]
         L.append("")
+    for release, other in others.items():
+        L += _release_section(release, other)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(L).rstrip() + "\n")
 

@@ -1,7 +1,8 @@
 """The test suite's own lab: its own name, bridge and subnet, so a lab someone has up is left alone.
 
-Built once per session from Pulumi.lab.yaml with those three things changed,
-the real program applied to it by the live harness, removed at the end.
+One per Debian release (TEST_LABS), each built from its release's lab stack
+(Pulumi.lab.yaml, Pulumi.lab-trixie.yaml) with those three things changed, the
+real program applied to it by the live harness, removed at the end.
 """
 from __future__ import annotations
 
@@ -18,20 +19,27 @@ from components.config import build
 from lab import machinery
 from tests.mockrun import ROOT, stack_config
 
-NAME, BRIDGE, NET = "hapbx-test", "hapbx-tbr0", "10.78.0"
+#: each release's test lab: (stack it is made from, name, bridge, first three octets of its subnet)
+TEST_LABS = {"bookworm": ("lab", "hapbx-test", "hapbx-tbr0", "10.78.0"),
+             "trixie": ("lab-trixie", "hapbx-test13", "hapbx-tbr13", "10.88.0")}
+#: the tiers the issue names run on both releases; the rest (abuse, rolling, Pulumi path, e2e) on Debian 12
+BOTH_RELEASES = {"test_baseline_lab", "test_data_tier_lab", "test_ha_lab", "test_sip_lab", "test_cdr_lab",
+                 "test_drill_lab"}
 
 
-def test_lab_config() -> dict:
-    raw = copy.deepcopy(stack_config("lab"))
-    swap = lambda addr: addr.replace("10.77.0.", f"{NET}.")  # noqa: E731
-    raw["lab"] = {"name": NAME, "bridge": BRIDGE, "subnet": f"{NET}.0/24", "hostAddress": f"{NET}.1"}
-    raw["ssh"] = {**raw["ssh"], "privateKeyFile": f"/var/lib/hapbx/{NAME}/ssh/id_ed25519",
-                  "knownHostsFile": f"/var/lib/hapbx/{NAME}/ssh/known_hosts"}
+def test_lab_config(release: str = "bookworm") -> dict:
+    stack, name, bridge, net = TEST_LABS[release]
+    raw = copy.deepcopy(stack_config(stack))
+    stack_net = raw["lab"]["subnet"].rsplit(".", 1)[0] + "."
+    swap = lambda addr: addr.replace(stack_net, f"{net}.")  # noqa: E731
+    raw["lab"] = {"name": name, "bridge": bridge, "subnet": f"{net}.0/24", "hostAddress": f"{net}.1"}
+    raw["ssh"] = {**raw["ssh"], "privateKeyFile": f"/var/lib/hapbx/{name}/ssh/id_ed25519",
+                  "knownHostsFile": f"/var/lib/hapbx/{name}/ssh/known_hosts"}
     for node in raw["nodes"]:
         node["address"] = swap(node["address"])
     raw["witness"]["address"] = swap(raw["witness"]["address"])
     raw["vip"]["address"] = swap(raw["vip"]["address"])
-    raw["network"]["gateway"] = f"{NET}.1"
+    raw["network"]["gateway"] = f"{net}.1"
     for trunk in raw.get("dialplan", {}).get("trunks", []):
         trunk["host"] = swap(trunk["host"])
         trunk["addresses"] = [swap(a) for a in trunk.get("addresses", [])]
@@ -63,15 +71,32 @@ class Lab:
         return lab_cmd.apply(raw or self.raw, self.spec, stack="labtest", force=force, log=lambda _: None)
 
 
+def pytest_generate_tests(metafunc):
+    """Every lab test gets the Debian 12 lab; those of BOTH_RELEASES get the Debian 13 lab too.
+
+    Session-scoped and parametrized: pytest groups the tests by release and tears one
+    release's lab down before it brings up the next, so only one lab runs at a time.
+    """
+    if "lab" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        releases = list(TEST_LABS) if module in BOTH_RELEASES else ["bookworm"]
+        metafunc.parametrize("lab_release", releases, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def lab():
+def lab_release(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def lab(lab_release):
     if os.geteuid() != 0:
         pytest.fail("the lab tier needs root (CI runs as root)")
     # One test lab per host: concurrent suites (developers, CI) queue here instead of
     # tearing each other's lab down.
     lock = open("/run/lock/hapbx-test-lab.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
-    raw = test_lab_config()
+    raw = test_lab_config(lab_release)
     cluster, _ = build(raw)
     spec = lab_cmd.spec_for(cluster)
     machinery.down(spec, progress=lambda _: None)  # a run that died earlier: start from nothing
@@ -81,7 +106,7 @@ def lab():
     started = time.monotonic()
     first = lab_cmd.apply(raw, spec, stack="labtest")
     apply_seconds = time.monotonic() - started
-    print(f"\nlab tier: up {up_seconds:.1f}s, first apply {apply_seconds:.1f}s "
+    print(f"\nlab tier ({lab_release}): up {up_seconds:.1f}s, first apply {apply_seconds:.1f}s "
           f"({len(first.executed)} commands)")
     yield Lab(raw, spec, cluster, first, up_seconds, apply_seconds)
     if os.environ.get("HAPBX_KEEP_TEST_LAB") != "1":
