@@ -44,3 +44,27 @@ def stack(request, lab_config, prod_config):
     if request.param == "lab":
         return run_ok(lab_config) + (lab_config,)
     return run_ok(prod_config, ["vendorRepoToken"]) + (prod_config,)
+
+
+# --- time per tier and per Debian release, printed at the end (the README's test table) ---------
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def _tier(item_path: str, nodeid: str) -> str:
+    part = item_path.split("tests/", 1)[-1].split("/", 1)[0]
+    tier = {"unit": "unit", "render": "render", "sip": "render"}.get(part, "lab")
+    for release in ("bookworm", "trixie"):
+        if f"[{release}" in nodeid:
+            return f"{tier} ({release})"
+    return tier
+
+
+def pytest_runtest_logreport(report):
+    key = _tier(str(report.fspath), report.nodeid)
+    _TIER_SECONDS[key] = _TIER_SECONDS.get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _TIER_SECONDS:
+        terminalreporter.write_line("time per tier (setup + call + teardown): " + ", ".join(
+            f"{k} {v:.0f} s" for k, v in sorted(_TIER_SECONDS.items())))
