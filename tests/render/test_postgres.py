@@ -3,7 +3,8 @@ postgresql.conf / pg_hba.conf / .pgpass applies every migration through psycopg 
 the second applies nothing), the constraints refuse bad rows, the roles have exactly their
 privileges, Kamailio authenticates a provisioned user against the view; and a primary +
 standby pair on two loopback ports streams, the standby is promoted and the old primary is
-pg_rewind-ed back as its standby.
+pg_rewind-ed back as its standby, on 15 and on Debian 13's 17 (tests/pg_servers.py; prod's
+settings and the migrations on 15, 16 and 17: test_postgres_versions.py).
 
 What differs from a node: both "nodes" are 127.0.0.1 (the test renders each node's files with
 the peer's port, so primary_conninfo points at the peer), and the command line overrides only
@@ -15,15 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import os
-import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from contextlib import redirect_stderr, redirect_stdout
@@ -34,159 +32,24 @@ import pytest
 from psycopg import errors
 
 from components import pgtune
-from components.render import SECRET_NAMES, TEMPLATES, RenderContext, RenderedFile, masked_secrets
+from components.render import RenderContext, RenderedFile, masked_secrets
 from components.render import postgres as pg
+from tests import pg_servers
 from tests.helpers import free_port, shipped_cluster as stack
+from tests.pg_servers import OVERRIDDEN, SECRETS, Server
 
-PGBIN = "/usr/lib/postgresql/15/bin"
+PGBIN = pg_servers.HOST_BIN
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(f"{PGBIN}/postgres"), reason="needs postgresql-15 (Debian)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root"),
 ]
-#: the only settings not taken from the rendered file: paths and the port of this "node" (and the
-#: passfile path inside primary_conninfo)
-OVERRIDDEN = ("config_file", "data_directory", "hba_file", "ident_file", "external_pid_file", "unix_socket_directories",
-              "port", "listen_addresses", "ssl_cert_file", "ssl_key_file")
-SECRETS = {n: f"pw-{n.replace('_', '-')}-9xQ2Lm7" for n in SECRET_NAMES}
-PG_UID = pwd.getpwnam("postgres").pw_uid if os.path.exists(f"{PGBIN}/postgres") else 0
-
-
-def loopback_cluster(render_port: int):
-    """The lab stack with both nodes (and the VIP) on 127.0.0.1, rendered for render_port."""
-    c = stack("lab")
-    return dataclasses.replace(
-        c, nodes=[dataclasses.replace(n, address="127.0.0.1") for n in c.nodes],
-        vip=dataclasses.replace(c.vip, address="127.0.0.1"),
-        postgres=dataclasses.replace(c.postgres, port=render_port))
-
-
-def load_runner():
-    spec = importlib.util.spec_from_file_location("hapbx_migrate", os.path.join(TEMPLATES, "postgresql", "migrate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-RUNNER = load_runner()
-
-
-def as_postgres(*cmd: str, env: dict | None = None, check: bool = True, input: str | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess:
-    full = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in (env or {}).items()], *cmd]
-    out = subprocess.run(full, capture_output=True, text=True, input=input, timeout=timeout, cwd="/")
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-class Server:
-    """One 'node': its rendered files in a directory, a data directory, a running postmaster."""
-
-    def __init__(self, base: Path, dirname: str, node: str, port: int, peer_port: int, cert: tuple[Path, Path]):
-        self.dir = base / dirname
-        self.dir.mkdir()
-        self.port, self.peer_port = port, peer_port
-        self.cluster = loopback_cluster(peer_port)
-        self.node = next(n for n in self.cluster.nodes if n.name == node)
-        self.ctx = RenderContext(self.cluster, self.node, SECRETS)
-        self.files = {f.path: f for f in pg.files(self.ctx)}
-        conf_dir = pg.paths(self.cluster).conf_dir
-        self.pgpass = self.dir / "pgpass"  # primary_conninfo names the node's path: point it here
-        self.conf = self._write("postgresql.conf", self.files[f"{conf_dir}/postgresql.conf"].content.replace(
-            f"passfile={pg.PGPASS}", f"passfile={self.pgpass}"))
-        self.hba = self._write("pg_hba.conf", self.files[f"{conf_dir}/pg_hba.conf"].content)
-        self._write("pgpass", self.files[pg.PGPASS].content, mode=0o600)
-        self.ident = self._write("pg_ident.conf", "")
-        self.migrations = self.dir / "migrations"
-        self.migrations.mkdir()
-        for path, f in self.files.items():
-            if "/migrations/" in path:
-                (self.migrations / os.path.basename(path)).write_text(f.content)
-        self.seed = self._write("seed.sql", self.files[f"{pg.LIB_DIR}/seed.sql"].content)
-        self.data = self.dir / "data"
-        self.sock = self.dir / "s"
-        self.sock.mkdir()
-        self.cert = (self._write("server.crt", cert[0].read_text()), self._write("server.key", cert[1].read_text(), 0o600))
-        subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
-        self.env = {"PGPASSFILE": str(self.pgpass)}
-
-    def _write(self, name: str, text: str, mode: int = 0o644) -> Path:
-        p = self.dir / name
-        p.write_text(text)
-        p.chmod(mode)
-        return p
-
-    def overrides(self) -> str:
-        values = {
-            "config_file": self.conf, "data_directory": self.data, "hba_file": self.hba, "ident_file": self.ident,
-            "external_pid_file": self.dir / "pid", "unix_socket_directories": self.sock, "port": self.port,
-            "listen_addresses": "127.0.0.1", "ssl_cert_file": self.cert[0], "ssl_key_file": self.cert[1]}
-        assert set(values) == set(OVERRIDDEN)
-        return " ".join(f"-c {k}={v}" for k, v in values.items())
-
-    def initdb(self) -> None:
-        pwfile = self._write("pw", SECRETS["postgres_superuser"] + "\n", 0o600)
-        os.chown(pwfile, PG_UID, -1)
-        as_postgres(f"{PGBIN}/initdb", "-D", str(self.data), "-U", "postgres", f"--pwfile={pwfile}",
-                    "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-                    "--no-instructions")
-        pwfile.unlink()
-
-    def start(self) -> None:
-        as_postgres(f"{PGBIN}/pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.dir / "log"),
-                    "-o", self.overrides(), env=self.env)
-
-    def stop(self, mode: str = "fast") -> None:
-        if (self.data / "postmaster.pid").exists():
-            as_postgres(f"{PGBIN}/pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.data), check=False)
-
-    def log(self) -> str:
-        p = self.dir / "log"
-        return p.read_text()[-3000:] if p.exists() else ""
-
-    def connect(self, user: str = "postgres", db: str = "postgres", **kw) -> psycopg.Connection:
-        secret = "postgres_superuser" if user == "postgres" else pg.LOGIN_ROLES[user]
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=user, dbname=db,
-                               password=SECRETS[secret], connect_timeout=5, **kw)
-
-    def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres password={SECRETS['postgres_superuser']}"
-
-    def psql(self, sql: str | None = None, db: str = "postgres", file: str | None = None,
-             check: bool = True) -> subprocess.CompletedProcess:
-        """psql as the postgres OS user over the socket (peer authentication), as the steps do."""
-        args = [f"{PGBIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock),
-                "-p", str(self.port), "-d", db]
-        if file:
-            args += ["-1", "-f", file]
-        return as_postgres(*args, "-f", "-", input=sql, check=check) if sql is not None else as_postgres(*args, check=check)
-
-    def migrate(self, *extra: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            rc = RUNNER.main(["--dir", str(self.migrations), "--dsn", self.dsn(), *extra])
-        return rc, out.getvalue(), err.getvalue()
-
-    def setup_primary(self) -> None:
-        """The primary's steps: migrate (+ seed), roles, replication (slot for the peer, grants)."""
-        rc, out, err = self.migrate()
-        assert rc == 0, (out, err)
-        self.psql(db=pg.DATABASE, file=str(self.seed))
-        self.psql(pg.roles_sql(self.ctx))
-        peer = self.cluster.peer_of(self.node)
-        self.psql(pg.slot_sql(pg.slot_name(peer.name)) + ";\n" + pg.REWIND_GRANTS_SQL)
+RUNNER = pg_servers.RUNNER
 
 
 @pytest.fixture(scope="module")
 def base():
-    d = Path(tempfile.mkdtemp(prefix="hapbx-pg-test-"))
-    d.chmod(0o755)
-    key, crt = d / "key.pem", d / "crt.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True)
-    yield d, (crt, key)
-    shutil.rmtree(d, ignore_errors=True)
+    with pg_servers.scratch() as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -747,11 +610,16 @@ def streaming_from(srv: Server):
     return check
 
 
-def test_pair_streams_promotes_and_rewinds(base):
+@pytest.mark.parametrize("major", ["15", "17"])
+def test_pair_streams_promotes_and_rewinds(base, major, request):
+    """On the host's 15 and on Debian 13's 17 (the release root): the same steps, each major's own
+    pg_basebackup, pg_rewind and pg_controldata."""
     d, cert = base
+    bins = pg_servers.binaries(major, lambda: request.getfixturevalue("trixie_root"))
+    run = bins.run
     a_port, b_port = free_port(), free_port()
-    a = Server(d, "pair-a", "pbx1", a_port, b_port, cert)  # each rendered with its peer's port
-    b = Server(d, "pair-b", "pbx2", b_port, a_port, cert)
+    a = Server(d, f"pair-{major}-a", "pbx1", a_port, b_port, cert, bins)  # each rendered with its peer's port
+    b = Server(d, f"pair-{major}-b", "pbx2", b_port, a_port, cert, bins)
     timings = {}
     try:
         a.initdb()
@@ -760,20 +628,20 @@ def test_pair_streams_promotes_and_rewinds(base):
 
         # standby: pg_basebackup with the slot, as the standby step does; the password from .pgpass
         t0 = time.monotonic()
-        as_postgres(f"{PGBIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(a_port), "-U", "replicator",
+        run(bins.tool("pg_basebackup"), "-h", "127.0.0.1", "-p", str(a_port), "-U", "replicator",
                     "--no-password", "-D", str(b.data), "-X", "stream", "-S", pg.slot_name("pbx2"), "-c", "fast",
                     env=b.env)
-        as_postgres("touch", str(b.data / "standby.signal"))
+        run("touch", str(b.data / "standby.signal"))
         b.start()
         status = wait_for("standby streaming", streaming_from(b))
         timings["build"] = time.monotonic() - t0
         assert status == ("streaming", a_port, "pbx2")
         # the standby step's identity check: the primary's system id over a replication connection
         # (IDENTIFY_SYSTEM) equals the one in the standby's pg_control
-        ident = as_postgres(f"{PGBIN}/psql", "-X", "-A", "-t", "-q",
+        ident = run(bins.tool("psql"), "-X", "-A", "-t", "-q",
                             f"host=127.0.0.1 port={a_port} user=replicator dbname=replication replication=true "
                             "sslmode=prefer connect_timeout=5", "-c", "IDENTIFY_SYSTEM", env=b.env).stdout
-        control = as_postgres(f"{PGBIN}/pg_controldata", str(b.data)).stdout
+        control = run(bins.tool("pg_controldata"), str(b.data)).stdout
         sysid = next(line.split(":")[1].strip() for line in control.splitlines()
                      if line.startswith("Database system identifier"))
         assert ident.split("|")[0] == sysid
@@ -811,11 +679,11 @@ def test_pair_streams_promotes_and_rewinds(base):
             c.execute(EXT, ("7003", "user", "Lost on old primary", "{}"))
         a.stop("fast")
         # pg_rewind as the replication role (no superuser), password from .pgpass
-        out = as_postgres(f"{PGBIN}/pg_rewind", f"--target-pgdata={a.data}",
+        out = run(bins.tool("pg_rewind"), f"--target-pgdata={a.data}",
                           f"--source-server=host=127.0.0.1 port={b_port} user=replicator dbname=postgres",
                           env=a.env)
         assert "Done!" in out.stdout + out.stderr
-        as_postgres("touch", str(a.data / "standby.signal"))
+        run("touch", str(a.data / "standby.signal"))
         a.start()
         status = wait_for("old primary streaming from the new one", streaming_from(a))
         timings["promote to rejoined"] = time.monotonic() - t0
@@ -824,6 +692,8 @@ def test_pair_streams_promotes_and_rewinds(base):
             wait_for("new primary's row on the rejoined standby", lambda: c.execute(
                 "SELECT count(*) FROM pbx.extensions WHERE number = '7002'").fetchone()[0], 10)
             assert c.execute("SELECT count(*) FROM pbx.extensions WHERE number = '7003'").fetchone()[0] == 0
+        with a.connect() as c:
+            print(c.execute("SELECT version()").fetchone()[0])
         print("pair timings (s):", {k: round(v, 2) for k, v in timings.items()})
     except BaseException:
         print("--- a log ---\n" + a.log() + "\n--- b log ---\n" + b.log())
