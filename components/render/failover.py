@@ -19,6 +19,8 @@ HA_BIN = "/usr/local/lib/hapbx/ha"
 HA_ENV = "/etc/hapbx/ha.env"
 HA_SECRETS_ENV = "/etc/hapbx/ha-secrets.env"
 HA_RUN_DIR = "/run/hapbx/ha"
+#: creates HA_RUN_DIR at boot (keepalived 2.3 needs it when it parses its track files)
+HA_TMPFILES = "/etc/tmpfiles.d/hapbx-ha.conf"
 HA_LIB_DIR = "/var/lib/hapbx/ha"
 HA_CLI = "/usr/local/sbin/hapbx-ha"
 LEADER_UNIT = "hapbx-leader.service"
@@ -203,11 +205,21 @@ ETCD_NODE_USER = "hapbx"
 
 
 
+def tmpfiles_file(ctx: RenderContext) -> RenderedFile:
+    """HA_RUN_DIR from early boot on: installed with the HA scripts, so before keepalived.conf
+    (whose validation on the node, keepalived -t, needs the directory from 2.3 on), and
+    created at once. Checked against a scratch root next to the staged copy."""
+    return RenderedFile(HA_TMPFILES, template("failover/hapbx-ha.tmpfiles.j2", ctx, run_dir=HA_RUN_DIR),
+                        action=f"systemd-tmpfiles --create {HA_TMPFILES}",
+                        validate='systemd-tmpfiles --root="$(dirname {path})/root" --create {path}')
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
     pg = pg_paths(ctx.cluster)
-    out = [RenderedFile(HA_ENV, format_env(env_values(ctx), "Parameters of the HA scripts on this node."),
+    out = [tmpfiles_file(ctx),
+           RenderedFile(HA_ENV, format_env(env_values(ctx), "Parameters of the HA scripts on this node."),
                         service=LEADER_UNIT, action="reload")]
     sec = secrets_env(ctx)
     out.append(RenderedFile(HA_SECRETS_ENV, sec, service=LEADER_UNIT, action="reload", mode="0600",

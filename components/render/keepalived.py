@@ -20,11 +20,14 @@ def vip_label(interface: str) -> str:
 def validate_command(ctx: RenderContext) -> str:
     """`keepalived -t` on the node (its interface, the HA scripts installed first).
     Where the interface does not exist (not a node: `hapbx render` checks, CI), the
-    same check runs in a throwaway mount+network namespace holding that interface
-    and stub scripts, so syntax and semantics are still checked."""
+    same check runs in a throwaway mount+network namespace holding that interface,
+    stub scripts and an empty HA run directory (keepalived 2.3 resolves the track files
+    at parse time; on a node failover.tmpfiles_file has made it), so syntax and semantics
+    are still checked."""
     iface = ctx.cluster.network.interface
     stubs = " ".join(f"{HA_BIN}/{name}" for name in failover.SCRIPTS[1:])
     sandbox = (f"mount -t tmpfs hapbx /usr/local/lib && mkdir -p {HA_BIN} && touch {stubs} && chmod 755 {stubs} && "
+               f"mount -t tmpfs hapbx /run && mkdir -p {HA_RUN_DIR} && "
                f"ip link add {iface} type veth peer name hapbx-kt0 && keepalived -t -f keepalived.conf")
     return (f"keepalived -t -f {{path}} || {{ ! ip link show {iface} >/dev/null 2>&1 && "
             f"(cd \"$(dirname {{path}})\" && unshare -m -n sh -ec '{sandbox}'); }}")

@@ -1,0 +1,243 @@
+"""The rendered etcd authentication bootstrap (templates/etcd/bootstrap-auth.sh.j2), run for
+real against a single etcd member of each release: 3.4 (Debian 12, this host's /usr/bin/etcd)
+and 3.5 (Debian 13, from the trixie node image; etcd is a static binary, run from the root's
+path on this host). The member is started from the rendered /etc/default/etcd (its own data
+directory and free loopback ports), the script is wrapped and fed its passwords on stdin as
+the Witness component does (components/remote.script; nothing secret in any argv).
+
+etcd's gRPC gateway reports errors differently by release (3.4 {"error":…,"code":…}, 3.5
+{"code":…,"message":…}); every answer that is not a success must fail the step, never print
+`changed`, and authentication must be really on afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from components.config import load_stack_file
+from components.remote import script as remote_script
+from components.render import RenderContext, masked_secrets
+from components.render import etcd as etcd_render
+from components.render.failover import ETCD_NODE_USER
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_failover_rig import ETCD_NODE_PASSWORD, ETCD_ROOT_PASSWORD, ROOT, free_port  # noqa: E402
+
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Debian 13 etcd comes from a chroot image: needs root")
+
+VERSIONS = ("3.4", "3.5")
+NODE_KEY = etcd_render.KEY_PREFIX + "bootstrap-test"
+
+
+@dataclasses.dataclass
+class Member:
+    """One etcd member on loopback, started from the rendered defaults; ended by its pid."""
+    version: str
+    etcd: str
+    etcdctl: str
+    data: str
+    client: int = dataclasses.field(default_factory=free_port)
+    peer: int = dataclasses.field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client}"
+
+    def start(self, **extra: str) -> "Member":
+        cluster = stack()
+        text = etcd_render.default_file(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
+        env = {"PATH": os.environ["PATH"]}
+        for line in text.splitlines():
+            if line.startswith("ETCD_"):
+                k, _, v = line.partition("=")
+                env[k] = v.strip('"')
+        peer = f"http://127.0.0.1:{self.peer}"
+        env.update(ETCD_NAME="m1", ETCD_DATA_DIR=self.data, ETCD_LISTEN_PEER_URLS=peer,
+                   ETCD_INITIAL_ADVERTISE_PEER_URLS=peer, ETCD_INITIAL_CLUSTER=f"m1={peer}",
+                   ETCD_INITIAL_CLUSTER_TOKEN=f"bootstrap-{self.client}",
+                   ETCD_LISTEN_CLIENT_URLS=self.url, ETCD_ADVERTISE_CLIENT_URLS=self.url, ETCD_LOG_LEVEL="error")
+        env.update(extra)
+        with open(f"{self.data}.log", "ab") as log:
+            self.proc = subprocess.Popen([self.etcd], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if b'"health":"true"' in r.read():
+                        return self
+            except OSError:
+                pass
+            assert self.proc.poll() is None, open(f"{self.data}.log").read()
+            assert time.time() < deadline, f"etcd {self.version} not healthy: " + open(f"{self.data}.log").read()
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def ctl(self, *args, user: str | None = None, password: str | None = None) -> subprocess.CompletedProcess:
+        """etcdctl of the same release; credentials in the environment, never in argv."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        if user:
+            env.update(ETCDCTL_USER=user, ETCDCTL_PASSWORD=password or "")
+        return subprocess.run([self.etcdctl, f"--endpoints={self.url}", "--command-timeout=5s", *args],
+                              capture_output=True, text=True, env=env, timeout=30)
+
+
+_STACK = []
+
+
+def stack():
+    if not _STACK:
+        _STACK.append(load_stack_file(f"{ROOT}/Pulumi.lab.yaml", assume_secrets=True)[0])
+    return _STACK[0]
+
+
+def bootstrap(client_port: int, root_pw: str = ETCD_ROOT_PASSWORD,
+              node_pw: str = ETCD_NODE_PASSWORD) -> subprocess.CompletedProcess:
+    """The rendered step as the Witness component runs it (remote.script, passwords on stdin)."""
+    c = stack()
+    c = dataclasses.replace(c, etcd=dataclasses.replace(c.etcd, client_port=client_port))
+    body = remote_script(c.nodes[0].name, "etcd authentication",
+                         etcd_render.bootstrap_auth_script(RenderContext(c, c.nodes[0], masked_secrets())))
+    return subprocess.run(["bash", "-c", body], input=f"{root_pw}\n{node_pw}\n",
+                          capture_output=True, text=True, timeout=120)
+
+
+def gateway(member: Member, path: str, body: dict, token: str = "") -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+    req = urllib.request.Request(f"{member.url}/v3/{path}", data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(params=VERSIONS)
+def binaries(request) -> tuple[str, str, str]:
+    """(version, etcd, etcdctl): the host's 3.4, or the Debian 13 root's 3.5."""
+    if request.param == "3.4":
+        etcd, etcdctl = "/usr/bin/etcd", "/usr/bin/etcdctl"
+    else:
+        root = request.getfixturevalue("trixie_root")
+        etcd, etcdctl = str(root.path("/usr/bin/etcd")), str(root.path("/usr/bin/etcdctl"))
+    out = subprocess.run([etcd, "--version"], capture_output=True, text=True, check=True).stdout
+    assert f"etcd Version: {request.param}." in out, out        # the parametrization is real
+    out = subprocess.run([etcdctl, "version"], capture_output=True, text=True, check=True).stdout
+    assert f"etcdctl version: {request.param}." in out, out
+    return request.param, etcd, etcdctl
+
+
+@pytest.fixture
+def member(binaries, tmp_path):
+    version, etcd, etcdctl = binaries
+    made: list[Member] = []
+
+    def make(**extra) -> Member:
+        m = Member(version, etcd, etcdctl, str(tmp_path / f"data{len(made)}"))
+        made.append(m)
+        return m.start(**extra)
+    yield make
+    for m in made:
+        m.stop()
+
+
+def assert_auth_on(m: Member):
+    anonymous = m.ctl("get", NODE_KEY)
+    assert anonymous.returncode != 0 and "user name is empty" in anonymous.stderr, (anonymous.stdout, anonymous.stderr)
+    status, body = gateway(m, "auth/authenticate", {"name": "root", "password": ETCD_ROOT_PASSWORD})
+    assert status == 200 and body.get("token"), body      # root logs in only once authentication is on
+    if m.version != "3.4":                              # AuthStatus exists from 3.5 on
+        status, body = gateway(m, "auth/status", {}, token=body["token"])
+        assert status == 200 and body.get("enabled") is True, body
+        out = m.ctl("auth", "status", user="root", password=ETCD_ROOT_PASSWORD)
+        assert out.returncode == 0 and "Authentication Status: true" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_enables_auth_idempotently(member):
+    m = member()
+    first = bootstrap(m.client)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "changed", (first.stdout, first.stderr)
+    assert_auth_on(m)
+    # the node user: read-write on its prefix, nothing outside it
+    put = m.ctl("put", NODE_KEY, "v1", user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert put.returncode == 0, put.stderr
+    get = m.ctl("get", NODE_KEY, "--print-value-only", user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert get.returncode == 0 and get.stdout.strip() == "v1", (get.stdout, get.stderr)
+    outside = m.ctl("put", "/elsewhere", "x", user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert outside.returncode != 0 and "permission denied" in outside.stderr, (outside.stdout, outside.stderr)
+    wrong = m.ctl("get", NODE_KEY, user=ETCD_NODE_USER, password="not-the-password")
+    assert wrong.returncode != 0 and "authentication failed" in wrong.stderr, (wrong.stdout, wrong.stderr)
+    # root's password works (administration)
+    users = m.ctl("user", "list", user="root", password=ETCD_ROOT_PASSWORD)
+    assert users.returncode == 0 and set(users.stdout.split()) == {"root", ETCD_NODE_USER}, (users.stdout, users.stderr)
+
+    again = bootstrap(m.client)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "unchanged", (again.stdout, again.stderr)
+    assert_auth_on(m)
+
+    # a new node password (rotated secret): set with root's token, the old one refused
+    rotated = bootstrap(m.client, node_pw="rotatedNode9")
+    assert rotated.returncode == 0 and rotated.stdout.strip() == "changed", (rotated.stdout, rotated.stderr)
+    get = m.ctl("get", NODE_KEY, "--print-value-only", user=ETCD_NODE_USER, password="rotatedNode9")
+    assert get.returncode == 0 and get.stdout.strip() == "v1", (get.stdout, get.stderr)
+    old = m.ctl("get", NODE_KEY, user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert old.returncode != 0, old.stdout
+    assert_auth_on(m)
+
+
+def test_other_root_password_fails(member):
+    """A member whose authentication is already on with another root password: etcd answers
+    an error to the login, the step fails naming it and changes nothing."""
+    m = member()
+    assert bootstrap(m.client).returncode == 0
+    other = bootstrap(m.client, root_pw="someOtherRoot1", node_pw="someOtherNode2")
+    assert other.returncode != 0, (other.stdout, other.stderr)
+    assert "changed" not in other.stdout, other.stdout
+    assert "root password does not match" in other.stderr and "authentication failed" in other.stderr, other.stderr
+    assert_auth_on(m)
+    get = m.ctl("get", NODE_KEY, user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert get.returncode == 0, get.stderr                 # the node user's password untouched
+
+
+def test_gateway_off_fails(member):
+    """A member without the gRPC gateway (ETCD_ENABLE_GRPC_GATEWAY=false): every /v3 call answers
+    an HTTP 404 page, not an etcd error. The step must fail, naming the call and the answer,
+    not report `changed` over a member whose authentication is still off."""
+    m = member(ETCD_ENABLE_GRPC_GATEWAY="false")
+    out = bootstrap(m.client)
+    assert out.returncode != 0, (out.stdout, out.stderr)
+    assert "changed" not in out.stdout, out.stdout
+    assert "auth/authenticate" in out.stderr and "404 page not found" in out.stderr, out.stderr
+    assert "root password" not in out.stderr, out.stderr     # not a wrong password: say what it was
+    anonymous = m.ctl("put", NODE_KEY, "x")                  # authentication is off, as the step reported
+    assert anonymous.returncode == 0, anonymous.stderr
+
+
+def test_no_member_fails():
+    """Nothing listens on the client port: the step fails saying etcd did not answer."""
+    out = bootstrap(free_port())
+    assert out.returncode != 0, (out.stdout, out.stderr)
+    assert "changed" not in out.stdout, out.stdout
+    assert "no answer from http://127.0.0.1:" in out.stderr, out.stderr
+    assert "root password" not in out.stderr, out.stderr
