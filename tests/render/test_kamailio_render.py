@@ -1,8 +1,9 @@
 """Kamailio's rendered files of both stacks, checked by Kamailio itself (`kamailio -c`).
 
-The host has Debian's Kamailio 5.6 (the lab's version): every node's kamailio.cfg of both stacks
-passes its `kamailio -c`. Kamailio 6.0 (prod) is not packaged by Debian, so the prod config is
-checked by 5.6 here and by 6.0's own `kamailio -c` on the node before install.
+Every node's kamailio.cfg of both stacks passes the `kamailio -c` of both versions the template
+serves: the host's Kamailio 5.6 (Debian 12, the lab's) and Kamailio 6.0 of Debian 13 (prod's), run
+inside the Debian 13 node image (tests/release_root.py, the ``trixie_root`` fixture) with its own
+modules. The node runs the same check (the file's validate command) before it installs a file.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 
 import pytest
 
@@ -21,6 +24,8 @@ from tests.mockrun import ROOT
 from tests.render.validators import run_validator
 
 STACKS = ["lab", "prod"]
+#: Kamailio version -> the conftest fixture of the release root it runs in (None: the host's)
+KAMAILIO = {"5.6": None, "6.0": "trixie_root"}
 SECRETS = {**{n: f"Sx{n.replace('_', '')}7Qa" for n in SECRET_NAMES}, **self_signed("10.0.0.10")}
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="needs kamailio (Debian package)")
@@ -37,19 +42,39 @@ def files(c, node=0, secrets=SECRETS):
     return {f.path: f for f in kam.files(RenderContext(c, c.nodes[node], secrets))}
 
 
+@pytest.fixture(params=list(KAMAILIO), ids=lambda v: f"kamailio-{v}")
+def validator(request):
+    """run_validator on the host (Kamailio 5.6) or, the same command on a staged copy under the
+    shared /tmp, inside the Debian 13 root (Kamailio 6.0)."""
+    fixture = KAMAILIO[request.param]
+    if fixture is None:
+        return run_validator
+    root = request.getfixturevalue(fixture)
+    assert root.version("kamailio").startswith(request.param), root.version("kamailio")
+
+    def in_root(f) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory(prefix="hapbx-kamcheck-", dir="/tmp") as d:
+            stage = os.path.join(d, os.path.basename(f.path))
+            with open(stage, "w", encoding="utf-8") as fh:
+                fh.write(f.content)
+            cmd = "set -o pipefail; " + f.validate.replace("{path}", f'"{stage}"')
+            return root.run(["bash", "-c", cmd], timeout=60)
+    return in_root
+
+
 @pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("node", [0, 1])
-def test_config_passes_kamailio_check(stack, node):
+def test_config_passes_kamailio_check(stack, node, validator):
     for f in files(cluster(stack), node).values():
         if f.validate:
-            out = run_validator(f)
+            out = validator(f)
             assert out.returncode == 0, (f.path, out.stdout[-3000:], out.stderr[-3000:])
     cfg = files(cluster(stack), node)[kam.CFG]
-    out = run_validator(cfg)
+    out = validator(cfg)
     assert "config file ok" in out.stdout + out.stderr
 
 
-def test_validator_rejects_broken_configs():
+def test_validator_rejects_broken_configs(validator):
     cfg = files(cluster("lab"))[kam.CFG]
     for old, new in [('"batch_msg_contacts"', '"batch_msg_contactz"'),       # unknown module parameter
                      ("fix_nated_contact();", "fix_nated_contactz();"),      # unknown function
@@ -57,10 +82,10 @@ def test_validator_rejects_broken_configs():
                      ('loadmodule "pike.so"', 'loadmodule "nosuchmodule.so"')]:
         assert old in cfg.content, old
         broken = dataclasses.replace(cfg, content=cfg.content.replace(old, new, 1))
-        assert run_validator(broken).returncode != 0, new
+        assert validator(broken).returncode != 0, new
     secrets = files(cluster("lab"))[kam.SECRETS_CFG]
     bad = dataclasses.replace(secrets, content=secrets.content.replace("@127.0.0.1:", "@"))
-    assert run_validator(bad).returncode != 0
+    assert validator(bad).returncode != 0
 
 
 def test_listens_on_node_and_vip_with_free_bind_and_dmq_apart():
