@@ -156,6 +156,7 @@ class Machine:
         for stale in ("nspawn.pid", "wrapper.pid"):
             (self.dir / stale).unlink(missing_ok=True)
         self._cleanup_cgroups()
+        self._drop_stale_veth()
         overlay = ":".join(map(str, [*lowers, self.upper, "/"]))
         nspawn = ["systemd-nspawn", f"--machine={self.machine}", f"--hostname={node.name}",
                   f"--directory={lowers[0]}", f"--overlay={overlay}", "--boot",
@@ -212,6 +213,34 @@ class Machine:
         self._cleanup_cgroups()
         for name in ("nspawn.pid", "wrapper.pid"):
             (self.dir / name).unlink(missing_ok=True)
+
+    def host_veth(self) -> str:
+        """The host end of the node's veth: nspawn names it vb-<machine>, or, past 15 characters,
+        a shortened name with a hash that it prints at every start (the last one is current)."""
+        name = f"vb-{self.machine}"
+        if len(name) <= 15:
+            return name
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        marker = f"Network interface name '{name}' has been changed to '"
+        at = text.rfind(marker)
+        return text[at + len(marker):].split("'", 1)[0] if at >= 0 else ""
+
+    def _drop_stale_veth(self, timeout: float = 10.0) -> None:
+        """A node stopped a moment ago may still have its veth: the kernel removes it when the
+        node's network namespace is freed, asynchronously, and nspawn refuses to start while
+        it exists ("Failed to add new veth interfaces: File exists"). Wait, then delete it."""
+        veth = self.host_veth()
+        if not veth:
+            return
+        exists = lambda: subprocess.run(["ip", "link", "show", veth], capture_output=True).returncode == 0  # noqa: E731
+        deadline = time.monotonic() + timeout
+        while exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if exists():
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
     def _kill_cgroup_members(self) -> None:
         # Only processes in the node's own cgroups: all of them were started by this lab.

@@ -7,7 +7,7 @@ import pytest
 
 from lab import LabNode, LabSpec, image, network, ssh_argv
 from lab.host import LabError, Progress, mounts_under
-from lab.machine import HOST0_NETWORK, _place
+from lab.machine import HOST0_NETWORK, Machine, _place
 
 
 def make_spec(**over):
@@ -115,3 +115,15 @@ def test_progress_names_the_failed_step():
 
 def test_mounts_under_sees_nothing_in_a_fresh_dir(tmp_path):
     assert mounts_under(tmp_path) == []
+
+
+def test_the_host_veth_name_is_nspawns_last_printed_one(tmp_path):
+    short = Machine(make_spec(name="lab", state_dir=str(tmp_path)), "pbx1")
+    assert short.host_veth() == "vb-lab-pbx1"                 # fits in 15 characters: no rename
+    long = Machine(make_spec(state_dir=str(tmp_path)), "pbx2")
+    assert long.host_veth() == ""                              # never started: nothing to wait for
+    long.dir.mkdir(parents=True)
+    said = "Network interface name 'vb-{}' has been changed to '{}' to fit length constraints.\n"
+    long.console_log.write_text(said.format(long.machine, "vb-hapbx-uoLD1x") + "...\n"
+                                + said.format(long.machine, "vb-hapbx-uq9Zz0"))
+    assert long.host_veth() == "vb-hapbx-uq9Zz0"
