@@ -174,7 +174,7 @@ def _side_by_side(releases: dict[str, dict[int, list[dict]]]) -> list[str]:
     L = ["| drill | figure | " + " | ".join(f"{DEBIAN[n]} ({n})" for n in names) + " |",
          "|---|---|" + "---|" * len(names)]
     figures = (("SIP answers (fault), median", "sip_fault_s"), ("writes accepted (fault), median", "write_fault_s"),
-               ("rejoined after heal, median", "rejoin_after_heal_s"))
+               ("writes accepted (run), median", "write_s"), ("rejoined after heal, median", "rejoin_after_heal_s"))
     for d in sorted(set().union(*releases.values())):
         for label, key in figures:
             cells = [_median(by.get(d, []), key) for by in releases.values()]
@@ -190,7 +190,7 @@ def _median(rows: list[dict], key: str) -> str:
     vals = sorted(r[key] for r in rows if r.get(key) is not None)
     if not vals:
         return "–"
-    return f"{statistics.median(vals):.2f}s ({len(vals)} runs)"
+    return f"{_fmt(statistics.median(vals))} ({len(vals)} runs)"   # never: not within heal + 5 s
 
 
 def _release_section(release: str, data: dict) -> list[str]:
