@@ -33,17 +33,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, PG_BIN, Rig, free_port  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, PG_BIN, Rig, free_port, timing  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
 #: after the etcd members resume: the lease expires (at most a TTL more when etcd elects a new
 #: leader, which extends every lease), check-local rises (2 x 1 s), MASTER, lease, PostgreSQL start
 RECOVERY_BOUND = 25
-
-
-def timing(name: str, seconds: float):
-    print(f"\n  [timing] {name}: {seconds * 1000:.0f} ms", flush=True)
 
 
 def key(rig: Rig, name: str) -> str:

@@ -28,15 +28,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, Rig, ordered_rig  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, Rig, ordered_rig, timing  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and PostgreSQL as postgres: needs root")
 
 SYNC_RELAX_AFTER = 3
-
-
-def timing(name: str, seconds: float):
-    print(f"\n  [timing] {name}: {seconds * 1000:.0f} ms", flush=True)
 
 
 class Probe:

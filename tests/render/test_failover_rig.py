@@ -593,3 +593,8 @@ def ordered_rig(factory, setup=None, teardown=None):
             pytest.skip("an earlier step failed")
 
     return rig, in_order
+
+
+def timing(name: str, seconds: float) -> None:
+    """A measured duration in the test output (`-s`), for the README's figures."""
+    print(f"\n  [timing] {name}: {seconds * 1000:.0f} ms", flush=True)
