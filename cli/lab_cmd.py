@@ -13,7 +13,8 @@ import sys
 import time
 
 from components.config import PROJECT, ClusterConfig, ConfigError, build, read_stack_file
-from lab import harness, machinery, plan
+from harness import engine as harness, preview as plan
+from lab import machinery
 from lab.spec import LabNode, LabSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -81,7 +81,7 @@ _TLS_MADE: dict[tuple[str, str, str], tuple[str, dict]] = {}
 
 def _tls_outputs(typ: str, name: str, inputs: dict) -> tuple[str, dict]:
     """(id, outputs) as pulumi-tls creates them, secret outputs wrapped secret."""
-    from lab import harness  # only programs with TLS resources pay for its imports
+    from harness import engine as harness  # only programs with TLS resources pay for its imports
 
     plain = harness._unwrap(inputs)
     made = (typ, name, json.dumps(plain, sort_keys=True, default=str))

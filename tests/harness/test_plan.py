@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import harness, plan
+from harness import engine as harness, preview as plan
 
 from .conftest import free_port
 

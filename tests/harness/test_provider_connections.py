@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import harness
+from harness import engine as harness
 
 pytestmark = pytest.mark.timeout(180)
 PROJECT = "dials-test"

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab import harness
-from lab.plan import preview
+from harness import engine as harness
+from harness.preview import preview
 
 pytestmark = pytest.mark.timeout(120)
 PROJECT = "tls-test"

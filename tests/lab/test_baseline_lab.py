@@ -8,7 +8,8 @@ import time
 import pytest
 
 from components.render import masked_secrets, render_cluster
-from lab import harness, machinery
+from harness import engine as harness
+from lab import machinery
 
 HOSTS = ["pbx1", "pbx2", "witness"]
 

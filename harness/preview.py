@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from pulumi.output import Unknown
 
-from lab.harness import (_HANDLERS, _PASSIVE, MASK, ApplyError, _canonical, _delete_order, _ignore_changes,
+from harness.engine import (_HANDLERS, _PASSIVE, MASK, ApplyError, _canonical, _delete_order, _ignore_changes,
                          _load_state, _Masker, _outputs, _plan, _Run, _run_program, _secret_inputs,
                          _string_leaves, _unwrap)
 
