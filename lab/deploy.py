@@ -1,9 +1,9 @@
-"""`hapbx lab up|apply|down|status|ssh`: the local lab, and the real program applied to it.
+"""`hapbx lab up|apply|status`: the real program applied to the local lab, and what `up` does after.
 
 The lab's nodes, addresses and package lists come from the stack (one source:
-`ClusterConfig.node_packages()` is what the image bakes and what Node installs).
-The program is applied by the live harness (lab/harness.py), which runs it under
-Pulumi mocks and executes its remote commands over SSH.
+`ClusterConfig.node_packages()` is what the image bakes and what Node installs; lab/context.py
+reads the stack file). The program is applied by the live harness (harness/engine.py), which
+runs it under Pulumi mocks and executes its remote commands over SSH.
 """
 from __future__ import annotations
 
@@ -12,40 +12,12 @@ import secrets
 import sys
 import time
 
-from components.config import PROJECT, ClusterConfig, ConfigError, build, read_stack_file
+from components.config import PROJECT, ClusterConfig
 from harness import engine as harness, preview as plan
 from lab import machinery
-from lab.spec import LabNode, LabSpec
+from lab.spec import LabSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(path: str) -> tuple[dict, ClusterConfig]:
-    raw, problems = read_stack_file(path)
-    if problems:
-        raise ConfigError(problems, path)
-    cluster, warnings = build(raw, source=path)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if cluster.environment != "lab" or cluster.lab is None:
-        raise ConfigError([f"environment: {cluster.environment!r} is not a lab stack (allowed: 'lab')"], path)
-    return raw, cluster
-
-
-def spec_for(cluster: ClusterConfig) -> LabSpec:
-    lab = cluster.lab
-    nodes = [LabNode(n.name, n.address, tuple(cluster.node_packages())) for n in cluster.nodes]
-    if cluster.witness:
-        nodes.append(LabNode(cluster.witness.name, cluster.witness.address, tuple(cluster.witness_packages())))
-    spec = LabSpec(name=lab.name, bridge=lab.bridge, subnet=lab.subnet, host_address=lab.host_address,
-                   nodes=tuple(nodes), release=cluster.release.codename)
-    wanted = {"ssh.privateKeyFile": (cluster.ssh.private_key_file, str(spec.private_key_path)),
-              "ssh.knownHostsFile": (cluster.ssh.known_hosts_file, str(spec.known_hosts_path))}
-    bad = [f"{k}: {have!r} is not the lab's file (allowed: {want!r})" for k, (have, want) in wanted.items()
-           if have != want]
-    if bad:
-        raise ConfigError(bad, "lab stack")
-    return spec
 
 
 def state_path(spec: LabSpec) -> str:
@@ -142,56 +114,30 @@ Register a softphone (on this host: the lab bridge {spec.host_address}/{spec.pre
     return True
 
 
-def run(args) -> int:
-    path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
+def preview_text(raw: dict, spec: LabSpec, stack: str = "lab") -> int:
+    """`lab apply --preview`: print what apply would change."""
     try:
-        raw, cluster = load(path)
-        spec = spec_for(cluster)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    try:
-        if args.lab_command == "down":
-            machinery.down(spec)
-            return 0
-        if args.lab_command == "status":
-            print(describe(cluster, spec, args.stack))
-            return 0 if machinery.status(spec).up else 1
-        if args.lab_command == "drill":
-            from cli import drill
-            return drill.run(args, raw, cluster, spec)
-        if args.lab_command == "ssh":
-            words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-            argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them
-            os.execvp(argv[0], ["ssh", "-t", *argv[1:]] if not args.cmd else argv)
-        if args.lab_command == "apply" and args.preview:
-            try:
-                print(preview(raw, spec, stack=args.stack).text)
-            except OSError as err:  # the state is root's, 0600
-                print(f"hapbx lab: preview: cannot read the state: {err}", file=sys.stderr)
-                return 1
-            return 0
-        if args.lab_command == "up":
-            machinery.up(spec)
-            if args.no_apply:
-                print(describe(cluster, spec, args.stack))
-                return 0
-        started = time.monotonic()
-        result = apply(raw, spec, stack=args.stack, force=getattr(args, "force", False))
-        print(f"[lab {spec.name}] apply: {len(result.created)} created, {len(result.updated)} updated, "
-              f"{len(result.replaced)} replaced, {len(result.deleted)} deleted, {len(result.unchanged)} unchanged "
-              f"... {time.monotonic() - started:.1f}s")
-        print(describe(cluster, spec, args.stack))
-        if args.lab_command == "up":
-            return 0 if end_to_end(cluster, spec) else 1
-        return 0
-    except machinery.LabError as err:
-        print(f"hapbx lab: {err}", file=sys.stderr)
+        print(preview(raw, spec, stack=stack).text)
+    except OSError as err:  # the state is root's, 0600
+        print(f"hapbx lab: preview: cannot read the state: {err}", file=sys.stderr)
         return 1
-    except harness.ApplyError as err:
-        if getattr(args, "preview", False):
-            print(f"hapbx lab: preview failed: {err}", file=sys.stderr)
-            return 1
-        print(f"hapbx lab: apply failed: {err}\nFix the cause and run `./hapbx lab up` again: "
-              "what succeeded is kept and will not run again.", file=sys.stderr)
-        return 1
+    return 0
+
+
+def converge(raw: dict, cluster: ClusterConfig, spec: LabSpec, stack: str = "lab", *, build: bool = False,
+             no_apply: bool = False, force: bool = False) -> int:
+    """`lab up` (build: the nodes first, then the end-to-end checks) and `lab apply`."""
+    if build:
+        machinery.up(spec)
+        if no_apply:
+            print(describe(cluster, spec, stack))
+            return 0
+    started = time.monotonic()
+    result = apply(raw, spec, stack=stack, force=force)
+    print(f"[lab {spec.name}] apply: {len(result.created)} created, {len(result.updated)} updated, "
+          f"{len(result.replaced)} replaced, {len(result.deleted)} deleted, {len(result.unchanged)} unchanged "
+          f"... {time.monotonic() - started:.1f}s")
+    print(describe(cluster, spec, stack))
+    if build:
+        return 0 if end_to_end(cluster, spec) else 1
+    return 0
