@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cli import lab_cmd
 from components.config import build
-from lab import machinery
+from lab import context, deploy, machinery
 from tests.mockrun import ROOT, stack_config
 from tests.release_root import STACKS
 
@@ -77,7 +76,7 @@ class Lab:
         return out.stdout
 
     def apply(self, raw: dict | None = None, force: bool = False):
-        return lab_cmd.apply(raw or self.raw, self.spec, stack="labtest", force=force, log=lambda _: None)
+        return deploy.apply(raw or self.raw, self.spec, stack="labtest", force=force, log=lambda _: None)
 
 
 def pytest_generate_tests(metafunc):
@@ -107,13 +106,13 @@ def lab(lab_release):
     fcntl.flock(lock, fcntl.LOCK_EX)
     raw = test_lab_config(lab_release)
     cluster, _ = build(raw)
-    spec = lab_cmd.spec_for(cluster)
+    spec = context.spec_for(cluster)
     machinery.down(spec, progress=lambda _: None)  # a run that died earlier: start from nothing
     started = time.monotonic()
     machinery.up(spec)
     up_seconds = time.monotonic() - started
     started = time.monotonic()
-    first = lab_cmd.apply(raw, spec, stack="labtest")
+    first = deploy.apply(raw, spec, stack="labtest")
     apply_seconds = time.monotonic() - started
     print(f"\nlab tier ({lab_release}): up {up_seconds:.1f}s, first apply {apply_seconds:.1f}s "
           f"({len(first.executed)} commands)")

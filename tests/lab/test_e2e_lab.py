@@ -14,8 +14,7 @@ import os
 import socket
 import stat
 
-from cli import lab_cmd
-from lab import health
+from lab import deploy, health
 from tests.sip import sipp
 
 
@@ -26,7 +25,7 @@ def free_udp_port() -> int:
 
 
 def test_lab_up_ends_green_and_prints_how_to_register(lab, capsys):
-    assert lab_cmd.end_to_end(lab.cluster, lab.spec, seconds=60)
+    assert deploy.end_to_end(lab.cluster, lab.spec, seconds=60)
     out = capsys.readouterr().out
     print(out)
     for name in ("VIP on one node, the leader", "SIP OPTIONS on the VIP", "PostgreSQL streaming",
@@ -35,18 +34,18 @@ def test_lab_up_ends_green_and_prints_how_to_register(lab, capsys):
     assert "lag " in out and "3/3 members healthy" in out
     c = lab.cluster
     assert f"{c.vip.address}, port {c.kamailio.sip_port}" in out
-    path = lab_cmd.softphones_path(lab.spec)
+    path = deploy.softphones_path(lab.spec)
     assert f"sudo cat {path}" in out
-    passwords = lab_cmd.softphone_passwords(lab.spec)
-    assert set(passwords) == set(lab_cmd.SOFTPHONES)
+    passwords = deploy.softphone_passwords(lab.spec)
+    assert set(passwords) == set(deploy.SOFTPHONES)
     assert not any(pw in out for pw in passwords.values())   # shown by the command, never printed
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_the_printed_softphones_register_and_call_each_other(lab):
     c, me = lab.cluster, lab.raw["lab"]["hostAddress"]
-    passwords = lab_cmd.softphone_passwords(lab.spec)
-    caller, callee = lab_cmd.SOFTPHONES
+    passwords = deploy.softphone_passwords(lab.spec)
+    caller, callee = deploy.SOFTPHONES
     target, keys = f"{c.vip.address}:{c.kamailio.sip_port}", {"domain": c.vip.address}
     port = free_udp_port()
     r = sipp.run(sipp.scenario("register.xml"), target, me, port=port, keys={**keys, "user": callee},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from cli import lab_cmd
+from lab import deploy
 
 STATUS = "/usr/local/lib/hapbx/ha/status"
 
@@ -77,7 +77,7 @@ def test_the_vip_is_on_one_node_and_that_node_leads(lab):
 
 def stdout_of(lab, name: str) -> str:
     """What a command printed in the last apply that ran it (kept in the lab's state)."""
-    with open(lab_cmd.state_path(lab.spec)) as fh:
+    with open(deploy.state_path(lab.spec)) as fh:
         resources = json.load(fh)["resources"].values()
     return next(r["outputs"].get("stdout", "") for r in resources if r["name"] == name)
 

@@ -13,14 +13,14 @@ import json
 
 import pytest
 
-from cli import lab_cmd
+from lab import deploy
 
 pytestmark = pytest.mark.timeout(900)
 
 
 def _generated_secrets(lab) -> set[str]:
     """Every secret value the stack generated (pulumi-random results kept in the lab's state)."""
-    with open(lab_cmd.state_path(lab.spec)) as fh:
+    with open(deploy.state_path(lab.spec)) as fh:
         state = json.load(fh)
     return {s for e in state["resources"].values() if e["type"].startswith("random:")
             for s in e.get("secrets", []) if len(s) >= 8}
@@ -41,7 +41,7 @@ def test_first_apply_dialed_once_per_command_at_the_engines_parallelism(lab):
 
 def test_a_large_deploy_hosts_burst_is_taken_without_a_refused_dial(lab):
     lines: list[str] = []
-    result = lab_cmd.apply(lab.raw, lab.spec, stack="labtest", force=True, log=lines.append, parallel=64)
+    result = deploy.apply(lab.raw, lab.spec, stack="labtest", force=True, log=lines.append, parallel=64)
     print(f"\nforced apply at parallelism 64, {len(result.executed)} commands: {_report(result)}")
     # every dial got through (a refused one retried: the apply succeeded), with more connections
     # being set up at once than a stock sshd's MaxStartups 10 lets in, because the baseline's
@@ -67,7 +67,7 @@ def test_a_failing_validator_on_a_secret_file_leaks_no_secret_into_the_apply_log
     lines: list[str] = []
     try:
         with pytest.raises(Exception) as caught:
-            lab_cmd.apply(lab.raw, lab.spec, stack="labtest", force=True, log=lines.append)
+            deploy.apply(lab.raw, lab.spec, stack="labtest", force=True, log=lines.append)
     finally:
         lab.sh(node, "mv -f /usr/bin/redis-server.hapbx-test /usr/bin/redis-server")
     log = "\n".join(lines) + "\n" + str(caught.value)

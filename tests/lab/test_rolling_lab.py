@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from cli import lab_cmd
 from components.render import RenderedFile
 from components.render import kamailio as kam
-from lab import health
+from lab import deploy, health
 from tests.sip import sipp
 
 CTL = "unix:/run/kamailio/kamailio_ctl"
@@ -62,8 +61,8 @@ def rolled(lab):
     c, host = lab.cluster, lab.raw["lab"]["hostAddress"]
     owner = vip_owner(lab)
     primary = next(n.name for n in c.nodes if health.status(lab.spec, n.name).get("postgres") == "primary")
-    lab_cmd.provision_softphones(lab.spec, primary)
-    user, password = next(iter(lab_cmd.softphone_passwords(lab.spec).items()))
+    deploy.provision_softphones(lab.spec, primary)
+    user, password = next(iter(deploy.softphone_passwords(lab.spec).items()))
     for n in c.nodes:   # the standby's Kamailio authenticates from its replica
         deadline = time.monotonic() + 15
         while user not in lab.sh(n.name, "cd / && runuser -u postgres -- psql -X -A -t -d pbx -c "
