@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL + Redis + CDR services on loopback, for the tests and `hapbx bench cdr`.
 
 Not shipped to the nodes. PostgreSQL gets the project's real migrations (the deployment's own
-runner, templates/postgresql/migrate.py) and the application roles with passwords; Redis gets
+runner, hapbx_node/migrate.py) and the application roles with passwords; Redis gets
 the ``cdr`` user with exactly the ACL the deployment renders (components/render/redis.py). The
 services run under Debian's /usr/bin/python3 with Debian's packages, as on a node.
 """
@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVICES = os.path.join(ROOT, "services")
-MIGRATE = os.path.join(ROOT, "templates", "postgresql", "migrate.py")
-MIGRATIONS = os.path.join(ROOT, "templates", "postgresql", "migrations")
+#: on PYTHONPATH for the services (``python3 -m hapbx_node.cdr``): the directory holding hapbx_node
+NODE_PATH = ROOT
+MIGRATE = os.path.join(ROOT, "hapbx_node", "migrate.py")
+MIGRATIONS = os.path.join(ROOT, "hapbx_node", "migrations")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVICE_PACKAGES = ("python3-aiohttp", "python3-redis", "python3-psycopg2")
 PASSWORDS = {"cdr_writer": "cdr-writer-pw-Xq1", "pbx_admin": "pbx-admin-pw-Xq2", "pbx_readonly": "pbx-ro-pw-Xq3",
@@ -198,9 +200,9 @@ class Service:
     proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SERVICES, "PYTHONDONTWRITEBYTECODE": "1", **self.env}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": NODE_PATH, "PYTHONDONTWRITEBYTECODE": "1", **self.env}
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, "-m", "hapbx_cdr", self.what], env=env, cwd=SERVICES,
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, "-m", "hapbx_node.cdr", self.what], env=env, cwd=NODE_PATH,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def signal(self, sig: int) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -33,8 +32,9 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Callable, Iterator
 
-from components.render import SECRET_NAMES, TEMPLATES, RenderContext
+from components.render import SECRET_NAMES, RenderContext
 from components.render import postgres as pg
+from hapbx_node import migrate
 from tests.helpers import shipped_cluster
 from tests.release_root import CACHE, HOST, Host, ReleaseRoot
 
@@ -49,17 +49,8 @@ NPM_CACHE = CACHE / "npm"
 OVERRIDDEN = ("config_file", "data_directory", "hba_file", "ident_file", "external_pid_file", "unix_socket_directories",
               "port", "listen_addresses", "ssl_cert_file", "ssl_key_file")
 SECRETS = {n: f"pw-{n.replace('_', '-')}-9xQ2Lm7" for n in SECRET_NAMES}
-
-
-def load_runner():
-    """templates/postgresql/migrate.py as a module (the suite calls its main() in-process)."""
-    spec = importlib.util.spec_from_file_location("hapbx_migrate", os.path.join(TEMPLATES, "postgresql", "migrate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-RUNNER = load_runner()
+#: the migration runner (hapbx_node/migrate.py): the suite calls its main() in-process
+RUNNER = migrate
 
 
 # --- where a major's programs run ------------------------------------------------------------

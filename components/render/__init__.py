@@ -17,6 +17,8 @@ import jinja2
 from ..config import ClusterConfig, NodeSettings, WitnessSettings
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates")
+#: the node programs (hapbx_node: CDR services, migration runner and migrations), shipped as they are
+NODE_PACKAGE = os.path.join(os.path.dirname(TEMPLATES), "hapbx_node")
 MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply."
 
 # Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.

@@ -1,7 +1,8 @@
 """CDR pipeline and admin service files of a PBX node (pure: config + node + secrets -> files).
 
-The service code is the ``hapbx_cdr`` package in services/, shipped as files under LIB_DIR and
-run by Debian's /usr/bin/python3 with Debian's packages (python3-aiohttp, python3-redis,
+The service code is the ``hapbx_node.cdr`` package (with hapbx_node's ``__init__`` and ``layout``
+modules it imports), shipped as files under LIB_DIR/hapbx_node and run as ``python3 -m
+hapbx_node.cdr`` by Debian's /usr/bin/python3 with Debian's packages (python3-aiohttp, python3-redis,
 python3-psycopg2: ClusterConfig.node_packages). Per node:
 
   hapbx-cdr-receiver.service  both nodes, enabled; loopback + node address, cdr.receiverPort
@@ -11,7 +12,7 @@ python3-psycopg2: ClusterConfig.node_packages). Per node:
   /etc/hapbx/{cdr-receiver,cdr-worker,admin}.env   0600 root, each with only its own secrets
   hapbx-cdr-replay.service    media.engine freeswitch only (the lab's SIPp stand-in writes no CDRs):
   + .timer (enabled)          every minute, posts what mod_json_cdr left in its err-log-dir to
-                              this node's receiver, then the peer's (hapbx_cdr/replay.py); no
+                              this node's receiver, then the peer's (hapbx_node/cdr/replay.py); no
                               secrets, settings in the unit; runs as FreeSWITCH's user
 
 Code files touch the pending markers of the three daemons' units (one restart each when any
@@ -23,13 +24,15 @@ import os
 import shlex
 
 from ..config import ClusterConfig
-from . import RenderContext, RenderedFile, header, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template
 from .postgres import DATABASE
 from .postgres import paths as pg_paths
 from .redis import CDR_USER
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACKAGE_DIR = os.path.join(ROOT, "services", "hapbx_cdr")
+#: the services: hapbx_node's ``cdr`` subpackage
+PACKAGE_DIR = os.path.join(NODE_PACKAGE, "cdr")
+#: hapbx_node's own modules the services import, shipped beside them
+SHARED_MODULES = ("__init__.py", "layout.py")
 LIB_DIR = "/usr/local/lib/hapbx/cdr"
 ENV_DIR = "/etc/hapbx"
 PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
@@ -48,12 +51,13 @@ PG_SOCKET_DIR = "/var/run/postgresql"
 
 
 def package_files() -> list[tuple[str, str]]:
-    """(module file name, source) of the service package, sorted."""
+    """(path under LIB_DIR, source) of what the services run: hapbx_node's shared modules and the
+    whole hapbx_node.cdr package, sorted."""
+    names = [*SHARED_MODULES, *(f"cdr/{n}" for n in os.listdir(PACKAGE_DIR) if n.endswith(".py"))]
     out = []
-    for name in sorted(os.listdir(PACKAGE_DIR)):
-        if name.endswith(".py"):
-            with open(os.path.join(PACKAGE_DIR, name), encoding="utf-8") as fh:
-                out.append((name, fh.read()))
+    for name in sorted(names):
+        with open(os.path.join(NODE_PACKAGE, name), encoding="utf-8") as fh:
+            out.append((f"hapbx_node/{name}", fh.read()))
     return out
 
 
@@ -171,7 +175,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         return []
     out = []
     for name, source in package_files():
-        out.append(RenderedFile(f"{LIB_DIR}/hapbx_cdr/{name}", f"{header()}\n{source}", action=touch_markers(),
+        out.append(RenderedFile(f"{LIB_DIR}/{name}", f"{header()}\n{source}", action=touch_markers(),
                                 validate="python3 -m py_compile {path}"))
     envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx), ("redis_cdr",),
              "CDR receiver: where it listens, the Redis endpoints and its Redis user."),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
-from . import TEMPLATES, RenderContext, RenderedFile, header, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template
 
 DATABASE = "pbx"
 REPLICATION_ROLE = "replicator"
@@ -39,7 +39,9 @@ PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept impor
 PARTITIONS_AHEAD = 3
 DISPATCHER_SET = 1
 STREAM_WAIT_SECONDS = 60
-MIGRATIONS_DIR = os.path.join(TEMPLATES, "postgresql", "migrations")
+#: the migration runner and its migrations (node programs), shipped to LIB_DIR as they are
+MIGRATE = os.path.join(NODE_PACKAGE, "migrate.py")
+MIGRATIONS_DIR = os.path.join(NODE_PACKAGE, "migrations")
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,13 @@ def migrations_digest() -> str:
     h = hashlib.sha256()
     for name, sql in migrations():
         h.update(name.encode() + b"\0" + sql.encode() + b"\0")
-    with open(os.path.join(TEMPLATES, "postgresql", "migrate.py"), "rb") as fh:
+    with open(MIGRATE, "rb") as fh:
         h.update(fh.read())
     return h.hexdigest()
 
 
-def _static(name: str) -> str:
-    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as fh:
+def _static(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
         return fh.read()
 
 
@@ -196,7 +198,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                      template("postgresql/pgpass.j2", ctx, password=ctx.secret("postgres_replication"),
                               pgpass_escape=pgpass_escape, **_values(ctx)),
                      owner="postgres", group="postgres", mode="0600", secrets=("postgres_replication",)),
-        RenderedFile(f"{LIB_DIR}/migrate.py", _static("postgresql/migrate.py"), mode="0755",
+        RenderedFile(f"{LIB_DIR}/migrate.py", _static(MIGRATE), mode="0755",
                      validate="python3 -m py_compile {path}"),
         RenderedFile(f"{LIB_DIR}/seed.sql",
                      template("postgresql/seed.sql.j2", ctx, destinations=seed_destinations(c),

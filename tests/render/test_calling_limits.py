@@ -18,7 +18,7 @@ import pytest
 from psycopg import errors
 
 from components.render import postgres as pg
-from services.hapbx_cdr import validate as v
+from hapbx_node.cdr import validate as v
 from tests.render import test_cdr_admin, test_postgres
 from tests.render.test_cdr_admin import api, st  # noqa: F401  (st: fixture)
 from tests.render.test_postgres import EXT, RUNNER, denied

@@ -270,12 +270,12 @@ def test_openapi_describes_every_route(st):
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
     # the routes the service has, from its aiohttp router (Debian's python3: aiohttp is not in the venv)
-    code = ("import json; from hapbx_cdr import admin, settings; app = admin.make_app(settings.AdminSettings.from_env("
+    code = ("import json; from hapbx_node.cdr import admin, settings; app = admin.make_app(settings.AdminSettings.from_env("
             "{'HAPBX_NODE': 'x', 'HAPBX_ADMIN_TOKEN': 't' * 20, 'HAPBX_PG_DSN': 'd', 'HAPBX_PG_PASSWORD': 'p', "
             "'HAPBX_REDIS_PASSWORD': 'r'})); print(json.dumps([[r.method, r.resource.canonical] "
             "for r in app.router.routes() if r.method != 'HEAD']))")
     out = subprocess.run([devstack.SYSTEM_PYTHON, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": devstack.SERVICES}, check=True)
+                         env={"PYTHONPATH": devstack.NODE_PATH}, check=True)
     routes = {(m, p.replace("{key}", "{name}").replace("{uuid}", "{call_uuid}")) for m, p in json.loads(out.stdout)}
     assert routes == documented, routes ^ documented
     text = json.dumps(doc)

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from services.devstack import Stack
-from services.hapbx_cdr import records
+from hapbx_node.cdr import records
 from tests import freeswitch_requests as fsr
 from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 

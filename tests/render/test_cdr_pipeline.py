@@ -272,7 +272,7 @@ def test_postgres_stopped_for_a_while_loses_nothing(clean):
 def test_poison_items_go_to_the_dead_letter_list_with_a_reason(clean):
     st = clean
     good = [str(uuid.uuid4()) for _ in range(3)]
-    from services.hapbx_cdr import records
+    from hapbx_node.cdr import records
     rows = [records.normalize(fs_cdr(u), "pbx1") for u in good]
     bad_row = dict(records.normalize(fs_cdr(str(uuid.uuid4())), "pbx1"), duration=-5)   # the table refuses it
     items = [records.envelope(rows[0], time.time()), "{not json", records.envelope(bad_row, time.time()),
@@ -295,7 +295,7 @@ def test_poison_items_go_to_the_dead_letter_list_with_a_reason(clean):
 def test_processing_list_of_the_other_node_is_recovered(clean):
     """After a failover the new owner's worker finds what the old one had in flight (replicated)."""
     st = clean
-    from services.hapbx_cdr import records
+    from hapbx_node.cdr import records
     ids = [str(uuid.uuid4()) for _ in range(5)]
     st.redis.cli("LPUSH", "cdr:processing:pbx2",
                  *[records.envelope(records.normalize(fs_cdr(u), "pbx2"), time.time()) for u in ids])

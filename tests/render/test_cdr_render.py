@@ -42,7 +42,7 @@ def test_every_file_passes_its_checker(name):
 def test_checkers_refuse_broken_files():
     c = stack("lab")
     files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], masked_secrets()))}
-    code = files[f"{cdr.LIB_DIR}/hapbx_cdr/worker.py"]
+    code = files[f"{cdr.LIB_DIR}/hapbx_node/cdr/worker.py"]
     assert run_validator(type(code)(**{**code.__dict__, "content": code.content + "\ndef broken(:\n"})).returncode
     unit = files[f"/etc/systemd/system/{cdr.RECEIVER_UNIT}"]
     bad = unit.content.replace("ExecStart=/usr/bin/python3", "ExecStart=python3-not-absolute")
@@ -52,10 +52,10 @@ def test_checkers_refuse_broken_files():
 def test_the_shipped_package_is_the_repository_package():
     c = stack("prod")
     files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[1], masked_secrets()))}
-    for name in os.listdir(cdr.PACKAGE_DIR):
-        if name.endswith(".py"):
-            with open(os.path.join(cdr.PACKAGE_DIR, name)) as fh:
-                assert files[f"{cdr.LIB_DIR}/hapbx_cdr/{name}"].content.endswith(fh.read())
+    shipped = [f"cdr/{n}" for n in os.listdir(cdr.PACKAGE_DIR) if n.endswith(".py")] + ["__init__.py", "layout.py"]
+    for name in shipped:
+        with open(os.path.join(cdr.NODE_PACKAGE, name)) as fh:
+            assert files[f"{cdr.LIB_DIR}/hapbx_node/{name}"].content.endswith(fh.read())
     for f in files.values():
         if f.path.startswith(cdr.LIB_DIR):
             assert f.service is None and all(f"/var/lib/hapbx/pending/{u}" in f.action for u in cdr.UNITS)
@@ -208,7 +208,7 @@ def test_replay_timer_only_where_freeswitch_runs():
         for f in (service, timer):
             assert f.service == cdr.REPLAY_TIMER and f.action == "restart" and not f.secrets and f.validate
         text = service.content
-        assert "Type=oneshot" in text and "ExecStart=/usr/bin/python3 -m hapbx_cdr.replay" in text
+        assert "Type=oneshot" in text and "ExecStart=/usr/bin/python3 -m hapbx_node.cdr.replay" in text
         assert "[Install]" not in text, "started by its timer only"
         assert "User=freeswitch" in text and "Group=freeswitch" in text, "the error directory is FreeSWITCH's"
         assert "ProtectSystem=strict" in text and "ReadWritePaths=-/var/log/freeswitch/json_cdr_errors" in text
@@ -219,7 +219,7 @@ def test_replay_timer_only_where_freeswitch_runs():
 
 def test_replay_unit_settings_are_what_the_replay_reads():
     from components.render import freeswitch
-    from services.hapbx_cdr.settings import FS_CDR_ERROR_DIR, ReplaySettings
+    from hapbx_node.cdr.settings import FS_CDR_ERROR_DIR, ReplaySettings
     assert FS_CDR_ERROR_DIR == freeswitch.CDR_ERROR_DIR, "the replay's default is json_cdr.conf's err-log-dir"
     c = stack("prod")
     node = c.nodes[0]

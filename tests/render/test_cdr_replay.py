@@ -1,9 +1,9 @@
-"""hapbx_cdr.replay against the real receiver, Redis and PostgreSQL on loopback.
+"""hapbx_node.cdr.replay against the real receiver, Redis and PostgreSQL on loopback.
 
 The error directory is filled as mod_json_cdr's backup_cdr fills it (one file per call,
 ``<uuid>.cdr.json`` or ``a_<uuid>.cdr.json``: the JSON, or with encode true/base64 the escaped
 text it would have posted after ``cdr=``, then a newline), from the request fixtures of
-tests/fixtures/freeswitch. Replay runs as the timer runs it: ``python3 -m hapbx_cdr.replay``
+tests/fixtures/freeswitch. Replay runs as the timer runs it: ``python3 -m hapbx_node.cdr.replay``
 under Debian's python3, settings from the environment.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from services import devstack
-from services.devstack import SERVICES, SYSTEM_PYTHON, Stack, free_port
+from services.devstack import NODE_PATH, SYSTEM_PYTHON, Stack, free_port
 from tests import freeswitch_requests as fsr
 from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
@@ -57,11 +57,11 @@ def fill(directory, prefix_a: bool = False) -> dict[str, str]:
 
 
 def replay(directory, *urls: str, **env) -> subprocess.CompletedProcess:
-    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SERVICES, "PYTHONDONTWRITEBYTECODE": "1",
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": NODE_PATH, "PYTHONDONTWRITEBYTECODE": "1",
                "HAPBX_CDR_REPLAY_DIR": str(directory), "HAPBX_CDR_REPLAY_URLS": ",".join(urls),
                "HAPBX_CDR_REPLAY_MIN_AGE": "0", "HAPBX_CDR_REPLAY_TIMEOUT": "5",
                **{k: str(v) for k, v in env.items()}}
-    return subprocess.run([SYSTEM_PYTHON, "-m", "hapbx_cdr.replay"], env=environ, cwd="/", capture_output=True,
+    return subprocess.run([SYSTEM_PYTHON, "-m", "hapbx_node.cdr.replay"], env=environ, cwd="/", capture_output=True,
                           text=True, timeout=60)
 
 

@@ -19,7 +19,6 @@ Loopback only, every process time-bounded and killed at the end; about 30 s a va
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import os
 import pwd
@@ -39,9 +38,10 @@ import psycopg
 import pytest
 
 from components.config import load_stack_file
-from components.render import SECRET_NAMES, TEMPLATES, RenderContext
+from components.render import SECRET_NAMES, RenderContext
 from components.render import kamailio as kam
 from components.render import postgres as pg
+from hapbx_node import migrate
 from tests.helpers import self_signed
 from tests.mockrun import ROOT
 from tests.release_root import HOST, Host
@@ -152,13 +152,6 @@ class Postgres:
                         "-D", str(self.dir / "data")], capture_output=True, timeout=60)
 
 
-def load_runner():
-    spec = importlib.util.spec_from_file_location("hapbx_migrate_sip", os.path.join(TEMPLATES, "postgresql", "migrate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def provision(db: Postgres, cluster, ctx: RenderContext) -> None:
     """What the data tier's steps do on the primary: migrations, seed, role passwords; then users."""
     migrations = db.dir / "migrations"
@@ -169,7 +162,7 @@ def provision(db: Postgres, cluster, ctx: RenderContext) -> None:
             (migrations / os.path.basename(path)).write_text(f.content)
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        rc = load_runner().main(["--dir", str(migrations), "--dsn", f"host=127.0.0.1 port={db.port} user=postgres "
+        rc = migrate.main(["--dir", str(migrations), "--dsn", f"host=127.0.0.1 port={db.port} user=postgres "
                                  f"password={SECRETS['postgres_superuser']}"])
     assert rc == 0, (out.getvalue(), err.getvalue())
     with psycopg.connect(db.dsn(db="pbx"), autocommit=True) as conn:

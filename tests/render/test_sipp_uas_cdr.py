@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from components.render import RenderContext, masked_secrets, sipp_uas
-from services.hapbx_cdr import records
+from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
 from tests.render.validators import run_validator
 from tests.sip import sipp

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from services.devstack import fs_cdr
-from services.hapbx_cdr import records
-from services.hapbx_cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
+from hapbx_node.cdr import records
+from hapbx_node.cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
 
 U = "0b7a3b8e-6a43-4d0f-9d1e-0123456789ab"
 

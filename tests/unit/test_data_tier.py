@@ -247,11 +247,7 @@ def test_migrations_are_numbered_and_checksummed_without_the_shipped_header():
     assert [int(n[:3]) for n in names] == list(range(1, len(names) + 1))
     c = stack("lab")
     shipped = {f.path: f.content for f in pg.files(RenderContext(c, c.nodes[0], masked_secrets()))}
-    import importlib.util
-    import os
-    spec = importlib.util.spec_from_file_location("m", os.path.join(ROOT, "templates/postgresql/migrate.py"))
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    from hapbx_node import migrate as runner
     for name, sql in pg.migrations():
         text = shipped[f"{pg.LIB_DIR}/migrations/{name}"]
         assert text.startswith("-- Managed by ") and text.endswith(sql)

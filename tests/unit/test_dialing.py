@@ -6,7 +6,7 @@ import pytest
 
 from components.config import build
 from components.render.dialing import CALL_CLASSES, allowed_callers, dial_rules
-from services.hapbx_cdr import validate
+from hapbx_node.cdr import validate
 from tests.mockrun import stack_config
 
 

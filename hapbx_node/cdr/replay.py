@@ -1,4 +1,4 @@
-"""python3 -m hapbx_cdr.replay: post again the JSON CDRs FreeSWITCH could not deliver.
+"""python3 -m hapbx_node.cdr.replay: post again the JSON CDRs FreeSWITCH could not deliver.
 
 mod_json_cdr writes a record that no receiver took (after its retries, on every URL) to its
 err-log-dir, one file per call: ``<uuid>.cdr.json`` (``a_<uuid>.cdr.json`` with

@@ -11,7 +11,7 @@ python3-psycopg2): no pip on production nodes. Its processes, one package:
   replay    one pass over FreeSWITCH's json_cdr error directory: posts the CDRs it could not
             deliver to the receiver (hapbx-cdr-replay.timer, nodes running FreeSWITCH)
 
-``python3 -m hapbx_cdr receiver|worker|admin|replay`` (``python3 -m hapbx_cdr.replay`` too);
+``python3 -m hapbx_node.cdr receiver|worker|admin|replay`` (``python3 -m hapbx_node.cdr.replay`` too);
 settings from the environment (settings.py).
 """
 

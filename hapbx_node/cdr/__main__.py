@@ -1,4 +1,4 @@
-"""python3 -m hapbx_cdr receiver|worker|admin|replay (replay: also python3 -m hapbx_cdr.replay)"""
+"""python3 -m hapbx_node.cdr receiver|worker|admin|replay (replay: also python3 -m hapbx_node.cdr.replay)"""
 import sys
 
 from .settings import SettingsError
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
         elif what == "replay":
             from .replay import main as run
         else:
-            print("usage: python3 -m hapbx_cdr receiver|worker|admin|replay", file=sys.stderr)
+            print("usage: python3 -m hapbx_node.cdr receiver|worker|admin|replay", file=sys.stderr)
             return 2
         return run()
     except SettingsError as err:
