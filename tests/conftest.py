@@ -8,6 +8,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from components.releases import RELEASES  # noqa: E402
+from tests import leftovers  # noqa: E402
 from tests.mockrun import run_ok, stack_config  # noqa: E402
 
 FAKE_TOKEN = "tok-Vq3mZ9-not-a-real-token"
@@ -45,6 +46,46 @@ def stack(request, lab_config, prod_config):
     if request.param == "lab":
         return run_ok(lab_config) + (lab_config,)
     return run_ok(prod_config, ["vendorRepoToken"]) + (prod_config,)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_daemon_left_behind():
+    """Fails the run (an error at the last test's teardown) when a daemon a test started is still
+    running at the end of the session, ~10 s of grace included, and kills it (tests/leftovers.py:
+    which processes are the session's; a lab kept with HAPBX_KEEP_TEST_LAB=1 is not counted)."""
+    session = leftovers.Session()
+    yield
+    left = session.check(keep_lab=os.environ.get("HAPBX_KEEP_TEST_LAB") == "1")
+    if left:
+        leftovers.kill(left)
+        pytest.fail("daemons started by this test session were still running at its end (now killed):\n"
+                    + leftovers.report(left), pytrace=False)
+
+
+# --- order: unit and render tests run in a random order (pytest-randomly: the seed is in the
+# header, `--randomly-seed=N` replays it, `-p no:randomly` runs in written order); the lab tier
+# keeps its written order (its labs are session fixtures, built per release) and runs last --------
+LAB_TIER = ("harness", "lab_machinery", "lab")
+_COLLECTED = pytest.StashKey[int]()
+_collected = iter(range(1 << 62))
+
+
+def _in_lab_tier(item) -> bool:
+    parts = item.path.relative_to(ROOT).parts if item.path.is_relative_to(ROOT) else ()
+    return len(parts) > 2 and parts[0] == "tests" and parts[1] in LAB_TIER
+
+
+def pytest_itemcollected(item):
+    item.stash[_COLLECTED] = next(_collected)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """After pytest-randomly's shuffle, before pytest groups the tests by their parametrized
+    session fixtures (the lab per release): the lab tier back in collection order, at the end."""
+    lab = [i for i in items if _in_lab_tier(i)]
+    if lab:
+        items[:] = [i for i in items if not _in_lab_tier(i)] + sorted(lab, key=lambda i: i.stash[_COLLECTED])
 
 
 # --- time per tier and per Debian release, printed at the end (the README's test table) ---------
