@@ -23,13 +23,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from cli.machine import host, version
+
+from services import devstack
+
+from . import report as writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "services"))
-
-import devstack  # noqa: E402
-
 LOADGEN = os.path.join(ROOT, "services", "loadgen.py")
 REPORT = os.path.join(ROOT, "reports", "cdr-bench.md")
 TARGET_RATE, TARGET_P99 = 2000, 1.0
@@ -194,11 +193,11 @@ def fmt(seconds: float | None) -> str:
 
 
 def machine() -> dict[str, str]:
-    info = {**host(), "load": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
-    info["postgresql"] = version([f"{devstack.pg_bin()}/postgres", "--version"])
-    info["redis"] = version(["redis-server", "--version"])
-    info["python3"] = version([devstack.SYSTEM_PYTHON, "--version"])
-    info["packages"] = version(["dpkg-query", "-W", "-f=${Package} ${Version}, ", "python3-aiohttp", "python3-redis",
+    info = {**writer.host(), "load": writer.load_avg()}
+    info["postgresql"] = writer.version([f"{devstack.pg_bin()}/postgres", "--version"])
+    info["redis"] = writer.version(["redis-server", "--version"])
+    info["python3"] = writer.version([devstack.SYSTEM_PYTHON, "--version"])
+    info["packages"] = writer.version(["dpkg-query", "-W", "-f=${Package} ${Version}, ", "python3-aiohttp", "python3-redis",
                                 "python3-psycopg2"]).rstrip(", ")
     return info
 
@@ -302,7 +301,7 @@ def run(args) -> int:
         from cli import hostdeps
         hostdeps.ensure(need, "the CDR bench")
     started = time.monotonic()
-    load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_start = writer.load_avg()
     st = devstack.Stack(fsync=True, commit_timestamps=True,
                         worker_env={"HAPBX_CDR_BATCH": str(args.batch), "HAPBX_CDR_BACKOFF_MAX": "1"},
                         receiver_env={"HAPBX_CDR_WAIT_REPLICA_MS": str(args.wait_ms),
@@ -344,26 +343,9 @@ def run(args) -> int:
         if replica is not None:
             replica.stop()
         st.close()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    writer.write(args.out, text)
     log(f"bench cdr: wrote {args.out}")
     return 0 if sum(p.sustained for p in phases) * 2 > len(phases) else 1
-
-
-def add_parser(bsub) -> None:
-    c = bsub.add_parser("cdr", help="CDR pipeline: records/s sustained and end-to-end latency")
-    c.add_argument("--rate", type=int, default=TARGET_RATE, help=f"records/s of the sustained phase ({TARGET_RATE})")
-    c.add_argument("--seconds", type=float, default=20, help="length of each sustained run (20)")
-    c.add_argument("--repeat", type=int, default=3, help="sustained runs (3): the machine may be shared")
-    c.add_argument("--steps", type=int, default=3, help="higher rates tried after it (3)")
-    c.add_argument("--step", type=int, default=500, help="rate increase per step (500)")
-    c.add_argument("--step-seconds", type=float, default=15, help="length of each step (15)")
-    c.add_argument("--connections", type=int, default=32, help="concurrent poster connections (32)")
-    c.add_argument("--batch", type=int, default=500, help="worker batch size (500, as cdr.batchSize)")
-    c.add_argument("--wait-ms", type=int, default=100, help="receiver WAIT for the replica (100, as cdr.waitReplicaMs)")
-    c.add_argument("--out", default=REPORT, help="report file (reports/cdr-bench.md)")
-    c.set_defaults(func=lambda args: run(args))
 
 
 def bounded(args) -> None:

@@ -39,10 +39,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from cli.machine import host, version
+from typing import TYPE_CHECKING
+
+from . import report as writer, sipp
+from .sipp import first_error, parse_rtt_rows, parse_stat_csv, screen_counts, start_span, stat_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = os.path.join(ROOT, "bench", "sip")
+SCENARIOS = sipp.LOAD_SCENARIOS
 REPORT = "reports/sip-bench.md"
 
 #: the issue's targets
@@ -60,53 +63,11 @@ STOCK_DIR = "/run/hapbx-bench-stock"
 STOCK_SQL = ("standard-create.sql", "auth_db-create.sql", "usrloc-create.sql")
 NFT_COMMENT = "hapbx-bench-stock"
 
+if TYPE_CHECKING:
+    from lab.context import LabContext
+
 
 # ---------------------------------------------------------------- pure parts (unit tested)
-
-def parse_stat_csv(text: str) -> list[dict[str, str]]:
-    """SIPp's -trace_stat file (';' separated, header line first) as one dict per line."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return []
-    head = lines[0].rstrip(";").split(";")
-    return [dict(zip(head, line.rstrip(";").split(";"))) for line in lines[1:]]
-
-
-def stat_int(row: dict[str, str], key: str) -> int:
-    try:
-        return int(float(row.get(key, "0") or 0))
-    except ValueError:
-        return 0
-
-
-def parse_rtt_rows(text: str, rtd: str = "1") -> list[tuple[float, float]]:
-    """SIPp's -trace_rtt file: `Date_ms;response_time_ms;rtd_no` lines; (date ms, value ms) of one rtd."""
-    out = []
-    for line in text.splitlines():
-        parts = line.strip().split(";")
-        if len(parts) < 3 or parts[0] == "Date_ms" or parts[2] != rtd:
-            continue
-        try:
-            out.append((float(parts[0]), float(parts[1])))
-        except ValueError:
-            pass
-    return out
-
-
-def parse_rtt_csv(text: str, rtd: str = "1") -> list[float]:
-    """The latencies (ms) of one rtd."""
-    return [v for _, v in parse_rtt_rows(text, rtd)]
-
-
-def start_span(rows: list[tuple[float, float]]) -> float:
-    """Seconds over which the measured calls were started: the spread of their start times
-    (completion date - latency), scaled from n-1 intervals to n (one interval per call at a steady rate)."""
-    if len(rows) < 2:
-        return 0.0
-    starts = sorted(d - v for d, v in rows)
-    n = len(starts)
-    return (starts[-1] - starts[0]) / 1000 * n / (n - 1)
-
 
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100) of the values; None when there are none."""
@@ -219,36 +180,10 @@ def stock_config(shipped: str, listen: str, dburl_include: str) -> str:
 
 # ---------------------------------------------------------------- the lab
 
-class Lab:
-    def __init__(self, path: str):
-        from cli import lab_cmd
-        from lab import machinery
-        self.machinery = machinery
-        self.raw, self.cluster = lab_cmd.load(path)
-        self.spec = lab_cmd.spec_for(self.cluster)
-        self.path = path
-        self.host = str(self.cluster.lab.host_address)
-        self.vip = self.cluster.vip.address
-        self.port = self.cluster.kamailio.sip_port
-
-    def sh(self, node: str, command: str, timeout: float = 60, input: str | None = None, check: bool = True) -> str:
-        out = self.machinery.run(self.spec, node, f"cd /tmp && {command}", timeout=timeout, input=input)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"{node}: {command[:200]}: exit {out.returncode}: {out.stderr.strip()[-800:]}")
-        return out.stdout
-
-    def psql(self, node: str, sql: str, db: str = "pbx", timeout: float = 120) -> str:
-        return self.sh(node, f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d {db}",
-                       input=sql, timeout=timeout)
-
-    def address(self, node: str) -> str:
-        return next(n.address for n in self.cluster.nodes if n.name == node)
-
-    def vip_owner(self) -> str | None:
-        for n in self.cluster.nodes:
-            if f" {self.vip}/" in self.sh(n.name, "ip -4 -o addr show", check=False):
-                return n.name
-        return None
+def open_lab(path: str, log=print) -> LabContext:
+    """The running lab of a stack file, as the bench drives it: commands from /tmp, 60 s each unless told."""
+    from lab.context import LabContext   # not at import: `./hapbx` builds its parser from bench/
+    return LabContext.from_stack(path, log=log, workdir="/tmp", timeout=60)
 
 
 NODE_PROBE = r"""
@@ -281,7 +216,7 @@ print(json.dumps({"t": time.time(), "ticks": ticks, "hz": os.sysconf("SC_CLK_TCK
 class Sampler:
     """Kamailio's CPU ticks and PSS on the VIP node (every `every` s) and SIPp's CPU on the host."""
 
-    def __init__(self, lab: Lab, node: str, marker: str, every: float = 3.0):
+    def __init__(self, lab: LabContext, node: str, marker: str, every: float = 3.0):
         self.lab, self.node, self.marker, self.every = lab, node, marker, every
         self.samples: list[dict] = []
         self.sipp_ticks = 0
@@ -335,49 +270,45 @@ class Target:
     before_calls: object = None   # stock: (re)registers the callee's contact before its calls
 
 
-def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log, *, calls: int, limit: int,
+def sipp_run(lab: LabContext, target: Target, scenario: str, step: Step, inf: str, log, *, calls: int, limit: int,
              service: str = "s", extra: tuple[str, ...] = (), keys: dict | None = None,
              sampler: bool = True) -> Step:
     """One bounded SIPp run; fills step from its stat and rtt files."""
-    d = tempfile.mkdtemp(prefix="hapbx-bench-sipp-")
-    try:
-        cmd = ["sipp", f"{target.address}:{target.port}", "-sf", os.path.join(SCENARIOS, scenario),
-               "-i", lab.host, "-p", "0", "-s", service, "-inf", inf, "-key", "domain", target.domain,
-               "-key", "expires", str((keys or {}).get("expires", 120)), "-m", str(calls), "-l", str(limit), "-r", f"{step.rate:g}", "-rp", "1000",
-               "-nostdin", "-trace_err", "-trace_screen", "-trace_stat", "-stf", "stat.csv", "-fd", "1", "-trace_rtt",
-               "-rtt_freq", "1", "-recv_timeout", "8000", "-max_socket", "16000"]
+    with sipp.Workdir("hapbx-bench-sipp-") as d:
+        options = ["-inf", inf, "-key", "domain", target.domain, "-key", "expires", str((keys or {}).get("expires", 120)),
+                   "-l", str(limit), "-r", f"{step.rate:g}", "-rp", "1000", "-trace_screen", "-trace_stat", "-stf",
+                   "stat.csv", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-recv_timeout", "8000", "-max_socket",
+                   "16000"]
         for k, v in (keys or {}).items():
             if k != "expires":
-                cmd += ["-key", k, str(v)]
+                options += ["-key", k, str(v)]
         if step.hold_ms:
-            cmd += ["-d", str(step.hold_ms)]
+            options += ["-d", str(step.hold_ms)]
         bound = calls / max(step.rate, 1) + step.hold_ms / 1000 + 30
-        cmd += ["-timeout", f"{int(bound)}s", *extra]
+        options += ["-timeout", f"{int(bound)}s", *extra]
+        cmd = sipp.command(f"{target.address}:{target.port}", os.path.join(SCENARIOS, scenario), lab.host,
+                           service=service, calls=calls, options=options)
         meter = Sampler(lab, target.node, target.marker) if sampler else None
         if meter:
             meter.start()
-        proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if meter:
-            meter.pid = proc.pid
-        try:
-            _, err = proc.communicate(timeout=bound + 20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
+
+        def started(proc) -> None:
+            if meter:
+                meter.pid = proc.pid
+        x = sipp.launch(cmd, d.path, bound + 20, stdout=False, on_start=started)
+        if x.killed:
             step.note = "SIPp killed at its time bound"
-        rows = parse_stat_csv(open(os.path.join(d, "stat.csv")).read()) if os.path.exists(os.path.join(d, "stat.csv")) else []
-        rtt = "".join(open(os.path.join(d, f)).read() for f in os.listdir(d) if f.endswith("_rtt.csv"))
-        errors = "".join(open(os.path.join(d, f), errors="replace").read()[-1500:]
-                         for f in os.listdir(d) if f.endswith("_errors.log"))
+        stat = d.file("stat.csv")
+        rows = parse_stat_csv(open(stat).read()) if os.path.exists(stat) else []
+        rtt = d.read("_rtt.csv")
+        errors = d.read("_errors.log", tail=1500)
         if rows:
             last = rows[-1]
             step.attempted = stat_int(last, "OutgoingCall(C)")
             step.ok = stat_int(last, "SuccessfulCall(C)")
             step.failed = stat_int(last, "FailedCall(C)")
             step.retransmissions = stat_int(last, "Retransmissions(C)")
-            screen = "".join(open(os.path.join(d, f), errors="replace").read()
-                             for f in os.listdir(d) if f.endswith("_screen.log"))
-            final = screen_counts(screen)
+            final = screen_counts(d.read("_screen.log"))
             if final:   # the final screen is written at exit, the stat file only every second
                 step.ok, step.failed = final
                 step.attempted = max(step.attempted, step.ok + step.failed)
@@ -392,8 +323,8 @@ def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log,
         step.p50, step.p95, step.p99 = (percentile(values, q) for q in (50, 95, 99))
         if meter:
             meter.stop(step)
-        if proc.returncode not in (0, 1) and not rows:
-            raise RuntimeError(f"sipp exited {proc.returncode}: {err.strip()[-800:]} {errors[-800:]}")
+        if x.rc not in (0, 1) and not rows:
+            raise RuntimeError(f"sipp exited {x.rc}: {x.stderr.strip()[-800:]} {errors[-800:]}")
         if step.failed and errors:
             step.note = (step.note + " " + first_error(errors)).strip()
         log(f"  {target.name:5} {step.scenario:8} {step.rate:>6g}/s: {step.ok}/{step.attempted} ok, "
@@ -401,25 +332,11 @@ def sipp_run(lab: Lab, target: Target, scenario: str, step: Step, inf: str, log,
             f"max {step.max_concurrent} up, kamailio {step.kam_cores} cores {step.kam_pss_mb} MB"
             + (f" ({step.note})" if step.note else ""))
         return step
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def first_error(errors: str) -> str:
-    m = re.search(r"^.*(Aborting|unexpected|[Tt]imeout|retrans|Dead call|Max).*$", errors, re.M)
-    return (m.group(0) if m else "")[:200]
-
-
-def screen_counts(text: str) -> tuple[int, int] | None:
-    """(successful, failed) from SIPp's final screen (-trace_screen), the cumulative column."""
-    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", text)
-    ko = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", text)
-    return (int(ok.group(1)), int(ko.group(1))) if ok and ko else None
 
 
 # ---------------------------------------------------------------- provisioning and the stock baseline
 
-def provision_ours(lab: Lab, primary: str, users: list[tuple[str, str]], domain: str) -> None:
+def provision_ours(lab: LabContext, primary: str, users: list[tuple[str, str]], domain: str) -> None:
     """Bench users (and the called queue) through the PBX schema: pbx.extensions + pbx.set_sip_password."""
     values = ",".join(f"('{u}','{p}')" for u, p in users)
     lab.psql(primary, f"""
@@ -435,11 +352,11 @@ COMMIT;
 """)
 
 
-def cleanup_ours(lab: Lab, primary: str) -> str:
+def cleanup_ours(lab: LabContext, primary: str) -> str:
     return lab.psql(primary, f"DELETE FROM pbx.extensions WHERE display_name = '{MARK}' RETURNING 1;").count("1")
 
 
-def shipped_stock_cfg(lab: Lab, node: str) -> tuple[str, str, str]:
+def shipped_stock_cfg(lab: LabContext, node: str) -> tuple[str, str, str]:
     """The package's own kamailio.cfg for the node's installed version: (text, version, source).
     The node's /etc copy is ours, so it comes from the host's copy or the .deb, checked against the
     md5 dpkg recorded for the conffile on the node."""
@@ -467,7 +384,7 @@ def shipped_stock_cfg(lab: Lab, node: str) -> tuple[str, str, str]:
 class Stock:
     """The stock baseline on the VIP node: database + role, config, firewall rule, transient unit."""
 
-    def __init__(self, lab: Lab, node: str, port: int, shm_mb: int, pkg_mb: int, log):
+    def __init__(self, lab: LabContext, node: str, port: int, shm_mb: int, pkg_mb: int, log):
         self.lab, self.node, self.port, self.log = lab, node, port, log
         self.shm_mb, self.pkg_mb = shm_mb, pkg_mb
         self.address = lab.address(node)
@@ -525,40 +442,15 @@ def md5(s: str) -> str:
 # ---------------------------------------------------------------- the run
 
 def machine() -> dict[str, str]:
-    return {**host(), "sipp": version(["sipp", "-v"])}
-
-
-MEASURE_LOCK = "/run/lock/hapbx-measure.lock"
-
-
-def under_measure_lock() -> bool:
-    """True when the machine's measurement lock is held (by the `flock` this run was started under):
-    a second flock on a new descriptor of the same file fails then."""
-    import fcntl
-    try:
-        fd = os.open(MEASURE_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    return {**writer.host(), "sipp": writer.version(["sipp", "-v"])}
 
 
 def command(meta: dict) -> str:
     base = "./hapbx bench sip " + " ".join(shlex.quote(a) for a in meta["argv"])
-    return f"flock {MEASURE_LOCK} {base.strip()}" if meta.get("locked") else base.strip()
+    return f"flock {writer.MEASURE_LOCK} {base.strip()}" if meta.get("locked") else base.strip()
 
 
-def load_avg() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def check_exempt(lab: Lab, max_rate: float) -> None:
+def check_exempt(lab: LabContext, max_rate: float) -> None:
     """Our Kamailio bans an address sending more than floodRequests per window (pike): the host
     must be in kamailio.floodExemptNetworks (the lab stack has it) or the bench measures the ban."""
     k = lab.cluster.kamailio
@@ -614,21 +506,18 @@ def run_target(lab, target, args, inf, log, deadline) -> dict[str, list[Step]]:
     return out
 
 
-def media_engine_of_ours(lab: Lab, target: Target, inf: str) -> str:
+def media_engine_of_ours(lab: LabContext, target: Target, inf: str) -> str:
     """Which media stand-in dispatcher gives the bench's callee (the 200 OK's Contact)."""
-    d = tempfile.mkdtemp(prefix="hapbx-bench-probe-")
-    try:
-        subprocess.run(["sipp", f"{target.address}:{target.port}", "-sf", os.path.join(SCENARIOS, "call.xml"),
-                        "-i", lab.host, "-p", "0", "-s", CALLEE, "-inf", inf, "-key", "domain", target.domain,
-                        "-m", "1", "-d", "100", "-nostdin", "-trace_msg", "-timeout", "15s", "-recv_timeout", "5000"],
-                       cwd=d, capture_output=True, timeout=30)
-        text = "".join(open(os.path.join(d, f), errors="replace").read() for f in os.listdir(d) if f.endswith("_messages.log"))
+    with sipp.Workdir("hapbx-bench-probe-") as d:
+        cmd = sipp.command(f"{target.address}:{target.port}", os.path.join(SCENARIOS, "call.xml"), lab.host,
+                           service=CALLEE, options=["-inf", inf, "-key", "domain", target.domain, "-d", "100",
+                                                    "-trace_msg", "-timeout", "15s", "-recv_timeout", "5000"])
+        sipp.launch(cmd, d.path, 30)
+        text = d.read("_messages.log")
         m = re.search(r"Contact: <sip:media@([0-9.]+):(\d+)", text)
         if not m:
             raise RuntimeError(f"a call to {CALLEE} through our Kamailio reached no media stand-in: {text[-1500:]}")
         return f"{m.group(1)}:{m.group(2)}"
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def rerender(args) -> int:
@@ -638,10 +527,9 @@ def rerender(args) -> int:
     names = {f for f in Step.__dataclass_fields__}
     results = {t: {s: [Step(**{k: v for k, v in x.items() if k in names}) for x in v] for s, v in r.items()}
                for t, r in data["results"].items()}
-    png = os.path.splitext(args.out)[0] + ".png"
+    png = writer.beside(args.out, ".png")
     chart(results, png)
-    with open(args.out, "w") as fh:
-        fh.write(report(results, data["meta"], os.path.basename(png)))
+    writer.write(args.out, report(results, data["meta"], os.path.basename(png)))
     print(f"bench sip: wrote {args.out} and {png} from {args.from_json}")
     return 0
 
@@ -652,15 +540,15 @@ def run(args) -> int:
         return rerender(args)
     bounded(args)
     argv = sys.argv[sys.argv.index("sip") + 1:] if "sip" in sys.argv else []
-    started, load_start, t_start = time.monotonic(), load_avg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started, load_start, t_start = time.monotonic(), writer.load_avg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     deadline = started + args.max_minutes * 60
     path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
     try:
-        lab = Lab(path)
+        lab = open_lab(path)
     except Exception as err:  # ConfigError carries every problem
         print(err, file=sys.stderr)
         return 2
-    if not lab.machinery.status(lab.spec).up:
+    if not lab.up():
         print(f"hapbx bench sip: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)", file=sys.stderr)
         return 2
     try:
@@ -668,7 +556,7 @@ def run(args) -> int:
     except RuntimeError as err:
         print(f"hapbx bench sip: {err}", file=sys.stderr)
         return 2
-    locked = under_measure_lock()
+    locked = writer.under_measure_lock()
     owner = lab.vip_owner()
     if owner is None:
         print("hapbx bench sip: the VIP is on no node", file=sys.stderr)
@@ -680,7 +568,7 @@ def run(args) -> int:
     users = [(str(USER_BASE + i), secrets.token_hex(8)) for i in range(args.users)]
     callee_pw = secrets.token_hex(8)
     k = lab.cluster.kamailio
-    ours = Target("ours", lab.vip, lab.port, domain, "/etc/kamailio/kamailio.cfg", owner)
+    ours = Target("ours", lab.vip, lab.sip_port, domain, "/etc/kamailio/kamailio.cfg", owner)
     stock = Stock(lab, owner, args.stock_port, args.stock_shm_mb, args.stock_pkg_mb, log)
     # the From domain carries the port: the stock `from_uri==myself` (which decides whether a call is
     # authenticated) takes a URI without a port as 5060, not the stock listener's port
@@ -726,7 +614,7 @@ def run(args) -> int:
             log(f"bench sip: {removed} bench extensions removed")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    info["load_start"], info["load_end"] = load_start, load_avg()
+    info["load_start"], info["load_end"] = load_start, writer.load_avg()
     took = time.monotonic() - started
     meta = {"argv": argv, "started": t_start, "took": took, "info": info, "owner": owner, "domain": domain,
             "kamailio": {"children": k.children, "shm_mb": k.shm_mb, "pkg_mb": k.pkg_mb},
@@ -736,13 +624,11 @@ def run(args) -> int:
             "config": path, "locked": locked}
     out_md = args.out
     os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
-    png = os.path.splitext(out_md)[0] + ".png"
+    png = writer.beside(out_md, ".png")
     chart(results, png)
-    with open(out_md, "w") as fh:
-        fh.write(report(results, meta, os.path.basename(png)))
-    with open(os.path.splitext(out_md)[0] + ".json", "w") as fh:
-        json.dump({"meta": meta, "results": {t: {s: [x.as_dict() for x in v] for s, v in r.items()}
-                                             for t, r in results.items()}}, fh, indent=1)
+    writer.write(out_md, report(results, meta, os.path.basename(png)),
+                data={"meta": meta, "results": {t: {s: [x.as_dict() for x in v] for s, v in r.items()}
+                                                for t, r in results.items()}})
     log(f"bench sip: wrote {out_md} and {png} ({took:.0f} s)")
     return 0 if results and not notes else 1
 
@@ -973,36 +859,7 @@ def report(results: dict, meta: dict, png: str) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- CLI
-
-def rates(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def add_parser(bsub) -> None:
-    s = bsub.add_parser("sip", help="SIP on the running lab: REGISTER and calls, ours vs stock Kamailio")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--stack", default="lab", help="lab stack (reads Pulumi.<stack>.yaml; default lab)")
-    g.add_argument("--config", help="a lab stack file instead")
-    s.add_argument("--users", type=int, default=2000, help="bench users provisioned (2000)")
-    s.add_argument("--register-rates", type=rates, default=[200, 400, 500, 700, 1000, 1300, 1600, 2000],
-                   help="REGISTER/s steps (200,400,500,700,1000,1300,1600,2000)")
-    s.add_argument("--call-rates", type=rates, default=[50, 100, 150, 200, 250, 300, 400, 500],
-                   help="calls/s steps (50,100,150,200,250,300,400,500)")
-    s.add_argument("--step-seconds", type=float, default=12, help="length of each step (12)")
-    s.add_argument("--call-hold-ms", type=int, default=4000, help="holding time of the stepped calls (4000)")
-    s.add_argument("--concurrent", type=int, default=TARGET_CONCURRENT, help="calls held at once (800)")
-    s.add_argument("--ramp-rate", type=int, default=100, help="calls/s of the ramp to --concurrent (100)")
-    s.add_argument("--hold-seconds", type=int, default=40, help="holding time of the held calls (40)")
-    s.add_argument("--stock-port", type=int, default=5070, help="UDP port of the stock baseline (5070)")
-    s.add_argument("--stock-shm-mb", type=int, default=64, help="stock -m (Debian's default 64)")
-    s.add_argument("--stock-pkg-mb", type=int, default=8, help="stock -M (Debian's default 8)")
-    s.add_argument("--no-stock", action="store_true", help="ours only")
-    s.add_argument("--max-minutes", type=float, default=20, help="the whole run's time bound (20)")
-    s.add_argument("--out", default=os.path.join(ROOT, REPORT), help=f"report file ({REPORT})")
-    s.add_argument("--from-json", help="write the report and chart again from a run's saved results (no traffic)")
-    s.set_defaults(func=run)
-
+# ---------------------------------------------------------------- the arguments
 
 def bounded(args) -> None:
     """Every loop bounded: a typo cannot start an hour-long run or an unbounded flood."""
