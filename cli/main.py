@@ -98,11 +98,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("docs", help="regenerate Pulumi.yaml config block and README config table")
     d.set_defaults(func=cmd_docs)
 
-    from cli import bench_cdr, bench_sip
-    b = sub.add_parser("bench", help="measure a part and write reports/<part>-bench.md")
-    bsub = b.add_subparsers(dest="bench_command", required=True)
-    bench_cdr.add_parser(bsub)   # `bench cdr`: loopback
-    bench_sip.add_parser(bsub)   # `bench sip`: the running lab, ours against stock Kamailio
+    from cli import bench_cmd
+    bench_cmd.add_parser(sub)    # `bench cdr`: loopback; `bench sip`: the running lab, ours against stock Kamailio
 
     lab = sub.add_parser("lab", help="the local systemd-nspawn lab")
     lab.add_argument("--stack", default="lab", help="stack whose lab settings to use (default: lab)")

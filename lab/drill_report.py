@@ -7,41 +7,12 @@ import statistics
 
 from components.releases import RELEASES
 
-from .drills import DRILLS, HEAL, HOLD
-
-# targets of issue 9, per drill
-SIP_1S = {1, 2, 3, 6}
-WRITE_5S = {1, 2, 3, 6}
-VIP_1S = {1, 2, 3, 5, 6}
-NO_LOSS = {1, 2, 3, 6, 7}
+from .drills import DRILLS, NO_LOSS, SIP_1S, VIP_1S, WRITE_5S
 
 
-# why a drill behaves as it does where the issue's targets say "say how long and what ended it",
-# or where the lab falls short (printed under the drill)
-WHY = {
-    2: "A powered-off leader cannot release its lease: the peer waits for it to expire in etcd (the lab's "
-       "lease is 3 s, renewed every 0.5 s, so 2.5-3 s after the fault), takes it on its next tick, then "
-       "promotes (peer check bounded at 0.3 s, pg_promote ~0.1 s, synchronous replication relaxed at once). "
-       "Writes come back at TTL + ~1 s (production default 2 s). SIP does not wait for the lease: the VIP "
-       "moves in 0.3-0.5 s and the standby's Kamailio serves from its replica.",
-    4: "Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
-       "leader daemon sees the peer holding the lease for YIELD_AFTER (9 s on the lab: hang limit 3 s + 2 × the "
-       "3 s lease) and makes keepalived "
-       "go FAULT. Meanwhile clients follow the last gratuitous ARP: the non-leader's (read-only PostgreSQL; "
-       "SIP works). The leader's commits wait for the cut synchronous standby until it marks it stale and "
-       "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
-       "a second primary. The tie-breaker that makes this safe is the witness (etcd quorum + lease).",
-    5: "The isolated owner cannot be told anything: it drops the VIP itself when its reachability watcher "
-       "has heard neither gateway nor witness for ha.reachLostAfterMs (800 ms; pings every 100 ms), while "
-       "the peer takes the VIP after 0.3-0.5 s: the overlap is the difference. Nobody can reach the "
-       "isolated copy meanwhile, so clients see one owner. Writes wait for the isolated leader's lease to "
-       "expire, as in drill 2.",
-    7: "The frozen keepalived keeps its VIP while the peer, hearing no adverts, takes it too. The leader "
-       "daemon on the frozen node sees no keepalived heartbeat for HUNG_AFTER (3 s), resigns (fast stop of "
-       "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "
-       "ends the double ownership at ~+3 s, and the peer promotes at once. SIGCONT at +10 s finds a "
-       "restarted keepalived that stays BACKUP (nopreempt).",
-}
+def _held_to(target: str) -> set[int]:
+    """The drills that must meet one of issue 9's targets (the drills' table says)."""
+    return {d.number for d in DRILLS.values() if target in d.targets}
 
 
 def _stack_line(st: dict | None) -> str:
@@ -135,7 +106,7 @@ def _results_table(by: dict[int, list[dict]]) -> list[str]:
          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in sorted(by):
         rows = by[d]
-        L.append(f"| {d}. {DRILLS[d]} | {len(rows)} | {_mmm(rows, 'sip_fault_s')} | {_mmm(rows, 'write_fault_s')} | "
+        L.append(f"| {d}. {DRILLS[d].name} | {len(rows)} | {_mmm(rows, 'sip_fault_s')} | {_mmm(rows, 'write_fault_s')} | "
                  f"{_mmm(rows, 'write_s')} | "
                  f"{_mmm(rows, 'register_s')} | {_mmm(rows, 'two_vip_longest_s', digits=1)} | "
                  f"{sum(r['two_primary_samples'] for r in rows)} | "
@@ -147,15 +118,15 @@ def _results_table(by: dict[int, list[dict]]) -> list[str]:
 def _targets_table(by: dict[int, list[dict]]) -> list[str]:
     L = ["| target | drills | result |", "|---|---|---|"]
     checks = [
-        ("SIP on the VIP answering within 1 s of the fault", SIP_1S, lambda r: r["sip_fault_s"] <= 1.0,
+        (SIP_1S, _held_to(SIP_1S), lambda r: r["sip_fault_s"] <= 1.0,
          lambda rows: f"max {_fmt(max(r['sip_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['sip_s'] for r in rows))})"),
-        ("writes through the VIP accepted within 5 s", WRITE_5S, lambda r: r["write_fault_s"] <= 5.0,
+        (WRITE_5S, _held_to(WRITE_5S), lambda r: r["write_fault_s"] <= 5.0,
          lambda rows: f"max {_fmt(max(r['write_fault_s'] for r in rows))} (whole run: max {_fmt(max(r['write_s'] for r in rows))})"),
         ("zero samples with two writable primaries", set(DRILLS), lambda r: r["two_primary_samples"] == 0,
          lambda rows: f"{sum(r['two_primary_samples'] for r in rows)} samples"),
-        ("two VIP owners never longer than 1 s", VIP_1S, lambda r: r["two_vip_longest_s"] <= 1.0,
+        (VIP_1S, _held_to(VIP_1S), lambda r: r["two_vip_longest_s"] <= 1.0,
          lambda rows: f"longest {_fmt(max(r['two_vip_longest_s'] for r in rows), digits=1)}"),
-        ("zero acknowledged rows lost", NO_LOSS, lambda r: r["acked_lost"] == 0,
+        (NO_LOSS, _held_to(NO_LOSS), lambda r: r["acked_lost"] == 0,
          lambda rows: f"{sum(r['acked_lost'] for r in rows)} lost"),
         ("every failed node back as a streaming standby", set(DRILLS),
          lambda r: r["rejoin_after_heal_s"] is not None, lambda rows: f"{len(rows)} of {len(rows)} runs"),
@@ -277,10 +248,10 @@ def write(path: str, by_release: dict[str, dict]) -> None:
     L += ["", "## Per drill", ""]
     for d in sorted(by):
         rows = by[d]
-        L += [f"### {d}. {DRILLS[d]}", "",
-              f"Fault held {HOLD[d]:.0f} s; heal: {HEAL[d]}.", ""]
-        if d in WHY:
-            L += [WHY[d], ""]
+        L += [f"### {d}. {DRILLS[d].name}", "",
+              f"Fault held {DRILLS[d].hold:.0f} s; heal: {DRILLS[d].healed_by}.", ""]
+        if DRILLS[d].why:
+            L += [DRILLS[d].why, ""]
         L += [f"- VIP on the peer (sampled): {_mmm(rows, 'vip_moved_s')}; peer PostgreSQL primary: "
               f"{_mmm(rows, 'peer_primary_s')}",
               f"- SIP OPTIONS unanswered in all: {_mmm(rows, 'sip_down_s')}; writes refused or waiting: "
@@ -389,7 +360,7 @@ def _chart(path: str, drill: int, runs: list[dict], rows: list[dict]) -> str | N
     ax.set_ylim(0, y + 0.8)
     ax.set_xlim(xs[0], xs[-1])
     ax.set_xlabel("seconds since the fault")
-    ax.set_title(f"drill {drill}: {DRILLS[drill]} (run {run_no}; failed node {c['failed']})", fontsize=9)
+    ax.set_title(f"drill {drill}: {DRILLS[drill].name} (run {run_no}; failed node {c['failed']})", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

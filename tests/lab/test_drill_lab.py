@@ -8,10 +8,11 @@ Asserts issue 9's targets for this drill; then fails back so later tests see the
 from __future__ import annotations
 
 from lab import drills
+from lab.context import LabContext
 
 
 def test_drill_1_keepalived_stopped_on_the_vip_owner(lab):
-    ctx = drills.make_ctx(lab.spec, lab.cluster, log=lambda _: None)
+    ctx = LabContext.from_cluster(lab.spec, lab.cluster, log=lambda _: None)
     try:
         drills.setup(ctx)
         rd = drills.run_one(ctx, 1, 1)

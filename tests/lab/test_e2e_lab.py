@@ -14,8 +14,8 @@ import os
 import socket
 import stat
 
+from bench import sipp
 from lab import deploy, health
-from tests.sip import sipp
 
 
 def free_udp_port() -> int:

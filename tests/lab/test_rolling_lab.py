@@ -16,10 +16,10 @@ import time
 
 import pytest
 
+from bench import sipp
 from components.render import RenderedFile
 from components.render import kamailio as kam
 from lab import deploy, health
-from tests.sip import sipp
 
 CTL = "unix:/run/kamailio/kamailio_ctl"
 OTHERS = ("chrony", "systemd-journald", "ssh", "nftables", "redis-server", "keepalived", "etcd", "hapbx-leader",

@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench import sipp
 from components.config import load_stack_file
 from components.render import SECRET_NAMES, RenderContext
 from components.render import kamailio as kam
@@ -45,7 +46,6 @@ from hapbx_node import migrate
 from tests.helpers import self_signed
 from tests.mockrun import ROOT
 from tests.release_root import HOST, Host
-from tests.sip import sipp
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 pytestmark = [

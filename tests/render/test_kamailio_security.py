@@ -17,10 +17,10 @@ import time
 import psycopg
 import pytest
 
+from bench import sipp
 from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up, in_dialog
 from tests.render.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, SECRETS, VIP, call, free_port,
                                                  register, stack)  # noqa: F401  (stack: the module's fixture)
-from tests.sip import sipp
 
 ATTACKER, SINK = "127.0.0.41", "127.0.0.40"
 #: extensions of this module: one per limit, so counts never mix

@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from bench import sipp
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
 from tests.render.validators import run_validator
-from tests.sip import sipp
 
 pytestmark = [
     pytest.mark.skipif(not (shutil.which("sipp") and shutil.which("curl")), reason="needs sipp and curl"),

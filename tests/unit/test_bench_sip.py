@@ -1,10 +1,10 @@
-"""`hapbx bench sip`: the pure parts (SIPp stat/rtt parsing, percentiles, the step and stop rules,
-the stock configuration edit). No SIPp, no lab."""
+"""`hapbx bench sip`: the pure parts (SIPp stat/rtt parsing in bench/sipp.py, percentiles, the step and
+stop rules, the stock configuration edit). No SIPp, no lab."""
 from __future__ import annotations
 
 import pytest
 
-from cli import bench_sip as b
+from bench import sip as b, sipp
 
 STAT = ("StartTime;CurrentTime;OutgoingCall(C);CurrentCall;SuccessfulCall(C);FailedCall(C);Retransmissions(C);\n"
         "2026-11-25\t11:11:45;x;10;10;0;0;0;\n"
@@ -20,28 +20,29 @@ def step(**kw) -> b.Step:
 
 
 def test_stat_csv_rows_by_header():
-    rows = b.parse_stat_csv(STAT)
+    rows = sipp.parse_stat_csv(STAT)
     assert len(rows) == 2
-    assert b.stat_int(rows[-1], "OutgoingCall(C)") == 20
-    assert b.stat_int(rows[-1], "Retransmissions(C)") == 2
-    assert b.stat_int(rows[-1], "NoSuchColumn") == 0
-    assert b.parse_stat_csv("") == []
+    assert sipp.stat_int(rows[-1], "OutgoingCall(C)") == 20
+    assert sipp.stat_int(rows[-1], "Retransmissions(C)") == 2
+    assert sipp.stat_int(rows[-1], "NoSuchColumn") == 0
+    assert sipp.parse_stat_csv("") == []
 
 
 def test_rtt_values_of_one_rtd_and_start_span():
-    assert b.parse_rtt_csv(RTT) == [4.0, 8.0, 12.0]
-    assert b.parse_rtt_csv(RTT, "2") == [2.0]
-    rows = b.parse_rtt_rows(RTT)
+    assert sipp.parse_rtt_csv(RTT) == [4.0, 8.0, 12.0]
+    assert sipp.parse_rtt_csv(RTT, "2") == [2.0]
+    rows = sipp.parse_rtt_rows(RTT)
     # starts at 96, 192, 388 ms: 3 calls over 0.292 s, scaled from 2 intervals to 3
-    assert b.start_span(rows) == pytest.approx(0.292 * 3 / 2)
-    assert b.start_span(rows[:1]) == 0.0
+    assert sipp.start_span(rows) == pytest.approx(0.292 * 3 / 2)
+    assert sipp.start_span(rows[:1]) == 0.0
 
 
 def test_screen_counts():
     screen = "  Successful call        |        0                  |       1999     \n" \
              "  Failed call            |        0                  |       1        \n"
-    assert b.screen_counts(screen) == (1999, 1)
-    assert b.screen_counts("nothing") is None
+    assert sipp.screen_counts(screen) == (1999, 1)
+    assert sipp.screen_counts("nothing") is None
+    assert sipp.counts(screen) == (1999, 1) and sipp.counts("nothing") == (0, 0)   # the functional runs' reading
 
 
 @pytest.mark.parametrize("values,q,want", [([], 95, None), ([5.0], 50, 5.0), (list(range(1, 101)), 95, 95),

@@ -1,0 +1,38 @@
+"""`hapbx lab drill`: the arguments, then lab/drill_run.py (failover drills -> reports/failover.md).
+
+    ./hapbx lab drill                      # the seven drills, 5 runs each
+    ./hapbx lab drill --only 1,3 --runs 2  # some drills, fewer runs
+"""
+from __future__ import annotations
+
+import sys
+
+REPORT = "reports/failover.md"
+
+
+def add_parser(lsub) -> None:
+    d = lsub.add_parser("drill", help="break the running lab the ways production breaks; write reports/failover.md")
+    d.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); charts and results.json beside it")
+    d.add_argument("--runs", type=int, default=5, help="runs of each drill (5)")
+    d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all seven)")
+    d.add_argument("--report-only", action="store_true", help="write the report again from results.json")
+    d.add_argument("--note", default="", help="a note on this invocation, printed in the report")
+    d.add_argument("--merge", action="store_true",
+                   help="keep the other drills' results from results.json (a drill run again replaces its own)")
+
+
+def run(args, raw, cluster, spec) -> int:
+    from lab import drill_run, drills
+    if args.report_only:
+        return drill_run.report_only(args.out)
+    try:
+        only = sorted({int(x) for x in args.only.split(",") if x.strip()}) or sorted(drills.DRILLS)
+    except ValueError:
+        print(f"hapbx lab drill: --only {args.only!r}: give drill numbers like 1,3", file=sys.stderr)
+        return 2
+    bad = [d for d in only if d not in drills.DRILLS]
+    if bad or args.runs < 1:
+        print(f"hapbx lab drill: unknown drill(s) {bad} (allowed {min(drills.DRILLS)}-{max(drills.DRILLS)}) "
+              "or --runs < 1", file=sys.stderr)
+        return 2
+    return drill_run.run(cluster, spec, out=args.out, only=only, runs=args.runs, note=args.note, merge=args.merge)
