@@ -394,6 +394,11 @@ class HaSettings:
     leader_weight: int = setting("leaderWeight", "VRRP priority bonus of the lease holder.", 50, minimum=1, maximum=100)
     fast_stop_ms: int = setting("fastStopMs", "Orderly stop of a resigning primary before an immediate one.", 5000,
                                 minimum=100, maximum=60000)
+    stream_lost_after: int = setting("streamLostAfterSeconds", "A standby not streaming from the leading peer "
+                                     "this long is rejoined (rejoin auto).", 15, minimum=2, maximum=3600)
+    sync_reply_max_ms: int = setting("syncReplyMaxMs", "The standby counts as synchronous only if it replied within "
+                                     "this (it replies every second; a cut link leaves it 'streaming' for 30 s).",
+                                     3000, minimum=1500, maximum=30000)
 
 
 @dataclass(frozen=True, kw_only=True)

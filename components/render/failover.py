@@ -1,69 +1,47 @@
-"""The HA scripts of a PBX node: leader daemon, promote/demote/rejoin, keepalived
-notify and track scripts, the PostgreSQL start guard, and the per-node env file
-that parameterises them all (so the same scripts run in the tests against local
-ports and temp dirs).
+"""The HA programs of a PBX node and the per-node env file that parameterises them all (so the
+same programs run in the tests against local ports and temp dirs).
 
-Scripts live in ``templates/failover/`` as plain bash (no Jinja: ``${#a[@]}``
-would be a Jinja comment) and get the managed-by header after the shebang.
+The programs are node code, not templates: the HA core in ``hapbx_node/ha`` (Python: the state
+machine, drivers, daemon) and its bash entry points in ``hapbx_node/ha/bin`` (keepalived's
+notify/track scripts, promote/demote/rejoin jobs, the PostgreSQL start guard, the operator's
+``hapbx-ha``). They are installed under HA_BIN as they are, with the managed-by header after the
+shebang; the Python package keeps its layout (HA_BIN/hapbx_node/...), which ``leader`` imports.
 """
 from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from . import TEMPLATES, RenderContext, RenderedFile, header, secret_refs, template
+from hapbx_node import layout
+from hapbx_node.layout import (HA_BIN, HA_CLI, HA_ENV, HA_LIB_DIR, HA_RUN_DIR, HA_SECRETS_ENV, HA_TMPFILES,
+                               LEADER_UNIT, PG_PASSFILE, REACH_UNIT, PgPaths, slot_name)
+
+from . import RenderContext, RenderedFile, header, secret_refs, template
 from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
 
-HA_BIN = "/usr/local/lib/hapbx/ha"
-HA_ENV = "/etc/hapbx/ha.env"
-HA_SECRETS_ENV = "/etc/hapbx/ha-secrets.env"
-HA_RUN_DIR = "/run/hapbx/ha"
-#: creates HA_RUN_DIR at boot (keepalived 2.3 needs it when it parses its track files)
-HA_TMPFILES = "/etc/tmpfiles.d/hapbx-ha.conf"
-HA_LIB_DIR = "/var/lib/hapbx/ha"
-HA_CLI = "/usr/local/sbin/hapbx-ha"
-LEADER_UNIT = "hapbx-leader.service"
-REACH_UNIT = "hapbx-reach.service"
-
-#: scripts under HA_BIN; lib.sh is sourced, the rest are executables
+#: the node-programs package (hapbx_node) in this repository
+NODE_PACKAGE = os.path.dirname(os.path.abspath(layout.__file__))
+BIN_DIR = os.path.join(NODE_PACKAGE, "ha", "bin")
+#: entry points under HA_BIN; lib.sh is sourced, the rest are executables
 SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-local", "reach",
            "vip-release", "pg-guard", "status")
+#: the Python modules the leader imports, installed as HA_BIN/hapbx_node/...
+PY_MODULES = ("__init__.py", "layout.py", "ha/__init__.py", "ha/clock.py", "ha/settings.py", "ha/decide.py",
+              "ha/store.py", "ha/drivers.py", "ha/writes.py", "ha/daemon.py")
 
 # What the data tier provides (components/render/postgres.py, redis.py): the replication
 # role, granted what pg_rewind needs, with its password in the postgres user's ~/.pgpass;
 # primary_conninfo + primary_slot_name in postgresql.conf on both nodes (standby.signal decides);
 # synchronous_standby_names left to the lease holder; Redis's role in an included file.
 PG_REPL_USER = "replicator"
-PG_PASSFILE = "/var/lib/postgresql/.pgpass"
 REDIS_ROLE_FILE = "/etc/redis/role.conf"
 #: units that run on the writer only (promote starts them, demotion/fencing stops them)
 OWNER_SERVICES: tuple[str, ...] = tuple(CDR_OWNER_SERVICES)
-
-
-@dataclass(frozen=True)
-class HaSettings:
-    """HA timings. Values come from an ``ha`` config section when the schema has
-    one (same attribute names), else these defaults (see README, failover)."""
-    check_interval: int = 1          # s between track_script runs (keepalived: integer)
-    check_fall: int = 2              # failures before FAULT (local health)
-    check_rise: int = 2              # successes before leaving FAULT
-    reach_interval_ms: int = 100     # ms between the reachability watcher's pings (gateway, witness)
-    reach_lost_after_ms: int = 800   # ms without any reply: isolated, FAULT (track_file "reach")
-    promote_timeout: int = 30        # s: pg_promote wait; failing this long, the leader resigns
-    rejoin: str = "auto"             # auto: the daemon rejoins a diverged/down ex-primary; manual: operator
-    rejoin_backoff: int = 30         # s between failed automatic rejoins
-    sync_relax_after: int = 10       # s without the standby before the holder relaxes synchronous replication
-    no_witness_timeout: int = 30     # s (promote-after-timeout only)
-    leader_weight: int = 50          # VRRP priority bonus of the lease holder (track_file)
-    fast_stop_ms: int = 5000         # orderly stop of a resigning primary before immediate
-
-    @staticmethod
-    def of(cluster) -> "HaSettings":
-        section = getattr(cluster, "ha", None)
-        if section is None:
-            return HaSettings()
-        return HaSettings(**{f.name: getattr(section, f.name) for f in fields(HaSettings) if hasattr(section, f.name)})
+#: the lease holder stops writing this long before its lease can expire in etcd
+FENCE_MARGIN_S = 0.5
+#: bound of one etcd call of the leader daemon (below TTL - margin: a renewal always fits)
+ETCD_TIMEOUT_S = 0.8
 
 
 @dataclass(frozen=True)
@@ -75,26 +53,14 @@ class Timings:
 
     @staticmethod
     def of(cluster) -> "Timings":
-        ha = HaSettings.of(cluster)
-        hung = 3.0 * ha.check_interval
+        hung = 3.0 * cluster.ha.check_interval
         master_down = 3 * cluster.vip.advert_interval + 1.0   # VRRP master-down timer + skew, rounded up
         yield_after = hung + 2 * float(cluster.etcd.lease_ttl_seconds)   # a hung holder resigns first
         return Timings(hung_after=hung, yield_after=yield_after, resign_grace=yield_after + master_down + 2.0)
 
 
-def pg_paths(cluster) -> dict[str, str]:
-    v = cluster.postgres.version
-    return {
-        "bin": f"/usr/lib/postgresql/{v}/bin",
-        "data": f"/var/lib/postgresql/{v}/main",
-        "conf": f"/etc/postgresql/{v}/main/postgresql.conf",
-        "service": f"postgresql@{v}-main.service",
-    }
-
-
-def slot_name(node_name: str) -> str:
-    """Physical slot a node streams from on its peer: its own name ('-' is not allowed: '_')."""
-    return node_name.replace("-", "_")
+def pg_paths(cluster) -> PgPaths:
+    return PgPaths(cluster.postgres.version)
 
 
 def reach_targets(ctx: RenderContext) -> list[str]:
@@ -107,16 +73,17 @@ def reach_targets(ctx: RenderContext) -> list[str]:
 
 def reach_env(ctx: RenderContext) -> dict[str, str]:
     """The reachability watcher's parameters: in its unit (a change restarts it), not in ha.env."""
-    ha = HaSettings.of(ctx.cluster)
+    ha = ctx.cluster.ha
     return {"REACH_TARGETS": " ".join(reach_targets(ctx)),
             "REACH_INTERVAL": f"{ha.reach_interval_ms / 1000:g}",
             "REACH_LOST_AFTER": f"{ha.reach_lost_after_ms / 1000:g}"}
 
 
 def env_values(ctx: RenderContext) -> dict[str, str]:
-    """Every parameter of the scripts for this node (tests override a few)."""
+    """Every parameter of the HA programs for this node (tests override a few). The programs keep
+    no defaults of their own: hapbx_node/ha/settings.py refuses to start without these."""
     c, node, peer = ctx.cluster, ctx.host, ctx.peer
-    ha, t, pg = HaSettings.of(c), Timings.of(c), pg_paths(c)
+    ha, t, pg = c.ha, Timings.of(c), pg_paths(c)
     members = list(c.nodes) + ([c.witness] if c.witness else [])
     return {
         "HAPBX_NODE": node.name,
@@ -135,12 +102,12 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "SIP_ADDR": node.address,
         "SIP_PORT": str(c.kamailio.sip_port),
         "KEEPALIVED_KILL_CMD": "systemctl kill -s KILL keepalived.service",
-        "PG_BIN": pg["bin"],
-        "PG_DATA": pg["data"],
-        "PG_CONFIG_FILE": pg["conf"],
-        "PG_SOCKET": "/var/run/postgresql",
+        "PG_BIN": pg.bin_dir,
+        "PG_DATA": pg.data_dir,
+        "PG_CONFIG_FILE": pg.conf_file,
+        "PG_SOCKET": layout.PG_SOCKET_DIR,
         "PG_PORT": str(c.postgres.port),
-        "PG_OS_USER": "postgres",
+        "PG_OS_USER": layout.PG_OS_USER,
         "PG_PEER_USER": PG_REPL_USER,
         "PG_REPL_USER": PG_REPL_USER,
         "PG_PASSFILE": PG_PASSFILE,
@@ -150,7 +117,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "PG_SLOT": slot_name(node.name),
         "PG_PEER_SLOT": slot_name(peer.name),
         "PG_SYNC_NAMES": f'"{peer.name}"' if c.witness else "",
-        "PG_START_CMD": f"systemctl reset-failed {pg['service']} 2>/dev/null; systemctl start {pg['service']}",
+        "PG_START_CMD": f"systemctl reset-failed {pg.service} 2>/dev/null; systemctl start {pg.service}",
         "PG_PROMOTE_TIMEOUT": str(ha.promote_timeout),
         "PG_FAST_STOP_MS": str(ha.fast_stop_ms),
         "PG_CRASH_GRACE": "10",   # s check-local ignores a primary restarting in place after a crash
@@ -168,8 +135,8 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "ETCD_PREFIX": "/hapbx/cluster",
         "LEASE_TTL": str(c.etcd.lease_ttl_seconds),
         "RENEW_INTERVAL": f"{c.etcd.renew_interval_seconds:g}",
-        "FENCE_MARGIN": "0.5",
-        "ETCD_TIMEOUT": "0.8",
+        "FENCE_MARGIN": f"{FENCE_MARGIN_S:g}",
+        "ETCD_TIMEOUT": f"{ETCD_TIMEOUT_S:g}",
         "HUNG_AFTER": f"{t.hung_after:g}",
         "YIELD_AFTER": f"{t.yield_after:g}",
         "RESIGN_GRACE": f"{t.resign_grace:g}",
@@ -177,6 +144,8 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REJOIN_MODE": ha.rejoin,
         "REJOIN_BACKOFF": str(ha.rejoin_backoff),
         "SYNC_RELAX_AFTER": str(ha.sync_relax_after),
+        "STREAM_LOST_AFTER": str(ha.stream_lost_after),
+        "SYNC_REPLY_MAX": f"{ha.sync_reply_max_ms / 1000:g}",
     }
 
 
@@ -187,11 +156,32 @@ def format_env(values: dict[str, str], title: str = "") -> str:
 
 
 def script_text(name: str) -> str:
-    """A script from templates/failover with the managed-by header after the shebang."""
-    with open(os.path.join(TEMPLATES, "failover", name), encoding="utf-8") as fh:
+    """An entry point from hapbx_node/ha/bin with the managed-by header after the shebang."""
+    with open(os.path.join(BIN_DIR, name), encoding="utf-8") as fh:
         text = fh.read()
     first, _, rest = text.partition("\n")
     return f"{first}\n{header()}\n{rest}"
+
+
+def module_text(rel: str) -> str:
+    """A module of the node-programs package with the managed-by header on top."""
+    with open(os.path.join(NODE_PACKAGE, rel), encoding="utf-8") as fh:
+        return f"{header()}\n{fh.read()}"
+
+
+def program_files() -> list[RenderedFile]:
+    """The HA programs under HA_BIN: the entry points and the Python package the leader imports
+    (a change re-executes the daemon: reload, the lease kept; the watcher restarts)."""
+    out = []
+    for name in SCRIPTS:
+        service, action = (REACH_UNIT, "restart") if name == "reach" else (LEADER_UNIT, "reload")
+        validate = "python3 -m py_compile {path}" if name == "leader" else "bash -n {path}"
+        out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=service, action=action,
+                                mode="0644" if name.endswith(".sh") else "0755", validate=validate))
+    for rel in PY_MODULES:
+        out.append(RenderedFile(f"{HA_BIN}/hapbx_node/{rel}", module_text(rel), service=LEADER_UNIT,
+                                action="reload", mode="0644", validate="python3 -m py_compile {path}"))
+    return out
 
 
 def secrets_env(ctx: RenderContext) -> str:
@@ -224,19 +214,15 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     sec = secrets_env(ctx)
     out.append(RenderedFile(HA_SECRETS_ENV, sec, service=LEADER_UNIT, action="reload", mode="0600",
                             secrets=secret_refs(ctx, sec) or ("redis_default",)))
-    for name in SCRIPTS:
-        # the watcher is its own daemon; lib.sh is read by it only at start (no restart for that)
-        service, action = (REACH_UNIT, "restart") if name == "reach" else (LEADER_UNIT, "reload")
-        out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=service, action=action,
-                                mode="0644" if name.endswith(".sh") else "0755", validate="bash -n {path}"))
+    out += program_files()
     out.append(RenderedFile(HA_CLI, script_text("hapbx-ha"), mode="0755", validate="bash -n {path}"))
     out.append(RenderedFile(f"/etc/systemd/system/{LEADER_UNIT}", template("failover/hapbx-leader.service.j2", ctx,
                                                                            ha_bin=HA_BIN),
                             service=LEADER_UNIT, action="reload"))
     out.append(RenderedFile(f"/etc/systemd/system/{REACH_UNIT}", template(
         "failover/hapbx-reach.service.j2", ctx, ha_bin=HA_BIN, run_dir=HA_RUN_DIR, env=reach_env(ctx),
-        interval_ms=HaSettings.of(ctx.cluster).reach_interval_ms), service=REACH_UNIT, action="restart"))
-    out.append(RenderedFile(f"/etc/systemd/system/{pg['service']}.d/hapbx-guard.conf",
+        interval_ms=ctx.cluster.ha.reach_interval_ms), service=REACH_UNIT, action="restart"))
+    out.append(RenderedFile(f"/etc/systemd/system/{pg.service}.d/hapbx-guard.conf",
                             template("failover/pg-guard.conf.j2", ctx, ha_bin=HA_BIN),
                             action="systemctl daemon-reload"))
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import RenderContext, RenderedFile, template
 from . import failover
-from .failover import HA_BIN, HA_RUN_DIR, LEADER_UNIT, REACH_UNIT, HaSettings, reach_targets
+from .failover import HA_BIN, HA_RUN_DIR, LEADER_UNIT, REACH_UNIT, reach_targets
 
 CONF = "/etc/keepalived/keepalived.conf"
 DROPIN = "/etc/systemd/system/keepalived.service.d/hapbx.conf"
@@ -37,7 +37,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
     c = ctx.cluster
-    conf = template("keepalived/keepalived.conf.j2", ctx, ha=HaSettings.of(c), ha_bin=HA_BIN, run_dir=HA_RUN_DIR,
+    conf = template("keepalived/keepalived.conf.j2", ctx, ha=c.ha, ha_bin=HA_BIN, run_dir=HA_RUN_DIR,
                     reach=reach_targets(ctx), reach_unit=REACH_UNIT, vip_label=vip_label(c.network.interface))
     return [
         RenderedFile(DROPIN, template("keepalived/unit-override.conf.j2", ctx, ha_bin=HA_BIN, leader_unit=LEADER_UNIT,

@@ -40,8 +40,16 @@ def test_every_rendered_script_passes_shellcheck():
     assert len({tuple(sorted(v.items())) for v in per_stack.values()}) == 1
     cluster = cluster_of("prod")
     files = failover.files(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
-    scripts = [f for f in files if f.path.startswith(failover.HA_BIN + "/") or f.path == failover.HA_CLI]
-    assert {os.path.basename(f.path) for f in scripts} >= set(failover.SCRIPTS)
+    programs = [f for f in files if f.path.startswith(failover.HA_BIN + "/") or f.path == failover.HA_CLI]
+    assert {os.path.basename(f.path) for f in programs} >= set(failover.SCRIPTS)
+    # the leader daemon and its package: Python, compiled on the node before it is installed
+    python = [f for f in programs if f.path.endswith(".py") or f.path == f"{failover.HA_BIN}/leader"]
+    assert {os.path.relpath(f.path, f"{failover.HA_BIN}/hapbx_node") for f in python if f.path.endswith(".py")} \
+        == set(failover.PY_MODULES)
+    for f in python:
+        assert f.validate == "python3 -m py_compile {path}"
+        compile(f.content, f.path, "exec")
+    scripts = [f for f in programs if f not in python]
     with tempfile.TemporaryDirectory() as d:
         for f in scripts:
             with open(os.path.join(d, os.path.basename(f.path)), "w", encoding="utf-8") as fh:

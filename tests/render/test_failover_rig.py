@@ -55,6 +55,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def mono_ms() -> int:
+    """The HA core's clock (deadlines in the authority file, VRRP and heartbeat times)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)
+
+
 @dataclass
 class Node:
     name: str
@@ -180,7 +185,8 @@ class Rig:
         ctx = RenderContext(self.cluster, self.cluster.nodes[0], masked_secrets())
         for f in failover.files(ctx):
             if f.path.startswith(failover.HA_BIN + "/"):
-                dest = f"{self.bin}/{os.path.basename(f.path)}"
+                dest = os.path.join(self.bin, os.path.relpath(f.path, failover.HA_BIN))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with open(dest, "w", encoding="utf-8") as fh:
                     fh.write(f.content)
                 os.chmod(dest, int(f.mode, 8))
@@ -342,13 +348,14 @@ class Rig:
 
     def start_daemon(self, name: str):
         n = self.nodes[name]
-        n.daemon = self.spawn(["bash", f"{self.bin}/leader", "run"], f"{n.dir}/daemon.log",
+        n.daemon = self.spawn([f"{self.bin}/leader", "run"], f"{n.dir}/daemon.log",
                               env={**os.environ, "HAPBX_ENV": n.env_file}, host=name if self.netns else None)
 
     def start_heartbeat(self, name: str):
         """Stands for keepalived's check-local runs (the daemon's proof keepalived lives)."""
         n = self.nodes[name]
-        n.heartbeat = self.spawn(["bash", "-c", f"while :; do date +%s%3N > {n.run}/hb.tmp && mv {n.run}/hb.tmp "
+        n.heartbeat = self.spawn(["bash", "-c", f"while :; do read -r up _ </proc/uptime; echo $((10#${{up/./}} * 10)) "
+                                         f"> {n.run}/hb.tmp && mv {n.run}/hb.tmp "
                                          f"{n.run}/heartbeat; sleep 0.3; done"],
                                  f"{n.dir}/heartbeat.log")
 

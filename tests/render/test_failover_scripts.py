@@ -26,7 +26,7 @@ from components.render.etcd import KEY_PREFIX
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, now_ms, ordered_rig  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, mono_ms, ordered_rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
@@ -84,7 +84,7 @@ def test_02_promotion_refused_without_lease_or_while_peer_writable(rig):
     # pretend pbx2 held the lease: the peer is still a writable primary -> refused
     run = rig.nodes["pbx2"].run
     with open(f"{run}/authority", "w") as fh:
-        fh.write(f"1 {now_ms() + 60000} fake\n")
+        fh.write(f"1 {mono_ms() + 60000} fake\n")
     try:
         out = rig.script("pbx2", "promote")
         assert out.returncode == 3, out.stderr

@@ -160,7 +160,9 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     bin_dir.mkdir()
     for path, f in files.items():
         if path.startswith(failover.HA_BIN + "/"):
-            (bin_dir / os.path.basename(path)).write_text(f.content)
+            dest = bin_dir / os.path.relpath(path, failover.HA_BIN)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(f.content)
     stub = tmp_path / "stub"
     stub.mkdir()
     (stub / "pg_isready").write_text("#!/bin/sh\nexit 0\n")

@@ -62,7 +62,7 @@ class Pair:
         files = {f.path: f for f in failover.files(ctx) + keepalived.files(ctx)}
         os.makedirs(f"{d}/scripts")
         for path, f in files.items():
-            if path.startswith(failover.HA_BIN + "/"):
+            if os.path.dirname(path) == failover.HA_BIN:     # the entry points (no leader daemon here)
                 with open(f"{d}/scripts/{os.path.basename(path)}", "w") as fh:
                     fh.write(f.content)
         with open(f"{d}/keepalived.conf", "w") as fh:

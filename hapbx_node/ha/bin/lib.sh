@@ -43,8 +43,17 @@ WAKE_FIFO="$HA_RUN_DIR/wake"
 
 # ---------------------------------------------------------------- time + logs
 
-# NOW_MS: wall clock in ms, without forking.
+# NOW_MS: wall clock in ms, without forking (durations, logs, epoch-second markers).
 now_ms() { NOW_MS=$((${EPOCHREALTIME/[.,]/} / 1000)); }
+
+# MONO_MS: the boot clock in ms (CLOCK_BOOTTIME, 10 ms steps), without forking. What the leader
+# daemon decides by (hapbx_node/ha/clock.py): deadlines, VRRP and heartbeat times. A wall-clock
+# step never moves it.
+mono_ms() {
+	local up
+	read -r up _ </proc/uptime
+	MONO_MS=$((10#${up/./} * 10))
+}
 
 # to_ms "0.25" -> REPLY=250 (decimal seconds to integer ms, no bc).
 to_ms() {
@@ -132,7 +141,7 @@ wake_daemon() {
 
 # ---------------------------------------------------------------- state files
 
-# read_vrrp: VRRP_STATE (MASTER|BACKUP|FAULT|STOP|UNKNOWN), VRRP_SINCE_MS.
+# read_vrrp: VRRP_STATE (MASTER|BACKUP|FAULT|STOP|UNKNOWN), VRRP_SINCE_MS (boot clock).
 read_vrrp() {
 	VRRP_STATE=UNKNOWN
 	VRRP_SINCE_MS=0
@@ -155,11 +164,11 @@ read_authority() {
 	AUTH_DEADLINE_MS=${AUTH_DEADLINE_MS:-0}
 }
 
-# authority_valid: this node holds the leader key and its fence deadline is ahead.
+# authority_valid: this node holds the leader key and its fence deadline (boot clock) is ahead.
 authority_valid() {
 	read_authority
-	now_ms
-	[[ $AUTH_HOLDER == 1 ]] && ((NOW_MS + ${1:-0} < AUTH_DEADLINE_MS))
+	mono_ms
+	[[ $AUTH_HOLDER == 1 ]] && ((MONO_MS + ${1:-0} < AUTH_DEADLINE_MS))
 }
 
 vip_present() {

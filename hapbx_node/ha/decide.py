@@ -1,0 +1,593 @@
+"""The HA decisions of one node as a pure state machine.
+
+    decide(state, observations, settings) -> Decision(state, actions, role, reason)
+
+No I/O, no clock: time is `Obs.now` (monotonic ms). The daemon (daemon.py) observes through the
+drivers, calls decide() once per cycle, carries out the actions in order and publishes the role
+and the reason. Everything that decides who may write is here, and tested as a table of named
+scenarios and by property tests that run two nodes against a simulated lease store
+(tests/unit/test_ha_decide.py, test_ha_properties.py).
+
+The lease (with a witness): the node that holds the leader key may write, and only until
+`deadline` = start of its last successful renewal + TTL - margin; at that instant, renewed or not,
+it stops writing (stop_writes "lease"), before the key can expire in the store and the peer take
+it. Without a witness authority follows the VIP and the no-witness policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+from .settings import Settings
+
+# ---------------------------------------------------------------- named roles
+LEADER = "leader"            # holds the lease, local PostgreSQL is the writer
+PROMOTING = "promoting"      # holds the lease, promote job running or due
+FENCED = "fenced"            # stopped its writes this cycle (lease lost or resigned)
+FOLLOWER = "follower"        # the peer leads (or nobody yet); local servers follow
+YIELDING = "yielding"        # follower holding the VIP while the peer leads: gives it up
+REJOINING = "rejoining"      # follower whose PostgreSQL is being rejoined to the peer
+CANDIDATE = "candidate"      # nobody leads and this node may take the lease
+MAINTENANCE = "maintenance"  # operator paused automatic promote/rejoin/yield here
+ROLES = (LEADER, PROMOTING, FENCED, FOLLOWER, YIELDING, REJOINING, CANDIDATE, MAINTENANCE)
+
+VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "UNKNOWN")
+
+
+# ---------------------------------------------------------------- what the lease store said
+@dataclass(frozen=True)
+class Renewed:
+    at: int            # monotonic ms when the keep-alive was sent
+    ttl_s: int         # TTL the store reports after it
+
+
+@dataclass(frozen=True)
+class RenewFailed:
+    at: int
+    error: str
+
+
+@dataclass(frozen=True)
+class LeaseGone:
+    error: str         # the store says the lease does not exist (expired, revoked)
+
+
+@dataclass(frozen=True)
+class Holder:
+    name: Optional[str]   # "" nobody holds the key; None unreadable
+
+
+@dataclass(frozen=True)
+class Acquired:
+    lease_id: str
+    at: int            # monotonic ms when the grant was sent
+
+
+@dataclass(frozen=True)
+class NotAcquired:
+    holder: Optional[str]
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Adopted:
+    lease_id: str
+    at: int
+    ttl_s: int
+
+
+LeaseFact = Union[Renewed, RenewFailed, LeaseGone, Holder, Acquired, NotAcquired, Adopted, None]
+
+
+@dataclass(frozen=True)
+class SyncFact:
+    """What the writer's PostgreSQL says about synchronous replication (one query)."""
+    peer_streaming: bool   # streaming, caught up, replied within SYNC_REPLY_MAX
+    peer_is_sync: bool     # sync_state sync/quorum
+    current: str           # synchronous_standby_names now
+    store_sync: Optional[str]   # the store's sync key ("on", "relaxed:<node>", ...); None unread
+
+
+@dataclass(frozen=True)
+class Obs:
+    """One cycle's observations. A None fact was not looked at this cycle (the daemon samples
+    some every second only, see daemon.SAMPLE_EVERY); decide() then leaves what depends on it."""
+    now: int
+    vrrp: str = "UNKNOWN"
+    vrrp_since: int = 0
+    vip_present: bool = True
+    heartbeat: int = 0             # monotonic ms of keepalived's last check-local run; 0 none
+    maintenance: bool = False
+    force_authority: bool = False  # operator's promote --force (no witness)
+    pg_running: bool = False       # a postmaster of the data directory is alive
+    pg_standby: bool = False       # standby.signal present
+    pg_role: Optional[str] = None          # primary | standby | down | unresponsive
+    pg_streaming: Optional[bool] = None    # local standby's WAL receiver streams
+    redis_role: Optional[str] = None       # master | slave | down
+    peer_pg_role: Optional[str] = None     # primary | standby | down | unreachable | error
+    lease: LeaseFact = None
+    promote_running: bool = False
+    promote_exit: Optional[int] = None     # the promote job ended with this code since last cycle
+    rejoin_running: bool = False
+    rejoin_exit: Optional[int] = None
+    sync: Optional[SyncFact] = None
+
+
+@dataclass(frozen=True)
+class State:
+    role: str = FOLLOWER
+    hold: bool = False
+    lease_id: str = "-"
+    deadline: int = 0              # monotonic ms: stop writing at this instant
+    last_renew: int = 0            # monotonic ms of the last successful renewal (or grant)
+    max_renew_gap: int = 0         # longest gap between two successful renewals while holding
+    last_fence: int = 0
+    holder: str = "?"              # who holds the key, as last read ("" nobody, "?" unknown)
+    vrrp: str = "UNKNOWN"          # effective VRRP state (MASTER without the VIP counts as BACKUP)
+    hung: bool = False
+    writer_ok: bool = False        # the promote job succeeded under this lease
+    peer_lost_ok: bool = False     # promote may proceed with the peer unreachable (no witness)
+    peer_leads: bool = False
+    peer_leads_since: int = 0
+    not_master_since: int = 0
+    yield_vip: bool = False
+    promote_fail_since: int = 0
+    last_promote_try: int = -10**9
+    last_rejoin: int = -10**9
+    rejoin_backoff: int = 0
+    not_streaming_since: int = 0
+    nw_lost_since: int = 0
+    nw_peer_role: str = "?"
+    sync_gone_since: int = 0
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class StopWrites:
+    mode: str          # writes.MODES: lease | resign | follower
+    why: str
+    lease_id: str = "-"
+    deadline: int = 0  # resign: the fast stop must end before this
+
+
+@dataclass(frozen=True)
+class Acquire:
+    pass
+
+
+@dataclass(frozen=True)
+class Adopt:
+    pass
+
+
+@dataclass(frozen=True)
+class StartPromote:
+    peer_lost_ok: bool = False
+
+
+@dataclass(frozen=True)
+class StartRejoin:
+    why: str
+
+
+@dataclass(frozen=True)
+class RedisDemote:
+    pass
+
+
+@dataclass(frozen=True)
+class KillKeepalived:
+    pass
+
+
+@dataclass(frozen=True)
+class MarkPlannedRestart:
+    service: str       # check-local ignores this daemon's absence while it restarts in place
+
+
+@dataclass(frozen=True)
+class ClearPlannedRestart:
+    service: str
+
+
+@dataclass(frozen=True)
+class SyncOn:
+    names: str
+
+
+@dataclass(frozen=True)
+class SyncRelax:
+    peer: str          # marks the peer stale in the store first, then relaxes
+
+
+@dataclass(frozen=True)
+class MarkSyncOn:
+    pass
+
+
+@dataclass(frozen=True)
+class ConsumeForce:
+    pass
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str         # INFO | WARN | ERROR | FENCE
+    text: str
+    key: str = ""      # a repeated condition: logged at most every 5 s under this key
+
+
+Action = Union[StopWrites, Acquire, Adopt, StartPromote, StartRejoin, RedisDemote, KillKeepalived,
+               MarkPlannedRestart, ClearPlannedRestart, SyncOn, SyncRelax, MarkSyncOn, ConsumeForce, Log]
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    actions: tuple
+    role: str
+    reason: str
+    again: bool = False    # run the next cycle at once (a lease action's outcome is due)
+
+
+# ---------------------------------------------------------------- helpers (pure)
+def vrrp_view(o: Obs, s: Settings) -> tuple[str, bool]:
+    """keepalived's state as it counts here, and whether keepalived is hung. MASTER without the
+    VIP on the interface counts as BACKUP; MASTER whose check-local heartbeat is older than
+    HUNG_AFTER (and has been MASTER that long) is hung."""
+    state = o.vrrp if o.vrrp in VRRP_STATES else "UNKNOWN"
+    hung = False
+    if state == "MASTER":
+        if s.check_vip and not o.vip_present:
+            state = "BACKUP"
+        elif s.heartbeat and o.heartbeat and o.now - o.heartbeat > s.hung_ms and o.now - o.vrrp_since > s.hung_ms:
+            hung = True
+    return state, hung
+
+
+def pg_writable(o: Obs) -> bool:
+    """A running server without standby.signal: a primary, or one that may come up as primary."""
+    return o.pg_running and not o.pg_standby
+
+
+def eligible(o: Obs, vrrp: str, hung: bool) -> bool:
+    """May this node take the lease? The VRRP master may; so may the incumbent (the running
+    primary) unless keepalived gave up here."""
+    if hung or o.rejoin_running or o.maintenance:
+        return False
+    if vrrp == "MASTER":
+        return True
+    return vrrp not in ("FAULT", "STOP") and pg_writable(o)
+
+
+class _Cycle:
+    """One decision: accumulates the state changes, the actions and the reason."""
+
+    def __init__(self, s: State, o: Obs, cfg: Settings):
+        self.s, self.o, self.cfg = s, o, cfg
+        self.actions: list = []
+        self.reason = ""
+        self.again = False
+
+    def set(self, **changes):
+        self.s = replace(self.s, **changes)
+
+    def do(self, *actions):
+        self.actions.extend(actions)
+
+    def log(self, level: str, text: str, key: str = ""):
+        self.actions.append(Log(level, text, key))
+
+    def because(self, text: str):
+        if not self.reason:
+            self.reason = text
+
+    # -------------------------------------------------------- stopping writes
+    def fence(self, why: str):
+        """Lease lost or its deadline passed: writes stop now, then the key goes."""
+        s = self.s
+        self.do(StopWrites("lease", why, s.lease_id))
+        self.set(hold=False, writer_ok=False, lease_id="-", peer_lost_ok=False, last_fence=self.o.now)
+        self.because(f"fenced: {why}")
+
+    def resign(self, why: str):
+        """Orderly hand-over while the lease still runs (fast stop within what is left of it)."""
+        s = self.s
+        self.do(StopWrites("resign", why, s.lease_id, s.deadline))
+        self.set(hold=False, writer_ok=False, lease_id="-", holder="?", peer_lost_ok=False)
+        self.because(f"resigned: {why}")
+
+
+def _jobs(c: _Cycle):
+    o = c.o
+    if o.promote_exit is not None:
+        if o.promote_exit == 0:
+            c.set(writer_ok=True, promote_fail_since=0)
+            c.do(ClearPlannedRestart("postgres"))
+            c.log("INFO", "promote job done: this node is the writer")
+        else:
+            c.set(promote_fail_since=c.s.promote_fail_since or o.now)
+            c.log("WARN", f"promote job failed (exit {o.promote_exit})")
+    if o.rejoin_exit is not None:
+        if o.rejoin_exit == 0:
+            c.set(rejoin_backoff=0, not_streaming_since=0)
+        else:
+            c.set(rejoin_backoff=c.cfg.rejoin_backoff_ms)
+            c.log("WARN", f"rejoin job failed (exit {o.rejoin_exit}); next try in {c.cfg.rejoin_backoff_ms}ms")
+
+
+def _lease_witness(c: _Cycle):
+    s, o, cfg = c.s, c.o, c.cfg
+    fact = o.lease
+    if s.hold:
+        if isinstance(fact, Renewed) and fact.ttl_s > 0:
+            gap = fact.at - s.last_renew
+            c.set(deadline=fact.at + fact.ttl_s * 1000 - cfg.margin_ms, last_renew=fact.at, holder=cfg.node,
+                  max_renew_gap=max(s.max_renew_gap, gap))
+        elif isinstance(fact, LeaseGone):
+            c.fence(f"lease {s.lease_id} is gone in the store ({fact.error})")
+            return
+        elif isinstance(fact, RenewFailed):
+            c.log("WARN", f"renewal failed: {fact.error}; fence in {s.deadline - o.now}ms", key="renew")
+        # renewed or not: the deadline is the clock's, checked every cycle
+        if o.now >= c.s.deadline:
+            c.fence(f"lease deadline passed without a renewal (last ok {o.now - c.s.last_renew}ms ago)")
+        return
+    if isinstance(fact, (Acquired, Adopted)):
+        ttl = cfg.ttl_ms if isinstance(fact, Acquired) else fact.ttl_s * 1000
+        c.set(hold=True, lease_id=fact.lease_id, deadline=fact.at + ttl - cfg.margin_ms, last_renew=fact.at,
+              holder=cfg.node, max_renew_gap=0, not_master_since=0)
+        if isinstance(fact, Acquired):
+            c.log("INFO", f"acquired the leader lease {fact.lease_id} (vrrp {s.vrrp})")
+        else:
+            c.log("INFO", f"adopted this node's leader lease {fact.lease_id}")
+        if o.now >= c.s.deadline:
+            c.fence("lease deadline passed before it could be used")
+        return
+    if isinstance(fact, NotAcquired):
+        if fact.error:
+            c.log("WARN", f"lease not acquired: {fact.error}", key="acquire")
+        holder = fact.holder if fact.holder is not None else "?"
+    elif isinstance(fact, Holder):
+        holder = fact.name if fact.name is not None else "?"
+    else:
+        holder = s.holder
+    c.set(holder=holder)
+    if isinstance(fact, Holder):
+        if holder == cfg.node:
+            c.do(Adopt())          # the key names us but this process does not know the lease (restart)
+            c.again = True
+        elif holder == "" and eligible(o, s.vrrp, s.hung):
+            c.do(Acquire())
+            c.again = True
+            c.because("nobody leads: taking the lease")
+
+
+def _lease_no_witness(c: _Cycle):
+    s, o, cfg = c.s, c.o, c.cfg
+    if s.hold:
+        c.set(deadline=o.now + 3_600_000, peer_leads=False)
+        return
+    peer = o.peer_pg_role
+    if o.force_authority:
+        c.log("WARN", "authority forced by the operator (promote --force): the peer is taken to be down")
+        c.do(ConsumeForce())
+        c.set(hold=True, peer_lost_ok=True)
+    elif eligible(o, s.vrrp, s.hung):
+        if pg_writable(o):
+            c.set(hold=True)
+            c.log("INFO", "authority: this node runs the primary (no witness)")
+        elif peer is not None:
+            c.set(nw_peer_role=peer)
+            if peer in ("standby", "down"):
+                c.set(hold=True)
+                c.log("INFO", f"authority: VIP owner and the peer's postgres is {peer} (no witness)")
+            elif peer == "primary":
+                c.log("WARN", "VIP owner, but the peer's postgres is a writable primary: not promoting", key="nw-primary")
+            else:
+                since = s.nw_lost_since or o.now
+                c.set(nw_lost_since=since)
+                if cfg.no_witness_policy == "promote-after-timeout" and o.now - since > cfg.nw_timeout_ms:
+                    c.log("WARN", f"authority: peer {peer} for over {cfg.nw_timeout_ms}ms: promoting "
+                                  "(promote-after-timeout; divergence possible)")
+                    c.set(hold=True, peer_lost_ok=True)
+                else:
+                    c.log("WARN", f"VIP owner, peer postgres {peer}: manual promotion required "
+                                  f"(policy {cfg.no_witness_policy or 'manual-promotion'})", key="nw-lost")
+    if peer is not None and peer not in ("unreachable", "error"):
+        c.set(nw_lost_since=0)
+    if c.s.hold:
+        c.set(deadline=o.now + 3_600_000, nw_lost_since=0)
+    elif peer is not None and c.s.vrrp != "MASTER":
+        c.set(nw_peer_role=peer)
+    c.set(peer_leads=c.s.nw_peer_role == "primary")
+
+
+def _leader_duties(c: _Cycle):
+    s, o, cfg = c.s, c.o, c.cfg
+    if s.hung:
+        c.resign("keepalived hung")
+        c.do(KillKeepalived())
+        c.log("ERROR", f"keepalived is hung (no heartbeat for over {cfg.hung_ms}ms): killing it "
+                       "(systemd restarts it and drops the VIP)")
+        return
+    if s.vrrp in ("FAULT", "STOP"):
+        c.resign(f"keepalived is {s.vrrp}")
+        return
+    if s.vrrp in ("MASTER", "UNKNOWN"):   # UNKNOWN: keepalived not started since boot (first deploy)
+        c.set(not_master_since=0)
+    else:
+        since = s.not_master_since or o.now
+        c.set(not_master_since=since)
+        if o.now - since > cfg.grace_ms:
+            c.resign(f"keepalived {s.vrrp} for over {cfg.grace_ms}ms (the peer holds the VIP)")
+            return
+    c.set(yield_vip=False)
+    if o.maintenance:
+        c.because("maintenance: holding the lease, no automatic changes")
+        return
+    if c.s.writer_ok and not o.pg_running:
+        # the holder's server died (crash, OOM kill): restart it in place through the promote job,
+        # faster than a failover; check-local keeps the VIP meanwhile (PG_CRASH_GRACE at most)
+        c.log("WARN", "leader: local postgres is gone: restarting it in place (lease held)")
+        c.do(MarkPlannedRestart("postgres"))
+        c.set(writer_ok=False)
+    if c.s.writer_ok and o.pg_role is not None and o.pg_role not in ("primary", "unresponsive"):
+        c.log("WARN", f"leader: local postgres is {o.pg_role}: promoting again")
+        c.set(writer_ok=False)
+    if not c.s.writer_ok and not o.promote_running and o.now - c.s.last_promote_try > 1000:
+        if c.s.promote_fail_since and o.now - c.s.promote_fail_since > cfg.promote_giveup_ms:
+            c.resign(f"could not promote for {cfg.promote_giveup_ms}ms")
+            c.set(promote_fail_since=0)
+            return
+        c.set(last_promote_try=o.now)
+        c.do(StartPromote(peer_lost_ok=c.s.peer_lost_ok))
+    if cfg.witness and c.s.writer_ok and cfg.sync_names and o.sync is not None:
+        _sync(c, o.sync)
+
+
+def _sync(c: _Cycle, f: SyncFact):
+    """Only the lease holder switches synchronous replication: on while the peer streams and is
+    caught up; relaxed when it has been gone SYNC_RELAX_AFTER, after first marking it stale in
+    the store so it never promotes itself on old data."""
+    s, o, cfg = c.s, c.o, c.cfg
+    if f.peer_streaming:
+        c.set(sync_gone_since=0)
+        # not only when empty: a value copied with the data directory can name another node
+        if f.current != cfg.sync_names:
+            c.do(SyncOn(cfg.sync_names))
+        elif f.store_sync is not None and f.store_sync != "on" and f.peer_is_sync:
+            c.do(MarkSyncOn())
+        return
+    since = s.sync_gone_since or o.now
+    c.set(sync_gone_since=since)
+    # a value that does not name the peer (copied with the data directory) blocks every commit: at once
+    if f.current and (f.current != cfg.sync_names or o.now - since > cfg.sync_relax_ms):
+        c.do(SyncRelax(cfg.peer))
+
+
+def _follower_duties(c: _Cycle):
+    s, o, cfg = c.s, c.o, c.cfg
+    # no lease, no writes: whatever the reason, a local primary is fenced (once: the lease fence
+    # of this very cycle already stopped it)
+    stopped = any(isinstance(a, StopWrites) for a in c.actions)
+    if (pg_writable(o) or s.writer_ok) and not stopped:
+        c.do(StopWrites("follower", "local postgres runs as a primary without the lease"
+                        if pg_writable(o) else "not the lease holder"))
+        c.set(writer_ok=False)
+    if o.redis_role == "master":
+        c.do(RedisDemote())
+    # the VIP belongs with the leader: a MASTER that cannot lead yields it
+    if s.peer_leads and s.vrrp == "MASTER":
+        since = s.peer_leads_since or o.now
+        c.set(peer_leads_since=since)
+        if not s.yield_vip and o.now - since > cfg.yield_ms:
+            c.set(yield_vip=True)
+            c.log("WARN", f"yield: VIP owner while {cfg.peer} leads for over {cfg.yield_ms}ms: going FAULT "
+                          "until that changes")
+    elif not s.peer_leads:
+        c.set(peer_leads_since=0)
+        if s.yield_vip:
+            c.set(yield_vip=False)
+            c.log("INFO", f"yield: {cfg.peer} no longer leads: VIP may come back")
+    elif s.yield_vip and o.peer_pg_role == "primary":
+        # the link is back once the leading peer answers: keepalived hears its adverts again
+        c.set(yield_vip=False, peer_leads_since=0)
+        c.log("INFO", f"yield: {cfg.peer} answers again: VIP follows VRRP")
+    _maybe_rejoin(c)
+
+
+def _maybe_rejoin(c: _Cycle):
+    s, o, cfg = c.s, c.o, c.cfg
+    if cfg.rejoin_mode != "auto" or o.maintenance or not s.peer_leads or o.rejoin_running:
+        return
+    if o.now - s.last_rejoin <= s.rejoin_backoff:
+        return
+    need = ""
+    if not o.pg_running:
+        need = "local postgres is down"
+    elif o.pg_standby and o.pg_streaming is not None:
+        if o.pg_streaming:
+            c.set(not_streaming_since=0)
+        else:
+            since = s.not_streaming_since or o.now
+            c.set(not_streaming_since=since)
+            if o.now - since > cfg.stream_lost_ms:
+                need = f"standby not streaming for over {cfg.stream_lost_ms}ms"
+    if need:
+        c.log("INFO", f"rejoin: {need}, {cfg.peer} leads")
+        c.set(last_rejoin=o.now)
+        c.do(StartRejoin(need))
+
+
+def _role(c: _Cycle) -> str:
+    s, o = c.s, c.o
+    if any(isinstance(a, StopWrites) and a.mode in ("lease", "resign") for a in c.actions):
+        return FENCED
+    if s.hold:
+        return LEADER if s.writer_ok else PROMOTING
+    if o.maintenance:
+        return MAINTENANCE
+    if o.rejoin_running or any(isinstance(a, StartRejoin) for a in c.actions):
+        return REJOINING
+    if s.yield_vip:
+        return YIELDING
+    if s.peer_leads:
+        return FOLLOWER
+    if eligible(o, s.vrrp, s.hung) and (c.cfg.witness and s.holder == ""):
+        return CANDIDATE
+    return FOLLOWER
+
+
+def _default_reason(c: _Cycle, role: str) -> str:
+    s, o, cfg = c.s, c.o, c.cfg
+    if role == LEADER:
+        if cfg.witness:
+            return f"holds the lease (fence in {max(0, s.deadline - o.now)}ms); postgres is the writer"
+        return "holds authority (no witness); postgres is the writer"
+    if role == PROMOTING:
+        return "holds the lease; promote job " + ("running" if o.promote_running else "due")
+    if role == MAINTENANCE:
+        return "maintenance: no automatic promote, rejoin or yield"
+    if role == REJOINING:
+        return f"postgres rejoining {cfg.peer}"
+    if role == YIELDING:
+        return f"{cfg.peer} leads: giving up the VIP (VRRP {s.vrrp})"
+    if role == CANDIDATE:
+        return "nobody leads: may take the lease"
+    if s.peer_leads:
+        return f"{cfg.peer} leads"
+    if cfg.witness and s.holder == "?":
+        return "leader key unreadable (store unreachable)"
+    if cfg.witness and s.holder == "":
+        return f"nobody leads; not eligible (VRRP {s.vrrp}{', keepalived hung' if s.hung else ''})"
+    return "waiting: not the VRRP master" if not cfg.witness else f"{s.holder} leads"
+
+
+def decide(s: State, o: Obs, cfg: Settings) -> Decision:
+    c = _Cycle(s, o, cfg)
+    vrrp, hung = vrrp_view(o, cfg)
+    c.set(vrrp=vrrp, hung=hung)
+    _jobs(c)
+    if cfg.witness:
+        _lease_witness(c)
+        if c.s.holder == cfg.peer:
+            c.set(peer_leads=True)
+        elif c.s.holder != "?":
+            c.set(peer_leads=False)
+    else:
+        _lease_no_witness(c)
+    if not c.again:
+        if c.s.hold:
+            _leader_duties(c)
+        else:
+            _follower_duties(c)
+    role = _role(c)
+    c.set(role=role)
+    return Decision(c.s, tuple(c.actions), role, c.reason or _default_reason(c, role), c.again)
+
+
+def resume(hold: bool, lease_id: str, deadline: int, last_renew: int, writer_ok: bool) -> State:
+    """The state a re-executed daemon (SIGHUP: new code or settings) starts from: the lease kept."""
+    return State(hold=hold, lease_id=lease_id, deadline=deadline, last_renew=last_renew, writer_ok=writer_ok,
+                 role=(LEADER if writer_ok else PROMOTING) if hold else FOLLOWER)

@@ -1,0 +1,131 @@
+"""The lease store behind one interface. `EtcdStore` speaks to etcd through etcdctl (v3 API):
+credentials come from ETCDCTL_USER/ETCDCTL_PASSWORD in the environment, never argv; every call is
+bounded as a whole (lease keep-alive --once ignores --command-timeout). Another store (Consul,
+ZooKeeper) would implement `Store` and nothing else changes."""
+from __future__ import annotations
+
+import re
+import subprocess
+from abc import ABC, abstractmethod
+from typing import Optional
+
+from .clock import mono_ms
+from .decide import Acquired, Adopted, Holder, LeaseGone, NotAcquired, RenewFailed, Renewed
+
+
+class Store(ABC):
+    """Keys: `leader` (the lease holder's name, attached to its lease), `primary` (the last node
+    promoted), `sync` ("on" | "relaxed:<node>" | "accepted-by-operator")."""
+
+    @abstractmethod
+    def renew(self, lease_id: str, timeout_ms: int) -> Renewed | RenewFailed | LeaseGone: ...
+
+    @abstractmethod
+    def holder(self, timeout_ms: int) -> Holder: ...
+
+    @abstractmethod
+    def acquire(self, node: str, ttl_s: int, timeout_ms: int) -> Acquired | NotAcquired: ...
+
+    @abstractmethod
+    def adopt(self, timeout_ms: int) -> Adopted | NotAcquired: ...
+
+    @abstractmethod
+    def revoke(self, lease_id: str, timeout_ms: int) -> bool: ...
+
+    @abstractmethod
+    def get(self, key: str, timeout_ms: int) -> Optional[str]: ...
+
+    @abstractmethod
+    def put_if_leader(self, node: str, key: str, value: str, timeout_ms: int) -> bool: ...
+
+
+_TTL = re.compile(r"TTL\((\d+)\)")
+_LEASE_FIELD = re.compile(r'"Lease" : (\d+)')
+
+
+def _oneline(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+class EtcdStore(Store):
+    def __init__(self, endpoints: str, prefix: str, env: dict[str, str]):
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.env = {**env, "ETCDCTL_API": "3"}
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def _ctl(self, limit_ms: int, *args: str, stdin: str | None = None) -> tuple[int, str]:
+        limit_ms = max(limit_ms, 50)
+        argv = ["etcdctl", f"--endpoints={self.endpoints}", f"--dial-timeout={limit_ms * 3 // 4}ms",
+                f"--command-timeout={limit_ms}ms", *args]
+        try:
+            p = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env,
+                               timeout=limit_ms / 1000)
+        except subprocess.TimeoutExpired:
+            return 124, f"no answer within {limit_ms}ms"
+        except OSError as e:
+            return 127, str(e)
+        return p.returncode, (p.stdout + p.stderr).strip()
+
+    def renew(self, lease_id, timeout_ms):
+        t0 = mono_ms()
+        rc, out = self._ctl(timeout_ms, "lease", "keep-alive", "--once", lease_id)
+        m = _TTL.search(out)
+        if rc == 0 and m and int(m.group(1)) > 0:
+            return Renewed(at=t0, ttl_s=int(m.group(1)))
+        if "not found" in out or "expired" in out or "TTL(0)" in out:
+            return LeaseGone(_oneline(out))
+        return RenewFailed(at=t0, error=f"exit {rc}, {mono_ms() - t0}ms: {_oneline(out)}")
+
+    def get(self, key, timeout_ms):
+        rc, out = self._ctl(timeout_ms, "get", key, "--print-value-only")
+        if rc != 0:
+            return None
+        return out.split("\n", 1)[0] if out else ""
+
+    def holder(self, timeout_ms):
+        return Holder(self.get(self.key("leader"), timeout_ms))
+
+    def acquire(self, node, ttl_s, timeout_ms):
+        t0 = mono_ms()
+        rc, out = self._ctl(timeout_ms, "lease", "grant", str(ttl_s))
+        if rc != 0 or not out.startswith("lease "):
+            return NotAcquired(None, f"lease grant failed: {_oneline(out)}")
+        lease_id = out.split()[1]
+        key = self.key("leader")
+        txn = f'create("{key}") = "0"\n\nput {key} {node} --lease={lease_id}\n\nget {key}\n\n'
+        rc, out = self._ctl(timeout_ms, "txn", stdin=txn)
+        lines = out.split("\n")
+        # txn exits 0 on SUCCESS and FAILURE alike: the first line decides
+        if rc == 0 and lines[0] == "SUCCESS":
+            return Acquired(lease_id=lease_id, at=t0)
+        subprocess.Popen(["etcdctl", f"--endpoints={self.endpoints}", "--command-timeout=300ms", "lease",
+                          "revoke", lease_id], env=self.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        if rc == 0 and lines[0] == "FAILURE":
+            return NotAcquired(lines[3] if len(lines) > 3 else None)
+        return NotAcquired(None, f"acquire txn failed: {_oneline(out)}")
+
+    def adopt(self, timeout_ms):
+        t0 = mono_ms()
+        rc, out = self._ctl(timeout_ms, "get", self.key("leader"), "-w", "fields")
+        m = _LEASE_FIELD.search(out)
+        if rc != 0 or not m or m.group(1) == "0":
+            return NotAcquired(None, "no lease on the leader key")
+        lease_id = f"{int(m.group(1)):x}"
+        renewed = self.renew(lease_id, timeout_ms)
+        if isinstance(renewed, Renewed):
+            return Adopted(lease_id=lease_id, at=t0, ttl_s=renewed.ttl_s)
+        return NotAcquired(None, f"could not adopt lease {lease_id}")
+
+    def revoke(self, lease_id, timeout_ms):
+        rc, _ = self._ctl(timeout_ms, "lease", "revoke", lease_id)
+        return rc == 0
+
+    def put_if_leader(self, node, key, value, timeout_ms):
+        leader = self.key("leader")
+        txn = f'value("{leader}") = "{node}"\n\nput {key} {value}\n\n\n'
+        rc, out = self._ctl(timeout_ms, "txn", stdin=txn)
+        return rc == 0 and out.split("\n", 1)[0] == "SUCCESS"

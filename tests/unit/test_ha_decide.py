@@ -1,0 +1,253 @@
+"""The HA decisions as a table of named scenarios: one cycle of decide() from a state and what
+the node observed, to the role, the actions and the state it leaves. Pure: no daemon, no clock.
+The same decisions run against real daemons in tests/render/test_failover_*.py."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hapbx_node.ha import decide as d
+from hapbx_node.ha.settings import Settings
+
+NOW = 1_000_000
+
+BASE = Settings(node="pbx1", peer="pbx2", bin_dir="/x", run_dir="/x", lib_dir="/x", witness=True, check_vip=True,
+                heartbeat=True, ttl_ms=3000, renew_ms=500, margin_ms=500, etcd_timeout_ms=800, hung_ms=3000,
+                yield_ms=9000, grace_ms=12300, promote_giveup_ms=30000, rejoin_mode="auto", rejoin_backoff_ms=30000,
+                sync_relax_ms=10000, stream_lost_ms=15000, sync_reply_max_ms=3000, no_witness_policy="",
+                nw_timeout_ms=30000, fast_stop_ms=5000, sync_names='"pbx2"')
+NO_WITNESS = replace(BASE, witness=False, sync_names="", no_witness_policy="manual-promotion")
+
+#: a holder whose promote succeeded, renewing fine
+LEADING = d.State(role=d.LEADER, hold=True, lease_id="abc", deadline=NOW + 2000, last_renew=NOW - 500,
+                  holder="pbx1", vrrp="MASTER", writer_ok=True)
+PRIMARY = dict(pg_running=True, pg_standby=False)
+STANDBY = dict(pg_running=True, pg_standby=True)
+FRESH_HB = dict(heartbeat=NOW - 100, vrrp_since=NOW - 60_000)
+
+
+def obs(**kw) -> d.Obs:
+    return d.Obs(now=NOW, **kw)
+
+
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions if not isinstance(a, d.Log)]
+
+
+# name: (settings, state, observations, role, actions expected (in order, Log left out), state fields)
+SCENARIOS = {
+    # ---- taking the lease
+    "nobody leads: the VRRP master takes the lease":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("")),
+         d.CANDIDATE, ["Acquire"], {"hold": False}),
+    "nobody leads: the running primary takes it before keepalived ever ran (first deploy)":
+        (BASE, d.State(), obs(vrrp="UNKNOWN", **PRIMARY, lease=d.Holder("")),
+         d.CANDIDATE, ["Acquire"], {}),
+    "nobody leads: a standby in BACKUP waits":
+        (BASE, d.State(), obs(vrrp="BACKUP", **STANDBY, lease=d.Holder("")),
+         d.FOLLOWER, [], {"hold": False}),
+    "nobody leads: a MASTER without the VIP on its interface counts as BACKUP":
+        (BASE, d.State(), obs(vrrp="MASTER", vip_present=False, **STANDBY, lease=d.Holder("")),
+         d.FOLLOWER, [], {"vrrp": "BACKUP"}),
+    "nobody leads: a hung keepalived's node may not take it":
+        (BASE, d.State(), obs(vrrp="MASTER", heartbeat=NOW - 5000, vrrp_since=NOW - 60_000, **STANDBY,
+                              lease=d.Holder("")),
+         d.FOLLOWER, [], {"hung": True}),
+    "nobody leads: no lease while the rejoin job runs":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, pg_running=False, rejoin_running=True, lease=d.Holder("")),
+         d.REJOINING, [], {}),
+    "the key names this node but the daemon restarted: adopt the lease":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Holder("pbx1")),
+         d.FOLLOWER, ["Adopt"], {}),
+    "lease granted: hold it and promote":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Acquired("abc", at=NOW - 20)),
+         d.PROMOTING, ["StartPromote"], {"hold": True, "deadline": NOW - 20 + 3000 - 500, "lease_id": "abc"}),
+    "lease adopted with the TTL the store reports":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Adopted("abc", at=NOW, ttl_s=2)),
+         d.PROMOTING, ["StartPromote"], {"deadline": NOW + 2000 - 500}),
+    "lease lost to the peer in the race":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.NotAcquired("pbx2")),
+         d.FOLLOWER, [], {"holder": "pbx2", "peer_leads": True}),
+    # ---- holding it
+    "renewed: the deadline moves to the renewal's start + TTL - margin":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW - 30, ttl_s=3)),
+         d.LEADER, [], {"deadline": NOW - 30 + 2500, "last_renew": NOW - 30, "max_renew_gap": 470}),
+    "renewal failed with time left: keep writing":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.RenewFailed(at=NOW - 800, error="timeout")),
+         d.LEADER, [], {"hold": True, "deadline": NOW + 2000}),
+    "renewal failed and the deadline passed: fence":
+        (BASE, replace(LEADING, deadline=NOW - 1), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
+                                                       lease=d.RenewFailed(at=NOW - 800, error="timeout")),
+         d.FENCED, ["StopWrites"], {"hold": False, "writer_ok": False, "lease_id": "-", "last_fence": NOW}),
+    "deadline reached before a renewal could be tried: fence on the clock":
+        (BASE, replace(LEADING, deadline=NOW), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=None),
+         d.FENCED, ["StopWrites"], {"hold": False}),
+    "the store says the lease is gone: fence at once, time left or not":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.LeaseGone("lease not found")),
+         d.FENCED, ["StopWrites"], {"hold": False}),
+    "holder's keepalived FAULT: resign":
+        (BASE, LEADING, obs(vrrp="FAULT", **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites"], {"hold": False, "holder": "?"}),
+    "holder's keepalived hung: resign and kill it":
+        (BASE, LEADING, obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **PRIMARY,
+                            lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites", "KillKeepalived"], {"hold": False}),
+    "holder BACKUP within the grace: keeps the lease":
+        (BASE, replace(LEADING, not_master_since=NOW - 1000), obs(vrrp="BACKUP", **PRIMARY,
+                                                                 lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.LEADER, [], {"hold": True}),
+    "holder BACKUP past the grace (the peer holds the VIP): resign":
+        (BASE, replace(LEADING, not_master_since=NOW - 12_301), obs(vrrp="BACKUP", **PRIMARY,
+                                                                   lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites"], {"hold": False}),
+    "writer's postgres crashed: restart it in place under the lease":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, pg_running=False, lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.PROMOTING, ["MarkPlannedRestart", "StartPromote"], {"writer_ok": False, "hold": True}),
+    "writer's postgres found in recovery: promote again":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **STANDBY, pg_role="standby", lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.PROMOTING, ["StartPromote"], {"writer_ok": False}),
+    "promote keeps failing past PROMOTE_TIMEOUT: resign":
+        (BASE, replace(LEADING, writer_ok=False, promote_fail_since=NOW - 30_001),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites"], {"hold": False, "promote_fail_since": 0}),
+    "promote job done: the writer":
+        (BASE, replace(LEADING, writer_ok=False), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, promote_exit=0,
+                                                      lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.LEADER, ["ClearPlannedRestart"], {"writer_ok": True}),
+    "maintenance: the holder keeps the lease and changes nothing":
+        (BASE, replace(LEADING, writer_ok=False), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, maintenance=True,
+                                                      lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.PROMOTING, [], {"hold": True}),
+    # ---- synchronous replication (the holder only)
+    "sync: the peer streams and the setting is empty: on":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(True, False, "", None)),
+         d.LEADER, ["SyncOn"], {"sync_gone_since": 0}),
+    "sync: the peer is synchronous again: the store may mark it promotable":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(True, True, '"pbx2"', "relaxed:pbx2")),
+         d.LEADER, ["MarkSyncOn"], {}),
+    "sync: the peer just went: wait SYNC_RELAX_AFTER":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(False, False, '"pbx2"', None)),
+         d.LEADER, [], {"sync_gone_since": NOW}),
+    "sync: the peer gone past SYNC_RELAX_AFTER: mark it stale, relax":
+        (BASE, replace(LEADING, sync_gone_since=NOW - 10_001), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
+                                                                  lease=d.Renewed(at=NOW, ttl_s=3),
+                                                                  sync=d.SyncFact(False, False, '"pbx2"', None)),
+         d.LEADER, ["SyncRelax"], {}),
+    "sync: a setting naming another node blocks every commit: relax at once":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(False, False, '"old"', None)),
+         d.LEADER, ["SyncRelax"], {}),
+    # ---- following
+    "follower: a local primary without the lease is fenced":
+        (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", **PRIMARY, lease=d.Holder("pbx2")),
+         d.FOLLOWER, ["StopWrites"], {"writer_ok": False}),
+    "follower: a local Redis master follows the peer":
+        (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", **STANDBY, redis_role="master",
+                                                            lease=d.Holder("pbx2")),
+         d.FOLLOWER, ["RedisDemote"], {}),
+    "follower holding the VIP while the peer leads: yield after YIELD_AFTER":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 9001),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2")),
+         d.YIELDING, [], {"yield_vip": True}),
+    "follower holding the VIP while the peer leads: not yet":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 8000),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2")),
+         d.FOLLOWER, [], {"yield_vip": False}),
+    "yielding: the leading peer answers again: the VIP follows VRRP":
+        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 20_000),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2"), peer_pg_role="primary"),
+         d.FOLLOWER, [], {"yield_vip": False, "peer_leads_since": 0}),
+    "yielding: nobody leads any more: the VIP may come back":
+        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("")),
+         d.FOLLOWER, [], {"yield_vip": False, "peer_leads": False}),
+    "store unreachable: who leads stays as last known":
+        (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", **STANDBY, lease=d.Holder(None)),
+         d.FOLLOWER, [], {"holder": "?", "peer_leads": True}),
+    "follower whose postgres is down while the peer leads: rejoin":
+        (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", pg_running=False, lease=d.Holder("pbx2")),
+         d.REJOINING, ["StartRejoin"], {"last_rejoin": NOW}),
+    "rejoin failed recently: wait the backoff":
+        (BASE, d.State(holder="pbx2", peer_leads=True, last_rejoin=NOW - 1000, rejoin_backoff=30_000),
+         obs(vrrp="BACKUP", pg_running=False, lease=d.Holder("pbx2")),
+         d.FOLLOWER, [], {}),
+    "standby not streaming past STREAM_LOST_AFTER: rejoin":
+        (BASE, d.State(holder="pbx2", peer_leads=True, not_streaming_since=NOW - 15_001),
+         obs(vrrp="BACKUP", **STANDBY, pg_streaming=False, lease=d.Holder("pbx2")),
+         d.REJOINING, ["StartRejoin"], {}),
+    "rejoin manual: never automatic":
+        (replace(BASE, rejoin_mode="manual"), d.State(holder="pbx2", peer_leads=True),
+         obs(vrrp="BACKUP", pg_running=False, lease=d.Holder("pbx2")),
+         d.FOLLOWER, [], {}),
+    "maintenance: no rejoin":
+        (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", pg_running=False, maintenance=True,
+                                                            lease=d.Holder("pbx2")),
+         d.MAINTENANCE, [], {}),
+    # ---- without a witness
+    "no witness: the VIP owner whose peer is a standby takes authority":
+        (NO_WITNESS, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, peer_pg_role="standby"),
+         d.PROMOTING, ["StartPromote"], {"hold": True}),
+    "no witness: the VIP owner whose peer is a writable primary does not promote":
+        (NO_WITNESS, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, peer_pg_role="primary"),
+         d.FOLLOWER, [], {"hold": False, "peer_leads": True}),
+    "no witness: peer unreachable, manual promotion: wait for the operator":
+        (NO_WITNESS, d.State(nw_lost_since=NOW - 60_000), obs(vrrp="MASTER", **FRESH_HB, **STANDBY,
+                                                              peer_pg_role="unreachable"),
+         d.FOLLOWER, [], {"hold": False}),
+    "no witness: peer unreachable past the timeout, promote-after-timeout: promote":
+        (replace(NO_WITNESS, no_witness_policy="promote-after-timeout"), d.State(nw_lost_since=NOW - 30_001),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, peer_pg_role="unreachable"),
+         d.PROMOTING, ["StartPromote"], {"hold": True, "peer_lost_ok": True}),
+    "no witness: the operator's promote --force":
+        (NO_WITNESS, d.State(), obs(vrrp="BACKUP", **STANDBY, force_authority=True),
+         d.PROMOTING, ["ConsumeForce", "StartPromote"], {"hold": True, "peer_lost_ok": True}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario(name):
+    cfg, state, o, role, actions, fields = SCENARIOS[name]
+    dec = d.decide(state, o, cfg)
+    assert dec.role == role, dec.reason
+    assert kinds(dec.actions) == actions, dec.actions
+    for key, value in fields.items():
+        assert getattr(dec.state, key) == value, key
+    assert dec.reason                      # every cycle says why
+    assert dec.state.role == dec.role
+
+
+def test_stop_writes_modes_say_what_each_fence_does():
+    from hapbx_node.ha import writes
+    assert set(writes.MODES) == {"lease", "resign", "follower", "stopped"}
+    # the urgent fence waits for nothing: immediate stop, the lease released in the background
+    assert writes.MODES["lease"].postgres == "immediate" and writes.MODES["lease"].release == "background"
+    assert writes.MODES["resign"].postgres == "fast" and writes.MODES["resign"].release == "wait"
+    # every StopWrites decide() emits names a mode of the table
+    modes = {a.mode for *_, (cfg, s, o, *_rest) in [(n, v) for n, v in SCENARIOS.items()]
+             for a in d.decide(s, o, cfg).actions if isinstance(a, d.StopWrites)}
+    assert modes and modes <= set(writes.MODES)
+
+
+def test_decide_reads_no_clock_but_the_observation():
+    """The same observations give the same decision whenever it runs: time is Obs.now (the boot
+    clock), so a wall-clock step cannot move a deadline."""
+    cfg, state, o, *_ = SCENARIOS["renewal failed with time left: keep writing"]
+    assert d.decide(state, o, cfg) == d.decide(state, o, cfg)
+    assert "wall" not in " ".join(f.name for f in d.Obs.__dataclass_fields__.values())
+
+
+def test_settings_refuse_a_missing_key_instead_of_a_default():
+    from hapbx_node.ha.settings import KEYS, SettingsError
+    env = {k: "1" for k in KEYS}
+    env.update(REJOIN_MODE="auto", LEASE_TTL="2", FENCE_MARGIN="0.5", HAPBX_NODE="pbx1", HAPBX_PEER="pbx2")
+    Settings.from_env(env)
+    for key in ("STREAM_LOST_AFTER", "SYNC_REPLY_MAX", "LEASE_TTL"):
+        broken = {k: v for k, v in env.items() if k != key}
+        with pytest.raises(SettingsError, match=key):
+            Settings.from_env(broken)
+    with pytest.raises(SettingsError, match="FENCE_MARGIN"):
+        Settings.from_env({**env, "FENCE_MARGIN": "2"})
