@@ -24,12 +24,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from services import devstack
+from tests import devstack
 
 from . import report as writer
+from .loadgen import fs_cdr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADGEN = os.path.join(ROOT, "services", "loadgen.py")
+#: run as its own process by Debian's python3
+LOADGEN = os.path.join(ROOT, "bench", "loadgen.py")
 REPORT = os.path.join(ROOT, "reports", "cdr-bench.md")
 TARGET_RATE, TARGET_P99 = 2000, 1.0
 
@@ -331,7 +333,7 @@ def run(args) -> int:
             if not p.sustained:
                 break
         recv = worker_drain(st, log)
-        record_bytes = len(json.dumps(devstack.fs_cdr("00000000-0000-4000-8000-000000000000",
+        record_bytes = len(json.dumps(fs_cdr("00000000-0000-4000-8000-000000000000",
                                                       extra={"hapbx_bench_sent_us": "1" * 16,
                                                              "hapbx_bench_phase": "sustained-1700000000"})))
         config = {"batch": args.batch, "wait_ms": args.wait_ms, "connections": args.connections,

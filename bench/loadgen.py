@@ -3,25 +3,61 @@ keep-alive HTTP/1.1 connections, closed loop (as fast as answers come) or open l
 rate, each record stamped with its *scheduled* send time, so a stall shows up as latency
 instead of silently lowering the rate). Bounded by a duration and a count; prints one JSON
 summary line. Runs as its own process so it does not share a core's event loop with the
-measurement. Not shipped to the nodes.
+measurement. Not shipped to the nodes. Standard library only (Debian's python3 runs it).
 
-    python3 loadgen.py --url http://127.0.0.1:8088/cdr --seconds 10 [--rate 2000] [--connections 16]
+    python3 bench/loadgen.py --url http://127.0.0.1:8088/cdr --seconds 10 [--rate 2000] [--connections 16]
+
+fs_cdr, the record it posts, is also the tests' FreeSWITCH record.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
 from urllib.parse import urlsplit
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from devstack import fs_cdr  # noqa: E402
-
+#: the SIP domain of the records (the loopback stack's, tests/devstack.py's SIP_DOMAIN)
+SIP_DOMAIN = "pbx.test"
 TEMPLATE_CACHE: dict = {}
+
+
+def fs_cdr(call_uuid: str, start: float | None = None, *, caller: str = "1001", callee: str = "1002",
+           answered: bool = True, duration: int = 30, node: str = "pbx1", extra: dict | None = None,
+           pad: int = 0, domain: str = SIP_DOMAIN) -> dict:
+    """A FreeSWITCH mod_json_cdr record (the shape and the percent-encoded values it posts)."""
+    start = time.time() - duration - 1 if start is None else start
+    s_us = int(start * 1_000_000)
+    e_us = s_us + duration * 1_000_000
+    a_us = s_us + 2_000_000 if answered and duration >= 2 else 0
+    variables = {
+        "direction": "inbound", "uuid": call_uuid, "call_uuid": call_uuid, "session_id": "12",
+        "sip_from_user": caller, "sip_from_host": domain, "sip_to_user": callee,
+        "sip_call_id": f"{call_uuid[:8]}%40{domain}", "caller_id_name": f"Ext%20{caller}",
+        "caller_id_number": caller, "destination_number": callee, "switchname": node,
+        "start_epoch": str(s_us // 1_000_000), "answer_epoch": str(a_us // 1_000_000),
+        "end_epoch": str(e_us // 1_000_000), "start_uepoch": str(s_us), "answer_uepoch": str(a_us),
+        "end_uepoch": str(e_us), "duration": str(duration),
+        "billsec": str((e_us - a_us) // 1_000_000 if a_us else 0),
+        "hangup_cause": "NORMAL_CLEARING", "hangup_cause_q850": "16", "sip_hangup_disposition": "send_bye",
+        "read_codec": "PCMA", "write_codec": "PCMA", "remote_media_ip": "10.0.0.50",
+    }
+    if pad:
+        variables["hapbx_padding"] = "x" * pad
+    variables.update(extra or {})
+    return {
+        "core-uuid": "3c1d7f9a-0000-4000-8000-000000000001", "switchname": node,
+        "channel_data": {"state": "CS_REPORTING", "direction": "inbound", "state_number": "11"},
+        "variables": variables,
+        "app_log": {"applications": [{"app_name": "answer", "app_data": ""}, {"app_name": "bridge",
+                                                                               "app_data": f"user/{callee}"}]},
+        "callflow": [{"dialplan": "XML", "profile_index": "1",
+                      "caller_profile": {"username": caller, "caller_id_number": caller, "destination_number": callee,
+                                         "uuid": call_uuid}}],
+    }
+
 
 
 TAG = ""

@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL + Redis + CDR services on loopback, for the tests and `hapbx bench cdr`.
 
-Not shipped to the nodes. PostgreSQL gets the project's real migrations (the deployment's own
+Not shipped to the nodes (a development tool: it lives with the tests). The records the tests and
+the bench post are bench/loadgen.py's fs_cdr. PostgreSQL gets the project's real migrations (the deployment's own
 runner, hapbx_node/migrate.py) and the application roles with passwords; Redis gets
 the ``cdr`` user with exactly the ACL the deployment renders (components/render/redis.py). The
 services run under Debian's /usr/bin/python3 with Debian's packages, as on a node.
@@ -20,7 +21,6 @@ import urllib.request
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVICES = os.path.join(ROOT, "services")
 #: on PYTHONPATH for the services (``python3 -m hapbx_node.cdr``): the directory holding hapbx_node
 NODE_PATH = ROOT
 MIGRATE = os.path.join(ROOT, "hapbx_node", "migrate.py")
@@ -141,9 +141,6 @@ class Postgres:
 
 def redis_acl_rule() -> str:
     """The cdr user's ACL as the deployment renders it."""
-    import sys
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from components.render import redis as rd
     return f"resetkeys ~{rd.CDR_PREFIX}* resetchannels -@all " + " ".join(f"+{c}" for c in rd.CDR_COMMANDS)
 
@@ -335,38 +332,3 @@ class Stack:
     def wait_stored(self, count: int, timeout: float = 30) -> int:
         _wait(lambda: self.stored() >= count, timeout, f"{count} CDRs stored", interval=0.1)
         return self.stored()
-
-
-def fs_cdr(call_uuid: str, start: float | None = None, *, caller: str = "1001", callee: str = "1002",
-           answered: bool = True, duration: int = 30, node: str = "pbx1", extra: dict | None = None,
-           pad: int = 0) -> dict:
-    """A FreeSWITCH mod_json_cdr record (the shape and the percent-encoded values it posts)."""
-    start = time.time() - duration - 1 if start is None else start
-    s_us = int(start * 1_000_000)
-    e_us = s_us + duration * 1_000_000
-    a_us = s_us + 2_000_000 if answered and duration >= 2 else 0
-    variables = {
-        "direction": "inbound", "uuid": call_uuid, "call_uuid": call_uuid, "session_id": "12",
-        "sip_from_user": caller, "sip_from_host": SIP_DOMAIN, "sip_to_user": callee,
-        "sip_call_id": f"{call_uuid[:8]}%40{SIP_DOMAIN}", "caller_id_name": f"Ext%20{caller}",
-        "caller_id_number": caller, "destination_number": callee, "switchname": node,
-        "start_epoch": str(s_us // 1_000_000), "answer_epoch": str(a_us // 1_000_000),
-        "end_epoch": str(e_us // 1_000_000), "start_uepoch": str(s_us), "answer_uepoch": str(a_us),
-        "end_uepoch": str(e_us), "duration": str(duration),
-        "billsec": str((e_us - a_us) // 1_000_000 if a_us else 0),
-        "hangup_cause": "NORMAL_CLEARING", "hangup_cause_q850": "16", "sip_hangup_disposition": "send_bye",
-        "read_codec": "PCMA", "write_codec": "PCMA", "remote_media_ip": "10.0.0.50",
-    }
-    if pad:
-        variables["hapbx_padding"] = "x" * pad
-    variables.update(extra or {})
-    return {
-        "core-uuid": "3c1d7f9a-0000-4000-8000-000000000001", "switchname": node,
-        "channel_data": {"state": "CS_REPORTING", "direction": "inbound", "state_number": "11"},
-        "variables": variables,
-        "app_log": {"applications": [{"app_name": "answer", "app_data": ""}, {"app_name": "bridge",
-                                                                               "app_data": f"user/{callee}"}]},
-        "callflow": [{"dialplan": "XML", "profile_index": "1",
-                      "caller_profile": {"username": caller, "caller_id_number": caller, "destination_number": callee,
-                                         "uuid": call_uuid}}],
-    }

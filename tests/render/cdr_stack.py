@@ -1,5 +1,5 @@
 """The CDR service tests' shared stack: Redis, PostgreSQL with our schema and the receiver on
-loopback (services/devstack.py), and a clean slate for each test."""
+loopback (tests/devstack.py), and a clean slate for each test."""
 from __future__ import annotations
 
 import signal
@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from services import devstack
-from services.devstack import Stack
+from tests import devstack
+from tests.devstack import Stack
 
 
 def started(**stack_args) -> Iterator[Stack]:

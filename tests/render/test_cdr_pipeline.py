@@ -1,7 +1,7 @@
 """The CDR pipeline against the real things, on loopback: a PostgreSQL 15 with the project's
 migrations (applied by the deployment's own runner), a Redis with the deployment's ACL for the
 ``cdr`` user, and the receiver and worker running under Debian's /usr/bin/python3 with Debian's
-packages, exactly as on a node (services/devstack.py).
+packages, exactly as on a node (tests/devstack.py).
 
 Counted, never sampled: every record a poster got a 200 for is in cdr.calls exactly once,
 through a worker killed mid-batch (before and after its commit), a Redis restart under load,
@@ -24,8 +24,10 @@ import uuid
 
 import pytest
 
-from services import devstack
-from services.devstack import SYSTEM_PYTHON, Stack, fs_cdr, http
+from bench import loadgen
+from bench.loadgen import fs_cdr
+from tests import devstack
+from tests.devstack import SYSTEM_PYTHON, Stack, http
 from tests.render import cdr_stack
 from tests.render.cdr_stack import clean  # noqa: F401  (fixture)
 
@@ -34,7 +36,7 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/usr/lib/postgresql"), reason="needs PostgreSQL server binaries"),
     pytest.mark.timeout(120),
 ]
-LOADGEN = os.path.join(devstack.SERVICES, "loadgen.py")
+LOADGEN = loadgen.__file__
 
 
 @pytest.fixture(scope="module")

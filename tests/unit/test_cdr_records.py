@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.devstack import fs_cdr
+from bench.loadgen import fs_cdr
 from hapbx_node.cdr import records
 from hapbx_node.cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
 
