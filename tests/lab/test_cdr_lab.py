@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from services.devstack import fs_cdr
-from tests.sip import sipp
+from bench import sipp
+from bench.loadgen import fs_cdr
 
 PSQL = "cd / && runuser -u postgres -- psql -X -A -t -q -d pbx -c"
 RECEIVER = "hapbx-cdr-receiver.service"
