@@ -1,10 +1,10 @@
 """Preview: what `pulumi preview` would print for the live harness's state, running nothing.
 
-The program runs exactly as under ``lab.harness.apply`` (same mocks, monitor,
+The program runs exactly as under ``harness.apply`` (same mocks, monitor,
 program context and event loop) but with ``set_mocks(preview=True)``, so
 ``pulumi.runtime.is_dry_run()`` is True in it as under ``pulumi preview``. Each
 custom resource is compared with its state entry by the harness's own rules
-(``_plan``), which are pulumi-command's diff: every changed input is an update,
+(``planner.plan``), which are pulumi-command's diff: every changed input is an update,
 except ``triggers``, which replaces; replace_on_changes, a changed replacement
 trigger and any change of a random resource replace too; ignore_changes keeps the
 old value. State entries the program no longer registers (and old halves of
@@ -31,9 +31,12 @@ from typing import Any, Callable
 
 from pulumi.output import Unknown
 
-from harness.engine import (_HANDLERS, _PASSIVE, MASK, ApplyError, _canonical, _delete_order, _ignore_changes,
-                         _load_state, _Masker, _outputs, _plan, _Run, _run_program, _secret_inputs,
-                         _string_leaves, _unwrap)
+from harness.planner import canonical, delete_order, ignore_changes, plan
+from harness.providers import HANDLERS, PASSIVE
+from harness.result import ApplyError
+from harness.runner import run_program
+from harness.secrets import MASK, Masker, entry_secrets, program_outputs, secret_inputs, string_leaves, unwrap
+from harness.state import load_state
 
 UNKNOWN_TEXT = "[unknown]"  # an input computed from an output only an apply would know
 MAX_DIFF_LINES = 40  # per resource
@@ -67,18 +70,18 @@ def preview(program_dir: str, project: str, stack: str, config: dict[str, object
     A missing state file is an empty stack (everything is a create).
     """
     program_dir = os.path.realpath(program_dir)
-    state = _load_state(state_path)
+    state = load_state(state_path)
     for key, wanted in (("project", project), ("stack", stack)):
         if state.get(key, wanted) != wanted:
             raise ApplyError(f"state {state_path} belongs to {key} {state[key]!r}, not {wanted!r}")
-    masker = _Masker()
+    masker = Masker()
     masker.add_config(config, secret_keys)
     masker.add_all(s for e in [*state["resources"].values(), *state["pending"]] for s in e.get("secrets", []))
     run = _Preview(state["resources"], masker, log)
     # one worker thread: the report lists resources in program order
-    _run_program(program_dir, project, stack, config, secret_keys, run, parallel=1, preview=True)
+    run_program(program_dir, project, stack, config, secret_keys, run, parallel=1, preview=True)
     gone = [e for urn, e in state["resources"].items() if urn not in run.seen]
-    for entry in _delete_order(state["pending"] + gone):
+    for entry in delete_order(state["pending"] + gone):
         note = " (old half of a replacement)" if entry in state["pending"] else ""
         run.step("delete", entry["type"], entry["name"] + note, [], [])
         run.result.delete.append(entry["name"])
@@ -89,7 +92,7 @@ def preview(program_dir: str, project: str, stack: str, config: dict[str, object
 class _Preview:
     """The mocks' side of a preview: decides each registration, runs nothing."""
 
-    def __init__(self, resources: dict[str, dict], masker: _Masker, log: Callable[[str], None]):
+    def __init__(self, resources: dict[str, dict], masker: Masker, log: Callable[[str], None]):
         self.resources, self.masker, self._log = resources, masker, log
         self.result = PreviewResult()
         self.seen: set[str] = set()
@@ -107,11 +110,11 @@ class _Preview:
         with self._lock:
             self.steps.append((action, typ, name, label, diff))
 
-    def register(self, args, reg) -> tuple[str, dict]:  # called by harness._LiveMocks
-        handler = _HANDLERS.get(args.typ, _PASSIVE)
-        if handler is _PASSIVE and not args.typ.startswith("pulumi:providers:"):
+    def register(self, args, reg) -> tuple[str, dict]:  # called by harness.mocks.LiveMocks
+        handler = HANDLERS.get(args.typ, PASSIVE)
+        if handler is PASSIVE and not args.typ.startswith("pulumi:providers:"):
             self.log(f"preview: warning: {args.typ} {args.name} is not emulated (outputs = inputs)")
-        self.masker.add_all(_secret_inputs(args.inputs))
+        self.masker.add_all(secret_inputs(args.inputs))
         try:
             return self._decide(args, reg, handler)
         except Exception as exc:
@@ -121,10 +124,10 @@ class _Preview:
             raise error from exc
 
     def _decide(self, args, reg, handler) -> tuple[str, dict]:
-        inputs = _canonical(_known(_unwrap(args.inputs)))
+        inputs = canonical(_known(unwrap(args.inputs)))
         old = self.resources.get(reg.urn)
-        _ignore_changes(old, inputs, reg)
-        action = _plan(old, inputs, reg, handler, False)
+        ignore_changes(old, inputs, reg)
+        action = plan(old, inputs, reg, handler, False)
         if old is None:
             resource_id, outputs = "", _placeholders(args.typ, args.name)  # "": unknown id, as in a preview
         else:
@@ -135,7 +138,7 @@ class _Preview:
             self.result.planned[reg.urn] = {
                 "urn": reg.urn, "name": args.name, "type": args.typ, "inputs": inputs, "deps": reg.dependencies,
                 "replacementTrigger": reg.replacement_trigger, "id": resource_id or None, "outputs": outputs,
-                "secrets": _Run._entry_secrets(args.inputs, outputs, handler)}
+                "secrets": entry_secrets(args.inputs, outputs, handler)}
         if action in ("update", "replace"):
             changed = sorted(k for k in set(old["inputs"]) | set(inputs) if old["inputs"].get(k) != inputs.get(k))
             trigger = ["replacement trigger"] if reg.replacement_trigger != old.get("replacementTrigger") else []
@@ -146,7 +149,7 @@ class _Preview:
                 self.result.changes[args.name] = changed
         elif action == "create":
             self.step(action, args.typ, args.name, [], [])
-        return resource_id, _outputs(args.inputs, outputs, reg, handler)
+        return resource_id, program_outputs(args.inputs, outputs, reg, handler)
 
     def report(self) -> str:
         lines = []
@@ -180,7 +183,7 @@ def _placeholders(typ: str, name: str) -> dict:
 
 def _holds_secret(raw: Any) -> bool:
     found: list[Any] = []
-    _unwrap(raw, found.append)
+    unwrap(raw, found.append)
     return bool(found)
 
 
@@ -188,7 +191,7 @@ def _show_change(key: str, old_entry: dict, new: Any, raw_new: Any) -> list[str]
     """One changed input: [secret] if either side is (or holds) a secret, else a unified diff old -> new."""
     old = old_entry["inputs"].get(key)
     old_secrets = set(old_entry.get("secrets", []))
-    if _holds_secret(raw_new) or any(leaf in old_secrets for leaf in _string_leaves(old)):
+    if _holds_secret(raw_new) or any(leaf in old_secrets for leaf in string_leaves(old)):
         return [f"    {key}: {MASK}"]
     body = list(difflib.unified_diff(_lines(old), _lines(new), lineterm="", n=1))[2:]  # no ---/+++ header
     return [f"    {key}:", *(f"      {line}" for line in body)]

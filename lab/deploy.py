@@ -13,7 +13,8 @@ import sys
 import time
 
 from components.config import PROJECT, ClusterConfig
-from harness import engine as harness, preview as plan
+import harness
+from harness import preview as plan
 from lab import machinery
 from lab.spec import LabSpec
 

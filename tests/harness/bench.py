@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import engine as harness
+import harness
 
 from . import conftest  # the sshd fixture, used outside pytest
 

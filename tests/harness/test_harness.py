@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import engine as harness
+import harness
 
 from .conftest import PROJECT, free_port
 

@@ -1,4 +1,4 @@
-"""lab.plan.preview: `pulumi preview` from the harness state, with nothing run, dialled or written.
+"""harness.preview.preview: `pulumi preview` from the harness state, with nothing run, dialled or written.
 
 No sshd is needed: the program's connection points at a port nothing listens on,
 and the SSH layer is replaced by a tripwire.
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import engine as harness, preview as plan
+import harness
+from harness import preview as plan
+from harness import providers, ssh_pool
 
 from .conftest import free_port
 
@@ -99,8 +101,8 @@ class Stack:
 def stack(tmp_path, monkeypatch) -> Stack:
     def tripwire(*args, **kwargs):
         raise AssertionError("preview dialled SSH")
-    monkeypatch.setattr(harness, "_dial", tripwire)
-    monkeypatch.setattr(harness._Dialer, "connect", tripwire)
+    monkeypatch.setattr(ssh_pool, "dial", tripwire)
+    monkeypatch.setattr(ssh_pool.Dialer, "connect", tripwire)
     return Stack(tmp_path)
 
 
@@ -232,7 +234,7 @@ def test_random_missing_from_state_gets_a_placeholder_and_generates_nothing(stac
 
 
 def test_placeholders_cover_every_emulated_random_type():
-    assert set(plan.RANDOM_OUTPUTS) == {t for t in harness._HANDLERS if t.startswith("random:")}
+    assert set(plan.RANDOM_OUTPUTS) == {t for t in providers.HANDLERS if t.startswith("random:")}
 
 
 def test_state_written_by_a_real_apply_previews_as_same(stack, tmp_path):

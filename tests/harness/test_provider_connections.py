@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import engine as harness
+import harness
 
 pytestmark = pytest.mark.timeout(180)
 PROJECT = "dials-test"

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import engine as harness
+import harness
+from harness import providers
+from harness import tls as tls_emulation
 from harness.preview import preview
 
 pytestmark = pytest.mark.timeout(120)
@@ -228,19 +230,19 @@ def test_resource_ids_as_the_provider_computes_them(applied):
     for name in ("ca-key", "server-key", "rsa", "ed", "p224"):
         public = serialization.load_pem_public_key(entries[name]["outputs"]["publicKeyPem"].encode())
         der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        assert entries[name]["id"] == hashlib.sha1(harness._go_trim_space(der)).hexdigest()
+        assert entries[name]["id"] == hashlib.sha1(tls_emulation._go_trim_space(der)).hexdigest()
     assert entries["server-cert"]["id"] == str(cert_of(result.outputs["certPem"]).serial_number)
     assert entries["ca"]["id"] == str(cert_of(result.outputs["caPem"]).serial_number)
     request = x509.load_pem_x509_csr(entries["server-csr"]["outputs"]["certRequestPem"].encode())
     der = request.public_bytes(serialization.Encoding.DER)
-    assert entries["server-csr"]["id"] == hashlib.sha1(harness._go_trim_space(der)).hexdigest()
+    assert entries["server-csr"]["id"] == hashlib.sha1(tls_emulation._go_trim_space(der)).hexdigest()
 
 
 def test_go_trim_space_trims_unicode_spaces_at_both_ends():
-    assert harness._go_trim_space(b" \t\x01\x02\n") == b"\x01\x02"
-    assert harness._go_trim_space(b"\x01\xc2\x85") == b"\x01"       # U+0085 as UTF-8
-    assert harness._go_trim_space(b"\x01\xe3\x80\x80\r") == b"\x01"  # U+3000, then \r
-    assert harness._go_trim_space(b"\x01\x85") == b"\x01\x85"         # not UTF-8: not a space
+    assert tls_emulation._go_trim_space(b" \t\x01\x02\n") == b"\x01\x02"
+    assert tls_emulation._go_trim_space(b"\x01\xc2\x85") == b"\x01"       # U+0085 as UTF-8
+    assert tls_emulation._go_trim_space(b"\x01\xe3\x80\x80\r") == b"\x01"  # U+3000, then \r
+    assert tls_emulation._go_trim_space(b"\x01\x85") == b"\x01\x85"         # not UTF-8: not a space
 
 
 def test_second_apply_keeps_every_key_and_certificate(applied, stack):
@@ -300,7 +302,7 @@ def test_private_keys_are_secret_everywhere_but_the_private_state_file(stack, ca
                for k in ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh") if entries[n]["outputs"][k]]
     # a PEM line that only encodes the public key can also be found in a certificate: leave those out
     public = "\n".join(str(v) for e in entries.values() for k, v in e["outputs"].items()
-                       if k not in harness._HANDLERS[e["type"]].secret_outputs)
+                       if k not in providers.HANDLERS[e["type"]].secret_outputs)
     bodies = [line for pem in private for line in pem.splitlines()
               if not line.startswith("-----") and line not in public]
     assert len(bodies) > 20
@@ -370,7 +372,7 @@ def test_a_ca_whose_key_usage_cryptography_refuses_still_gives_its_key_id():
     assert warnings == [] and cert["caKeyAlgorithm"] == "ECDSA"
     parsed = cert_of(cert["certPem"])
     authority = ext(parsed, x509.AuthorityKeyIdentifier).value.key_identifier
-    assert authority == harness._key_id_of(cert_of(ca["certPem"])) != b""
+    assert authority == tls_emulation._key_id_of(cert_of(ca["certPem"])) != b""
     # Go re-marshals the request's parsed subject: the e-mail address is not kept
     assert [a.oid for a in parsed.subject] == [NameOID.COMMON_NAME]
 

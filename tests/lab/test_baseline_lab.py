@@ -8,7 +8,7 @@ import time
 import pytest
 
 from components.render import masked_secrets, render_cluster
-from harness import engine as harness
+import harness
 from lab import machinery
 
 HOSTS = ["pbx1", "pbx2", "witness"]

@@ -11,7 +11,7 @@ from pulumi.runtime import rpc
 
 from components.certificates import SipCertificate, SipCertificateArgs, chain_after_first, server_names
 from components.config import load_stack_file
-from harness import engine as harness
+import harness
 from tests.mockrun import ROOT, run_function
 
 CHILDREN = {"sip-tls-ca-key": "tls:index/privateKey:PrivateKey", "sip-tls-ca": "tls:index/selfSignedCert:SelfSignedCert",
