@@ -394,6 +394,9 @@ class HaSettings:
     leader_weight: int = setting("leaderWeight", "VRRP priority bonus of the lease holder.", 50, minimum=1, maximum=100)
     fast_stop_ms: int = setting("fastStopMs", "Orderly stop of a resigning primary before an immediate one.", 5000,
                                 minimum=100, maximum=60000)
+    moved_aside_retention_days: int = setting(
+        "movedAsideRetentionDays", "A data directory rejoin moved aside (pg_rewind impossible) is deleted after this "
+        "many days at the next rejoin; 0 keeps it until `hapbx-ha discard-moved-aside`.", 7, minimum=0, maximum=3650)
     stream_lost_after: int = setting("streamLostAfterSeconds", "A standby not streaming from the leading peer "
                                      "this long is rejoined (rejoin auto).", 15, minimum=2, maximum=3600)
     sync_reply_max_ms: int = setting("syncReplyMaxMs", "The standby counts as synchronous only if it replied within "

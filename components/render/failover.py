@@ -145,6 +145,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REJOIN_BACKOFF": str(ha.rejoin_backoff),
         "SYNC_RELAX_AFTER": str(ha.sync_relax_after),
         "STREAM_LOST_AFTER": str(ha.stream_lost_after),
+        "MOVED_ASIDE_RETENTION_DAYS": str(ha.moved_aside_retention_days),
         "SYNC_REPLY_MAX": f"{ha.sync_reply_max_ms / 1000:g}",
     }
 

@@ -184,8 +184,9 @@ class Rig:
         os.makedirs(self.bin)
         ctx = RenderContext(self.cluster, self.cluster.nodes[0], masked_secrets())
         for f in failover.files(ctx):
-            if f.path.startswith(failover.HA_BIN + "/"):
-                dest = os.path.join(self.bin, os.path.relpath(f.path, failover.HA_BIN))
+            if f.path.startswith(failover.HA_BIN + "/") or f.path == failover.HA_CLI:
+                rel = "hapbx-ha" if f.path == failover.HA_CLI else os.path.relpath(f.path, failover.HA_BIN)
+                dest = os.path.join(self.bin, rel)
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with open(dest, "w", encoding="utf-8") as fh:
                     fh.write(f.content)

@@ -292,6 +292,17 @@ def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     log = open(f"{n2.dir}/ha.log").read()
     assert "falling back to pg_basebackup" in log and "pg_basebackup: ok" in log
     assert one_primary(rig) == "pbx1"
+    # nothing lost: the diverged data directory was moved aside (timestamped), not deleted; the
+    # divergent WAL range is in the log; status lists the copy until the operator discards it
+    assert "divergent WAL on this node: from " in log
+    moved = open(f"{n2.dir}/lib/moved-aside").read().split()[0]
+    assert moved.startswith(f"{n2.data}.moved-") and os.path.isfile(f"{moved}/PG_VERSION")
+    rig.wait(lambda: rig.status("pbx2").get("moved_aside") == moved, 5, "status reports the moved-aside copy")
+    out = subprocess.run([f"{rig.bin}/hapbx-ha", "discard-moved-aside", moved], capture_output=True, text=True,
+                         env={**os.environ, "HAPBX_ENV": n2.env_file, "HA_BIN": rig.bin})
+    assert out.returncode == 0 and f"removed {moved}" in out.stdout, out
+    assert not os.path.exists(moved)
+    rig.wait(lambda: rig.status("pbx2").get("moved_aside") == "", 5, "status: nothing moved aside")
 
 
 def test_09_a_dead_leader_daemon_fences_at_once(rig):
