@@ -284,7 +284,7 @@ def test_early_renewal_hours_is_an_update_unless_the_certificate_falls_due(appli
 def test_changed_ips_replace_the_request_in_preview_and_both_in_the_apply(applied, stack):
     plan = preview(str(stack.program), PROJECT, "test", stack.config(ips=IPS[:2]), [], stack.state,
                    log=lambda _: None)
-    # lab/plan.py hands a replaced resource's old outputs on, so the certificate's request looks
+    # harness/preview.py hands a replaced resource's old outputs on, so the certificate's request looks
     # unchanged there (the engine would show it unknown, and the certificate replaced)
     assert plan.replace == ["server-csr"] and plan.changes["server-csr"] == ["ipAddresses"]
     assert plan.update == plan.create == []
