@@ -40,10 +40,6 @@ class CdrPipelineArgs:
     after: Sequence[pulumi.Resource] = ()
 
 
-def _digest(cmd: remote.Command) -> pulumi.Output[str]:
-    return cmd.triggers.apply(lambda t: t[0])
-
-
 class CdrPipeline(pulumi.ComponentResource):
     def __init__(self, name: str, args: CdrPipelineArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hapbx:index:CdrPipeline", name, None, opts)
@@ -57,7 +53,7 @@ class CdrPipeline(pulumi.ComponentResource):
             own, self.workers[node.name] = self._node(name, node, args)
             conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
             for unit, cmds in own.items():
-                members[unit].append(rc.RollingMember(node.name, conn, [_digest(x) for x in cmds], cmds))
+                members[unit].append(rc.RollingMember(node.name, conn, [rc.file_digest(x) for x in cmds], cmds))
         ports = {cdr.RECEIVER_UNIT: c.cdr.receiver_port, cdr.ADMIN_UNIT: c.admin.port}
         for unit, nodes in members.items():
             handler = rc.Handler(unit, "restart", health=rc.listening(ports[unit]))
@@ -96,9 +92,9 @@ class CdrPipeline(pulumi.ComponentResource):
         if replay:
             self.replays[node.name] = rc.service_handler(
                 f"{prefix}-svc-{cdr.REPLAY_TIMER}", node.name, conn, rc.Handler(cdr.REPLAY_TIMER, "restart"),
-                [_digest(x) for x in replay], pulumi.ResourceOptions(parent=self, depends_on=code + replay))
+                [rc.file_digest(x) for x in replay], pulumi.ResourceOptions(parent=self, depends_on=code + replay))
         cmds = own(cdr.WORKER_UNIT)
         worker = rc.step(f"{prefix}-worker", node.name, conn, "CDR worker on the writer only",
                          rc.SYSTEMD_LOCK + cdr.worker_placement_script(ctx),
-                         pulumi.ResourceOptions(parent=self, depends_on=cmds), triggers=[_digest(x) for x in cmds])
+                         pulumi.ResourceOptions(parent=self, depends_on=cmds), triggers=[rc.file_digest(x) for x in cmds])
         return {unit: own(unit) for unit in (cdr.RECEIVER_UNIT, cdr.ADMIN_UNIT)}, worker

@@ -36,17 +36,13 @@ class PostgresPairArgs:
     secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
 
 
-def _digest(cmd: remote.Command) -> pulumi.Output[str]:
-    return cmd.triggers.apply(lambda t: t[0])
-
-
 class PostgresPair(pulumi.ComponentResource):
     def __init__(self, name: str, args: PostgresPairArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("hapbx:index:PostgresPair", name, None, opts)
         c = args.cluster
         self._name, self._args = name, args
         primary, standby = c.primary, c.standby
-        service = pg.paths(c).service + ".service"
+        service = pg.paths(c).service
 
         # --- files on both nodes (in parallel, each after its node's baseline) ---------------
         files: dict[str, tuple[list[remote.Command], list[remote.Command]]] = {}
@@ -59,7 +55,7 @@ class PostgresPair(pulumi.ComponentResource):
         p_configure = rc.step(
             f"{name}-{primary.name}-configure", primary.name, p_conn, "apply PostgreSQL configuration",
             pg.configure_script(p_ctx), self._opts(p_conf_files + p_other),
-            triggers=[_digest(f) for f in p_conf_files])
+            triggers=[rc.file_digest(f) for f in p_conf_files])
         self.migrate = self._migrate(primary, [p_configure])
         self.roles = self._roles(primary, [self.migrate])
         p_replication = rc.step(
@@ -78,7 +74,7 @@ class PostgresPair(pulumi.ComponentResource):
         s_configure = rc.step(
             f"{name}-{standby.name}-configure", standby.name, s_conn, "apply PostgreSQL configuration",
             pg.configure_script(s_ctx), self._opts([self.standby]),
-            triggers=[_digest(f) for f in s_conf_files])
+            triggers=[rc.file_digest(f) for f in s_conf_files])
         s_migrate = self._migrate(standby, [s_configure])
         s_roles = self._roles(standby, [s_migrate])
         s_replication = rc.step(

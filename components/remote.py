@@ -19,14 +19,15 @@ from typing import Callable, Sequence
 import pulumi
 from pulumi_command import remote
 
+from hapbx_node.layout import PENDING_DIR, PLANNED_DIR, planned_restart_marker
+
 from .render import RenderedFile
 from .ssh import Endpoint
 
-PENDING_DIR = "/var/lib/hapbx/pending"
-#: where a handler notes the restart it is making (epoch seconds): keepalived's check-local
-#: does not count that daemon's brief absence, so a planned restart never moves the VIP
-#: (honoured 30 s at most: a cut-off apply cannot blind the health check)
-PLANNED_DIR = "/run/hapbx/ha"
+# PENDING_DIR: a changed file's marker until its handler acted. PLANNED_DIR: where a handler notes
+# the restart it is making (epoch seconds): keepalived's check-local does not count that daemon's
+# brief absence, so a planned restart never moves the VIP (honoured 30 s at most: a cut-off apply
+# cannot blind the health check). Both from hapbx_node.layout.
 # Steps run in parallel; systemd's manager does not like a daemon-reload while it
 # re-executes ("Transport endpoint is not connected"): one manager operation at a time.
 SYSTEMD_LOCK = "exec 9>/run/lock/hapbx-systemd.lock\nflock -w 120 9\n"
@@ -250,7 +251,7 @@ def handler_script(h: Handler, defer: str = "") -> str:
     after = f"exec 9>&-\n{healthy}" if healthy else ""
     planned, unplanned = "", ""
     if verb != "reload":
-        note = shlex.quote(f"{PLANNED_DIR}/planned-restart.{h.service}")
+        note = shlex.quote(planned_restart_marker(h.service))
         planned = f"  install -d -m 0755 {PLANNED_DIR} && date +%s > {note}\n"
         unplanned = f"rm -f {note}\n"
     return SYSTEMD_LOCK + f"""

@@ -100,7 +100,7 @@ def postgres_unit(cluster) -> str:
     """The cluster's own unit (Debian's postgresql.service is an umbrella that does not wait
     for it): what depends on a running PostgreSQL orders itself after this one."""
     from .postgres import paths
-    return f"{paths(cluster).service}.service"
+    return paths(cluster).service
 
 
 _env.globals["managed_by"] = header

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import shlex
 
+from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_SOCKET_DIR
+
 from ..config import ClusterConfig
 from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template
 from .postgres import DATABASE
@@ -33,9 +35,7 @@ from .redis import CDR_USER
 PACKAGE_DIR = os.path.join(NODE_PACKAGE, "cdr")
 #: hapbx_node's own modules the services import, shipped beside them
 SHARED_MODULES = ("__init__.py", "layout.py")
-LIB_DIR = "/usr/local/lib/hapbx/cdr"
-ENV_DIR = "/etc/hapbx"
-PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
+LIB_DIR = f"{LIB_ROOT}/cdr"
 RECEIVER_UNIT = "hapbx-cdr-receiver.service"
 WORKER_UNIT = "hapbx-cdr-worker.service"
 ADMIN_UNIT = "hapbx-admin.service"
@@ -46,8 +46,6 @@ REPLAY_TIMER = "hapbx-cdr-replay.timer"
 REPLAY_MIN_AGE = 10
 #: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
 OWNER_SERVICES = (WORKER_UNIT,)
-HA_STATUS = "/run/hapbx/ha/status"
-PG_SOCKET_DIR = "/var/run/postgresql"
 
 
 def package_files() -> list[tuple[str, str]]:
@@ -80,6 +78,12 @@ def redis_endpoints(ctx: RenderContext, with_peer: bool) -> str:
     return ",".join(out)
 
 
+def redis_env(ctx: RenderContext, with_peer: bool) -> dict[str, str]:
+    """Where a service finds Redis, as the cdr user (every service's environment)."""
+    return {"HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer), "HAPBX_REDIS_USER": CDR_USER,
+            "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr")}
+
+
 def pg_dsn(cluster: ClusterConfig, user: str) -> str:
     # the local socket: the worker and the admin write where they run (the primary on the VIP owner)
     return f"host={PG_SOCKET_DIR} port={cluster.postgres.port} dbname={DATABASE} user={user}"
@@ -95,9 +99,7 @@ def receiver_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_CDR_REDIS_TIMEOUT": f"{c.cdr.redis_timeout_seconds:g}",
         "HAPBX_CDR_WAIT_REPLICA_MS": str(c.cdr.wait_replica_ms),
         # the local Redis first; when it is a replica (READONLY) the peer's master
-        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=True),
-        "HAPBX_REDIS_USER": CDR_USER,
-        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+        **redis_env(ctx, with_peer=True),
     }
 
 
@@ -107,9 +109,7 @@ def worker_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_NODE": node.name,
         "HAPBX_CDR_NODES": ",".join(n.name for n in c.nodes),
         "HAPBX_CDR_BATCH": str(c.cdr.batch_size),
-        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=False),
-        "HAPBX_REDIS_USER": CDR_USER,
-        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+        **redis_env(ctx, with_peer=False),
         "HAPBX_PG_DSN": pg_dsn(c, "cdr_writer"),
         "HAPBX_PG_PASSWORD": ctx.secret("postgres_cdr"),
     }
@@ -124,16 +124,14 @@ def admin_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_ADMIN_TOKEN": ctx.secret("admin_api_token"),
         "HAPBX_VIP": c.vip.address,
         "HAPBX_HA_STATUS": HA_STATUS,
-        "HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer=False),
-        "HAPBX_REDIS_USER": CDR_USER,
-        "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr"),
+        **redis_env(ctx, with_peer=False),
         "HAPBX_PG_DSN": pg_dsn(c, "pbx_admin"),
         "HAPBX_PG_PASSWORD": ctx.secret("postgres_admin"),
     }
 
 
 def _values(ctx: RenderContext) -> dict:
-    return dict(lib_dir=LIB_DIR, env_dir=ENV_DIR, pg_service=pg_paths(ctx.cluster).service)
+    return dict(lib_dir=LIB_DIR, env_dir=ETC_DIR, pg_service=pg_paths(ctx.cluster).service)
 
 
 def replays(cluster: ClusterConfig) -> bool:
@@ -184,7 +182,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
             ("admin.env", ADMIN_UNIT, admin_env(ctx), ("admin_api_token", "redis_cdr", "postgres_admin"),
              "Admin API: its token, the local PostgreSQL (role pbx_admin), the local Redis (queue depth).")]
     for name, unit, values, secrets, title in envs:
-        out.append(RenderedFile(f"{ENV_DIR}/{name}", env_file(values, title), service=unit, action="restart",
+        out.append(RenderedFile(f"{ETC_DIR}/{name}", env_file(values, title), service=unit, action="restart",
                                 mode="0600", secrets=secrets))
     for unit in UNITS:
         out.append(RenderedFile(f"/etc/systemd/system/{unit}",

@@ -10,6 +10,8 @@ stdin, never in argv. Peer and client TLS are not enabled (see README).
 """
 from __future__ import annotations
 
+from hapbx_node.layout import PENDING_DIR
+
 from . import RenderContext, RenderedFile, template
 from .failover import ETCD_NODE_USER
 
@@ -17,7 +19,7 @@ DEFAULT_FILE = "/etc/default/etcd"
 DROPIN = "/etc/systemd/system/etcd.service.d/hapbx.conf"
 SERVICE = "etcd.service"
 DATA_DIR = "/var/lib/etcd/hapbx"   # not Debian's default dir: the package may have started a single member there
-PENDING = "/var/lib/hapbx/pending/etcd.service"
+PENDING = f"{PENDING_DIR}/{SERVICE}"
 HEARTBEAT_MS = 100
 ELECTION_MS = 500
 KEY_PREFIX = "/hapbx/"

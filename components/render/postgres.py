@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 import shlex
-from dataclasses import dataclass
+from hapbx_node.layout import LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_SOCKET_DIR, PgPaths, slot_name
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
@@ -30,12 +30,11 @@ LOGIN_ROLES = {
     "pbx_readonly": "postgres_readonly",
 }
 APP_ROLES = ("kamailio", "cdr_writer", "pbx_admin", "pbx_readonly")
-LIB_DIR = "/usr/local/lib/hapbx/postgres"
+LIB_DIR = f"{LIB_ROOT}/postgres"
 #: the replication password for the walreceiver, pg_basebackup and pg_rewind; named explicitly
 #: (primary_conninfo passfile=, PGPASSFILE=) since a postmaster or tool started from a root shell
 #: keeps HOME=/root and would not find ~postgres/.pgpass
-PGPASS = "/var/lib/postgresql/.pgpass"
-PENDING_DIR = "/var/lib/hapbx/pending"   # same as components.remote (kept import-free of pulumi)
+PGPASS = PG_PASSFILE
 PARTITIONS_AHEAD = 3
 DISPATCHER_SET = 1
 STREAM_WAIT_SECONDS = 60
@@ -44,39 +43,13 @@ MIGRATE = os.path.join(NODE_PACKAGE, "migrate.py")
 MIGRATIONS_DIR = os.path.join(NODE_PACKAGE, "migrations")
 
 
-@dataclass(frozen=True)
-class PgPaths:
-    version: str
-
-    @property
-    def bin_dir(self) -> str:
-        return f"/usr/lib/postgresql/{self.version}/bin"
-
-    @property
-    def conf_dir(self) -> str:
-        return f"/etc/postgresql/{self.version}/main"
-
-    @property
-    def data_dir(self) -> str:
-        return f"/var/lib/postgresql/{self.version}/main"
-
-    @property
-    def service(self) -> str:
-        return f"postgresql@{self.version}-main"
-
-
 def paths(cluster: ClusterConfig) -> PgPaths:
+    """The cluster's PostgreSQL layout (hapbx_node.layout.PgPaths of its major version)."""
     return PgPaths(cluster.postgres.version)
 
 
-def slot_name(node_name: str) -> str:
-    """The physical slot a node streams from on its peer: named after the node itself ('-' is not
-    allowed in slot names and becomes '_'; the HA tooling uses the same names)."""
-    return node_name.replace("-", "_")
-
-
 def pending_marker(cluster: ClusterConfig) -> str:
-    return f"{PENDING_DIR}/{paths(cluster).service}.service"
+    return f"{PENDING_DIR}/{paths(cluster).service}"
 
 
 def pgpass_escape(value: str) -> str:
@@ -128,7 +101,7 @@ def _static(path: str) -> str:
 
 def _values(ctx: RenderContext, **extra) -> dict:
     c = ctx.cluster
-    return dict(pg=paths(c), pgpass=PGPASS, database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
+    return dict(pg=paths(c), pgpass=PGPASS, socket_dir=PG_SOCKET_DIR, database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
                 partitions_ahead=PARTITIONS_AHEAD, stream_wait=STREAM_WAIT_SECONDS,
                 own_slot=slot_name(ctx.host.name), peer_slot=slot_name(ctx.peer.name),
                 marker=pending_marker(c), **extra)
@@ -186,11 +159,11 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         return []
     c = ctx.cluster
     pg = paths(c)
-    svc = pg.service + ".service"
+    svc = pg.service
     hba = template("postgresql/pg_hba.conf.j2", ctx, app_sources=app_sources(c), app_roles=APP_ROLES, pad=_pad,
                    **_values(ctx))
     out = [
-        RenderedFile(f"{pg.conf_dir}/postgresql.conf", postgresql_conf(ctx), service=svc, action="reload",
+        RenderedFile(pg.conf_file, postgresql_conf(ctx), service=svc, action="reload",
                      validate=conf_validator(pg), owner="postgres", group="postgres", mode="0644"),
         RenderedFile(f"{pg.conf_dir}/pg_hba.conf", hba, service=svc, action="reload",
                      validate=HBA_VALIDATOR, owner="postgres", group="postgres", mode="0640"),

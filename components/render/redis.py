@@ -5,6 +5,8 @@ first deploy and owned by the failover tooling after that (see role_line and the
 """
 from __future__ import annotations
 
+from hapbx_node.layout import PENDING_DIR
+
 from ..config import ClusterConfig
 from . import RenderContext, RenderedFile, header, template
 
@@ -13,7 +15,6 @@ ROLE_FILE = "/etc/redis/role.conf"
 #: the default user's password for root's local tools (handler, failover scripts): sourced, REDISCLI_AUTH
 AUTH_FILE = "/etc/redis/admin.env"
 SERVICE = "redis-server.service"
-PENDING_DIR = "/var/lib/hapbx/pending"
 CONF_MARKER = f"{PENDING_DIR}/{SERVICE}"
 REPLICATION_USER = "replicator"
 CDR_USER = "cdr"

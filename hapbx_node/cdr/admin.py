@@ -46,6 +46,7 @@ import psycopg2.errors
 import psycopg2.extras
 from aiohttp import web
 
+from ..layout import parse_status
 from . import __version__
 from . import validate as v
 from .common import listening_socket, setup_logging
@@ -301,7 +302,7 @@ def vip_here(vip: str) -> bool:
 def ha_status(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as fh:
-            pairs = dict(line.strip().split("=", 1) for line in fh if "=" in line)
+            pairs = parse_status(fh.read())
     except OSError:
         return None
     return {"writer": pairs.get("writer") == "1", "lease_holder": pairs.get("hold") == "1",

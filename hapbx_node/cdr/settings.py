@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..layout import HA_STATUS
+
 
 class SettingsError(ValueError):
     pass
@@ -23,26 +25,23 @@ def _get(env, name: str, default: str | None = None) -> str:
     return value
 
 
-def _int(env, name: str, default: int, lo: int, hi: int) -> int:
+def _number(env, name: str, default, lo, hi, parse, what: str):
     raw = _get(env, name, str(default))
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not {what}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={value} is out of range {lo}..{hi}")
     return value
+
+
+def _int(env, name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int, "an integer")
 
 
 def _float(env, name: str, default: float, lo: float, hi: float) -> float:
-    raw = _get(env, name, str(default))
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} is out of range {lo}..{hi}")
-    return value
+    return _number(env, name, default, lo, hi, float, "a number")
 
 
 def _endpoints(raw: str, name: str) -> list[tuple[str, int]]:
@@ -160,7 +159,7 @@ class AdminSettings:
             port=_int(env, "HAPBX_ADMIN_PORT", 8080, 1, 65535), token=token,
             pg_dsn=_get(env, "HAPBX_PG_DSN"), pg_password=_get(env, "HAPBX_PG_PASSWORD"),
             redis=RedisSettings.from_env(env), vip=_get(env, "HAPBX_VIP", "127.0.0.1"),
-            ha_status=_get(env, "HAPBX_HA_STATUS", "/run/hapbx/ha/status"),
+            ha_status=_get(env, "HAPBX_HA_STATUS", HA_STATUS),
             max_body=_int(env, "HAPBX_ADMIN_MAX_BODY", 65536, 1024, 16 << 20),
             db_pool=_int(env, "HAPBX_ADMIN_DB_POOL", 4, 1, 64))
 

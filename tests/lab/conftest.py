@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from components.config import build
+from hapbx_node.layout import HA_STATUS, parse_status
 from lab import context, deploy, machinery
 from tests.mockrun import ROOT, stack_config
 from tests.release_root import STACKS
@@ -74,6 +75,17 @@ class Lab:
         if check:
             assert out.returncode == 0, f"{node}: {command}: {out.stderr}"
         return out.stdout
+
+    def ha_file(self, node: str) -> dict[str, str]:
+        """The node's HA status file (the leader daemon's, layout.HA_STATUS); {} where there is none."""
+        return parse_status(self.sh(node, f"cat {HA_STATUS} 2>/dev/null || true"))
+
+    def writer(self) -> str:
+        """The node the HA layer made the writer (its status says so), else the initial primary."""
+        for node in self.cluster.nodes:
+            if self.ha_file(node.name).get("writer") == "1":
+                return node.name
+        return self.cluster.primary.name
 
     def apply(self, raw: dict | None = None, force: bool = False):
         return deploy.apply(raw or self.raw, self.spec, stack="labtest", force=force, log=lambda _: None)

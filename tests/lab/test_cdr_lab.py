@@ -20,19 +20,13 @@ import pytest
 
 from bench import sipp
 from bench.loadgen import fs_cdr
+from hapbx_node.layout import parse_status
+from lab.health import STATUS as HA_STATUS_CMD
 
 PSQL = "cd / && runuser -u postgres -- psql -X -A -t -q -d pbx -c"
 RECEIVER = "hapbx-cdr-receiver.service"
 WORKER = "hapbx-cdr-worker.service"
 ADMIN = "hapbx-admin.service"
-
-
-def writer(lab) -> str:
-    """The node the HA layer made the writer (its status says so), else the initial primary."""
-    for node in lab.cluster.nodes:
-        if "writer=1" in lab.sh(node.name, "cat /run/hapbx/ha/status 2>/dev/null || true"):
-            return node.name
-    return lab.cluster.primary.name
 
 
 def other(lab, name: str) -> str:
@@ -86,7 +80,7 @@ def posted_then_stored(lab, via: str, primary: str, record: dict, timeout: float
 
 
 def test_receivers_and_admin_on_both_nodes_worker_on_the_writer_only(lab):
-    w = writer(lab)
+    w = lab.writer()
     for node in lab.cluster.nodes:
         states = lab.sh(node.name, f"systemctl is-active {RECEIVER} {ADMIN} {WORKER} || true").split()
         assert states[:2] == ["active", "active"], (node.name, states)
@@ -98,7 +92,7 @@ def test_receivers_and_admin_on_both_nodes_worker_on_the_writer_only(lab):
 
 @pytest.mark.parametrize("via", ["writer", "standby"])
 def test_freeswitch_cdr_posted_to_a_receiver_lands_on_the_primary_within_5s(lab, via):
-    w = writer(lab)
+    w = lab.writer()
     node = w if via == "writer" else other(lab, w)
     call_uuid = str(uuid.uuid4())
     took = posted_then_stored(lab, node, w, fs_cdr(call_uuid, node=node, extra={"hapbx_direction": "inbound"}))
@@ -110,7 +104,7 @@ def test_freeswitch_cdr_posted_to_a_receiver_lands_on_the_primary_within_5s(lab,
 
 
 def test_malformed_cdr_is_refused_on_the_lab(lab):
-    node = writer(lab)
+    node = lab.writer()
     assert post(lab, node, b"this is not a CDR")[0] == 400
     bad = fs_cdr(str(uuid.uuid4()))
     bad["variables"]["hangup_cause"] = "not a cause"
@@ -118,7 +112,7 @@ def test_malformed_cdr_is_refused_on_the_lab(lab):
 
 
 def test_records_wait_in_redis_while_the_worker_is_stopped_and_are_stored_once(lab):
-    w = writer(lab)
+    w = lab.writer()
     lab.sh(w, f"systemctl stop {WORKER}")
     try:
         ids = [str(uuid.uuid4()) for _ in range(30)]
@@ -145,7 +139,7 @@ def admin(lab, node: str, method: str, path: str, body: dict | None = None, host
 
 
 def test_admin_api_reports_the_roles_of_each_node(lab):
-    w = writer(lab)
+    w = lab.writer()
     s = other(lab, w)
     status, health = admin(lab, w, "GET", "/health", token=False)
     assert status == 200 and health["node"] == w, health
@@ -167,7 +161,7 @@ def free_port() -> int:
 
 
 def test_extension_created_through_the_api_registers_through_kamailio_at_once(lab):
-    w = writer(lab)
+    w = lab.writer()
     vip = lab.cluster.vip.address
     if f" {vip}/" not in lab.sh(w, "ip -4 -o addr show"):
         pytest.skip("the VIP is on no node: the HA layer did not place it")
@@ -196,8 +190,8 @@ REDIS = ". /etc/redis/admin.env; export REDISCLI_AUTH; redis-cli --no-auth-warni
 
 
 def ha(lab, node: str) -> dict[str, str]:
-    out = lab.sh(node, "/usr/local/lib/hapbx/ha/status 2>/dev/null || true")
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    """The node's `hapbx-ha status` (vip, postgres, daemon_writer, ...)."""
+    return parse_status(lab.sh(node, f"{HA_STATUS_CMD} 2>/dev/null || true"))
 
 
 def wait_for(what: str, predicate, timeout: float) -> float:
@@ -233,7 +227,7 @@ def switch_over(lab, old: str, new: str) -> float:
 def test_queue_drains_on_the_new_vip_owner_after_a_switchover(lab):
     """Records queued (worker stopped) when the writer hands over are stored by the new owner's
     worker, each once; then the cluster is switched back to its first layout for the tests after."""
-    w = writer(lab)
+    w = lab.writer()
     s = other(lab, w)
     if not (leads(lab, w) and follows(lab, s)):
         pytest.skip(f"HA not settled ({w}: {ha(lab, w)}, {s}: {ha(lab, s)})")

@@ -115,13 +115,6 @@ def vip_owner(lab) -> str | None:
     return None
 
 
-def writer(lab) -> str:
-    for node in lab.cluster.nodes:
-        if "writer=1" in lab.sh(node.name, "cat /run/hapbx/ha/status 2>/dev/null || true"):
-            return node.name
-    return lab.cluster.primary.name
-
-
 def psql(lab, node: str, statement: str) -> str:
     return lab.sh(node, f"cd / && runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d pbx -c "
                         f"{shlex.quote(statement)}")
@@ -222,7 +215,7 @@ class Edge:
         """Change a user's pbx.calling_limits row on the writer and wait until the VIP holder's
         database (the one its Kamailio reads at digest auth) serves the new values."""
         sets = ", ".join(f"{k} = {v if isinstance(v, int) else repr(v)}" for k, v in values.items())
-        psql(self.lab, writer(self.lab), f"UPDATE pbx.calling_limits SET {sets} WHERE extension_id = "
+        psql(self.lab, self.lab.writer(), f"UPDATE pbx.calling_limits SET {sets} WHERE extension_id = "
                                          f"(SELECT id FROM pbx.extensions WHERE number = '{user}')")
         want = "|".join(str(v) for v in values.values())
         cols = ", ".join({"class": "cos"}.get(k, k) for k in values)
@@ -317,7 +310,7 @@ def edge(lab):
     if vip_owner(lab) is None:
         pytest.fail("the VIP is on no node: nothing to attack")
 
-    w = writer(lab)
+    w = lab.writer()
     domain = psql(lab, w, "SELECT value FROM pbx.settings WHERE key = 'sip.domain'").strip() or c.vip.address
     passwords = {u: f"edge-{secrets.token_hex(10)}" for u in USERS}   # this run's only
     for user, what in USERS.items():
@@ -352,7 +345,7 @@ def edge(lab):
     if left:
         problems.append(f"left behind: {left}")
     seconds = time.monotonic() - t0
-    psql(lab, writer(lab), "DELETE FROM pbx.extensions WHERE number IN (" + ",".join(f"'{u}'" for u in USERS) + ")")
+    psql(lab, lab.writer(), "DELETE FROM pbx.extensions WHERE number IN (" + ",".join(f"'{u}'" for u in USERS) + ")")
     if set(e.rows) >= set(ATTACKS):
         report.write(REPORT, {**run_facts(lab, e, started, seconds, sink_total), "sink_unexplained": len(unexplained),
                               "closed": CLOSED},
@@ -532,8 +525,7 @@ def test_forged_scanner_packet_bans_no_node(edge):
     node = next(n.name for n in c.nodes if n.address == src)
 
     def vrrp() -> str:
-        status = edge.lab.sh(node, "cat /run/hapbx/ha/status 2>/dev/null || true")
-        return next((w.split("=", 1)[1] for w in status.split() if w.startswith("vrrp=")), "?")
+        return edge.lab.ha_file(node).get("vrrp", "?")
     assert vrrp() == "BACKUP", f"{node} is not a healthy standby before the attack: {vrrp()}"
     try:
         with hole("5c"), edge.attack("5c", {"scanner_dropped": 1}) as a:

@@ -149,14 +149,6 @@ def test_register_and_calls_through_the_vip(sip):
     assert any(e in r.messages for e in engines), r.messages[-3000:]   # answered by a node's stand-in
 
 
-def writer(lab) -> str:
-    """The node the HA layer made the writer (its status says so), else the initial primary."""
-    for node in lab.cluster.nodes:
-        if "writer=1" in lab.sh(node.name, "cat /run/hapbx/ha/status 2>/dev/null || true"):
-            return node.name
-    return lab.cluster.primary.name
-
-
 def test_a_call_through_the_vip_ends_up_in_cdr_calls(sip):
     """The media stand-in's CDR, posted as mod_json_cdr posts (its node's receiver, the Redis queue,
     the writer's worker): the row is in cdr.calls on the writer within seconds of the BYE."""
@@ -176,7 +168,7 @@ def test_a_call_through_the_vip_ends_up_in_cdr_calls(sip):
     want = sipp_uas.call_uuid(sent)
     engine = next((n.name for n in c.nodes if f"sip:media@{n.address}:{c.media.sip_port}" in r.messages), None)
     assert engine, r.messages[-3000:]
-    w = writer(lab)
+    w = lab.writer()
     query = shlex.quote("SELECT node, direction, caller_number, callee_number, hangup_cause, billsec <= duration, "
                         f"raw->'variables'->>'sip_call_id' FROM cdr.calls WHERE call_uuid = '{want}'")
     row = lab.sh(w, f"for i in $(seq 200); do r=$(cd / && runuser -u postgres -- psql -X -A -t -q -d pbx -c {query}); "

@@ -24,7 +24,7 @@ def test_component_children_on_both_nodes_only(stack):
     assert len(children) == per_node * len(nodes)
     for node in nodes:
         assert f"cdr-{node}-file-etc-hapbx-admin.env" in children
-        assert f"cdr-{node}-file-usr-local-lib-hapbx-cdr-hapbx-cdr-worker.py" in children
+        assert f"cdr-{node}-file-usr-local-lib-hapbx-cdr-hapbx-node-cdr-worker.py" in children
         assert {f"cdr-{node}-svc-hapbx-cdr-receiver", f"cdr-{node}-svc-hapbx-admin", f"cdr-{node}-worker",
                 f"cdr-{node}-svc-hapbx-cdr-receiver-last", f"cdr-{node}-svc-hapbx-admin-last"} <= children
         # the worker is never enabled by a generic handler: only placed by its step
