@@ -29,8 +29,9 @@ TOKEN = "HAPBX_TEST_SESSION"
 #: harness's sshd and the lab's containers
 DAEMONS = frozenset({"postgres", "pg_ctl", "redis-server", "kamailio", "etcd", "keepalived", "sipp", "post-cdr",
                      "freeswitch", "baresip", "lsyncd", "sshd", "systemd-nspawn"})
-#: python services of the node package (and the CDR load generator), by their command line
-PYTHON_SERVICES = ("hapbx_cdr", "hapbx_node", "loadgen.py")
+#: python services of the node package (the HA leader as the failover rig runs it, and the CDR
+#: load generator), by their command line
+PYTHON_SERVICES = ("hapbx_cdr", "hapbx_node", "bin/leader", "loadgen.py")
 #: memory scanned for the token at most, per process
 SCAN_LIMIT = 256 << 20
 
