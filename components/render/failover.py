@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from hapbx_node import layout
+from hapbx_node.ha.entry import ENTRY_POINTS
 from hapbx_node.layout import (HA_BIN, HA_CLI, HA_ENV, HA_LIB_DIR, HA_RUN_DIR, HA_SECRETS_ENV, HA_TMPFILES,
                                LEADER_UNIT, PG_PASSFILE, REACH_UNIT, PgPaths, slot_name)
 
@@ -23,12 +24,13 @@ from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
 #: the node-programs package (hapbx_node) in this repository
 NODE_PACKAGE = os.path.dirname(os.path.abspath(layout.__file__))
 BIN_DIR = os.path.join(NODE_PACKAGE, "ha", "bin")
-#: entry points under HA_BIN; lib.sh is sourced, the rest are executables
-SCRIPTS = ("lib.sh", "leader", "promote", "demote", "rejoin", "notify", "check-local", "reach",
-           "vip-release", "pg-guard", "status")
-#: the Python modules the leader imports, installed as HA_BIN/hapbx_node/...
+#: bash entry points under HA_BIN (keepalived's notify/track scripts, the unit hooks); lib.sh is sourced
+SCRIPTS = ("lib.sh", "notify", "check-local", "reach", "vip-release", "pg-guard")
+#: the Python entry points: bin/launcher under each name
+PY_ENTRY_POINTS = tuple(ENTRY_POINTS)
+#: the Python modules they import, installed as HA_BIN/hapbx_node/...
 PY_MODULES = ("__init__.py", "layout.py", "ha/__init__.py", "ha/clock.py", "ha/settings.py", "ha/decide.py",
-              "ha/store.py", "ha/drivers.py", "ha/writes.py", "ha/daemon.py")
+              "ha/store.py", "ha/drivers.py", "ha/writes.py", "ha/daemon.py", "ha/jobs.py", "ha/entry.py")
 
 # What the data tier provides (components/render/postgres.py, redis.py): the replication
 # role, granted what pg_rewind needs, with its password in the postgres user's ~/.pgpass;
@@ -176,9 +178,12 @@ def program_files() -> list[RenderedFile]:
     out = []
     for name in SCRIPTS:
         service, action = (REACH_UNIT, "restart") if name == "reach" else (LEADER_UNIT, "reload")
-        validate = "python3 -m py_compile {path}" if name == "leader" else "bash -n {path}"
         out.append(RenderedFile(f"{HA_BIN}/{name}", script_text(name), service=service, action=action,
-                                mode="0644" if name.endswith(".sh") else "0755", validate=validate))
+                                mode="0644" if name.endswith(".sh") else "0755", validate="bash -n {path}"))
+    launcher = script_text("launcher")
+    for name in PY_ENTRY_POINTS:
+        out.append(RenderedFile(f"{HA_BIN}/{name}", launcher, service=LEADER_UNIT, action="reload", mode="0755",
+                                validate="python3 -m py_compile {path}"))
     for rel in PY_MODULES:
         out.append(RenderedFile(f"{HA_BIN}/hapbx_node/{rel}", module_text(rel), service=LEADER_UNIT,
                                 action="reload", mode="0644", validate="python3 -m py_compile {path}"))

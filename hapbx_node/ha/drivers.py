@@ -12,9 +12,11 @@ from typing import Optional
 from .clock import mono_ms
 
 
-def _run(argv: list[str], timeout_s: float, env: dict | None = None, stdin: str | None = None):
+def _run(argv: list[str], timeout_s: float, env: dict | None = None, stdin: str | None = None,
+         user: str | None = None):
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=max(timeout_s, 0.05), env=env, input=stdin)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=max(timeout_s, 0.05), env=env, input=stdin,
+                           user=user, group=user, extra_groups=[] if user else None, cwd="/" if user else None)
         return p.returncode, p.stdout.strip(), p.stderr.strip()
     except subprocess.TimeoutExpired:
         return 124, "", "Terminated (timeout expired)"
@@ -85,9 +87,9 @@ class Postgres:
     def sql(self, sql: str, timeout_s: float = 5) -> Optional[str]:
         argv = [f"{self.bin}/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.socket,
                 "-p", self.port, "-d", "postgres", "-c", sql]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", self.os_user, "--", *argv]
-        rc, out, _ = _run(argv, timeout_s)
+        # as the server's OS user (peer authentication on the socket); switched directly, not through
+        # runuser: no PAM session (and journal lines) per query, every second
+        rc, out, _ = _run(argv, timeout_s, user=self.os_user if os.geteuid() == 0 else None)
         return out if rc == 0 else None
 
     def role(self, timeout_s: float = 5) -> str:
@@ -101,11 +103,18 @@ class Postgres:
         s = self.sql("select status from pg_stat_wal_receiver", timeout_s)
         return None if s is None else s == "streaming"
 
+    def peer_sql(self, sql: str, timeout_s: float = 5, replication: bool = False) -> tuple[int, str, str]:
+        """One statement on the peer's server as PG_PEER_USER (the replication role, granted what
+        pg_rewind needs; password from PG_PASSFILE)."""
+        env = {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
+        conninfo = self.peer + (" replication=true" if replication else "")
+        return _run([f"{self.bin}/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+                    timeout_s, env=env)
+
     def peer_role(self, timeout_s: float = 5) -> str:
         """primary | standby | down (refused: host up, server down) | unreachable | error"""
-        env = {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
-        rc, out, err = _run([f"{self.bin}/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-                             "-d", self.peer, "-c", "select pg_is_in_recovery()"], timeout_s, env=env)
+        rc, out, err = self.peer_sql("select pg_is_in_recovery()", timeout_s)
+        self.peer_error = " ".join(err.split())
         if rc == 0:
             return {"f": "primary", "t": "standby"}.get(out, "error")
         if any(m in err for m in ("Connection refused", "No such file or directory", "shutting down")):
@@ -136,7 +145,46 @@ class Postgres:
         return (self.sql(f"alter system set synchronous_standby_names = '{quoted}'", timeout_s) is not None
                 and self.sql("select pg_reload_conf()", timeout_s) is not None)
 
+    def as_pg(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
+        """A PostgreSQL tool run as the server's OS user, with the replication password file."""
+        env = {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
+        return _run(argv, timeout_s, env=env, user=self.os_user if os.geteuid() == 0 else None)
+
+    def wait_ready(self, limit_ms: int) -> bool:
+        end = mono_ms() + limit_ms
+        while self.sql("select 1", 2) is None:
+            if mono_ms() >= end:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def wait_streaming(self, limit_ms: int) -> bool:
+        end = mono_ms() + limit_ms
+        while not self.streaming(2):
+            if mono_ms() >= end:
+                return False
+            time.sleep(0.2)
+        return True
+
     # ------------------------------------------------------------ act
+    def start(self, log) -> bool:
+        """PG_START_CMD (systemctl start through pg-guard on a node). The command may report
+        failure for a server that did come up (a stale pid file): that counts as started."""
+        rc, out, err = _run(["bash", "-c", self.env["PG_START_CMD"]], float(self.env.get("PG_START_TIMEOUT") or 120))
+        if rc == 0:
+            return True
+        log("WARN", f"start command exit {rc}: {' | '.join((out + chr(10) + err).strip().splitlines())}")
+        if self.running() and self.wait_ready(5000):
+            log("INFO", "postgres is running anyway")
+            return True
+        return False
+
+    def clear_fenced(self):
+        try:
+            os.unlink(self.fenced_mark)
+        except FileNotFoundError:
+            pass
+
     def mark_fenced(self):
         os.makedirs(os.path.dirname(self.fenced_mark), exist_ok=True)
         with open(self.fenced_mark, "a"):
@@ -232,6 +280,16 @@ class Redis:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(f"# Written by hapbx-ha on role changes; included by redis.conf.\n{line}\n")
         os.replace(tmp, self.role_file)
+
+    def promote(self, log) -> bool:
+        role = self.role()
+        if role == "down":
+            log("ERROR", "redis: not running")
+            return False
+        if role == "slave" and self.cli("REPLICAOF", "NO", "ONE") is None:
+            return False
+        self._persist_role("replicaof no one")
+        return self.cli("CLIENT", "UNPAUSE") is not None
 
     def demote(self, log) -> bool:
         """Follow the peer when it is master; stay paused otherwise."""
@@ -340,6 +398,12 @@ class OwnerServices:
         self.units = (env.get("OWNER_SERVICES") or "").split()
         self.cmd = env.get("SERVICE_CMD") or "systemctl"
         self.timeout = float(env.get("SERVICE_TIMEOUT") or 30)
+
+    def start(self, log):
+        for unit in self.units:
+            rc, _, _ = _run(["bash", "-c", f"{self.cmd} start {unit}"], self.timeout)
+            if rc != 0:
+                log("WARN", f"start {unit} failed")
 
     def stop(self, log, background: bool = True):
         def run():

@@ -10,6 +10,9 @@
               Redis left to the follower duties (it follows the peer).
     stopped   the daemon stopped while holding (systemd ExecStopPost): PostgreSQL immediate
               shutdown and Redis paused; the authority file says nobody holds.
+    demote    the operator's `hapbx-ha demote` on a node without the lease: writer-only units
+              stopped first, PostgreSQL fast shutdown (PG_FAST_STOP_MS); Redis then follows the
+              peer (the demote job). `demote-fence` (demote --fence): immediate shutdown.
 """
 from __future__ import annotations
 
@@ -21,22 +24,27 @@ from .clock import mono_ms
 
 @dataclass(frozen=True)
 class Mode:
-    postgres: str          # immediate | fast
+    postgres: str          # immediate | fast (bounded by the lease when one is held)
     redis: bool            # pause Redis writes
     release: str           # none | wait | background: revoke the lease in the store
-    owner_services: bool   # stop the writer-only units
+    owner_services: str    # none | first (before PostgreSQL, waited for) | after (in the background)
     kill_promote: bool     # a running promote job is stopped first
     level: str             # how it is logged
 
 
 MODES = {
-    "lease": Mode(postgres="immediate", redis=True, release="background", owner_services=True, kill_promote=True,
+    "lease": Mode(postgres="immediate", redis=True, release="background", owner_services="after", kill_promote=True,
                   level="FENCE"),
-    "resign": Mode(postgres="fast", redis=True, release="wait", owner_services=True, kill_promote=True, level="WARN"),
-    "follower": Mode(postgres="immediate", redis=False, release="none", owner_services=True, kill_promote=True,
+    "resign": Mode(postgres="fast", redis=True, release="wait", owner_services="first", kill_promote=True,
+                   level="WARN"),
+    "follower": Mode(postgres="immediate", redis=False, release="none", owner_services="after", kill_promote=True,
                      level="FENCE"),
-    "stopped": Mode(postgres="immediate", redis=True, release="none", owner_services=False, kill_promote=False,
+    "stopped": Mode(postgres="immediate", redis=True, release="none", owner_services="none", kill_promote=False,
                     level="FENCE"),
+    "demote": Mode(postgres="fast", redis=False, release="none", owner_services="first", kill_promote=False,
+                   level="INFO"),
+    "demote-fence": Mode(postgres="immediate", redis=False, release="none", owner_services="first",
+                         kill_promote=False, level="WARN"),
 }
 
 #: a resigning primary's fast stop ends this long before the lease deadline at the latest
@@ -51,10 +59,10 @@ def stop_writes(mode: str, why: str, *, pg, redis, store=None, owners=None, prom
     log(m.level, f"{why}: stopping local writes ({mode})")
     if m.kill_promote and promote is not None:
         promote.kill()
-    if m.owner_services and owners is not None and mode == "resign":
-        owners.stop(log)
+    if m.owner_services == "first" and owners is not None:
+        owners.stop(log, background=(mode == "resign"))    # the resigning holder must not wait for them
     if m.postgres == "fast" and pg.running() and not pg.standby_configured():
-        left = min(deadline - mono_ms() - RESIGN_SAFETY_MS, fast_stop_ms)
+        left = min(deadline - mono_ms() - RESIGN_SAFETY_MS, fast_stop_ms) if deadline else fast_stop_ms
         pg_ok = pg.stop_fast(left) if left > 100 else pg.fence()
         redis_ok = redis.fence() if m.redis else True
     else:
@@ -81,6 +89,6 @@ def stop_writes(mode: str, why: str, *, pg, redis, store=None, owners=None, prom
         else:
             threading.Thread(target=lambda: store.revoke(lease_id, release_timeout_ms) and
                              log("INFO", f"released the leader lease {lease_id}"), daemon=True).start()
-    if m.owner_services and owners is not None and mode != "resign":
+    if m.owner_services == "after" and owners is not None:
         owners.stop(log)
     return took

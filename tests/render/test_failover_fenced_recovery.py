@@ -30,6 +30,9 @@ import time
 
 import pytest
 
+from hapbx_node.ha.drivers import Postgres
+from hapbx_node.ha.settings import load as load_ha_settings
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -61,9 +64,10 @@ def failing(out: subprocess.CompletedProcess) -> str:
 
 
 def pg_fence(rig: Rig, name: str):
-    """What the leader daemon's fence_now does to PostgreSQL: lib.sh's pg_fence (the fenced
-    marker, SIGQUIT, wait until the postmaster is gone)."""
-    rig.sh(name, f". {rig.bin}/lib.sh && pg_fence drill")
+    """What the leader daemon's lease fence does to PostgreSQL: the driver's fence (the fenced
+    marker, SIGQUIT, wait until the postmaster is gone), with the node's env file."""
+    _, env = load_ha_settings({**os.environ, "HAPBX_ENV": rig.nodes[name].env_file})
+    assert Postgres(env).fence()
     assert rig.pg_pid(name) is None and os.path.exists(fenced_mark(rig, name))
 
 

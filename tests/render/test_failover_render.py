@@ -41,9 +41,10 @@ def test_every_rendered_script_passes_shellcheck():
     cluster = cluster_of("prod")
     files = failover.files(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
     programs = [f for f in files if f.path.startswith(failover.HA_BIN + "/") or f.path == failover.HA_CLI]
-    assert {os.path.basename(f.path) for f in programs} >= set(failover.SCRIPTS)
-    # the leader daemon and its package: Python, compiled on the node before it is installed
-    python = [f for f in programs if f.path.endswith(".py") or f.path == f"{failover.HA_BIN}/leader"]
+    assert {os.path.basename(f.path) for f in programs} >= set(failover.SCRIPTS) | set(failover.PY_ENTRY_POINTS)
+    # the HA core and its entry points: Python, compiled on the node before it is installed
+    python = [f for f in programs if f.path.endswith(".py")
+              or os.path.basename(f.path) in failover.PY_ENTRY_POINTS and os.path.dirname(f.path) == failover.HA_BIN]
     assert {os.path.relpath(f.path, f"{failover.HA_BIN}/hapbx_node") for f in python if f.path.endswith(".py")} \
         == set(failover.PY_MODULES)
     for f in python:

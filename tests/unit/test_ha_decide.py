@@ -222,7 +222,7 @@ def test_scenario(name):
 
 def test_stop_writes_modes_say_what_each_fence_does():
     from hapbx_node.ha import writes
-    assert set(writes.MODES) == {"lease", "resign", "follower", "stopped"}
+    assert set(writes.MODES) == {"lease", "resign", "follower", "stopped", "demote", "demote-fence"}
     # the urgent fence waits for nothing: immediate stop, the lease released in the background
     assert writes.MODES["lease"].postgres == "immediate" and writes.MODES["lease"].release == "background"
     assert writes.MODES["resign"].postgres == "fast" and writes.MODES["resign"].release == "wait"

@@ -1,15 +1,15 @@
 #!/bin/bash
 # shellcheck shell=bash disable=SC2034
 # (SC2034: the variables set here are read by the scripts that source it)
-# hapbx HA library, sourced by every failover script. Everything node-specific
-# (addresses, ports, data directory, service commands, timings) comes from the
-# env file rendered per node (HAPBX_ENV, default /etc/hapbx/ha.env), so the
-# same scripts run on the nodes and in the tests (local ports, temp dirs).
+# hapbx HA library of the bash entry points (keepalived's notify and track
+# scripts, vip-release, pg-guard, hapbx-ha). The decisions and the jobs are the
+# Python HA core (hapbx_node/ha); these scripts only record what keepalived says,
+# report health and guard PostgreSQL's start. Everything node-specific comes
+# from the env file rendered per node (HAPBX_ENV, default /etc/hapbx/ha.env), so
+# the same scripts run on the nodes and in the tests (local ports, temp dirs).
 #
 # Conventions: no `set -e` (every failure is handled and logged explicitly);
-# every external call is bounded by `timeout`; role changes are serialised by
-# flock on "$HA_RUN_DIR/role.lock"; the one exception is the clock fence of the
-# leader daemon, which must never wait for anything.
+# every external call is bounded by `timeout`.
 
 set -o nounset -o pipefail
 export LC_ALL=C
@@ -37,7 +37,6 @@ HA_RUN_DIR=${HA_RUN_DIR:-/run/hapbx/ha}
 HA_LIB_DIR=${HA_LIB_DIR:-/var/lib/hapbx/ha}
 WITNESS=${WITNESS:-0}
 FENCED_MARK="$HA_LIB_DIR/pg-fenced"
-AUTH_FILE="$HA_RUN_DIR/authority"
 VRRP_FILE="$HA_RUN_DIR/vrrp"
 WAKE_FIFO="$HA_RUN_DIR/wake"
 
@@ -95,21 +94,6 @@ die() {
 	exit 1
 }
 
-# timed LABEL cmd...: run and log the outcome with its duration; returns cmd's status.
-timed() {
-	local what=$1 t rc=0
-	shift
-	t=${EPOCHREALTIME/[.,]/}
-	"$@" || rc=$?
-	t=$(((${EPOCHREALTIME/[.,]/} - t) / 1000))
-	if ((rc == 0)); then
-		log INFO "$what: ok (${t}ms)"
-	else
-		log ERROR "$what: failed, exit $rc (${t}ms)"
-	fi
-	return "$rc"
-}
-
 ensure_dirs() {
 	mkdir -p "$HA_RUN_DIR" "$HA_LIB_DIR" 2>/dev/null || true
 }
@@ -152,25 +136,6 @@ read_vrrp() {
 	VRRP_SINCE_MS=${VRRP_SINCE_MS:-0}
 }
 
-# read_authority: AUTH_HOLDER (0|1), AUTH_DEADLINE_MS, AUTH_LEASE.
-read_authority() {
-	AUTH_HOLDER=0
-	AUTH_DEADLINE_MS=0
-	AUTH_LEASE=-
-	if [[ -r $AUTH_FILE ]]; then
-		read -r AUTH_HOLDER AUTH_DEADLINE_MS AUTH_LEASE _ <"$AUTH_FILE" 2>/dev/null || true
-	fi
-	AUTH_HOLDER=${AUTH_HOLDER:-0}
-	AUTH_DEADLINE_MS=${AUTH_DEADLINE_MS:-0}
-}
-
-# authority_valid: this node holds the leader key and its fence deadline (boot clock) is ahead.
-authority_valid() {
-	read_authority
-	mono_ms
-	[[ $AUTH_HOLDER == 1 ]] && ((MONO_MS + ${1:-0} < AUTH_DEADLINE_MS))
-}
-
 vip_present() {
 	[[ -n ${VIP:-} ]] || return 1
 	ip -o -4 addr show dev "$VIP_IFACE" 2>/dev/null | grep -q " ${VIP}/"
@@ -178,273 +143,12 @@ vip_present() {
 
 # ---------------------------------------------------------------- PostgreSQL
 
-as_pg() {
-	if [[ $EUID -ne 0 ]]; then
-		"$@"
-	else
-		runuser -u "$PG_OS_USER" -- "$@"
-	fi
-}
-
-# pg_sql SQL: one value from the local server over its socket.
-pg_sql() {
-	timeout "${PG_QUERY_TIMEOUT:-5}" runuser -u "$PG_OS_USER" -- \
-		"$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET" -p "$PG_PORT" -d postgres -c "$1"
-}
-
-peer_conninfo() {
-	printf 'host=%s port=%s user=%s dbname=postgres connect_timeout=%s application_name=hapbx-ha' \
-		"$PG_PEER_HOST" "$PG_PEER_PORT" "$PG_PEER_USER" "${PG_CONNECT_TIMEOUT:-2}"
-}
-
-# pg_peer_sql SQL: one value from the peer's server as PG_PEER_USER (the replication role,
-# granted what pg_rewind needs; password from PG_PASSFILE).
-pg_peer_sql() {
-	PGPASSFILE=${PG_PASSFILE:-} timeout "${PG_QUERY_TIMEOUT:-5}" \
-		"$PG_BIN/psql" -X -A -t -q -v ON_ERROR_STOP=1 -d "$(peer_conninfo)" -c "$1"
-}
-
-# pg_pid: PG_PID of a running postmaster of PG_DATA.
-pg_pid() {
-	local f="$PG_DATA/postmaster.pid" pid=""
-	PG_PID=""
-	[[ -r $f ]] || return 1
-	read -r pid <"$f" 2>/dev/null || return 1
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	alive "$pid" || return 1
-	PG_PID=$pid
-}
-
 pg_standby_configured() { [[ -e $PG_DATA/standby.signal ]]; }
-
-# pg_local_role: PG_ROLE = primary | standby | down | unresponsive.
-pg_local_role() {
-	local r
-	if ! pg_pid; then
-		PG_ROLE=down
-		return
-	fi
-	if ! r=$(pg_sql 'select pg_is_in_recovery()' 2>/dev/null); then
-		PG_ROLE=unresponsive
-		return
-	fi
-	case $r in
-	f) PG_ROLE=primary ;;
-	t) PG_ROLE=standby ;;
-	*) PG_ROLE=unresponsive ;;
-	esac
-}
-
-# pg_peer_role: PEER_ROLE = primary | standby | down (refused: host up, server down)
-#                           | unreachable | error.
-pg_peer_role() {
-	local out
-	PEER_ERROR=""
-	if out=$(pg_peer_sql 'select pg_is_in_recovery()' 2>&1); then
-		case $out in
-		f) PEER_ROLE=primary ;;
-		t) PEER_ROLE=standby ;;
-		*) PEER_ROLE=error ;;
-		esac
-		return
-	fi
-	case $out in
-	*"Connection refused"* | *"No such file or directory"* | *"shutting down"*) PEER_ROLE=down ;;
-	*"timeout expired"* | *"No route to host"* | *"Network is unreachable"* | *"Terminated"* | "") PEER_ROLE=unreachable ;;
-	*) PEER_ROLE=error ;;
-	esac
-	PEER_ERROR=${out//$'\n'/ }
-}
-
-# alive PID: running (a zombie waiting for its parent to reap it has stopped).
-alive() {
-	local state=""
-	[[ -r /proc/$1/stat ]] || return 1
-	read -r _ _ state _ <"/proc/$1/stat" 2>/dev/null || return 1
-	[[ $state != Z && $state != X ]]
-}
-
-# pg_wait_gone LIMIT_MS: wait for the postmaster PG_PID to exit.
-pg_wait_gone() {
-	local limit=$1 start
-	now_ms
-	start=$NOW_MS
-	while alive "$PG_PID"; do
-		now_ms
-		((NOW_MS - start >= limit)) && return 1
-		sleep 0.02
-	done
-	return 0
-}
-
-# pg_fence: the local server must not accept writes, now. A running server
-# without standby.signal (a primary, or one that may come up as primary) gets
-# SIGQUIT (immediate shutdown: no new commit is acknowledged), then SIGKILL.
-# A standby is left running. Leaves the fenced marker so nothing restarts it
-# as a primary (see pg-guard) until rejoin or promote clears it.
-pg_fence() {
-	local why=${1:-fence}
-	pg_pid || return 0
-	if pg_standby_configured; then
-		return 0
-	fi
-	touch "$FENCED_MARK"
-	kill -QUIT "$PG_PID" 2>/dev/null || true
-	if ! pg_wait_gone "${PG_FENCE_WAIT_MS:-3000}"; then
-		log WARN "postmaster $PG_PID ignored SIGQUIT; SIGKILL ($why)"
-		pkill -KILL -P "$PG_PID" 2>/dev/null || true
-		kill -KILL "$PG_PID" 2>/dev/null || true
-		pg_wait_gone 2000 || return 1
-	fi
-	return 0
-}
-
-# pg_stop_fast LIMIT_MS: orderly stop of a primary (clients disconnected at
-# once, shutdown checkpoint streamed to the standby), immediate after LIMIT_MS.
-pg_stop_fast() {
-	local limit=$1
-	pg_pid || return 0
-	if ! pg_standby_configured; then touch "$FENCED_MARK"; fi
-	kill -INT "$PG_PID" 2>/dev/null || true
-	if ! pg_wait_gone "$limit"; then
-		log WARN "fast shutdown took over ${limit}ms: immediate"
-		kill -QUIT "$PG_PID" 2>/dev/null || true
-		pg_wait_gone 3000 || {
-			kill -KILL "$PG_PID" 2>/dev/null || true
-			pg_wait_gone 2000
-		}
-	fi
-}
-
-# pg_start: the server must not inherit the role lock (a postmaster holding it
-# would block every later promote/demote/rejoin).
-pg_start() {
-	local out rc=0
-	if [[ -n ${LOCK_FD:-} ]]; then
-		out=$(timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" 2>&1 {LOCK_FD}>&-) || rc=$?
-	else
-		out=$(timeout "${PG_START_TIMEOUT:-120}" bash -c "$PG_START_CMD" 2>&1) || rc=$?
-	fi
-	((rc == 0)) && return 0
-	log WARN "start command exit $rc: ${out//$'\n'/ | }"
-	# the command may report failure for a server that did come up (a stale pid file)
-	pg_pid && pg_wait_ready 5000 && {
-		log INFO "postgres is running anyway"
-		return 0
-	}
-	return "$rc"
-}
-
-# pg_wait_ready LIMIT_MS: the local server answers queries.
-pg_wait_ready() {
-	local limit=$1 start
-	now_ms
-	start=$NOW_MS
-	until pg_sql 'select 1' >/dev/null 2>&1; do
-		now_ms
-		((NOW_MS - start >= limit)) && return 1
-		sleep 0.1
-	done
-}
-
-# pg_streaming: the local standby's WAL receiver streams from the peer.
-pg_streaming() {
-	local s
-	s=$(pg_sql "select status from pg_stat_wal_receiver" 2>/dev/null) || return 1
-	[[ $s == streaming ]]
-}
 
 # ---------------------------------------------------------------- Redis
 
 rcli() {
 	timeout "${REDIS_TIMEOUT:-3}" redis-cli --no-auth-warning -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"
-}
-
-rcli_peer() {
-	timeout "${REDIS_TIMEOUT:-3}" redis-cli --no-auth-warning -h "$REDIS_PEER_HOST" -p "$REDIS_PEER_PORT" "$@"
-}
-
-# redis_role / redis_peer_role: REPLY = master | slave | down
-redis_role() {
-	local out
-	out=$(rcli ROLE 2>/dev/null) || {
-		REPLY=down
-		return
-	}
-	REPLY=${out%%$'\n'*}
-	[[ -n $REPLY ]] || REPLY=down
-}
-
-redis_peer_role() {
-	local out
-	out=$(rcli_peer ROLE 2>/dev/null) || {
-		REPLY=down
-		return
-	}
-	REPLY=${out%%$'\n'*}
-	[[ -n $REPLY ]] || REPLY=down
-}
-
-# redis_fence: a local master stops acknowledging writes at once (clients
-# block, nothing is lost), until redis_demote points it at the new master.
-redis_fence() {
-	redis_role
-	[[ $REPLY == master ]] || return 0
-	rcli CLIENT PAUSE "${REDIS_PAUSE_MS:-86400000}" WRITE >/dev/null
-}
-
-redis_persist_role() {
-	[[ -n ${REDIS_ROLE_FILE:-} ]] || return 0
-	printf '# Written by hapbx-ha on role changes; included by redis.conf.\n%s\n' "$1" >"$REDIS_ROLE_FILE.tmp.$$" &&
-		mv -f "$REDIS_ROLE_FILE.tmp.$$" "$REDIS_ROLE_FILE"
-}
-
-# redis_demote: follow the peer when it is master; stay paused otherwise.
-redis_demote() {
-	local peer
-	redis_role
-	case $REPLY in
-	down) return 0 ;;
-	slave)
-		rcli CLIENT UNPAUSE >/dev/null 2>&1 || true
-		return 0
-		;;
-	esac
-	rcli CLIENT PAUSE "${REDIS_PAUSE_MS:-86400000}" WRITE >/dev/null || return 1
-	redis_peer_role
-	peer=$REPLY
-	if [[ $peer == master ]]; then
-		rcli REPLICAOF "$REDIS_PEER_HOST" "$REDIS_PEER_PORT" >/dev/null || return 1
-		redis_persist_role "replicaof $REDIS_PEER_HOST $REDIS_PEER_PORT"
-		rcli CLIENT UNPAUSE >/dev/null || true
-		log INFO "redis: replica of $REDIS_PEER_HOST:$REDIS_PEER_PORT"
-	else
-		log WARN "redis: peer is $peer, local master stays paused (no writes)"
-	fi
-}
-
-redis_promote() {
-	redis_role
-	case $REPLY in
-	down)
-		log ERROR "redis: not running"
-		return 1
-		;;
-	slave) rcli REPLICAOF NO ONE >/dev/null || return 1 ;;
-	esac
-	redis_persist_role "replicaof no one"
-	rcli CLIENT UNPAUSE >/dev/null || return 1
-}
-
-# ---------------------------------------------------------------- services
-
-owner_services() {
-	local verb=$1 svc
-	[[ -n ${OWNER_SERVICES:-} ]] || return 0
-	for svc in $OWNER_SERVICES; do
-		timeout "${SERVICE_TIMEOUT:-30}" bash -c "${SERVICE_CMD:-systemctl} $verb $svc" ||
-			log WARN "$verb $svc failed"
-	done
 }
 
 # ---------------------------------------------------------------- etcd
@@ -470,12 +174,4 @@ ectl() {
 etcd_get() {
 	REPLY=$(ectl "${ETCD_TIMEOUT_MS:-1000}" get "$1" --print-value-only 2>/dev/null) || return 1
 	REPLY=${REPLY%%$'\n'*}
-}
-
-# etcd_put_if_leader KEY VALUE: write only while this node holds the leader key.
-etcd_put_if_leader() {
-	local out
-	out=$(printf 'value("%s") = "%s"\n\nput %s %s\n\n\n' "$ETCD_KEY" "$HAPBX_NODE" "$1" "$2" |
-		ectl "${ETCD_TIMEOUT_MS:-1000}" txn 2>/dev/null) || return 1
-	[[ ${out%%$'\n'*} == SUCCESS ]]
 }
