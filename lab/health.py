@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from hapbx_node import layout
 from lab import machinery
 
-STATUS = "/usr/local/lib/hapbx/ha/status"
+STATUS = f"{layout.HA_BIN}/status"
 PSQL = "cd / && runuser -u postgres -- psql -X -A -t -q"
 REDIS = ". /etc/redis/admin.env; export REDISCLI_AUTH; redis-cli --no-auth-warning -h 127.0.0.1"
 

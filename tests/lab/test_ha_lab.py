@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 
+from hapbx_node import layout
 from lab import deploy
 
-STATUS = "/usr/local/lib/hapbx/ha/status"
+STATUS = f"{layout.HA_BIN}/status"
 
 
 def status(lab, node: str) -> dict[str, str]:
-    out = lab.sh(node, STATUS, check=False)
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return layout.parse_status(lab.sh(node, STATUS, check=False))
 
 
 def wait(predicate, seconds: float, what: str, since: float) -> float:
