@@ -48,10 +48,20 @@ REPLAY_MIN_AGE = 10
 OWNER_SERVICES = (WORKER_UNIT,)
 
 
+def package_modules() -> list[str]:
+    """The modules of hapbx_node.cdr (its admin subpackage too), as paths under hapbx_node/."""
+    out = []
+    for top, dirs, names in os.walk(PACKAGE_DIR):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = os.path.relpath(top, NODE_PACKAGE)
+        out += [f"{rel}/{n}" for n in names if n.endswith(".py")]
+    return out
+
+
 def package_files() -> list[tuple[str, str]]:
     """(path under LIB_DIR, source) of what the services run: hapbx_node's shared modules and the
     whole hapbx_node.cdr package, sorted."""
-    names = [*SHARED_MODULES, *(f"cdr/{n}" for n in os.listdir(PACKAGE_DIR) if n.endswith(".py"))]
+    names = [*SHARED_MODULES, *package_modules()]
     out = []
     for name in sorted(names):
         with open(os.path.join(NODE_PACKAGE, name), encoding="utf-8") as fh:

@@ -52,8 +52,9 @@ def test_checkers_refuse_broken_files():
 def test_the_shipped_package_is_the_repository_package():
     c = stack("prod")
     files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[1], masked_secrets()))}
-    shipped = [f"cdr/{n}" for n in os.listdir(cdr.PACKAGE_DIR) if n.endswith(".py")] + ["__init__.py", "layout.py"]
-    for name in shipped:
+    shipped = [f"{top}/{n}" for top, _, names in os.walk(cdr.PACKAGE_DIR) for n in names if n.endswith(".py")]
+    assert f"{cdr.PACKAGE_DIR}/admin/crud.py" in shipped
+    for name in [os.path.relpath(p, cdr.NODE_PACKAGE) for p in shipped] + ["__init__.py", "layout.py"]:
         with open(os.path.join(cdr.NODE_PACKAGE, name)) as fh:
             assert files[f"{cdr.LIB_DIR}/hapbx_node/{name}"].content.endswith(fh.read())
     for f in files.values():

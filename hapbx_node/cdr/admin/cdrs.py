@@ -1,0 +1,113 @@
+"""/api/v1/cdrs[/{call_uuid}] (CDR search by time range, extension, direction; one CDR with its raw
+record) and /api/v1/cdr/dead-letters (records the worker could not store, with the reason)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+from aiohttp import web
+
+from ..resp import ConnectionLost, open_first
+from .api import API, Api, ApiError, int_param, reply
+
+MAX_CDR_SPAN = timedelta(days=366)
+CDR_COLUMNS = ("call_uuid, bleg_uuid, direction, caller_number, caller_name, callee_number, queue, trunk, "
+               "start_time, answer_time, end_time, duration, billsec, hangup_cause, hangup_cause_q850, "
+               "sip_hangup_disposition, recording_path, node, received_at")
+
+
+def when(request, name: str, default: datetime) -> datetime:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "validation failed", {name: "must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z"}) \
+            from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def add_routes(app: web.Application, api: Api) -> None:
+    s, db = api.s, api.db
+
+    async def search_cdrs(request):
+        now = datetime.now(timezone.utc)
+        to = when(request, "to", now)
+        frm = when(request, "from", to - timedelta(days=1))
+        problems = {}
+        if frm >= to:
+            problems["from"] = "must be before to"
+        elif to - frm > MAX_CDR_SPAN:
+            problems["to"] = f"range longer than {MAX_CDR_SPAN.days} days"
+        ext = request.query.get("extension")
+        if ext is not None and not re.fullmatch(r"[0-9A-Za-z+*#._-]{1,64}", ext):
+            problems["extension"] = "must be a number or user name (1-64 characters)"
+        direction = request.query.get("direction")
+        if direction is not None and direction not in ("inbound", "outbound", "internal"):
+            problems["direction"] = "must be one of inbound, outbound, internal"
+        cursor = request.query.get("cursor")
+        c_time = c_uuid = None
+        if cursor:
+            try:
+                c_time_s, c_uuid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+                c_time = datetime.fromisoformat(c_time_s)
+            except (ValueError, UnicodeDecodeError):
+                problems["cursor"] = "is not a cursor from a previous page"
+        limit = int_param(request, "limit", 100, 1, 1000)
+        if problems:
+            raise ApiError(422, "validation failed", problems)
+
+        def run(cur):
+            cur.execute(
+                f"SELECT {CDR_COLUMNS} FROM cdr.calls WHERE start_time >= %(f)s AND start_time < %(t)s "
+                "AND (%(x)s::text IS NULL OR caller_number = %(x)s OR callee_number = %(x)s) "
+                "AND (%(d)s::text IS NULL OR direction = %(d)s) "
+                "AND (%(ct)s::timestamptz IS NULL OR (start_time, call_uuid) < (%(ct)s, %(cu)s::uuid)) "
+                "ORDER BY start_time DESC, call_uuid DESC LIMIT %(l)s",
+                {"f": frm, "t": to, "x": ext, "d": direction, "ct": c_time, "cu": c_uuid, "l": limit + 1})
+            return cur.fetchall()
+        rows = await db(run, readonly=True)
+        nxt = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            nxt = base64.urlsafe_b64encode(f"{last['start_time'].isoformat()}|{last['call_uuid']}".encode()).decode()
+        return reply({"items": rows, "next_cursor": nxt, "from": frm, "to": to})
+
+    async def get_cdr(request):
+        raw = request.match_info["uuid"]
+        if not re.fullmatch(r"[0-9a-fA-F-]{32,36}", raw):
+            raise ApiError(404, "not found")
+
+        def run(cur):
+            cur.execute(f"SELECT {CDR_COLUMNS}, raw FROM cdr.calls WHERE call_uuid = %s::uuid", (raw,))
+            row = cur.fetchone()
+            if row is None:
+                raise ApiError(404, "not found")
+            return row
+        return reply(await db(run, readonly=True))
+
+    async def dead_letters(request):
+        limit = int_param(request, "limit", 100, 1, 1000)
+        try:
+            conn = await open_first(s.redis.endpoints[:1], s.redis.user, s.redis.password, timeout=2.0)
+        except ConnectionLost:
+            raise ApiError(503, "Redis unavailable") from None
+        try:
+            total, items = await conn.pipeline([("LLEN", s.redis.keys.dead), ("LRANGE", s.redis.keys.dead, 0, limit - 1)])
+        finally:
+            conn.close()
+        parsed = []
+        for item in items if isinstance(items, list) else []:
+            try:
+                parsed.append(json.loads(item))
+            except ValueError:
+                parsed.append({"item": item.decode(errors="replace")})
+        return reply({"total": total if isinstance(total, int) else None, "items": parsed})
+
+    app.router.add_get(f"{API}/cdrs", search_cdrs)
+    app.router.add_get(f"{API}/cdrs/{{uuid}}", get_cdr)
+    app.router.add_get(f"{API}/cdr/dead-letters", dead_letters)
