@@ -1,8 +1,12 @@
-"""Small pieces shared by the three processes: logging, listening sockets, rate-limited logs."""
+"""Small pieces shared by the three processes: logging, listening sockets, rate-limited logs, and
+the HTTP services' serving until a signal (receiver, admin)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -66,3 +70,25 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+@contextlib.asynccontextmanager
+async def http_sites(app, hosts: list[str], port: int, shutdown_timeout: float):
+    """An aiohttp application served on port of each host (listening_socket) for the body of the
+    ``async with``, then cleaned up (the requests in flight get shutdown_timeout)."""
+    from aiohttp import web  # here: the replay imports this module and serves nothing
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for host in hosts:
+        await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=shutdown_timeout).start()
+    yield
+    await runner.cleanup()
+
+
+async def until_stopped() -> None:
+    """Return at the first SIGTERM or SIGINT (systemd's stop, a Ctrl-C)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

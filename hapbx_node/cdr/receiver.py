@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from . import records
-from .common import RateLimitedLog, listening_socket, setup_logging
+from .common import RateLimitedLog, http_sites, setup_logging, until_stopped
 from .resp import Connection, ConnectionLost, RespError, open_first
 from .settings import ReceiverSettings
 
@@ -221,21 +220,11 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
 
 
 async def serve(settings: ReceiverSettings, log: logging.Logger) -> None:
-    app = make_app(settings, log)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    for host in settings.listen:
-        await web.SockSite(runner, listening_socket(host, settings.port),
-                           shutdown_timeout=settings.redis_timeout + 2).start()
-    log.info("listening on %s port %d (max body %d bytes)", ", ".join(settings.listen), settings.port,
-             settings.max_body)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: finishing the posts in flight")
-    await runner.cleanup()
+    async with http_sites(make_app(settings, log), settings.listen, settings.port, settings.redis_timeout + 2):
+        log.info("listening on %s port %d (max body %d bytes)", ", ".join(settings.listen), settings.port,
+                 settings.max_body)
+        await until_stopped()
+        log.info("stopping: finishing the posts in flight")
 
 
 def main() -> int:

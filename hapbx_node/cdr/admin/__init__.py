@@ -28,13 +28,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import signal
 import time
 
 import psycopg2
 from aiohttp import web
 
-from ..common import listening_socket, setup_logging
+from ..common import http_sites, setup_logging, until_stopped
 from ..settings import AdminSettings
 from . import cdrs, crud, extensions, health
 from .api import Api, ApiError, Db, error, pg_error
@@ -84,18 +83,9 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
 
 
 async def serve(s: AdminSettings, log: logging.Logger) -> None:
-    app = make_app(s, log)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    for host in s.listen:
-        await web.SockSite(runner, listening_socket(host, s.port), shutdown_timeout=5).start()
-    log.info("admin API on %s port %d", ", ".join(s.listen), s.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    async with http_sites(make_app(s, log), s.listen, s.port, 5):
+        log.info("admin API on %s port %d", ", ".join(s.listen), s.port)
+        await until_stopped()
 
 
 def main() -> int:
