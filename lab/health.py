@@ -135,7 +135,7 @@ def _sh(spec, node: str, command: str, timeout: float = 20) -> tuple[int, str]:
 
 def status(spec, node: str) -> dict[str, str]:
     rc, out = _sh(spec, node, STATUS)
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
+    return layout.parse_status(out) if rc == 0 else {}
 
 
 def checks(cluster, spec) -> list[Check]:
