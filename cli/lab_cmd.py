@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(args) -> int:
-    from harness import engine
+    import harness
     from lab import context, deploy, machinery
     path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
     try:
@@ -40,7 +40,7 @@ def run(args) -> int:
     except machinery.LabError as err:
         print(f"hapbx lab: {err}", file=sys.stderr)
         return 1
-    except engine.ApplyError as err:
+    except harness.ApplyError as err:
         if getattr(args, "preview", False):
             print(f"hapbx lab: preview failed: {err}", file=sys.stderr)
             return 1
