@@ -167,6 +167,18 @@ class Session:
             time.sleep(0.25)
 
 
+def inside(root: str) -> list[Proc]:
+    """Processes whose root directory is ``root`` (a release root's chroot), running or not reaped."""
+    out = []
+    for p in processes().values():
+        try:
+            if os.readlink(f"/proc/{p.pid}/root") == root:
+                out.append(p)
+        except OSError:
+            continue
+    return sorted(out, key=lambda p: p.pid)
+
+
 def report(procs: list[Proc]) -> str:
     """One line per process whose parent is not in the list, with the number of its descendants in it."""
     pids = {p.pid for p in procs}
