@@ -17,6 +17,7 @@ from harness import preview as plan
 from harness import providers, ssh_pool
 
 from .conftest import free_port
+from .stack import ThrowawayStack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,15 +50,10 @@ if cfg.get_bool("optional"):
 '''
 
 
-class Stack:
+class Stack(ThrowawayStack):
     def __init__(self, tmp_path: Path):
-        self.program = tmp_path / "program"
-        self.program.mkdir()
-        (self.program / "Pulumi.yaml").write_text(f"name: {PROJECT}\nruntime: python\n")
-        (self.program / "__main__.py").write_text(PROGRAM)
-        self.state = tmp_path / "state" / "stack.json"
+        super().__init__(tmp_path, PROJECT, PROGRAM)
         self.port = free_port()  # nothing listens there
-        self.logs: list[str] = []
 
     def config(self, **extra) -> dict:
         base = {"port": self.port, "key": KEY, "secret": "old-stdin-secret-1", **extra}

@@ -27,6 +27,8 @@ from harness import providers
 from harness import tls as tls_emulation
 from harness.preview import preview
 
+from .stack import ThrowawayStack, write_program
+
 pytestmark = pytest.mark.timeout(120)
 PROJECT = "tls-test"
 NAMES = ["vip.pbx.test", "pbx1.pbx.test", "pbx2.pbx.test"]
@@ -76,21 +78,16 @@ pulumi.export("keys", {name: {"pem": k.private_key_pem, "pkcs8": k.private_key_p
 TLS_NAMES = ("ca-key", "ca", "server-key", "server-csr", "server-cert", "rsa", "ed", "p224")
 
 
-class Stack:
+class Stack(ThrowawayStack):
     def __init__(self, tmp_path: Path):
-        self.program = tmp_path / "program"
-        self.program.mkdir()
-        (self.program / "Pulumi.yaml").write_text(f"name: {PROJECT}\nruntime: python\n")
-        (self.program / "__main__.py").write_text(PROGRAM)
-        self.state = str(tmp_path / "state" / "stack.json")
-        self.logs: list[str] = []
+        super().__init__(tmp_path, PROJECT, PROGRAM)
 
     def config(self, names=NAMES, ips=IPS, early=720) -> dict:
         raw = {"names": json.dumps(names), "ips": json.dumps(ips), "early": str(early)}
         return {f"{PROJECT}:{k}": v for k, v in raw.items()}
 
     def apply(self, reveal=True, **config) -> harness.ApplyResult:
-        return harness.apply(str(self.program), PROJECT, "test", self.config(**config), [], self.state,
+        return harness.apply(str(self.program), PROJECT, "test", self.config(**config), [], str(self.state),
                              log=self.logs.append, reveal=reveal)
 
     def entries(self) -> dict[str, dict]:
@@ -282,7 +279,7 @@ def test_early_renewal_hours_is_an_update_unless_the_certificate_falls_due(appli
 
 
 def test_changed_ips_replace_the_request_in_preview_and_both_in_the_apply(applied, stack):
-    plan = preview(str(stack.program), PROJECT, "test", stack.config(ips=IPS[:2]), [], stack.state,
+    plan = preview(str(stack.program), PROJECT, "test", stack.config(ips=IPS[:2]), [], str(stack.state),
                    log=lambda _: None)
     # harness/preview.py hands a replaced resource's old outputs on, so the certificate's request looks
     # unchanged there (the engine would show it unknown, and the certificate replaced)
@@ -319,10 +316,7 @@ def test_private_keys_are_secret_everywhere_but_the_private_state_file(stack, ca
 
 
 def test_tls_errors_name_the_resource_and_keep_what_was_done(tmp_path):
-    program = tmp_path / "program"
-    program.mkdir()
-    (program / "Pulumi.yaml").write_text(f"name: {PROJECT}\nruntime: python\n")
-    (program / "__main__.py").write_text(textwrap.dedent('''
+    program = write_program(tmp_path / "program", PROJECT, textwrap.dedent('''
         import pulumi_tls as tls
         key = tls.PrivateKey("key", algorithm="ECDSA", ecdsa_curve="P256")
         tls.SelfSignedCert("no-subject-ca", private_key_pem=key.private_key_pem, is_ca_certificate=True,
@@ -414,10 +408,7 @@ pulumi.export("ca", cert.ca_pem)
 
 def test_the_sip_certificate_component_through_the_harness(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    program = tmp_path / "program"
-    program.mkdir()
-    (program / "Pulumi.yaml").write_text(f"name: {PROJECT}\nruntime: python\n")
-    (program / "__main__.py").write_text(COMPONENT_PROGRAM.replace("{root!r}", repr(root)))
+    program = write_program(tmp_path / "program", PROJECT, COMPONENT_PROGRAM.replace("{root!r}", repr(root)))
     state = str(tmp_path / "state" / "s.json")
 
     def apply(vip: str) -> harness.ApplyResult:

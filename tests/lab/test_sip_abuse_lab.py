@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from lab import sip_security_report as report
-from lab.attacker import (AttackRange, Endpoint, Message, Phone, Uac, ack_for, answer_line, final, request,
-                          sdp, statistics)
+from lab.attacker import (AttackRange, Call, Endpoint, Message, Phone, Uac, ack_for, answer_line, final,
+                          request, sdp, statistics)
 from tests.mockrun import ROOT
 
 KAMCMD = "kamcmd -s unix:/run/kamailio/kamailio_ctl"
@@ -631,6 +631,17 @@ def test_flood_is_banned(edge, key, method):
 
 # ----------------------------------------------------------------------------- 8. toll fraud
 
+def refused_call(a: report.Row, uac: Uac, number: str, status: int, reason: str) -> None:
+    """`uac` calls `number` in attack row `a`: its answers are the row's, a call answered after all is
+    hung up, and the final answer must be `status` `reason`."""
+    call = uac.invite(number)
+    a.answer = answer_line(call.challenge + call.responses)
+    if call.answered:
+        uac.bye(call)
+    f = call.final
+    assert f is not None and (f.status, f.reason) == (status, reason), a.answer
+
+
 def test_class_of_service_refuses_premium(edge):
     user = "1701"
     edge.set_limits(user, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
@@ -638,12 +649,7 @@ def test_class_of_service_refuses_premium(edge):
         uac = edge.uac(ep, user)
         with edge.attack("8a", {"class_refused": 1}) as a:
             a.sent = f"INVITE sip:{PREMIUM}@{edge.domain} from {user} (class national), digest-authenticated, from {ep.ip}:{ep.port}"
-            call = uac.invite(PREMIUM)
-            a.answer = answer_line(call.challenge + call.responses)
-            if call.answered:
-                uac.bye(call)
-            f = call.final
-            assert f is not None and (f.status, f.reason) == (403, "Call Class Not Allowed"), a.answer
+            refused_call(a, uac, PREMIUM, 403, "Call Class Not Allowed")
             # the same call with the class opened is not refused by class (proves what refused it)
             edge.set_limits(user, **{"class": "premium"})
             try:
@@ -668,12 +674,7 @@ def test_max_calls_refuses_a_second_concurrent_call(edge):
             with edge.attack("8b", {"call_limit_refused": 1}) as a:
                 a.sent = (f"INVITE {edge.aor(callee)} from {user} (max_calls 1), digest-authenticated, while its "
                           f"first call to {callee} is up (answered by the attacker's phone)")
-                second = uac.invite(callee)
-                a.answer = answer_line(second.challenge + second.responses)
-                if second.answered:
-                    uac.bye(second)
-                f = second.final
-                assert f is not None and (f.status, f.reason) == (486, "Call Limit Reached"), a.answer
+                refused_call(a, uac, callee, 486, "Call Limit Reached")
                 invites = [r for r in phone.requests if r.method == "INVITE"]
                 assert len(invites) == 1, f"the phone got {len(invites)} INVITEs"
         finally:
@@ -702,17 +703,8 @@ def test_calls_per_minute_refuses_the_fourth_attempt(edge):
             assert call.answered, (f"call {i + 1} of 3", answer_line(call.challenge + call.responses))
             bye = uac.bye(call)
             assert final(bye) and final(bye).status == 200, answer_line(bye)
-        with edge.attack("8c", {"call_rate_refused": 1}) as a:
-            fourth = uac.invite(callee)
-            took = time.monotonic() - t
-            a.sent = (f"4 INVITEs {edge.aor(callee)} from {user} (calls_per_minute 3), digest-authenticated, within "
-                      f"{took:.1f} s; calls 1-3 answered by the attacker's phone and hung up")
-            a.answer = "calls 1-3: 200 OK; call 4: " + answer_line(fourth.challenge + fourth.responses)
-            if fourth.answered:
-                uac.bye(fourth)
-            f = fourth.final
-            assert f is not None and (f.status, f.reason) == (403, "Call Rate Exceeded"), a.answer
-            assert len([r for r in phone.requests if r.method == "INVITE"]) == 3
+        fourth_call_refused(edge, "8c", uac, user, callee, t,
+                            "; calls 1-3 answered by the attacker's phone and hung up", phone=phone)
 
 
 def wait_for_second(at: float, latest: float) -> None:
@@ -722,16 +714,53 @@ def wait_for_second(at: float, latest: float) -> None:
     time.sleep((at - now) % 60 if not (at <= now <= latest) else 0)
 
 
+def fourth_call_refused(edge: Edge, key: str, uac: Uac, user: str, callee: str, started: float, how: str,
+                        phone: Endpoint | None = None) -> None:
+    """Attack `key`: `user` (calls_per_minute 3), its three calls to `callee` made since `started`
+    (time.monotonic()), tries a 4th: refused with 403 Call Rate Exceeded. `how` ends what was sent;
+    with `phone` (the callee's), it got the three calls' INVITEs only."""
+    with edge.attack(key, {"call_rate_refused": 1}) as a:
+        fourth = uac.invite(callee)
+        took = time.monotonic() - started
+        a.sent = (f"4 INVITEs {edge.aor(callee)} from {user} (calls_per_minute 3), digest-authenticated, within "
+                  f"{took:.1f} s{how}")
+        a.answer = "calls 1-3: 200 OK; call 4: " + answer_line(fourth.challenge + fourth.responses)
+        if fourth.answered:
+            uac.bye(fourth)
+        f = fourth.final
+        assert f is not None and (f.status, f.reason) == (403, "Call Rate Exceeded"), a.answer
+        if phone is not None:
+            assert len([r for r in phone.requests if r.method == "INVITE"]) == 3
+
+
+def forgotten_call(uac: Uac, callee: str) -> Call:
+    """A call of `uac` to `callee`, answered and hung up, once Kamailio has forgotten its dialog
+    (AFTER_BYE seconds after the BYE's 200)."""
+    call = uac.invite(callee)
+    assert call.answered, answer_line(call.challenge + call.responses)
+    bye = uac.bye(call)
+    assert final(bye) and final(bye).status == 200, answer_line(bye)
+    time.sleep(AFTER_BYE)
+    return call
+
+
 # ----------------------------------------------------------------------------- variants of 2 and 8
+
+@contextlib.contextmanager
+def replay_caller(edge: Edge, caller: str, callee: str, port: int):
+    """`caller` (class national, max_calls 2, calls_per_minute 10) on the replay attacker's `port`, and
+    `callee`'s phone registered there (port 5075): yields the caller's endpoint and UAC."""
+    edge.set_limits(caller, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
+    with edge.phone(callee, "replay", 5075), edge.endpoint("replay", port) as ep:
+        yield ep, edge.uac(ep, caller)
+
 
 def test_own_signed_route_relays_nowhere_else(edge):
     """A user of ours answers a real call, so Kamailio signs its Route: the attacker keeps that Route
     (and the call's Call-ID and tags) and sends in-dialog requests whose R-URI is elsewhere: during
     the call and right after its BYE."""
     caller, callee = "1708", "1705"
-    edge.set_limits(caller, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
-    with edge.phone(callee, "replay", 5075), edge.endpoint("replay", 5078) as ep:
-        uac = edge.uac(ep, caller)
+    with replay_caller(edge, caller, callee, 5078) as (ep, uac):
         call = uac.invite(callee)
         assert call.answered, answer_line(call.challenge + call.responses)
         target = f"sip:x@{edge.sink_address}"
@@ -755,14 +784,8 @@ def test_own_signed_route_relays_nowhere_else(edge):
 def test_own_signed_route_relays_nowhere_after_the_call(edge):
     """As 2f, once the call has ended and Kamailio has forgotten its dialog (AFTER_BYE seconds later)."""
     caller, callee = "1708", "1705"
-    edge.set_limits(caller, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
-    with edge.phone(callee, "replay", 5075), edge.endpoint("replay", 5079) as ep:
-        uac = edge.uac(ep, caller)
-        call = uac.invite(callee)
-        assert call.answered, answer_line(call.challenge + call.responses)
-        bye = uac.bye(call)
-        assert final(bye) and final(bye).status == 200, answer_line(bye)
-        time.sleep(AFTER_BYE)
+    with replay_caller(edge, caller, callee, 5079) as (ep, uac):
+        call = forgotten_call(uac, callee)
         target = f"sip:x@{edge.sink_address}"
         with hole("2g"), edge.attack("2g", {"forged_dialog": 1}) as a:
             later = ep.transaction(call.in_dialog("BYE", uac._next(), ep.via, target=target), edge.proxy, timeout=8)
@@ -777,9 +800,7 @@ def test_own_contact_host_is_no_relay_target(edge):
     """A user of ours names a foreign host as its INVITE's Contact, the call is answered, and the user
     sends an in-dialog request to that host: the host is no party of the call (its own source is)."""
     caller, callee = "1710", "1705"
-    edge.set_limits(caller, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
-    with edge.phone(callee, "replay", 5075), edge.endpoint("replay", 5081) as ep:
-        uac = edge.uac(ep, caller)
+    with replay_caller(edge, caller, callee, 5081) as (ep, uac):
         foreign = f"sip:{caller}@{edge.sink_address}:5060"
         with hole("2h"), edge.attack("2h", {"forged_dialog": 1}) as a:
             call = uac.invite(callee, contact=foreign)
@@ -800,14 +821,8 @@ def test_registered_contact_host_is_no_relay_target(edge):
     """A user of ours keeps the signed route set of a call Kamailio has forgotten, registers a foreign
     host as its own Contact, and sends an in-dialog request to that host."""
     caller, callee = "1710", "1705"
-    edge.set_limits(caller, **{"class": "national", "max_calls": 2, "calls_per_minute": 10})
-    with edge.phone(callee, "replay", 5075), edge.endpoint("replay", 5082) as ep:
-        uac = edge.uac(ep, caller)
-        call = uac.invite(callee)
-        assert call.answered, answer_line(call.challenge + call.responses)
-        bye = uac.bye(call)
-        assert final(bye) and final(bye).status == 200, answer_line(bye)
-        time.sleep(AFTER_BYE)
+    with replay_caller(edge, caller, callee, 5082) as (ep, uac):
+        call = forgotten_call(uac, callee)
         foreign = f"sip:{caller}@{edge.sink_address}:5060"
         try:
             with hole("2i"), edge.attack("2i", {"forged_dialog": 1}) as a:
@@ -838,13 +853,5 @@ def test_calls_per_minute_holds_across_a_minute_boundary(edge):
             uac.bye(call)
         assert int(time.time() // 60) == minute, "the three calls took too long to end before the minute did"
         wait_for_second(0.3, 0.6)
-        with edge.attack("8d", {"call_rate_refused": 1}) as a:
-            fourth = uac.invite(callee)
-            took = time.monotonic() - t
-            a.sent = (f"4 INVITEs {edge.aor(callee)} from {user} (calls_per_minute 3), digest-authenticated, within "
-                      f"{took:.1f} s: calls 1-3 before a minute ended (answered and hung up), the 4th after it")
-            a.answer = "calls 1-3: 200 OK; call 4: " + answer_line(fourth.challenge + fourth.responses)
-            if fourth.answered:
-                uac.bye(fourth)
-            f = fourth.final
-            assert f is not None and (f.status, f.reason) == (403, "Call Rate Exceeded"), a.answer
+        fourth_call_refused(edge, "8d", uac, user, callee, t,
+                            ": calls 1-3 before a minute ended (answered and hung up), the 4th after it")

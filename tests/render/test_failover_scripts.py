@@ -54,6 +54,20 @@ def one_primary(rig) -> str:
     return prim[0]
 
 
+def rejoined(rig, node: str, what: str) -> str:
+    """keepalived on `node` restarts as BACKUP: `node` rejoins by itself, a streaming standby again within
+    60 s (timed as `what`); returns its HA log."""
+    rig.notify(node, "BACKUP")
+    t1 = time.time()
+    rig.wait(lambda: rig.pg_role(node) == "standby" and
+             rig.psql(node, "select status from pg_stat_wal_receiver", check=False) == "streaming"
+             and rig.idle(node), 60,
+             f"{node} rejoined")
+    timing(what, (time.time() - t1) * 1000)
+    with open(f"{rig.nodes[node].dir}/ha.log") as fh:
+        return fh.read()
+
+
 def test_01_bootstrap_and_rejoin_by_basebackup(rig):
     rig.start_etcd()
     rig.wait_etcd()
@@ -250,14 +264,7 @@ def test_07_failover_with_divergence_then_pg_rewind(rig):
              "CDR worker moved")
     rig.psql("pbx2", "insert into t (node) values ('pbx2')")
     # pbx1 restarts keepalived (BACKUP) and rejoins by itself: pg_rewind discards the 10 rows
-    rig.notify("pbx1", "BACKUP")
-    t1 = time.time()
-    rig.wait(lambda: rig.pg_role("pbx1") == "standby" and
-             rig.psql("pbx1", "select status from pg_stat_wal_receiver", check=False) == "streaming"
-             and rig.idle("pbx1"), 60,
-             "pbx1 rejoined")
-    timing("ex-primary down -> streaming standby again (auto rejoin, pg_rewind)", (time.time() - t1) * 1000)
-    log = open(f"{rig.nodes['pbx1'].dir}/ha.log").read()
+    log = rejoined(rig, "pbx1", "ex-primary down -> streaming standby again (auto rejoin, pg_rewind)")
     assert "postgres: pg_rewind: ok" in log and "pg_basebackup" not in log.split("pg_rewind: ok")[-1]
     assert rig.psql("pbx1", "select count(*) from t where node = 'lost'") == "0"
     assert int(rig.psql("pbx1", "select count(*) from t")) == before + 1
@@ -282,14 +289,7 @@ def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     rig.notify("pbx1", "MASTER")
     rig.wait(lambda: rig.pg_role("pbx1") == "primary", 15, "pbx1 promoted")
     timing("failover back to pbx1 (keepalived stop -> writable)", (time.time() - t0) * 1000)
-    rig.notify("pbx2", "BACKUP")
-    t1 = time.time()
-    rig.wait(lambda: rig.pg_role("pbx2") == "standby" and
-             rig.psql("pbx2", "select status from pg_stat_wal_receiver", check=False) == "streaming"
-             and rig.idle("pbx2"), 60,
-             "pbx2 rejoined")
-    timing("rejoin with pg_rewind refused -> pg_basebackup fallback", (time.time() - t1) * 1000)
-    log = open(f"{n2.dir}/ha.log").read()
+    log = rejoined(rig, "pbx2", "rejoin with pg_rewind refused -> pg_basebackup fallback")
     assert "falling back to pg_basebackup" in log and "pg_basebackup: ok" in log
     assert one_primary(rig) == "pbx1"
     # nothing lost: the diverged data directory was moved aside (timestamped), not deleted; the
