@@ -21,6 +21,8 @@ from test_failover_rig import Rig, ordered_rig  # noqa: E402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
 
+#: the steps of one story on one rig: run in written order (tests/conftest.py, test_failover_rig.ordered_rig)
+SCENARIO = True
 rig, in_order = ordered_rig(lambda: Rig(witness=False, policy="manual-promotion", no_witness_timeout=2))
 
 

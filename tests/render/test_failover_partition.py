@@ -110,6 +110,8 @@ def bootstrap(r: Rig):
     timing("netns rig: etcd, PostgreSQL pair in sync, Redis pair", time.time() - t)
 
 
+#: the steps of one story on one rig: run in written order (tests/conftest.py, test_failover_rig.ordered_rig)
+SCENARIO = True
 rig, in_order = ordered_rig(lambda: Rig(sync_relax_after=SYNC_RELAX_AFTER, yield_after=3.0, resign_grace=5.0,
                                         heartbeat=True, netns=True), setup=bootstrap)
 

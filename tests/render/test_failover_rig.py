@@ -580,12 +580,16 @@ class Rig:
 
 
 def ordered_rig(factory, setup=None, teardown=None):
-    """The (rig, in_order) fixtures of a module whose steps build on each other: one rig
-    for the module, and after a failed step the rest is skipped."""
+    """The (rig, in_order) fixtures of a scenario module: its tests are the steps of one story
+    on one rig, in written order (tests/conftest.py keeps that order when the rest is shuffled;
+    the module is marked `scenario`). A step run alone, or picked by -k, first runs the steps
+    before it on its rig, each once; a step that already ran as another's prerequisite is not run
+    twice. After a failed step the rest is skipped."""
     @pytest.fixture(scope="module")
     def rig(request):
         r = factory()
         r.failures_at_start = request.session.testsfailed
+        r.steps_done = set()
         try:
             if setup:
                 setup(r)
@@ -599,6 +603,17 @@ def ordered_rig(factory, setup=None, teardown=None):
     def in_order(rig, request):
         if request.session.testsfailed > rig.failures_at_start:
             pytest.skip("an earlier step failed")
+        me = request.function.__name__
+        if me in rig.steps_done:
+            pytest.skip(f"{me} already ran (and passed) as the prerequisite of a later step")
+        steps = [name for name, fn in vars(request.module).items()
+                 if name.startswith("test_") and callable(fn) and fn.__module__ == request.module.__name__]
+        for name in steps[:steps.index(me)]:
+            if name not in rig.steps_done:
+                getattr(request.module, name)(rig)      # a prerequisite: the story up to this step
+                rig.steps_done.add(name)
+        yield
+        rig.steps_done.add(me)
 
     return rig, in_order
 

@@ -44,6 +44,8 @@ def print_timings():
         print("\n  [timings] " + ", ".join(f"{k}={v}ms" for k, v in TIMINGS.items()), flush=True)
 
 
+#: the steps of one story on one rig: run in written order (tests/conftest.py, test_failover_rig.ordered_rig)
+SCENARIO = True
 rig, in_order = ordered_rig(lambda: Rig(sync_relax_after=3, yield_after=3.0, resign_grace=5.0, heartbeat=True),
                             teardown=print_timings)
 
