@@ -77,30 +77,30 @@ def digest_ok(ha1: str, password_guess: str, user: str, realm: str) -> bool:
 
 
 def test_a_user_gets_sip_credentials_kamailio_can_use_at_once(st):
-    status, ext = api(st, "POST", "/api/v1/extensions", {"number": "2001", "type": "user", "display_name": "Alice"})
+    status, ext = api(st, "POST", "/api/v1/extensions", {"number": "2101", "type": "user", "display_name": "Alice"})
     assert status == 201, ext
     password = ext.pop("sip_password")
-    assert len(password) >= 20 and ext["sip"] == {"username": "2001", "domain": SIP_DOMAIN, "has_password": True}
-    user, domain, ha1, ha1b = subscriber(st, "2001")
-    assert (user, domain) == ("2001", SIP_DOMAIN)
-    assert digest_ok(ha1, password, "2001", SIP_DOMAIN) and not digest_ok(ha1, password + "x", "2001", SIP_DOMAIN)
-    assert ha1b == hashlib.md5(f"2001@{SIP_DOMAIN}:{SIP_DOMAIN}:{password}".encode()).hexdigest()
+    assert len(password) >= 20 and ext["sip"] == {"username": "2101", "domain": SIP_DOMAIN, "has_password": True}
+    user, domain, ha1, ha1b = subscriber(st, "2101")
+    assert (user, domain) == ("2101", SIP_DOMAIN)
+    assert digest_ok(ha1, password, "2101", SIP_DOMAIN) and not digest_ok(ha1, password + "x", "2101", SIP_DOMAIN)
+    assert ha1b == hashlib.md5(f"2101@{SIP_DOMAIN}:{SIP_DOMAIN}:{password}".encode()).hexdigest()
     # the password is never stored nor shown again
     assert password not in st.pg.psql("SELECT row_to_json(c)::text FROM pbx.sip_credentials c", user="postgres")
-    assert "sip_password" not in api(st, "GET", "/api/v1/extensions/2001")[1]
+    assert "sip_password" not in api(st, "GET", "/api/v1/extensions/2101")[1]
     # disabled: gone from the auth view at once; enabled again: back
-    assert api(st, "PATCH", "/api/v1/extensions/2001", {"enabled": False})[1]["enabled"] is False
-    assert subscriber(st, "2001") == []
-    assert api(st, "PATCH", "/api/v1/extensions/2001", {"enabled": True})[0] == 200
-    assert subscriber(st, "2001")[2] == ha1
+    assert api(st, "PATCH", "/api/v1/extensions/2101", {"enabled": False})[1]["enabled"] is False
+    assert subscriber(st, "2101") == []
+    assert api(st, "PATCH", "/api/v1/extensions/2101", {"enabled": True})[0] == 200
+    assert subscriber(st, "2101")[2] == ha1
     # a new password replaces the hashes
-    status, _ = api(st, "PATCH", "/api/v1/extensions/2001", {"sip_password": "correct horse battery"})
-    assert status == 200 and digest_ok(subscriber(st, "2001")[2], "correct horse battery", "2001", SIP_DOMAIN)
+    status, _ = api(st, "PATCH", "/api/v1/extensions/2101", {"sip_password": "correct horse battery"})
+    assert status == 200 and digest_ok(subscriber(st, "2101")[2], "correct horse battery", "2101", SIP_DOMAIN)
     # a chosen password on create
-    status, ext = api(st, "POST", "/api/v1/extensions", {"number": "2002", "type": "user", "display_name": "Bob",
+    status, ext = api(st, "POST", "/api/v1/extensions", {"number": "2102", "type": "user", "display_name": "Bob",
                                                          "sip_password": "bob-secret-passw0rd"})
     assert status == 201 and "sip_password" not in ext
-    assert digest_ok(subscriber(st, "2002")[2], "bob-secret-passw0rd", "2002", SIP_DOMAIN)
+    assert digest_ok(subscriber(st, "2102")[2], "bob-secret-passw0rd", "2102", SIP_DOMAIN)
 
 
 def test_every_extension_type_create_list_change_delete(st):
@@ -125,7 +125,17 @@ def test_every_extension_type_create_list_change_delete(st):
     assert status == 200 and len(page["items"]) == 2 and page["limit"] == 2
 
 
-def test_input_is_validated_with_clear_4xx(st):
+@pytest.fixture
+def users(st):
+    """Users 2001 and 2002, whatever ran before (the tests that need existing users; the
+    credentials test makes its own)."""
+    for number, name in (("2001", "Alice"), ("2002", "Bob")):
+        status, body = api(st, "POST", "/api/v1/extensions", {"number": number, "type": "user", "display_name": name})
+        assert status == 201 or (status == 409 and "already exists" in body["error"]), body
+    return st
+
+
+def test_input_is_validated_with_clear_4xx(st, users):
     status, body = api(st, "POST", "/api/v1/extensions",
                        {"number": "1", "type": "robot", "display_name": "  ", "enabled": "yes", "colour": "red"})
     assert status == 422
@@ -149,7 +159,7 @@ def test_input_is_validated_with_clear_4xx(st):
     assert status == 409 and "already exists" in body["error"]
 
 
-def test_trunks_routes_and_recording_policies(st):
+def test_trunks_routes_and_recording_policies(st, users):
     assert api(st, "POST", "/api/v1/trunks", {"name": "carrier-a", "host": "sip.carrier-a.example", "port": 5080,
                                               "transport": "tcp"})[0] == 201
     assert api(st, "POST", "/api/v1/trunks", {"name": "Bad Name", "host": "x"})[0] == 422
