@@ -75,6 +75,19 @@ def results_path(assets: str, release: str) -> str:
     return os.path.join(assets, "results.json" if release == MAIN_RELEASE else f"results-{release}.json")
 
 
+def previous_path(assets: str, release: str) -> str:
+    """The runs a new drill run replaced (kept so the report can set the figures side by side)."""
+    return results_path(assets, release).replace(".json", ".previous.json")
+
+
+def load_previous(assets: str, release: str = MAIN_RELEASE) -> dict | None:
+    path = previous_path(assets, release)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def load_all(assets: str) -> dict[str, dict]:
     """Every release's runs on record: {release: data}."""
     out = {}
@@ -141,10 +154,11 @@ def _targets_table(by: dict[int, list[dict]]) -> list[str]:
     return L
 
 
-def _side_by_side(releases: dict[str, dict[int, list[dict]]]) -> list[str]:
-    """Medians of the headline figures per drill, one column per release."""
+def _side_by_side(releases: dict[str, dict[int, list[dict]]], titles: list[str] | None = None) -> list[str]:
+    """Medians of the headline figures per drill, one column per release (or per report)."""
     names = list(releases)
-    L = ["| drill | figure | " + " | ".join(f"{DEBIAN[n]} ({n})" for n in names) + " |",
+    titles = titles or [f"{DEBIAN[n]} ({n})" for n in names]
+    L = ["| drill | figure | " + " | ".join(titles) + " |",
          "|---|---|" + "---|" * len(names)]
     figures = (("SIP answers (fault), median", "sip_fault_s"), ("writes accepted (fault), median", "write_fault_s"),
                ("writes accepted (run), median", "write_s"), ("rejoined after heal, median", "rejoin_after_heal_s"))
@@ -182,8 +196,22 @@ def _release_section(release: str, data: dict) -> list[str]:
     return L
 
 
-def write(path: str, by_release: dict[str, dict]) -> None:
-    """The report: the lab stack's release in full, then every other release's tables."""
+def _against_previous(previous: dict, by: dict[int, list[dict]], meta: dict) -> list[str]:
+    """Every headline figure of this report beside the report it replaced (same lab, same drills)."""
+    pm = previous["meta"]
+    parts = pm.get("parts") or [pm]
+    when = lambda m: f"{m['started']}" + (f", {m['note']}" if m.get("note") else "")  # noqa: E731
+    return ["## Beside the previous report", "",
+            "The report this run replaced, on the same lab (its runs are kept in "
+            f"`{os.path.basename(previous_path('', MAIN_RELEASE))}`): medians per drill; two-primary samples and "
+            "acknowledged rows lost are sums.", "",
+            *_side_by_side({"previous": _by_drill(previous), "now": by},
+                           [f"previous ({'; '.join(when(p) for p in parts)})", f"now ({when(meta)})"])]
+
+
+def write(path: str, by_release: dict[str, dict], previous: dict | None = None) -> None:
+    """The report: the lab stack's release in full (beside the report it replaced, when kept),
+    then every other release's tables."""
     data = by_release[MAIN_RELEASE]
     meta = data["meta"]
     by = _by_drill(data)
@@ -239,6 +267,8 @@ def write(path: str, by_release: dict[str, dict]) -> None:
          "interruption of the whole run, rejoin "
          "included (a later blip shows here).", "",
          *_results_table(by), "", "## Against the targets", "", *_targets_table(by)]
+    if previous:
+        L += ["", *_against_previous(previous, by, meta)]
     others = {r: d for r, d in by_release.items() if r != MAIN_RELEASE}
     if others:
         L += ["", "## Debian releases side by side", "",

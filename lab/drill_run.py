@@ -30,7 +30,7 @@ def _paths(out: str) -> tuple[str, str]:
 def report_only(out: str) -> int:
     """The report again from the results on record."""
     out, assets = _paths(out)
-    drill_report.write(out, drill_report.load_all(assets))
+    drill_report.write(out, drill_report.load_all(assets), drill_report.load_previous(assets))
     print(f"hapbx lab drill: wrote {os.path.relpath(out, ROOT)}")
     return 0
 
@@ -91,9 +91,12 @@ def run(cluster, spec, *, out: str, only: list[int], runs: int, note: str = "", 
         if merge and os.path.exists(results_path):
             with open(results_path, encoding="utf-8") as fh:
                 _merge(data, json.load(fh), only)
+        elif os.path.exists(results_path):
+            # the runs this one replaces stay on record: the report sets its figures beside them
+            os.replace(results_path, drill_report.previous_path(assets, release))
         with open(results_path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, default=_json_default)
-        drill_report.write(out, drill_report.load_all(assets))
+        drill_report.write(out, drill_report.load_all(assets), drill_report.load_previous(assets))
         print(f"hapbx lab drill: {len(results)} runs in {meta['seconds']:.0f}s; wrote {os.path.relpath(out, ROOT)}")
     return 1 if error else 0
 

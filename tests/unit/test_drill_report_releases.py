@@ -40,3 +40,21 @@ def test_each_release_keeps_its_own_results_file(tmp_path):
     with open(drill_report.results_path(assets, "trixie"), "w") as fh:
         json.dump({"meta": {}, "results": []}, fh)
     assert list(drill_report.load_all(assets)) == ["trixie"]
+
+
+def test_a_new_run_is_set_beside_the_report_it_replaced(tmp_path):
+    with open(RESULTS, encoding="utf-8") as fh:
+        previous = json.load(fh)
+    now = copy.deepcopy(previous)
+    now["meta"].update(started="2030-01-01 00:00:00 UTC", note="new HA core", parts=None)
+    now["results"] = [dict(r, write_s=r["write_s"] + 1.0) for r in now["results"]]
+    assert drill_report.previous_path(str(tmp_path), "bookworm").endswith("/results.previous.json")
+    out = tmp_path / "failover.md"
+    drill_report.write(str(out), {"bookworm": now})
+    assert "Beside the previous report" not in out.read_text()
+    drill_report.write(str(out), {"bookworm": now}, previous)
+    section = out.read_text().split("## Beside the previous report")[1].split("\n## ")[0]
+    assert "| drill | figure | previous (" in section and "| now (2030-01-01 00:00:00 UTC, new HA core) |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| 1 | writes accepted (run), median |"))
+    before, after = (float(cell.split("s")[0]) for cell in row.split("|")[3:5])
+    assert round(after - before, 2) == 1.0
