@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import report as writer, sipp
-from .sipp import first_error, parse_rtt_rows, parse_stat_csv, screen_counts, start_span, stat_int
+from lab import report as writer, sipp
+from lab.sipp import first_error, parse_rtt_rows, parse_stat_csv, screen_counts, start_span, stat_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = sipp.LOAD_SCENARIOS

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 
-from bench.report import host, with_flock
+from lab.report import host, with_flock
 
 from . import drill_report, drills, machinery
 from .context import LabCommandError, LabContext

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from bench import sipp
+from lab import sipp
 from hapbx_node.layout import HA_STATUS, parse_status
 
 from . import machinery

@@ -28,7 +28,7 @@ class Row:
 
 def machine() -> dict[str, str]:
     """The machine of the run, as every report in reports/ names it."""
-    from bench.report import host
+    from lab.report import host
     return host()
 
 

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from bench import sipp
+from lab import sipp
 from bench.loadgen import fs_cdr
 from hapbx_node.layout import parse_status
 from lab.health import STATUS as HA_STATUS_CMD

@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 
-from bench import sipp
+from lab import sipp
 from lab import deploy, health
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bench import sipp
+from lab import sipp
 from components.render import RenderedFile
 from components.render import kamailio as kam
 from lab import deploy, health

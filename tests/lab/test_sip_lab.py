@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from bench import sipp
+from lab import sipp
 
 PASSWORDS = {"1001": "lab-secret-pw-1001", "1002": "lab-secret-pw-1002"}
 QUEUE = "8000"

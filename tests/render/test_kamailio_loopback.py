@@ -37,7 +37,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench import sipp
+from lab import sipp
 from components.config import load_stack_file
 from components.render import SECRET_NAMES, RenderContext
 from components.render import kamailio as kam

@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from bench import sipp
+from lab import sipp
 from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up, in_dialog
 from tests.render.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, SECRETS, VIP, call, free_port,
                                                  register, stack)  # noqa: F401  (stack: the module's fixture)

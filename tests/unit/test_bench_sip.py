@@ -1,10 +1,11 @@
-"""`hapbx bench sip`: the pure parts (SIPp stat/rtt parsing in bench/sipp.py, percentiles, the step and
+"""`hapbx bench sip`: the pure parts (SIPp stat/rtt parsing in lab/sipp.py, percentiles, the step and
 stop rules, the stock configuration edit). No SIPp, no lab."""
 from __future__ import annotations
 
 import pytest
 
-from bench import sip as b, sipp
+from bench import sip as b
+from lab import sipp
 
 STAT = ("StartTime;CurrentTime;OutgoingCall(C);CurrentCall;SuccessfulCall(C);FailedCall(C);Retransmissions(C);\n"
         "2026-11-25\t11:11:45;x;10;10;0;0;0;\n"
