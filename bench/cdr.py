@@ -24,9 +24,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tests import devstack
+from . import devstack
 
-from . import report as writer
+from lab import report as writer
 from .loadgen import fs_cdr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,7 +300,7 @@ def run(args) -> int:
     args.argv = sys.argv[sys.argv.index("cdr") + 1:] if "cdr" in sys.argv else []
     need = devstack.missing_packages()
     if need:
-        from cli import hostdeps
+        from lab import hostdeps
         hostdeps.ensure(need, "the CDR bench")
     started = time.monotonic()
     load_start = writer.load_avg()

@@ -19,7 +19,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-#: the SIP domain of the records (the loopback stack's, tests/devstack.py's SIP_DOMAIN)
+#: the SIP domain of the records (the loopback stack's, bench/devstack.py's SIP_DOMAIN)
 SIP_DOMAIN = "pbx.test"
 TEMPLATE_CACHE: dict = {}
 

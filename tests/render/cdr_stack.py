@@ -1,5 +1,5 @@
 """The CDR service tests' shared stack: Redis, PostgreSQL with our schema and the receiver on
-loopback (tests/devstack.py), and a clean slate for each test."""
+loopback (bench/devstack.py), and a clean slate for each test."""
 from __future__ import annotations
 
 import signal
@@ -7,15 +7,15 @@ from typing import Iterator
 
 import pytest
 
-from tests import devstack
-from tests.devstack import Stack
+from bench import devstack
+from bench.devstack import Stack
 
 
 def started(**stack_args) -> Iterator[Stack]:
     """A module's stack (for a module-scoped fixture): data services and the receiver running."""
     need = devstack.missing_packages()
     if need:
-        from cli import hostdeps
+        from lab import hostdeps
         hostdeps.ensure(need, "the CDR service tests")
     st = Stack(**stack_args)
     try:

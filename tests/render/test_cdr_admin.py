@@ -1,5 +1,5 @@
 """The admin API against the real thing: PostgreSQL with the project's migrations, Redis with
-the deployment's ACL, the service under Debian's python3 (tests/devstack.py).
+the deployment's ACL, the service under Debian's python3 (bench/devstack.py).
 
 Token auth, every resource's CRUD with 4xx validation listing each bad field, SIP credentials
 Kamailio's auth view serves at once (digest checked with the view's HA1), CDR search by range
@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from tests import devstack
-from tests.devstack import ADMIN_TOKEN, SIP_DOMAIN, Stack, http
+from bench import devstack
+from bench.devstack import ADMIN_TOKEN, SIP_DOMAIN, Stack, http
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -33,7 +33,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def st():
     need = devstack.missing_packages()
     if need:
-        from cli import hostdeps
+        from lab import hostdeps
         hostdeps.ensure(need, "the admin API tests")
     stack = Stack()
     try:

@@ -3,7 +3,7 @@
 tests/fixtures/freeswitch/json_cdr_request_*.http are those requests byte for byte (made by
 libcurl 7.88.1, Debian 12's, with process_cdr's own curl calls: make_requests.py there; a
 capture from a real FreeSWITCH drops in as it is). Each goes over a raw TCP socket to the
-receiver as it runs on a node (Debian's python3 and aiohttp, tests/devstack.py) with Redis
+receiver as it runs on a node (Debian's python3 and aiohttp, bench/devstack.py) with Redis
 and PostgreSQL on loopback; the record must be in the Redis queue and then in cdr.calls, with
 the caller's name and number (which a real CDR has only in callflow[].caller_profile).
 
@@ -24,7 +24,7 @@ import pytest
 
 from hapbx_node.cdr import records
 from tests import freeswitch_requests as fsr
-from tests.devstack import Stack
+from bench.devstack import Stack
 from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
 pytestmark = [

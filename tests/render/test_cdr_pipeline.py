@@ -1,7 +1,7 @@
 """The CDR pipeline against the real things, on loopback: a PostgreSQL 15 with the project's
 migrations (applied by the deployment's own runner), a Redis with the deployment's ACL for the
 ``cdr`` user, and the receiver and worker running under Debian's /usr/bin/python3 with Debian's
-packages, exactly as on a node (tests/devstack.py).
+packages, exactly as on a node (bench/devstack.py).
 
 Counted, never sampled: every record a poster got a 200 for is in cdr.calls exactly once,
 through a worker killed mid-batch (before and after its commit), a Redis restart under load,
@@ -26,8 +26,8 @@ import pytest
 
 from bench import loadgen
 from bench.loadgen import fs_cdr
-from tests import devstack
-from tests.devstack import SYSTEM_PYTHON, Stack, http
+from bench import devstack
+from bench.devstack import SYSTEM_PYTHON, Stack, http
 from tests.render import cdr_stack
 from tests.render.cdr_stack import clean  # noqa: F401  (fixture)
 

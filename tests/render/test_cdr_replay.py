@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests import devstack
-from tests.devstack import NODE_PATH, SYSTEM_PYTHON, Stack, free_port
+from bench import devstack
+from bench.devstack import NODE_PATH, SYSTEM_PYTHON, Stack, free_port
 from tests import freeswitch_requests as fsr
 from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 

@@ -3,7 +3,7 @@
 Real SIPp (Debian's sip-tester 3.6) runs the rendered UAS scenario on loopback with the rendered
 post-cdr script; a SIPp caller places calls to it. The posts go to small recording HTTP servers on
 the rendered receiver URLs (this node 127.0.0.1, the peer 127.0.0.2, the rendered port), or to the
-real CDR receiver and worker with Redis and PostgreSQL (tests/devstack.py), down to cdr.calls.
+real CDR receiver and worker with Redis and PostgreSQL (bench/devstack.py), down to cdr.calls.
 
 What is checked: the request is mod_json_cdr's (POST /cdr, application/json, freeswitch-json/1.0)
 with a body the receiver's own decode_body + normalize accept, numbers and call UUID right
@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from bench import sipp
+from lab import sipp
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
@@ -527,10 +527,10 @@ def test_shell_metacharacters_in_from_and_uri_run_nothing(standin, port, servers
 @pytest.mark.skipif(shutil.which("redis-server") is None or not os.path.exists("/usr/lib/postgresql"),
                     reason="needs redis-server and PostgreSQL server binaries")
 def test_a_call_ends_up_in_cdr_calls_through_the_real_receiver_and_worker():
-    from tests import devstack
+    from bench import devstack
     need = devstack.missing_packages()
     if need:
-        from cli import hostdeps
+        from lab import hostdeps
         hostdeps.ensure(need, "the CDR service tests")
     st = devstack.Stack()
     standin = None

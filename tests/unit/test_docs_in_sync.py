@@ -1,5 +1,5 @@
 """Pulumi.yaml's config block and the README table are generated from the schema: no drift."""
-from cli import docs
+from components import config_docs as docs
 from tests.mockrun import ROOT
 
 

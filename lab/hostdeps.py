@@ -1,4 +1,4 @@
-"""Debian packages the host needs for each job, installed on demand.
+"""Debian packages this host needs for each job (the test suite, the lab, the benches), installed on demand.
 
 Daemons installed only for their checkers (kamailio -c, keepalived -t, a
 throwaway PostgreSQL...) must not start on the host: a policy-rc.d refuses

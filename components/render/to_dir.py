@@ -1,4 +1,4 @@
-"""`hapbx render`: every host's files on disk, secrets masked, plus a manifest."""
+"""Every host's rendered files written under a directory, secrets masked, plus a manifest (`hapbx render`)."""
 from __future__ import annotations
 
 import json
