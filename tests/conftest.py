@@ -80,9 +80,24 @@ def pytest_itemcollected(item):
 
 
 @pytest.hookimpl(tryfirst=True)
+def _scenario(item) -> bool:
+    """A module whose tests are the steps of one story on one rig (SCENARIO = True; see
+    tests/render/test_failover_rig.ordered_rig): its steps keep their written order."""
+    return bool(getattr(getattr(item, "module", None), "SCENARIO", False))
+
+
 def pytest_collection_modifyitems(items):
     """After pytest-randomly's shuffle, before pytest groups the tests by their parametrized
-    session fixtures (the lab per release): the lab tier back in collection order, at the end."""
+    session fixtures (the lab per release): a scenario module's steps back in written order (in
+    the places the shuffle gave them), the lab tier back in collection order, at the end."""
+    slots: dict[str, list[int]] = {}
+    for n, i in enumerate(items):
+        if _scenario(i):
+            slots.setdefault(i.module.__name__, []).append(n)
+    for positions in slots.values():
+        steps = sorted((items[n] for n in positions), key=lambda i: i.stash[_COLLECTED])
+        for n, step in zip(positions, steps):
+            items[n] = step
     lab = [i for i in items if _in_lab_tier(i)]
     if lab:
         items[:] = [i for i in items if not _in_lab_tier(i)] + sorted(lab, key=lambda i: i.stash[_COLLECTED])
