@@ -39,8 +39,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from lab import sipp
+from components.sip_layer import dmq_peer_active
 from hapbx_node.layout import HA_STATUS, parse_status
+from lab import sipp
 
 from . import machinery
 from .context import LabCommandError, LabContext
@@ -126,11 +127,14 @@ class DrillError(LabCommandError):
 
 
 def status(ctx: LabContext, node: str) -> dict[str, str]:
-    """The node's HA status (etcd_sync included) plus the primary-side sync state, in one call."""
+    """The node's HA status (etcd_sync included) plus the primary-side sync state and whether its
+    Kamailio lists the peer active in DMQ, in one call."""
+    peer = ctx.addresses[ctx.peer(node)]
     return ctx.ha_status(node, extra=(
         ". /etc/hapbx/ha.env; "
         "echo sync_state=$(runuser -u postgres -- psql -X -A -t -h /var/run/postgresql -d postgres -c "
-        "\"select sync_state from pg_stat_replication where application_name = '$HAPBX_PEER'\" 2>/dev/null); true"))
+        "\"select sync_state from pg_stat_replication where application_name = '$HAPBX_PEER'\" 2>/dev/null); "
+        f"if {dmq_peer_active(peer)}; then echo dmq_peer=active; else echo dmq_peer=inactive; fi; true"))
 
 
 def both(ctx: LabContext, fn) -> dict:
@@ -158,7 +162,10 @@ def health(ctx: LabContext) -> tuple[str | None, list[str]]:
             (o, "sync_state"): "sync",
             # the peer can take over: its keepalived out of FAULT (its local checks pass: a node
             # just rebooted may still be starting Kamailio)
-            (p, "vrrp_state"): "BACKUP"}
+            (p, "vrrp_state"): "BACKUP",
+            # the registrations reach both Kamailios again (DMQ marks a peer back active at its
+            # next ping, up to 10 s after a heal): a phone registered now is known to the peer
+            (o, "dmq_peer"): "active", (p, "dmq_peer"): "active"}
     for (n, k), v in want.items():
         if st[n].get(k) != v:
             bad.append(f"{n} {k}={st[n].get(k)!r} (want {v})")
