@@ -16,9 +16,11 @@ and `status`. Each takes the role lock, so they never overlap; each is idempoten
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -308,6 +310,31 @@ def rejoin(argv: list[str]) -> int:
     return 0
 
 
+def remove_dir(path: str) -> None:
+    """A directory and what it holds; a mount point is emptied and stays."""
+    if not os.path.ismount(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for entry in os.listdir(path):
+        full = os.path.join(path, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            os.unlink(full)
+
+
+def move_dir(src: str, dst: str) -> None:
+    """Rename; across file systems (a data directory that is a mount point, or one in an overlayfs
+    lower layer, as on the lab's nodes) copy with owners, modes and times, then remove, as mv does."""
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EBUSY):    # EBUSY: src is a mount point
+            raise
+        subprocess.run(["cp", "-a", "--", src, dst], check=True)
+        remove_dir(src)
+
+
 class Rejoin:
     def __init__(self, job: Job):
         self.j, self.env, self.pg, self.log, self.cfg = job, job.env, job.pg, job.log, job.cfg
@@ -415,7 +442,7 @@ class Rejoin:
         self.prune_moved_aside()
         moved = False
         if os.path.isdir(data):
-            os.rename(data, old)
+            move_dir(data, old)
             moved = True
             self._write_moved(self._read_moved() + [(old, int(time.time()))])
             self.log("WARN", f"rejoin: old data directory moved aside to {old} (hapbx-ha status lists it; "
@@ -427,9 +454,14 @@ class Rejoin:
         if rc != 0:
             self.log("ERROR", "pg_basebackup: " + " | ".join((out + "\n" + err).strip().splitlines()))
             # the partial copy goes; the old data comes back where it was
-            shutil.rmtree(data, ignore_errors=True)
+            if os.path.isdir(data):
+                remove_dir(data)
             if moved:
-                os.rename(old, data)
+                if os.path.ismount(data):
+                    subprocess.run(["cp", "-a", "--", f"{old}/.", data], check=True)
+                    shutil.rmtree(old)
+                else:
+                    move_dir(old, data)
                 self._write_moved([e for e in self._read_moved() if e[0] != old])
             return False
         os.chmod(data, 0o700)
