@@ -79,13 +79,13 @@ def pytest_itemcollected(item):
     item.stash[_COLLECTED] = next(_collected)
 
 
-@pytest.hookimpl(tryfirst=True)
 def _scenario(item) -> bool:
     """A module whose tests are the steps of one story on one rig (SCENARIO = True; see
     tests/render/test_failover_rig.ordered_rig): its steps keep their written order."""
     return bool(getattr(getattr(item, "module", None), "SCENARIO", False))
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest's own grouping (fixtures.py), or the labs alternate
 def pytest_collection_modifyitems(items):
     """After pytest-randomly's shuffle, before pytest groups the tests by their parametrized
     session fixtures (the lab per release): a scenario module's steps back in written order (in
