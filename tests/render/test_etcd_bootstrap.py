@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -27,12 +26,12 @@ from components.render import RenderContext, masked_secrets
 from components.render import etcd as etcd_render
 from components.releases import RELEASES
 from components.render.failover import ETCD_NODE_USER
+from tests.helpers import free_port
+from tests.mockrun import ROOT
 from tests.release_root import HOST
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_failover_rig import ETCD_NODE_PASSWORD, ETCD_ROOT_PASSWORD, ROOT, free_port  # noqa: E402
-
+ETCD_ROOT_PASSWORD = "bootEtcdRoot3"
+ETCD_NODE_PASSWORD = "bootEtcdNode5"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Debian 13 etcd comes from a chroot image: needs root")
 
