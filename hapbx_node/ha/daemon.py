@@ -152,7 +152,7 @@ class Daemon:
                 facts = self.pg.sync_state(cfg.peer, cfg.sync_reply_max_ms, max(self.budget_ms(), 100) / 1000)
                 if facts is not None:
                     store_sync = None
-                    if facts[0] and facts[2] == cfg.sync_names and self.budget_ms() > 100:
+                    if self.budget_ms() > 100:
                         store_sync = self.store.get(self.store.key("sync"), self.budget_ms())
                     o = replace(o, sync=d.SyncFact(facts[0], facts[1], facts[2], store_sync))
         else:
@@ -216,8 +216,8 @@ class Daemon:
             elif isinstance(a, d.SyncRelax):
                 if (self.store.put_if_leader(cfg.node, self.store.key("sync"), f"relaxed:{a.peer}", self.budget_ms())
                         and self.budget_ms() > 100 and self.pg.set_sync_names("", self.budget_ms() / 1000)):
-                    self.log("WARN", f"sync: {a.peer} gone for over {cfg.sync_relax_ms}ms: synchronous replication "
-                                     "relaxed (it is marked stale)")
+                    self.log("WARN", f"sync: {a.peer} does not stream (or not for {cfg.sync_relax_ms}ms): marked stale, "
+                                     "commits go without it")
 
     def _planned(self, service: str) -> str:
         return os.path.join(self.run_dir, os.path.basename(layout.planned_restart_marker(service)))

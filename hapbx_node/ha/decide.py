@@ -464,6 +464,10 @@ def _sync(c: _Cycle, f: SyncFact):
     # a value that does not name the peer (copied with the data directory) blocks every commit: at once
     if f.current and (f.current != cfg.sync_names or o.now - since > cfg.sync_relax_ms):
         c.do(SyncRelax(cfg.peer))
+    elif not f.current and f.store_sync is not None and f.store_sync != f"relaxed:{cfg.peer}":
+        # commits already go without the peer (a primary promoted while it was away): it misses
+        # them, so it must never be promoted on its data until it is synchronous again
+        c.do(SyncRelax(cfg.peer))
 
 
 def _follower_duties(c: _Cycle):

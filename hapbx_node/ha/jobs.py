@@ -196,17 +196,19 @@ def promote(argv: list[str]) -> int:
         cur = pg.sql("show synchronous_standby_names")
         if cur is None:
             return False
-        if not cur:
-            return True
         streaming = pg.sql(f"select count(*) from pg_stat_replication where application_name = '{cfg.peer}' "
                            "and state = 'streaming'")
         if streaming is None:
             return False
         if int(streaming) > 0:
             return True
+        # the peer does not stream from this new primary: whatever it commits, the peer misses
+        # (with synchronous_standby_names empty as much as after relaxing it)
         if cfg.witness and not j.store.put_if_leader(cfg.node, j.key("sync"), f"relaxed:{cfg.peer}", j.timeout_ms):
             log("WARN", f"promote: could not mark {cfg.peer} stale: synchronous replication left as it is ({cur})")
             return False
+        if not cur:
+            return True
         if pg.set_sync_names("", 5):
             log("INFO", f"promote: synchronous replication relaxed (was {cur}; {cfg.peer} does not stream from "
                         "this node yet)")

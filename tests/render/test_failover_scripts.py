@@ -286,6 +286,9 @@ def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     rig.sh("pbx2", f"rm {n2.dir}/lib/maintenance")
     rig.wait(lambda: rig.psql("pbx2", "select count(*) from pg_stat_replication where state = 'streaming'") == "1",
              20, "pbx1 streams again")
+    # the operator's rule for a planned switchover: pbx1 was marked stale when pbx2 was promoted
+    # without it (step 07) and may be promoted once pbx2's leader has seen it synchronous again
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 20, "pbx1 synchronous again")
     t0 = time.time()
     rig.notify("pbx2", "STOP")
     rig.notify("pbx1", "MASTER")
@@ -330,6 +333,8 @@ def test_10_hung_keepalived_hands_over(rig):
     n1 = rig.nodes["pbx1"]
     rig.wait(lambda: rig.psql("pbx1", "select count(*) from pg_stat_replication where state = 'streaming'") == "1",
              20, "pbx2 streaming")
+    # a healthy pair to start from: pbx2 synchronous again since pbx1 restarted as primary (step 09)
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 20, "pbx2 synchronous again")
     t0 = time.time()
     os.kill(n1.heartbeat.pid, signal.SIGKILL)                     # keepalived frozen: no more check runs
     rig.notify("pbx2", "MASTER")                                  # the peer took the VIP

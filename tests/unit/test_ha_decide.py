@@ -137,6 +137,14 @@ SCENARIOS = {
                                                                   lease=d.Renewed(at=NOW, ttl_s=3),
                                                                   sync=d.SyncFact(False, False, '"pbx2"', None)),
          d.LEADER, ["SyncRelax"], {}),
+    "sync: the peer is gone and commits go alone already: it is marked stale at once":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(False, False, "", "on")),
+         d.LEADER, ["SyncRelax"], {}),
+    "sync: the peer gone, commits alone, already marked stale: nothing more":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            sync=d.SyncFact(False, False, "", "relaxed:pbx2")),
+         d.LEADER, [], {}),
     "sync: a setting naming another node blocks every commit: relax at once":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
                             sync=d.SyncFact(False, False, '"old"', None)),
