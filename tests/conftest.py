@@ -62,7 +62,7 @@ def no_daemon_left_behind():
                     + leftovers.report(left), pytrace=False)
 
 
-# --- order: unit and render tests run in a random order (pytest-randomly: the seed is in the
+# --- order: unit and daemons tests run in a random order (pytest-randomly: the seed is in the
 # header, `--randomly-seed=N` replays it, `-p no:randomly` runs in written order); the lab tier
 # keeps its written order (its labs are session fixtures, built per release) and runs last --------
 LAB_TIER = ("harness", "lab_machinery", "lab")
@@ -81,7 +81,7 @@ def pytest_itemcollected(item):
 
 def _scenario(item) -> bool:
     """A module whose tests are the steps of one story on one rig (SCENARIO = True; see
-    tests/render/test_failover_rig.ordered_rig): its steps keep their written order."""
+    tests/daemons/test_failover_rig.ordered_rig): its steps keep their written order."""
     return bool(getattr(getattr(item, "module", None), "SCENARIO", False))
 
 
@@ -109,7 +109,7 @@ _TIER_SECONDS: dict[str, float] = {}
 
 def _tier(item_path: str, nodeid: str) -> str:
     part = item_path.split("tests/", 1)[-1].split("/", 1)[0]
-    tier = {"unit": "unit", "render": "render", "sip": "render"}.get(part, "lab")
+    tier = {"unit": "unit", "daemons": "daemons"}.get(part, "lab")
     for release in RELEASES if tier == "lab" else ():   # the lab fixture's ids
         if f"[{release}" in nodeid:
             return f"{tier} ({release})"

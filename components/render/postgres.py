@@ -1,7 +1,7 @@
 """PostgreSQL files and step scripts of a PBX node (pure: config + node + secrets -> text).
 
 One set of templates for PostgreSQL 15 (Debian 12), 16 (a vendor repository) and 17 (Debian 13),
-each run by the render tier (tests/render/test_postgres_versions.py): Debian's cluster layout
+each run by the daemons tier (tests/daemons/test_postgres_versions.py): Debian's cluster layout
 (/etc/postgresql/<v>/main, /var/lib/postgresql/<v>/main, postgresql@<v>-main). The
 configuration is the same on both nodes whatever their role; the role is state (standby.signal).
 """

@@ -1,6 +1,6 @@
 """The HA decisions as a table of named scenarios: one cycle of decide() from a state and what
 the node observed, to the role, the actions and the state it leaves. Pure: no daemon, no clock.
-The same decisions run against real daemons in tests/render/test_failover_*.py."""
+The same decisions run against real daemons in tests/daemons/test_failover_*.py."""
 from __future__ import annotations
 
 from dataclasses import replace

@@ -1,4 +1,4 @@
-"""The suite's own order (tests/conftest.py): the unit and render tiers shuffled by pytest-randomly,
+"""The suite's own order (tests/conftest.py): the unit and daemons tiers shuffled by pytest-randomly,
 a scenario module's steps and the lab tier in written order whatever the seed, each release's
 test lab built once (its tests contiguous). Checked on what pytest collects, in a subprocess."""
 from __future__ import annotations
@@ -13,11 +13,11 @@ from tests.mockrun import ROOT
 
 LAB_TIER = ["tests/harness", "tests/lab_machinery", "tests/lab"]
 #: the modules whose tests are the steps of one story (SCENARIO = True: test_failover_rig.ordered_rig)
-SCENARIOS = sorted(str(p.relative_to(ROOT)) for p in Path(ROOT, "tests/render").glob("test_*.py")
+SCENARIOS = sorted(str(p.relative_to(ROOT)) for p in Path(ROOT, "tests/daemons").glob("test_*.py")
                    if "\nSCENARIO = True" in p.read_text())
 
 
-PATHS = ("tests/render/test_postgres.py", *SCENARIOS, *LAB_TIER)
+PATHS = ("tests/daemons/test_postgres.py", *SCENARIOS, *LAB_TIER)
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def test_the_lab_tier_and_scenarios_keep_their_order_and_the_rest_is_shuffled():
             assert [i for i in order if i.startswith(path)] == [i for i in written if i.startswith(path)], path
         lab = [i for i in order if i.startswith(tuple(LAB_TIER))]
         assert order[-len(lab):] == lab, "the lab tier runs last"
-    pg = [[i for i in order if i.startswith("tests/render/test_postgres.py")] for order in orders]
+    pg = [[i for i in order if i.startswith("tests/daemons/test_postgres.py")] for order in orders]
     assert pg[0] != pg[1], "two seeds, the same order: pytest-randomly is not shuffling"
 
 

@@ -68,7 +68,7 @@ def test_keepalived_config_passes_keepalived_t_with_the_real_scripts(stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_keepalived_validator_rejects_a_broken_config(stack):
-    from tests.render.validators import run_validator
+    from tests.daemons.validators import run_validator
     cluster = cluster_of(stack)
     conf = node_files(cluster, cluster.nodes[0])[keepalived.CONF]
     assert run_validator(conf).returncode == 0

@@ -1,7 +1,7 @@
 """Toll-fraud controls, checked by the real thing: migration 007 on a PostgreSQL 15 started from
-the rendered configuration (tests/render/test_postgres.py's server), Kamailio's auth_db loading
+the rendered configuration (tests/daemons/test_postgres.py's server), Kamailio's auth_db loading
 the limits from kamailio.subscriber, and the admin API on the CDR services' stack
-(tests/render/test_cdr_admin.py's).
+(tests/daemons/test_cdr_admin.py's).
 
 Every user extension has one pbx.calling_limits row (class of service, concurrent calls, call
 attempts a minute), made by the insert of the extension, gone with it; pbx_admin may change the
@@ -19,10 +19,10 @@ from psycopg import errors
 
 from components.render import postgres as pg
 from hapbx_node.cdr import validate as v
-from tests.render import test_cdr_admin, test_postgres
-from tests.render.test_cdr_admin import api, st  # noqa: F401  (st: fixture)
-from tests.render.test_postgres import EXT, RUNNER, denied
-from tests.render.test_postgres import base, primary  # noqa: F401  (fixtures)
+from tests.daemons import test_cdr_admin, test_postgres
+from tests.daemons.test_cdr_admin import api, st  # noqa: F401  (st: fixture)
+from tests.daemons.test_postgres import EXT, RUNNER, denied
+from tests.daemons.test_postgres import base, primary  # noqa: F401  (fixtures)
 
 pytestmark = [*test_postgres.pytestmark, *test_cdr_admin.pytestmark]
 DOMAIN = "pbx.test"
@@ -258,7 +258,7 @@ def test_a_user_without_its_row_gets_the_most_restrictive_limits(server, extensi
 
 # --- Kamailio ----------------------------------------------------------------------------------------
 
-# Kamailio loading them at digest auth, and refusing by them: tests/render/test_kamailio_security.py
+# Kamailio loading them at digest auth, and refusing by them: tests/daemons/test_kamailio_security.py
 # (the rendered kamailio.cfg against this schema).
 
 

@@ -22,8 +22,8 @@ import pytest
 from components.render import RenderContext
 from components.render import freeswitch as fs
 from components.render import postgres as pg
-from tests.render.test_freeswitch_render import cluster as fs_cluster
-from tests.render.test_postgres import SECRETS, base, primary  # noqa: F401  (module-scoped PostgreSQL)
+from tests.daemons.test_freeswitch_render import cluster as fs_cluster
+from tests.daemons.test_postgres import SECRETS, base, primary  # noqa: F401  (module-scoped PostgreSQL)
 
 LUA = "lua5.3"
 pytestmark = pytest.mark.timeout(180)

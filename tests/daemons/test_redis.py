@@ -23,7 +23,7 @@ import pytest
 from components.remote import defer_on_vip, script
 from components.render import SECRET_NAMES, RenderContext, RenderedFile, masked_secrets
 from components.render import redis as rd
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 from tests.helpers import free_port, shipped_cluster as stack
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")

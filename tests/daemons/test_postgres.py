@@ -115,7 +115,7 @@ def test_hba_admits_replication_from_the_peer_only(primary):
 
 @pytest.mark.parametrize("name", ["lab", "prod"])
 def test_validators_pass_rendered_and_reject_broken_files(name, tmp_path):
-    from tests.render.validators import run_validator
+    from tests.daemons.validators import run_validator
     c = stack(name)
     files = {f.path: f for f in pg.files(RenderContext(c, c.nodes[0], masked_secrets()))}
     conf = files[f"{pg.paths(c).conf_dir}/postgresql.conf"]

@@ -21,7 +21,7 @@ import pytest
 from bench import devstack
 from bench.devstack import NODE_PATH, SYSTEM_PYTHON, Stack, free_port
 from tests import freeswitch_requests as fsr
-from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
+from tests.daemons.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),

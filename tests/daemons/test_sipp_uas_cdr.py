@@ -33,7 +33,7 @@ from lab import sipp
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 
 pytestmark = [
     pytest.mark.skipif(not (shutil.which("sipp") and shutil.which("curl")), reason="needs sipp and curl"),

@@ -25,7 +25,7 @@ import pytest
 from hapbx_node.cdr import records
 from tests import freeswitch_requests as fsr
 from bench.devstack import Stack
-from tests.render.cdr_stack import clean, stack  # noqa: F401  (fixtures)
+from tests.daemons.cdr_stack import clean, stack  # noqa: F401  (fixtures)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),

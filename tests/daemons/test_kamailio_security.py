@@ -19,7 +19,7 @@ import pytest
 
 from lab import sipp
 from lab.sip_wire import Connection, Request, authenticated, authorization, hang_up, in_dialog
-from tests.render.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, SECRETS, VIP, call, free_port,
+from tests.daemons.test_kamailio_loopback import (CALLEE, CALLER, NODE2, PASSWORDS, SECRETS, VIP, call, free_port,
                                                  register, stack)  # noqa: F401  (stack: the module's fixture)
 
 ATTACKER, SINK = "127.0.0.41", "127.0.0.40"

@@ -18,7 +18,7 @@ from components.config import ConfigError, build, read_stack_file
 from components.render import SECRET_NAMES, RenderContext, masked_secrets
 from components.render import freeswitch as fs
 from tests.mockrun import ROOT
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 
 SECRETS = {n: f"Fs{n.replace('_', '')}8Wq" for n in SECRET_NAMES}
 DIALPLAN = {

@@ -3,7 +3,7 @@
 tests/pg_servers.py) and 17 (Debian 13's package, in the release root).
 
 Each major starts from prod's rendered postgresql.conf and pg_hba.conf (rendered for that major,
-the nodes on 127.0.0.1) with the same command-line overrides as tests/render/test_postgres.py
+the nodes on 127.0.0.1) with the same command-line overrides as tests/daemons/test_postgres.py
 (paths, port, certificate) and one more: shared_buffers, since prod's 24GB is more than this host
 can map; the file's own value is read by ``postgres -C`` instead. The server must take every other
 line of the file, say nothing about it in its log; every migration applies the way the migrate

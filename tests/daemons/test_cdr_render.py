@@ -14,7 +14,7 @@ from components.remote import SYSTEMD_LOCK, install_script, script
 from components.render import RenderContext, masked_secrets, render_cluster
 from components.render import cdr
 from tests.mockrun import ROOT
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 
 STACKS = ["lab", "prod"]
 

@@ -8,7 +8,7 @@ from components.config import load_stack_file
 from components.remote import handler_script, install_script, delete_script, script, Handler
 from components.render import RenderContext, baseline, masked_secrets, render_cluster, MANAGED_BY
 from tests.mockrun import ROOT
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 
 STACKS = ["lab", "prod"]
 

@@ -28,8 +28,8 @@ from bench import loadgen
 from bench.loadgen import fs_cdr
 from bench import devstack
 from bench.devstack import SYSTEM_PYTHON, Stack, http
-from tests.render import cdr_stack
-from tests.render.cdr_stack import clean  # noqa: F401  (fixture)
+from tests.daemons import cdr_stack
+from tests.daemons.cdr_stack import clean  # noqa: F401  (fixture)
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),

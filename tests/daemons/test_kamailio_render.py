@@ -21,7 +21,7 @@ from components.render import SECRET_NAMES, RenderContext, masked_secrets
 from components.render import kamailio as kam
 from tests.helpers import self_signed
 from tests.mockrun import ROOT
-from tests.render.validators import run_validator
+from tests.daemons.validators import run_validator
 
 STACKS = ["lab", "prod"]
 #: Kamailio version -> the conftest fixture of the release root it runs in (None: the host's)
