@@ -118,9 +118,13 @@ def pair():
         master.link_seconds = time.monotonic() - t0
         yield cluster, master, replica
     finally:
-        replica.stop()
-        master.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            replica.stop()
+        finally:
+            try:
+                master.stop()   # whether or not the replica stopped
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("name", ["lab", "prod"])
