@@ -23,6 +23,12 @@ HA_STATUS = f"{HA_RUN_DIR}/status"
 #: creates HA_RUN_DIR at boot (keepalived 2.3 needs it when it parses its track files)
 HA_TMPFILES = "/etc/tmpfiles.d/hapbx-ha.conf"
 HA_LIB_DIR = "/var/lib/hapbx/ha"
+#: in HA_LIB_DIR: the data directories rejoin moved aside, "<dir> <epoch seconds>" per line
+#: (hapbx-ha discard-moved-aside reads it too)
+MOVED_ASIDE_LIST = "moved-aside"
+#: in HA_RUN_DIR: "<hold 0|1> <fence deadline, boot-clock ms> <lease id>", written by the leader
+#: daemon each cycle, read by the jobs (may this node write?) and by `leader stopped`
+AUTHORITY_FILE = "authority"
 HA_CLI = "/usr/local/sbin/hapbx-ha"
 LEADER_UNIT = "hapbx-leader.service"
 REACH_UNIT = "hapbx-reach.service"

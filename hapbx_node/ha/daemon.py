@@ -225,7 +225,8 @@ class Daemon:
     # ------------------------------------------------------------ publish
     def publish(self):
         s, now = self.state, mono_ms()
-        write_atomic(f"{self.run_dir}/authority", f"{int(s.hold)} {s.deadline if s.hold else 0} {s.lease_id}\n")
+        write_atomic(os.path.join(self.run_dir, layout.AUTHORITY_FILE),
+                     f"{int(s.hold)} {s.deadline if s.hold else 0} {s.lease_id}\n")
         write_if_changed(f"{self.run_dir}/leader", str(int(s.hold)))
         write_if_changed(f"{self.run_dir}/yield", str(int(s.yield_vip)))
         wall = wall_ms()
@@ -285,26 +286,31 @@ class Daemon:
 
 
 def moved_aside(lib_dir: str) -> str:
-    """Data directories rejoin moved aside instead of deleting them (see bin/rejoin)."""
+    """Data directories rejoin moved aside instead of deleting them (jobs.Rejoin.basebackup)."""
     try:
-        with open(f"{lib_dir}/moved-aside", encoding="utf-8") as fh:
+        with open(os.path.join(lib_dir, layout.MOVED_ASIDE_LIST), encoding="utf-8") as fh:
             return ",".join(line.split()[0] for line in fh if line.strip())
     except OSError:
         return ""
 
 
+def read_authority(run_dir: str) -> tuple[bool, int]:
+    """(holds the lease, fence deadline in boot-clock ms) as the daemon last published it."""
+    try:
+        with open(os.path.join(run_dir, layout.AUTHORITY_FILE), encoding="ascii") as fh:
+            hold, deadline, *_ = fh.read().split()
+        return hold == "1", int(deadline)
+    except (OSError, ValueError):
+        return False, 0
+
+
 def stopped(cfg: Settings, env: dict[str, str]) -> int:
     log = Logger(cfg.node, env)
     run = cfg.run_dir
-    try:
-        with open(f"{run}/authority", encoding="ascii") as fh:
-            holder = fh.read().split()[0] == "1"
-    except (OSError, IndexError):
-        holder = False
-    if holder:
+    if read_authority(run)[0]:
         stop_writes("stopped", "leader daemon stopped while holding the lease", pg=Postgres(env), redis=Redis(env),
                     log=log)
-        write_atomic(f"{run}/authority", "0 0 -\n")
+        write_atomic(os.path.join(run, layout.AUTHORITY_FILE), "0 0 -\n")
     write_if_changed(f"{run}/leader", "0")
     return 0
 

@@ -47,13 +47,27 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _wait_gone(pid: int, limit_ms: int) -> bool:
+def wait_until(done, limit_ms: int, step_s: float) -> bool:
+    """Poll `done()` every step_s until it is true (True) or limit_ms passed (False)."""
     end = mono_ms() + limit_ms
-    while alive(pid):
+    while not done():
         if mono_ms() >= end:
             return False
-        time.sleep(0.02)
+        time.sleep(step_s)
     return True
+
+
+def _wait_gone(pid: int, limit_ms: int) -> bool:
+    return wait_until(lambda: not alive(pid), limit_ms, 0.02)
+
+
+def _signal(*pids: int, sig: int) -> None:
+    """Send sig to each pid; one already gone is no error."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 class Postgres:
@@ -68,6 +82,7 @@ class Postgres:
         self.peer = (f"host={env['PG_PEER_HOST']} port={env['PG_PEER_PORT']} user={env['PG_PEER_USER']} "
                      f"dbname=postgres connect_timeout={env.get('PG_CONNECT_TIMEOUT') or 2} application_name=hapbx-ha")
         self.fence_wait_ms = int(env.get("PG_FENCE_WAIT_MS") or 3000)
+        self.peer_error = ""      # what the last peer_role() failed with
 
     # ------------------------------------------------------------ observe
     def pid(self) -> Optional[int]:
@@ -106,10 +121,12 @@ class Postgres:
     def peer_sql(self, sql: str, timeout_s: float = 5, replication: bool = False) -> tuple[int, str, str]:
         """One statement on the peer's server as PG_PEER_USER (the replication role, granted what
         pg_rewind needs; password from PG_PASSFILE)."""
-        env = {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
         conninfo = self.peer + (" replication=true" if replication else "")
         return _run([f"{self.bin}/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
-                    timeout_s, env=env)
+                    timeout_s, env=self._passfile_env())
+
+    def _passfile_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
 
     def peer_role(self, timeout_s: float = 5) -> str:
         """primary | standby | down (refused: host up, server down) | unreachable | error"""
@@ -147,24 +164,13 @@ class Postgres:
 
     def as_pg(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
         """A PostgreSQL tool run as the server's OS user, with the replication password file."""
-        env = {**os.environ, **self.env, "PGPASSFILE": self.env.get("PG_PASSFILE", "")}
-        return _run(argv, timeout_s, env=env, user=self.os_user if os.geteuid() == 0 else None)
+        return _run(argv, timeout_s, env=self._passfile_env(), user=self.os_user if os.geteuid() == 0 else None)
 
     def wait_ready(self, limit_ms: int) -> bool:
-        end = mono_ms() + limit_ms
-        while self.sql("select 1", 2) is None:
-            if mono_ms() >= end:
-                return False
-            time.sleep(0.1)
-        return True
+        return wait_until(lambda: self.sql("select 1", 2) is not None, limit_ms, 0.1)
 
     def wait_streaming(self, limit_ms: int) -> bool:
-        end = mono_ms() + limit_ms
-        while not self.streaming(2):
-            if mono_ms() >= end:
-                return False
-            time.sleep(0.2)
-        return True
+        return wait_until(lambda: bool(self.streaming(2)), limit_ms, 0.2)
 
     # ------------------------------------------------------------ act
     def start(self, log) -> bool:
@@ -198,21 +204,10 @@ class Postgres:
         if pid is None or self.standby_configured():
             return True
         self.mark_fenced()
-        try:
-            os.kill(pid, signal.SIGQUIT)
-        except OSError:
-            pass
+        _signal(pid, sig=signal.SIGQUIT)
         if _wait_gone(pid, self.fence_wait_ms):
             return True
-        for child in _children(pid):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _signal(*_children(pid), pid, sig=signal.SIGKILL)
         return _wait_gone(pid, 2000)
 
     def stop_fast(self, limit_ms: int) -> bool:
@@ -223,23 +218,12 @@ class Postgres:
             return True
         if not self.standby_configured():
             self.mark_fenced()
-        try:
-            os.kill(pid, signal.SIGINT)
-        except OSError:
-            pass
-        if _wait_gone(pid, limit_ms):
-            return True
-        try:
-            os.kill(pid, signal.SIGQUIT)
-        except OSError:
-            pass
-        if _wait_gone(pid, 3000):
-            return True
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        return _wait_gone(pid, 2000)
+        # fast shutdown, immediate after limit_ms, SIGKILL 3 s later
+        for sig, wait_ms in ((signal.SIGINT, limit_ms), (signal.SIGQUIT, 3000), (signal.SIGKILL, 2000)):
+            _signal(pid, sig=sig)
+            if _wait_gone(pid, wait_ms):
+                return True
+        return False
 
 
 class Redis:
@@ -258,14 +242,16 @@ class Redis:
     def cli(self, *args: str) -> Optional[str]:
         return self._cli(self.host, self.port, *args)
 
-    def role(self) -> str:
+    def _role(self, host: str, port: str) -> str:
         """master | slave | down"""
-        out = self.cli("ROLE")
+        out = self._cli(host, port, "ROLE")
         return (out.split("\n", 1)[0] or "down") if out else "down"
 
+    def role(self) -> str:
+        return self._role(self.host, self.port)
+
     def peer_role(self) -> str:
-        out = self._cli(self.peer_host, self.peer_port, "ROLE")
-        return (out.split("\n", 1)[0] or "down") if out else "down"
+        return self._role(self.peer_host, self.peer_port)
 
     def fence(self) -> bool:
         """A local master stops acknowledging writes at once (clients block, nothing is lost)."""

@@ -25,8 +25,9 @@ import sys
 import time
 
 from .clock import mono_ms
-from .daemon import Logger, moved_aside
-from .drivers import Keepalived, OwnerServices, Postgres, Redis
+from .. import layout
+from .daemon import Logger, moved_aside, read_authority
+from .drivers import Keepalived, OwnerServices, Postgres, Redis, wait_until
 from .settings import SettingsError, load
 from .store import EtcdStore
 from .writes import stop_writes
@@ -72,12 +73,7 @@ class Job:
         return bool(ok)
 
     def authority(self) -> tuple[bool, int]:
-        try:
-            with open(f"{self.cfg.run_dir}/authority", encoding="ascii") as fh:
-                hold, deadline, *_ = fh.read().split()
-            return hold == "1", int(deadline)
-        except (OSError, ValueError):
-            return False, 0
+        return read_authority(self.cfg.run_dir)
 
     def authority_valid(self, margin_ms: int) -> bool:
         hold, deadline = self.authority()
@@ -126,7 +122,7 @@ def promote(argv: list[str]) -> int:
             log("ERROR", f"promote: peer postgres {peer} and no witness: not promoting (policy "
                          f"{cfg.no_witness_policy or 'manual-promotion'}; operator: promote --force)")
             return EXIT_PEER
-        log("WARN", f"promote: peer postgres {peer} ({getattr(pg, 'peer_error', '')}); the lease decides")
+        log("WARN", f"promote: peer postgres {peer} ({pg.peer_error}); the lease decides")
     # 2. Is this node's data the latest?
     if not force and role != "primary":
         if cfg.witness:
@@ -276,7 +272,7 @@ def rejoin(argv: list[str]) -> int:
     peer = pg.peer_role()
     if peer != "primary":
         log("ERROR", f"rejoin: peer postgres is {peer}, not a writable primary: nothing to follow "
-                     f"({getattr(pg, 'peer_error', '')})")
+                     f"({pg.peer_error})")
         return EXIT_PEER
     role = pg.role()
     if not basebackup and role == "standby":
@@ -341,7 +337,7 @@ class Rejoin:
     def __init__(self, job: Job):
         self.j, self.env, self.pg, self.log, self.cfg = job, job.env, job.pg, job.log, job.cfg
         #: data directories moved aside: "<dir> <epoch seconds>" per line (status lists them)
-        self.moved_list = f"{self.cfg.lib_dir}/moved-aside"
+        self.moved_list = os.path.join(self.cfg.lib_dir, layout.MOVED_ASIDE_LIST)
 
     def stop_local(self) -> bool:
         if not self.pg.running():
@@ -367,16 +363,8 @@ class Rejoin:
         return out == "t"
 
     def rewind(self) -> bool:
-        end = mono_ms() + int(self.env.get("PG_TIMELINE_WAIT") or 60) * 1000
-
-        def settled():
-            while not self.source_timeline_settled():
-                if mono_ms() >= end:
-                    return False
-                time.sleep(0.2)
-            return True
-
-        if not self.j.timed("peer: timeline in pg_control", settled):
+        if not self.j.timed("peer: timeline in pg_control", wait_until, self.source_timeline_settled,
+                            int(self.env.get("PG_TIMELINE_WAIT") or 60) * 1000, 0.2):
             return False
         argv = [f"{self.pg.bin}/pg_rewind", f"--target-pgdata={self.pg.data}", f"--source-server={self.pg.peer}"]
         if self.env.get("PG_CONFIG_FILE"):

@@ -30,6 +30,7 @@ from components.remote import script as remote_script
 from components.render import RenderContext, masked_secrets
 from components.render import etcd as etcd_render
 from components.render import failover
+from hapbx_node.ha.clock import mono_ms  # noqa: F401  (the HA core's clock: the steps write authority deadlines in it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -54,10 +55,6 @@ def free_port() -> int:
 def now_ms() -> int:
     return int(time.time() * 1000)
 
-
-def mono_ms() -> int:
-    """The HA core's clock (deadlines in the authority file, VRRP and heartbeat times)."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000)
 
 
 @dataclass
