@@ -96,6 +96,27 @@ def header(comment: str = "#") -> str:
     return f"{comment} {MANAGED_BY}"
 
 
+#: hapbx_node's own modules every node program imports, shipped beside its subpackage
+NODE_SHARED_MODULES = ("__init__.py", "layout.py")
+
+
+def node_package_modules(subpackage: str) -> list[str]:
+    """The shared modules and every module of hapbx_node.<subpackage> (walked: a new module ships
+    with no list to update), as paths under hapbx_node/, sorted."""
+    out = list(NODE_SHARED_MODULES)
+    for top, dirs, names in os.walk(os.path.join(NODE_PACKAGE, subpackage)):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = os.path.relpath(top, NODE_PACKAGE)
+        out += [f"{rel}/{n}" for n in names if n.endswith(".py")]
+    return sorted(out)
+
+
+def node_module_source(rel: str) -> str:
+    """A module of hapbx_node as it is in the repository (rel: a path under hapbx_node/)."""
+    with open(os.path.join(NODE_PACKAGE, rel), encoding="utf-8") as fh:
+        return fh.read()
+
+
 def postgres_unit(cluster) -> str:
     """The cluster's own unit (Debian's postgresql.service is an umbrella that does not wait
     for it): what depends on a running PostgreSQL orders itself after this one."""

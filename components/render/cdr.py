@@ -26,15 +26,13 @@ import shlex
 from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_SOCKET_DIR
 
 from ..config import ClusterConfig
-from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules, template
 from .postgres import DATABASE
 from .postgres import paths as pg_paths
 from .redis import CDR_USER
 
 #: the services: hapbx_node's ``cdr`` subpackage
 PACKAGE_DIR = os.path.join(NODE_PACKAGE, "cdr")
-#: hapbx_node's own modules the services import, shipped beside them
-SHARED_MODULES = ("__init__.py", "layout.py")
 LIB_DIR = f"{LIB_ROOT}/cdr"
 RECEIVER_UNIT = "hapbx-cdr-receiver.service"
 WORKER_UNIT = "hapbx-cdr-worker.service"
@@ -48,25 +46,10 @@ REPLAY_MIN_AGE = 10
 OWNER_SERVICES = (WORKER_UNIT,)
 
 
-def package_modules() -> list[str]:
-    """The modules of hapbx_node.cdr (its admin subpackage too), as paths under hapbx_node/."""
-    out = []
-    for top, dirs, names in os.walk(PACKAGE_DIR):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        rel = os.path.relpath(top, NODE_PACKAGE)
-        out += [f"{rel}/{n}" for n in names if n.endswith(".py")]
-    return out
-
-
 def package_files() -> list[tuple[str, str]]:
     """(path under LIB_DIR, source) of what the services run: hapbx_node's shared modules and the
-    whole hapbx_node.cdr package, sorted."""
-    names = [*SHARED_MODULES, *package_modules()]
-    out = []
-    for name in sorted(names):
-        with open(os.path.join(NODE_PACKAGE, name), encoding="utf-8") as fh:
-            out.append((f"hapbx_node/{name}", fh.read()))
-    return out
+    whole hapbx_node.cdr package (its admin subpackage too), sorted."""
+    return [(f"hapbx_node/{name}", node_module_source(name)) for name in node_package_modules("cdr")]
 
 
 def _quote(value: str) -> str:

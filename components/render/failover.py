@@ -16,27 +16,26 @@ from dataclasses import dataclass
 from hapbx_node import layout
 from hapbx_node.ha.entry import ENTRY_POINTS
 from hapbx_node.layout import (HA_BIN, HA_CLI, HA_ENV, HA_LIB_DIR, HA_RUN_DIR, HA_SECRETS_ENV, HA_TMPFILES,
-                               LEADER_UNIT, PG_PASSFILE, REACH_UNIT, PgPaths, slot_name)
+                               LEADER_UNIT, PG_PASSFILE, REACH_UNIT, slot_name)
 
-from . import RenderContext, RenderedFile, header, secret_refs, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules, secret_refs, \
+    template
 from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
+from .postgres import REPLICATION_ROLE as PG_REPL_USER
+from .postgres import paths as pg_paths
 
-#: the node-programs package (hapbx_node) in this repository
-NODE_PACKAGE = os.path.dirname(os.path.abspath(layout.__file__))
 BIN_DIR = os.path.join(NODE_PACKAGE, "ha", "bin")
 #: bash entry points under HA_BIN (keepalived's notify/track scripts, the unit hooks); lib.sh is sourced
 SCRIPTS = ("lib.sh", "notify", "check-local", "reach", "vip-release", "pg-guard")
 #: the Python entry points: bin/launcher under each name
 PY_ENTRY_POINTS = tuple(ENTRY_POINTS)
 #: the Python modules they import, installed as HA_BIN/hapbx_node/...
-PY_MODULES = ("__init__.py", "layout.py", "ha/__init__.py", "ha/clock.py", "ha/settings.py", "ha/decide.py",
-              "ha/store.py", "ha/drivers.py", "ha/writes.py", "ha/daemon.py", "ha/jobs.py", "ha/entry.py")
+PY_MODULES = tuple(node_package_modules("ha"))
 
 # What the data tier provides (components/render/postgres.py, redis.py): the replication
 # role, granted what pg_rewind needs, with its password in the postgres user's ~/.pgpass;
 # primary_conninfo + primary_slot_name in postgresql.conf on both nodes (standby.signal decides);
 # synchronous_standby_names left to the lease holder; Redis's role in an included file.
-PG_REPL_USER = "replicator"
 REDIS_ROLE_FILE = "/etc/redis/role.conf"
 #: units that run on the writer only (promote starts them, demotion/fencing stops them)
 OWNER_SERVICES: tuple[str, ...] = tuple(CDR_OWNER_SERVICES)
@@ -59,10 +58,6 @@ class Timings:
         master_down = 3 * cluster.vip.advert_interval + 1.0   # VRRP master-down timer + skew, rounded up
         yield_after = hung + 2 * float(cluster.etcd.lease_ttl_seconds)   # a hung holder resigns first
         return Timings(hung_after=hung, yield_after=yield_after, resign_grace=yield_after + master_down + 2.0)
-
-
-def pg_paths(cluster) -> PgPaths:
-    return PgPaths(cluster.postgres.version)
 
 
 def reach_targets(ctx: RenderContext) -> list[str]:
@@ -166,12 +161,6 @@ def script_text(name: str) -> str:
     return f"{first}\n{header()}\n{rest}"
 
 
-def module_text(rel: str) -> str:
-    """A module of the node-programs package with the managed-by header on top."""
-    with open(os.path.join(NODE_PACKAGE, rel), encoding="utf-8") as fh:
-        return f"{header()}\n{fh.read()}"
-
-
 def program_files() -> list[RenderedFile]:
     """The HA programs under HA_BIN: the entry points and the Python package the leader imports
     (a change re-executes the daemon: reload, the lease kept; the watcher restarts)."""
@@ -185,7 +174,7 @@ def program_files() -> list[RenderedFile]:
         out.append(RenderedFile(f"{HA_BIN}/{name}", launcher, service=LEADER_UNIT, action="reload", mode="0755",
                                 validate="python3 -m py_compile {path}"))
     for rel in PY_MODULES:
-        out.append(RenderedFile(f"{HA_BIN}/hapbx_node/{rel}", module_text(rel), service=LEADER_UNIT,
+        out.append(RenderedFile(f"{HA_BIN}/hapbx_node/{rel}", f"{header()}\n{node_module_source(rel)}", service=LEADER_UNIT,
                                 action="reload", mode="0644", validate="python3 -m py_compile {path}"))
     return out
 
