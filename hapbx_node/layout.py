@@ -80,7 +80,7 @@ def slot_name(node_name: str) -> str:
 
 # ---------------------------------------------------------------- HA status (HA_STATUS)
 #: the leader daemon's status file: one `key=value` per line, these keys in this order
-STATUS_KEYS = ("node", "role", "reason", "hold", "holder", "vrrp", "hung", "yield", "writer",
+STATUS_KEYS = ("node", "role", "reason", "hold", "holder", "vrrp", "hung", "yield", "stale", "writer",
                "deadline_in_ms", "last_renew_ms_ago", "last_renew_at_ms", "renew_max_gap_ms",
                "last_fence_at_ms", "witness", "moved_aside")
 

@@ -31,9 +31,11 @@ SAMPLE_EVERY = {
     "pg_role": 1000,        # the writer's server still a primary?
     "redis_role": 1000,     # a follower's Redis still a master?
     "pg_streaming": 1000,   # a follower's standby still streaming?
-    "peer_pg_role": 1000,   # yielding: does the leading peer answer again? no witness: is it a primary?
+    "peer_pg_role": 1000,   # yielding: does the leading peer answer again? stale: is the peer there to lead?
+                            # no witness: is it a primary?
     "sync": 1000,           # the writer's synchronous replication
     "holder": 1000,         # who leads, for a node that may not take the lease anyway
+    "stale": 1000,          # does the store mark this node stale (it missed commits)?
 }
 
 
@@ -139,12 +141,16 @@ class Daemon:
                     o = replace(o, lease=self.store.renew(s.lease_id, min(left, cfg.etcd_timeout_ms)))
             elif self.pending_lease is not None:
                 o, self.pending_lease = replace(o, lease=self.pending_lease), None
-            elif d.eligible(o, view, hung) or view == "MASTER" or self._due("holder", now):
+            elif d.eligible(o, view, hung, s.stale) or view == "MASTER" or self._due("holder", now):
                 o = replace(o, lease=self.store.holder(cfg.etcd_timeout_ms))
         now = mono_ms()
         o = replace(o, now=now)
         budget = self.budget_ms()
         t = max(budget, 100) / 1000
+        if cfg.witness and cfg.sync_names and not (s.hold and s.writer_ok) and budget > 100 and self._due("stale", now):
+            value = self.store.get(self.store.key("sync"), min(budget, cfg.etcd_timeout_ms))
+            if value is not None:
+                o = replace(o, stale=value == f"relaxed:{cfg.node}")
         if s.hold:
             if budget > 100 and s.writer_ok and self._due("pg_role", now):
                 o = replace(o, pg_role=self.pg.role(t))
@@ -161,7 +167,7 @@ class Daemon:
             if o.pg_running and o.pg_standby and s.peer_leads and self._due("pg_streaming", now):
                 o = replace(o, pg_streaming=self.pg.streaming())
             if cfg.witness:
-                if s.yield_vip and s.peer_leads and self._due("peer_pg_role", now):
+                if (s.yield_vip and s.peer_leads or s.stale and not s.peer_leads) and self._due("peer_pg_role", now):
                     o = replace(o, peer_pg_role=self.pg.peer_role())
             elif (d.eligible(o, view, hung) and not d.pg_writable(o)) or (view != "MASTER" and self._due("peer_pg_role", now)):
                 o = replace(o, peer_pg_role=self.pg.peer_role())
@@ -232,7 +238,7 @@ class Daemon:
         wall = wall_ms()
         write_atomic(f"{self.run_dir}/status", layout.format_status({
             "node": self.cfg.node, "role": s.role, "reason": self.reason, "hold": int(s.hold), "holder": s.holder,
-            "vrrp": s.vrrp, "hung": int(s.hung), "yield": int(s.yield_vip), "writer": int(s.writer_ok),
+            "vrrp": s.vrrp, "hung": int(s.hung), "yield": int(s.yield_vip), "stale": int(s.stale), "writer": int(s.writer_ok),
             "deadline_in_ms": s.deadline - now if s.hold else 0,
             "last_renew_ms_ago": now - s.last_renew if s.last_renew else -1,
             "last_renew_at_ms": wall - (now - s.last_renew) if s.last_renew else 0,

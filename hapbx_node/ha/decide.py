@@ -111,6 +111,7 @@ class Obs:
     rejoin_running: bool = False
     rejoin_exit: Optional[int] = None
     sync: Optional[SyncFact] = None
+    stale: Optional[bool] = None           # the store's sync key names this node: it missed commits
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class State:
     nw_lost_since: int = 0
     nw_peer_role: str = "?"
     sync_gone_since: int = 0
+    stale: bool = False            # as last read: this node missed commits and may not lead
 
 
 # ---------------------------------------------------------------- actions
@@ -250,10 +252,11 @@ def pg_writable(o: Obs) -> bool:
     return o.pg_running and not o.pg_standby
 
 
-def eligible(o: Obs, vrrp: str, hung: bool) -> bool:
+def eligible(o: Obs, vrrp: str, hung: bool, stale: bool = False) -> bool:
     """May this node take the lease? The VRRP master may; so may the incumbent (the running
-    primary) unless keepalived gave up here."""
-    if hung or o.rejoin_running or o.maintenance:
+    primary) unless keepalived gave up here. Never a node that missed commits (stale): its
+    promote would be refused, and holding the lease it would keep the peer from leading."""
+    if hung or stale or o.rejoin_running or o.maintenance:
         return False
     if vrrp == "MASTER":
         return True
@@ -357,7 +360,7 @@ def _lease_witness(c: _Cycle):
         if holder == cfg.node:
             c.do(Adopt())          # the key names us but this process does not know the lease (restart)
             c.again = True
-        elif holder == "" and eligible(o, s.vrrp, s.hung):
+        elif holder == "" and eligible(o, s.vrrp, s.hung, s.stale):
             c.do(Acquire())
             c.again = True
             c.because("nobody leads: taking the lease")
@@ -435,6 +438,11 @@ def _leader_duties(c: _Cycle):
     if c.s.writer_ok and o.pg_role is not None and o.pg_role not in ("primary", "unresponsive"):
         c.log("WARN", f"leader: local postgres is {o.pg_role}: promoting again")
         c.set(writer_ok=False)
+    if not c.s.writer_ok and c.s.stale and not o.promote_running:
+        # the lease came before the stale mark was read: the promote would be refused until the
+        # peer gave up its writes for good; the peer has the data, so it leads
+        c.resign(f"this node missed commits (the store marks it stale): {cfg.peer} must lead")
+        return
     if not c.s.writer_ok and not o.promote_running and o.now - c.s.last_promote_try > 1000:
         if c.s.promote_fail_since and o.now - c.s.promote_fail_since > cfg.promote_giveup_ms:
             c.resign(f"could not promote for {cfg.promote_giveup_ms}ms")
@@ -481,8 +489,21 @@ def _follower_duties(c: _Cycle):
         c.set(writer_ok=False)
     if o.redis_role == "master":
         c.do(RedisDemote())
-    # the VIP belongs with the leader: a MASTER that cannot lead yields it
-    if s.peer_leads and s.vrrp == "MASTER":
+    # the VIP belongs with the leader: a MASTER that cannot lead yields it. A stale node yields
+    # while nobody leads as well, if the peer is there to take it: the peer has the commits it
+    # missed. With the peer unreachable it keeps the VIP (SIP served from its read-only data)
+    # until the operator decides (hapbx-ha accept-stale).
+    if s.stale and not s.peer_leads:
+        if o.peer_pg_role in ("primary", "standby", "down", "error") and s.vrrp == "MASTER" and not s.yield_vip:
+            c.set(yield_vip=True)
+            c.log("WARN", f"yield: this node missed commits (the store marks it stale) and nobody leads: going "
+                          f"FAULT so {cfg.peer} (postgres {o.peer_pg_role}) can lead, until this node is "
+                          "synchronous again or the operator runs hapbx-ha accept-stale")
+        elif o.peer_pg_role == "unreachable" and s.yield_vip:
+            c.set(yield_vip=False)
+            c.log("WARN", f"yield: {cfg.peer} is unreachable: this stale node keeps the VIP (no writes; "
+                          "operator: hapbx-ha accept-stale)")
+    elif s.peer_leads and s.vrrp == "MASTER":
         since = s.peer_leads_since or o.now
         c.set(peer_leads_since=since)
         if not s.yield_vip and o.now - since > cfg.yield_ms:
@@ -538,7 +559,7 @@ def _role(c: _Cycle) -> str:
         return YIELDING
     if s.peer_leads:
         return FOLLOWER
-    if eligible(o, s.vrrp, s.hung) and (c.cfg.witness and s.holder == ""):
+    if eligible(o, s.vrrp, s.hung, s.stale) and (c.cfg.witness and s.holder == ""):
         return CANDIDATE
     return FOLLOWER
 
@@ -556,6 +577,8 @@ def _default_reason(c: _Cycle, role: str) -> str:
     if role == REJOINING:
         return f"postgres rejoining {cfg.peer}"
     if role == YIELDING:
+        if s.stale and not s.peer_leads:
+            return f"this node missed commits (stale): giving up the VIP so {cfg.peer} can lead (VRRP {s.vrrp})"
         return f"{cfg.peer} leads: giving up the VIP (VRRP {s.vrrp})"
     if role == CANDIDATE:
         return "nobody leads: may take the lease"
@@ -563,6 +586,8 @@ def _default_reason(c: _Cycle, role: str) -> str:
         return f"{cfg.peer} leads"
     if cfg.witness and s.holder == "?":
         return "leader key unreadable (store unreachable)"
+    if cfg.witness and s.holder == "" and s.stale:
+        return f"nobody leads; this node missed commits (stale): waiting for {cfg.peer} to lead"
     if cfg.witness and s.holder == "":
         return f"nobody leads; not eligible (VRRP {s.vrrp}{', keepalived hung' if s.hung else ''})"
     return "waiting: not the VRRP master" if not cfg.witness else f"{s.holder} leads"
@@ -572,6 +597,8 @@ def decide(s: State, o: Obs, cfg: Settings) -> Decision:
     c = _Cycle(s, o, cfg)
     vrrp, hung = vrrp_view(o, cfg)
     c.set(vrrp=vrrp, hung=hung)
+    if o.stale is not None:
+        c.set(stale=o.stale)
     _jobs(c)
     if cfg.witness:
         _lease_witness(c)

@@ -6,7 +6,8 @@ order; timings are printed (pytest -s) and asserted against the lease TTL.
 Covered: rejoin by pg_basebackup (empty node), promotion refused without the lease and
 while the peer is writable, election of the running primary, repeated and concurrent
 runs, lease loss -> writes stop before the TTL, split VRRP (both MASTER) -> one primary
-and the VIP yielded, failover with real divergence -> pg_rewind, rejoin falling back to
+and the VIP yielded, failover with real divergence -> pg_rewind, a stale standby that never leads (the up-to-date
+node does, its VIP yielded), rejoin falling back to
 pg_basebackup when pg_rewind cannot work, a crashed leader daemon fencing at once, a hung
 keepalived handing over, the start guard, a crashed primary restarted in place.
 """
@@ -275,7 +276,55 @@ def test_07_failover_with_divergence_then_pg_rewind(rig):
     assert one_primary(rig) == "pbx2"
 
 
-def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
+def test_08_a_stale_standby_never_leads_the_up_to_date_node_does(rig):
+    """A switchover at the wrong moment: pbx1 (standby) stopped streaming long enough for pbx2 (the
+    leader) to mark it stale and commit without it; then keepalived stops on pbx2 and pbx1 becomes
+    VRRP MASTER. pbx1 must not take the free lease (its promote is refused: with the lease held
+    there, nobody would ever write); it gives the VIP up instead, pbx2 leads again once its
+    keepalived is back, with every commit, and pbx1 streams, is synchronous again and ends its yield."""
+    n1 = rig.nodes["pbx1"]
+    rig.sh("pbx1", f"touch {n1.dir}/lib/maintenance")       # no automatic rejoin while it is cut off
+    conninfo = rig.psql("pbx1", "show primary_conninfo")
+    rig.psql("pbx1", "alter system set primary_conninfo = ''")
+    rig.psql("pbx1", "select pg_reload_conf()")
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "relaxed:pbx1", 20,
+             "pbx2 marks pbx1 stale")
+    rig.psql("pbx2", "insert into t (node) values ('pbx1-away')")
+    rig.sh("pbx1", f"rm {n1.dir}/lib/maintenance")
+    rig.wait(lambda: rig.status("pbx1").get("stale") == "1", 5, "pbx1 reads that it is stale")
+    t0 = time.time()
+    rig.notify("pbx2", "STOP")
+    rig.notify("pbx1", "MASTER")
+    rig.wait(lambda: rig.status("pbx1").get("yield") == "1", 5, "pbx1 yields the VIP")
+    timing("stale VRRP master -> VIP yielded", (time.time() - t0) * 1000)
+    rig.wait(lambda: rig.pg_pid("pbx2") is None, 10, "pbx2 resigned")
+    until = time.time() + 3
+    while time.time() < until:
+        assert rig.pg_role("pbx1") == "standby", rig.logs()
+        assert rig.etcdctl("get", "/hapbx/rig/leader", "--print-value-only") != "pbx1", rig.logs()
+        time.sleep(0.2)
+    assert "missed commits" in rig.status("pbx1").get("reason", ""), rig.status("pbx1")
+    rig.notify("pbx1", "FAULT")                                   # what keepalived does on the yield
+    t1 = time.time()
+    rig.notify("pbx2", "BACKUP")                                  # keepalived back on pbx2 ...
+    rig.notify("pbx2", "MASTER")                                  # ... and MASTER: its peer is FAULT
+    rig.wait(lambda: rig.pg_role("pbx2") == "primary" and rig.status("pbx2").get("writer") == "1", 20,
+             "pbx2 leads again")
+    timing("up-to-date node's keepalived back -> it writes again", (time.time() - t1) * 1000)
+    assert rig.psql("pbx2", "select count(*) from t where node = 'pbx1-away'") == "1"
+    rig.psql("pbx1", f"alter system set primary_conninfo = '{conninfo}'")
+    rig.psql("pbx1", "select pg_reload_conf()")
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 30,
+             "pbx1 synchronous again")
+    rig.wait(lambda: rig.status("pbx1").get("stale") == "0" and rig.status("pbx1").get("yield") == "0", 10,
+             "pbx1 no longer stale, its yield over")
+    rig.notify("pbx1", "BACKUP")
+    rig.wait(lambda: rig.psql("pbx1", "select count(*) from t where node = 'pbx1-away'") == "1", 10,
+             "the commit made while pbx1 was away reached it")
+    assert one_primary(rig) == "pbx2"
+
+
+def test_09_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     """pbx2 (the primary now) runs without wal_log_hints: after the next failover pg_rewind
     refuses it, and rejoin rebuilds it with pg_basebackup."""
     n2 = rig.nodes["pbx2"]
@@ -310,7 +359,7 @@ def test_08_rejoin_falls_back_to_basebackup_when_rewind_cannot_work(rig):
     rig.wait(lambda: rig.status("pbx2").get("moved_aside") == "", 5, "status: nothing moved aside")
 
 
-def test_09_a_dead_leader_daemon_fences_at_once(rig):
+def test_10_a_dead_leader_daemon_fences_at_once(rig):
     n1 = rig.nodes["pbx1"]
     t0 = time.time()
     os.kill(n1.daemon.pid, signal.SIGKILL)
@@ -327,7 +376,7 @@ def test_09_a_dead_leader_daemon_fences_at_once(rig):
     assert one_primary(rig) == "pbx1"
 
 
-def test_10_hung_keepalived_hands_over(rig):
+def test_11_hung_keepalived_hands_over(rig):
     """keepalived frozen on the leader: the VIP stays there while the peer takes it too; the
     leader sees its heartbeat stop, kills keepalived, resigns, and the peer promotes."""
     n1 = rig.nodes["pbx1"]
@@ -349,7 +398,7 @@ def test_10_hung_keepalived_hands_over(rig):
     assert one_primary(rig) == "pbx2"
 
 
-def test_11_start_guard(rig):
+def test_12_start_guard(rig):
     """An ex-primary (no standby.signal) never starts as a primary beside the new one."""
     n1 = rig.nodes["pbx1"]
     rig.sh("pbx1", f"touch {n1.dir}/lib/maintenance")             # keep the daemon's rejoin away
@@ -370,7 +419,7 @@ def test_11_start_guard(rig):
     assert one_primary(rig) == "pbx2"
 
 
-def test_12_a_crashed_primary_restarts_in_place(rig):
+def test_13_a_crashed_primary_restarts_in_place(rig):
     """The lease holder's PostgreSQL is SIGKILLed: its daemon restarts it as the primary on the
     same node (no failover) and marks the restart as planned while it runs, so keepalived's
     check-local does not move the VIP meanwhile (lab drill 3)."""

@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from lab import sipp
+from lab import drills, sipp
+from lab.context import LabContext
 from bench.loadgen import fs_cdr
 from hapbx_node.layout import parse_status
 from lab.health import STATUS as HA_STATUS_CMD
@@ -214,13 +215,18 @@ def follows(lab, node: str) -> bool:
 
 def switch_over(lab, old: str, new: str) -> float:
     """keepalived stopped on the writer (the HA layer's switchover): the peer takes the lease, the
-    VIP, PostgreSQL, Redis and the worker; then the old writer comes back as a standby."""
+    VIP, PostgreSQL, Redis and the worker; then the old writer comes back as a standby. Planned, so
+    from a healthy cluster to a healthy one: the standby synchronous before (a standby marked stale
+    is never promoted: switching to it right after it was demoted leaves nobody to write) and again
+    after, so a switchover back may follow at once."""
+    ctx = LabContext.from_cluster(lab.spec, lab.cluster, log=lambda _: None)
+    assert drills.wait_healthy(ctx, 180, "before the switchover") == old
     lab.sh(old, "systemctl stop keepalived")
     try:
         took = wait_for(f"{new} leads", lambda: leads(lab, new), 90)
     finally:
         lab.sh(old, "systemctl start keepalived")
-    wait_for(f"{old} follows", lambda: follows(lab, old), 120)
+    assert drills.wait_healthy(ctx, 180, "after the switchover") == new
     return took
 
 

@@ -173,6 +173,33 @@ SCENARIOS = {
         (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True),
          obs(vrrp="FAULT", **STANDBY, lease=d.Holder("")),
          d.FOLLOWER, [], {"yield_vip": False, "peer_leads": False}),
+    # ---- a node that missed commits (the store's sync key: relaxed:<this node>)
+    "stale: the VRRP master does not take the free lease; it gives the VIP to the peer":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, stale=True, peer_pg_role="down",
+                              lease=d.Holder("")),
+         d.YIELDING, [], {"hold": False, "stale": True, "yield_vip": True}),
+    "stale, the peer unreachable: keeps the VIP (SIP from read-only data), does not take the lease":
+        (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, stale=True, peer_pg_role="unreachable",
+                              lease=d.Holder("")),
+         d.FOLLOWER, [], {"hold": False, "yield_vip": False}),
+    "stale and yielding, the peer becomes unreachable: the VIP comes back":
+        (BASE, d.State(stale=True, yield_vip=True), obs(vrrp="FAULT", **STANDBY, peer_pg_role="unreachable",
+                                                        lease=d.Holder("")),
+         d.FOLLOWER, [], {"yield_vip": False}),
+    "stale: stays yielding (FAULT) while nobody leads":
+        (BASE, d.State(stale=True, yield_vip=True), obs(vrrp="FAULT", **STANDBY, lease=d.Holder("")),
+         d.YIELDING, [], {"yield_vip": True}),
+    "stale no more (synchronous again, or accepted by the operator): the VIP may come back":
+        (BASE, d.State(stale=True, yield_vip=True), obs(vrrp="FAULT", **STANDBY, stale=False, lease=d.Holder("")),
+         d.FOLLOWER, [], {"yield_vip": False, "stale": False}),
+    "stale: the lease came before the mark was read: resign at once, no promote":
+        (BASE, replace(LEADING, writer_ok=False), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, stale=True,
+                                                      lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites"], {"hold": False, "writer_ok": False}),
+    "stale and the peer leads: an ordinary follower (the VIP follows VRRP)":
+        (BASE, d.State(holder="pbx2", peer_leads=True, stale=True), obs(vrrp="BACKUP", **STANDBY,
+                                                                       lease=d.Holder("pbx2")),
+         d.FOLLOWER, [], {"yield_vip": False}),
     "store unreachable: who leads stays as last known":
         (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", **STANDBY, lease=d.Holder(None)),
          d.FOLLOWER, [], {"holder": "?", "peer_leads": True}),
