@@ -8,11 +8,12 @@ One cycle (a reliable queue with the list commands the Redis ``cdr`` user is all
   1. take: items left in this node's processing list (a previous run died mid-batch) first;
      else BLMOVE one item queue -> processing (waits up to HAPBX_CDR_BLOCK_SECONDS), then
      LMOVE up to batch-1 more in one pipeline. The processing list's right end holds the batch.
-  2. store: one transaction, ``SELECT cdr.ingest(x)`` per record (true stored, false already
-     there: a re-delivery); commit.
+  2. store: one transaction, ``SELECT cdr.ingest_outcome(x)`` per record ('stored'; 'duplicate':
+     already there with the same content, a re-delivery; 'conflict': there with other content,
+     kept in cdr.conflicts for review and counted, never stored over the first); commit.
   3. release: RPOP the batch's count from the processing list (with the dead letters pushed in
      the same MULTI/EXEC).
-A crash between 2 and 3 re-delivers the batch: ingest() finds every UUID and stores nothing
+A crash between 2 and 3 re-delivers the batch: ingest_outcome() finds every UUID and stores nothing
 twice. Redis or PostgreSQL down: the batch stays where it is, retried with backoff (up to
 HAPBX_CDR_BACKOFF_MAX). A record PostgreSQL refuses for its data (SQLSTATE class 22 or 23), or
 a queue item that is not an envelope, goes to the dead-letter list with the reason; the rest
@@ -38,9 +39,9 @@ from .settings import WorkerSettings
 
 # one row per queue item, in order; an item that is not a version-1 envelope makes ingest(NULL)
 # fail (no call_uuid: class 23), which sends the batch to the item-by-item path
-INGEST_SQL = ("SELECT cdr.ingest(CASE WHEN e->>'v' = '1' AND jsonb_typeof(e->'c') = 'object' THEN e->'c' END) "
+INGEST_SQL = ("SELECT cdr.ingest_outcome(CASE WHEN e->>'v' = '1' AND jsonb_typeof(e->'c') = 'object' THEN e->'c' END) "
               "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, i) ORDER BY i")
-INGEST_ONE_SQL = "SELECT cdr.ingest(%s::jsonb)"
+INGEST_ONE_SQL = "SELECT cdr.ingest_outcome(%s::jsonb)"
 POISON_CLASSES = ("22", "23")   # data exception, integrity constraint violation
 
 
@@ -48,6 +49,7 @@ POISON_CLASSES = ("22", "23")   # data exception, integrity constraint violation
 class Counters:
     stored: int = 0
     duplicates: int = 0
+    conflicts: int = 0
     dead: int = 0
     batches: int = 0
     recovered: int = 0
@@ -167,8 +169,13 @@ class Worker:
             text = str(err).strip()
             first = text.splitlines()[0] if text else type(err).__name__
             raise Transient(f"PostgreSQL: {err.pgcode or ''} {first}".replace(":  ", ": ")) from None
-        self.c.stored += sum(1 for r in results if r)
-        self.c.duplicates += sum(1 for r in results if r is False)
+        self.c.stored += results.count("stored")
+        self.c.duplicates += results.count("duplicate")
+        conflicts = results.count("conflict")
+        if conflicts:
+            self.c.conflicts += conflicts
+            self.log.warning("%d CDR(s) conflict with the record stored first under the same call UUID: kept in "
+                             "cdr.conflicts for review", conflicts)
         self.c.last_lag = max(0.0, time.time() - min(queued)) if queued else 0.0
         return dead
 
@@ -248,9 +255,10 @@ class Worker:
                 backoff = min(backoff * 2, self.s.backoff_max)
             now = time.monotonic()
             if now - last_report >= 10:
-                current = (self.c.stored, self.c.duplicates, self.c.dead)
+                current = (self.c.stored, self.c.duplicates, self.c.conflicts, self.c.dead)
                 if current != reported:
-                    self.log.info("stored %d, re-deliveries %d, dead letters %d, lag %.3fs", *current, self.c.last_lag)
+                    self.log.info("stored %d, re-deliveries %d, conflicts %d, dead letters %d, lag %.3fs", *current,
+                                  self.c.last_lag)
                     reported = current
                 last_report = now
         self._pg_reset()
@@ -272,5 +280,6 @@ def main() -> int:
     log.info("worker on %s (%s): queue %s, batch %d", settings.node, socket.gethostname(), settings.redis.keys.queue,
              settings.batch)
     worker.run()
-    log.info("stopped: stored %d, re-deliveries %d, dead letters %d", worker.c.stored, worker.c.duplicates, worker.c.dead)
+    log.info("stopped: stored %d, re-deliveries %d, conflicts %d, dead letters %d", worker.c.stored,
+             worker.c.duplicates, worker.c.conflicts, worker.c.dead)
     return 0

@@ -31,7 +31,7 @@ def cleaned(stack: Stack) -> Iterator[Stack]:
     if stack.worker is not None:
         stack.worker.stop()
         stack.worker = None
-    stack.pg.psql("TRUNCATE cdr.calls, cdr.call_uuids")
+    stack.pg.psql("TRUNCATE cdr.calls, cdr.call_uuids, cdr.conflicts")
     stack.redis.cli("DEL", "cdr:queue", "cdr:processing:pbx1", "cdr:processing:pbx2", "cdr:dead")
     if stack.receiver is None or not stack.receiver.running:
         stack.start_receiver()

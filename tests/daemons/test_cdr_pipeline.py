@@ -99,6 +99,27 @@ def test_posted_records_land_in_the_cdr_table(clean):
                               "16", "/var/lib/hapbx/recordings/x.wav", "pbx1", "00:00:02", "f", one]
 
 
+def test_a_different_record_under_a_stored_call_uuid_is_kept_for_review(clean):
+    """A forged 1-second CDR posted first under a call's UUID does not make the real one a
+    silent re-delivery: the real one is kept in cdr.conflicts (once) and counted by the worker;
+    the same record posted again is an ordinary duplicate."""
+    st = clean
+    st.start_worker()
+    u = str(uuid.uuid4())
+    start = time.time() - 700
+    forged, real = fs_cdr(u, start, duration=1, answered=False), fs_cdr(u, start, duration=600)
+    assert post(st, forged)[0] == 200
+    st.wait_stored(1)
+    assert post(st, forged)[0] == 200 and post(st, real)[0] == 200 and post(st, real)[0] == 200
+    devstack._wait(lambda: st.queue_lengths()["queue"] == 0 and st.queue_lengths()["processing"] == 0, 10,
+                   "queue drained")
+    devstack._wait(lambda: "1 CDR(s) conflict with the record stored first" in st.worker.output(), 15,
+                   "the worker counted the conflict")
+    assert st.pg.psql(f"SELECT duration FROM cdr.calls WHERE call_uuid = '{u}'") == "1"
+    assert st.pg.psql(f"SELECT record->>'duration' FROM cdr.conflicts WHERE call_uuid = '{u}'") == "600"
+    assert st.queue_lengths()["dead"] == 0
+
+
 def test_every_mod_json_cdr_encoding_is_accepted(clean):
     st = clean
     st.start_worker()

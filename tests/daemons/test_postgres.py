@@ -411,6 +411,30 @@ def test_cdr_ingest_is_idempotent_and_lands_in_its_month(provisioned):
         assert part in plan and "calls_default" not in plan  # pruned to the month
 
 
+def test_a_cdr_that_differs_from_the_one_stored_first_goes_to_review_not_over_it(provisioned):
+    """First writer wins only over the same record: a re-delivery (or the same record through the
+    peer's receiver) is a duplicate; a different record under the same call UUID (a forged 1-second
+    call posted before the real one, or the real one after a forgery) is kept in cdr.conflicts once,
+    never stored over the first; cdr_writer cannot read what it wrote there."""
+    real = cdr()
+    forged = {**real, "answer_time": None, "billsec": 0, "duration": 1, "end_time": "2031-01-15T10:00:01Z"}
+    outcome = "SELECT cdr.ingest_outcome(%s::jsonb)"
+    with provisioned.connect("cdr_writer", pg.DATABASE) as c:
+        assert c.execute(outcome, (json.dumps(forged),)).fetchone()[0] == "stored"
+        assert c.execute(outcome, (json.dumps(forged),)).fetchone()[0] == "duplicate"
+        assert c.execute(outcome, (json.dumps({**forged, "node": "pbx2"}),)).fetchone()[0] == "duplicate"
+        assert c.execute(outcome, (json.dumps(real),)).fetchone()[0] == "conflict"
+        assert c.execute(outcome, (json.dumps(real),)).fetchone()[0] == "conflict"      # re-delivered: kept once
+        assert c.execute("SELECT cdr.ingest(%s::jsonb)", (json.dumps(real),)).fetchone()[0] is False
+    with provisioned.connect("cdr_writer", pg.DATABASE) as c, pytest.raises(errors.InsufficientPrivilege):
+        c.execute("SELECT count(*) FROM cdr.conflicts")
+    with provisioned.connect(db=pg.DATABASE) as c:
+        assert c.execute("SELECT duration FROM cdr.calls WHERE call_uuid = %s", (real["call_uuid"],)).fetchall() == [(1,)]
+        kept = c.execute("SELECT record->>'duration' FROM cdr.conflicts WHERE call_uuid = %s",
+                         (real["call_uuid"],)).fetchall()
+        assert kept == [("65",)]
+
+
 def test_ensure_partitions_moves_early_rows_out_of_the_default_partition(provisioned):
     """A CDR stamped next-next-...-month (beyond the partitions ahead) sits in the default
     partition until ensure_partitions creates its month, then it is moved there."""
