@@ -358,8 +358,10 @@ class CdrSettings:
                                minimum=4, maximum=65536)
     batch_size: int = setting("batchSize", "CDRs per PostgreSQL transaction of the worker.", 500, minimum=1, maximum=10000)
     wait_replica_ms: int = setting(
-        "waitReplicaMs", "After each push the receiver waits up to this long for the Redis replica's ack "
-        "(0: never), so a master crash loses nothing the replica confirmed.", 100, minimum=0, maximum=5000)
+        "waitReplicaMs", "After each push the receiver waits up to this long for the Redis replica's ack; "
+        "what the replica did not confirm is committed to PostgreSQL before it is acknowledged, so a master "
+        "crash loses nothing acknowledged (0: no wait, acknowledged once on the master).", 100, minimum=0,
+        maximum=5000)
     redis_timeout_seconds: float = setting(
         "redisTimeoutSeconds", "How long a post may wait for a Redis master (a failover) before it gets 503 and "
         "FreeSWITCH retries.", 3.0, minimum=0.1, maximum=60)

@@ -82,6 +82,14 @@ def pg_dsn(cluster: ClusterConfig, user: str) -> str:
     return f"host={PG_SOCKET_DIR} port={cluster.postgres.port} dbname={DATABASE} user={user}"
 
 
+def primary_dsn(ctx: RenderContext, user: str) -> str:
+    """The primary wherever it is: the local socket, else the peer over TLS (libpq skips a standby:
+    target_session_attrs). For the receiver's direct path, which runs on both nodes."""
+    port = ctx.cluster.postgres.port
+    return (f"host={PG_SOCKET_DIR},{ctx.peer.address} port={port},{port} dbname={DATABASE} user={user} "
+            "target_session_attrs=read-write sslmode=require")
+
+
 def receiver_env(ctx: RenderContext) -> dict[str, str]:
     c, node = ctx.cluster, ctx.host
     return {
@@ -93,6 +101,9 @@ def receiver_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_CDR_WAIT_REPLICA_MS": str(c.cdr.wait_replica_ms),
         # the local Redis first; when it is a replica (READONLY) the peer's master
         **redis_env(ctx, with_peer=True),
+        # what the Redis replica did not confirm is committed here before it is acknowledged
+        "HAPBX_PG_DSN": primary_dsn(ctx, "cdr_writer"),
+        "HAPBX_PG_PASSWORD": ctx.secret("postgres_cdr"),
     }
 
 

@@ -1,4 +1,5 @@
-"""The CDR receiver: FreeSWITCH mod_json_cdr -> validation -> Redis list, 200 only after Redis acked.
+"""The CDR receiver: FreeSWITCH mod_json_cdr -> validation -> Redis list, 200 only once the record
+is safe on two machines.
 
 Posts are coalesced: while one LPUSH is in flight the next records gather, and go in one
 LPUSH of many values (one round trip for a whole burst), each poster answered when the push
@@ -7,8 +8,15 @@ answers READONLY (a replica) or does not answer is left for the next, so a recei
 node always writes to the current master. A record that cannot be pushed within
 HAPBX_CDR_REDIS_TIMEOUT gets a 503 (mod_json_cdr retries, then keeps it in its error log dir).
 
-Answers: 200 stored in the queue; 400 not a JSON CDR; 413 body too large; 422 a CDR the table
-would refuse (reason in the body); 503 Redis unavailable or the queue full (maxmemory).
+Safe on two machines (HAPBX_CDR_WAIT_REPLICA_MS > 0): each push is followed by WAIT for the Redis
+replica; when the replica did not confirm in time the push's records are committed to
+PostgreSQL before they are acknowledged (ingest.py says why not min-replicas-to-write). The
+answer says where: ``"stored": "queue"`` (master and replica) or ``"postgres"`` (with why).
+
+Answers: 200 safe (where, in the body); 400 not a JSON CDR; 413 body too large; 422 a CDR the
+table would refuse (reason in the body); 503 Redis unavailable, the queue full (maxmemory), or
+the replica silent and PostgreSQL unavailable too (the poster retries; a record queued twice is
+stored once).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from aiohttp import web
 
 from . import records
 from .common import RateLimitedLog, http_sites, setup_logging, until_stopped
+from .ingest import STORED, DirectUnavailable, DirectWriter
 from .resp import Connection, ConnectionLost, RespError, open_first
 from .settings import ReceiverSettings
 
@@ -32,6 +41,10 @@ class Unavailable(Exception):
     """The record could not be queued (the poster gets a 503 and retries)."""
 
 
+class Refused(Exception):
+    """PostgreSQL refused the record for its data on the direct path (the poster gets a 422)."""
+
+
 @dataclass
 class Stats:
     accepted: int = 0
@@ -40,6 +53,7 @@ class Stats:
     unavailable: int = 0
     pushes: int = 0
     replica_acks: int = 0
+    direct_to_postgres: int = 0     # records acknowledged once in PostgreSQL (the replica did not confirm)
     started: float = field(default_factory=time.time)
 
 
@@ -55,16 +69,21 @@ class Pusher:
         self.wait_ms = settings.wait_replica_ms
         self.limited = RateLimitedLog(log, 2)
         self.task: asyncio.Task | None = None
+        self.direct = (DirectWriter(settings.pg_dsn, settings.pg_password, settings.node, settings.redis_timeout)
+                       if settings.pg_dsn and settings.wait_replica_ms else None)
+        self.direct_tasks: set[asyncio.Task] = set()
 
     @property
     def endpoint(self) -> str | None:
         return self.conn.label if self.conn and self.conn.connected else None
 
-    async def push(self, payload: bytes) -> None:
+    async def push(self, payload: bytes) -> str:
+        """Where the record is safe: 'queue' (Redis master and replica, or the master alone when
+        WAIT is off) or 'postgres'; Unavailable or Refused otherwise."""
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((payload, fut, time.monotonic() + self.s.redis_timeout))
         self.wake.set()
-        await fut
+        return await fut
 
     def _fail(self, batch, exc: Exception) -> None:
         for _, fut, _ in batch:
@@ -143,9 +162,35 @@ class Pusher:
                     self.wait_ms = 0
                 elif isinstance(acks, int) and acks > 0:
                     self.stats.replica_acks += 1
+                elif self.direct is not None:
+                    # only on the master so far: safe once PostgreSQL has it (in its own task, so the
+                    # next pushes do not wait for this commit)
+                    task = asyncio.get_running_loop().create_task(self._store_direct(batch))
+                    self.direct_tasks.add(task)
+                    task.add_done_callback(self.direct_tasks.discard)
+                    continue
             for _, fut, _ in batch:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result("queue")
+
+    async def _store_direct(self, batch) -> None:
+        self.limited(logging.WARNING, "queue: the Redis replica did not confirm within %d ms: committing the "
+                     "records to PostgreSQL before acknowledging them", self.wait_ms)
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self.direct.pool, self.direct.store, [p for p, _, _ in batch])
+        except DirectUnavailable as err:
+            self.limited(logging.ERROR, "queue: replica silent and %s: answering 503", err)
+            self._fail(batch, Unavailable(f"the Redis replica did not confirm and {err}"))
+            return
+        for (_, fut, _), outcome in zip(batch, outcomes):
+            if fut.done():
+                continue
+            if outcome in STORED:
+                self.stats.direct_to_postgres += 1
+                fut.set_result("postgres")
+            else:
+                fut.set_exception(Refused("PostgreSQL refused the record for its data"))
 
 
 def _json(status: int, body: dict) -> web.Response:
@@ -185,12 +230,18 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
             rejected_log(logging.WARNING, "refused an invalid CDR from %s: %s", request.remote, err)
             return _json(422, {"error": str(err)})
         try:
-            await pusher.push(records.envelope(row, time.time()).encode())
+            where = await pusher.push(records.envelope(row, time.time()).encode())
         except Unavailable as err:
             stats.unavailable += 1
             return _json(503, {"error": str(err)})
+        except Refused as err:
+            stats.rejected += 1
+            return _json(422, {"error": str(err)})
         stats.accepted += 1
-        return _json(200, {"ok": True, "call_uuid": row["call_uuid"]})
+        body = {"ok": True, "call_uuid": row["call_uuid"], "stored": where}
+        if where == "postgres":
+            body["why"] = "the Redis replica did not confirm the queued copy in time"
+        return _json(200, body)
 
     async def health(request: web.Request) -> web.Response:
         endpoint = pusher.endpoint
@@ -210,6 +261,11 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
                 pass
         if pusher.conn:
             pusher.conn.close()
+        if pusher.direct is not None:
+            for task in list(pusher.direct_tasks):
+                await asyncio.wait([task], timeout=settings.redis_timeout + 1)
+            pusher.direct.pool.shutdown(wait=False)
+            pusher.direct.close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)

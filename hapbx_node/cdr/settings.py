@@ -102,6 +102,8 @@ class ReceiverSettings:
     redis_timeout: float       # s a record may wait for Redis before the poster gets a 503
     wait_replica_ms: int       # WAIT for one replica after each push (0: off)
     max_batch: int             # records per LPUSH
+    pg_dsn: str                # the direct path (the replica did not confirm): "" none
+    pg_password: str
 
     @staticmethod
     def from_env(env=os.environ) -> "ReceiverSettings":
@@ -112,7 +114,9 @@ class ReceiverSettings:
             redis=RedisSettings.from_env(env),
             redis_timeout=_float(env, "HAPBX_CDR_REDIS_TIMEOUT", 3.0, 0.1, 60),
             wait_replica_ms=_int(env, "HAPBX_CDR_WAIT_REPLICA_MS", 0, 0, 5000),
-            max_batch=_int(env, "HAPBX_CDR_PUSH_BATCH", 256, 1, 10000))
+            max_batch=_int(env, "HAPBX_CDR_PUSH_BATCH", 256, 1, 10000),
+            pg_dsn=_get(env, "HAPBX_PG_DSN", ""),
+            pg_password=_get(env, "HAPBX_PG_PASSWORD") if env.get("HAPBX_PG_DSN") else "")
 
 
 @dataclass(frozen=True)

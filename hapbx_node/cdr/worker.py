@@ -34,15 +34,10 @@ import psycopg2.extras
 import redis
 
 from . import records
+from .ingest import INGEST_ONE_SQL, INGEST_SQL, is_poison
 from .common import RateLimitedLog, setup_logging
 from .settings import WorkerSettings
 
-# one row per queue item, in order; an item that is not a version-1 envelope makes ingest(NULL)
-# fail (no call_uuid: class 23), which sends the batch to the item-by-item path
-INGEST_SQL = ("SELECT cdr.ingest_outcome(CASE WHEN e->>'v' = '1' AND jsonb_typeof(e->'c') = 'object' THEN e->'c' END) "
-              "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, i) ORDER BY i")
-INGEST_ONE_SQL = "SELECT cdr.ingest_outcome(%s::jsonb)"
-POISON_CLASSES = ("22", "23")   # data exception, integrity constraint violation
 
 
 @dataclass
@@ -145,7 +140,7 @@ class Worker:
                     results = [row[0] for row in cur.fetchall()]
                     queued = [self._queued(items[0])]
                 except (psycopg2.Error, UnicodeDecodeError) as err:
-                    if isinstance(err, psycopg2.Error) and (err.pgcode or "")[:2] not in POISON_CLASSES:
+                    if isinstance(err, psycopg2.Error) and not is_poison(err):
                         raise
                     conn.rollback()
                     good: list[tuple[bytes, dict, float]] = []
@@ -196,7 +191,7 @@ class Worker:
                 results.append(cur.fetchone()[0])
                 cur.execute("RELEASE SAVEPOINT one")
             except psycopg2.Error as err:
-                if not (err.pgcode or "")[:2] in POISON_CLASSES:
+                if not is_poison(err):
                     raise
                 cur.execute("ROLLBACK TO SAVEPOINT one")
                 reason = f"PostgreSQL refused it: {err.pgcode} {str(err).strip().splitlines()[0]}"

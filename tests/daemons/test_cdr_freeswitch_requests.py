@@ -164,7 +164,7 @@ def test_each_freeswitch_request_reaches_redis_and_postgresql(clean, name):
     want = expected(req)
     resp = fsr.send(st.receiver_port, req)
     assert resp.status == 200, (name, resp.status, resp.body[:200])
-    assert json.loads(resp.body) == {"ok": True, "call_uuid": want["call_uuid"]}
+    assert json.loads(resp.body) == {"ok": True, "call_uuid": want["call_uuid"], "stored": "queue"}
     # in the Redis queue, as the worker will read it
     items = queued(st)
     assert len(items) == 1 and items[0]["call_uuid"] == want["call_uuid"]

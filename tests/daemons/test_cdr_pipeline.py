@@ -90,7 +90,7 @@ def test_posted_records_land_in_the_cdr_table(clean):
     status, body = post(st, fs_cdr(one, start, caller="1001", callee="2002", duration=40,
                                    extra={"hapbx_direction": "outbound", "sip_gateway_name": "carrier-a",
                                           "hapbx_recording_path": "/var/lib/hapbx/recordings/x.wav"}))
-    assert status == 200 and body == {"ok": True, "call_uuid": one}
+    assert status == 200 and body == {"ok": True, "call_uuid": one, "stored": "queue"}
     st.wait_stored(301)
     row = st.pg.psql("SELECT direction, caller_number, caller_name, callee_number, trunk, duration, billsec, "
                      "hangup_cause, hangup_cause_q850, recording_path, node, answer_time - start_time, "
@@ -359,6 +359,39 @@ def test_receiver_writes_to_the_master_when_the_first_endpoint_is_a_replica(stac
             rec.stop()
     finally:
         replica.stop()
+
+
+def test_a_record_the_replica_did_not_confirm_is_in_postgres_before_it_is_acknowledged(stack, clean):
+    """WAIT on, no Redis replica: every 200 says "postgres" and the row is there at the answer (no
+    worker runs); the worker later finds the queued copies already stored (duplicates, nothing
+    twice). PostgreSQL down as well: 503, never a 200 for a record on the master alone."""
+    st = clean
+    rec = st.receiver_service()
+    rec.env.update(HAPBX_CDR_PORT=str(devstack.free_port()), HAPBX_CDR_WAIT_REPLICA_MS="50",
+                   HAPBX_PG_DSN=st.pg.dsn("cdr_writer"), HAPBX_PG_PASSWORD=devstack.PASSWORDS["cdr_writer"])
+    rec.start()
+    url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
+    try:
+        devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "the receiver")
+        ids = [str(uuid.uuid4()) for _ in range(10)]
+        for u in ids:
+            status, body = http("POST", f"{url}/cdr", json.dumps(fs_cdr(u)).encode(), {"Content-Type": "application/json"})
+            assert status == 200 and body["stored"] == "postgres" and "replica" in body["why"], body
+            assert st.pg.psql(f"SELECT count(*) FROM cdr.calls WHERE call_uuid = '{u}'") == "1"
+        health = http("GET", f"{url}/health")[1]
+        assert health["direct_to_postgres"] == 10 and health["replica_acks"] == 0, health
+        assert st.queue_lengths()["queue"] == 10                       # the queued copies are there too
+        st.start_worker()
+        assert_exactly_once(st, ids)
+        st.pg.stop()
+        try:
+            status, body = http("POST", f"{url}/cdr", json.dumps(fs_cdr(str(uuid.uuid4()))).encode(),
+                                {"Content-Type": "application/json"})
+            assert status == 503 and "PostgreSQL" in body["error"], (status, body)
+        finally:
+            st.pg.start()
+    finally:
+        rec.stop()
 
 
 def test_queue_full_gives_503_not_a_silent_drop(clean):
