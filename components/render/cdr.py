@@ -179,8 +179,9 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     for name, source in package_files():
         out.append(RenderedFile(f"{LIB_DIR}/{name}", f"{header()}\n{source}", action=touch_markers(),
                                 validate="python3 -m py_compile {path}"))
-    envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx), ("redis_cdr",),
-             "CDR receiver: where it listens, the Redis endpoints and its Redis user."),
+    envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx), ("redis_cdr", "postgres_cdr"),
+             "CDR receiver: where it listens, the Redis endpoints and its Redis user, the primary (role "
+             "cdr_writer) for what the Redis replica did not confirm."),
             ("cdr-worker.env", WORKER_UNIT, worker_env(ctx), ("redis_cdr", "postgres_cdr"),
              "CDR worker: the local Redis and PostgreSQL (role cdr_writer)."),
             ("admin.env", ADMIN_UNIT, admin_env(ctx), ("admin_api_token", "redis_cdr", "postgres_admin"),
