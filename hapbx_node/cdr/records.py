@@ -35,13 +35,17 @@ The dialplan (media layer) sets the ``hapbx_*`` variables where it knows better.
 ``raw`` keeps the posted record without its bulky ``callflow``.
 
 Everything cdr.calls' constraints would refuse is refused here, with the reason, so a
-malformed record gets a 4xx at once instead of a dead letter later.
+malformed record gets a 4xx at once instead of a dead letter later: loads() refuses the JSON
+PostgreSQL cannot store (NaN, Infinity, a number beyond a float such as 1e400, a NUL or a lone
+surrogate in any string or key, nesting deeper than MAX_DEPTH) as a bad body (400), normalize()
+a column it could not fill (an infinite number, a ``%00`` that decodes to NUL) as a bad record (422).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import math
 import re
 import uuid as uuidlib
 from datetime import datetime, timedelta, timezone
@@ -56,6 +60,11 @@ TEXT_MAX = 256
 #: seconds a call may last at most (a week): anything longer is a broken clock, not a call
 MAX_DURATION = 7 * 24 * 3600
 ENVELOPE_VERSION = 1
+#: JSON nesting accepted (FreeSWITCH's CDR goes 7 deep: callflow's originatee profiles); deeper is
+#: an attack on the parsers' recursion, here and in PostgreSQL
+MAX_DEPTH = 32
+#: characters PostgreSQL's text and jsonb refuse: NUL, and lone surrogates (no UTF-8 for them)
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Invalid(ValueError):
@@ -107,11 +116,68 @@ def _cdr_field(body: bytes) -> bytes:
     raise Invalid("form body has no 'cdr' field")
 
 
+def loads(text: bytes | str, strict: bool = True) -> Any:
+    """json.loads of what PostgreSQL can store: Invalid (say why) for NaN, Infinity, a number
+    beyond a float, a NUL or lone surrogate in a string or key, nesting deeper than MAX_DEPTH.
+    Text that is no JSON raises json's own ValueError."""
+    try:
+        value = json.loads(text, strict=strict, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        # json's C scanner recurses per level: this deep is far beyond MAX_DEPTH
+        raise Invalid(f"JSON nests deeper than {MAX_DEPTH} levels") from None
+    _check_storable(value)
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise Invalid(f"JSON has {name}: not a number PostgreSQL can store")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Invalid(f"JSON has the number {text[:40]}: out of range (beyond a float)")
+    return value
+
+
+def _check_storable(value: Any) -> None:
+    """Invalid for a container deeper than MAX_DEPTH or an UNSTORABLE character in a string or
+    key, naming where; a walk with its own stack (no recursion, whatever the depth)."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, path)
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_DEPTH:
+            raise Invalid(f"JSON nests deeper than {MAX_DEPTH} levels (at {path[:80]!r})")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else key
+                _check_text(key, where)
+                stack.append((child, depth + 1, where))
+        else:
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+
+
+def _check_text(text: str, where: str) -> None:
+    bad = UNSTORABLE.search(text)
+    if bad:
+        char = bad.group()
+        what = "a NUL character" if char == "\x00" else "a lone surrogate"
+        raise Invalid(f"JSON has {what} (\\u{ord(char):04x}) in {where[:80] or '(top level)'!r}: "
+                      "PostgreSQL cannot store it")
+
+
 def _json_object(text: bytes | str) -> dict:
     try:
         # strict=False: control characters inside strings (an unescaped value's CR LF) are data
-        record = json.loads(text, strict=False)
-    except (ValueError, UnicodeDecodeError) as err:
+        record = loads(text, strict=False)
+    except Invalid:
+        raise
+    except ValueError as err:   # json's JSONDecodeError, UnicodeDecodeError
         raise Invalid(f"body is not JSON ({str(err)[:80]})") from None
     if not isinstance(record, dict):
         raise Invalid("body is not a JSON object")
@@ -139,7 +205,8 @@ def _fs_escaped_json(value: bytes) -> dict:
     for _ in range(max(1, min(REQUOTE_TRIES, REQUOTE_BUDGET // max(len(text), 1)))):
         out, closes = _requote(text, data)
         try:
-            record = json.loads(out, strict=False)
+            # loads' own Invalid (NaN, NUL, depth) is the answer: it is not caught here
+            record = loads(out, strict=False)
         except json.JSONDecodeError as err:
             before = [t for t, o in closes if o < err.pos and t not in data]
             if not before:
@@ -247,9 +314,13 @@ def _int(variables: dict, name: str) -> int | None:
     if raw is None:
         return None
     try:
-        return int(float(raw))
+        number = float(raw)
     except ValueError:
         raise Invalid(f"{name}: {raw[:40]!r} is not a number") from None
+    if not math.isfinite(number):
+        # "inf", "nan", "1e400": int() of them would raise (OverflowError: a 500)
+        raise Invalid(f"{name}: {raw[:40]!r} is not a finite number")
+    return int(number)
 
 
 def _text(value: str | None) -> str | None:
@@ -318,7 +389,7 @@ def normalize(record: dict, receiving_node: str) -> dict[str, Any]:
     if queue and "@" in queue:
         queue = queue.split("@", 1)[0]
     raw = {k: v for k, v in record.items() if k != "callflow"}
-    return {
+    row = {
         "call_uuid": call_uuid,
         "bleg_uuid": bleg,
         "direction": direction,
@@ -341,6 +412,16 @@ def normalize(record: dict, receiving_node: str) -> dict[str, Any]:
         "node": node,
         "raw": raw,
     }
+    _check_columns(row)
+    return row
+
+
+def _check_columns(row: dict[str, Any]) -> None:
+    """Invalid for a NUL in a text column: loads() let the JSON through, but a percent-encoded
+    value's ``%00`` decodes to one, which PostgreSQL would refuse (a dead letter after a 200)."""
+    for column, value in row.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise Invalid(f"{column}: has a NUL character (%00): PostgreSQL cannot store it")
 
 
 def envelope(row: dict, received_at: float) -> str:

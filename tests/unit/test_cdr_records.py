@@ -184,3 +184,98 @@ def test_settings_name_the_bad_variable():
                                    "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1"})
     assert s.redis.endpoints == [("127.0.0.1", 6379), ("10.0.0.2", 6380)] and s.listen == ["127.0.0.1", "10.0.0.1"]
     assert s.redis.keys.queue == "cdr:queue" and s.redis.keys.dead == "cdr:dead"
+
+
+# --- no server error for any input (issue 21): what PostgreSQL cannot store is a 4xx at once ---
+
+def _body(rec: dict, **variables) -> str:
+    """The record as JSON with variables' values given as raw JSON text (NaN, 1e400, ...)."""
+    text = json.dumps({**rec, "variables": {**rec["variables"], **{k: f"@{k}@" for k in variables}}})
+    for k, raw in variables.items():
+        text = text.replace(f'"@{k}@"', raw)
+    return text
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("NaN", "JSON has NaN"), ("Infinity", "JSON has Infinity"), ("-Infinity", "JSON has -Infinity"),
+    ("1e400", "number 1e400: out of range"), ("-1e400", "number -1e400: out of range"),
+])
+def test_non_finite_json_numbers_are_a_bad_body(raw, message):
+    text = _body(fs_cdr(U), billsec=raw)
+    with pytest.raises(records.Invalid, match=message):
+        records.decode_body(text.encode(), "application/json")
+    # the same under every encode setting (the form, base64, and encode=true's escaped JSON)
+    fs = _fs_encoder()
+    for body, ctype in [(b"cdr=" + base64.b64encode(text.encode()), records.BASE64_FORM),
+                        (b"cdr=" + fs.switch_url_encode(text).encode(), records.FORM)]:
+        with pytest.raises(records.Invalid, match=message):
+            records.decode_body(body, ctype)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"variables": {"caller_id_name": "Ann\\u0000"}}', r"NUL character \(\\u0000\) in 'variables.caller_id_name'"),
+    ('{"variables": {"caller_id_name": "Ann\x00"}}', r"NUL character \(\\u0000\) in 'variables.caller_id_name'"),
+    ('{"callflow": [{"caller_profile": {"a\\u0000": 1}}]}',
+     r"NUL character .* in 'callflow\[0\].caller_profile.a\\x00'"),
+    ('{"app_log": ["x", "\\ud800"]}', r"lone surrogate \(\\ud800\) in 'app_log\[1\]'"),
+])
+def test_nul_and_lone_surrogates_anywhere_are_a_bad_body(text, message):
+    with pytest.raises(records.Invalid, match=message):
+        records.decode_body(text.encode(), "application/json")
+    with pytest.raises(records.Invalid, match=message):
+        records.decode_body(b"cdr=" + urllib.parse.quote_plus(text).encode(), records.FORM)
+
+
+def _nested(depth: int) -> bytes:
+    return ('{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)).encode()
+
+
+def test_nesting_deeper_than_max_depth_is_a_bad_body():
+    assert records.MAX_DEPTH == 32
+    assert records.decode_body(_nested(records.MAX_DEPTH), "application/json")["a"]["a"] is not None
+    with pytest.raises(records.Invalid, match="nests deeper than 32 levels"):
+        records.decode_body(_nested(records.MAX_DEPTH + 1), "application/json")
+    with pytest.raises(records.Invalid, match="nests deeper than 32 levels"):
+        records.decode_body(b'{"x": ' + b"[" * (records.MAX_DEPTH + 5) + b"]" * (records.MAX_DEPTH + 5) + b"}", "")
+    # far beyond the interpreter's recursion limit (json's scanner recurses): still an Invalid
+    for body in (b'{"a":' * 100_000, _nested(100_000), b"[" * 100_000):
+        with pytest.raises(records.Invalid, match="nests deeper than 32 levels"):
+            records.decode_body(body, "application/json")
+    with pytest.raises(records.Invalid, match="nests deeper than 32 levels"):
+        records.decode_body(b"cdr=" + base64.b64encode(_nested(50_000)), records.BASE64_FORM)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("duration", "inf"), ("duration", "nan"), ("billsec", "1e400"), ("billsec", "-inf"),
+    ("hangup_cause_q850", "Infinity"), ("duration", "1" * 400),
+])
+def test_non_finite_numbers_in_fields_are_a_bad_record(field, value):
+    rec = records.decode_body(_body(fs_cdr(U, duration=30), **{field: json.dumps(value)}).encode(), "application/json")
+    with pytest.raises(records.Invalid, match=f"^{field}: .* is not a finite number"):
+        records.normalize(rec, "pbx1")
+
+
+def test_a_percent_encoded_nul_in_a_column_is_a_bad_record():
+    rec = fs_cdr(U, extra={"caller_id_name": "Ann%00Bee"})
+    with pytest.raises(records.Invalid, match=r"^caller_name: has a NUL character \(%00\)"):
+        records.normalize(records.decode_body(json.dumps(rec).encode(), "application/json"), "pbx1")
+    rec = fs_cdr(U, extra={"hapbx_recording_path": "/rec/a%00.wav"})
+    with pytest.raises(records.Invalid, match="^recording_path: has a NUL"):
+        records.normalize(rec, "pbx1")
+
+
+def test_valid_records_still_normalize():
+    """FreeSWITCH 1.10.12's captured request (floats, nesting 7 deep) and a record with what is
+    storable however odd: an escaped emoji (a surrogate pair), big integers, control characters."""
+    from tests import freeswitch_requests
+    req = freeswitch_requests.load("json_cdr_request_captured_1.10.12.http")
+    row = records.normalize(records.decode_body(req.body, req.header("Content-Type")), "pbx1")
+    assert row["call_uuid"] == "97fac19e-8fa9-4659-a034-f93d4d1ef5cd" and row["raw"]["callStats"]["audio"]
+    assert isinstance(row["raw"]["callStats"]["audio"]["inbound"]["mos"], float)
+    rec = fs_cdr(U, duration=30, extra={"caller_id_name": "Zo\\ud83d\\ude00", "hapbx_big": 10 ** 300,
+                                        "switch_r_sdp": "v=0\r\n\t", "hapbx_small": 1e-300})
+    text = json.dumps(rec).replace("\\\\ud83d\\\\ude00", "\\ud83d\\ude00")
+    row = records.normalize(records.decode_body(text.encode(), "application/json"), "pbx1")
+    assert row["caller_name"] == "Zo\U0001F600" and row["raw"]["variables"]["hapbx_big"] == 10 ** 300
+    assert (row["duration"], row["billsec"]) == (30, 28)
+    assert records.decode_body(_body(fs_cdr(U), billsec="28.0").encode(), "")["variables"]["billsec"] == 28.0
