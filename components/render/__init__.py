@@ -28,6 +28,8 @@ SECRET_NAMES = (
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",
+    # each PBX node's CDR sender password (hapbx_node/cdr/auth.py), by the node's place in `nodes`
+    "cdr_sender_1", "cdr_sender_2",
 )
 #: secrets that are certificates (pulumi-tls or the stack's own), not generated passwords
 CERTIFICATE_SECRETS = ("kamailio_tls_certificate", "kamailio_tls_key")

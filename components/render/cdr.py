@@ -10,10 +10,11 @@ python3-psycopg2: ClusterConfig.node_packages). Per node:
                               scripts start on promotion and stop on demotion: OWNER_SERVICES)
   hapbx-admin.service         both nodes, enabled; VIP (freebind) + node address + loopback
   /etc/hapbx/{cdr-receiver,cdr-worker,admin}.env   0600 root, each with only its own secrets
+  /etc/hapbx/cdr-sender.env   0600 root: this node's CDR sender credential (replay, lab stand-in)
   hapbx-cdr-replay.service    media.engine freeswitch only (the lab's SIPp stand-in writes no CDRs):
   + .timer (enabled)          every minute, posts what mod_json_cdr left in its err-log-dir to
-                              this node's receiver, then the peer's (hapbx_node/cdr/replay.py); no
-                              secrets, settings in the unit; runs as FreeSWITCH's user
+                              this node's receiver, then the peer's (hapbx_node/cdr/replay.py); its
+                              credential from cdr-sender.env; runs as FreeSWITCH's user
 
 Code files touch the pending markers of the three daemons' units (one restart each when any
 changed); the replay needs none (each run starts afresh).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import shlex
 
+from hapbx_node.cdr import auth
 from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_SOCKET_DIR
 
 from ..config import ClusterConfig
@@ -42,6 +44,8 @@ REPLAY_UNIT = "hapbx-cdr-replay.service"
 REPLAY_TIMER = "hapbx-cdr-replay.timer"
 #: seconds an error file must be old before it is replayed (mod_json_cdr may still be writing it)
 REPLAY_MIN_AGE = 10
+#: this node's CDR sender credential (replay timer, the lab's media stand-in), under ETC_DIR
+SENDER_ENV = "cdr-sender.env"
 #: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
 OWNER_SERVICES = (WORKER_UNIT,)
 
@@ -90,6 +94,27 @@ def primary_dsn(ctx: RenderContext, user: str) -> str:
             "target_session_attrs=read-write sslmode=require")
 
 
+def sender_secret(cluster: ClusterConfig, node: str) -> str:
+    """The secret holding a PBX node's CDR sender password (by its place in `nodes`)."""
+    return f"cdr_sender_{[n.name for n in cluster.nodes].index(node) + 1}"
+
+
+def sender_secrets(cluster: ClusterConfig) -> tuple[str, ...]:
+    return tuple(sender_secret(cluster, n.name) for n in cluster.nodes)
+
+
+def sender_credential(ctx: RenderContext) -> tuple[str, str]:
+    """(user, password) this node's CDR senders post as."""
+    return auth.sender_user(ctx.host.name), ctx.secret(sender_secret(ctx.cluster, ctx.host.name))
+
+
+def sender_env(ctx: RenderContext) -> dict[str, str]:
+    """This node's CDR sender credential, for what posts CDRs from it (replay timer, the lab's
+    media stand-in, an operator's curl): /etc/hapbx/cdr-sender.env."""
+    user, password = sender_credential(ctx)
+    return {"HAPBX_CDR_POST_USER": user, "HAPBX_CDR_POST_PASSWORD": password}
+
+
 def receiver_env(ctx: RenderContext) -> dict[str, str]:
     c, node = ctx.cluster, ctx.host
     return {
@@ -101,6 +126,9 @@ def receiver_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_CDR_WAIT_REPLICA_MS": str(c.cdr.wait_replica_ms),
         # the local Redis first; when it is a replica (READONLY) the peer's master
         **redis_env(ctx, with_peer=True),
+        # both nodes' senders may post here (a node posts to the peer when its own receiver is down)
+        "HAPBX_CDR_SENDERS": ",".join(f"{auth.sender_user(n.name)}:{ctx.secret(sender_secret(c, n.name))}"
+                                      for n in c.nodes),
         # what the Redis replica did not confirm is committed here before it is acknowledged
         "HAPBX_PG_DSN": primary_dsn(ctx, "cdr_writer"),
         "HAPBX_PG_PASSWORD": ctx.secret("postgres_cdr"),
@@ -153,6 +181,7 @@ def replay_files(ctx: RenderContext) -> list[RenderedFile]:
     from . import freeswitch as fs
     c = ctx.cluster
     values = dict(lib_dir=LIB_DIR, error_dir=fs.CDR_ERROR_DIR, fs_user=fs.USER, fs_group=fs.GROUP,
+                  sender_env=f"{ETC_DIR}/{SENDER_ENV}",
                   receiver_unit=RECEIVER_UNIT, urls=replay_urls(ctx), min_age=REPLAY_MIN_AGE,
                   # a receiver may hold a post for cdr.redisTimeoutSeconds before its 503
                   timeout=f"{c.cdr.redis_timeout_seconds + 5:g}")
@@ -179,16 +208,19 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     for name, source in package_files():
         out.append(RenderedFile(f"{LIB_DIR}/{name}", f"{header()}\n{source}", action=touch_markers(),
                                 validate="python3 -m py_compile {path}"))
-    envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx), ("redis_cdr", "postgres_cdr"),
-             "CDR receiver: where it listens, the Redis endpoints and its Redis user, the primary (role "
-             "cdr_writer) for what the Redis replica did not confirm."),
+    envs = [("cdr-receiver.env", RECEIVER_UNIT, receiver_env(ctx),
+             ("redis_cdr", "postgres_cdr", *sender_secrets(ctx.cluster)),
+             "CDR receiver: where it listens, the senders it accepts, the Redis endpoints and its Redis "
+             "user, the primary (role cdr_writer) for what the Redis replica did not confirm."),
+            (SENDER_ENV, None, sender_env(ctx), (sender_secret(ctx.cluster, ctx.host.name),),
+             "This node's CDR sender credential (HTTP basic to the CDR receivers)."),
             ("cdr-worker.env", WORKER_UNIT, worker_env(ctx), ("redis_cdr", "postgres_cdr"),
              "CDR worker: the local Redis and PostgreSQL (role cdr_writer)."),
             ("admin.env", ADMIN_UNIT, admin_env(ctx), ("admin_api_token", "redis_cdr", "postgres_admin"),
              "Admin API: its token, the local PostgreSQL (role pbx_admin), the local Redis (queue depth).")]
     for name, unit, values, secrets, title in envs:
-        out.append(RenderedFile(f"{ETC_DIR}/{name}", env_file(values, title), service=unit, action="restart",
-                                mode="0600", secrets=secrets))
+        out.append(RenderedFile(f"{ETC_DIR}/{name}", env_file(values, title), service=unit,
+                                action="restart" if unit else "none", mode="0600", secrets=secrets))
     for unit in UNITS:
         out.append(RenderedFile(f"/etc/systemd/system/{unit}",
                                 template(f"cdr/{unit}.j2", ctx, **_values(ctx)),

@@ -13,7 +13,10 @@ replica; when the replica did not confirm in time the push's records are committ
 PostgreSQL before they are acknowledged (ingest.py says why not min-replicas-to-write). The
 answer says where: ``"stored": "queue"`` (master and replica) or ``"postgres"`` (with why).
 
-Answers: 200 safe (where, in the body); 400 not a JSON CDR; 413 body too large; 422 a CDR the
+Senders authenticate (auth.py: HTTP basic, a credential per node) whenever credentials are set,
+which they must be when the receiver listens beyond loopback.
+
+Answers: 200 safe (where, in the body); 400 not a JSON CDR; 401 no valid sender credential; 413 body too large; 422 a CDR the
 table would refuse (reason in the body); 503 Redis unavailable, the queue full (maxmemory), or
 the replica silent and PostgreSQL unavailable too (the poster retries; a record queued twice is
 stored once).
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from . import records
+from . import auth, records
 from .common import RateLimitedLog, http_sites, setup_logging, until_stopped
 from .ingest import STORED, DirectUnavailable, DirectWriter
 from .resp import Connection, ConnectionLost, RespError, open_first
@@ -50,6 +53,7 @@ class Stats:
     accepted: int = 0
     rejected: int = 0
     too_large: int = 0
+    unauthorized: int = 0
     unavailable: int = 0
     pushes: int = 0
     replica_acks: int = 0
@@ -206,6 +210,12 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
     app["pusher"], app["stats"] = pusher, stats
 
     async def post_cdr(request: web.Request) -> web.Response:
+        if settings.senders and auth.authenticated(request.headers.get("Authorization"), settings.senders) is None:
+            stats.unauthorized += 1
+            rejected_log(logging.WARNING, "refused a CDR post without valid sender credentials from %s",
+                         request.remote)
+            return web.Response(status=401, text=json.dumps({"error": "sender credentials required (HTTP basic)"}),
+                                content_type="application/json", headers={"WWW-Authenticate": 'Basic realm="hapbx-cdr"'})
         if request.content_length is not None and request.content_length > settings.max_body:
             stats.too_large += 1
             rejected_log(logging.WARNING, "refused a %d-byte body from %s (limit %d)", request.content_length,

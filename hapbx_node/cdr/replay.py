@@ -23,6 +23,7 @@ rejected/), 78 a bad setting. Two runs at once: the second one leaves (a lock on
 """
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import http.client
@@ -81,9 +82,11 @@ def _reason(answer: str) -> str:
     return re.split(r"[:(]", message, 1)[0].strip()[:60] or "no reason given"
 
 
-def post(url: str, uuid: str, body: bytes, ctype: str, timeout: float) -> tuple[int, str]:
+def post(url: str, uuid: str, body: bytes, ctype: str, timeout: float,
+         credential: tuple = ()) -> tuple[int, str]:
     """One POST as mod_json_cdr makes it (libcurl: Host, User-Agent, Accept, Content-Type,
-    Content-Length); (status, body). OSError/HTTPException when there is no answer."""
+    Content-Length, and with ``cred`` its basic Authorization); (status, body).
+    OSError/HTTPException when there is no answer."""
     parts = urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(parts.hostname, parts.port, timeout=timeout)
@@ -92,6 +95,9 @@ def post(url: str, uuid: str, body: bytes, ctype: str, timeout: float) -> tuple[
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "") + f"{sep}uuid={quote(uuid)}"
         conn.putrequest("POST", target, skip_accept_encoding=True)
         conn.putheader("User-Agent", USER_AGENT)
+        if credential:
+            token = base64.b64encode(f"{credential[0]}:{credential[1]}".encode()).decode()
+            conn.putheader("Authorization", f"Basic {token}")
         conn.putheader("Accept", "*/*")
         conn.putheader("Content-Type", ctype)
         conn.putheader("Content-Length", str(len(body)))
@@ -108,7 +114,7 @@ def replay_one(s: ReplaySettings, name: str, data: bytes) -> Outcome:
     last = Outcome("kept", None, "no receiver configured")
     for url in s.urls:
         try:
-            status, answer = post(url, uuid, body, ctype, s.timeout)
+            status, answer = post(url, uuid, body, ctype, s.timeout, s.credential)
         except (OSError, http.client.HTTPException) as err:
             last = Outcome("kept", None, f"{url}: {type(err).__name__}: {err}"[:200], url)
             continue

@@ -1,5 +1,5 @@
 """Settings of the processes (receiver, worker, admin, replay), from the environment (systemd
-EnvironmentFile, mode 0600; the replay's unit sets its own, which hold no secret).
+EnvironmentFile, mode 0600; the replay's unit sets its own, and its credential from a 0600 file).
 
 Every variable is HAPBX_*; a missing required one or a bad value stops the process at start
 with the variable's name (systemd then shows it in the journal).
@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from ..layout import HA_STATUS
+from . import auth
 
 
 class SettingsError(ValueError):
@@ -104,11 +105,20 @@ class ReceiverSettings:
     max_batch: int             # records per LPUSH
     pg_dsn: str                # the direct path (the replica did not confirm): "" none
     pg_password: str
+    senders: dict              # user -> password of the nodes allowed to post (auth.py); {} loopback only
 
     @staticmethod
     def from_env(env=os.environ) -> "ReceiverSettings":
+        listen = _list(_get(env, "HAPBX_CDR_LISTEN", "127.0.0.1"))
+        try:
+            senders = auth.parse_senders(env.get("HAPBX_CDR_SENDERS", ""))
+        except ValueError as err:
+            raise SettingsError(f"HAPBX_CDR_SENDERS: {err}") from None
+        if not senders and any(a not in ("127.0.0.1", "::1", "localhost") for a in listen):
+            raise SettingsError("HAPBX_CDR_SENDERS is required when HAPBX_CDR_LISTEN goes beyond loopback "
+                                "(no post is trusted for its source address)")
         return ReceiverSettings(
-            node=_get(env, "HAPBX_NODE"), listen=_list(_get(env, "HAPBX_CDR_LISTEN", "127.0.0.1")),
+            node=_get(env, "HAPBX_NODE"), listen=listen, senders=senders,
             port=_int(env, "HAPBX_CDR_PORT", 8088, 1, 65535),
             max_body=_int(env, "HAPBX_CDR_MAX_BODY", 262144, 1024, 64 << 20),
             redis=RedisSettings.from_env(env),
@@ -179,6 +189,7 @@ class ReplaySettings:
     timeout: float             # s per POST (a receiver may wait HAPBX_CDR_REDIS_TIMEOUT for Redis)
     min_age: float             # s a file must be old: FreeSWITCH may still be writing a younger one
     give_up_after: int         # receivers unavailable for this many files in a row: stop this run
+    credential: tuple          # (user, password) this node posts as (auth.py), or () none
 
     @staticmethod
     def from_env(env=os.environ) -> "ReplaySettings":
@@ -193,4 +204,6 @@ class ReplaySettings:
             directory=directory.rstrip("/") or "/", urls=urls,
             timeout=_float(env, "HAPBX_CDR_REPLAY_TIMEOUT", 10.0, 0.1, 300),
             min_age=_float(env, "HAPBX_CDR_REPLAY_MIN_AGE", 10.0, 0, 86400),
-            give_up_after=_int(env, "HAPBX_CDR_REPLAY_GIVE_UP_AFTER", 3, 1, 1000000))
+            give_up_after=_int(env, "HAPBX_CDR_REPLAY_GIVE_UP_AFTER", 3, 1, 1000000),
+            credential=((_get(env, "HAPBX_CDR_POST_USER"), _get(env, "HAPBX_CDR_POST_PASSWORD"))
+                        if env.get("HAPBX_CDR_POST_USER") else ()))
