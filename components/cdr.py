@@ -83,7 +83,9 @@ class CdrPipeline(pulumi.ComponentResource):
         opts = pulumi.ResourceOptions(parent=self, depends_on=ready)
         installed = {f.path: rc.remote_file(f"{prefix}-file-{f.slug}", node.name, conn, f, content, opts)
                      for f, content in real_contents(c, node, args.secrets, cdr.files, rendered)}
-        code = [installed[f.path] for f in rendered if f.service is None]
+        # the package's modules: every daemon restarts when they change (the sender credential and
+        # the operator's tools have no service and restart nothing)
+        code = [installed[f.path] for f in rendered if f.path.startswith(f"{cdr.LIB_DIR}/")]
 
         def own(unit: str) -> list[remote.Command]:
             return code + [installed[f.path] for f in rendered if f.service == unit]

@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from . import MANAGED_BY, RenderContext, RenderedFile, secret_refs, template
+from . import MANAGED_BY, RenderContext, RenderedFile, cdr, secret_refs, template
 from .dialing import all_trunk_addresses, allowed_callers, dial_rules, exclusive, routes_by_prefix, trunk_addresses
 from .postgres import DATABASE
 
@@ -169,14 +169,16 @@ def render(ctx: RenderContext) -> list[RenderedFile]:
                             action="reload" if rel in RELOADABLE else "restart", validate=XML_VALIDATE,
                             group=GROUP, mode="0640", **kw)
 
-    secrets = template("freeswitch/secrets.xml.j2", ctx, esl_password=ctx.secret("freeswitch_esl"), **v)
+    secrets = template("freeswitch/secrets.xml.j2", ctx, esl_password=ctx.secret("freeswitch_esl"),
+                       cdr_cred=":".join(cdr.sender_credential(ctx)), **v)
     cli = fs_cli_conf(ctx)
     pgpass = f"127.0.0.1:{ctx.cluster.postgres.port}:{DATABASE}:{DB_USER}:{ctx.secret('postgres_readonly')}\n"
     out = [
         xml("freeswitch.xml"),
         xml("vars.xml"),
         RenderedFile(f"{CONF}/secrets.xml", secrets, service=SERVICE, action="restart", validate=XML_VALIDATE,
-                     group=GROUP, mode="0640", secrets=secret_refs(ctx, secrets) or ("freeswitch_esl",)),
+                     group=GROUP, mode="0640", secrets=secret_refs(ctx, secrets) or
+                     ("freeswitch_esl", cdr.sender_secret(ctx.cluster, ctx.host.name))),
         *[xml(f"autoload_configs/{m}.conf.xml") for m in AUTOLOAD],
         xml("sip_profiles/internal.xml"),
         xml("dialplan/hapbx.xml"),

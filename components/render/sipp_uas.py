@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import uuid
 
-from . import TEMPLATES, RenderContext, RenderedFile, template
+from hapbx_node.layout import ETC_DIR
+
+from . import TEMPLATES, RenderContext, RenderedFile, cdr, template
 
 SHARE = "/usr/local/share/hapbx/sipp"
 SCENARIO = f"{SHARE}/uas.xml"
@@ -27,6 +29,7 @@ POST_CDR = "/usr/local/lib/hapbx/media-uas/post-cdr"
 SPOOL_DIR = f"{STATE_DIR}/spool"
 WORK_DIR = f"{STATE_DIR}/posting"
 ERROR_DIR = f"{STATE_DIR}/json_cdr_errors"
+SENDER_ENV = f"{ETC_DIR}/media-uas-cdr.env"        # the poster's CDR sender credential (0600 root)
 #: seconds each post may take (FreeSWITCH's json_cdr.conf: 5); local, then peer
 POST_MAX_TIME = 3
 #: spooled calls per batch, posts at once, seconds between looks at the spool
@@ -73,7 +76,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness or c.media.engine != "sipp-uas":
         return []
     v = dict(scenario=SCENARIO, state_dir=STATE_DIR, user=USER, post_cdr=POST_CDR, cdr_unit=CDR_UNIT,
-             sipp_unit=UNIT, error_dir=ERROR_DIR)
+             sipp_unit=UNIT, error_dir=ERROR_DIR, sender_env=SENDER_ENV)
     unit = template("sipp/hapbx-media-uas.service.j2", ctx, max_socket=min(c.os.nofile - 64, 50000), **v)
     verify = "! systemd-analyze verify --man=no {path} 2>&1 | grep ."
     return [
@@ -84,4 +87,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         RenderedFile(UNIT_PATH, unit, service=UNIT, action="restart", validate=verify),
         RenderedFile(CDR_UNIT_PATH, template("sipp/hapbx-media-uas-cdr.service.j2", ctx, **v), service=CDR_UNIT,
                      action="restart", validate=verify),
+        # the poster's own copy of this node's sender credential: a change restarts it
+        RenderedFile(SENDER_ENV, cdr.env_file(cdr.sender_env(ctx), "The media stand-in's CDR sender credential."),
+                     service=CDR_UNIT, action="restart", mode="0600",
+                     secrets=(cdr.sender_secret(c, ctx.host.name),)),
     ]

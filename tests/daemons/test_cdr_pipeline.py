@@ -394,6 +394,58 @@ def test_a_record_the_replica_did_not_confirm_is_in_postgres_before_it_is_acknow
         rec.stop()
 
 
+SENDERS = {"cdr-pbx1": "pbx1-sender-pw-0123456789", "cdr-pbx2": "pbx2-sender-pw-0123456789"}
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_the_receiver_takes_posts_from_the_nodes_senders_only(stack, clean):
+    """With sender credentials set: no, a wrong or a garbled Authorization gets 401 (with the
+    challenge mod_json_cdr's libcurl answers), each node's own credential 200; counted in /health.
+    Listening beyond loopback without credentials: the receiver does not start."""
+    st = clean
+    rec = st.receiver_service()
+    rec.env.update(HAPBX_CDR_PORT=str(devstack.free_port()),
+                   HAPBX_CDR_SENDERS=",".join(f"{u}:{p}" for u, p in SENDERS.items()))
+    rec.start()
+    url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
+    try:
+        devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "the receiver")
+        body = json.dumps(fs_cdr(str(uuid.uuid4()))).encode()
+        ctype = {"Content-Type": "application/json"}
+        refused = [
+            {},
+            basic("cdr-pbx1", "wrong-password-0123456789"),
+            basic("cdr-pbx2", SENDERS["cdr-pbx1"]),                 # a node's password is its own
+            basic("cdr-pbx3", SENDERS["cdr-pbx1"]),
+            {"Authorization": "Basic ***not-base64***"},
+            {"Authorization": "Bearer " + SENDERS["cdr-pbx1"]},
+        ]
+        for headers in refused:
+            status, answer = http("POST", f"{url}/cdr", body, {**ctype, **headers})
+            assert status == 401 and "credentials" in answer["error"], (headers, status, answer)
+        ok = [str(uuid.uuid4()), str(uuid.uuid4())]
+        for u, (user, password) in zip(ok, SENDERS.items()):
+            status, answer = http("POST", f"{url}/cdr", json.dumps(fs_cdr(u)).encode(), {**ctype, **basic(user, password)})
+            assert status == 200, answer
+        health = http("GET", f"{url}/health")[1]
+        assert health["unauthorized"] == len(refused) and health["accepted"] == 2, health
+        st.start_worker()
+        assert_exactly_once(st, ok)
+    finally:
+        rec.stop()
+    lone = st.receiver_service()
+    lone.env.update(HAPBX_CDR_PORT=str(devstack.free_port()), HAPBX_CDR_LISTEN="127.0.0.1,127.0.0.2")
+    lone.start()
+    try:
+        devstack._wait(lambda: not lone.running, 10, "the receiver refusing to start")
+        assert "HAPBX_CDR_SENDERS is required" in lone.output()
+    finally:
+        lone.stop()
+
+
 def test_queue_full_gives_503_not_a_silent_drop(clean):
     st = clean
     st.redis.cli("CONFIG", "SET", "maxmemory", "1")

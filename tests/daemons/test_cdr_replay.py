@@ -9,6 +9,7 @@ under Debian's python3, settings from the environment.
 from __future__ import annotations
 
 import json
+import base64
 import os
 import shutil
 import subprocess
@@ -103,6 +104,22 @@ class Stub:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_the_replay_posts_with_its_nodes_sender_credential(tmp_path):
+    """HTTP basic from HAPBX_CDR_POST_USER/PASSWORD (the unit's EnvironmentFile), as mod_json_cdr's
+    cred sends it; the password in no output."""
+    files = fill(tmp_path)
+    stub = Stub(200)
+    try:
+        out = replay(tmp_path, stub.url, HAPBX_CDR_POST_USER="cdr-pbx1", HAPBX_CDR_POST_PASSWORD="pbx1-sender-pw-0123456789")
+    finally:
+        stub.close()
+    assert out.returncode == 0, out.stderr
+    want = "Basic " + base64.b64encode(b"cdr-pbx1:pbx1-sender-pw-0123456789").decode()
+    assert len(stub.requests) == len(files)
+    assert all(dict(r["headers"]).get("Authorization") == want for r in stub.requests)
+    assert "pbx1-sender-pw" not in out.stdout + out.stderr
 
 
 def test_error_files_are_replayed_and_deleted(clean, tmp_path):

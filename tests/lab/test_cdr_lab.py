@@ -42,10 +42,16 @@ def sql(lab, node: str, query: str) -> str:
     return lab.sh(node, f"{PSQL} {shlex.quote(query)}").strip()
 
 
-def post(lab, node: str, record: dict | bytes, url: str | None = None) -> tuple[int, str]:
+#: curl's option for the node's own CDR sender credential: a config on a pipe (never in argv)
+AS_SENDER = ("-K <(. /etc/hapbx/cdr-sender.env; "
+             "printf 'user = \"%s:%s\"\\n' \"$HAPBX_CDR_POST_USER\" \"$HAPBX_CDR_POST_PASSWORD\")")
+
+
+def post(lab, node: str, record: dict | bytes, url: str | None = None, sender: bool = True) -> tuple[int, str]:
     body = record if isinstance(record, bytes) else json.dumps(record).encode()
     url = url or f"http://127.0.0.1:{lab.cluster.cdr.receiver_port}/cdr"
-    out = lab.sh(node, f"curl -s -m 10 -o /tmp/hapbx-cdr-answer -w '%{{http_code}}' -H 'Content-Type: application/json' "
+    out = lab.sh(node, f"curl -s -m 10 {AS_SENDER if sender else ''} -o /tmp/hapbx-cdr-answer -w '%{{http_code}}' "
+                       f"-H 'Content-Type: application/json' "
                        f"--data-binary @- {url} <<'HAPBX_EOF'\n{body.decode()}\nHAPBX_EOF\ncat /tmp/hapbx-cdr-answer")
     return int(out[:3]), out[3:]
 
@@ -70,7 +76,8 @@ def posted_then_stored(lab, via: str, primary: str, record: dict, timeout: float
               f"mv {mark}.tmp {mark}; exit 0; fi; sleep 0.02; done")
     lab.sh(primary, f"rm -f {mark}; nohup bash -c {shlex.quote(poller)} >/dev/null 2>&1 &")
     body = json.dumps(record)
-    out = lab.sh(via, f"date +%s%N; curl -s -m 10 -o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' "
+    out = lab.sh(via, f"date +%s%N; curl -s -m 10 {AS_SENDER} -o /dev/null -w '%{{http_code}}' "
+                      f"-H 'Content-Type: application/json' "
                       f"--data-binary @- http://127.0.0.1:{lab.cluster.cdr.receiver_port}/cdr <<'HAPBX_EOF'\n{body}\n"
                       "HAPBX_EOF")
     t0, status = out.split()
@@ -102,6 +109,17 @@ def test_freeswitch_cdr_posted_to_a_receiver_lands_on_the_primary_within_5s(lab,
     row = sql(lab, w, f"SELECT node, direction, caller_number, callee_number, billsec FROM cdr.calls "
                       f"WHERE call_uuid = '{call_uuid}'")
     assert row == f"{node}|inbound|1001|1002|28"
+
+
+def test_a_cdr_post_without_the_senders_credential_is_refused(lab):
+    """From the peer's address, and from loopback: no trust by source address."""
+    w = lab.writer()
+    record = fs_cdr(str(uuid.uuid4()))
+    assert post(lab, other(lab, w), record, url=f"http://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/cdr",
+                sender=False)[0] == 401
+    assert post(lab, w, record, sender=False)[0] == 401
+    assert post(lab, other(lab, w), record, url=f"http://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/cdr")[0] == 200
+    assert lab.sh(w, "stat -c '%a %U' /etc/hapbx/cdr-sender.env").split() == ["600", "root"]
 
 
 def test_malformed_cdr_is_refused_on_the_lab(lab):

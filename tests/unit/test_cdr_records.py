@@ -181,8 +181,14 @@ def test_settings_name_the_bad_variable():
                                  "HAPBX_PG_PASSWORD": "p", "HAPBX_REDIS_ENDPOINTS": "nohostport"})
     s = ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x",
                                    "HAPBX_REDIS_ENDPOINTS": "127.0.0.1:6379, 10.0.0.2:6380",
-                                   "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1"})
+                                   "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1",
+                                   "HAPBX_CDR_SENDERS": "cdr-pbx1:0123456789abcdef,cdr-pbx2:fedcba9876543210"})
     assert s.redis.endpoints == [("127.0.0.1", 6379), ("10.0.0.2", 6380)] and s.listen == ["127.0.0.1", "10.0.0.1"]
+    assert s.senders == {"cdr-pbx1": "0123456789abcdef", "cdr-pbx2": "fedcba9876543210"}
+    with pytest.raises(SettingsError, match="HAPBX_CDR_SENDERS is required"):
+        ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_CDR_LISTEN": "10.0.0.1"})
+    with pytest.raises(SettingsError, match="HAPBX_CDR_SENDERS: entry 1"):
+        ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_CDR_SENDERS": "pbx1:short"})
     assert s.redis.keys.queue == "cdr:queue" and s.redis.keys.dead == "cdr:dead"
 
 
