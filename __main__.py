@@ -7,7 +7,7 @@ import pulumi_random as random
 
 from components.config import ConfigError, from_pulumi_config
 from components.cdr import CdrPipeline, CdrPipelineArgs
-from components.certificates import SipCertificate, SipCertificateArgs
+from components.certificates import ClusterCa, ClusterCaArgs, SipCertificate, SipCertificateArgs
 from components.node import Node, NodeArgs
 from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
@@ -46,6 +46,10 @@ secrets: dict[str, pulumi.Output[str]] = {
 }
 if cluster.vendor_repo_token:
     secrets["vendor_repo_token"] = config.require_secret("vendorRepoToken")
+
+# The links between the nodes: the cluster's internal CA and each node's service certificates.
+cluster_ca = ClusterCa("cluster-ca", ClusterCaArgs(cluster=cluster))
+secrets.update(cluster_ca.secrets(cluster))
 
 # SIP over TLS: the stack's own certificate, else one from the cluster CA (pulumi-tls, in state).
 sip_certificate = None

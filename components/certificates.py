@@ -1,4 +1,23 @@
-"""SipCertificate: the certificate of the cluster's SIP TLS listener (Kamailio).
+"""The cluster's certificates (pulumi-tls, kept in the stack's state, so every apply keeps the
+same keys and certificates).
+
+ClusterCa: the internal CA of the links between the nodes, and the service certificates it
+issues to each PBX node (PostgreSQL's server certificate: replication and the receivers' direct
+path connect with sslmode=verify-full against this CA):
+
+=================================  ======================  ====================================
+``<name>-key``, ``<name>``         PrivateKey, SelfSignedCert   the CA: ECDSA P-256, 10 years
+``<name>-<node>-<svc>-key[-rN]``   PrivateKey              ECDSA P-256
+``<name>-<node>-<svc>-csr[-rN]``   CertRequest             DNS <node>.<domain>; IP node, VIP, 127.0.0.1
+``<name>-<node>-<svc>-cert[-rN]``  LocallySignedCert       2 years, server_auth + client_auth;
+                                                           renewed within 30 days of its end
+=================================  ======================  ====================================
+
+``tls.rotate`` N > 0 names the service resources ``-rN``: new keys and certificates replace the old
+ones (the CA stays, so every node keeps trusting the peer's); the services reload them one node at
+a time (components/postgres_pair.py).
+
+SipCertificate: the certificate of the cluster's SIP TLS listener (Kamailio).
 
 Provided (``kamailio.tlsCertificate``, a PEM chain with the server certificate first, and
 its key, the secret ``kamailioTlsKey``): both are passed through untouched and nothing
@@ -39,6 +58,10 @@ SERVER_EARLY_RENEWAL_HOURS = 30 * 24
 CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
 # digital_signature: an ECDSA server key signs the TLS handshake (RFC 5280 4.2.1.3)
 SERVER_USES = ["digital_signature", "server_auth"]
+#: a node's service certificate: the server side, and the client side of the same service's peer links
+SERVICE_USES = ["digital_signature", "server_auth", "client_auth"]
+#: the services each PBX node gets a certificate for
+SERVICES = ("postgres",)
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
 
 
@@ -109,3 +132,59 @@ class SipCertificate(pulumi.ComponentResource):
         self.certificate_pem = pulumi.Output.all(cert.cert_pem, ca.cert_pem).apply(lambda pems: pems[0] + pems[1])
         self.private_key_pem = pulumi.Output.secret(key.private_key_pem)
         self.ca_pem = ca.cert_pem
+
+
+@dataclass
+class ClusterCaArgs:
+    cluster: ClusterConfig
+
+
+def service_names(cluster: ClusterConfig, node) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of a node's service certificate: what the peer and the node itself
+    connect to (its address, the VIP it may hold, loopback)."""
+    return [f"{node.name}.{cluster.network.domain}"], [node.address, cluster.vip.address, "127.0.0.1"]
+
+
+class ClusterCa(pulumi.ComponentResource):
+    """The internal CA and each PBX node's service certificates; ``certificates[(node, service)]``
+    is (certificate PEM, private key PEM: secret)."""
+    ca_pem: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterCaArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("hapbx:index:ClusterCa", name, None, opts)
+        c = args.cluster
+        child = pulumi.ResourceOptions(parent=self)
+        ca_key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+        ca = tls.SelfSignedCert(
+            name, private_key_pem=ca_key.private_key_pem, is_ca_certificate=True,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=f"{c.network.domain} cluster CA", organization="high-cc-pbx"),
+            validity_period_hours=CA_VALIDITY_HOURS, allowed_uses=CA_USES, opts=child)
+        self.ca_pem = ca.cert_pem
+        suffix = f"-r{c.tls.rotate}" if c.tls.rotate else ""
+        self.certificates: dict[tuple[str, str], tuple[pulumi.Output[str], pulumi.Output[str]]] = {}
+        for node in c.nodes:
+            dns_names, ips = service_names(c, node)
+            for service in SERVICES:
+                stem = f"{name}-{node.name}-{service}"
+                key = tls.PrivateKey(f"{stem}-key{suffix}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+                csr = tls.CertRequest(
+                    f"{stem}-csr{suffix}", private_key_pem=key.private_key_pem,
+                    subject=tls.CertRequestSubjectArgs(common_name=f"{service} {node.name}", organization="high-cc-pbx"),
+                    dns_names=dns_names, ip_addresses=ips, opts=child)
+                cert = tls.LocallySignedCert(
+                    f"{stem}-cert{suffix}", cert_request_pem=csr.cert_request_pem,
+                    ca_private_key_pem=ca_key.private_key_pem, ca_cert_pem=ca.cert_pem,
+                    validity_period_hours=SERVER_VALIDITY_HOURS, early_renewal_hours=SERVER_EARLY_RENEWAL_HOURS,
+                    allowed_uses=SERVICE_USES, opts=child)
+                self.certificates[(node.name, service)] = (cert.cert_pem, pulumi.Output.secret(key.private_key_pem))
+        self.register_outputs({"caPem": self.ca_pem,
+                               **{f"{n}-{svc}": pem for (n, svc), (pem, _) in self.certificates.items()}})
+
+    def secrets(self, cluster: ClusterConfig) -> dict[str, pulumi.Output[str]]:
+        """The render's secrets: the CA certificate, each node's service certificate and key."""
+        from .render import node_secret
+        out = {"tls_ca_certificate": pulumi.Output.secret(self.ca_pem)}
+        for (node, service), (cert, key) in self.certificates.items():
+            out[node_secret(cluster, f"tls_{service}_certificate", node)] = pulumi.Output.secret(cert)
+            out[node_secret(cluster, f"tls_{service}_key", node)] = key
+        return out

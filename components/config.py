@@ -407,6 +407,14 @@ class HaSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    rotate: int = setting(
+        "rotate", "Raise it to issue every node's service keys and certificates again from the cluster CA (which "
+        "stays); each node's services reload theirs, one node at a time. Certificates are renewed by themselves "
+        "within 30 days of their end.", 0, minimum=0, maximum=1_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
     lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
@@ -433,6 +441,8 @@ class ClusterConfig:
     ha: HaSettings = setting("ha", "HA checks, promotion and rejoin timings (see README, failover).", HaSettings)
     cdr: CdrSettings = setting("cdr", "CDR pipeline (receiver, Redis queue, worker).", CdrSettings)
     admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
+    tls: TlsSettings = setting("tls", "The cluster's internal CA and the service certificates it issues "
+                               "(PostgreSQL replication and connections between the nodes: verify-full).", TlsSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
                                                None, secret=True)
     ssh_private_key: Optional[str] = setting(

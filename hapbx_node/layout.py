@@ -13,6 +13,22 @@ ETC_DIR = "/etc/hapbx"
 LIB_ROOT = "/usr/local/lib/hapbx"
 #: changed files a handler has not yet acted on (a restart postponed by a failed step)
 PENDING_DIR = "/var/lib/hapbx/pending"
+#: the cluster CA's certificate and this node's service certificates and keys (components/certificates.py)
+TLS_DIR = f"{ETC_DIR}/tls"
+TLS_CA = f"{TLS_DIR}/ca.crt"
+
+
+def tls_certificate(service: str) -> str:
+    return f"{TLS_DIR}/{service}.crt"
+
+
+def tls_key(service: str) -> str:
+    return f"{TLS_DIR}/{service}.key"
+
+
+#: libpq's options of every connection to the peer's PostgreSQL: its certificate, checked against
+#: the cluster CA and its address (the certificate names the node's address)
+PG_PEER_SSL = f"sslmode=verify-full sslrootcert={TLS_CA}"
 
 # ---------------------------------------------------------------- HA
 HA_BIN = f"{LIB_ROOT}/ha"

@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 from components.render import SECRET_NAMES, RenderContext
 from components.render import postgres as pg
 from hapbx_node import migrate
+from hapbx_node.layout import TLS_CA
 from tests.helpers import shipped_cluster
 from tests.release_root import CACHE, HOST, Host, ReleaseRoot
 
@@ -174,13 +175,20 @@ def loopback_cluster(render_port: int, stack: str = "lab", major: str | None = N
 
 @contextmanager
 def scratch(prefix: str = "hapbx-pg-test-") -> Iterator[tuple[Path, tuple[Path, Path]]]:
-    """A directory under /tmp (the same path inside a release root) and a self-signed certificate."""
+    """A directory under /tmp (the same path inside a release root), a CA (``ca.pem`` there) and a
+    server certificate it signed for 127.0.0.1 and localhost, as the cluster CA signs each node's:
+    the rendered connections check it (sslmode=verify-full)."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     d.chmod(0o755)
-    key, crt = d / "key.pem", d / "crt.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True)
+    key, crt, ca_key, ca = d / "key.pem", d / "crt.pem", d / "ca-key.pem", d / "ca.pem"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+                    "-subj", "/CN=test cluster CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", str(key), "-out", str(crt), "-days", "2",
+                    "-subj", "/CN=postgres test", "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-addext", "extendedKeyUsage=serverAuth,clientAuth"], check=True, capture_output=True)
     try:
         yield d, (crt, key)
     finally:
@@ -203,8 +211,9 @@ class Server:
         self.files = {f.path: f for f in pg.files(self.ctx)}
         conf_dir = pg.paths(self.cluster).conf_dir
         self.pgpass = self.dir / "pgpass"  # primary_conninfo names the node's path: point it here
+        self.ca = cert[0].parent / "ca.pem"  # the test CA: stands for the cluster CA's file on a node
         self.conf = self._write("postgresql.conf", self.files[f"{conf_dir}/postgresql.conf"].content.replace(
-            f"passfile={pg.PGPASS}", f"passfile={self.pgpass}"))
+            f"passfile={pg.PGPASS}", f"passfile={self.pgpass}").replace(f"sslrootcert={TLS_CA}", f"sslrootcert={self.ca}"))
         self.hba = self._write("pg_hba.conf", self.files[f"{conf_dir}/pg_hba.conf"].content)
         self._write("pgpass", self.files[pg.PGPASS].content, mode=0o600)
         self.ident = self._write("pg_ident.conf", "")

@@ -28,11 +28,27 @@ SECRET_NAMES = (
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",
-    # each PBX node's CDR sender password (hapbx_node/cdr/auth.py), by the node's place in `nodes`
+    # per PBX node (node_secret: the node's place in `nodes`): its CDR sender password
+    # (hapbx_node/cdr/auth.py), its PostgreSQL server certificate and key (components/certificates.py)
     "cdr_sender_1", "cdr_sender_2",
+    "tls_ca_certificate", "tls_postgres_certificate_1", "tls_postgres_key_1", "tls_postgres_certificate_2",
+    "tls_postgres_key_2",
 )
 #: secrets that are certificates (pulumi-tls or the stack's own), not generated passwords
-CERTIFICATE_SECRETS = ("kamailio_tls_certificate", "kamailio_tls_key")
+CERTIFICATE_SECRETS = ("kamailio_tls_certificate", "kamailio_tls_key", "tls_ca_certificate",
+                       "tls_postgres_certificate_1", "tls_postgres_key_1", "tls_postgres_certificate_2",
+                       "tls_postgres_key_2")
+
+
+#: certificates travel like secrets (pulumi-tls outputs, masked in render output) but are public:
+#: their files may be world-readable; their keys never
+PUBLIC_CERTIFICATES = ("kamailio_tls_certificate", "tls_ca_certificate", "tls_postgres_certificate_1",
+                       "tls_postgres_certificate_2")
+
+
+def node_secret(cluster, stem: str, node: str) -> str:
+    """The name of a PBX node's own secret ``<stem>_<n>``: n is the node's place in `nodes` (1, 2)."""
+    return f"{stem}_{[n.name for n in cluster.nodes].index(node) + 1}"
 #: secrets generated as pulumi-random passwords
 GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in ("vendor_repo_token", *CERTIFICATE_SECRETS))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from hapbx_node import layout
 from hapbx_node.ha.entry import ENTRY_POINTS
 from hapbx_node.layout import (HA_BIN, HA_CLI, HA_ENV, HA_LIB_DIR, HA_RUN_DIR, HA_SECRETS_ENV, HA_TMPFILES,
-                               LEADER_UNIT, PG_PASSFILE, REACH_UNIT, slot_name)
+                               LEADER_UNIT, PG_PASSFILE, PG_PEER_SSL, REACH_UNIT, slot_name)
 
 from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules, secret_refs, \
     template
@@ -106,6 +106,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "PG_PORT": str(c.postgres.port),
         "PG_OS_USER": layout.PG_OS_USER,
         "PG_PEER_USER": PG_REPL_USER,
+        "PG_PEER_SSL": PG_PEER_SSL,
         "PG_REPL_USER": PG_REPL_USER,
         "PG_PASSFILE": PG_PASSFILE,
         "PG_WRITE_CONNINFO": "0",

@@ -12,14 +12,17 @@ import hashlib
 import hmac
 import os
 import shlex
-from hapbx_node.layout import LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_SOCKET_DIR, PgPaths, slot_name
+from hapbx_node.layout import (LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_PEER_SSL, PG_SOCKET_DIR, TLS_CA, PgPaths,
+                               slot_name, tls_certificate, tls_key)
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
-from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_secret, template
 
 DATABASE = "pbx"
 REPLICATION_ROLE = "replicator"
+#: the service name of PostgreSQL's certificate (components/certificates.py SERVICES)
+TLS_SERVICE = "postgres"
 #: login role -> secret name holding its password
 LOGIN_ROLES = {
     "postgres": "postgres_superuser",
@@ -104,7 +107,8 @@ def _values(ctx: RenderContext, **extra) -> dict:
     return dict(pg=paths(c), pgpass=PGPASS, socket_dir=PG_SOCKET_DIR, database=DATABASE, replication_role=REPLICATION_ROLE, lib_dir=LIB_DIR,
                 partitions_ahead=PARTITIONS_AHEAD, stream_wait=STREAM_WAIT_SECONDS,
                 own_slot=slot_name(ctx.host.name), peer_slot=slot_name(ctx.peer.name),
-                marker=pending_marker(c), **extra)
+                marker=pending_marker(c), peer_ssl=PG_PEER_SSL, tls_certificate=tls_certificate(TLS_SERVICE),
+                tls_key=tls_key(TLS_SERVICE), **extra)
 
 
 def postgresql_conf(ctx: RenderContext) -> str:
@@ -154,6 +158,23 @@ method !~ /^(scram-sha-256|peer|reject|cert)$/ { bad("unexpected method " method
 END { exit errors ? 1 : 0 }""".split())) + " {path}"
 
 
+def tls_files(ctx: RenderContext) -> list[RenderedFile]:
+    """The cluster CA and this node's server certificate and key (PostgreSQL reloads them on SIGHUP);
+    installed with postgresql.conf, which names them."""
+    svc = paths(ctx.cluster).service
+    cert_name = node_secret(ctx.cluster, f"tls_{TLS_SERVICE}_certificate", ctx.host.name)
+    key_name = node_secret(ctx.cluster, f"tls_{TLS_SERVICE}_key", ctx.host.name)
+    return [
+        RenderedFile(TLS_CA, ctx.secret("tls_ca_certificate"), service=svc, action="reload", mode="0644",
+                     validate="openssl x509 -noout -in {path}", secrets=("tls_ca_certificate",)),
+        RenderedFile(tls_certificate(TLS_SERVICE), ctx.secret(cert_name), service=svc, action="reload",
+                     owner="postgres", group="postgres", mode="0644", validate="openssl x509 -noout -in {path}",
+                     secrets=(cert_name,)),
+        RenderedFile(tls_key(TLS_SERVICE), ctx.secret(key_name), service=svc, action="reload", owner="postgres",
+                     group="postgres", mode="0600", validate="openssl pkey -noout -in {path}", secrets=(key_name,)),
+    ]
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
@@ -167,6 +188,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                      validate=conf_validator(pg), owner="postgres", group="postgres", mode="0644"),
         RenderedFile(f"{pg.conf_dir}/pg_hba.conf", hba, service=svc, action="reload",
                      validate=HBA_VALIDATOR, owner="postgres", group="postgres", mode="0640"),
+        *tls_files(ctx),
         RenderedFile(PGPASS,
                      template("postgresql/pgpass.j2", ctx, password=ctx.secret("postgres_replication"),
                               pgpass_escape=pgpass_escape, **_values(ctx)),

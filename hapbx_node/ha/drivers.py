@@ -79,8 +79,11 @@ class Postgres:
         self.port = env["PG_PORT"]
         self.os_user = env["PG_OS_USER"]
         self.fenced_mark = os.path.join(env["HA_LIB_DIR"], "pg-fenced")
+        #: libpq's TLS options towards the peer (layout.PG_PEER_SSL on the nodes)
+        self.peer_ssl = env.get("PG_PEER_SSL") or ""
         self.peer = (f"host={env['PG_PEER_HOST']} port={env['PG_PEER_PORT']} user={env['PG_PEER_USER']} "
-                     f"dbname=postgres connect_timeout={env.get('PG_CONNECT_TIMEOUT') or 2} application_name=hapbx-ha")
+                     f"dbname=postgres connect_timeout={env.get('PG_CONNECT_TIMEOUT') or 2} application_name=hapbx-ha"
+                     + (f" {self.peer_ssl}" if self.peer_ssl else ""))
         self.fence_wait_ms = int(env.get("PG_FENCE_WAIT_MS") or 3000)
         self.peer_error = ""      # what the last peer_role() failed with
 

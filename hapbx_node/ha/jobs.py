@@ -439,7 +439,8 @@ class Rejoin:
                              "hapbx-ha discard-moved-aside removes it)")
         rc, out, err = self.pg.as_pg([f"{self.pg.bin}/pg_basebackup", "-D", data, "-h", self.env["PG_PEER_HOST"],
                                       "-p", self.env["PG_PEER_PORT"], "-U", self.env["PG_REPL_USER"], "-X", "stream",
-                                      "-S", self.env["PG_SLOT"], "-c", "fast", "-w"],
+                                      "-S", self.env["PG_SLOT"], "-c", "fast", "-w",
+                                      *(["-d", self.pg.peer_ssl] if self.pg.peer_ssl else [])],
                                      float(self.env.get("PG_BASEBACKUP_TIMEOUT") or 3600))
         if rc != 0:
             self.log("ERROR", "pg_basebackup: " + " | ".join((out + "\n" + err).strip().splitlines()))

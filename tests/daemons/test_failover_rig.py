@@ -212,6 +212,9 @@ class Rig:
             "OWNER_SERVICES": "hapbx-cdr-worker.service", "SERVICE_CMD": f"{n.dir}/svc",
             "ETCD_ENDPOINTS": self.endpoints(), "REACH_TARGETS": self.addr["witness"],
             "PG_CONNECT_TIMEOUT": "1",
+            # the rig's servers run without TLS (loopback): what the nodes check (verify-full against
+            # the cluster CA) is tested on real servers in test_postgres.py and on the lab
+            "PG_PEER_SSL": "",
             "ETCD_PREFIX": "/hapbx/rig",
         })
         env.update(self.settings)

@@ -636,6 +636,24 @@ def wait_for(what: str, fn, seconds: float = 30.0, every: float = 0.1):
     raise AssertionError(f"{what}: not within {seconds} s (last: {last!r})")
 
 
+def test_replication_is_refused_without_tls_and_against_another_ca(provisioned, tmp_path):
+    """The replication role logs in over TLS only (hostssl), and the nodes' libpq options
+    (layout.PG_PEER_SSL: verify-full) refuse a server whose certificate another CA signed."""
+    primary = provisioned
+    login = dict(host="127.0.0.1", port=primary.port, user="replicator", dbname="replication", replication="true",
+                 password=SECRETS["postgres_replication"], connect_timeout=5)
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        psycopg.connect(sslmode="disable", **login)
+    with psycopg.connect(sslmode="verify-full", sslrootcert=str(primary.ca), **login) as c:
+        assert c.info.pgconn.ssl_in_use
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(other), "-days", "1", "-subj", "/CN=not ours"],
+                   check=True, capture_output=True)
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(sslmode="verify-full", sslrootcert=str(other), **login)
+
+
 def streaming_from(srv: Server):
     def check():
         try:
@@ -685,7 +703,12 @@ def test_pair_streams_promotes_and_rewinds(base, major, request):
         with a.connect() as c:
             rep = c.execute("SELECT application_name, state FROM pg_stat_replication").fetchall()
             assert rep == [("pbx2", "streaming")]
+            # the walreceiver checked the primary's certificate against the CA (verify-full) over TLS
+            assert c.execute("SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)").fetchone() == (True,)
             assert c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = 'pbx2'").fetchone()[0]
+        with b.connect() as c:
+            conninfo = c.execute("SELECT conninfo FROM pg_stat_wal_receiver").fetchone()[0]
+            assert "sslmode=verify-full" in conninfo and f"sslrootcert={b.ca}" in conninfo, conninfo
         # the standby's own slot for its peer (the replication step runs on a standby too)
         b.psql(pg.slot_sql(pg.slot_name("pbx1")))
 

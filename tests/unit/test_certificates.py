@@ -121,3 +121,50 @@ def test_chain_after_first():
     block = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"
     assert chain_after_first(block + "\n") == ""
     assert chain_after_first(f"{block}\n{block}\n{block}") == f"{block}\n{block}\n"
+
+
+# --- ClusterCa: the internal CA and each node's service certificate (issue 21) --------------------
+
+def run_ca(cluster):
+    from components.certificates import ClusterCa, ClusterCaArgs
+
+    def program():
+        ca = ClusterCa("cluster-ca", ClusterCaArgs(cluster=cluster))
+        pulumi.export("ca", ca.ca_pem)
+        for name, value in ca.secrets(cluster).items():
+            pulumi.export(name, value)
+    graph, _ = run_function(program)
+    assert graph.error is None, repr(graph.error)
+    return graph
+
+
+def test_cluster_ca_signs_each_nodes_service_certificate_for_its_addresses(cluster):
+    """verify-full from the peer needs the node's address in the certificate (and the VIP, which the
+    node may hold, and loopback); the chain ends at the CA; the key is a secret, the certificate too
+    in the render's map (masked in render output) though it is public."""
+    graph = run_ca(cluster)
+    out = graph.outputs
+    ca = x509.load_pem_x509_certificate(plain(out["ca"]).encode())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for i, node in enumerate(cluster.nodes, start=1):
+        assert rpc.is_rpc_secret(out[f"tls_postgres_key_{i}"])
+        cert = x509.load_pem_x509_certificate(plain(out[f"tls_postgres_certificate_{i}"]).encode())
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} == {node.address, cluster.vip.address,
+                                                                            "127.0.0.1"}
+        assert sans.get_values_for_type(x509.DNSName) == [f"{node.name}.{cluster.network.domain}"]
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(eku) == {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH}
+        key = serialization.load_pem_private_key(plain(out[f"tls_postgres_key_{i}"]).encode(), None)
+        assert key.public_key() == cert.public_key()
+
+
+def test_tls_rotate_replaces_the_service_keys_and_keeps_the_ca(cluster):
+    import dataclasses
+    rotated = dataclasses.replace(cluster, tls=dataclasses.replace(cluster.tls, rotate=3))
+    before, after = set(run_ca(cluster).resources), set(run_ca(rotated).resources)
+    assert {"cluster-ca", "cluster-ca-key"} <= before & after
+    node = cluster.nodes[0].name
+    assert f"cluster-ca-{node}-postgres-key" in before - after
+    assert {f"cluster-ca-{node}-postgres-{k}-r3" for k in ("key", "csr", "cert")} <= after - before
