@@ -29,6 +29,25 @@ def is_poison(err) -> bool:
     return (getattr(err, "pgcode", None) or "")[:2] in POISON_CLASSES
 
 
+def one_by_one(cur, rows: list[str]) -> list[tuple[str | None, str]]:
+    """A batch PostgreSQL refused: each row (JSON) in its own savepoint; per row (outcome, "") or
+    (None, why PostgreSQL refused it for its data). Other errors propagate (retry the batch)."""
+    import psycopg2
+    out: list[tuple[str | None, str]] = []
+    for row in rows:
+        cur.execute("SAVEPOINT one")
+        try:
+            cur.execute(INGEST_ONE_SQL, (row,))
+            out.append((cur.fetchone()[0], ""))
+            cur.execute("RELEASE SAVEPOINT one")
+        except psycopg2.Error as err:
+            if not is_poison(err):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT one")
+            out.append((None, f"PostgreSQL refused it: {err.pgcode} {str(err).strip().splitlines()[0]}"))
+    return out
+
+
 class DirectUnavailable(Exception):
     """PostgreSQL could not take the records now (down, unreachable, read-only, timeout)."""
 
@@ -74,27 +93,10 @@ class DirectWriter:
                     if not is_poison(err):
                         raise
                     conn.rollback()
-                    outcomes = self._one_by_one(cur, envelopes)
+                    outcomes = [o for o, _ in one_by_one(cur, [json.dumps(json.loads(e)["c"]) for e in envelopes])]
             conn.commit()
             return outcomes
         except psycopg2.Error as err:
             self.close()
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise DirectUnavailable(f"PostgreSQL: {err.pgcode or ''} {first}".strip()) from None
-
-    @staticmethod
-    def _one_by_one(cur, envelopes: list[bytes]) -> list[str | None]:
-        import psycopg2
-        out: list[str | None] = []
-        for raw in envelopes:
-            cur.execute("SAVEPOINT one")
-            try:
-                cur.execute(INGEST_ONE_SQL, (json.dumps(json.loads(raw)["c"]),))
-                out.append(cur.fetchone()[0])
-                cur.execute("RELEASE SAVEPOINT one")
-            except psycopg2.Error as err:
-                if not is_poison(err):
-                    raise
-                cur.execute("ROLLBACK TO SAVEPOINT one")
-                out.append(None)
-        return out

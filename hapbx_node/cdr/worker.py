@@ -34,7 +34,7 @@ import psycopg2.extras
 import redis
 
 from . import records
-from .ingest import INGEST_ONE_SQL, INGEST_SQL, is_poison
+from .ingest import INGEST_SQL, is_poison, one_by_one
 from .common import RateLimitedLog, setup_logging
 from .settings import WorkerSettings
 
@@ -181,22 +181,14 @@ class Worker:
         except records.Invalid:
             return time.time()
 
-    def _one_by_one(self, cur, good, dead) -> list:
-        """A batch with a record PostgreSQL refuses: each record in its own savepoint."""
+    @staticmethod
+    def _one_by_one(cur, good, dead) -> list:
+        """A batch with a record PostgreSQL refuses: each record on its own; the refused ones dead letters."""
         results = []
-        for raw, row, _ in good:
-            cur.execute("SAVEPOINT one")
-            try:
-                cur.execute(INGEST_ONE_SQL, (json.dumps(row),))
-                results.append(cur.fetchone()[0])
-                cur.execute("RELEASE SAVEPOINT one")
-            except psycopg2.Error as err:
-                if not is_poison(err):
-                    raise
-                cur.execute("ROLLBACK TO SAVEPOINT one")
-                reason = f"PostgreSQL refused it: {err.pgcode} {str(err).strip().splitlines()[0]}"
+        for (raw, _, _), (outcome, reason) in zip(good, one_by_one(cur, [json.dumps(row) for _, row, _ in good])):
+            if reason:
                 dead.append((raw, reason))
-                results.append(None)
+            results.append(outcome)
         return results
 
     def release(self, count: int, dead: list[tuple[bytes, str]]) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -77,6 +78,20 @@ def assert_exactly_once(st: Stack, accepted: list[str], timeout: float = 30) -> 
     while time.monotonic() < deadline and st.queue_lengths() != {"queue": 0, "processing": 0, "dead": 0}:
         time.sleep(0.1)
     assert st.queue_lengths() == {"queue": 0, "processing": 0, "dead": 0}
+
+
+@contextmanager
+def another_receiver(st: Stack, **env: str):
+    """A second receiver on the stack's Redis and PostgreSQL with these settings; (service, URL)."""
+    rec = st.receiver_service()
+    rec.env.update(HAPBX_CDR_PORT=str(devstack.free_port()), **env)
+    rec.start()
+    url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
+    try:
+        devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "the second receiver")
+        yield rec, url
+    finally:
+        rec.stop()
 
 
 def test_posted_records_land_in_the_cdr_table(clean):
@@ -337,14 +352,8 @@ def test_receiver_writes_to_the_master_when_the_first_endpoint_is_a_replica(stac
         st.redis.cli("CONFIG", "SET", "repl-diskless-sync-delay", "0")   # as the deployment sets it
         replica.cli("REPLICAOF", "127.0.0.1", str(st.redis.port))
         devstack._wait(lambda: "master_link_status:up" in replica.cli("INFO", "replication"), 10, "replication")
-        rec = st.receiver_service()
-        rec.env["HAPBX_REDIS_ENDPOINTS"] = f"127.0.0.1:{replica.port},127.0.0.1:{st.redis.port}"
-        rec.env["HAPBX_CDR_PORT"] = str(devstack.free_port())
-        rec.env["HAPBX_CDR_WAIT_REPLICA_MS"] = "200"
-        rec.start()
-        url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
-        try:
-            devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "second receiver")
+        with another_receiver(st, HAPBX_REDIS_ENDPOINTS=f"127.0.0.1:{replica.port},127.0.0.1:{st.redis.port}",
+                              HAPBX_CDR_WAIT_REPLICA_MS="200") as (rec, url):
             ids = [str(uuid.uuid4()) for _ in range(20)]
             for u in ids:
                 assert http("POST", f"{url}/cdr", json.dumps(fs_cdr(u)).encode(),
@@ -355,8 +364,6 @@ def test_receiver_writes_to_the_master_when_the_first_endpoint_is_a_replica(stac
             assert "READONLY" in rec.output()
             st.start_worker()
             assert_exactly_once(st, ids)
-        finally:
-            rec.stop()
     finally:
         replica.stop()
 
@@ -366,13 +373,8 @@ def test_a_record_the_replica_did_not_confirm_is_in_postgres_before_it_is_acknow
     worker runs); the worker later finds the queued copies already stored (duplicates, nothing
     twice). PostgreSQL down as well: 503, never a 200 for a record on the master alone."""
     st = clean
-    rec = st.receiver_service()
-    rec.env.update(HAPBX_CDR_PORT=str(devstack.free_port()), HAPBX_CDR_WAIT_REPLICA_MS="50",
-                   HAPBX_PG_DSN=st.pg.dsn("cdr_writer"), HAPBX_PG_PASSWORD=devstack.PASSWORDS["cdr_writer"])
-    rec.start()
-    url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
-    try:
-        devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "the receiver")
+    with another_receiver(st, HAPBX_CDR_WAIT_REPLICA_MS="50", HAPBX_PG_DSN=st.pg.dsn("cdr_writer"),
+                          HAPBX_PG_PASSWORD=devstack.PASSWORDS["cdr_writer"]) as (rec, url):
         ids = [str(uuid.uuid4()) for _ in range(10)]
         for u in ids:
             status, body = http("POST", f"{url}/cdr", json.dumps(fs_cdr(u)).encode(), {"Content-Type": "application/json"})
@@ -390,8 +392,6 @@ def test_a_record_the_replica_did_not_confirm_is_in_postgres_before_it_is_acknow
             assert status == 503 and "PostgreSQL" in body["error"], (status, body)
         finally:
             st.pg.start()
-    finally:
-        rec.stop()
 
 
 SENDERS = {"cdr-pbx1": "pbx1-sender-pw-0123456789", "cdr-pbx2": "pbx2-sender-pw-0123456789"}
@@ -406,13 +406,7 @@ def test_the_receiver_takes_posts_from_the_nodes_senders_only(stack, clean):
     challenge mod_json_cdr's libcurl answers), each node's own credential 200; counted in /health.
     Listening beyond loopback without credentials: the receiver does not start."""
     st = clean
-    rec = st.receiver_service()
-    rec.env.update(HAPBX_CDR_PORT=str(devstack.free_port()),
-                   HAPBX_CDR_SENDERS=",".join(f"{u}:{p}" for u, p in SENDERS.items()))
-    rec.start()
-    url = f"http://127.0.0.1:{rec.env['HAPBX_CDR_PORT']}"
-    try:
-        devstack._wait(lambda: http("GET", f"{url}/health", timeout=1)[0] == 200, 10, "the receiver")
+    with another_receiver(st, HAPBX_CDR_SENDERS=",".join(f"{u}:{p}" for u, p in SENDERS.items())) as (rec, url):
         body = json.dumps(fs_cdr(str(uuid.uuid4()))).encode()
         ctype = {"Content-Type": "application/json"}
         refused = [
@@ -434,8 +428,6 @@ def test_the_receiver_takes_posts_from_the_nodes_senders_only(stack, clean):
         assert health["unauthorized"] == len(refused) and health["accepted"] == 2, health
         st.start_worker()
         assert_exactly_once(st, ok)
-    finally:
-        rec.stop()
     lone = st.receiver_service()
     lone.env.update(HAPBX_CDR_PORT=str(devstack.free_port()), HAPBX_CDR_LISTEN="127.0.0.1,127.0.0.2")
     lone.start()
