@@ -15,6 +15,8 @@ python3-psycopg2: ClusterConfig.node_packages). Per node:
   + .timer (enabled)          every minute, posts what mod_json_cdr left in its err-log-dir to
                               this node's receiver, then the peer's (hapbx_node/cdr/replay.py); its
                               credential from cdr-sender.env; runs as FreeSWITCH's user
+  /usr/local/sbin/hapbx-cdr-deadletters   root's command for the worker's dead letters (list,
+                              replay, drop: hapbx_node/cdr/deadletters.py) with cdr-worker.env
 
 Code files touch the pending markers of the three daemons' units (one restart each when any
 changed); the replay needs none (each run starts afresh).
@@ -46,6 +48,10 @@ REPLAY_TIMER = "hapbx-cdr-replay.timer"
 REPLAY_MIN_AGE = 10
 #: this node's CDR sender credential (replay timer, the lab's media stand-in), under ETC_DIR
 SENDER_ENV = "cdr-sender.env"
+#: the worker's settings and credentials, under ETC_DIR (its unit's and the dead-letter command's)
+WORKER_ENV = "cdr-worker.env"
+#: root's command for the dead letters: runs ``python3 -m hapbx_node.cdr deadletters`` with the worker's env
+DEADLETTERS_CLI = "/usr/local/sbin/hapbx-cdr-deadletters"
 #: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
 OWNER_SERVICES = (WORKER_UNIT,)
 
@@ -193,6 +199,12 @@ def replay_files(ctx: RenderContext) -> list[RenderedFile]:
     ]
 
 
+def deadletters_cli(ctx: RenderContext) -> RenderedFile:
+    """The dead-letter command: no secret in it (it sources the worker's env file when run)."""
+    text = template("cdr/hapbx-cdr-deadletters.j2", ctx, lib_dir=LIB_DIR, env_file=f"{ETC_DIR}/{WORKER_ENV}")
+    return RenderedFile(DEADLETTERS_CLI, text, mode="0755", validate="bash -n {path}")
+
+
 def unit_validator(unit: str) -> str:
     return f"systemd-analyze verify --man=no {{path}}:{unit}"
 
@@ -214,7 +226,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
              "user, the primary (role cdr_writer) for what the Redis replica did not confirm."),
             (SENDER_ENV, None, sender_env(ctx), (sender_secret(ctx.cluster, ctx.host.name),),
              "This node's CDR sender credential (HTTP basic to the CDR receivers)."),
-            ("cdr-worker.env", WORKER_UNIT, worker_env(ctx), ("redis_cdr", "postgres_cdr"),
+            (WORKER_ENV, WORKER_UNIT, worker_env(ctx), ("redis_cdr", "postgres_cdr"),
              "CDR worker: the local Redis and PostgreSQL (role cdr_writer)."),
             ("admin.env", ADMIN_UNIT, admin_env(ctx), ("admin_api_token", "redis_cdr", "postgres_admin"),
              "Admin API: its token, the local PostgreSQL (role pbx_admin), the local Redis (queue depth).")]
@@ -225,6 +237,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         out.append(RenderedFile(f"/etc/systemd/system/{unit}",
                                 template(f"cdr/{unit}.j2", ctx, **_values(ctx)),
                                 service=unit, action="restart", validate=unit_validator(unit)))
+    out.append(deadletters_cli(ctx))
     if replays(ctx.cluster):
         out += replay_files(ctx)
     return out

@@ -10,9 +10,11 @@ python3-psycopg2): no pip on production nodes. Its processes, one package:
   admin     JSON admin API: extensions, SIP credentials, policies, routes, CDR search, health
   replay    one pass over FreeSWITCH's json_cdr error directory: posts the CDRs it could not
             deliver to the receiver (hapbx-cdr-replay.timer, nodes running FreeSWITCH)
+  deadletters  the operator's command for the worker's dead-letter list: list, replay onto the
+            queue (refuses what would only die again), drop (hapbx-cdr-deadletters on a node)
 
-``python3 -m hapbx_node.cdr receiver|worker|admin|replay`` (``python3 -m hapbx_node.cdr.replay`` too);
-settings from the environment (settings.py).
+``python3 -m hapbx_node.cdr receiver|worker|admin|replay|deadletters`` (``python3 -m
+hapbx_node.cdr.replay`` too); settings from the environment (settings.py).
 """
 
 __version__ = "1.0"

@@ -1,4 +1,5 @@
-"""python3 -m hapbx_node.cdr receiver|worker|admin|replay (replay: also python3 -m hapbx_node.cdr.replay)"""
+"""python3 -m hapbx_node.cdr receiver|worker|admin|replay|deadletters (replay: also python3 -m
+hapbx_node.cdr.replay; deadletters takes its own arguments: list|replay|drop)"""
 import sys
 
 from .settings import SettingsError
@@ -15,8 +16,11 @@ def main(argv: list[str]) -> int:
             from .admin import main as run
         elif what == "replay":
             from .replay import main as run
+        elif what == "deadletters":
+            from .deadletters import main as deadletters
+            return deadletters(argv[2:])
         else:
-            print("usage: python3 -m hapbx_node.cdr receiver|worker|admin|replay", file=sys.stderr)
+            print("usage: python3 -m hapbx_node.cdr receiver|worker|admin|replay|deadletters", file=sys.stderr)
             return 2
         return run()
     except SettingsError as err:

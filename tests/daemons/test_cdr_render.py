@@ -35,7 +35,8 @@ def test_every_file_passes_its_checker(name):
                 out = run_validator(f)
                 assert out.returncode == 0, (node.name, f.path, out.stdout, out.stderr)
                 checked += 1
-        assert checked == len(cdr.package_files()) + len(cdr.UNITS) + (2 if cdr.replays(c) else 0)
+        # the code, the units, the dead-letter command, the replay's unit and timer
+        assert checked == len(cdr.package_files()) + len(cdr.UNITS) + 1 + (2 if cdr.replays(c) else 0)
     assert cdr.files(RenderContext(c, c.witness, masked_secrets())) == [] if c.witness else True
 
 
@@ -249,3 +250,31 @@ def test_replay_unit_checkers_refuse_broken_units():
     assert run_validator(type(service)(**{**service.__dict__, "content": bad})).returncode
     bad = timer.content.replace("OnCalendar=minutely", "OnCalendar=every-now-and-then").replace("OnBootSec=1min", "")
     assert run_validator(type(timer)(**{**timer.__dict__, "content": bad})).returncode
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_deadletters_command_runs_the_package_with_the_worker_env(name):
+    """hapbx-cdr-deadletters: no secret in it, 0755, shellcheck-clean; it starts the shipped package as
+    the units do, with the worker's env file as bash reads it (the values systemd gives the worker)."""
+    c = stack(name)
+    real = {**masked_secrets(), **{n: f"real-{n}-Zx9" for n in masked_secrets()}}
+    ctx = RenderContext(c, c.nodes[0], real)
+    files = {f.path: f for f in cdr.files(ctx)}
+    cli = files[cdr.DEADLETTERS_CLI]
+    assert cli.mode == "0755" and cli.owner == "root" and not cli.secrets and "real-" not in cli.content
+    assert cli.service is None and cli.action == "none" and run_validator(cli).returncode == 0
+    out = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", "-"], input=cli.content, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout
+    text = cli.content
+    assert f". \"$env_file\"" in text and f"env_file=/etc/hapbx/{cdr.WORKER_ENV}" in text
+    assert f"export PYTHONPATH={cdr.LIB_DIR} PYTHONDONTWRITEBYTECODE=1" in text
+    assert 'exec /usr/bin/python3 -m hapbx_node.cdr deadletters "$@"' in text
+    # bash reads the env file as systemd does: every value of the worker's settings unchanged
+    env_text = files[f"/etc/hapbx/{cdr.WORKER_ENV}"].content
+    script = 'set -a; . "$1"; set +a; env -0'
+    out = subprocess.run(["env", "-i", "bash", "-c", script, "bash", "/dev/stdin"], input=env_text,
+                         capture_output=True, text=True)
+    sourced = dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
+    expected = cdr.worker_env(ctx)
+    assert {k: sourced.get(k) for k in expected} == expected
