@@ -5,7 +5,7 @@ modules it imports), shipped as files under LIB_DIR/hapbx_node and run as ``pyth
 hapbx_node.cdr`` by Debian's /usr/bin/python3 with Debian's packages (python3-aiohttp, python3-redis,
 python3-psycopg2: ClusterConfig.node_packages). Per node:
 
-  hapbx-cdr-receiver.service  both nodes, enabled; loopback + node address, cdr.receiverPort
+  hapbx-cdr-receiver.service  both nodes, enabled; VIP (freebind) + node address + loopback, cdr.receiverPort
   hapbx-cdr-worker.service    never enabled: VIP owner only (WORKER_UNIT is what the failover
                               scripts start on promotion and stop on demotion: OWNER_SERVICES)
   hapbx-admin.service         both nodes, enabled; VIP (freebind) + node address + loopback
@@ -27,10 +27,11 @@ import os
 import shlex
 
 from hapbx_node.cdr import auth
-from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_SOCKET_DIR
+from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_PEER_SSL, PG_SOCKET_DIR
 
 from ..config import ClusterConfig
-from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules, template
+from . import (NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules,
+               node_secret, template)
 from .postgres import DATABASE
 from .postgres import paths as pg_paths
 from .redis import CDR_USER
@@ -93,16 +94,16 @@ def pg_dsn(cluster: ClusterConfig, user: str) -> str:
 
 
 def primary_dsn(ctx: RenderContext, user: str) -> str:
-    """The primary wherever it is: the local socket, else the peer over TLS (libpq skips a standby:
-    target_session_attrs). For the receiver's direct path, which runs on both nodes."""
+    """The primary wherever it is: the local socket, else the peer over TLS, its certificate checked
+    (libpq skips a standby: target_session_attrs). For the receiver's direct path, on both nodes."""
     port = ctx.cluster.postgres.port
     return (f"host={PG_SOCKET_DIR},{ctx.peer.address} port={port},{port} dbname={DATABASE} user={user} "
-            "target_session_attrs=read-write sslmode=require")
+            f"target_session_attrs=read-write {PG_PEER_SSL}")
 
 
 def sender_secret(cluster: ClusterConfig, node: str) -> str:
-    """The secret holding a PBX node's CDR sender password (by its place in `nodes`)."""
-    return f"cdr_sender_{[n.name for n in cluster.nodes].index(node) + 1}"
+    """The secret holding a PBX node's CDR sender password."""
+    return node_secret(cluster, "cdr_sender", node)
 
 
 def sender_secrets(cluster: ClusterConfig) -> tuple[str, ...]:
@@ -125,7 +126,8 @@ def receiver_env(ctx: RenderContext) -> dict[str, str]:
     c, node = ctx.cluster, ctx.host
     return {
         "HAPBX_NODE": node.name,
-        "HAPBX_CDR_LISTEN": f"127.0.0.1,{node.address}",
+        # the VIP too (freebind, as the admin API): a poster off the nodes (the CDR drill) reaches the owner's
+        "HAPBX_CDR_LISTEN": f"{c.vip.address},{node.address},127.0.0.1",
         "HAPBX_CDR_PORT": str(c.cdr.receiver_port),
         "HAPBX_CDR_MAX_BODY": str(c.cdr.max_body_kb * 1024),
         "HAPBX_CDR_REDIS_TIMEOUT": f"{c.cdr.redis_timeout_seconds:g}",

@@ -67,7 +67,8 @@ def test_env_files_hold_only_their_own_secrets_mode_0600():
     c = stack("lab")
     real = {**masked_secrets(), **{n: f"real-{n}-Zx9" for n in masked_secrets()}}
     files = {f.path: f for f in cdr.files(RenderContext(c, c.nodes[0], real))}
-    expected = {"/etc/hapbx/cdr-receiver.env": {"redis_cdr", "postgres_cdr"},
+    expected = {"/etc/hapbx/cdr-receiver.env": {"redis_cdr", "postgres_cdr", "cdr_sender_1", "cdr_sender_2"},
+                "/etc/hapbx/cdr-sender.env": {"cdr_sender_1"},        # pbx1's own credential only
                 "/etc/hapbx/cdr-worker.env": {"redis_cdr", "postgres_cdr"},
                 "/etc/hapbx/admin.env": {"admin_api_token", "redis_cdr", "postgres_admin"}}
     for path, names in expected.items():
@@ -80,13 +81,16 @@ def test_env_files_hold_only_their_own_secrets_mode_0600():
             assert "real-" not in f.content and not f.secrets, f.path
     # values as the services read them
     receiver = files["/etc/hapbx/cdr-receiver.env"].content
-    assert 'HAPBX_CDR_LISTEN="127.0.0.1,10.77.0.11"' in receiver
+    assert 'HAPBX_CDR_LISTEN="10.77.0.10,10.77.0.11,127.0.0.1"' in receiver, "the VIP first, as the admin API"
     assert 'HAPBX_REDIS_ENDPOINTS="127.0.0.1:6379,10.77.0.12:6379"' in receiver, "local first, then the peer"
     # the direct path reaches the primary wherever it is: the local socket, else the peer over TLS
     assert ('HAPBX_PG_DSN="host=/var/run/postgresql,10.77.0.12 port=5432,5432 dbname=pbx user=cdr_writer '
-            'target_session_attrs=read-write sslmode=require"') in receiver
+            'target_session_attrs=read-write sslmode=verify-full sslrootcert=/etc/hapbx/tls/ca.crt"') in receiver
     admin = files["/etc/hapbx/admin.env"].content
     assert 'HAPBX_ADMIN_LISTEN="10.77.0.10,10.77.0.11,127.0.0.1"' in admin, "the VIP first"
+    assert (f'HAPBX_CDR_SENDERS="cdr-pbx1:real-cdr_sender_1-Zx9,cdr-pbx2:real-cdr_sender_2-Zx9"') in receiver
+    sender = files["/etc/hapbx/cdr-sender.env"].content
+    assert 'HAPBX_CDR_POST_USER="cdr-pbx1"' in sender and 'HAPBX_CDR_POST_PASSWORD="real-cdr_sender_1-Zx9"' in sender
     worker = files["/etc/hapbx/cdr-worker.env"].content
     assert 'HAPBX_PG_DSN="host=/var/run/postgresql port=5432 dbname=pbx user=cdr_writer"' in worker
     assert 'HAPBX_CDR_NODES="pbx1,pbx2"' in worker
