@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -114,14 +115,35 @@ def stack():
 
 
 def bootstrap(client_port: int, root_pw: str = ETCD_ROOT_PASSWORD,
-              node_pw: str = ETCD_NODE_PASSWORD) -> subprocess.CompletedProcess:
+              node_pw: str = ETCD_NODE_PASSWORD, path: str | None = None) -> subprocess.CompletedProcess:
     """The rendered step as the Witness component runs it (remote.script, passwords on stdin)."""
     c = stack()
     c = dataclasses.replace(c, etcd=dataclasses.replace(c.etcd, client_port=client_port))
     body = remote_script(c.nodes[0].name, "etcd authentication",
                          etcd_render.bootstrap_auth_script(RenderContext(c, c.nodes[0], masked_secrets())))
+    env = {**os.environ, **({"PATH": path} if path else {})}
     return subprocess.run(["bash", "-c", body], input=f"{root_pw}\n{node_pw}\n",
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_no_password_or_token_in_any_curl_argv(member, tmp_path):
+    """Every curl the step runs, recorded (a shim first in PATH): neither password, nor the root
+    token (an Authorization header) is ever on a command line, where ps shows it to every user."""
+    m = member()
+    log = tmp_path / "argv"
+    shim = tmp_path / "bin" / "curl"
+    shim.parent.mkdir()
+    real = shutil.which("curl")
+    shim.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" >> {log}; printf "\\n" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    for _ in range(2):      # enabling, then with root's token (authenticated calls)
+        out = bootstrap(m.client, path=f"{shim.parent}:{os.environ['PATH']}")
+        assert out.returncode == 0, out.stderr
+    argv = log.read_text()
+    assert argv.count("\n") >= 8, argv                       # the calls were recorded
+    for secret in (ETCD_ROOT_PASSWORD, ETCD_NODE_PASSWORD, "Authorization"):
+        assert secret not in argv, secret
+    assert "-H\0@" in argv                                    # the token went through a header file
 
 
 def gateway(member: Member, path: str, body: dict, token: str = "") -> tuple[int, dict]:
