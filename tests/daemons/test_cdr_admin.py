@@ -3,11 +3,13 @@ the deployment's ACL, the service under Debian's python3 (bench/devstack.py).
 
 Token auth, every resource's CRUD with 4xx validation listing each bad field, SIP credentials
 Kamailio's auth view serves at once (digest checked with the view's HA1), CDR search by range
-and extension with paging, health/readiness with the node's roles, and an OpenAPI document
-that describes every route the service has.
+and extension with paging, health/readiness with the node's roles (probed at most once a
+second), an OpenAPI document that describes every route the service has, and a 4xx, never a
+500, for any input (issue 21).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -251,6 +253,8 @@ def test_health_reports_roles_and_readiness_follows_postgres(st):
     assert http("GET", f"{st.admin_url}/ready")[0] == 200
     st.pg.stop("fast")
     try:
+        # PostgreSQL is probed at most once a second (health.PROBE_TTL): the next probe sees it down
+        devstack._wait(lambda: http("GET", f"{st.admin_url}/ready")[0] == 503, 5, "not ready")
         status, body = http("GET", f"{st.admin_url}/ready")
         assert status == 503 and body["roles"]["postgres"] == "down"
         assert http("GET", f"{st.admin_url}/health")[0] == 200
@@ -293,3 +297,104 @@ def test_openapi_describes_every_route(st):
         kind, name = ref.split("/")[-2:]
         assert name in doc["components"][kind], ref
     assert doc["components"]["schemas"]["Extension"]["properties"]["sip_password"]["writeOnly"] is True
+
+
+# --- no server error for any input (issue 21): each of these was a 500 ---------------------------------
+
+def admin_log_lines(st, text: str) -> int:
+    return sum(text in line for line in st.admin.output().splitlines())
+
+
+def test_a_token_of_any_bytes_is_a_401_and_refusals_are_logged_rate_limited(st):
+    before = admin_log_lines(st, "refused a bad token")
+    started = time.monotonic()
+    # http.client sends a str header as Latin-1 (not UTF-8: aiohttp keeps the byte as a surrogate),
+    # bytes as they are
+    for token in ("Bearer t\u00f6k\u00e9n", b"Bearer t\xc3\xb6k\xc3\xa9n \xe2\x82\xac", b"Bearer \xff\xfe"):
+        status, body = http("GET", f"{st.admin_url}/api/v1/extensions", headers={"Authorization": token})
+        assert status == 401 and body == {"error": "bad token"}, (token, status, body)
+    for _ in range(27):
+        assert http("GET", f"{st.admin_url}/api/v1/extensions",
+                    headers={"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"})[0] == 401
+    elapsed = time.monotonic() - started
+    logged = admin_log_lines(st, "refused a bad token") - before
+    # 2 lines a second at most (common.RateLimitedLog), the rest counted in a summary line
+    assert 1 <= logged <= 2 * (int(elapsed) + 2) < 30, (logged, elapsed)
+    assert api(st, "GET", "/api/v1/extensions")[0] == 200
+
+
+def test_cdr_search_with_times_the_api_cannot_use_is_a_422(st):
+    for query, field in (("to=0001-01-01", "to"), ("to=0001-01-01T00:00:00%2B14:00", "to"),
+                         ("from=0001-01-01T00:00:00Z&to=2025-01-01T00:00:00Z", "from"),
+                         ("to=1969-12-31T23:59:59Z", "to")):
+        status, body = api(st, "GET", f"/api/v1/cdrs?{query}")
+        assert status == 422 and "before 1970-01-01" in body["fields"][field], (query, status, body)
+    # the edges that are times: answered, empty
+    for query in ("to=1970-01-01T00:00:00Z", "from=9999-12-30T00:00:00Z&to=9999-12-31T23:59:59-14:00"):
+        status, body = api(st, "GET", f"/api/v1/cdrs?{query}")
+        assert status == 200 and body["items"] == [], (query, status, body)
+    # a cursor that is no next_cursor (a NUL where the UUID goes), a call UUID that is none
+    bad = base64.urlsafe_b64encode(b"2025-01-01T00:00:00+00:00|\x00").decode()
+    status, body = api(st, "GET", f"/api/v1/cdrs?cursor={bad}")
+    assert status == 422 and "cursor" in body["fields"], body
+    status, body = api(st, "GET", "/api/v1/cdrs/" + "-" * 36)
+    assert status == 404 and body == {"error": "not found"}
+    status, body = api(st, "GET", "/api/v1/recording-policies/%C2%B2")   # '²' is a digit to str.isdigit
+    assert status == 404 and body == {"error": "not found"}
+
+
+def nested(depth: int) -> str:
+    return '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+def test_json_the_database_cannot_store_is_a_400(st, users):
+    ext = '{"number": "4101", "type": "ivr", "display_name": %s, "settings": %s}'
+    for display, settings, reason in (
+            ('"Ann\\u0000"', "{}", "NUL character (\\u0000) in 'display_name'"),
+            ('"Ann"', '{"x": "\\u0000"}', "NUL character (\\u0000) in 'settings.x'"),
+            ('"Ann \\ud800"', "{}", "lone surrogate (\\ud800) in 'display_name'"),
+            ('"Ann"', '{"x": NaN}', "NaN"), ('"Ann"', '{"x": 1e400}', "1e400"),
+            ('"Ann"', nested(40), "nests deeper than 32 levels"),
+            # far deeper than the interpreter's recursion limit (json's parser recurses)
+            ('"Ann"', '{"a": ' + "[" * 30000 + "]" * 30000 + "}", "nests deeper than 32 levels")):
+        status, body = api(st, "POST", "/api/v1/extensions", raw=(ext % (display, settings)).encode())
+        assert status == 400 and reason in body["error"], (display, settings[:40], status, body)
+        status, body = api(st, "PATCH", "/api/v1/extensions/2001",
+                           raw=('{"display_name": %s, "settings": %s}' % (display, settings)).encode())
+        assert status == 400 and reason in body["error"], (display, settings[:40], status, body)
+    # every resource's body goes through the same parser
+    for path, body in (("/api/v1/trunks", '{"name": "t1", "host": "h", "settings": {"k\\u0000": 1}}'),
+                       ("/api/v1/routes/inbound",
+                        '{"did": "+4930777", "extension": "2001", "description": "a\\u0000"}'),
+                       ("/api/v1/recording-policies", '{"scope": "trunk", "trunk": "a\\u0000", "mode": "always"}')):
+        status, answer = api(st, "POST", path, raw=body.encode())
+        assert status == 400 and "NUL character" in answer["error"], (path, status, answer)
+    # what the database stores still goes in: nesting up to the limit, an emoji (a surrogate pair)
+    status, created = api(st, "POST", "/api/v1/extensions",
+                          raw=(ext % ('"Zo\\ud83d\\ude00"', nested(31))).encode())
+    assert status == 201 and created["display_name"] == "Zo\U0001F600", created
+    assert json.dumps(created["settings"]) == nested(31).replace(":", ": ")
+    assert api(st, "DELETE", "/api/v1/extensions/4101")[0] == 204
+
+
+def redis_counters(st) -> tuple[int, int]:
+    """(connections Redis accepted, LLEN calls) from one INFO (one redis-cli connection)."""
+    info = dict(line.strip().partition(":")[::2] for line in st.redis.cli("INFO", "stats", "commandstats").splitlines())
+    llen = dict(p.split("=") for p in info.get("cmdstat_llen", "calls=0").split(","))
+    return int(info["total_connections_received"]), int(llen["calls"])
+
+
+def test_health_and_ready_are_cheap_whatever_the_rate(st):
+    """Open to anyone: a flood of /health and /ready probes PostgreSQL and Redis at most once a
+    second, and asks Redis over the one connection the service keeps."""
+    assert http("GET", f"{st.admin_url}/health")[0] == 200
+    connections, llens = redis_counters(st)
+    started = time.monotonic()
+    for i in range(30):
+        status, body = http("GET", f"{st.admin_url}/{'ready' if i % 2 else 'health'}")
+        assert status == 200 and (body["roles"]["postgres"], body["roles"]["redis"]) == ("primary", "master"), body
+    elapsed = time.monotonic() - started
+    connections_after, llens_after = redis_counters(st)
+    probes = (llens_after - llens) / 2   # two LLEN a probe
+    assert probes <= int(elapsed) + 1, (probes, elapsed)
+    assert connections_after - connections == 1, "redis-cli's own (this INFO): none of the service"

@@ -19,7 +19,8 @@ thread pool). Token authentication (``Authorization: Bearer <token>``) on everyt
   /health  200 while the process runs: the node's roles (PostgreSQL, Redis, VIP, HA writer)
   /ready   200 when this node takes writes (PostgreSQL primary here), else 503
 
-Errors: 400 malformed JSON, 401 no/bad token, 404, 409 conflict (duplicate, still referenced),
+Errors: 400 malformed JSON or JSON the database cannot store (records.loads: NaN, a NUL, nesting
+deeper than 32), 401 no/bad token, 404, 409 conflict (duplicate, still referenced),
 413 body too large, 415 not JSON, 422 validation (every bad field listed), 503 this node is a
 standby (use the VIP) or the database is unavailable.
 """
@@ -33,7 +34,7 @@ import time
 import psycopg2
 from aiohttp import web
 
-from ..common import http_sites, setup_logging, until_stopped
+from ..common import RateLimitedLog, http_sites, setup_logging, until_stopped
 from ..settings import AdminSettings
 from . import cdrs, crud, extensions, health
 from .api import Api, ApiError, Db, error, pg_error
@@ -44,6 +45,8 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
     log = log or logging.getLogger("hapbx-admin")
     db = Db(s)
     token = s.token.encode()
+    # a line per refused request would let anyone without a token flood the journal
+    bad_token_log = RateLimitedLog(log, 2)
 
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -52,8 +55,10 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
             scheme, _, given = auth.partition(" ")
             if scheme.lower() != "bearer" or not given:
                 return error(401, "missing bearer token")
-            if not hmac.compare_digest(given.strip().encode(), token):
-                log.warning("refused a bad token from %s", request.remote)
+            # aiohttp decodes a header as UTF-8 with surrogateescape: encode it back so, to the bytes
+            # sent (a plain encode() raised on a byte that is no UTF-8: a 500)
+            if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token):
+                bad_token_log(logging.WARNING, "refused a bad token from %s", request.remote)
                 return error(401, "bad token")
         try:
             return await handler(request)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import queue
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ import psycopg2.errors
 import psycopg2.extras
 from aiohttp import web
 
+from .. import records
 from .. import validate as v
 from ..settings import AdminSettings
 
@@ -126,7 +128,10 @@ async def body_of(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "body too large") from None
     try:
-        return json.loads(raw)
+        return records.loads(raw)
+    except records.Invalid as err:
+        # JSON the database cannot store (NaN, a NUL, deep nesting): the same refusal as the receiver's
+        raise ApiError(400, str(err)) from None
     except ValueError as err:
         raise ApiError(400, f"malformed JSON: {err}") from None
 
@@ -164,7 +169,8 @@ def bool_param(request: web.Request, name: str) -> bool | None:
 
 def id_of(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII digits only: str.isdigit() passes '²', which int() refuses
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
         raise ApiError(404, "not found")
     return int(raw)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
+from ..records import EPOCH
 from ..resp import ConnectionLost, open_first
 from .api import API, Api, ApiError, int_param, reply
 
@@ -27,7 +29,19 @@ def when(request, name: str, default: datetime) -> datetime:
     except ValueError:
         raise ApiError(422, "validation failed", {name: "must be an ISO 8601 time, e.g. 2025-01-31T12:00:00Z"}) \
             from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    if t < EPOCH:
+        # no call starts before the epoch (the receiver refuses it), and 'to' minus a day must be a
+        # date (to=0001-01-01 raised OverflowError: a 500)
+        raise ApiError(422, "validation failed", {name: f"must not be before {EPOCH.isoformat()}"})
+    return t
+
+
+def page_cursor(raw: str) -> tuple[datetime, str]:
+    """(start_time, call_uuid) of a next_cursor; ValueError if it is none (psycopg2 raised
+    ValueError, a 500, on a NUL in the UUID part)."""
+    c_time, c_uuid = base64.urlsafe_b64decode(raw.encode()).decode().split("|")
+    return datetime.fromisoformat(c_time), str(uuid.UUID(c_uuid))
 
 
 def add_routes(app: web.Application, api: Api) -> None:
@@ -52,9 +66,8 @@ def add_routes(app: web.Application, api: Api) -> None:
         c_time = c_uuid = None
         if cursor:
             try:
-                c_time_s, c_uuid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-                c_time = datetime.fromisoformat(c_time_s)
-            except (ValueError, UnicodeDecodeError):
+                c_time, c_uuid = page_cursor(cursor)
+            except ValueError:   # binascii.Error and UnicodeError are ValueErrors
                 problems["cursor"] = "is not a cursor from a previous page"
         limit = int_param(request, "limit", 100, 1, 1000)
         if problems:
@@ -78,12 +91,14 @@ def add_routes(app: web.Application, api: Api) -> None:
         return reply({"items": rows, "next_cursor": nxt, "from": frm, "to": to})
 
     async def get_cdr(request):
-        raw = request.match_info["uuid"]
-        if not re.fullmatch(r"[0-9a-fA-F-]{32,36}", raw):
-            raise ApiError(404, "not found")
+        try:
+            # a UUID or nothing here (PostgreSQL's cast of '-' * 36 failed: a 422 the API does not document)
+            call_uuid = str(uuid.UUID(request.match_info["uuid"]))
+        except ValueError:
+            raise ApiError(404, "not found") from None
 
         def run(cur):
-            cur.execute(f"SELECT {CDR_COLUMNS}, raw FROM cdr.calls WHERE call_uuid = %s::uuid", (raw,))
+            cur.execute(f"SELECT {CDR_COLUMNS}, raw FROM cdr.calls WHERE call_uuid = %s::uuid", (call_uuid,))
             row = cur.fetchone()
             if row is None:
                 raise ApiError(404, "not found")
@@ -94,12 +109,13 @@ def add_routes(app: web.Application, api: Api) -> None:
         limit = int_param(request, "limit", 100, 1, 1000)
         try:
             conn = await open_first(s.redis.endpoints[:1], s.redis.user, s.redis.password, timeout=2.0)
-        except ConnectionLost:
+            try:
+                total, items = await conn.pipeline([("LLEN", s.redis.keys.dead),
+                                                    ("LRANGE", s.redis.keys.dead, 0, limit - 1)])
+            finally:
+                conn.close()
+        except ConnectionLost:   # at connect or mid-reply (a Redis restart): the same 503
             raise ApiError(503, "Redis unavailable") from None
-        try:
-            total, items = await conn.pipeline([("LLEN", s.redis.keys.dead), ("LRANGE", s.redis.keys.dead, 0, limit - 1)])
-        finally:
-            conn.close()
         parsed = []
         for item in items if isinstance(items, list) else []:
             try:

@@ -5,6 +5,7 @@ from typing import Any
 
 from .. import __version__
 from .. import validate as v
+from ..records import MAX_DEPTH
 from ..settings import AdminSettings
 from .api import API
 
@@ -52,7 +53,8 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
     paging = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
     paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "Liveness and this node's roles", "security": [],
+        "/health": {"get": {"summary": "Liveness and this node's roles (PostgreSQL and Redis probed at most once a "
+                                       "second)", "security": [],
                             "responses": ok(ref("Health"))}},
         "/ready": {"get": {"summary": "200 when this node takes writes (PostgreSQL primary), else 503", "security": [],
                            "responses": {**ok(ref("Health")), "503": {"description": "not the writer"}}}},
@@ -61,9 +63,10 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
             "summary": "Search CDRs, newest first",
             "parameters": [
                 {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"},
-                 "description": "start_time >= from (default: to - 24 h)"},
+                 "description": "start_time >= from (default: to - 24 h); not before 1970-01-01T00:00:00Z"},
                 {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"},
-                 "description": "start_time < to (default: now); at most 366 days after from"},
+                 "description": "start_time < to (default: now); at most 366 days after from; not before "
+                                "1970-01-01T00:00:00Z"},
                 {"name": "extension", "in": "query", "schema": {"type": "string"},
                  "description": "caller or callee number"},
                 {"name": "direction", "in": "query", "schema": {"type": "string", "enum": ["inbound", "outbound", "internal"]}},
@@ -77,7 +80,10 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                                                               "schema": {"type": "string", "format": "uuid"}}],
                                               "responses": {**ok(ref("Cdr")), **{c: errors[c] for c in ("401", "404")}}}},
         f"{API}/cdr/dead-letters": {"get": {"summary": "Records the worker could not store, with the reason",
-                                            "responses": {**ok({"type": "object"}), "401": errors["401"]}}},
+                                            "responses": {**ok({"type": "object"}), "401": errors["401"],
+                                                          "503": {"description": "Redis unavailable",
+                                                                  "content": {"application/json": {
+                                                                      "schema": ref("Error")}}}}}},
         f"{API}/extensions": {
             "get": {"summary": "List extensions", "parameters": [
                 {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(v.EXTENSION_TYPES)}},
@@ -114,7 +120,9 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                       "responses": {**ok(ref(name)), **{c: errors[c] for c in errors}}},
             "delete": {"summary": f"Delete a {name}",
                        "responses": {"204": {"description": "Deleted"}, **{c: errors[c] for c in ("401", "404", "409")}}}}
-    descriptions = {"400": "Malformed JSON", "401": "Missing or bad bearer token", "404": "Not found",
+    descriptions = {"400": "Malformed JSON, or JSON the database cannot store: NaN or Infinity, a number "
+                           "beyond a float, a NUL character or a lone surrogate in a string or key, nesting "
+                           f"deeper than {MAX_DEPTH} levels", "401": "Missing or bad bearer token", "404": "Not found",
                     "409": "Conflict: already exists or still referenced", "415": "Not application/json",
                     "422": "Validation failed: every bad field in `fields`",
                     "503": "This node is a standby (use the VIP) or the database is unavailable"}
