@@ -12,6 +12,10 @@ own process. Every phase is bounded in time; everything started is stopped at th
              sustained (all accepted, p99 < 1 s, backlog drained within 2 s)
   receiver   closed loop for 10 s without the worker: how fast posts are accepted
   worker     the backlog from `receiver` drained: records stored per second
+Redis' AOF fsync policy is the deployed one (components/render/redis.py APPENDFSYNC: always) unless
+--appendfsync says otherwise; with --baseline (everysec unless that is the policy measured) every phase
+runs under the baseline policy too (CONFIG SET on master and replica, the sustained runs interleaved),
+and the report sets the two side by side: what the policy costs.
 Writes reports/cdr-bench.md (numbers, the command, the machine).
 """
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Phase:
     name: str
     rate: float | None
     seconds: float
+    appendfsync: str = ""
     offered: int = 0
     accepted: int = 0
     errors: int = 0
@@ -227,9 +232,48 @@ def worker_drain(st: devstack.Stack, log) -> tuple[int, float, int, float]:
     return receiver.accepted, receiver.accept_seconds, drained, took
 
 
-def report(args, phases: list[Phase], steps: list[Phase], recv: tuple, info: dict, config: dict, took: float) -> str:
-    main = sorted(phases, key=lambda p: p.p99 if p.p99 is not None else float("inf"))[len(phases) // 2]  # median p99
-    best = max([p for p in [*phases, *steps] if p.sustained], key=lambda p: p.rate or 0, default=None)
+def median_run(phases: list[Phase]) -> Phase:
+    """The run of median p99."""
+    return sorted(phases, key=lambda p: p.p99 if p.p99 is not None else float("inf"))[len(phases) // 2]
+
+
+def highest_sustained(phases: list[Phase]) -> Phase | None:
+    return max([p for p in phases if p.sustained], key=lambda p: p.rate or 0, default=None)
+
+
+def phase_rows(phases: list[Phase], label: bool) -> list[str]:
+    return [f"| {p.name}{f' ({p.appendfsync})' if label else ''} | {p.rate:.0f} | {p.accepted}/{p.offered} | {p.stored} | "
+            f"{p.stored_per_second:.0f} | {fmt(p.p50)} | {fmt(p.p95)} | {fmt(p.p99)} | {fmt(p.max)} | {p.max_backlog} | "
+            f"{p.drain_seconds:.2f} s | {'yes' if p.sustained else 'no'} |" for p in phases]
+
+
+def comparison(runs: dict[str, dict], main: str) -> list[str]:
+    """The AOF fsync policies side by side (runs: policy -> its phases, steps, receiver/worker alone)."""
+    order = [main] + [k for k in runs if k != main]
+    lines = [f"## Redis AOF fsync: {' against '.join(f'`{k}`' for k in order)}", "",
+             f"The same phases under each policy on the same stack (`CONFIG SET appendfsync` on master and replica "
+             f"between phases; the sustained runs interleaved, so load from other work on the machine falls on both). "
+             f"`{main}` is what the nodes run.", "",
+             "| appendfsync | sustained runs: p50 / p99 (median run) | p99 of each run | highest rate sustained (p99) | "
+             "receiver alone (closed loop) | Redis CPU (cores, median run) |",
+             "|---|---|---|---|---|---|"]
+    for k in order:
+        r = runs[k]
+        m = median_run(r["phases"])
+        best = highest_sustained([*r["phases"], *r["steps"]])
+        accepted, accept_s, _, _ = r["recv"]
+        lines.append(f"| `{k}` | {fmt(m.p50)} / {fmt(m.p99)} | {', '.join(fmt(p.p99) for p in r['phases'])} | "
+                     f"{f'{best.rate:.0f}/s ({fmt(best.p99)})' if best else 'none'} | "
+                     f"{accepted / accept_s:.0f}/s | {m.cpu.get('redis', '-')} |")
+    return lines + [""]
+
+
+def report(args, runs: dict[str, dict], main_policy: str, info: dict, config: dict, took: float) -> str:
+    ours = runs[main_policy]
+    phases, steps, recv = ours["phases"], ours["steps"], ours["recv"]
+    label = len(runs) > 1
+    main = median_run(phases)
+    best = highest_sustained([*phases, *steps])
     met = sum(1 for p in phases if p.sustained)
     accepted, accept_s, drained, drain_s = recv
     verdict = (f"met in {met} of {len(phases)} runs" if (main.rate or 0) >= TARGET_RATE else
@@ -241,18 +285,18 @@ def report(args, phases: list[Phase], steps: list[Phase], recv: tuple, info: dic
         f"({took:.0f} s). Receiver -> Redis -> worker -> PostgreSQL, everything on this machine's loopback, "
         "sharing its cores with the load generator.",
         "",
-        f"**Target: {TARGET_RATE} records/s sustained with end-to-end p99 under {TARGET_P99:g} s: {verdict}.**",
+        f"**Target: {TARGET_RATE} records/s sustained with end-to-end p99 under {TARGET_P99:g} s "
+        f"(Redis AOF fsync `{main_policy}`, as deployed): {verdict}.**",
         "",
-        "## Sustained load",
+    ]
+    if label:
+        lines += comparison(runs, main_policy)
+    lines += [
+        f"## Sustained load (appendfsync `{main_policy}`)",
         "",
         "| phase | offered/s | accepted | stored | stored/s | p50 | p95 | p99 | max | largest backlog | drained after load | sustained |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in [*phases, *steps]:
-        lines.append(f"| {p.name} | {p.rate:.0f} | {p.accepted}/{p.offered} | {p.stored} | {p.stored_per_second:.0f} | "
-                     f"{fmt(p.p50)} | {fmt(p.p95)} | {fmt(p.p99)} | {fmt(p.max)} | {p.max_backlog} | "
-                     f"{p.drain_seconds:.2f} s | {'yes' if p.sustained else 'no'} |")
-    lines += [
+        *phase_rows([*phases, *steps], False),
         "",
         f"Highest rate sustained here: **{best.rate:.0f} records/s** (p99 {fmt(best.p99)})." if best else
         "No rate was sustained.",
@@ -269,18 +313,33 @@ def report(args, phases: list[Phase], steps: list[Phase], recv: tuple, info: dic
         "CPU during " + main.name + " (cores busy, of " + info.get("cores", "?") + "): " +
         ", ".join(f"{k} {v}" for k, v in main.cpu.items()) + ".",
         "",
+    ]
+    for k, r in runs.items():
+        if k == main_policy:
+            continue
+        lines += [f"## Sustained load (appendfsync `{k}`, the baseline)", "",
+                  "| phase | offered/s | accepted | stored | stored/s | p50 | p95 | p99 | max | largest backlog | drained after load | sustained |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                  *phase_rows([*r["phases"], *r["steps"]], False), ""]
+    lines += [
         "## Each side alone",
         "",
-        "| side | records | seconds | records/s |",
-        "|---|---|---|---|",
-        f"| receiver (closed loop, 32 connections, worker stopped) | {accepted} | {accept_s:.1f} | {accepted / accept_s:.0f} |",
-        f"| worker (draining that backlog, batches of {config['batch']}) | {drained} | {drain_s:.1f} | {drained / drain_s:.0f} |",
+        "| side | appendfsync | records | seconds | records/s |",
+        "|---|---|---|---|---|",
+    ]
+    for k, r in runs.items():
+        a, a_s, d, d_s = r["recv"]
+        lines += [f"| receiver (closed loop, 32 connections, worker stopped) | `{k}` | {a} | {a_s:.1f} | {a / a_s:.0f} |",
+                  f"| worker (draining that backlog, batches of {config['batch']}) | `{k}` | {d} | {d_s:.1f} | {d / d_s:.0f} |"]
+    lines += [
         "",
         "## Setup",
         "",
         f"- PostgreSQL: {info.get('postgresql')}, fsync on, synchronous_commit on, the project's migrations "
         "(cdr.calls partitioned by month, cdr.ingest() idempotent on the call UUID).",
-        f"- Redis: {info.get('redis')}, AOF everysec, a replica; the receiver WAITs up to {config['wait_ms']} ms "
+        f"- Redis: {info.get('redis')}, AOF (appendfsync `{main_policy}`"
+        + (f"; baseline {', '.join(f'`{k}`' for k in runs if k != main_policy)}" if label else "")
+        + f"), a replica; the receiver WAITs up to {config['wait_ms']} ms "
         "for its ack after each push (as deployed, `cdr.waitReplicaMs`).",
         f"- Services: {info.get('python3')} (Debian), {info.get('packages')}; one receiver process, one worker "
         f"(batch {config['batch']}).",
@@ -304,6 +363,7 @@ def run(args) -> int:
         hostdeps.ensure(need, "the CDR bench")
     started = time.monotonic()
     load_start = writer.load_avg()
+    policies = [args.appendfsync] + ([args.baseline] if args.baseline not in ("none", args.appendfsync) else [])
     st = devstack.Stack(fsync=True, commit_timestamps=True,
                         worker_env={"HAPBX_CDR_BATCH": str(args.batch), "HAPBX_CDR_BACKOFF_MAX": "1"},
                         receiver_env={"HAPBX_CDR_WAIT_REPLICA_MS": str(args.wait_ms),
@@ -321,18 +381,35 @@ def run(args) -> int:
         devstack._wait(lambda: "master_link_status:up" in replica.cli("INFO", "replication"), 20, "Redis replica")
         st.start_receiver()
         st.start_worker()
+
+        def use(policy: str) -> None:
+            for server in (st.redis, replica):
+                server.set_appendfsync(policy)
+
+        use(args.appendfsync)
         run_phase(st, Phase("warm-up", 500, 3), args.connections, log)
-        phases = [run_phase(st, Phase(f"sustained #{i + 1}", args.rate, args.seconds), args.connections, log)
-                  for i in range(args.repeat)]
-        steps = []
+        runs = {k: {"phases": [], "steps": []} for k in policies}
+        for i in range(args.repeat):       # interleaved: a busy moment of the machine falls on both
+            for k in policies:
+                use(k)
+                log(f"  appendfsync {k}")
+                runs[k]["phases"].append(run_phase(st, Phase(f"sustained #{i + 1}", args.rate, args.seconds, k),
+                                                   args.connections, log))
         rate = args.rate
+        stepping = list(policies)        # interleaved too; a policy stops at its first rate not sustained
         for _ in range(args.steps):
             rate += args.step
-            p = run_phase(st, Phase(f"step {rate}/s", rate, args.step_seconds), args.connections, log)
-            steps.append(p)
-            if not p.sustained:
-                break
-        recv = worker_drain(st, log)
+            for k in list(stepping):
+                use(k)
+                log(f"  appendfsync {k}")
+                p = run_phase(st, Phase(f"step {rate}/s", rate, args.step_seconds, k), args.connections, log)
+                runs[k]["steps"].append(p)
+                if not p.sustained:
+                    stepping.remove(k)
+        for k in policies:
+            use(k)
+            log(f"  appendfsync {k}")
+            runs[k]["recv"] = worker_drain(st, log)
         record_bytes = len(json.dumps(fs_cdr("00000000-0000-4000-8000-000000000000",
                                                       extra={"hapbx_bench_sent_us": "1" * 16,
                                                              "hapbx_bench_phase": "sustained-1700000000"})))
@@ -340,13 +417,14 @@ def run(args) -> int:
                   "record_bytes": record_bytes}
         info = machine()
         info["load_start"] = load_start
-        text = report(args, phases, steps, recv, info, config, time.monotonic() - started)
+        text = report(args, runs, args.appendfsync, info, config, time.monotonic() - started)
     finally:
         if replica is not None:
             replica.stop()
         st.close()
     writer.write(args.out, text)
     log(f"bench cdr: wrote {args.out}")
+    phases = runs[args.appendfsync]["phases"]
     return 0 if sum(p.sustained for p in phases) * 2 > len(phases) else 1
 
 

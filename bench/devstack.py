@@ -146,15 +146,22 @@ def redis_acl_rule() -> str:
     return f"resetkeys ~{rd.CDR_PREFIX}* resetchannels -@all " + " ".join(f"+{c}" for c in rd.CDR_COMMANDS)
 
 
+def deployed_appendfsync() -> str:
+    """The AOF fsync policy the deployment renders (components/render/redis.py)."""
+    from components.render import redis as rd
+    return rd.APPENDFSYNC
+
+
 @dataclass
 class Redis:
     base: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    appendfsync: str = field(default_factory=deployed_appendfsync)
 
     def conf(self) -> str:
         return (f"bind 127.0.0.1\nport {self.port}\ndir {self.base}\ndaemonize no\nsave \"\"\nappendonly yes\n"
-                f"appendfsync everysec\nmaxmemory 512mb\nmaxmemory-policy noeviction\nlogfile {self.base}/redis.log\n"
+                f"appendfsync {self.appendfsync}\nmaxmemory 512mb\nmaxmemory-policy noeviction\nlogfile {self.base}/redis.log\n"
                 f"user default on >{REDIS_DEFAULT_PASSWORD} ~* &* +@all\n"
                 f"user cdr on >{REDIS_CDR_PASSWORD} {redis_acl_rule()}\n")
 
@@ -170,6 +177,13 @@ class Redis:
         out = subprocess.run(["redis-cli", "--no-auth-warning", "-p", str(self.port), "--user", "default",
                               "--pass", REDIS_DEFAULT_PASSWORD, *args], capture_output=True, text=True, timeout=10)
         return out.stdout.strip()
+
+    def set_appendfsync(self, value: str) -> None:
+        """Change the AOF fsync policy of the running server (CONFIG SET; the next start uses it too)."""
+        out = self.cli("CONFIG", "SET", "appendfsync", value)
+        if out != "OK":
+            raise RuntimeError(f"redis CONFIG SET appendfsync {value}: {out}")
+        self.appendfsync = value
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:

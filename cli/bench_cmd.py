@@ -11,7 +11,7 @@ def rates(text: str) -> list[int]:
 
 
 def add_parser(sub) -> None:
-    from bench import cdr, sip
+    from bench import cdr, devstack, sip
     b = sub.add_parser("bench", help="measure a part and write reports/<part>-bench.md")
     bsub = b.add_subparsers(dest="bench_command", required=True)
 
@@ -27,6 +27,11 @@ def add_parser(sub) -> None:
     c.add_argument("--connections", type=int, default=32, help="concurrent poster connections (32)")
     c.add_argument("--batch", type=int, default=500, help="worker batch size (500, as cdr.batchSize)")
     c.add_argument("--wait-ms", type=int, default=100, help="receiver WAIT for the replica (100, as cdr.waitReplicaMs)")
+    deployed = devstack.deployed_appendfsync()
+    c.add_argument("--appendfsync", choices=("always", "everysec", "no"), default=deployed,
+                   help=f"Redis AOF fsync policy measured ({deployed}: as the nodes run it)")
+    c.add_argument("--baseline", choices=("always", "everysec", "no", "none"), default="everysec",
+                   help="every phase again under this policy, side by side in the report (everysec; none: off)")
     c.add_argument("--out", default=cdr.REPORT, help="report file (reports/cdr-bench.md)")
     c.set_defaults(func=lambda args: cdr.run(args))
 

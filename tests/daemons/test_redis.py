@@ -147,7 +147,8 @@ def test_rendered_settings_are_what_runs(pair):
     get = lambda key: cli(master.port, "config", "get", key).splitlines()[1]  # noqa: E731
     assert get("maxmemory-policy") == "noeviction"
     assert get("maxmemory") == str(cluster.redis.maxmemory_mb * 1024 * 1024)
-    assert (get("appendonly"), get("appendfsync")) == ("yes", "everysec")
+    # always: a SIGKILLed master must reload everything it acknowledged (rd.APPENDFSYNC says why)
+    assert (get("appendonly"), get("appendfsync")) == ("yes", "always") == ("yes", rd.APPENDFSYNC)
     assert get("protected-mode") == "yes"
     assert get("bind").split() == [master.address, "127.0.0.1", "-::1"]
     assert cli(master.port, "ping", host=master.address) == "PONG"  # listening on the node address too
