@@ -1,4 +1,5 @@
-"""`hapbx lab up|apply|down|status|ssh|drill`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)."""
+"""`hapbx lab up|apply|down|status|ssh|drill|cdr-drill`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)
+and bench/cdr_drill.py."""
 from __future__ import annotations
 
 import os
@@ -29,6 +30,9 @@ def run(args) -> int:
         if args.lab_command == "drill":
             from cli import drill
             return drill.run(args, raw, cluster, spec)
+        if args.lab_command == "cdr-drill":
+            from cli import cdr_drill
+            return cdr_drill.run(args, raw, cluster, spec)
         if args.lab_command == "ssh":
             words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them

@@ -352,7 +352,7 @@ class EtcdSettings:
 @dataclass(frozen=True, kw_only=True)
 class CdrSettings:
     receiver_port: int = setting(
-        "receiverPort", "CDR receiver port on loopback and the node address: FreeSWITCH's mod_json_cdr posts to "
+        "receiverPort", "CDR receiver port on the VIP, the node address and loopback: FreeSWITCH's mod_json_cdr posts to "
         "http://127.0.0.1:<port>/cdr (the peer's receiver as fallback).", 8088, **PORT)
     max_body_kb: int = setting("maxBodyKb", "Largest CDR body accepted; a larger post gets 413.", 256,
                                minimum=4, maximum=65536)

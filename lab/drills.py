@@ -190,21 +190,35 @@ def wait_healthy(ctx: LabContext, seconds: float, what: str) -> str:
 # ------------------------------------------------------------------ setup on the nodes
 
 
+def _drop_rules(comment: str) -> str:
+    """Shell: delete the rules of the node's input chain that carry `comment`."""
+    return (f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{comment}\".*# handle //p'); "
+            "do nft delete rule inet hapbx input handle $h; done")
+
+
+def allow_host(ctx: LabContext, node: str, port: int, comment: str) -> None:
+    """The host (its bridge address) may reach the VIP on a TCP port of the node: an accept inserted
+    first in the node's input chain, tagged with `comment` (a rule with that comment replaced). Gone at
+    the node's next firewall reload or boot; disallow_host removes it."""
+    ctx.sh(node, f"{_drop_rules(comment)}; nft insert rule inet hapbx input ip saddr {ctx.host} ip daddr {ctx.vip} "
+                 f"tcp dport {port} accept comment '\"{comment}\"'", timeout=20)
+
+
+def disallow_host(ctx: LabContext, node: str, comment: str) -> None:
+    ctx.sh(node, f"{_drop_rules(comment)}; true", timeout=20, check=False)
+
+
 def ensure_access(ctx: LabContext, node: str) -> None:
     """The host may reach PostgreSQL on the VIP (drill writer): accept + SNAT to the VIP."""
     nat = (f"table ip hapbx_drill\ndelete table ip hapbx_drill\ntable ip hapbx_drill {{\n"
            f"  chain writer_in {{\n    type nat hook input priority 100; policy accept;\n"
            f"    ip saddr {ctx.host} ip daddr {ctx.vip} tcp dport {ctx.pg_port} snat ip to {ctx.vip}\n  }}\n}}\n")
-    drop_old = (f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{ACCESS_COMMENT}\".*# handle //p'); "
-                "do nft delete rule inet hapbx input handle $h; done")
-    ctx.sh(node, f"{drop_old}; nft insert rule inet hapbx input ip saddr {ctx.host} ip daddr {ctx.vip} "
-                 f"tcp dport {ctx.pg_port} accept comment '\"{ACCESS_COMMENT}\"'", timeout=20)
+    allow_host(ctx, node, ctx.pg_port, ACCESS_COMMENT)
     machinery.run(ctx.spec, node, "nft -f -", input=nat, timeout=20)
 
 
 def remove_access(ctx: LabContext, node: str) -> None:
-    ctx.sh(node, f"for h in $(nft -a list chain inet hapbx input | sed -n 's/.*\"{ACCESS_COMMENT}\".*# handle //p'); "
-                 "do nft delete rule inet hapbx input handle $h; done; nft delete table ip hapbx_drill 2>/dev/null; true",
+    ctx.sh(node, f"{_drop_rules(ACCESS_COMMENT)}; nft delete table ip hapbx_drill 2>/dev/null; true",
            timeout=20, check=False)
 
 
@@ -214,7 +228,7 @@ def setup(ctx: LabContext) -> None:
     peer = ctx.peer(owner)
     for n in ctx.names:
         ensure_access(ctx, n)
-        machinery.run(ctx.spec, n, f"mkdir -p {DRILL_DIR} && cat > {DRILL_DIR}/sampler.py", input=SAMPLER, timeout=20)
+    install_sampler(ctx)
     env = ctx.sh(owner, "grep '^HAPBX_PG_PASSWORD=' /etc/hapbx/admin.env")
     ctx.pg_password = env.split("=", 1)[1].strip().strip("'\"")
     ctx.psql(owner, "CREATE SCHEMA IF NOT EXISTS hapbx_drill; "
@@ -236,6 +250,12 @@ def setup(ctx: LabContext) -> None:
         if time.monotonic() > deadline:
             raise DrillError(f"drill users not on the standby {peer} after 20 s")
         time.sleep(0.3)
+
+
+def install_sampler(ctx: LabContext) -> None:
+    """The sampler's script on both nodes (start_sampler runs it)."""
+    for n in ctx.names:
+        machinery.run(ctx.spec, n, f"mkdir -p {DRILL_DIR} && cat > {DRILL_DIR}/sampler.py", input=SAMPLER, timeout=20)
 
 
 def cleanup(ctx: LabContext) -> None:
@@ -556,6 +576,15 @@ class Scene:
     peer: str
     run_id: str
     notes: list[str]  # what the run says about itself (in the results)
+    #: what a node needs again once it booted (its boot reloaded the firewall, its sampler died with it);
+    #: None: the failover drills' (rearm below: PostgreSQL access for the writer, the sampler)
+    rearm: Callable[["Scene", str], None] | None = None
+
+
+def rearm(s: Scene, node: str) -> None:
+    """The failover drills' access rule and sampler back on a node that booted."""
+    ensure_access(s.ctx, node)
+    start_sampler(s.ctx, node, s.run_id)
 
 
 # What a fault or a heal does; each returns when it acted (seconds since the epoch: the node's clock
@@ -583,13 +612,12 @@ class PowerOff:
 
 @dataclass(frozen=True)
 class PowerOn:
-    """The node started again; the drill's access rule and its sampler put back."""
+    """The node started again; what the drill put on it put back (Scene.rearm)."""
 
     def __call__(self, s: Scene) -> float:
         t = time.time()
         machinery.start_node(s.ctx.spec, s.owner, progress=lambda _: None)
-        ensure_access(s.ctx, s.owner)
-        start_sampler(s.ctx, s.owner, s.run_id)
+        (s.rearm or rearm)(s, s.owner)
         s.notes.append(f"{s.owner} booted in {time.time() - t:.1f} s")
         return t
 
@@ -740,6 +768,29 @@ def wait_streaming(ctx: LabContext, node: str, since: float, seconds: float) -> 
     return None
 
 
+def settle(ctx: LabContext, t_heal: float, what: str) -> tuple[str, float | None, str]:
+    """After a heal: one leading primary, the other node a streaming standby again, the cluster
+    healthy (wait_healthy); bounded. (the node that rejoined, seconds from the heal until it streamed,
+    the VIP owner); DrillError when the cluster does not come back."""
+    # the node that must come back: whichever is not the primary now
+    deadline = time.monotonic() + 60
+    st = {}
+    while time.monotonic() < deadline:
+        st = both(ctx, lambda x: status(ctx, x))
+        prim = [x for x in ctx.names if st[x].get("postgres") == "primary" and st[x].get("daemon_hold") == "1"]
+        if len(prim) == 1:
+            break
+        time.sleep(0.3)
+    else:
+        raise DrillError(f"{what}: no single leading primary 60 s after the heal: {st}")
+    rejoin_node = ctx.peer(prim[0])
+    rejoin = wait_streaming(ctx, rejoin_node, t_heal, 180)
+    if rejoin is None:
+        raise DrillError(f"{what}: {rejoin_node} is not a streaming standby 180 s after the heal "
+                         f"(see `journalctl -u hapbx-leader` on it)")
+    return rejoin_node, rejoin, wait_healthy(ctx, 120, f"{what}: after the heal")
+
+
 def run_one(ctx: LabContext, drill: int, n: int) -> RunData:
     d = DRILLS.get(drill)
     if d is None:
@@ -766,23 +817,7 @@ def run_one(ctx: LabContext, drill: int, n: int) -> RunData:
         phone_ok, phone_note = phone.called()
         time.sleep(max(0.0, t0 + d.hold - time.time()))
         t_heal = d.heal(scene)
-        # the node that must come back: whichever is not the primary now
-        deadline = time.monotonic() + 60
-        st = {}
-        while time.monotonic() < deadline:
-            st = both(ctx, lambda x: status(ctx, x))
-            prim = [x for x in ctx.names if st[x].get("postgres") == "primary" and st[x].get("daemon_hold") == "1"]
-            if len(prim) == 1:
-                break
-            time.sleep(0.3)
-        else:
-            raise DrillError(f"drill {drill} run {n}: no single leading primary 60 s after the heal: {st}")
-        rejoin_node = ctx.peer(prim[0])
-        rejoin = wait_streaming(ctx, rejoin_node, t_heal, 180)
-        if rejoin is None:
-            raise DrillError(f"drill {drill} run {n}: {rejoin_node} is not a streaming standby 180 s after the heal "
-                             f"(see `journalctl -u hapbx-leader` on it)")
-        final_owner = wait_healthy(ctx, 120, f"drill {drill} run {n}: after the heal")
+        rejoin_node, rejoin, final_owner = settle(ctx, t_heal, f"drill {drill} run {n}")
         time.sleep(1.0)
         t_end = time.time()
     finally:
