@@ -51,6 +51,7 @@ import pulumi
 import pulumi_tls as tls
 
 from .config import ClusterConfig
+from .render import TLS_SERVICES, node_secret, tls_stems
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_VALIDITY_HOURS = 2 * 365 * 24
@@ -60,8 +61,6 @@ CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
 SERVER_USES = ["digital_signature", "server_auth"]
 #: a node's service certificate: the server side, and the client side of the same service's peer links
 SERVICE_USES = ["digital_signature", "server_auth", "client_auth"]
-#: the services each PBX node gets a certificate for
-SERVICES = ("postgres",)
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
 
 
@@ -164,7 +163,7 @@ class ClusterCa(pulumi.ComponentResource):
         self.certificates: dict[tuple[str, str], tuple[pulumi.Output[str], pulumi.Output[str]]] = {}
         for node in c.nodes:
             dns_names, ips = service_names(c, node)
-            for service in SERVICES:
+            for service in TLS_SERVICES:
                 stem = f"{name}-{node.name}-{service}"
                 key = tls.PrivateKey(f"{stem}-key{suffix}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
                 csr = tls.CertRequest(
@@ -182,9 +181,9 @@ class ClusterCa(pulumi.ComponentResource):
 
     def secrets(self, cluster: ClusterConfig) -> dict[str, pulumi.Output[str]]:
         """The render's secrets: the CA certificate, each node's service certificate and key."""
-        from .render import node_secret
         out = {"tls_ca_certificate": pulumi.Output.secret(self.ca_pem)}
         for (node, service), (cert, key) in self.certificates.items():
-            out[node_secret(cluster, f"tls_{service}_certificate", node)] = pulumi.Output.secret(cert)
-            out[node_secret(cluster, f"tls_{service}_key", node)] = key
+            cert_stem, key_stem = tls_stems(service)
+            out[node_secret(cluster, cert_stem, node)] = pulumi.Output.secret(cert)
+            out[node_secret(cluster, key_stem, node)] = key
         return out

@@ -21,6 +21,22 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 NODE_PACKAGE = os.path.join(os.path.dirname(TEMPLATES), "hapbx_node")
 MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply."
 
+#: services whose certificate and key each PBX node gets from the cluster CA (components/certificates.py)
+TLS_SERVICES = ("postgres",)
+
+
+def tls_stems(service: str) -> tuple[str, str]:
+    """The secret stems of a service's certificate and key (node_secret adds the node's number)."""
+    return f"tls_{service}_certificate", f"tls_{service}_key"
+
+
+def _per_node(*stems: str) -> tuple[str, ...]:
+    """``<stem>_1``, ``<stem>_2``: a secret of each PBX node (a cluster has two: config.py)."""
+    return tuple(f"{stem}_{n}" for stem in stems for n in (1, 2))
+
+
+_TLS_CERTS = _per_node(*(tls_stems(svc)[0] for svc in TLS_SERVICES))
+_TLS_KEYS = _per_node(*(tls_stems(svc)[1] for svc in TLS_SERVICES))
 # Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.
 SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
@@ -28,27 +44,22 @@ SECRET_NAMES = (
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",
-    # per PBX node (node_secret: the node's place in `nodes`): its CDR sender password
-    # (hapbx_node/cdr/auth.py), its PostgreSQL server certificate and key (components/certificates.py)
-    "cdr_sender_1", "cdr_sender_2",
-    "tls_ca_certificate", "tls_postgres_certificate_1", "tls_postgres_key_1", "tls_postgres_certificate_2",
-    "tls_postgres_key_2",
+    # per PBX node (node_secret): its CDR sender password (hapbx_node/cdr/auth.py), its service
+    # certificates and keys from the cluster CA
+    *_per_node("cdr_sender"), "tls_ca_certificate", *_TLS_CERTS, *_TLS_KEYS,
 )
-#: secrets that are certificates (pulumi-tls or the stack's own), not generated passwords
-CERTIFICATE_SECRETS = ("kamailio_tls_certificate", "kamailio_tls_key", "tls_ca_certificate",
-                       "tls_postgres_certificate_1", "tls_postgres_key_1", "tls_postgres_certificate_2",
-                       "tls_postgres_key_2")
-
-
 #: certificates travel like secrets (pulumi-tls outputs, masked in render output) but are public:
 #: their files may be world-readable; their keys never
-PUBLIC_CERTIFICATES = ("kamailio_tls_certificate", "tls_ca_certificate", "tls_postgres_certificate_1",
-                       "tls_postgres_certificate_2")
+PUBLIC_CERTIFICATES = ("kamailio_tls_certificate", "tls_ca_certificate", *_TLS_CERTS)
+#: secrets that are certificates or their keys (pulumi-tls or the stack's own), not generated passwords
+CERTIFICATE_SECRETS = (*PUBLIC_CERTIFICATES, "kamailio_tls_key", *_TLS_KEYS)
 
 
 def node_secret(cluster, stem: str, node: str) -> str:
     """The name of a PBX node's own secret ``<stem>_<n>``: n is the node's place in `nodes` (1, 2)."""
     return f"{stem}_{[n.name for n in cluster.nodes].index(node) + 1}"
+
+
 #: secrets generated as pulumi-random passwords
 GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in ("vendor_repo_token", *CERTIFICATE_SECRETS))
 

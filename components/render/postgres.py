@@ -17,11 +17,11 @@ from hapbx_node.layout import (LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_PEER_SSL, 
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
-from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_secret, template
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_secret, template, tls_stems
 
 DATABASE = "pbx"
 REPLICATION_ROLE = "replicator"
-#: the service name of PostgreSQL's certificate (components/certificates.py SERVICES)
+#: the service name of PostgreSQL's certificate (one of render.TLS_SERVICES)
 TLS_SERVICE = "postgres"
 #: login role -> secret name holding its password
 LOGIN_ROLES = {
@@ -162,8 +162,7 @@ def tls_files(ctx: RenderContext) -> list[RenderedFile]:
     """The cluster CA and this node's server certificate and key (PostgreSQL reloads them on SIGHUP);
     installed with postgresql.conf, which names them."""
     svc = paths(ctx.cluster).service
-    cert_name = node_secret(ctx.cluster, f"tls_{TLS_SERVICE}_certificate", ctx.host.name)
-    key_name = node_secret(ctx.cluster, f"tls_{TLS_SERVICE}_key", ctx.host.name)
+    cert_name, key_name = (node_secret(ctx.cluster, stem, ctx.host.name) for stem in tls_stems(TLS_SERVICE))
     return [
         RenderedFile(TLS_CA, ctx.secret("tls_ca_certificate"), service=svc, action="reload", mode="0644",
                      validate="openssl x509 -noout -in {path}", secrets=("tls_ca_certificate",)),

@@ -24,6 +24,12 @@ POISON_CLASSES = ("22", "23")   # data exception, integrity constraint violation
 STORED = ("stored", "duplicate", "conflict")
 
 
+def pg_error(err) -> str:
+    """A PostgreSQL error in one line: its SQLSTATE and the first line of its message."""
+    text = str(err).strip()
+    return " ".join(filter(None, [getattr(err, "pgcode", None), text.splitlines()[0] if text else type(err).__name__]))
+
+
 def is_poison(err) -> bool:
     """PostgreSQL refused the record for its data (it will never take it as it is)."""
     return (getattr(err, "pgcode", None) or "")[:2] in POISON_CLASSES
@@ -44,7 +50,7 @@ def one_by_one(cur, rows: list[str]) -> list[tuple[str | None, str]]:
             if not is_poison(err):
                 raise
             cur.execute("ROLLBACK TO SAVEPOINT one")
-            out.append((None, f"PostgreSQL refused it: {err.pgcode} {str(err).strip().splitlines()[0]}"))
+            out.append((None, f"PostgreSQL refused it: {pg_error(err)}"))
     return out
 
 
@@ -98,5 +104,4 @@ class DirectWriter:
             return outcomes
         except psycopg2.Error as err:
             self.close()
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise DirectUnavailable(f"PostgreSQL: {err.pgcode or ''} {first}".strip()) from None
+            raise DirectUnavailable(f"PostgreSQL: {pg_error(err)}") from None

@@ -272,8 +272,8 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
         if pusher.conn:
             pusher.conn.close()
         if pusher.direct is not None:
-            for task in list(pusher.direct_tasks):
-                await asyncio.wait([task], timeout=settings.redis_timeout + 1)
+            if pusher.direct_tasks:     # commits in flight: their posters are still waiting
+                await asyncio.wait(pusher.direct_tasks, timeout=settings.redis_timeout + 1)
             pusher.direct.pool.shutdown(wait=False)
             pusher.direct.close()
 

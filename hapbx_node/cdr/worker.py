@@ -34,7 +34,7 @@ import psycopg2.extras
 import redis
 
 from . import records
-from .ingest import INGEST_SQL, is_poison, one_by_one
+from .ingest import INGEST_SQL, is_poison, one_by_one, pg_error
 from .common import RateLimitedLog, setup_logging
 from .settings import WorkerSettings
 
@@ -161,9 +161,7 @@ class Worker:
                     conn.rollback()
                 except psycopg2.Error:
                     self._pg_reset()
-            text = str(err).strip()
-            first = text.splitlines()[0] if text else type(err).__name__
-            raise Transient(f"PostgreSQL: {err.pgcode or ''} {first}".replace(":  ", ": ")) from None
+            raise Transient(f"PostgreSQL: {pg_error(err)}") from None
         self.c.stored += results.count("stored")
         self.c.duplicates += results.count("duplicate")
         conflicts = results.count("conflict")

@@ -150,7 +150,7 @@ class Daemon:
         if cfg.witness and cfg.sync_names and not (s.hold and s.writer_ok) and budget > 100 and self._due("stale", now):
             value = self.store.get(self.store.key("sync"), min(budget, cfg.etcd_timeout_ms))
             if value is not None:
-                o = replace(o, stale=value == f"relaxed:{cfg.node}")
+                o = replace(o, stale=value == d.stale_mark(cfg.node))
         if s.hold:
             if budget > 100 and s.writer_ok and self._due("pg_role", now):
                 o = replace(o, pg_role=self.pg.role(t))
@@ -220,7 +220,7 @@ class Daemon:
                 if self.store.put_if_leader(cfg.node, self.store.key("sync"), "on", self.budget_ms()):
                     self.log("INFO", f"sync: {cfg.peer} is synchronous: it may be promoted again")
             elif isinstance(a, d.SyncRelax):
-                if (self.store.put_if_leader(cfg.node, self.store.key("sync"), f"relaxed:{a.peer}", self.budget_ms())
+                if (self.store.put_if_leader(cfg.node, self.store.key("sync"), d.stale_mark(a.peer), self.budget_ms())
                         and self.budget_ms() > 100 and self.pg.set_sync_names("", self.budget_ms() / 1000)):
                     self.log("WARN", f"sync: {a.peer} does not stream (or not for {cfg.sync_relax_ms}ms): marked stale, "
                                      "commits go without it")

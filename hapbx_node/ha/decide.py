@@ -79,6 +79,12 @@ class Adopted:
 LeaseFact = Union[Renewed, RenewFailed, LeaseGone, Holder, Acquired, NotAcquired, Adopted, None]
 
 
+def stale_mark(node: str) -> str:
+    """The store's sync value that marks `node` stale: it missed commits and is never promoted on
+    its data until it is synchronous again (or the operator accepts it)."""
+    return f"relaxed:{node}"
+
+
 @dataclass(frozen=True)
 class SyncFact:
     """What the writer's PostgreSQL says about synchronous replication (one query)."""
@@ -472,7 +478,7 @@ def _sync(c: _Cycle, f: SyncFact):
     # a value that does not name the peer (copied with the data directory) blocks every commit: at once
     if f.current and (f.current != cfg.sync_names or o.now - since > cfg.sync_relax_ms):
         c.do(SyncRelax(cfg.peer))
-    elif not f.current and f.store_sync is not None and f.store_sync != f"relaxed:{cfg.peer}":
+    elif not f.current and f.store_sync is not None and f.store_sync != stale_mark(cfg.peer):
         # commits already go without the peer (a primary promoted while it was away): it misses
         # them, so it must never be promoted on its data until it is synchronous again
         c.do(SyncRelax(cfg.peer))

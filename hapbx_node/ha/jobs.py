@@ -27,6 +27,7 @@ import time
 from .clock import mono_ms
 from .. import layout
 from .daemon import Logger, moved_aside, read_authority
+from .decide import stale_mark
 from .drivers import Keepalived, OwnerServices, Postgres, Redis, wait_until
 from .settings import SettingsError, load
 from .store import EtcdStore
@@ -126,7 +127,7 @@ def promote(argv: list[str]) -> int:
     # 2. Is this node's data the latest?
     if not force and role != "primary":
         if cfg.witness:
-            if j.store.get(j.key("sync"), j.timeout_ms) == f"relaxed:{cfg.node}":
+            if j.store.get(j.key("sync"), j.timeout_ms) == stale_mark(cfg.node):
                 log("ERROR", "promote: synchronous replication was relaxed while this standby was away: its data "
                              "may be stale (operator: promote --force)")
                 return EXIT_STALE
@@ -200,7 +201,7 @@ def promote(argv: list[str]) -> int:
             return True
         # the peer does not stream from this new primary: whatever it commits, the peer misses
         # (with synchronous_standby_names empty as much as after relaxing it)
-        if cfg.witness and not j.store.put_if_leader(cfg.node, j.key("sync"), f"relaxed:{cfg.peer}", j.timeout_ms):
+        if cfg.witness and not j.store.put_if_leader(cfg.node, j.key("sync"), stale_mark(cfg.peer), j.timeout_ms):
             log("WARN", f"promote: could not mark {cfg.peer} stale: synchronous replication left as it is ({cur})")
             return False
         if not cur:
