@@ -1,21 +1,22 @@
 """The cluster's certificates (pulumi-tls, kept in the stack's state, so every apply keeps the
 same keys and certificates).
 
-ClusterCa: the internal CA of the links between the nodes, and the service certificates it
-issues to each PBX node (PostgreSQL's server certificate: replication and the receivers' direct
-path connect with sslmode=verify-full against this CA):
+ClusterCa: the internal CA of the links between the hosts, and the service certificates it
+issues to each PBX node (render.TLS_SERVICES: PostgreSQL, etcd, Redis, HTTPS) and to the witness
+(its etcd member); each link verifies the other end against this CA:
 
 =================================  ======================  ====================================
 ``<name>-key``, ``<name>``         PrivateKey, SelfSignedCert   the CA: ECDSA P-256, 10 years
 ``<name>-<node>-<svc>-key[-rN]``   PrivateKey              ECDSA P-256
 ``<name>-<node>-<svc>-csr[-rN]``   CertRequest             DNS <node>.<domain>; IP node, VIP, 127.0.0.1
+                                                           (the witness: no VIP)
 ``<name>-<node>-<svc>-cert[-rN]``  LocallySignedCert       2 years, server_auth + client_auth;
                                                            renewed within 30 days of its end
 =================================  ======================  ====================================
 
 ``tls.rotate`` N > 0 names the service resources ``-rN``: new keys and certificates replace the old
-ones (the CA stays, so every node keeps trusting the peer's); the services reload them one node at
-a time (components/postgres_pair.py).
+ones (the CA stays, so every host keeps trusting the others'); the services reload them one host at
+a time.
 
 SipCertificate: the certificate of the cluster's SIP TLS listener (Kamailio).
 
@@ -51,7 +52,7 @@ import pulumi
 import pulumi_tls as tls
 
 from .config import ClusterConfig
-from .render import TLS_SERVICES, node_secret, tls_stems
+from .render import TLS_SERVICES, WITNESS_TLS_SERVICES, node_secret, tls_stems
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_VALIDITY_HOURS = 2 * 365 * 24
@@ -139,9 +140,10 @@ class ClusterCaArgs:
 
 
 def service_names(cluster: ClusterConfig, node) -> tuple[list[str], list[str]]:
-    """(DNS names, IP addresses) of a node's service certificate: what the peer and the node itself
-    connect to (its address, the VIP it may hold, loopback)."""
-    return [f"{node.name}.{cluster.network.domain}"], [node.address, cluster.vip.address, "127.0.0.1"]
+    """(DNS names, IP addresses) of a host's service certificate: what the other hosts and the host
+    itself connect to (its address, the VIP a PBX node may hold, loopback)."""
+    vip = [] if cluster.witness is not None and node is cluster.witness else [cluster.vip.address]
+    return [f"{node.name}.{cluster.network.domain}"], [node.address, *vip, "127.0.0.1"]
 
 
 class ClusterCa(pulumi.ComponentResource):
@@ -161,9 +163,10 @@ class ClusterCa(pulumi.ComponentResource):
         self.ca_pem = ca.cert_pem
         suffix = f"-r{c.tls.rotate}" if c.tls.rotate else ""
         self.certificates: dict[tuple[str, str], tuple[pulumi.Output[str], pulumi.Output[str]]] = {}
-        for node in c.nodes:
+        hosts = [(node, TLS_SERVICES) for node in c.nodes] + ([(c.witness, WITNESS_TLS_SERVICES)] if c.witness else [])
+        for node, services in hosts:
             dns_names, ips = service_names(c, node)
-            for service in TLS_SERVICES:
+            for service in services:
                 stem = f"{name}-{node.name}-{service}"
                 key = tls.PrivateKey(f"{stem}-key{suffix}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
                 csr = tls.CertRequest(

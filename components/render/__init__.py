@@ -21,8 +21,13 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 NODE_PACKAGE = os.path.join(os.path.dirname(TEMPLATES), "hapbx_node")
 MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on the next apply."
 
-#: services whose certificate and key each PBX node gets from the cluster CA (components/certificates.py)
-TLS_SERVICES = ("postgres",)
+#: services whose certificate and key each PBX node gets from the cluster CA (components/certificates.py;
+#: installed by render/tls.py): PostgreSQL, the etcd member (server, peer and client of its quorum), Redis,
+#: and the node's HTTPS listeners (the admin API and the CDR receiver)
+TLS_SERVICES = ("postgres", "etcd", "redis", "https")
+#: the witness runs the third etcd member only
+WITNESS_TLS_SERVICES = ("etcd",)
+WITNESS = "witness"
 
 
 def tls_stems(service: str) -> tuple[str, str]:
@@ -35,8 +40,10 @@ def _per_node(*stems: str) -> tuple[str, ...]:
     return tuple(f"{stem}_{n}" for stem in stems for n in (1, 2))
 
 
-_TLS_CERTS = _per_node(*(tls_stems(svc)[0] for svc in TLS_SERVICES))
-_TLS_KEYS = _per_node(*(tls_stems(svc)[1] for svc in TLS_SERVICES))
+_TLS_CERTS = (*_per_node(*(tls_stems(svc)[0] for svc in TLS_SERVICES)),
+              *(f"{tls_stems(svc)[0]}_{WITNESS}" for svc in WITNESS_TLS_SERVICES))
+_TLS_KEYS = (*_per_node(*(tls_stems(svc)[1] for svc in TLS_SERVICES)),
+             *(f"{tls_stems(svc)[1]}_{WITNESS}" for svc in WITNESS_TLS_SERVICES))
 # Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.
 SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
@@ -56,7 +63,10 @@ CERTIFICATE_SECRETS = (*PUBLIC_CERTIFICATES, "kamailio_tls_key", *_TLS_KEYS)
 
 
 def node_secret(cluster, stem: str, node: str) -> str:
-    """The name of a PBX node's own secret ``<stem>_<n>``: n is the node's place in `nodes` (1, 2)."""
+    """The name of a PBX node's own secret ``<stem>_<n>``: n is the node's place in `nodes` (1, 2);
+    the witness's own is ``<stem>_witness``."""
+    if cluster.witness is not None and node == cluster.witness.name:
+        return f"{stem}_{WITNESS}"
     return f"{stem}_{[n.name for n in cluster.nodes].index(node) + 1}"
 
 

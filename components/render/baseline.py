@@ -1,7 +1,7 @@
 """OS baseline files of every host (nodes and witness)."""
 from __future__ import annotations
 
-from . import RenderContext, RenderedFile, secret_refs, template
+from . import RenderContext, RenderedFile, secret_refs, template, tls
 from .dialing import all_trunk_addresses
 
 # Ports only the other cluster members may reach, by purpose (used by nftables and tests).
@@ -65,6 +65,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     members = list(c.nodes) + ([c.witness] if c.witness else [])
     out = [
         sshd_drop_in(ctx),
+        tls.ca_file(ctx),
         RenderedFile("/etc/hostname", f"{ctx.host.name}\n", action="hostname -F /etc/hostname"),
         RenderedFile("/etc/hosts", template("hosts/hosts.j2", ctx, members=members)),
         RenderedFile("/etc/chrony/chrony.conf", template("chrony/chrony.conf.j2", ctx, members=members),

@@ -12,12 +12,12 @@ import hashlib
 import hmac
 import os
 import shlex
-from hapbx_node.layout import (LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_PEER_SSL, PG_SOCKET_DIR, TLS_CA, PgPaths,
+from hapbx_node.layout import (LIB_ROOT, PENDING_DIR, PG_PASSFILE, PG_PEER_SSL, PG_SOCKET_DIR, PgPaths,
                                slot_name, tls_certificate, tls_key)
 
 from .. import pgtune
 from ..config import ClusterConfig, NodeSettings
-from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_secret, template, tls_stems
+from . import NODE_PACKAGE, RenderContext, RenderedFile, header, template, tls
 
 DATABASE = "pbx"
 REPLICATION_ROLE = "replicator"
@@ -159,19 +159,10 @@ END { exit errors ? 1 : 0 }""".split())) + " {path}"
 
 
 def tls_files(ctx: RenderContext) -> list[RenderedFile]:
-    """The cluster CA and this node's server certificate and key (PostgreSQL reloads them on SIGHUP);
-    installed with postgresql.conf, which names them."""
-    svc = paths(ctx.cluster).service
-    cert_name, key_name = (node_secret(ctx.cluster, stem, ctx.host.name) for stem in tls_stems(TLS_SERVICE))
-    return [
-        RenderedFile(TLS_CA, ctx.secret("tls_ca_certificate"), service=svc, action="reload", mode="0644",
-                     validate="openssl x509 -noout -in {path}", secrets=("tls_ca_certificate",)),
-        RenderedFile(tls_certificate(TLS_SERVICE), ctx.secret(cert_name), service=svc, action="reload",
-                     owner="postgres", group="postgres", mode="0644", validate="openssl x509 -noout -in {path}",
-                     secrets=(cert_name,)),
-        RenderedFile(tls_key(TLS_SERVICE), ctx.secret(key_name), service=svc, action="reload", owner="postgres",
-                     group="postgres", mode="0600", validate="openssl pkey -noout -in {path}", secrets=(key_name,)),
-    ]
+    """This node's server certificate and key (PostgreSQL reloads them on SIGHUP); installed with
+    postgresql.conf, which names them (the CA comes with the baseline: render/tls.py)."""
+    return tls.service_files(ctx, TLS_SERVICE, unit=paths(ctx.cluster).service, action="reload",
+                             owner="postgres", group="postgres")
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
