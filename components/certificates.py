@@ -8,7 +8,7 @@ issues to each PBX node (render.TLS_SERVICES: PostgreSQL, etcd, Redis, HTTPS) an
 =================================  ======================  ====================================
 ``<name>-key``, ``<name>``         PrivateKey, SelfSignedCert   the CA: ECDSA P-256, 10 years
 ``<name>-<node>-<svc>-key[-rN]``   PrivateKey              ECDSA P-256
-``<name>-<node>-<svc>-csr[-rN]``   CertRequest             DNS <node>.<domain>; IP node, VIP, 127.0.0.1
+``<name>-<node>-<svc>-csr[-rN]``   CertRequest             no CN; DNS <node>.<domain>; IP node, VIP, 127.0.0.1
                                                            (the witness: no VIP)
 ``<name>-<node>-<svc>-cert[-rN]``  LocallySignedCert       2 years, server_auth + client_auth;
                                                            renewed within 30 days of its end
@@ -171,7 +171,9 @@ class ClusterCa(pulumi.ComponentResource):
                 key = tls.PrivateKey(f"{stem}-key{suffix}", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
                 csr = tls.CertRequest(
                     f"{stem}-csr{suffix}", private_key_pem=key.private_key_pem,
-                    subject=tls.CertRequestSubjectArgs(common_name=f"{service} {node.name}", organization="high-cc-pbx"),
+                    # no common name: the names are in the SANs, and etcd refuses any client certificate
+                    # with one at its gRPC gateway once authentication is on (it cannot map it to a user)
+                    subject=tls.CertRequestSubjectArgs(organization="high-cc-pbx", organizational_unit=f"{service} {node.name}"),
                     dns_names=dns_names, ip_addresses=ips, opts=child)
                 cert = tls.LocallySignedCert(
                     f"{stem}-cert{suffix}", cert_request_pem=csr.cert_request_pem,

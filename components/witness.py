@@ -18,7 +18,7 @@ from pulumi_command import remote
 from . import remote as rc
 from .config import ClusterConfig
 from .render import RenderContext, etcd, masked_secrets
-from .render.failover import ETCD_NODE_USER
+from .render.etcd import ETCD_NODE_USER
 
 
 @dataclass

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from components.render import etcd
 from hapbx_node import layout
 from lab import machinery
 
@@ -174,8 +175,8 @@ def checks(cluster, spec) -> list[Check]:
                      f"offset {fields.get('slave_repl_offset')}" if fields else f"{peer}: {info[:200]}"))
     if cluster.witness:
         members = [*cluster.nodes, cluster.witness]
-        probe = " ; ".join(f"echo {m.name} $(curl -sS --max-time 2 http://{m.address}:2379/health 2>&1)"
-                           for m in members)
+        probe = " ; ".join(f"echo {m.name} $(curl -sS --max-time 2 {etcd.CURL_TLS} {url}/health 2>&1)"
+                           for m, url in zip(members, etcd.endpoints(cluster)))
         rc, text = _sh(spec, names[0], probe)
         healthy = [line.split()[0] for line in text.splitlines() if '"health":"true"' in line]
         out.append(Check("etcd quorum", rc == 0 and len(healthy) == len(members),

@@ -23,6 +23,8 @@ from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_sou
 from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
 from .postgres import REPLICATION_ROLE as PG_REPL_USER
 from .postgres import paths as pg_paths
+from . import etcd
+from .etcd import ETCD_NODE_USER
 
 BIN_DIR = os.path.join(NODE_PACKAGE, "ha", "bin")
 #: bash entry points under HA_BIN (keepalived's notify/track scripts, the unit hooks); lib.sh is sourced
@@ -81,7 +83,6 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
     no defaults of their own: hapbx_node/ha/settings.py refuses to start without these."""
     c, node, peer = ctx.cluster, ctx.host, ctx.peer
     ha, t, pg = c.ha, Timings.of(c), pg_paths(c)
-    members = list(c.nodes) + ([c.witness] if c.witness else [])
     return {
         "HAPBX_NODE": node.name,
         "HAPBX_PEER": peer.name,
@@ -129,7 +130,8 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "WITNESS": "1" if c.witness else "0",
         "NO_WITNESS_POLICY": c.no_witness_policy or "",
         "NO_WITNESS_TIMEOUT": str(ha.no_witness_timeout),
-        "ETCD_ENDPOINTS": ",".join(f"http://{m.address}:{c.etcd.client_port}" for m in members) if c.witness else "",
+        "ETCD_ENDPOINTS": ",".join(etcd.endpoints(c)) if c.witness else "",
+        **(etcd.CLIENT_TLS_ENV if c.witness else {}),
         "ETCD_PREFIX": "/hapbx/cluster",
         "LEASE_TTL": str(c.etcd.lease_ttl_seconds),
         "RENEW_INTERVAL": f"{c.etcd.renew_interval_seconds:g}",
@@ -186,8 +188,6 @@ def secrets_env(ctx: RenderContext) -> str:
         values.update({"ETCDCTL_USER": ETCD_NODE_USER, "ETCDCTL_PASSWORD": ctx.secret("etcd_node")})
     return format_env(values, "Credentials of the HA scripts (environment only, never argv).")
 
-
-ETCD_NODE_USER = "hapbx"
 
 
 

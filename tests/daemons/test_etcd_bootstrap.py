@@ -2,8 +2,10 @@
 real against a single etcd member of each release: 3.4 (Debian 12, this host's /usr/bin/etcd)
 and 3.5 (Debian 13, from the trixie node image; etcd is a static binary, run from the root's
 path on this host). The member is started from the rendered /etc/default/etcd (its own data
-directory and free loopback ports), the script is wrapped and fed its passwords on stdin as
-the Witness component does (components/remote.script; nothing secret in any argv).
+directory, free loopback ports, and a scratch CA's files where the node has the cluster CA's:
+TLS only, client certificates required on both ports), the script is wrapped and fed its
+passwords on stdin as the Witness component does (components/remote.script; nothing secret in
+any argv).
 
 etcd's gRPC gateway reports errors differently by release (3.4 {"error":…,"code":…}, 3.5
 {"code":…,"message":…}); every answer that is not a success must fail the step, never print
@@ -15,9 +17,12 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -26,10 +31,12 @@ from components.remote import script as remote_script
 from components.render import RenderContext, masked_secrets
 from components.render import etcd as etcd_render
 from components.releases import RELEASES
-from components.render.failover import ETCD_NODE_USER
+from components.render.etcd import ETCD_NODE_USER
 from tests.helpers import free_port
+from hapbx_node.layout import TLS_CA
 from tests.mockrun import ROOT
 from tests.release_root import HOST
+from tests.tls_ca import Issued, ScratchCa
 
 ETCD_ROOT_PASSWORD = "bootEtcdRoot3"
 ETCD_NODE_PASSWORD = "bootEtcdNode5"
@@ -42,6 +49,24 @@ VERSIONS = tuple(ETCD.values())
 NODE_KEY = etcd_render.KEY_PREFIX + "bootstrap-test"
 
 
+def tls_paths(ca: Path, issued: Issued) -> dict[str, str]:
+    """The node's TLS file paths (as rendered) -> the scratch CA's files."""
+    return {TLS_CA: str(ca), etcd_render.CERT: str(issued.cert), etcd_render.KEY: str(issued.key)}
+
+
+def local(text: str, ca: Path, issued: Issued) -> str:
+    for node_path, test_path in tls_paths(ca, issued).items():
+        text = text.replace(node_path, test_path)
+    return text
+
+
+def client_context(ca: Path, issued: Issued | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if issued:
+        ctx.load_cert_chain(str(issued.cert), str(issued.key))
+    return ctx
+
+
 @dataclasses.dataclass
 class Member:
     """One etcd member on loopback, started from the rendered defaults; ended by its pid."""
@@ -49,23 +74,25 @@ class Member:
     etcd: str
     etcdctl: str
     data: str
+    ca: ScratchCa
+    tls: Issued
     client: int = dataclasses.field(default_factory=free_port)
     peer: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client}"
+        return f"https://127.0.0.1:{self.client}"
 
     def start(self, **extra: str) -> "Member":
         cluster = stack()
         text = etcd_render.default_file(RenderContext(cluster, cluster.nodes[0], masked_secrets()))
         env = {"PATH": os.environ["PATH"]}
-        for line in text.splitlines():
+        for line in local(text, self.ca.cert, self.tls).splitlines():
             if line.startswith("ETCD_"):
                 k, _, v = line.partition("=")
                 env[k] = v.strip('"')
-        peer = f"http://127.0.0.1:{self.peer}"
+        peer = f"https://127.0.0.1:{self.peer}"
         env.update(ETCD_NAME="m1", ETCD_DATA_DIR=self.data, ETCD_LISTEN_PEER_URLS=peer,
                    ETCD_INITIAL_ADVERTISE_PEER_URLS=peer, ETCD_INITIAL_CLUSTER=f"m1={peer}",
                    ETCD_INITIAL_CLUSTER_TOKEN=f"bootstrap-{self.client}",
@@ -75,9 +102,10 @@ class Member:
             self.proc = subprocess.Popen([self.etcd], env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         deadline = time.time() + 30
+        tls = client_context(self.ca.cert, self.tls)
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=tls) as r:
                     if b'"health":"true"' in r.read():
                         return self
             except OSError:
@@ -95,10 +123,14 @@ class Member:
                 self.proc.kill()
                 self.proc.wait()
 
-    def ctl(self, *args, user: str | None = None, password: str | None = None) -> subprocess.CompletedProcess:
-        """etcdctl of the same release; credentials in the environment, never in argv."""
+    def ctl(self, *args, user: str | None = None, password: str | None = None,
+            tls: bool = True) -> subprocess.CompletedProcess:
+        """etcdctl of the same release with the node's TLS environment (etcd_render.CLIENT_TLS_ENV,
+        or none: tls=False); credentials in the environment, never in argv."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         env["ETCDCTL_API"] = "3"
+        if tls:
+            env.update({k: local(v, self.ca.cert, self.tls) for k, v in etcd_render.CLIENT_TLS_ENV.items()})
         if user:
             env.update(ETCDCTL_USER=user, ETCDCTL_PASSWORD=password or "")
         return subprocess.run([self.etcdctl, f"--endpoints={self.url}", "--command-timeout=5s", *args],
@@ -114,13 +146,14 @@ def stack():
     return _STACK[0]
 
 
-def bootstrap(client_port: int, root_pw: str = ETCD_ROOT_PASSWORD,
-              node_pw: str = ETCD_NODE_PASSWORD, path: str | None = None) -> subprocess.CompletedProcess:
+def bootstrap(m: Member, root_pw: str = ETCD_ROOT_PASSWORD, node_pw: str = ETCD_NODE_PASSWORD,
+              path: str | None = None, client_port: int | None = None) -> subprocess.CompletedProcess:
     """The rendered step as the Witness component runs it (remote.script, passwords on stdin)."""
     c = stack()
-    c = dataclasses.replace(c, etcd=dataclasses.replace(c.etcd, client_port=client_port))
+    c = dataclasses.replace(c, etcd=dataclasses.replace(c.etcd, client_port=client_port or m.client))
     body = remote_script(c.nodes[0].name, "etcd authentication",
                          etcd_render.bootstrap_auth_script(RenderContext(c, c.nodes[0], masked_secrets())))
+    body = local(body, m.ca.cert, m.tls)
     env = {**os.environ, **({"PATH": path} if path else {})}
     return subprocess.run(["bash", "-c", body], input=f"{root_pw}\n{node_pw}\n",
                           capture_output=True, text=True, timeout=120, env=env)
@@ -137,7 +170,7 @@ def test_no_password_or_token_in_any_curl_argv(member, tmp_path):
     shim.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" >> {log}; printf "\\n" >> {log}\nexec {real} "$@"\n')
     shim.chmod(0o755)
     for _ in range(2):      # enabling, then with root's token (authenticated calls)
-        out = bootstrap(m.client, path=f"{shim.parent}:{os.environ['PATH']}")
+        out = bootstrap(m, path=f"{shim.parent}:{os.environ['PATH']}")
         assert out.returncode == 0, out.stderr
     argv = log.read_text()
     assert argv.count("\n") >= 8, argv                       # the calls were recorded
@@ -150,7 +183,7 @@ def gateway(member: Member, path: str, body: dict, token: str = "") -> tuple[int
     headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     req = urllib.request.Request(f"{member.url}/v3/{path}", data=json.dumps(body).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=client_context(member.ca.cert, member.tls)) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -172,9 +205,11 @@ def binaries(request) -> tuple[str, str, str]:
 def member(binaries, tmp_path):
     version, etcd, etcdctl = binaries
     made: list[Member] = []
+    ca = ScratchCa.make(tmp_path / "tls")
+    issued = ca.issue("etcd-m1")
 
     def make(**extra) -> Member:
-        m = Member(version, etcd, etcdctl, str(tmp_path / f"data{len(made)}"))
+        m = Member(version, etcd, etcdctl, str(tmp_path / f"data{len(made)}"), ca, issued)
         made.append(m)
         return m.start(**extra)
     yield make
@@ -183,8 +218,10 @@ def member(binaries, tmp_path):
 
 
 def assert_auth_on(m: Member):
+    # the host's certificate alone (no user): refused (a certificate without a common name is no user)
     anonymous = m.ctl("get", NODE_KEY)
-    assert anonymous.returncode != 0 and "user name is empty" in anonymous.stderr, (anonymous.stdout, anonymous.stderr)
+    assert anonymous.returncode != 0 and ("user name is empty" in anonymous.stderr
+                                          or "permission denied" in anonymous.stderr), (anonymous.stdout, anonymous.stderr)
     status, body = gateway(m, "auth/authenticate", {"name": "root", "password": ETCD_ROOT_PASSWORD})
     assert status == 200 and body.get("token"), body      # root logs in only once authentication is on
     if m.version != "3.4":                              # AuthStatus exists from 3.5 on
@@ -196,7 +233,7 @@ def assert_auth_on(m: Member):
 
 def test_enables_auth_idempotently(member):
     m = member()
-    first = bootstrap(m.client)
+    first = bootstrap(m)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "changed", (first.stdout, first.stderr)
     assert_auth_on(m)
@@ -213,13 +250,13 @@ def test_enables_auth_idempotently(member):
     users = m.ctl("user", "list", user="root", password=ETCD_ROOT_PASSWORD)
     assert users.returncode == 0 and set(users.stdout.split()) == {"root", ETCD_NODE_USER}, (users.stdout, users.stderr)
 
-    again = bootstrap(m.client)
+    again = bootstrap(m)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "unchanged", (again.stdout, again.stderr)
     assert_auth_on(m)
 
     # a new node password (rotated secret): set with root's token, the old one refused
-    rotated = bootstrap(m.client, node_pw="rotatedNode9")
+    rotated = bootstrap(m, node_pw="rotatedNode9")
     assert rotated.returncode == 0 and rotated.stdout.strip() == "changed", (rotated.stdout, rotated.stderr)
     get = m.ctl("get", NODE_KEY, "--print-value-only", user=ETCD_NODE_USER, password="rotatedNode9")
     assert get.returncode == 0 and get.stdout.strip() == "v1", (get.stdout, get.stderr)
@@ -232,8 +269,8 @@ def test_other_root_password_fails(member):
     """A member whose authentication is already on with another root password: etcd answers
     an error to the login, the step fails naming it and changes nothing."""
     m = member()
-    assert bootstrap(m.client).returncode == 0
-    other = bootstrap(m.client, root_pw="someOtherRoot1", node_pw="someOtherNode2")
+    assert bootstrap(m).returncode == 0
+    other = bootstrap(m, root_pw="someOtherRoot1", node_pw="someOtherNode2")
     assert other.returncode != 0, (other.stdout, other.stderr)
     assert "changed" not in other.stdout, other.stdout
     assert "root password does not match" in other.stderr and "authentication failed" in other.stderr, other.stderr
@@ -247,7 +284,7 @@ def test_gateway_off_fails(member):
     an HTTP 404 page, not an etcd error. The step must fail, naming the call and the answer,
     not report `changed` over a member whose authentication is still off."""
     m = member(ETCD_ENABLE_GRPC_GATEWAY="false")
-    out = bootstrap(m.client)
+    out = bootstrap(m)
     assert out.returncode != 0, (out.stdout, out.stderr)
     assert "changed" not in out.stdout, out.stdout
     assert "auth/authenticate" in out.stderr and "404 page not found" in out.stderr, out.stderr
@@ -256,10 +293,68 @@ def test_gateway_off_fails(member):
     assert anonymous.returncode == 0, anonymous.stderr
 
 
-def test_no_member_fails():
+def test_no_member_fails(tmp_path):
     """Nothing listens on the client port: the step fails saying etcd did not answer."""
-    out = bootstrap(free_port())
+    ca = ScratchCa.make(tmp_path)
+    nobody = Member("-", "etcd", "etcdctl", str(tmp_path / "none"), ca, ca.issue("etcd-m1"))
+    out = bootstrap(nobody, client_port=free_port())
     assert out.returncode != 0, (out.stdout, out.stderr)
     assert "changed" not in out.stdout, out.stdout
-    assert "no answer from http://127.0.0.1:" in out.stderr, out.stderr
+    assert "no answer from https://127.0.0.1:" in out.stderr, out.stderr
     assert "root password" not in out.stderr, out.stderr
+
+
+# --- TLS: a client or peer without a certificate from the cluster CA gets no connection ---------
+
+def fetch(port: int, ca: Path, issued: Issued | None, path: str) -> bytes:
+    """An HTTPS GET on ``port`` with ``issued`` as the client certificate (None: no certificate);
+    b"" when the server ends the connection (TLS 1.3 reports a refused client certificate
+    after the handshake, at the first read)."""
+    ctx = client_context(ca, issued)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                out = b""
+                while chunk := tls.recv(65536):
+                    out += chunk
+                return out
+        except (ssl.SSLError, ConnectionResetError):
+            return b""
+
+
+def test_client_needs_a_certificate_from_the_cluster_ca(member, tmp_path):
+    m = member()
+    assert bootstrap(m).returncode == 0
+    ok = m.ctl("get", NODE_KEY, user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD)
+    assert ok.returncode == 0, ok.stderr
+    # the right password, the server verified, but no client certificate
+    env_ca_only = {"ETCDCTL_CACERT": str(m.ca.cert)}
+    bare = subprocess.run([m.etcdctl, f"--endpoints={m.url}", "--command-timeout=3s", "--dial-timeout=2s", "get",
+                           NODE_KEY], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "ETCDCTL_API": "3", **env_ca_only,
+                               "ETCDCTL_USER": ETCD_NODE_USER, "ETCDCTL_PASSWORD": ETCD_NODE_PASSWORD})
+    assert bare.returncode != 0, bare.stdout
+    other = ScratchCa.make(tmp_path / "other", "other CA").issue("intruder")
+    assert b'"health":"true"' in fetch(m.client, m.ca.cert, m.tls, "/health")
+    assert fetch(m.client, m.ca.cert, None, "/health") == b""
+    assert fetch(m.client, m.ca.cert, other, "/health") == b""
+    # plain HTTP on the client port: no etcd answer
+    with socket.create_connection(("127.0.0.1", m.client), timeout=5) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        raw.settimeout(5)
+        try:
+            answer = raw.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            answer = b""
+    assert b'"health"' not in answer, answer
+
+
+def test_peer_port_needs_a_certificate_from_the_cluster_ca(member, tmp_path):
+    """The raft port: a member with the cluster CA's certificate is served (its /version), a
+    connection with no certificate or one from another CA is not."""
+    m = member()
+    other = ScratchCa.make(tmp_path / "other", "other CA").issue("intruder")
+    assert b"etcdserver" in fetch(m.peer, m.ca.cert, m.tls, "/version")
+    assert fetch(m.peer, m.ca.cert, None, "/version") == b""
+    assert fetch(m.peer, m.ca.cert, other, "/version") == b""

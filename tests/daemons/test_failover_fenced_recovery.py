@@ -164,7 +164,7 @@ def test_d_etcd_not_answering(fenced):
     """No member listens (connection refused): failing too."""
     set_state(fenced, primary="pbx1")
     n = fenced.nodes["pbx1"]
-    n.overrides["ETCD_ENDPOINTS"] = f"http://127.0.0.1:{free_port()}"
+    n.overrides["ETCD_ENDPOINTS"] = f"https://127.0.0.1:{free_port()}"
     fenced.rewrite_envs()
     try:
         out = check_local(fenced, "pbx1")

@@ -1,6 +1,7 @@
 """A two-node HA rig on one machine, for running the rendered failover scripts for real:
 two PostgreSQL 15 servers and two Redis servers on loopback ports, a three-member etcd
-(started from the rendered /etc/default/etcd, authentication enabled by the rendered
+(started from the rendered /etc/default/etcd: TLS on both ports with client certificates
+from a scratch CA in place of the cluster CA's; authentication enabled by the rendered
 bootstrap step), and per node an env file derived from the rendered one with local
 ports, temp dirs and pg_ctl instead of systemd. Every process it starts is recorded and
 ended by its pid. (No tests here: helpers imported by test_failover_*.py.)
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +32,17 @@ from components.remote import script as remote_script
 from components.render import RenderContext, masked_secrets
 from components.render import etcd as etcd_render
 from components.render import failover
+from components.render import redis as redis_render
 from hapbx_node.ha.clock import mono_ms  # noqa: F401  (the HA core's clock: the steps write authority deadlines in it)
+from hapbx_node.layout import TLS_CA
+from tests.tls_ca import ScratchCa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PG_BIN = "/usr/lib/postgresql/15/bin"
 NODES = ("pbx1", "pbx2")
 REDIS_PASSWORD = "rigRedisPw7"
+#: the failover scripts' Redis user (components/render/redis.py HA_USER, its rendered ACL)
+REDIS_HA_PASSWORD = "rigRedisHaPw8"
 ETCD_ROOT_PASSWORD = "rigEtcdRoot3"
 ETCD_NODE_PASSWORD = "rigEtcdNode5"
 #: the stacks use 2 s; this machine runs many suites at once, and a 2 s lease on an
@@ -108,6 +115,10 @@ class Rig:
         self.members = {}
         for name in names:
             self.members[name] = (free_port(), free_port())
+        # each host's etcd certificate (server, peer and client, as the cluster CA issues them)
+        self.ca = ScratchCa.make(Path(self.base) / "tls")
+        self.tls = {name: self.ca.issue(f"etcd-{name}", ips=tuple(sorted({self.addr[name], "127.0.0.1"})))
+                    for name in names}
         self.nodes = {}
         for name, peer in (("pbx1", "pbx2"), ("pbx2", "pbx1")):
             d = f"{self.base}/{name}"
@@ -190,7 +201,18 @@ class Rig:
                 os.chmod(dest, int(f.mode, 8))
 
     def endpoints(self) -> str:
-        return ",".join(f"http://{self.addr[name]}:{c}" for name, (c, _) in self.members.items())
+        return ",".join(f"https://{self.addr[name]}:{c}" for name, (c, _) in self.members.items())
+
+    def local_tls(self, text: str, host: str) -> str:
+        """``text`` with the node's TLS file paths (as rendered) made the rig's files of ``host``."""
+        for node_path, rig_path in ((TLS_CA, self.ca.cert), (etcd_render.CERT, self.tls[host].cert),
+                                    (etcd_render.KEY, self.tls[host].key)):
+            text = text.replace(node_path, str(rig_path))
+        return text
+
+    def etcd_tls_env(self, host: str) -> dict[str, str]:
+        """etcdctl's TLS environment on ``host`` (etcd_render.CLIENT_TLS_ENV with the rig's files)."""
+        return {k: self.local_tls(v, host) for k, v in etcd_render.CLIENT_TLS_ENV.items()}
 
     def _write_env(self, n: Node):
         cnode = next(x for x in self.cluster.nodes if x.name == n.name)
@@ -215,7 +237,9 @@ class Rig:
             # the rig's servers run without TLS (loopback): what the nodes check (verify-full against
             # the cluster CA) is tested on real servers in test_postgres.py and on the lab
             "PG_PEER_SSL": "",
+            "REDIS_TLS_CA": str(self.ca.cert),
             "ETCD_PREFIX": "/hapbx/rig",
+            **self.etcd_tls_env(n.name),
         })
         env.update(self.settings)
         env.update(n.overrides)
@@ -228,7 +252,7 @@ class Rig:
             fh.write(f"#!/bin/sh\necho \"$1\" > {n.dir}/owner-services\n")
         os.chmod(f"{n.dir}/svc", 0o755)
         with open(f"{n.dir}/secrets.env", "w", encoding="utf-8") as fh:
-            fh.write(f"REDISCLI_AUTH={REDIS_PASSWORD}\nETCDCTL_USER=hapbx\nETCDCTL_PASSWORD={ETCD_NODE_PASSWORD}\n")
+            fh.write(f"REDISCLI_AUTH={REDIS_HA_PASSWORD}\nETCDCTL_USER=hapbx\nETCDCTL_PASSWORD={ETCD_NODE_PASSWORD}\n")
         os.chmod(f"{n.dir}/secrets.env", 0o600)
 
     def rewrite_envs(self):
@@ -249,10 +273,10 @@ class Rig:
     def start_etcd(self):
         """Three members from the rendered /etc/default/etcd (addresses and ports made local)."""
         c = self.cluster
-        initial = ",".join(f"{name}=http://{self.addr[name]}:{peer}" for name, (_, peer) in self.members.items())
+        initial = ",".join(f"{name}=https://{self.addr[name]}:{peer}" for name, (_, peer) in self.members.items())
         self.etcd = {}
         for host in list(c.nodes) + [c.witness]:
-            text = etcd_render.default_file(RenderContext(c, host, masked_secrets()))
+            text = self.local_tls(etcd_render.default_file(RenderContext(c, host, masked_secrets())), host.name)
             env = {}
             for line in text.splitlines():
                 if line.startswith("ETCD_"):
@@ -261,12 +285,12 @@ class Rig:
             client, peer = self.members[host.name]
             addr = self.addr[host.name]
             # as rendered: the host's address, and loopback for the local scripts (netns mode)
-            listen = f"http://{addr}:{client}" + (f",http://127.0.0.1:{client}" if self.netns else "")
+            listen = f"https://{addr}:{client}" + (f",https://127.0.0.1:{client}" if self.netns else "")
             env.update(ETCD_DATA_DIR=f"{self.base}/etcd-{host.name}",
-                       ETCD_LISTEN_PEER_URLS=f"http://{addr}:{peer}",
-                       ETCD_INITIAL_ADVERTISE_PEER_URLS=f"http://{addr}:{peer}",
+                       ETCD_LISTEN_PEER_URLS=f"https://{addr}:{peer}",
+                       ETCD_INITIAL_ADVERTISE_PEER_URLS=f"https://{addr}:{peer}",
                        ETCD_LISTEN_CLIENT_URLS=listen,
-                       ETCD_ADVERTISE_CLIENT_URLS=f"http://{addr}:{client}",
+                       ETCD_ADVERTISE_CLIENT_URLS=f"https://{addr}:{client}",
                        ETCD_INITIAL_CLUSTER=initial, ETCD_LOG_LEVEL="error")
             env["PATH"] = os.environ["PATH"]
             self.etcd[host.name] = self.spawn(["etcd"], f"{self.base}/etcd-{host.name}.log", env=env,
@@ -278,7 +302,8 @@ class Rig:
         client, _ = self.members["pbx1"]
         c = dataclasses.replace(self.cluster, etcd=dataclasses.replace(self.cluster.etcd, client_port=client))
         ctx = RenderContext(c, c.nodes[0], masked_secrets())
-        body = remote_script("pbx1", "etcd authentication", etcd_render.bootstrap_auth_script(ctx))
+        body = self.local_tls(remote_script("pbx1", "etcd authentication", etcd_render.bootstrap_auth_script(ctx)),
+                              "pbx1")
         out = subprocess.run(self.inside("pbx1", ["bash", "-c", body]), input=f"{ETCD_ROOT_PASSWORD}\n{ETCD_NODE_PASSWORD}\n",
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -288,8 +313,9 @@ class Rig:
         deadline = time.time() + timeout
         for name, (client, _) in self.members.items():
             while True:
-                out = subprocess.run(self.inside(name, ["curl", "-sS", "--max-time", "1",
-                                                        f"http://{self.addr[name]}:{client}/health"]),
+                curl_tls = self.local_tls(etcd_render.CURL_TLS, name).split()
+                out = subprocess.run(self.inside(name, ["curl", "-sS", "--max-time", "1", *curl_tls,
+                                                        f"https://{self.addr[name]}:{client}/health"]),
                                      capture_output=True, text=True)
                 if '"health":"true"' in out.stdout:
                     break
@@ -298,7 +324,8 @@ class Rig:
 
     def etcdctl(self, *args, check=True, host: str = "witness") -> str:
         """etcdctl as seen from `host` (netns mode: the witness reaches every member unless cut)."""
-        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "hapbx", "ETCDCTL_PASSWORD": ETCD_NODE_PASSWORD}
+        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "hapbx", "ETCDCTL_PASSWORD": ETCD_NODE_PASSWORD,
+               **self.etcd_tls_env(host)}
         # the test's own reads: a member cut from the raft leader, or a loaded host, times out; right
         # after a heal the quorum may need a few seconds more (seen once in 3 CI runs: 3 x 3 s failed)
         for attempt in range(6):
@@ -337,12 +364,19 @@ class Rig:
                         "to replicator")
 
     def start_redis(self):
+        """As on a node: TLS only (a certificate from the rig's CA, the replica checking the master's),
+        the failover scripts as the rendered HA user; default (password) for the rig's own calls."""
         for n in self.nodes.values():
-            p = self.spawn(["redis-server", "--port", str(n.redis_port), "--bind",
-                            " ".join(sorted({"127.0.0.1", self.addr[n.name]})), "--save", "",
-                            "--appendonly", "no", "--dir", n.dir, "--requirepass", REDIS_PASSWORD,
-                            "--masterauth", REDIS_PASSWORD, "--protected-mode", "no"], f"{n.dir}/redis.log",
-                           host=n.name if self.netns else None)
+            tls = self.ca.issue(f"redis-{n.name}", ips=tuple(sorted({self.addr[n.name], "127.0.0.1"})))
+            conf = f"{n.dir}/redis.conf"
+            with open(conf, "w", encoding="utf-8") as fh:
+                fh.write(f"port 0\ntls-port {n.redis_port}\nbind {' '.join(sorted({'127.0.0.1', self.addr[n.name]}))}\n"
+                         f"tls-cert-file {tls.cert}\ntls-key-file {tls.key}\ntls-ca-cert-file {self.ca.cert}\n"
+                         f"tls-auth-clients no\ntls-replication yes\nsave \"\"\nappendonly no\ndir {n.dir}\n"
+                         f"protected-mode no\nmasterauth {REDIS_PASSWORD}\nuser default on >{REDIS_PASSWORD} ~* &* +@all\n"
+                         f"user {redis_render.HA_USER} on >{REDIS_HA_PASSWORD} {redis_render.HA_ACL}\n")
+            os.chmod(conf, 0o600)
+            p = self.spawn(["redis-server", conf], f"{n.dir}/redis.log", host=n.name if self.netns else None)
             n.redis = p
         for n in self.nodes.values():
             self.wait(lambda n=n: self.redis(n.name, "PING") == "PONG", 10, "redis up")
@@ -389,7 +423,8 @@ class Rig:
 
     # --- etcd membership (as root: maintenance calls) -----------------------------------------
     def etcd_root(self, *args, endpoint: str | None = None) -> str:
-        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": ETCD_ROOT_PASSWORD}
+        env = {**os.environ, "ETCDCTL_API": "3", "ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": ETCD_ROOT_PASSWORD,
+               **self.etcd_tls_env("witness")}
         for _ in range(3):      # as etcdctl(): a loaded host or a member cut from the raft leader times out
             out = subprocess.run(self.inside("witness", ["etcdctl", f"--endpoints={endpoint or self.endpoints()}",
                                                          "--command-timeout=3s", *args]),
@@ -406,7 +441,7 @@ class Rig:
         for name, (client, _) in self.members.items():      # any member that answers (some may be cut)
             try:
                 status = json.loads(self.etcd_root("endpoint", "status", "-w", "json",
-                                                   endpoint=f"http://{self.addr[name]}:{client}"))
+                                                   endpoint=f"https://{self.addr[name]}:{client}"))
                 return ids[status[0]["Status"]["leader"]]
             except AssertionError:
                 continue
@@ -418,7 +453,7 @@ class Rig:
         leader = self.etcd_leader()
         if leader != to:
             client = self.members[leader][0]
-            self.etcd_root("move-leader", f"{ids[to]:x}", endpoint=f"http://{self.addr[leader]}:{client}")
+            self.etcd_root("move-leader", f"{ids[to]:x}", endpoint=f"https://{self.addr[leader]}:{client}")
         self.wait(lambda: self.etcd_leader() == to, 10, f"etcd leader on {to}")
 
     # --- commands ----------------------------------------------------------------------------
@@ -464,9 +499,13 @@ class Rig:
         except (OSError, ValueError):
             return None
 
+    def redis_cli(self, name: str) -> list[str]:
+        """redis-cli for the rig's own calls on ``name``'s Redis (TLS; REDISCLI_AUTH=REDIS_PASSWORD)."""
+        return ["redis-cli", "--no-auth-warning", "--tls", "--cacert", str(self.ca.cert), "-p",
+                str(self.nodes[name].redis_port)]
+
     def redis(self, name: str, *cmd) -> str:
-        n = self.nodes[name]
-        out = subprocess.run(self.inside(name, ["redis-cli", "--no-auth-warning", "-p", str(n.redis_port), *cmd]),
+        out = subprocess.run(self.inside(name, [*self.redis_cli(name), *cmd]),
                              capture_output=True, text=True, timeout=10,
                              env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD})
         return out.stdout.strip()

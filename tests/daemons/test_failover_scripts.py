@@ -79,8 +79,10 @@ def test_01_bootstrap_and_rejoin_by_basebackup(rig):
     # authentication is really on: a read without credentials is refused, the node user's works
     anonymous = subprocess.run(rig.inside("witness", ["etcdctl", f"--endpoints={rig.endpoints()}", "--command-timeout=3s",
                                                       "get", KEY_PREFIX + "leader"]),
-                               capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=15)
-    assert anonymous.returncode != 0 and "user name is empty" in anonymous.stderr, (anonymous.stdout, anonymous.stderr)
+                               capture_output=True, text=True,
+                               env={**os.environ, "ETCDCTL_API": "3", **rig.etcd_tls_env("witness")}, timeout=15)
+    assert anonymous.returncode != 0 and ("user name is empty" in anonymous.stderr
+                                          or "permission denied" in anonymous.stderr), (anonymous.stdout, anonymous.stderr)
     rig.etcdctl("get", KEY_PREFIX + "leader")
     rig.start_redis()
     rig.init_primary("pbx1")
@@ -208,8 +210,7 @@ def test_05_lease_loss_stops_writes_before_the_ttl(rig):
         assert t_down < last_renew + TTL_MS / 1000
         assert rig.pg_role("pbx2") == "standby"                 # no quorum: nobody took over
         # Redis on pbx1 acknowledges no write either: it is paused, a SET blocks
-        probe = subprocess.run(["timeout", "0.5", "redis-cli", "--no-auth-warning", "-p",
-                                str(rig.nodes["pbx1"].redis_port), "SET", "fence-probe", "1"],
+        probe = subprocess.run(["timeout", "0.5", *rig.redis_cli("pbx1"), "SET", "fence-probe", "1"],
                                env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD}, capture_output=True)
         assert probe.returncode == 124, probe
     finally:
