@@ -161,3 +161,22 @@ def test_step_scripts_pass_shellcheck(stack):
     assert "ETCD_PRE_VOTE=\"true\"" in etcd.default_file(ctx)
     assert 'ETCD_HEARTBEAT_INTERVAL="100"' in etcd.default_file(ctx)
     assert 'ETCD_ELECTION_TIMEOUT="500"' in etcd.default_file(ctx)
+
+
+def test_etcd_members_speak_tls_only_and_require_client_certificates(stack):
+    """Every member (the witness too): https on both ports, client and peer certificates required,
+    its own certificate and key from the cluster CA installed for the etcd user, nothing on http."""
+    from components.render import etcd
+    cluster = cluster_of(stack)
+    for host in [*cluster.nodes, cluster.witness]:
+        files = {f.path: f for f in etcd.files(RenderContext(cluster, host, masked_secrets()))}
+        conf = files[etcd.DEFAULT_FILE].content
+        settings = dict(line.split("=", 1) for line in conf.splitlines() if line.startswith("ETCD_"))
+        assert "http://" not in conf, conf
+        for key in ("LISTEN_PEER_URLS", "LISTEN_CLIENT_URLS", "ADVERTISE_CLIENT_URLS", "INITIAL_ADVERTISE_PEER_URLS"):
+            assert all(u.startswith("https://") for u in settings[f"ETCD_{key}"].strip('"').split(",")), key
+        assert settings["ETCD_CLIENT_CERT_AUTH"] == settings["ETCD_PEER_CLIENT_CERT_AUTH"] == '"true"'
+        assert settings["ETCD_TRUSTED_CA_FILE"] == settings["ETCD_PEER_TRUSTED_CA_FILE"] == '"/etc/hapbx/tls/ca.crt"'
+        key = files[etcd.KEY]
+        assert (key.owner, key.mode, key.action) == ("etcd", "0600", files[etcd.DEFAULT_FILE].action)
+        assert key.secrets and key.secrets[0].startswith("tls_etcd_key_"), key.secrets

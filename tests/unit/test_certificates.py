@@ -160,6 +160,26 @@ def test_cluster_ca_signs_each_nodes_service_certificate_for_its_addresses(clust
         assert key.public_key() == cert.public_key()
 
 
+def test_every_service_certificate_has_no_common_name_and_the_witness_only_etcd(cluster):
+    """Each PBX node has one certificate per TLS service, the witness one for its etcd member (its
+    address and loopback: it never holds the VIP). None has a common name: etcd's gRPC gateway
+    refuses a client certificate that has one once authentication is on."""
+    from components.render import TLS_SERVICES
+    out = run_ca(cluster).outputs
+    ca = x509.load_pem_x509_certificate(plain(out["ca"]).encode())
+    names = {f"tls_{svc}_certificate_{i}" for svc in TLS_SERVICES for i in (1, 2)} | {"tls_etcd_certificate_witness"}
+    assert names <= set(out), sorted(set(out))
+    assert "tls_postgres_certificate_witness" not in out and "tls_redis_certificate_witness" not in out
+    for name in names:
+        cert = x509.load_pem_x509_certificate(plain(out[name]).encode())
+        cert.verify_directly_issued_by(ca)
+        assert not cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME), (name, cert.subject)
+    witness = x509.load_pem_x509_certificate(plain(out["tls_etcd_certificate_witness"]).encode())
+    sans = witness.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} == {cluster.witness.address, "127.0.0.1"}
+    assert rpc.is_rpc_secret(out["tls_etcd_key_witness"])
+
+
 def test_tls_rotate_replaces_the_service_keys_and_keeps_the_ca(cluster):
     import dataclasses
     rotated = dataclasses.replace(cluster, tls=dataclasses.replace(cluster.tls, rotate=3))
