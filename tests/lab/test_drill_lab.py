@@ -4,18 +4,23 @@ Drill 1 (keepalived stopped on the VIP owner), one run, with everything the full
 100 ms samplers on both nodes, a writer through the VIP, SIP OPTIONS/REGISTER probes, a phone
 registered before the fault called during it, and the old owner back as a streaming standby.
 Asserts issue 9's targets for this drill; then fails back so later tests see the configured roles.
+Every host's command lines are sampled meanwhile (tests/lab/argv_scan.py): the HA scripts' promote,
+rejoin and fencing calls (psql, pg_rewind, redis-cli, etcdctl) put no credential on one.
 """
 from __future__ import annotations
 
 from lab import drills
 from lab.context import LabContext
+from tests.lab import argv_scan
 
 
 def test_drill_1_keepalived_stopped_on_the_vip_owner(lab):
     ctx = LabContext.from_cluster(lab.spec, lab.cluster, log=lambda _: None)
+    secrets = argv_scan.generated_secrets(lab)
     try:
         drills.setup(ctx)
-        rd = drills.run_one(ctx, 1, 1)
+        with argv_scan.sampling(lab) as seen:
+            rd = drills.run_one(ctx, 1, 1)
         a = drills.analyse(rd)
         print("\ndrill 1: " + ", ".join(f"{k} {a[k]}" for k in (
             "sip_s", "register_s", "write_s", "two_vip_longest_s", "two_primary_samples", "acked", "acked_lost",
@@ -28,6 +33,8 @@ def test_drill_1_keepalived_stopped_on_the_vip_owner(lab):
         assert a["acked_lost"] == 0, a                    # no acknowledged row lost
         assert a["phone_called"], a                       # a phone registered before still receives a call
         assert a["rejoin_after_heal_s"] is not None and rd.rejoin_node == rd.failed, a   # back as streaming standby
+        # the HA core's calls ran while sampled: the lease (etcdctl), the promote and rejoin (psql, pg_rewind)
+        argv_scan.assert_no_secret(seen, secrets, programs=("etcdctl", "psql"))
         drills.switch_to(ctx, lab.cluster.primary.name)
     finally:
         drills.cleanup(ctx)
