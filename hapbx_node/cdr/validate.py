@@ -113,6 +113,9 @@ def object_schema(fields: dict[str, Field], partial: bool = False, read_only: di
 # --- the resources ------------------------------------------------------------------------------
 
 NUMBER = r"[0-9]{2,15}"
+#: a page of a list: at most PAGE_LIMIT items, from an offset up to MAX_OFFSET
+PAGE_LIMIT = 1000
+MAX_OFFSET = 10**9
 EXTENSION_TYPES = ("user", "queue", "ivr", "conference", "voicemail", "ring_group")
 
 

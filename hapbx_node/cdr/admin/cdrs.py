@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 
+from .. import validate as v
 from ..records import EPOCH
 from ..resp import ConnectionLost, open_first
 from .api import API, Api, ApiError, int_param, reply
@@ -69,7 +70,7 @@ def add_routes(app: web.Application, api: Api) -> None:
                 c_time, c_uuid = page_cursor(cursor)
             except ValueError:   # binascii.Error and UnicodeError are ValueErrors
                 problems["cursor"] = "is not a cursor from a previous page"
-        limit = int_param(request, "limit", 100, 1, 1000)
+        limit = int_param(request, "limit", 100, 1, v.PAGE_LIMIT)
         if problems:
             raise ApiError(422, "validation failed", problems)
 
@@ -106,7 +107,7 @@ def add_routes(app: web.Application, api: Api) -> None:
         return reply(await db(run, readonly=True))
 
     async def dead_letters(request):
-        limit = int_param(request, "limit", 100, 1, 1000)
+        limit = int_param(request, "limit", 100, 1, v.PAGE_LIMIT)
         try:
             conn = await open_first(s.redis.endpoints[:1], s.redis.user, s.redis.password, timeout=2.0)
             try:

@@ -50,7 +50,8 @@ def crud(app: web.Application, api: Api, path: str, table: str, select: str, key
     where = f"t.{key} = %s"
 
     async def list_(request):
-        limit, offset = int_param(request, "limit", 100, 1, 1000), int_param(request, "offset", 0, 0, 10**9)
+        limit = int_param(request, "limit", 100, 1, v.PAGE_LIMIT)
+        offset = int_param(request, "offset", 0, 0, v.MAX_OFFSET)
 
         def run(cur):
             cur.execute(select + f" ORDER BY t.{key} LIMIT %s OFFSET %s", (limit, offset))

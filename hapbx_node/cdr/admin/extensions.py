@@ -81,7 +81,8 @@ def add_routes(app: web.Application, api: Api) -> None:
         if typ is not None and typ not in v.EXTENSION_TYPES:
             raise ApiError(422, "validation failed", {"type": "must be one of " + ", ".join(v.EXTENSION_TYPES)})
         enabled = bool_param(request, "enabled")
-        limit, offset = int_param(request, "limit", 100, 1, 1000), int_param(request, "offset", 0, 0, 10**9)
+        limit = int_param(request, "limit", 100, 1, v.PAGE_LIMIT)
+        offset = int_param(request, "offset", 0, 0, v.MAX_OFFSET)
 
         def run(cur):
             cur.execute(EXT_SELECT + " WHERE (%(t)s::text IS NULL OR e.type = %(t)s) AND "

@@ -57,8 +57,9 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
         return {"type": "object", "properties": {"items": {"type": "array", "items": ref(item)},
                                                  "total": {"type": "integer"}}}
 
-    paging = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-              {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]
+    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": v.PAGE_LIMIT}}
+    paging = [limit, {"name": "offset", "in": "query",
+                      "schema": {"type": "integer", "minimum": 0, "maximum": v.MAX_OFFSET}}]
     paths: dict[str, Any] = {
         "/health": {"get": {"summary": "Liveness and this node's roles (PostgreSQL and Redis probed at most once a "
                                        "second)", "security": [],
@@ -77,7 +78,7 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                 {"name": "extension", "in": "query", "schema": {"type": "string"},
                  "description": "caller or callee number"},
                 {"name": "direction", "in": "query", "schema": {"type": "string", "enum": ["inbound", "outbound", "internal"]}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                limit,
                 {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the previous page"}],
             "responses": {**ok({"type": "object", "properties": {"items": {"type": "array", "items": ref("Cdr")},
                                                                  "next_cursor": {"type": "string", "nullable": True}}}),
@@ -87,7 +88,9 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                                                               "schema": {"type": "string", "format": "uuid"}}],
                                               "responses": {**ok(ref("Cdr")), **{c: errors[c] for c in ("401", "404")}}}},
         f"{API}/cdr/dead-letters": {"get": {"summary": "Records the worker could not store, with the reason",
+                                            "parameters": [limit],
                                             "responses": {**ok({"type": "object"}), "401": errors["401"],
+                                                          "422": errors["422"],
                                                           "503": {"description": "Redis unavailable",
                                                                   "content": {"application/json": {
                                                                       "schema": ref("Error")}}}}}},
@@ -116,7 +119,7 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                             (f"{API}/routes/outbound", "OutboundRoute", "id")):
         paths[path] = {
             "get": {"summary": f"List {name}s", "parameters": paging,
-                    "responses": {**ok(page(name)), "401": errors["401"]}},
+                    "responses": {**ok(page(name)), "401": errors["401"], "422": errors["422"]}},
             "post": {"summary": f"Create a {name}", "requestBody": body(ref(name)),
                      "responses": {**ok(ref(name), "201", "Created"), **{c: errors[c] for c in errors}}}}
         paths[f"{path}/{{{key}}}"] = {
