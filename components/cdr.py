@@ -2,7 +2,7 @@
 
 Per node, after its baseline and ``after`` (the data tier's schema and Redis, the HA layer
 settled): the service package, the three units and their env files (0600, secrets on stdin,
-logging off) -> a restart handler for the receiver and for the admin API (enabled, running on
+logging off) and the node's HTTPS certificate and key -> a restart handler for the receiver and for the admin API (enabled, running on
 both nodes; restarted only when one of their files changed, one node at a time with the VIP holder
 last, each waiting until the service listens again: ``remote.rolling``; a FreeSWITCH posting while
 its node's receiver restarts falls back to the peer's) -> the worker placement step:
@@ -68,7 +68,7 @@ class CdrPipeline(pulumi.ComponentResource):
             "nodes": [n.name for n in c.nodes],
             "receiverPort": c.cdr.receiver_port,
             "receiverUrl": f"http://127.0.0.1:{c.cdr.receiver_port}/cdr",
-            "adminUrl": f"http://{c.vip.address}:{c.admin.port}",
+            "adminUrl": f"https://{c.vip.address}:{c.admin.port}",
             "units": list(cdr.UNITS) + ([cdr.REPLAY_UNIT, cdr.REPLAY_TIMER] if cdr.replays(c) else []),
             "ownerServices": list(cdr.OWNER_SERVICES),
         })
@@ -83,12 +83,12 @@ class CdrPipeline(pulumi.ComponentResource):
         opts = pulumi.ResourceOptions(parent=self, depends_on=ready)
         installed = {f.path: rc.remote_file(f"{prefix}-file-{f.slug}", node.name, conn, f, content, opts)
                      for f, content in real_contents(c, node, args.secrets, cdr.files, rendered)}
-        # the package's modules: every daemon restarts when they change (the sender credential and
-        # the operator's tools have no service and restart nothing)
+        # the package's modules: every daemon restarts when they change; the HTTPS pair the receiver and
+        # the admin API (cdr.restarts; the sender credential and the operator's tools restart nothing)
         code = [installed[f.path] for f in rendered if f.path.startswith(f"{cdr.LIB_DIR}/")]
 
         def own(unit: str) -> list[remote.Command]:
-            return code + [installed[f.path] for f in rendered if f.service == unit]
+            return [installed[f.path] for f in rendered if unit in cdr.restarts(f)]
 
         replay = [installed[f.path] for f in rendered if f.service == cdr.REPLAY_TIMER]
         if replay:

@@ -9,6 +9,11 @@ python3-psycopg2: ClusterConfig.node_packages). Per node:
   hapbx-cdr-worker.service    never enabled: VIP owner only (WORKER_UNIT is what the failover
                               scripts start on promotion and stop on demotion: OWNER_SERVICES)
   hapbx-admin.service         both nodes, enabled; VIP (freebind) + node address + loopback
+  /etc/hapbx/tls/https.{crt,key}   the node's HTTPS certificate (cluster CA; SANs node address, VIP,
+                              127.0.0.1) and key (0600 root): the receiver and the admin API serve
+                              HTTPS on the VIP and the node address, plain HTTP on loopback only;
+                              each unit gets its own copy of both through systemd's LoadCredential=
+                              (their dynamic users never read /etc/hapbx/tls); a new pair restarts both
   /etc/hapbx/{cdr-receiver,cdr-worker,admin}.env   0600 root, each with only its own secrets
   /etc/hapbx/cdr-sender.env   0600 root: this node's CDR sender credential (replay, lab stand-in)
   hapbx-cdr-replay.service    media.engine freeswitch only (the lab's SIPp stand-in writes no CDRs):
@@ -27,11 +32,12 @@ import os
 import shlex
 
 from hapbx_node.cdr import auth
-from hapbx_node.layout import ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_PEER_SSL, PG_SOCKET_DIR
+from hapbx_node.layout import (ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_PEER_SSL, PG_SOCKET_DIR, TLS_CA,
+                               tls_certificate, tls_key)
 
 from ..config import ClusterConfig
 from . import (NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules,
-               node_secret, template)
+               node_secret, template, tls)
 from .postgres import DATABASE
 from .postgres import paths as pg_paths
 from .redis import CDR_USER
@@ -55,6 +61,11 @@ WORKER_ENV = "cdr-worker.env"
 DEADLETTERS_CLI = "/usr/local/sbin/hapbx-cdr-deadletters"
 #: what the failover scripts start on the VIP owner and stop elsewhere (components/render/failover.py)
 OWNER_SERVICES = (WORKER_UNIT,)
+#: the HTTP services, HTTPS beyond loopback with the node's "https" certificate (render.TLS_SERVICES)
+HTTPS_SERVICE = "https"
+HTTPS_UNITS = (RECEIVER_UNIT, ADMIN_UNIT)
+#: the names of the certificate and key in each unit's credentials directory (LoadCredential=, %d)
+HTTPS_CREDENTIALS = ("https.crt", "https.key")
 
 
 def package_files() -> list[tuple[str, str]]:
@@ -171,7 +182,24 @@ def admin_env(ctx: RenderContext) -> dict[str, str]:
 
 
 def _values(ctx: RenderContext) -> dict:
-    return dict(lib_dir=LIB_DIR, env_dir=ETC_DIR, pg_service=pg_paths(ctx.cluster).service)
+    return dict(lib_dir=LIB_DIR, env_dir=ETC_DIR, pg_service=pg_paths(ctx.cluster).service,
+                https_credentials=list(zip(HTTPS_CREDENTIALS, (tls_certificate(HTTPS_SERVICE), tls_key(HTTPS_SERVICE)))))
+
+
+def https_files(ctx: RenderContext) -> list[RenderedFile]:
+    """The node's HTTPS certificate and key (root's: each unit loads its own copy, LoadCredential=);
+    a change marks both HTTP services for their rolling restart (components/cdr.py)."""
+    return tls.service_files(ctx, HTTPS_SERVICE, unit=None, action=touch_markers(HTTPS_UNITS))
+
+
+def restarts(f: RenderedFile) -> tuple[str, ...]:
+    """The daemons a change of ``f`` restarts: the code every one, the HTTPS pair the HTTP services,
+    any other file its own service."""
+    if f.path.startswith(f"{LIB_DIR}/"):
+        return UNITS
+    if f.path in (tls_certificate(HTTPS_SERVICE), tls_key(HTTPS_SERVICE)):
+        return HTTPS_UNITS
+    return (f.service,) if f.service else ()
 
 
 def replays(cluster: ClusterConfig) -> bool:
@@ -179,10 +207,11 @@ def replays(cluster: ClusterConfig) -> bool:
     return cluster.media.engine == "freeswitch"
 
 
-def replay_urls(ctx: RenderContext) -> list[str]:
-    """This node's receiver, then the peer's: the order of json_cdr.conf's urls."""
+def receiver_urls(ctx: RenderContext) -> list[str]:
+    """This node's receiver (loopback: plain HTTP), then the peer's (HTTPS, its certificate checked
+    against TLS_CA): where json_cdr.conf, the replay and the lab's media stand-in post, in that order."""
     port = ctx.cluster.cdr.receiver_port
-    return [f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"]
+    return [f"http://127.0.0.1:{port}/cdr", f"https://{ctx.peer.address}:{port}/cdr"]
 
 
 def replay_files(ctx: RenderContext) -> list[RenderedFile]:
@@ -190,7 +219,7 @@ def replay_files(ctx: RenderContext) -> list[RenderedFile]:
     c = ctx.cluster
     values = dict(lib_dir=LIB_DIR, error_dir=fs.CDR_ERROR_DIR, fs_user=fs.USER, fs_group=fs.GROUP,
                   sender_env=f"{ETC_DIR}/{SENDER_ENV}",
-                  receiver_unit=RECEIVER_UNIT, urls=replay_urls(ctx), min_age=REPLAY_MIN_AGE,
+                  receiver_unit=RECEIVER_UNIT, urls=receiver_urls(ctx), ca=TLS_CA, min_age=REPLAY_MIN_AGE,
                   # a receiver may hold a post for cdr.redisTimeoutSeconds before its 503
                   timeout=f"{c.cdr.redis_timeout_seconds + 5:g}")
     return [
@@ -211,8 +240,8 @@ def unit_validator(unit: str) -> str:
     return f"systemd-analyze verify --man=no {{path}}:{unit}"
 
 
-def touch_markers() -> str:
-    return f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(f"{PENDING_DIR}/{u}") for u in UNITS)
+def touch_markers(units: tuple[str, ...] = UNITS) -> str:
+    return f"mkdir -p {PENDING_DIR} && touch " + " ".join(shlex.quote(f"{PENDING_DIR}/{u}") for u in units)
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
@@ -239,6 +268,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         out.append(RenderedFile(f"/etc/systemd/system/{unit}",
                                 template(f"cdr/{unit}.j2", ctx, **_values(ctx)),
                                 service=unit, action="restart", validate=unit_validator(unit)))
+    out += https_files(ctx)
     out.append(deadletters_cli(ctx))
     if replays(ctx.cluster):
         out += replay_files(ctx)

@@ -15,6 +15,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from hapbx_node.layout import TLS_CA
+
 from . import MANAGED_BY, RenderContext, RenderedFile, cdr, secret_refs, template
 from .dialing import all_trunk_addresses, allowed_callers, dial_rules, exclusive, routes_by_prefix, trunk_addresses
 from .postgres import DATABASE
@@ -129,7 +131,6 @@ def agents(ctx: RenderContext) -> list[str]:
 
 def _values(ctx: RenderContext) -> dict:
     c = ctx.cluster
-    port = c.cdr.receiver_port
     return dict(
         managed_by_text=MANAGED_BY, lib_dir=LIB_DIR, esl_port=ESL_PORT, queues=c.dialplan.queues,
         ivrs=c.dialplan.ivrs, trunks=c.dialplan.trunks, outbound=outbound_routes(ctx),
@@ -137,7 +138,7 @@ def _values(ctx: RenderContext) -> dict:
         agent_dial=lambda number: user_dial(ctx, number), agents=agents(ctx), kamailio_sources=kamailio_sources(ctx),
         trunk_hosts=all_trunk_addresses(c.dialplan), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
                                                                   for n in (ctx.host, ctx.peer)),
-        cdr_urls=[f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"],
+        cdr_urls=cdr.receiver_urls(ctx), tls_ca=TLS_CA,
         cdr_error_dir=CDR_ERROR_DIR, user=USER, group=GROUP, trunk_sources=trunk_sources(ctx),
         policy_cache=POLICY_CACHE, policy_max_age=POLICY_MAX_AGE_SECONDS, runtime_dir=POLICY_RUNTIME_DIR,
         refresh_seconds=POLICY_REFRESH_SECONDS, timeout_seconds=POLICY_TIMEOUT_SECONDS, pgpass=POLICY_PGPASS,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from hapbx_node.layout import ETC_DIR
+from hapbx_node.layout import ETC_DIR, TLS_CA
 
 from . import TEMPLATES, RenderContext, RenderedFile, cdr, template
 
@@ -55,15 +55,11 @@ def call_uuid(call_id: str) -> str:
     return str(uuid.uuid3(NAMESPACE, call_id))
 
 
-def cdr_urls(ctx: RenderContext) -> tuple[str, str]:
-    port = ctx.cluster.cdr.receiver_port
-    return f"http://127.0.0.1:{port}/cdr", f"http://{ctx.peer.address}:{port}/cdr"
-
-
-def post_cdr_text(ctx: RenderContext, state_dir: str = STATE_DIR) -> str:
-    """post-cdr for this node; ``state_dir`` elsewhere for tests."""
-    local, peer = cdr_urls(ctx)
-    return template("sipp/post-cdr.sh.j2", ctx, node=ctx.host.name, local_url=local, peer_url=peer,
+def post_cdr_text(ctx: RenderContext, state_dir: str = STATE_DIR, ca: str = TLS_CA) -> str:
+    """post-cdr for this node; ``state_dir`` and the CA the peer's HTTPS receiver is checked
+    against (``ca``) elsewhere for tests."""
+    local, peer = cdr.receiver_urls(ctx)
+    return template("sipp/post-cdr.sh.j2", ctx, node=ctx.host.name, local_url=local, peer_url=peer, ca=ca,
                     spool_dir=SPOOL_DIR.replace(STATE_DIR, state_dir), work_dir=WORK_DIR.replace(STATE_DIR, state_dir),
                     error_dir=ERROR_DIR.replace(STATE_DIR, state_dir), max_time=POST_MAX_TIME, batch=POST_BATCH,
                     parallel=POST_PARALLEL, poll=POST_POLL,

@@ -1,13 +1,16 @@
 """Small pieces shared by the three processes: logging, listening sockets, rate-limited logs, and
-the HTTP services' serving until a signal (receiver, admin)."""
+the HTTP services' serving until a signal (receiver, admin): plain HTTP on loopback, HTTPS on any
+other address."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -72,17 +75,63 @@ def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable from this machine only (127.0.0.0/8, ::1,
+    localhost): served in plain HTTP. Any other address (the node's, the VIP, a wildcard, a name)
+    is served over HTTPS only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_tls(cert: str, key: str) -> ssl.SSLContext:
+    """The HTTPS listeners' context: TLS 1.2 or later, this node's certificate and key
+    (OSError or ssl.SSLError when they cannot be loaded)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def site_tls(hosts: list[str], tls: ssl.SSLContext | None) -> list[tuple[str, ssl.SSLContext | None]]:
+    """(host, its TLS context or None for plain HTTP) of each listening address: TLS on every one
+    that is not loopback, and no such address without a context (ValueError)."""
+    out = []
+    for host in hosts:
+        if is_loopback(host):
+            out.append((host, None))
+        elif tls is None:
+            raise ValueError(f"{host} is beyond loopback: it is served over HTTPS only, and no certificate is set")
+        else:
+            out.append((host, tls))
+    return out
+
+
+def listeners(hosts: list[str], tls: ssl.SSLContext | None) -> str:
+    """'https://10.0.0.1, http://127.0.0.1': the listening addresses as served (the start's log line)."""
+    return ", ".join(f"{'https' if context else 'http'}://{host}" for host, context in site_tls(hosts, tls))
+
+
 @contextlib.asynccontextmanager
-async def http_sites(app, hosts: list[str], port: int, shutdown_timeout: float):
+async def http_sites(app, hosts: list[str], port: int, shutdown_timeout: float, tls: ssl.SSLContext | None = None):
     """An aiohttp application served on port of each host (listening_socket) for the body of the
-    ``async with``, then cleaned up (the requests in flight get shutdown_timeout)."""
+    ``async with``, then cleaned up (the requests in flight get shutdown_timeout). Loopback hosts
+    in plain HTTP, every other one with ``tls`` (site_tls): a plain HTTP request there gets no
+    HTTP answer (the TLS handshake fails)."""
     from aiohttp import web  # here: the replay imports this module and serves nothing
+    sites = site_tls(hosts, tls)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    for host in hosts:
-        await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=shutdown_timeout).start()
-    yield
-    await runner.cleanup()
+    try:
+        for host, context in sites:
+            await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=shutdown_timeout,
+                               ssl_context=context).start()
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def until_stopped() -> None:

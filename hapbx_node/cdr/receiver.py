@@ -14,7 +14,8 @@ PostgreSQL before they are acknowledged (ingest.py says why not min-replicas-to-
 answer says where: ``"stored": "queue"`` (master and replica) or ``"postgres"`` (with why).
 
 Senders authenticate (auth.py: HTTP basic, a credential per node) whenever credentials are set,
-which they must be when the receiver listens beyond loopback.
+which they must be when the receiver listens beyond loopback; there it serves HTTPS only
+(HAPBX_HTTPS_CERT/KEY: common.http_sites), plain HTTP on loopback.
 
 Answers: 200 safe (where, in the body); 400 not a JSON CDR; 401 no valid sender credential; 413 body too large; 422 a CDR the
 table would refuse (reason in the body); 503 Redis unavailable, the queue full (maxmemory), or
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from . import auth, records
-from .common import RateLimitedLog, http_sites, setup_logging, until_stopped
+from .common import RateLimitedLog, http_sites, listeners, setup_logging, until_stopped
 from .ingest import STORED, DirectUnavailable, DirectWriter
 from .resp import Connection, ConnectionLost, RespError, open_first
 from .settings import ReceiverSettings
@@ -286,8 +287,9 @@ def make_app(settings: ReceiverSettings, log: logging.Logger | None = None) -> w
 
 
 async def serve(settings: ReceiverSettings, log: logging.Logger) -> None:
-    async with http_sites(make_app(settings, log), settings.listen, settings.port, settings.redis_timeout + 2):
-        log.info("listening on %s port %d (max body %d bytes)", ", ".join(settings.listen), settings.port,
+    tls = settings.https.context if settings.https else None
+    async with http_sites(make_app(settings, log), settings.listen, settings.port, settings.redis_timeout + 2, tls):
+        log.info("listening on %s port %d (max body %d bytes)", listeners(settings.listen, tls), settings.port,
                  settings.max_body)
         await until_stopped()
         log.info("stopping: finishing the posts in flight")

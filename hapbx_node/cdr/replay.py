@@ -9,7 +9,8 @@ This does, one pass per run (hapbx-cdr-replay.timer, every minute):
   * every such file older than HAPBX_CDR_REPLAY_MIN_AGE (FreeSWITCH may still be writing a
     younger one), oldest first, is POSTed as the module posts it (``<url>?uuid=<uuid>``,
     User-Agent ``freeswitch-json/1.0``, ``Accept: */*``, the Content-Type of its encoding) to the
-    first receiver of HAPBX_CDR_REPLAY_URLS that takes it (this node's, then the peer's);
+    first receiver of HAPBX_CDR_REPLAY_URLS that takes it (this node's on loopback, then the
+    peer's over HTTPS, its certificate checked against HAPBX_CDR_REPLAY_CA: the cluster CA);
   * 2xx: the file is deleted. The pipeline is idempotent on the call UUID: a record that did
     arrive before (FreeSWITCH gave up on a slow answer) is stored once;
   * 400, 413, 422 (a record no receiver will take): moved to ``rejected/`` in the directory, with
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -82,14 +84,28 @@ def _reason(answer: str) -> str:
     return re.split(r"[:(]", message, 1)[0].strip()[:60] or "no reason given"
 
 
+def client_tls(ca: str) -> ssl.SSLContext:
+    """An https:// receiver's certificate checked against ``ca`` and for the URL's host (as
+    json_cdr.conf's enable-cacert-check and enable-ssl-verifyhost)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def post(url: str, uuid: str, body: bytes, ctype: str, timeout: float,
-         credential: tuple = ()) -> tuple[int, str]:
+         credential: tuple = (), tls: ssl.SSLContext | None = None) -> tuple[int, str]:
     """One POST as mod_json_cdr makes it (libcurl: Host, User-Agent, Accept, Content-Type,
-    Content-Length, and with ``cred`` its basic Authorization); (status, body).
-    OSError/HTTPException when there is no answer."""
+    Content-Length, and with ``cred`` its basic Authorization); (status, body); an https:// URL
+    with ``tls`` (client_tls). OSError/HTTPException when there is no answer (ssl.SSLError: the
+    receiver's certificate did not verify)."""
     parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        if tls is None:
+            raise ValueError(f"{url}: an https URL needs the CA to check it against")
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                                                       context=tls)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         sep = "&" if parts.query else "?"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "") + f"{sep}uuid={quote(uuid)}"
@@ -108,13 +124,13 @@ def post(url: str, uuid: str, body: bytes, ctype: str, timeout: float,
         conn.close()
 
 
-def replay_one(s: ReplaySettings, name: str, data: bytes) -> Outcome:
+def replay_one(s: ReplaySettings, name: str, data: bytes, tls: ssl.SSLContext | None = None) -> Outcome:
     body, ctype = body_of(data)
     uuid = call_uuid(name)
     last = Outcome("kept", None, "no receiver configured")
     for url in s.urls:
         try:
-            status, answer = post(url, uuid, body, ctype, s.timeout, s.credential)
+            status, answer = post(url, uuid, body, ctype, s.timeout, s.credential, tls)
         except (OSError, http.client.HTTPException) as err:
             last = Outcome("kept", None, f"{url}: {type(err).__name__}: {err}"[:200], url)
             continue
@@ -176,6 +192,14 @@ def _run(s: ReplaySettings, log: logging.Logger) -> int:
     except OSError as err:
         log.error("cannot read %s: %s", s.directory, err)
         return 1
+    tls = None
+    if names and any(u.startswith("https://") for u in s.urls):
+        try:
+            tls = client_tls(s.ca)
+        except (OSError, ssl.SSLError) as err:
+            log.error("cannot read the CA %s (%s): the files wait for the next run", s.ca,
+                      getattr(err, "strerror", None) or err)
+            return 1
     counts = {"replayed": 0, "rejected": 0, "kept": 0}
     unavailable = 0
     for i, name in enumerate(names):
@@ -189,7 +213,7 @@ def _run(s: ReplaySettings, log: logging.Logger) -> int:
             log.error("kept %s: cannot read it (%s)", name, err.strerror)
             counts["kept"] += 1
             continue
-        outcome = replay_one(s, name, data)
+        outcome = replay_one(s, name, data, tls)
         try:
             if outcome.kind == "replayed":
                 try:

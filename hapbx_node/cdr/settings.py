@@ -7,10 +7,12 @@ with the variable's name (systemd then shows it in the journal).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
-from ..layout import HA_STATUS
+from ..layout import HA_STATUS, TLS_CA
 from . import auth
+from .common import is_loopback, server_tls
 
 
 class SettingsError(ValueError):
@@ -94,6 +96,34 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class HttpsSettings:
+    """The certificate and key of an HTTP service's listeners beyond loopback (HAPBX_HTTPS_CERT,
+    HAPBX_HTTPS_KEY; common.http_sites): required as soon as one listening address is not loopback."""
+    cert: str
+    key: str
+    context: ssl.SSLContext = field(repr=False, compare=False)
+
+    @staticmethod
+    def from_env(env, listen: list[str], listen_var: str) -> "HttpsSettings | None":
+        cert, key = env.get("HAPBX_HTTPS_CERT", ""), env.get("HAPBX_HTTPS_KEY", "")
+        beyond = [a for a in listen if not is_loopback(a)]
+        if beyond and not (cert and key):
+            raise SettingsError(f"HAPBX_HTTPS_CERT and HAPBX_HTTPS_KEY are required when {listen_var} goes beyond "
+                                f"loopback ({', '.join(beyond)} served over HTTPS only)")
+        if not (cert or key):
+            return None
+        if not (cert and key):
+            raise SettingsError("HAPBX_HTTPS_CERT and HAPBX_HTTPS_KEY go together")
+        try:
+            context = server_tls(cert, key)
+        except (OSError, ssl.SSLError) as err:
+            # the reason (no such file, permission, a key that is not the certificate's), never the file
+            raise SettingsError(f"HAPBX_HTTPS_CERT={cert!r}, HAPBX_HTTPS_KEY={key!r}: cannot load them: "
+                                f"{getattr(err, 'strerror', None) or getattr(err, 'reason', None) or err}") from None
+        return HttpsSettings(cert, key, context)
+
+
+@dataclass(frozen=True)
 class ReceiverSettings:
     node: str
     listen: list[str]
@@ -106,6 +136,7 @@ class ReceiverSettings:
     pg_dsn: str                # the direct path (the replica did not confirm): "" none
     pg_password: str
     senders: dict              # user -> password of the nodes allowed to post (auth.py); {} loopback only
+    https: HttpsSettings | None  # the listeners beyond loopback (required with one)
 
     @staticmethod
     def from_env(env=os.environ) -> "ReceiverSettings":
@@ -114,11 +145,12 @@ class ReceiverSettings:
             senders = auth.parse_senders(env.get("HAPBX_CDR_SENDERS", ""))
         except ValueError as err:
             raise SettingsError(f"HAPBX_CDR_SENDERS: {err}") from None
-        if not senders and any(a not in ("127.0.0.1", "::1", "localhost") for a in listen):
+        if not senders and not all(is_loopback(a) for a in listen):
             raise SettingsError("HAPBX_CDR_SENDERS is required when HAPBX_CDR_LISTEN goes beyond loopback "
                                 "(no post is trusted for its source address)")
         return ReceiverSettings(
             node=_get(env, "HAPBX_NODE"), listen=listen, senders=senders,
+            https=HttpsSettings.from_env(env, listen, "HAPBX_CDR_LISTEN"),
             port=_int(env, "HAPBX_CDR_PORT", 8088, 1, 65535),
             max_body=_int(env, "HAPBX_CDR_MAX_BODY", 262144, 1024, 64 << 20),
             redis=RedisSettings.from_env(env),
@@ -162,14 +194,16 @@ class AdminSettings:
     ha_status: str
     max_body: int
     db_pool: int
+    https: HttpsSettings | None  # the listeners beyond loopback (required with one)
 
     @staticmethod
     def from_env(env=os.environ) -> "AdminSettings":
         token = _get(env, "HAPBX_ADMIN_TOKEN")
         if len(token) < 16:
             raise SettingsError("HAPBX_ADMIN_TOKEN is shorter than 16 characters")
+        listen = _list(_get(env, "HAPBX_ADMIN_LISTEN", "127.0.0.1"))
         return AdminSettings(
-            node=_get(env, "HAPBX_NODE"), listen=_list(_get(env, "HAPBX_ADMIN_LISTEN", "127.0.0.1")),
+            node=_get(env, "HAPBX_NODE"), listen=listen, https=HttpsSettings.from_env(env, listen, "HAPBX_ADMIN_LISTEN"),
             port=_int(env, "HAPBX_ADMIN_PORT", 8080, 1, 65535), token=token,
             pg_dsn=_get(env, "HAPBX_PG_DSN"), pg_password=_get(env, "HAPBX_PG_PASSWORD"),
             redis=RedisSettings.from_env(env), vip=_get(env, "HAPBX_VIP", "127.0.0.1"),
@@ -190,6 +224,7 @@ class ReplaySettings:
     min_age: float             # s a file must be old: FreeSWITCH may still be writing a younger one
     give_up_after: int         # receivers unavailable for this many files in a row: stop this run
     credential: tuple          # (user, password) this node posts as (auth.py), or () none
+    ca: str                    # what an https:// receiver's certificate is checked against (the cluster CA)
 
     @staticmethod
     def from_env(env=os.environ) -> "ReplaySettings":
@@ -205,5 +240,6 @@ class ReplaySettings:
             timeout=_float(env, "HAPBX_CDR_REPLAY_TIMEOUT", 10.0, 0.1, 300),
             min_age=_float(env, "HAPBX_CDR_REPLAY_MIN_AGE", 10.0, 0, 86400),
             give_up_after=_int(env, "HAPBX_CDR_REPLAY_GIVE_UP_AFTER", 3, 1, 1000000),
+            ca=_get(env, "HAPBX_CDR_REPLAY_CA", TLS_CA),
             credential=((_get(env, "HAPBX_CDR_POST_USER"), _get(env, "HAPBX_CDR_POST_PASSWORD"))
                         if env.get("HAPBX_CDR_POST_USER") else ()))

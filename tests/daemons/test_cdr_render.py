@@ -24,19 +24,35 @@ def stack(name):
     return cluster
 
 
-@pytest.mark.parametrize("name", STACKS)
-def test_every_file_passes_its_checker(name):
-    c = stack(name)
+def with_https_pair(c, tmp_path) -> dict[str, str]:
+    """Masked secrets but a real HTTPS certificate and key per node (a scratch CA's, as the cluster
+    CA issues them: the node address, the VIP, 127.0.0.1)."""
+    from components.render import node_secret, tls_stems
+    from tests.tls_ca import ScratchCa
+    ca = ScratchCa.make(tmp_path)
+    secrets = dict(masked_secrets())
     for node in c.nodes:
-        files = cdr.files(RenderContext(c, node, masked_secrets()))
+        issued = ca.issue(f"https-{node.name}", ips=(node.address, c.vip.address, "127.0.0.1"))
+        cert_stem, key_stem = tls_stems(cdr.HTTPS_SERVICE)
+        secrets[node_secret(c, cert_stem, node.name)] = issued.cert.read_text()
+        secrets[node_secret(c, key_stem, node.name)] = issued.key.read_text()
+    return secrets
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_file_passes_its_checker(name, tmp_path):
+    c = stack(name)
+    secrets = with_https_pair(c, tmp_path)
+    for node in c.nodes:
+        files = cdr.files(RenderContext(c, node, secrets))
         checked = 0
         for f in files:
             if f.validate:
                 out = run_validator(f)
                 assert out.returncode == 0, (node.name, f.path, out.stdout, out.stderr)
                 checked += 1
-        # the code, the units, the dead-letter command, the replay's unit and timer
-        assert checked == len(cdr.package_files()) + len(cdr.UNITS) + 1 + (2 if cdr.replays(c) else 0)
+        # the code, the units, the HTTPS pair, the dead-letter command, the replay's unit and timer
+        assert checked == len(cdr.package_files()) + len(cdr.UNITS) + 2 + 1 + (2 if cdr.replays(c) else 0)
     assert cdr.files(RenderContext(c, c.witness, masked_secrets())) == [] if c.witness else True
 
 
@@ -76,8 +92,12 @@ def test_env_files_hold_only_their_own_secrets_mode_0600():
         assert f.mode == "0600" and f.owner == "root" and set(f.secrets) == names
         held = {n for n in real if f"real-{n}-Zx9" in f.content}
         assert held == names, (path, held)
+    https = {f.path: f for f in cdr.https_files(RenderContext(c, c.nodes[0], real))}
+    assert {f.mode for f in https.values()} == {"0644", "0600"} and {f.owner for f in https.values()} == {"root"}
     for f in files.values():
-        if f.path not in expected:
+        if f.path in https:
+            assert len(f.secrets) == 1 and f.content == f"real-{f.secrets[0]}-Zx9", f.path   # pbx1's own pair
+        elif f.path not in expected:
             assert "real-" not in f.content and not f.secrets, f.path
     # values as the services read them
     receiver = files["/etc/hapbx/cdr-receiver.env"].content
@@ -229,6 +249,7 @@ def test_replay_timer_only_where_freeswitch_runs():
 def test_replay_unit_settings_are_what_the_replay_reads():
     from components.render import freeswitch
     from hapbx_node.cdr.settings import FS_CDR_ERROR_DIR, ReplaySettings
+    from hapbx_node.layout import TLS_CA
     assert FS_CDR_ERROR_DIR == freeswitch.CDR_ERROR_DIR, "the replay's default is json_cdr.conf's err-log-dir"
     c = stack("prod")
     node = c.nodes[0]
@@ -239,8 +260,9 @@ def test_replay_unit_settings_are_what_the_replay_reads():
     s = ReplaySettings.from_env(env)
     port = c.cdr.receiver_port
     assert s.directory == freeswitch.CDR_ERROR_DIR
-    assert s.urls == [f"http://127.0.0.1:{port}/cdr", f"http://{c.peer_of(node).address}:{port}/cdr"], \
-        "this node's receiver first, then the peer's (json_cdr.conf's order)"
+    assert s.urls == [f"http://127.0.0.1:{port}/cdr", f"https://{c.peer_of(node).address}:{port}/cdr"], \
+        "this node's receiver first (loopback: HTTP), then the peer's over HTTPS (json_cdr.conf's order)"
+    assert s.ca == TLS_CA, "the peer's certificate checked against the cluster CA"
     assert s.timeout > c.cdr.redis_timeout_seconds, "a receiver may hold a post that long before its 503"
     assert s.min_age >= 5
 
@@ -282,3 +304,53 @@ def test_deadletters_command_runs_the_package_with_the_worker_env(name):
     sourced = dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
     expected = cdr.worker_env(ctx)
     assert {k: sourced.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_http_services_serve_https_beyond_loopback_with_the_nodes_pair(name, tmp_path):
+    """The receiver and the admin API listen on the VIP and the node address (HTTPS) and loopback
+    (HTTP); each loads the node's HTTPS pair as its own systemd credential, and the settings built
+    from the rendered env file and unit accept it (a real pair from a scratch CA in the credentials
+    directory: %d) and refuse to start without it. A new pair restarts both, one node at a time."""
+    from hapbx_node.cdr.common import is_loopback, site_tls
+    from hapbx_node.cdr.settings import AdminSettings, ReceiverSettings, SettingsError
+    from hapbx_node.layout import tls_certificate, tls_key
+    c = stack(name)
+    real = {**with_https_pair(c, tmp_path), **{n: f"real-{n}-Zx9-0123456789" for n in masked_secrets()
+                                               if not n.startswith("tls_https_")}}
+    for node in c.nodes:
+        files = {f.path: f for f in cdr.files(RenderContext(c, node, real))}
+        creds = tmp_path / node.name
+        creds.mkdir()
+        for name_, path in zip(cdr.HTTPS_CREDENTIALS, (tls_certificate("https"), tls_key("https"))):
+            assert files[path].service is None and cdr.restarts(files[path]) == cdr.HTTPS_UNITS
+            assert all(f"/var/lib/hapbx/pending/{u}" in files[path].action for u in cdr.HTTPS_UNITS)
+            assert f"/var/lib/hapbx/pending/{cdr.WORKER_UNIT}" not in files[path].action
+            (creds / name_).write_text(files[path].content)
+        for unit, env_file, settings in ((cdr.RECEIVER_UNIT, "cdr-receiver.env", ReceiverSettings),
+                                         (cdr.ADMIN_UNIT, "admin.env", AdminSettings)):
+            text = files[f"/etc/systemd/system/{unit}"].content
+            assert f"LoadCredential=https.crt:{tls_certificate('https')}\n" in text
+            assert f"LoadCredential=https.key:{tls_key('https')}\n" in text
+            env = {**env_values(files[f"/etc/hapbx/{env_file}"].content), **unit_environment(text)}
+            listen = env["HAPBX_CDR_LISTEN" if unit == cdr.RECEIVER_UNIT else "HAPBX_ADMIN_LISTEN"].split(",")
+            assert [a for a in listen if not is_loopback(a)] == [c.vip.address, node.address]
+            env = {k: v.replace("%d", str(creds)) for k, v in env.items()}
+            s = settings.from_env(env)
+            assert s.https is not None and [h for h, ctx in site_tls(s.listen, s.https.context) if ctx] == \
+                [c.vip.address, node.address]
+            for gone in ("HAPBX_HTTPS_CERT", "HAPBX_HTTPS_KEY"):
+                with pytest.raises(SettingsError, match="HAPBX_HTTPS_CERT and HAPBX_HTTPS_KEY are required"):
+                    settings.from_env({k: v for k, v in env.items() if k != gone})
+        worker = files[f"/etc/systemd/system/{cdr.WORKER_UNIT}"].content
+        assert "LoadCredential" not in worker and "HAPBX_HTTPS" not in worker
+
+
+def env_values(text: str) -> dict[str, str]:
+    """An env file's values (components/render/cdr.py env_file: double-quoted, escaped)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            out[key] = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return out

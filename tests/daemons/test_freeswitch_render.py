@@ -169,7 +169,11 @@ def test_cdr_goes_to_the_local_receiver_then_the_peer():
     c = cluster()
     conf = tree(c)[f"{fs.CONF}/autoload_configs/json_cdr.conf.xml"].content
     urls = re.findall(r'name="url" value="([^"]+)"', conf)
-    assert urls == [f"http://127.0.0.1:{c.cdr.receiver_port}/cdr", f"http://{c.nodes[1].address}:{c.cdr.receiver_port}/cdr"]
+    # this node's on loopback in plain HTTP; the peer's over HTTPS, its certificate and address checked
+    assert urls == [f"http://127.0.0.1:{c.cdr.receiver_port}/cdr", f"https://{c.nodes[1].address}:{c.cdr.receiver_port}/cdr"]
+    params = dict(re.findall(r'<param name="([^"]+)" value="([^"]*)"/>', conf))
+    assert params["enable-cacert-check"] == "true" and params["enable-ssl-verifyhost"] == "true"
+    assert params["ssl-cacert-file"] == "/etc/hapbx/tls/ca.crt"
     dialplan = tree(c)[f"{fs.CONF}/dialplan/hapbx.xml"].content
     for var in ("hapbx_node", "hapbx_direction=internal", "hapbx_direction=outbound", "hapbx_direction=inbound",
                 "hapbx_queue=8000", "hapbx_trunk="):

@@ -2,13 +2,14 @@
 
 Real SIPp (Debian's sip-tester 3.6) runs the rendered UAS scenario on loopback with the rendered
 post-cdr script; a SIPp caller places calls to it. The posts go to small recording HTTP servers on
-the rendered receiver URLs (this node 127.0.0.1, the peer 127.0.0.2, the rendered port), or to the
-real CDR receiver and worker with Redis and PostgreSQL (bench/devstack.py), down to cdr.calls.
+the rendered receiver URLs (this node 127.0.0.1 in HTTP, the peer 127.0.0.2 over HTTPS with a
+certificate from a scratch CA, the rendered port), or to the real CDR receiver and worker with Redis and
+PostgreSQL (bench/devstack.py), down to cdr.calls.
 
 What is checked: the request is mod_json_cdr's (POST /cdr, application/json, freeswitch-json/1.0)
 with a body the receiver's own decode_body + normalize accept, numbers and call UUID right
-(uuid3 of the Call-ID); the peer is tried when this node's receiver is down; a record no receiver
-took is kept in the error directory; SIPp does not wait for the posters and leaves no zombie;
+(uuid3 of the Call-ID); the peer is tried when this node's receiver is down, its certificate checked
+against the CA (another CA's: not posted); a record no receiver took is kept in the error directory; SIPp does not wait for the posters and leaves no zombie;
 headers full of shell metacharacters never run anything.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -33,6 +35,7 @@ from lab import sipp
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
+from tests.tls_ca import ScratchCa
 from tests.daemons.validators import run_validator
 
 pytestmark = [
@@ -105,9 +108,10 @@ Content-Length: 0
 # ------------------------------------------------------------------ receivers
 
 class Recorder:
-    """An HTTP server on (address, port) that records every request; answers `status`."""
+    """An HTTP server on (address, port) that records every request; answers `status`; HTTPS with
+    ``tls`` (a server context), as the peer's receiver."""
 
-    def __init__(self, address: str, port: int, status: int = 200):
+    def __init__(self, address: str, port: int, status: int = 200, tls: ssl.SSLContext | None = None):
         self.requests: list[dict] = []
         self.status = status
         recorder = self
@@ -134,6 +138,8 @@ class Recorder:
             daemon_threads = True
 
         self.server = Server((address, port), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait(self, count: int, timeout: float = 10) -> list[dict]:
@@ -167,7 +173,7 @@ class StandIn:
     state directory in a temporary one) run by a real SIPp UAS on 127.0.0.1 as the unit runs it
     (-aa -nostdin), and ``post-cdr --drain`` as the CDR unit runs it."""
 
-    def __init__(self, receiver_port: int, node: int = 0):
+    def __init__(self, receiver_port: int, node: int = 0, ca: str = ""):
         c = shipped_cluster("lab")
         nodes = [dataclasses.replace(c.nodes[0], address=LOCAL), dataclasses.replace(c.nodes[1], address=PEER)]
         self.cluster = dataclasses.replace(c, nodes=nodes, cdr=dataclasses.replace(c.cdr, receiver_port=receiver_port))
@@ -180,7 +186,7 @@ class StandIn:
         self.script = os.path.join(self.dir, "post-cdr")
         ctx = RenderContext(self.cluster, self.node, masked_secrets())
         with open(self.script, "w", encoding="utf-8") as fh:
-            fh.write(sipp_uas.post_cdr_text(ctx, state_dir=self.state))
+            fh.write(sipp_uas.post_cdr_text(ctx, state_dir=self.state, ca=ca or sipp_uas.TLS_CA))
         os.chmod(self.script, 0o755)
         self.drainer: subprocess.Popen | None = None
         self.start_drainer()
@@ -273,9 +279,23 @@ def port():
     return free_port()
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """The CA the stand-in checks the peer against; the peer's HTTPS context from it and from another CA."""
+    base = tmp_path_factory.mktemp("standin-pki")
+    ca, other = ScratchCa.make(base / "cluster"), ScratchCa.make(base / "other", "another CA")
+
+    def server(issuer: ScratchCa, stem: str) -> ssl.SSLContext:
+        issued = issuer.issue(stem, ips=(PEER,))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(issued.cert, issued.key)
+        return ctx
+    return str(ca.cert), server(ca, "peer"), server(other, "peer-other")
+
+
 @pytest.fixture
-def standin(port):
-    s = StandIn(port)
+def standin(port, pki):
+    s = StandIn(port, ca=pki[0])
     yield s
     s.stop()
 
@@ -315,7 +335,8 @@ def test_rendered_poster_and_unit():
         assert r.returncode == 0, r.stderr
         peer = c.peer_of(node)
         assert f"LOCAL_URL=http://127.0.0.1:{c.cdr.receiver_port}/cdr\n" in script.content
-        assert f"PEER_URL=http://{peer.address}:{c.cdr.receiver_port}/cdr\n" in script.content
+        assert f"PEER_URL=https://{peer.address}:{c.cdr.receiver_port}/cdr\n" in script.content
+        assert "CA=/etc/hapbx/tls/ca.crt\n" in script.content and 'curl -q -s --cacert "$CA" ' in script.content
         if shutil.which("shellcheck"):
             out = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script.content, capture_output=True,
                                  text=True)
@@ -350,8 +371,8 @@ def test_scenario_loads_in_sipp_and_answers_options(standin):
 
 # ------------------------------------------------------------------ posting
 
-def test_a_call_posts_a_freeswitch_json_cdr_to_this_nodes_receiver(standin, port, servers):
-    local, peer = Recorder(LOCAL, port), Recorder(PEER, port)
+def test_a_call_posts_a_freeswitch_json_cdr_to_this_nodes_receiver(standin, port, servers, pki):
+    local, peer = Recorder(LOCAL, port), Recorder(PEER, port, tls=pki[1])
     servers += [local, peer]
     call_id = f"standin-{os.getpid()}-%u@127.0.0.1"
     before = time.time()
@@ -378,8 +399,8 @@ def test_a_call_posts_a_freeswitch_json_cdr_to_this_nodes_receiver(standin, port
     print(f"\nCDR posted {took:.2f} s after the call started (held 1.2 s)")
 
 
-def test_the_peer_takes_the_cdr_when_this_nodes_receiver_is_down_or_refuses(standin, port, servers):
-    peer = Recorder(PEER, port)
+def test_the_peer_takes_the_cdr_when_this_nodes_receiver_is_down_or_refuses(standin, port, servers, pki):
+    peer = Recorder(PEER, port, tls=pki[1])     # HTTPS, its certificate from the CA the stand-in checks
     servers.append(peer)
     r = standin.call("peer-a-%u@127.0.0.1")         # nothing listens on 127.0.0.1:port
     assert r.ok, (r.stdout, r.errors)
@@ -393,6 +414,21 @@ def test_the_peer_takes_the_cdr_when_this_nodes_receiver_is_down_or_refuses(stan
     assert len(peer.wait(2)) == 2 and len(refusing.requests) == 1
     assert row_of(peer.requests[1])["call_uuid"] == sipp_uas.call_uuid("peer-b-1@127.0.0.1")
     assert standin.error_files() == []
+
+
+def test_a_peer_whose_certificate_does_not_verify_gets_nothing(standin, port, servers, pki):
+    """The peer's receiver with a certificate from another CA: the stand-in's curl refuses it, nothing
+    is posted there, the record is kept for a replay."""
+    peer = Recorder(PEER, port, tls=pki[2])
+    servers.append(peer)
+    r = standin.call("badca-%u@127.0.0.1")          # nothing listens on 127.0.0.1:port
+    assert r.ok, (r.stdout, r.errors)
+    want = sipp_uas.call_uuid("badca-1@127.0.0.1")
+    deadline = time.monotonic() + 10
+    while standin.error_files() != [f"{want}.cdr.json"]:
+        assert time.monotonic() < deadline, (standin.error_files(), standin.stderr())
+        time.sleep(0.05)
+    assert peer.requests == []
 
 
 def test_a_cdr_no_receiver_took_is_kept_for_a_replay(standin, port, servers):

@@ -1,5 +1,6 @@
 """The admin API: a JSON HTTP API on the VIP (aiohttp; PostgreSQL through psycopg2 in a small
-thread pool). Token authentication (``Authorization: Bearer <token>``) on everything under
+thread pool), HTTPS on every address beyond loopback (HAPBX_HTTPS_CERT/KEY: common.http_sites),
+plain HTTP on loopback. Token authentication (``Authorization: Bearer <token>``) on everything under
 /api/; /health, /ready and /openapi.json are open (monitoring, load balancers, clients).
 
   /api/v1/extensions[/{number}]            unified extensions; users get SIP credentials (HA1
@@ -34,7 +35,7 @@ import time
 import psycopg2
 from aiohttp import web
 
-from ..common import RateLimitedLog, http_sites, setup_logging, until_stopped
+from ..common import RateLimitedLog, http_sites, listeners, setup_logging, until_stopped
 from ..settings import AdminSettings
 from . import cdrs, crud, extensions, health
 from .api import Api, ApiError, Db, error, pg_error
@@ -88,8 +89,9 @@ def make_app(s: AdminSettings, log: logging.Logger | None = None) -> web.Applica
 
 
 async def serve(s: AdminSettings, log: logging.Logger) -> None:
-    async with http_sites(make_app(s, log), s.listen, s.port, 5):
-        log.info("admin API on %s port %d", ", ".join(s.listen), s.port)
+    tls = s.https.context if s.https else None
+    async with http_sites(make_app(s, log), s.listen, s.port, 5, tls):
+        log.info("admin API on %s port %d", listeners(s.listen, tls), s.port)
         await until_stopped()
 
 
