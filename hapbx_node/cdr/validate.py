@@ -63,9 +63,10 @@ class Field:
 
     def schema(self) -> dict:
         s: dict[str, Any] = {"type": self.kind, "description": self.doc}
-        for key, value in (("pattern", self.pattern), ("enum", list(self.choices) if self.choices else None),
-                           ("minimum", self.minimum), ("maximum", self.maximum), ("minLength", self.min_length),
-                           ("maxLength", self.max_length)):
+        # anchored: JSON Schema's pattern matches anywhere in the string, check() the whole of it
+        for key, value in (("pattern", anchored(self.pattern) if self.pattern else None),
+                           ("enum", list(self.choices) if self.choices else None), ("minimum", self.minimum),
+                           ("maximum", self.maximum), ("minLength", self.min_length), ("maxLength", self.max_length)):
             if value is not None:
                 s[key] = value
         if self.nullable:
@@ -73,6 +74,11 @@ class Field:
         if self.write_only:
             s["writeOnly"] = True
         return s
+
+
+def anchored(pattern: str) -> str:
+    """A re.fullmatch pattern as a JSON Schema (ECMA 262, search) pattern of the same strings."""
+    return f"^(?:{pattern})$"
 
 
 def check(fields: dict[str, Field], body: Any, partial: bool = False) -> dict[str, Any]:
@@ -113,6 +119,7 @@ def object_schema(fields: dict[str, Field], partial: bool = False, read_only: di
 # --- the resources ------------------------------------------------------------------------------
 
 NUMBER = r"[0-9]{2,15}"
+TRUNK_NAME = r"[a-z][a-z0-9_-]{0,62}"
 #: a page of a list: at most PAGE_LIMIT items, from an offset up to MAX_OFFSET
 PAGE_LIMIT = 1000
 MAX_OFFSET = 10**9
@@ -156,7 +163,7 @@ EXTENSION = {
 EXTENSION_PATCH = {k: v for k, v in EXTENSION.items() if k not in ("number", "type")}
 
 TRUNK = {
-    "name": Field("string", "Trunk name.", required=True, pattern=r"[a-z][a-z0-9_-]{0,62}"),
+    "name": Field("string", "Trunk name.", required=True, pattern=TRUNK_NAME),
     "host": Field("string", "Host name or address of the carrier.", required=True,
                   pattern=r"[A-Za-z0-9][A-Za-z0-9.:-]{0,253}"),
     "port": Field("integer", "SIP port.", minimum=1, maximum=65535),

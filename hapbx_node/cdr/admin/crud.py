@@ -199,7 +199,7 @@ def outbound_out(r):
 
 def add_routes(app: web.Application, api: Api) -> None:
     crud(app, api, f"{API}/trunks", "pbx.trunks", "SELECT t.* FROM pbx.trunks t", "name", v.TRUNK, v.TRUNK_PATCH,
-         plain, trunk_out, key_pattern=r"[a-z][a-z0-9_-]{0,62}")
+         plain, trunk_out, key_pattern=v.TRUNK_NAME)
     crud(app, api, f"{API}/recording-policies", "pbx.recording_policies",
          "SELECT t.*, e.number AS ext_number, k.name AS trunk_name FROM pbx.recording_policies t "
          "LEFT JOIN pbx.extensions e ON e.id = t.extension_id LEFT JOIN pbx.trunks k ON k.id = t.trunk_id",

@@ -104,7 +104,8 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                      "responses": {**ok(ref("ExtensionCreated"), "201", "Created (sip_password once, if generated)"),
                                    **{c: errors[c] for c in ("400", "401", "409", "415", "422", "503")}}}},
         f"{API}/extensions/{{number}}": {
-            "parameters": [{"name": "number", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{"name": "number", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": v.anchored(v.NUMBER)}}],
             "get": {"summary": "One extension", "responses": {**ok(ref("Extension")), "401": errors["401"],
                                                                "404": errors["404"]}},
             "patch": {"summary": "Change (display_name, enabled: disable, settings; users: sip_password, "
@@ -124,7 +125,8 @@ def openapi_document(s: AdminSettings | None = None) -> dict:
                      "responses": {**ok(ref(name), "201", "Created"), **{c: errors[c] for c in errors}}}}
         paths[f"{path}/{{{key}}}"] = {
             "parameters": [{"name": key, "in": "path", "required": True,
-                            "schema": {"type": "integer" if key == "id" else "string"}}],
+                            "schema": {"type": "integer"} if key == "id" else
+                            {"type": "string", "pattern": v.anchored(v.TRUNK_NAME)}}],
             "get": {"summary": f"One {name}", "responses": {**ok(ref(name)), "401": errors["401"], "404": errors["404"]}},
             "patch": {"summary": f"Change a {name}", "requestBody": body(ref(f"{name}Patch")),
                       "responses": {**ok(ref(name)), **{c: errors[c] for c in errors}}},
