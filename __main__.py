@@ -99,5 +99,6 @@ pulumi.export("postgres", {"primary": postgres.primary_name, "standby": postgres
 pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.standby.name, "port": cluster.redis.port})
 # the CA phones must trust for SIP over TLS (public: a certificate, not a key)
 pulumi.export("sipTlsCa", sip_certificate.ca_pem if sip_certificate else None)
+pulumi.export("clusterCa", cluster_ca.ca_pem)   # public: what the admin API's HTTPS chains to (curl --cacert)
 pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
-                     "adminUrl": f"http://{cluster.vip.address}:{cluster.admin.port}"})
+                     "adminUrl": f"https://{cluster.vip.address}:{cluster.admin.port}"})

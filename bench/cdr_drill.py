@@ -9,7 +9,7 @@ Two faults on the VIP owner, each run --runs times on the running lab:
               Redis role and lease, and the report says what happened
 
 During a run a poster on the host (the lab bridge address) posts FreeSWITCH-shaped CDRs (bench/loadgen.py
-fs_cdr, a unique call UUID each) to http://<VIP>:<cdr.receiverPort>/cdr at a steady rate: one connection
+fs_cdr, a unique call UUID each) to https://<VIP>:<cdr.receiverPort>/cdr at a steady rate: one connection
 per post, a timeout (5 s: mod_json_cdr's in json_cdr.conf), no retry, so what counts is what was
 acknowledged (HTTP 200, whose body says where the record was made safe: "stored": "queue" | "postgres").
 After the heal the run waits for the cluster to be healthy again (lab/drills.py settle) and for the queue
@@ -17,7 +17,8 @@ on the writer's Redis to be empty (cdr:queue and every cdr:processing:<node>), t
 from cdr.calls on the primary: every acknowledged record must be there exactly once.
 
 The poster authenticates as a node's CDR sender (HTTP basic, /etc/hapbx/cdr-sender.env read over the lab's
-ssh, kept in memory only, never printed). The host reaches the receivers on the VIP through a drill-only
+ssh, kept in memory only, never printed), over HTTPS: the receiver's certificate checked against the cluster
+CA (/etc/hapbx/tls/ca.crt, read from the same node) and for the VIP. The host reaches the receivers on the VIP through a drill-only
 accept on each node (lab/drills.py allow_host), removed when the command ends; a node's boot drops it too,
 and PowerOn puts it back (Scene.rearm).
 
@@ -33,6 +34,7 @@ import json
 import math
 import os
 import shlex
+import ssl
 import statistics
 import sys
 import threading
@@ -55,6 +57,8 @@ ACCESS_COMMENT = "hapbx-cdr-drill"
 #: the records' variable naming their run (the query of cdr.calls afterwards)
 TAG = "hapbx_cdr_drill"
 SENDER_ENV = "/etc/hapbx/cdr-sender.env"
+#: the cluster CA on every node (hapbx_node.layout.TLS_CA): what the receivers' certificates chain to
+CLUSTER_CA = "/etc/hapbx/tls/ca.crt"
 RATE, TIMEOUT, HOLD = 50.0, 5.0, 10.0
 BASELINE_S, TAIL_S = 3.0, 3.0
 DRAIN_S = 120.0
@@ -157,9 +161,11 @@ class Poster(threading.Thread):
     """Posts at `rate` per second (open loop: on schedule, however many are still in flight), each on
     its own connection with `timeout` for the whole exchange, never retried; `posts` gets each one."""
 
-    def __init__(self, host: str, port: int, auth: str, rate: float, timeout: float, run_id: str, node: str):
+    def __init__(self, host: str, port: int, auth: str, rate: float, timeout: float, run_id: str, node: str,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(daemon=True)
         self.host, self.port, self.auth, self.rate, self.timeout = host, port, auth, rate, timeout
+        self.tls = tls          # HTTPS (the receivers beyond loopback): the CA and the host checked
         self.run_id, self.node = run_id, node
         self.stop_ev = threading.Event()
         self.posts: list[Post] = []
@@ -178,7 +184,8 @@ class Poster(threading.Thread):
         conn: list = []
 
         async def exchange() -> bytes:
-            reader, w = await asyncio.open_connection(self.host, self.port)
+            reader, w = await asyncio.open_connection(self.host, self.port, ssl=self.tls,
+                                                      server_hostname=self.host if self.tls else None)
             conn.append(w)
             w.write(request)
             await w.drain()
@@ -239,6 +246,16 @@ def sender_auth(ctx: LabContext, node: str) -> str:
     return f"Basic {token}"
 
 
+def cluster_tls(ctx: LabContext, node: str) -> ssl.SSLContext:
+    """A client context trusting the cluster CA (read from the node: public) and checking the host."""
+    pem = ctx.sh(node, f"cat {CLUSTER_CA}", timeout=20)
+    if "BEGIN CERTIFICATE" not in pem:
+        raise drills.DrillError(f"{node}: no cluster CA in {CLUSTER_CA} (apply the stack: ./hapbx lab apply)")
+    tls = ssl.create_default_context(cadata=pem)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    return tls
+
+
 def redis_cmd(ctx: LabContext, node: str, *args: str, timeout: float = 20) -> str:
     return ctx.sh(node, f"{REDIS} {' '.join(shlex.quote(a) for a in args)}", timeout=timeout).strip()
 
@@ -294,6 +311,7 @@ class Setup:
     port: int
     appendfsync: dict           # node -> Redis appendfsync as running at setup
     override: str = ""          # appendfsync set on both nodes before each run ("" none)
+    tls: ssl.SSLContext | None = field(default=None, repr=False)   # the receivers' HTTPS: cluster_tls
 
 
 def rearm(s: drills.Scene, node: str) -> None:
@@ -312,12 +330,12 @@ def setup(ctx: LabContext, override: str = "") -> Setup:
     drills.install_sampler(ctx)
     st = Setup(auth=sender_auth(ctx, owner), port=port,
                appendfsync={n: redis_cmd(ctx, n, "config", "get", "appendfsync").split()[-1] for n in ctx.names},
-               override=override)
-    probe = Poster(ctx.vip, port, st.auth, 1, TIMEOUT, "setup-check", ctx.names[0])
+               override=override, tls=cluster_tls(ctx, owner))
+    probe = Poster(ctx.vip, port, st.auth, 1, TIMEOUT, "setup-check", ctx.names[0], st.tls)
     asyncio.run(probe._post(0))
     p = probe.posts[0]
     if p.status != 200:
-        raise drills.DrillError(f"a CDR posted to http://{ctx.vip}:{port}/cdr from {ctx.host} was not acknowledged "
+        raise drills.DrillError(f"a CDR posted to https://{ctx.vip}:{port}/cdr from {ctx.host} was not acknowledged "
                                 f"(status {p.status} {p.error}): does the receiver listen on the VIP "
                                 "(HAPBX_CDR_LISTEN in /etc/hapbx/cdr-receiver.env)? Apply the stack: ./hapbx lab apply")
     return st
@@ -355,7 +373,7 @@ def run_one(ctx: LabContext, st: Setup, scenario: str, n: int, rate: float = RAT
     restarts_before = unit_restarts(ctx, owner)
     for node in ctx.names:
         drills.start_sampler(ctx, node, run_id)
-    poster = Poster(ctx.vip, st.port, st.auth, rate, timeout, run_id, ctx.names[0])
+    poster = Poster(ctx.vip, st.port, st.auth, rate, timeout, run_id, ctx.names[0], st.tls)
     poster.start()
     t0 = t_heal = time.time()
     try:
@@ -616,7 +634,7 @@ def render(data: dict) -> str:
              f"{len(results)} run{'s' if len(results) != 1 else ''}, "
              f"{total_acked} acknowledged, {missing} missing, {dups} stored twice.", "",
              "How: a poster on the host posts FreeSWITCH-shaped CDRs (unique call UUIDs) to "
-             f"`http://<VIP>:{meta['receiver_port']}/cdr` at a steady {_f(meta['rate'])}/s with the lab's "
+             f"`https://<VIP>:{meta['receiver_port']}/cdr` (the cluster CA checked) at a steady {_f(meta['rate'])}/s with the lab's "
              "CDR sender credential, one connection per post, a "
              f"{_f(meta['timeout'])} s timeout (mod_json_cdr's) and no retry: a 200 is an acknowledgement, "
              "its body says where the receiver made the record safe (`stored`: `queue` = in Redis on the master and "

@@ -18,10 +18,12 @@ import uuid
 
 import pytest
 
+from components.render import redis as redis_render
 from lab import drills, sipp
 from lab.context import LabContext
 from bench.loadgen import fs_cdr
-from hapbx_node.layout import parse_status
+from hapbx_node.cdr.common import is_loopback
+from hapbx_node.layout import TLS_CA, parse_status
 from lab.health import STATUS as HA_STATUS_CMD
 
 PSQL = "cd / && runuser -u postgres -- psql -X -A -t -q -d pbx -c"
@@ -50,7 +52,8 @@ AS_SENDER = ("-K <(. /etc/hapbx/cdr-sender.env; "
 def post(lab, node: str, record: dict | bytes, url: str | None = None, sender: bool = True) -> tuple[int, str]:
     body = record if isinstance(record, bytes) else json.dumps(record).encode()
     url = url or f"http://127.0.0.1:{lab.cluster.cdr.receiver_port}/cdr"
-    out = lab.sh(node, f"curl -s -m 10 {AS_SENDER if sender else ''} -o /tmp/hapbx-cdr-answer -w '%{{http_code}}' "
+    out = lab.sh(node, f"curl -s -m 10 --cacert {TLS_CA} {AS_SENDER if sender else ''} -o /tmp/hapbx-cdr-answer "
+                       "-w '%{http_code}' "
                        f"-H 'Content-Type: application/json' "
                        f"--data-binary @- {url} <<'HAPBX_EOF'\n{body.decode()}\nHAPBX_EOF\ncat /tmp/hapbx-cdr-answer")
     return int(out[:3]), out[3:]
@@ -115,10 +118,10 @@ def test_a_cdr_post_without_the_senders_credential_is_refused(lab):
     """From the peer's address, and from loopback: no trust by source address."""
     w = lab.writer()
     record = fs_cdr(str(uuid.uuid4()))
-    assert post(lab, other(lab, w), record, url=f"http://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/cdr",
-                sender=False)[0] == 401
+    peer_url = f"https://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/cdr"    # beyond loopback: HTTPS only
+    assert post(lab, other(lab, w), record, url=peer_url, sender=False)[0] == 401
     assert post(lab, w, record, sender=False)[0] == 401
-    assert post(lab, other(lab, w), record, url=f"http://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/cdr")[0] == 200
+    assert post(lab, other(lab, w), record, url=peer_url)[0] == 200
     assert lab.sh(w, "stat -c '%a %U' /etc/hapbx/cdr-sender.env").split() == ["600", "root"]
 
 
@@ -152,9 +155,25 @@ def admin(lab, node: str, method: str, path: str, body: dict | None = None, host
     if token:
         auth = "-H \"Authorization: Bearer $(sed -n 's/^HAPBX_ADMIN_TOKEN=\"\\(.*\\)\"$/\\1/p' /etc/hapbx/admin.env)\" "
     data = f"-H 'Content-Type: application/json' --data-binary {shlex.quote(json.dumps(body))} " if body is not None else ""
-    out = lab.sh(node, f"curl -s -m 10 -X {method} {auth}{data}-o /tmp/hapbx-admin-answer -w '%{{http_code}}' "
-                       f"http://{host}:{lab.cluster.admin.port}{path}; cat /tmp/hapbx-admin-answer")
+    # HTTPS beyond loopback, the certificate checked against the cluster CA; plain HTTP on loopback
+    scheme = "http" if is_loopback(host) else "https"
+    out = lab.sh(node, f"curl -s -m 10 --cacert {TLS_CA} -X {method} {auth}{data}-o /tmp/hapbx-admin-answer "
+                       f"-w '%{{http_code}}' {scheme}://{host}:{lab.cluster.admin.port}{path}; cat /tmp/hapbx-admin-answer")
     return int(out[:3]), (json.loads(out[3:]) if out[3:].strip() else {})
+
+
+def test_admin_api_and_receiver_refuse_plain_http_beyond_loopback(lab):
+    """From the peer: plain HTTP to the admin API on the VIP and to the receiver on the node address gets
+    no HTTP answer (curl's 000); HTTPS checked against the cluster CA answers; loopback stays HTTP."""
+    w = lab.writer()
+    s = other(lab, w)
+    for url in (f"http://{lab.cluster.vip.address}:{lab.cluster.admin.port}/health",
+                f"http://{address(lab, w)}:{lab.cluster.cdr.receiver_port}/health"):
+        code = lab.sh(s, f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' {url}", check=False).strip()
+        assert code == "000", (url, code)
+        https = url.replace("http://", "https://")
+        assert lab.sh(s, f"curl -s -m 5 --cacert {TLS_CA} -o /dev/null -w '%{{http_code}}' {https}").strip() == "200"
+    assert admin(lab, w, "GET", "/health", host="127.0.0.1", token=False)[0] == 200
 
 
 def test_admin_api_reports_the_roles_of_each_node(lab):
@@ -205,7 +224,7 @@ def test_extension_created_through_the_api_registers_through_kamailio_at_once(la
     assert admin(lab, w, "DELETE", f"/api/v1/extensions/{number}")[0] == 204
 
 
-REDIS = ". /etc/redis/admin.env; export REDISCLI_AUTH; redis-cli --no-auth-warning -h 127.0.0.1"
+REDIS = redis_render.local_cli()   # root's default user, over TLS
 
 
 def ha(lab, node: str) -> dict[str, str]:
