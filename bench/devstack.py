@@ -4,11 +4,13 @@ Not shipped to the nodes (a development tool: it lives with the bench, which run
 CDR tests use it too). The records the tests and the bench post are bench/loadgen.py's fs_cdr.
 PostgreSQL gets the project's real migrations (the deployment's own runner, hapbx_node/migrate.py)
 and the application roles with passwords; Redis gets the ``cdr`` user with exactly the ACL the
-deployment renders (components/render/redis.py). The services run under Debian's /usr/bin/python3
-with Debian's packages, as on a node.
+deployment renders (components/render/redis.py) and, as on a node, speaks TLS only (a certificate
+from a scratch CA made once per process, tests/tls_ca.py; the services check it, HAPBX_REDIS_CA).
+The services run under Debian's /usr/bin/python3 with Debian's packages, as on a node.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
@@ -20,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: on PYTHONPATH for the services (``python3 -m hapbx_node.cdr``): the directory holding hapbx_node
@@ -152,6 +155,22 @@ def deployed_appendfsync() -> str:
     return rd.APPENDFSYNC
 
 
+_CA = None
+
+
+def scratch_ca():
+    """The CA of every loopback Redis of this process (a master and its replicas verify each other),
+    removed at exit."""
+    global _CA
+    if _CA is None:
+        from tests.tls_ca import ScratchCa
+        d = tempfile.mkdtemp(prefix="hapbx-devstack-ca-")
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _CA = ScratchCa.make(Path(d))
+    return _CA
+
+
 @dataclass
 class Redis:
     base: str
@@ -159,8 +178,15 @@ class Redis:
     proc: subprocess.Popen | None = None
     appendfsync: str = field(default_factory=deployed_appendfsync)
 
+    @property
+    def ca_file(self) -> str:
+        return str(scratch_ca().cert)
+
     def conf(self) -> str:
-        return (f"bind 127.0.0.1\nport {self.port}\ndir {self.base}\ndaemonize no\nsave \"\"\nappendonly yes\n"
+        tls = scratch_ca().issue(f"redis-{self.port}")
+        return (f"bind 127.0.0.1\nport 0\ntls-port {self.port}\ntls-cert-file {tls.cert}\ntls-key-file {tls.key}\n"
+                f"tls-ca-cert-file {self.ca_file}\ntls-auth-clients no\ntls-replication yes\n"
+                f"dir {self.base}\ndaemonize no\nsave \"\"\nappendonly yes\n"
                 f"appendfsync {self.appendfsync}\nmaxmemory 512mb\nmaxmemory-policy noeviction\nlogfile {self.base}/redis.log\n"
                 f"user default on >{REDIS_DEFAULT_PASSWORD} ~* &* +@all\n"
                 f"user cdr on >{REDIS_CDR_PASSWORD} {redis_acl_rule()}\n")
@@ -174,8 +200,9 @@ class Redis:
         _wait(lambda: self.cli("PING") == "PONG", 10, "redis")
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run(["redis-cli", "--no-auth-warning", "-p", str(self.port), "--user", "default",
-                              "--pass", REDIS_DEFAULT_PASSWORD, *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["redis-cli", "--no-auth-warning", "--tls", "--cacert", self.ca_file, "-p", str(self.port),
+                              "--user", "default", *args], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "REDISCLI_AUTH": REDIS_DEFAULT_PASSWORD})
         return out.stdout.strip()
 
     def set_appendfsync(self, value: str) -> None:
@@ -277,7 +304,8 @@ class Stack:
     # --- environment of each service, as the deployment's env files set it ---------------------
     def redis_env(self) -> dict:
         return {"HAPBX_NODE": self.node, "HAPBX_REDIS_ENDPOINTS": f"127.0.0.1:{self.redis.port}",
-                "HAPBX_REDIS_USER": "cdr", "HAPBX_REDIS_PASSWORD": REDIS_CDR_PASSWORD}
+                "HAPBX_REDIS_CA": self.redis.ca_file, "HAPBX_REDIS_USER": "cdr",
+                "HAPBX_REDIS_PASSWORD": REDIS_CDR_PASSWORD}
 
     def receiver_service(self) -> Service:
         env = {**self.redis_env(), "HAPBX_CDR_LISTEN": "127.0.0.1", "HAPBX_CDR_PORT": str(self.receiver_port),

@@ -1,7 +1,8 @@
 """RedisPair: the CDR queue, master on the initial primary, replica on the peer.
 
-Per node: role (first deploy only) -> redis.conf (users inline) + admin env file -> handler
-(start, or restart when redis.conf changed). The handlers are a rolling change
+Per node: role (first deploy only) -> redis.conf (users inline) + admin env file + TLS
+certificate and key -> handler (start, or restart when redis.conf changed, or have Redis re-read
+a new certificate). The handlers are a rolling change
 (``remote.rolling``): master then replica, each waiting for the previous, and on the node that
 holds the VIP a restart is deferred to a final pass (``<name>-<node>-handler-last``) after the
 peer's, so a change never restarts both at once and the VIP owner's Redis goes last. A last
@@ -52,6 +53,7 @@ class RedisPair(pulumi.ComponentResource):
             "replica": replica.name,
             "port": c.redis.port,
             "users": list(rd.USERS),
+            "tls": True,
             "queuePrefix": rd.CDR_PREFIX,
         })
 
@@ -76,4 +78,6 @@ class RedisPair(pulumi.ComponentResource):
                        self._opts(ready), triggers=[rd.role_line(ctx)])
         conf = install(rd.CONF, [role])
         auth = install(rd.AUTH_FILE, ready)
-        return rc.RollingMember(node.name, conn, [rc.file_digest(f) for f in (conf, auth)], [conf, auth])
+        cert, key = (install(path, ready) for path in (rd.CERT, rd.KEY))
+        files = [conf, auth, cert, key]
+        return rc.RollingMember(node.name, conn, [rc.file_digest(f) for f in files], files)

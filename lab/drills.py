@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from components.sip_layer import dmq_peer_active
-from hapbx_node.layout import HA_STATUS, parse_status
+from hapbx_node.layout import HA_STATUS, TLS_CA, parse_status
 from lab import sipp
 
 from . import machinery
@@ -66,7 +66,8 @@ f = open(out, "a", buffering=1)
 u = pwd.getpwnam("postgres")
 os.setgid(u.pw_gid); os.setuid(u.pw_uid)
 import psycopg2, redis
-r = redis.Redis(host="127.0.0.1", port=6379, password=pw or None, socket_timeout=0.3, socket_connect_timeout=0.3)
+r = redis.Redis(host="127.0.0.1", port=6379, password=pw or None, socket_timeout=0.3, socket_connect_timeout=0.3,
+                ssl=True, ssl_ca_certs=TLS_CA, ssl_cert_reqs="required", ssl_check_hostname=True)   # TLS only
 conn = None
 def pg_role():
     global conn
@@ -116,7 +117,7 @@ while True:
         nxt = time.time()
 '''
 # the node's HA status file and its parser, from hapbx_node/layout.py (standard library only)
-SAMPLER = _SAMPLER.replace("@LAYOUT@", f"HA_STATUS = {HA_STATUS!r}\n" + inspect.getsource(parse_status))
+SAMPLER = _SAMPLER.replace("@LAYOUT@", f"HA_STATUS = {HA_STATUS!r}\nTLS_CA = {TLS_CA!r}\n" + inspect.getsource(parse_status))
 
 
 class DrillError(LabCommandError):

@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 
 from components.render import etcd
+from components.render import redis as redis_render
 from hapbx_node import layout
 from lab import machinery
 
 STATUS = f"{layout.HA_BIN}/status"
 PSQL = "cd / && runuser -u postgres -- psql -X -A -t -q"
-REDIS = ". /etc/redis/admin.env; export REDISCLI_AUTH; redis-cli --no-auth-warning -h 127.0.0.1"
+REDIS = redis_render.local_cli()   # root's default user, over TLS
 
 
 def options_request(address: str, port: int, local: tuple[str, int], branch: str) -> bytes:

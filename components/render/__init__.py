@@ -47,7 +47,7 @@ _TLS_KEYS = (*_per_node(*(tls_stems(svc)[1] for svc in TLS_SERVICES)),
 # Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.
 SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
-    "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "etcd_root", "etcd_node",
+    "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "redis_ha", "etcd_root", "etcd_node",
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",

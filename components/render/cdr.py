@@ -94,9 +94,10 @@ def redis_endpoints(ctx: RenderContext, with_peer: bool) -> str:
 
 
 def redis_env(ctx: RenderContext, with_peer: bool) -> dict[str, str]:
-    """Where a service finds Redis, as the cdr user (every service's environment)."""
-    return {"HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer), "HAPBX_REDIS_USER": CDR_USER,
-            "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr")}
+    """Where a service finds Redis, as the cdr user, over TLS checked against the cluster CA
+    (every service's environment)."""
+    return {"HAPBX_REDIS_ENDPOINTS": redis_endpoints(ctx, with_peer), "HAPBX_REDIS_CA": TLS_CA,
+            "HAPBX_REDIS_USER": CDR_USER, "HAPBX_REDIS_PASSWORD": ctx.secret("redis_cdr")}
 
 
 def pg_dsn(cluster: ClusterConfig, user: str) -> str:

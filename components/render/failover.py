@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from hapbx_node import layout
 from hapbx_node.ha.entry import ENTRY_POINTS
 from hapbx_node.layout import (HA_BIN, HA_CLI, HA_ENV, HA_LIB_DIR, HA_RUN_DIR, HA_SECRETS_ENV, HA_TMPFILES,
-                               LEADER_UNIT, PG_PASSFILE, PG_PEER_SSL, REACH_UNIT, slot_name)
+                               LEADER_UNIT, PG_PASSFILE, PG_PEER_SSL, REACH_UNIT, TLS_CA, slot_name)
 
 from . import NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules, secret_refs, \
     template
 from .cdr import OWNER_SERVICES as CDR_OWNER_SERVICES   # the CDR worker
 from .postgres import REPLICATION_ROLE as PG_REPL_USER
 from .postgres import paths as pg_paths
+from .redis import HA_USER as REDIS_HA_USER
 from . import etcd
 from .etcd import ETCD_NODE_USER
 
@@ -125,6 +126,8 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REDIS_PEER_HOST": peer.address,
         "REDIS_PEER_PORT": str(c.redis.port),
         "REDIS_ROLE_FILE": REDIS_ROLE_FILE,
+        "REDIS_USER": REDIS_HA_USER,
+        "REDIS_TLS_CA": TLS_CA,
         "OWNER_SERVICES": " ".join(OWNER_SERVICES),
         "SERVICE_CMD": "systemctl",
         "WITNESS": "1" if c.witness else "0",
@@ -183,7 +186,7 @@ def program_files() -> list[RenderedFile]:
 
 
 def secrets_env(ctx: RenderContext) -> str:
-    values = {"REDISCLI_AUTH": ctx.secret("redis_default")}
+    values = {"REDISCLI_AUTH": ctx.secret("redis_ha")}   # REDIS_USER's
     if ctx.cluster.witness:
         values.update({"ETCDCTL_USER": ETCD_NODE_USER, "ETCDCTL_PASSWORD": ctx.secret("etcd_node")})
     return format_env(values, "Credentials of the HA scripts (environment only, never argv).")
@@ -209,7 +212,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                         service=LEADER_UNIT, action="reload")]
     sec = secrets_env(ctx)
     out.append(RenderedFile(HA_SECRETS_ENV, sec, service=LEADER_UNIT, action="reload", mode="0600",
-                            secrets=secret_refs(ctx, sec) or ("redis_default",)))
+                            secrets=secret_refs(ctx, sec) or ("redis_ha",)))
     out += program_files()
     out.append(RenderedFile(HA_CLI, script_text("hapbx-ha"), mode="0755", validate="bash -n {path}"))
     out.append(RenderedFile(f"/etc/systemd/system/{LEADER_UNIT}", template("failover/hapbx-leader.service.j2", ctx,

@@ -114,9 +114,7 @@ def describe(letter: Letter) -> str:
 
 def connect(s: RedisSettings) -> redis.Redis:
     """The first endpoint, as the worker does (its env file names the local Redis)."""
-    host, port = s.endpoints[0]
-    return redis.Redis(host=host, port=port, username=s.user, password=s.password, socket_timeout=5,
-                       socket_connect_timeout=2, client_name=PROG)
+    return redis.Redis(**s.redis_py(), socket_timeout=5, socket_connect_timeout=2, client_name=PROG)
 
 
 def read_all(r: redis.Redis, keys: Keys) -> list[Letter]:

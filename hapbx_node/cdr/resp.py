@@ -4,10 +4,15 @@ Why not redis.asyncio: Debian bookworm's python3-redis 4.3.4 carries the asyncio
 bug of CVE-2023-28858/28859 (a cancelled command leaves its reply on a pooled connection and
 the next caller reads it). Here a connection that saw any error or timeout is closed, never
 reused, and replies are always read in order. The worker is synchronous and uses redis-py.
+
+Redis speaks TLS only (components/render/redis.py): every connection checks the server's
+certificate against a CA file and the endpoint's address (the cluster CA names each node's
+address and loopback), TLS 1.2 at least.
 """
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 
 class RespError(Exception):
@@ -33,9 +38,30 @@ def encode(*args) -> bytes:
     return b"".join(parts)
 
 
+class Endpoint(tuple):
+    """A Redis server: ``(host, port)`` (it unpacks and compares as that pair) and ``ca``, the CA
+    file its TLS certificate must chain to."""
+    ca: str
+
+    def __new__(cls, host: str, port: int, ca: str):
+        self = super().__new__(cls, (host, port))
+        self.ca = ca
+        return self
+
+
+def client_tls(ca: str) -> ssl.SSLContext:
+    """Verify the server against ``ca`` and its address (no client certificate: Redis
+    authenticates its users by password). Made per connection: a new CA file is picked up."""
+    context = ssl.create_default_context(cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class Connection:
-    def __init__(self, host: str, port: int, user: str | None, password: str | None, timeout: float = 2.0):
+    def __init__(self, host: str, port: int, user: str | None, password: str | None, timeout: float = 2.0, *,
+                 ca: str):
         self.host, self.port, self.user, self.password, self.timeout = host, port, user, password, timeout
+        self.ca = ca
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -45,7 +71,8 @@ class Connection:
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), self.timeout)
+            asyncio.open_connection(self.host, self.port, ssl=client_tls(self.ca), server_hostname=self.host),
+            self.timeout)
         if self.password is not None:
             args = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
             reply = (await self.pipeline([args]))[0]
@@ -113,12 +140,13 @@ class Connection:
         return reply
 
 
-async def open_first(endpoints, user, password, timeout=2.0, exclude: str | None = None) -> Connection:
-    """Connect to the first endpoint that answers (``exclude``: a label to try last)."""
+async def open_first(endpoints: list[Endpoint], user, password, timeout=2.0, exclude: str | None = None) -> Connection:
+    """Connect to the first endpoint that answers (``exclude``: a label to try last); a server whose
+    certificate does not verify counts as not answering (ssl.SSLError is an OSError)."""
     order = sorted(endpoints, key=lambda e: f"{e[0]}:{e[1]}" == exclude)
     last: Exception | None = None
-    for host, port in order:
-        conn = Connection(host, port, user, password, timeout)
+    for e in order:
+        conn = Connection(e[0], e[1], user, password, timeout, ca=e.ca)
         try:
             await conn.connect()
             return conn

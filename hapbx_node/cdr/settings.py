@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..layout import HA_STATUS, TLS_CA
 from . import auth
 from .common import is_loopback, server_tls
+from .resp import Endpoint
 
 
 class SettingsError(ValueError):
@@ -81,18 +82,30 @@ class Keys:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    endpoints: list[tuple[str, int]]
+    """Redis over TLS only: ``ca`` (HAPBX_REDIS_CA, the cluster CA by default) is what every
+    endpoint's certificate must chain to."""
+    endpoints: list[Endpoint]
     user: str
     password: str
     keys: Keys
+    ca: str = TLS_CA
 
     @staticmethod
     def from_env(env) -> "RedisSettings":
         prefix = _get(env, "HAPBX_CDR_KEY_PREFIX", "cdr:")
+        ca = _get(env, "HAPBX_REDIS_CA", TLS_CA)
+        pairs = _endpoints(_get(env, "HAPBX_REDIS_ENDPOINTS", "127.0.0.1:6379"), "HAPBX_REDIS_ENDPOINTS")
         return RedisSettings(
-            endpoints=_endpoints(_get(env, "HAPBX_REDIS_ENDPOINTS", "127.0.0.1:6379"), "HAPBX_REDIS_ENDPOINTS"),
+            endpoints=[Endpoint(host, port, ca) for host, port in pairs],
             user=_get(env, "HAPBX_REDIS_USER", "cdr"), password=_get(env, "HAPBX_REDIS_PASSWORD"),
-            keys=Keys(prefix))
+            keys=Keys(prefix), ca=ca)
+
+    def redis_py(self, endpoint: int = 0) -> dict:
+        """redis.Redis arguments for an endpoint (the worker, the dead-letter tool): TLS, the server
+        checked against the CA and its address."""
+        host, port = self.endpoints[endpoint]
+        return dict(host=host, port=port, username=self.user, password=self.password, ssl=True,
+                    ssl_ca_certs=self.ca, ssl_cert_reqs="required", ssl_check_hostname=True)
 
 
 @dataclass(frozen=True)

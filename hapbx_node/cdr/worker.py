@@ -63,8 +63,7 @@ class Worker:
         self.keys = s.redis.keys
         self.processing = f"{self.keys.processing}:{s.node}"
         self.peers = [p for p in (peers or []) if p != s.node]
-        host, port = s.redis.endpoints[0]
-        self.redis = redis.Redis(host=host, port=port, username=s.redis.user, password=s.redis.password,
+        self.redis = redis.Redis(**s.redis.redis_py(),   # TLS, the server checked against the cluster CA
                                  socket_timeout=max(5.0, s.block_seconds + 3), socket_connect_timeout=2,
                                  client_name=f"hapbx-cdr-worker-{s.node}")
         self.pg = None

@@ -230,6 +230,10 @@ class Postgres:
 
 
 class Redis:
+    """redis-cli as REDIS_USER (hapbx-ha: only the commands used here, components/render/redis.py
+    HA_COMMANDS; its password REDISCLI_AUTH from the secrets env file), over TLS checked against
+    REDIS_TLS_CA (empty: plain TCP, for a test rig's servers without TLS)."""
+
     def __init__(self, env: dict[str, str]):
         self.env = {**os.environ, **env}
         self.host, self.port = env["REDIS_HOST"], env["REDIS_PORT"]
@@ -237,9 +241,11 @@ class Redis:
         self.role_file = env.get("REDIS_ROLE_FILE", "")
         self.timeout = float(env.get("REDIS_TIMEOUT") or 3)
         self.pause_ms = env.get("REDIS_PAUSE_MS") or "86400000"
+        ca = env["REDIS_TLS_CA"]
+        self.options = ["--no-auth-warning", "--user", env["REDIS_USER"], *(["--tls", "--cacert", ca] if ca else [])]
 
     def _cli(self, host: str, port: str, *args: str) -> Optional[str]:
-        rc, out, _ = _run(["redis-cli", "--no-auth-warning", "-h", host, "-p", port, *args], self.timeout, env=self.env)
+        rc, out, _ = _run(["redis-cli", *self.options, "-h", host, "-p", port, *args], self.timeout, env=self.env)
         return out if rc == 0 else None
 
     def cli(self, *args: str) -> Optional[str]:

@@ -75,7 +75,7 @@ def test_env_files_parse_and_hold_no_secret(stack):
             continue
         env, sec = by_path[failover.HA_ENV], by_path[failover.HA_SECRETS_ENV]
         assert "@@SECRET" not in env.content and not env.secrets
-        assert sec.mode == "0600" and sec.owner == "root" and "redis_default" in sec.secrets
+        assert sec.mode == "0600" and sec.owner == "root" and "redis_ha" in sec.secrets   # hapbx-ha's, not default's
         if cluster.witness:
             assert "ETCDCTL_USER=hapbx" in sec.content and "@@SECRET:etcd_node@@" in sec.content
             assert "etcd_node" in sec.secrets
@@ -100,6 +100,7 @@ def test_env_matches_the_data_tier_layout(stack):
     assert f"postgresql@{v}-main.service" in env["PG_START_CMD"]
     assert env["PG_PEER_HOST"] == cluster.peer_of(node).address
     assert env["REDIS_ROLE_FILE"] == "/etc/redis/role.conf"
+    assert (env["REDIS_USER"], env["REDIS_TLS_CA"]) == ("hapbx-ha", "/etc/hapbx/tls/ca.crt")  # over TLS, not default
     assert env["OWNER_SERVICES"] == "hapbx-cdr-worker.service"     # the CDR worker runs on the writer only
     assert env["ETCD_ENDPOINTS"].count("https://") == 3 and "http://" not in env["ETCD_ENDPOINTS"]
     assert env["ETCDCTL_CACERT"] == "/etc/hapbx/tls/ca.crt" and env["ETCDCTL_CERT"] == "/etc/hapbx/tls/etcd.crt"

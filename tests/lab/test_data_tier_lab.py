@@ -4,8 +4,10 @@ from __future__ import annotations
 import time
 import uuid
 
+from components.render import redis as redis_render
+
 PSQL = "runuser -u postgres -- psql -X -A -t -q -d postgres -c"
-REDIS = ". /etc/redis/admin.env; export REDISCLI_AUTH; redis-cli --no-auth-warning -h 127.0.0.1"
+REDIS = redis_render.local_cli()   # root's default user, over TLS
 
 
 def sql(lab, node: str, query: str) -> str:

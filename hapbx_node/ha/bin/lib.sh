@@ -147,8 +147,14 @@ pg_standby_configured() { [[ -e $PG_DATA/standby.signal ]]; }
 
 # ---------------------------------------------------------------- Redis
 
+# rcli args...: redis-cli as REDIS_USER (hapbx-ha: PING, ROLE, REPLICAOF, CLIENT PAUSE/UNPAUSE
+# only; its password REDISCLI_AUTH from the secrets env file), over TLS checked against
+# REDIS_TLS_CA (empty: plain TCP, a test rig's servers without TLS).
 rcli() {
-	timeout "${REDIS_TIMEOUT:-3}" redis-cli --no-auth-warning -h "$REDIS_HOST" -p "$REDIS_PORT" "$@"
+	local tls=()
+	[[ -n ${REDIS_TLS_CA:-} ]] && tls=(--tls --cacert "$REDIS_TLS_CA")
+	timeout "${REDIS_TIMEOUT:-3}" redis-cli --no-auth-warning --user "$REDIS_USER" "${tls[@]}" \
+		-h "$REDIS_HOST" -p "$REDIS_PORT" "$@"
 }
 
 # ---------------------------------------------------------------- etcd
