@@ -5,7 +5,7 @@ CDR tests use it too). The records the tests and the bench post are bench/loadge
 PostgreSQL gets the project's real migrations (the deployment's own runner, hapbx_node/migrate.py)
 and the application roles with passwords; Redis gets the ``cdr`` user with exactly the ACL the
 deployment renders (components/render/redis.py) and, as on a node, speaks TLS only (a certificate
-from a scratch CA made once per process, tests/tls_ca.py; the services check it, HAPBX_REDIS_CA).
+from a scratch CA made once per process; the services check it, HAPBX_REDIS_CA).
 The services run under Debian's /usr/bin/python3 with Debian's packages, as on a node.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: on PYTHONPATH for the services (``python3 -m hapbx_node.cdr``): the directory holding hapbx_node
@@ -155,20 +154,34 @@ def deployed_appendfsync() -> str:
     return rd.APPENDFSYNC
 
 
-_CA = None
+_CA_DIR: str | None = None
+_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
 
 
-def scratch_ca():
-    """The CA of every loopback Redis of this process (a master and its replicas verify each other),
-    removed at exit."""
-    global _CA
-    if _CA is None:
-        from tests.tls_ca import ScratchCa
+def scratch_ca() -> str:
+    """The directory of this process's scratch CA (``ca.pem``, as tests/tls_ca.py makes one: a bench
+    module may not import the tests): every loopback Redis's certificate comes from it, so a master
+    and its replicas check each other; removed at exit."""
+    global _CA_DIR
+    if _CA_DIR is None:
         d = tempfile.mkdtemp(prefix="hapbx-devstack-ca-")
         os.chmod(d, 0o755)
         atexit.register(shutil.rmtree, d, True)
-        _CA = ScratchCa.make(Path(d))
-    return _CA
+        subprocess.run(["openssl", "req", "-x509", *_EC, "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem",
+                        "-subj", "/CN=devstack CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
+        _CA_DIR = d
+    return _CA_DIR
+
+
+def issue(stem: str) -> tuple[str, str]:
+    """(certificate, key) for 127.0.0.1 from the scratch CA."""
+    d = scratch_ca()
+    cert, key = f"{d}/{stem}.crt", f"{d}/{stem}.key"
+    subprocess.run(["openssl", "req", "-x509", *_EC, "-keyout", key, "-out", cert, "-subj", f"/CN={stem}",
+                    "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-addext", "extendedKeyUsage=serverAuth,clientAuth"], check=True, capture_output=True)
+    return cert, key
 
 
 @dataclass
@@ -180,11 +193,11 @@ class Redis:
 
     @property
     def ca_file(self) -> str:
-        return str(scratch_ca().cert)
+        return f"{scratch_ca()}/ca.pem"
 
     def conf(self) -> str:
-        tls = scratch_ca().issue(f"redis-{self.port}")
-        return (f"bind 127.0.0.1\nport 0\ntls-port {self.port}\ntls-cert-file {tls.cert}\ntls-key-file {tls.key}\n"
+        cert, key = issue(f"redis-{self.port}")
+        return (f"bind 127.0.0.1\nport 0\ntls-port {self.port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
                 f"tls-ca-cert-file {self.ca_file}\ntls-auth-clients no\ntls-replication yes\n"
                 f"dir {self.base}\ndaemonize no\nsave \"\"\nappendonly yes\n"
                 f"appendfsync {self.appendfsync}\nmaxmemory 512mb\nmaxmemory-policy noeviction\nlogfile {self.base}/redis.log\n"
