@@ -9,6 +9,7 @@ import pytest
 from bench.loadgen import fs_cdr
 from hapbx_node.cdr import records
 from hapbx_node.cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
+from tests.tls_ca import ScratchCa
 
 U = "0b7a3b8e-6a43-4d0f-9d1e-0123456789ab"
 
@@ -171,7 +172,7 @@ def test_envelope_round_trip_and_poison():
             records.open_envelope(item)
 
 
-def test_settings_name_the_bad_variable():
+def test_settings_name_the_bad_variable(tmp_path):
     with pytest.raises(SettingsError, match="HAPBX_NODE is required"):
         ReceiverSettings.from_env({"HAPBX_REDIS_PASSWORD": "x"})
     with pytest.raises(SettingsError, match="HAPBX_CDR_PORT=0 is out of range"):
@@ -179,10 +180,14 @@ def test_settings_name_the_bad_variable():
     with pytest.raises(SettingsError, match="HAPBX_REDIS_ENDPOINTS"):
         WorkerSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_PG_DSN": "d",
                                  "HAPBX_PG_PASSWORD": "p", "HAPBX_REDIS_ENDPOINTS": "nohostport"})
-    s = ReceiverSettings.from_env({"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x",
-                                   "HAPBX_REDIS_ENDPOINTS": "127.0.0.1:6379, 10.0.0.2:6380",
-                                   "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1",
-                                   "HAPBX_CDR_SENDERS": "cdr-pbx1:0123456789abcdef,cdr-pbx2:fedcba9876543210"})
+    beyond = {"HAPBX_NODE": "pbx1", "HAPBX_REDIS_PASSWORD": "x", "HAPBX_REDIS_ENDPOINTS": "127.0.0.1:6379, 10.0.0.2:6380",
+              "HAPBX_CDR_LISTEN": "127.0.0.1,10.0.0.1",
+              "HAPBX_CDR_SENDERS": "cdr-pbx1:0123456789abcdef,cdr-pbx2:fedcba9876543210"}
+    with pytest.raises(SettingsError, match=r"HAPBX_HTTPS_CERT and HAPBX_HTTPS_KEY are required .*\(10.0.0.1 served over HTTPS only\)"):
+        ReceiverSettings.from_env(beyond)
+    pair = ScratchCa.make(tmp_path).issue("https")
+    s = ReceiverSettings.from_env({**beyond, "HAPBX_HTTPS_CERT": str(pair.cert), "HAPBX_HTTPS_KEY": str(pair.key)})
+    assert s.https is not None and s.https.cert == str(pair.cert)
     assert s.redis.endpoints == [("127.0.0.1", 6379), ("10.0.0.2", 6380)] and s.listen == ["127.0.0.1", "10.0.0.1"]
     assert s.senders == {"cdr-pbx1": "0123456789abcdef", "cdr-pbx2": "fedcba9876543210"}
     with pytest.raises(SettingsError, match="HAPBX_CDR_SENDERS is required"):
