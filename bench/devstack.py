@@ -22,6 +22,9 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.scratch_ca import ScratchCa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: on PYTHONPATH for the services (``python3 -m hapbx_node.cdr``): the directory holding hapbx_node
@@ -154,34 +157,25 @@ def deployed_appendfsync() -> str:
     return rd.APPENDFSYNC
 
 
-_CA_DIR: str | None = None
-_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+_CA: ScratchCa | None = None
 
 
-def scratch_ca() -> str:
-    """The directory of this process's scratch CA (``ca.pem``, as tests/tls_ca.py makes one: a bench
-    module may not import the tests): every loopback Redis's certificate comes from it, so a master
-    and its replicas check each other; removed at exit."""
-    global _CA_DIR
-    if _CA_DIR is None:
+def scratch_ca() -> ScratchCa:
+    """This process's scratch CA (lab/scratch_ca.py): every loopback Redis's certificate comes from
+    it, so a master and its replicas check each other; removed at exit."""
+    global _CA
+    if _CA is None:
         d = tempfile.mkdtemp(prefix="hapbx-devstack-ca-")
         os.chmod(d, 0o755)
         atexit.register(shutil.rmtree, d, True)
-        subprocess.run(["openssl", "req", "-x509", *_EC, "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem",
-                        "-subj", "/CN=devstack CA", "-addext", "basicConstraints=critical,CA:TRUE",
-                        "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
-        _CA_DIR = d
-    return _CA_DIR
+        _CA = ScratchCa.make(Path(d), "devstack CA")
+    return _CA
 
 
 def issue(stem: str) -> tuple[str, str]:
     """(certificate, key) for 127.0.0.1 from the scratch CA."""
-    d = scratch_ca()
-    cert, key = f"{d}/{stem}.crt", f"{d}/{stem}.key"
-    subprocess.run(["openssl", "req", "-x509", *_EC, "-keyout", key, "-out", cert, "-subj", f"/CN={stem}",
-                    "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-addext", "extendedKeyUsage=serverAuth,clientAuth"], check=True, capture_output=True)
-    return cert, key
+    pair = scratch_ca().issue(stem)
+    return str(pair.cert), str(pair.key)
 
 
 @dataclass
@@ -193,7 +187,7 @@ class Redis:
 
     @property
     def ca_file(self) -> str:
-        return f"{scratch_ca()}/ca.pem"
+        return str(scratch_ca().cert)
 
     def conf(self) -> str:
         cert, key = issue(f"redis-{self.port}")

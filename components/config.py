@@ -352,8 +352,9 @@ class EtcdSettings:
 @dataclass(frozen=True, kw_only=True)
 class CdrSettings:
     receiver_port: int = setting(
-        "receiverPort", "CDR receiver port on the VIP, the node address and loopback: FreeSWITCH's mod_json_cdr posts to "
-        "http://127.0.0.1:<port>/cdr (the peer's receiver as fallback).", 8088, **PORT)
+        "receiverPort", "CDR receiver port on the VIP, the node address (HTTPS, the cluster CA's certificate) and "
+        "loopback (HTTP): FreeSWITCH's mod_json_cdr posts to http://127.0.0.1:<port>/cdr, the peer's "
+        "https://<peer>:<port>/cdr as fallback.", 8088, **PORT)
     max_body_kb: int = setting("maxBodyKb", "Largest CDR body accepted; a larger post gets 413.", 256,
                                minimum=4, maximum=65536)
     batch_size: int = setting("batchSize", "CDRs per PostgreSQL transaction of the worker.", 500, minimum=1, maximum=10000)
@@ -369,7 +370,8 @@ class CdrSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class AdminSettings:
-    port: int = setting("port", "Admin API port on the VIP (and on each node address, for health checks).", 8080, **PORT)
+    port: int = setting("port", "Admin API port on the VIP and each node address (HTTPS, the cluster CA's "
+                                                 "certificate: stack output clusterCa) and on loopback (HTTP).", 8080, **PORT)
     allow_from: list[str] = setting("allowFrom", "Networks allowed to reach the admin API (empty: the nodes only).", [])
 
 

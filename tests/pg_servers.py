@@ -36,6 +36,7 @@ from components.render import SECRET_NAMES, RenderContext
 from components.render import postgres as pg
 from hapbx_node import migrate
 from hapbx_node.layout import TLS_CA
+from lab.scratch_ca import ScratchCa
 from tests.helpers import shipped_cluster
 from tests.release_root import CACHE, HOST, Host, ReleaseRoot
 
@@ -180,15 +181,10 @@ def scratch(prefix: str = "hapbx-pg-test-") -> Iterator[tuple[Path, tuple[Path, 
     the rendered connections check it (sslmode=verify-full)."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     d.chmod(0o755)
-    key, crt, ca_key, ca = d / "key.pem", d / "crt.pem", d / "ca-key.pem", d / "ca.pem"
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-                    "-subj", "/CN=test cluster CA", "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", str(key), "-out", str(crt), "-days", "2",
-                    "-subj", "/CN=postgres test", "-CA", str(ca), "-CAkey", str(ca_key),
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-addext", "extendedKeyUsage=serverAuth,clientAuth"], check=True, capture_output=True)
+    ca = ScratchCa.make(d, "test cluster CA")
+    pair = ca.issue("postgres", ips=("127.0.0.1",), dns=("localhost",))
+    shutil.copy(ca.cert, d / "ca.pem")
+    crt, key = pair.cert, pair.key
     try:
         yield d, (crt, key)
     finally:

@@ -7,7 +7,7 @@ The address beyond loopback is real: one end of a veth pair in this namespace (a
 calls the admin API) run in that namespace, so each request comes from another address over a
 link, as from the peer or an operator's machine. Deleting the namespace removes both ends.
 The services are the real processes (bench/devstack.py: PostgreSQL, Redis, receiver, worker,
-admin), their certificate from a scratch CA (tests/tls_ca.py) for the address and 127.0.0.1.
+admin), their certificate from a scratch CA (lab/scratch_ca.py) for the address and 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from bench.loadgen import fs_cdr
 from hapbx_node.cdr import replay
 from hapbx_node.cdr.settings import ReplaySettings
 from tests.daemons.cdr_stack import started
-from tests.tls_ca import ScratchCa
+from lab.scratch_ca import ScratchCa
 
 pytestmark = [pytest.mark.skipif(not shutil.which("curl"), reason="needs curl"), pytest.mark.timeout(180)]
 

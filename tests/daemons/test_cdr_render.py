@@ -28,7 +28,7 @@ def with_https_pair(c, tmp_path) -> dict[str, str]:
     """Masked secrets but a real HTTPS certificate and key per node (a scratch CA's, as the cluster
     CA issues them: the node address, the VIP, 127.0.0.1)."""
     from components.render import node_secret, tls_stems
-    from tests.tls_ca import ScratchCa
+    from lab.scratch_ca import ScratchCa
     ca = ScratchCa.make(tmp_path)
     secrets = dict(masked_secrets())
     for node in c.nodes:

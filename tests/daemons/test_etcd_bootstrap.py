@@ -36,7 +36,7 @@ from tests.helpers import free_port
 from hapbx_node.layout import TLS_CA
 from tests.mockrun import ROOT
 from tests.release_root import HOST
-from tests.tls_ca import Issued, ScratchCa
+from lab.scratch_ca import Issued, ScratchCa
 
 ETCD_ROOT_PASSWORD = "bootEtcdRoot3"
 ETCD_NODE_PASSWORD = "bootEtcdNode5"

@@ -35,7 +35,7 @@ from components.render import failover
 from components.render import redis as redis_render
 from hapbx_node.ha.clock import mono_ms  # noqa: F401  (the HA core's clock: the steps write authority deadlines in it)
 from hapbx_node.layout import TLS_CA
-from tests.tls_ca import ScratchCa
+from lab.scratch_ca import ScratchCa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PG_BIN = "/usr/lib/postgresql/15/bin"

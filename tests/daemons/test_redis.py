@@ -10,7 +10,7 @@ What differs from a node: the two "nodes" are 127.0.0.2 and 127.0.0.3 (so each b
 address and loopback like on the lab), and the command line overrides only the port, the
 directories and the pid/log files; the include of /etc/redis/role.conf points at a file in the
 test directory, and the cluster CA's and the node's certificate files are a scratch CA's
-(tests/tls_ca.py). Servers run on loopback, high free ports, temporary directories, stopped at
+(lab/scratch_ca.py). Servers run on loopback, high free ports, temporary directories, stopped at
 the end.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from hapbx_node.ha.drivers import Redis as HaRedis
 from hapbx_node.layout import TLS_CA
 from tests.daemons.validators import run_validator
 from tests.helpers import free_port, shipped_cluster as stack
-from tests.tls_ca import ScratchCa
+from lab.scratch_ca import ScratchCa
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 SECRETS = {n: f"pw-{n.replace('_', '-')}-4Rt8Kz1" for n in SECRET_NAMES}

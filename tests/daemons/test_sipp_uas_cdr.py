@@ -35,7 +35,7 @@ from lab import sipp
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
-from tests.tls_ca import ScratchCa
+from lab.scratch_ca import ScratchCa
 from tests.daemons.validators import run_validator
 
 pytestmark = [

@@ -9,7 +9,7 @@ import pytest
 from bench.loadgen import fs_cdr
 from hapbx_node.cdr import records
 from hapbx_node.cdr.settings import ReceiverSettings, SettingsError, WorkerSettings
-from tests.tls_ca import ScratchCa
+from lab.scratch_ca import ScratchCa
 
 U = "0b7a3b8e-6a43-4d0f-9d1e-0123456789ab"
 

@@ -1,6 +1,7 @@
 """A throwaway CA and the certificates it signs, made with openssl as the cluster CA makes them
 (components/certificates.py: ECDSA P-256, server_auth + client_auth): what the daemon tests' TLS
-links verify against, in place of the cluster CA's files on a node."""
+links verify against, in place of the cluster CA's files on a node (the daemon tests, the loopback
+devstack of the benchmarks)."""
 from __future__ import annotations
 
 import subprocess
