@@ -164,6 +164,7 @@ def test_step_scripts_pass_shellcheck(stack):
     assert 'ETCD_ELECTION_TIMEOUT="500"' in etcd.default_file(ctx)
 
 
+@pytest.mark.parametrize("stack", STACKS)
 def test_etcd_members_speak_tls_only_and_require_client_certificates(stack):
     """Every member (the witness too): https on both ports, client and peer certificates required,
     its own certificate and key from the cluster CA installed for the etcd user, nothing on http."""
