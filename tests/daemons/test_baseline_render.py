@@ -1,23 +1,35 @@
 """Every rendered baseline file of both stacks, checked by the tool that reads it."""
+import functools
 import json
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from components.config import load_stack_file
 from components.remote import handler_script, install_script, delete_script, script, Handler
-from components.render import RenderContext, baseline, masked_secrets, render_cluster, MANAGED_BY
+from components.render import CERTIFICATE_SECRETS, RenderContext, baseline, masked_secrets, render_cluster, MANAGED_BY
+from lab.scratch_ca import ScratchCa
 from tests.mockrun import ROOT
 from tests.daemons.validators import run_validator
 
 STACKS = ["lab", "prod"]
 
 
+@functools.cache
+def ca_pem() -> str:
+    """A real CA certificate, standing for the cluster CA's (its file is checked by openssl)."""
+    with tempfile.TemporaryDirectory() as d:
+        return ScratchCa.make(Path(d)).cert.read_text()
+
+
 def rendered(stack):
     """The baseline files of every host (other daemons' files have their own tests)."""
     cluster, _ = load_stack_file(f"{ROOT}/Pulumi.{stack}.yaml", assume_secrets=True)
     hosts = [*cluster.nodes, *([cluster.witness] if cluster.witness else [])]
-    return cluster, {h.name: baseline.files(RenderContext(cluster, h, masked_secrets())) for h in hosts}
+    secrets = {**masked_secrets(), "tls_ca_certificate": ca_pem()}
+    return cluster, {h.name: baseline.files(RenderContext(cluster, h, secrets)) for h in hosts}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -51,7 +63,8 @@ def test_files_carry_the_managed_by_header(stack):
     _, hosts = rendered(stack)
     for files in hosts.values():
         for f in files:
-            if f.path != "/etc/hostname":
+            # a certificate is the PEM it is, as pulumi-tls made it
+            if f.path != "/etc/hostname" and not (f.secrets and set(f.secrets) <= set(CERTIFICATE_SECRETS)):
                 assert MANAGED_BY in f.content, f.path
 
 
