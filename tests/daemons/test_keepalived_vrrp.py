@@ -72,8 +72,10 @@ class Pair:
             fh.write(f"#!/bin/sh\n[ ! -e {d}/pg-down ]\n")
         os.chmod(f"{d}/stub/pg_isready", 0o755)
         env = failover.env_values(ctx)
+        # Redis here is a plain stand-in on loopback with no password (REDIS_TLS_CA="": no TLS): what
+        # check-local needs is that it answers; TLS and the HA user are tested in test_redis.py
         env.update(HA_LIB_DIR=f"{d}/lib", HA_SECRETS_ENV="", HA_SYSLOG="0", HA_LOG_FILE=f"{d}/ha.log",
-                   PG_BIN=f"{d}/stub", CHECK_SIP="0")
+                   PG_BIN=f"{d}/stub", CHECK_SIP="0", REDIS_TLS_CA="")
         with open(f"{d}/ha.env", "w") as fh:
             fh.write(failover.format_env(env))
         # the real reachability watcher (its unit's settings), probing the namespace's own loopback:
