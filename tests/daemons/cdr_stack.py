@@ -11,8 +11,9 @@ from bench import devstack
 from bench.devstack import Stack
 
 
-def started(**stack_args) -> Iterator[Stack]:
-    """A module's stack (for a module-scoped fixture): data services and the receiver running."""
+def started(service: str = "receiver", **stack_args) -> Iterator[Stack]:
+    """A module's stack (for a module-scoped fixture): data services and ``service`` (the receiver,
+    or the admin API) running."""
     need = devstack.missing_packages()
     if need:
         from lab import hostdeps
@@ -20,7 +21,7 @@ def started(**stack_args) -> Iterator[Stack]:
     st = Stack(**stack_args)
     try:
         st.start_data()
-        st.start_receiver()
+        st.start_receiver() if service == "receiver" else st.start_admin()
         yield st
     finally:
         st.close()

@@ -21,7 +21,8 @@ import uuid
 import pytest
 
 from bench import devstack
-from bench.devstack import ADMIN_TOKEN, SIP_DOMAIN, Stack, http
+from tests.daemons import cdr_stack
+from bench.devstack import ADMIN_TOKEN, SIP_DOMAIN, http
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -33,17 +34,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture(scope="module")
 def st():
-    need = devstack.missing_packages()
-    if need:
-        from lab import hostdeps
-        hostdeps.ensure(need, "the admin API tests")
-    stack = Stack()
-    try:
-        stack.start_data()
-        stack.start_admin()
-        yield stack
-    finally:
-        stack.close()
+    yield from cdr_stack.started("admin")
 
 
 def api(st, method: str, path: str, body=None, headers=None, raw: bytes | None = None):

@@ -30,8 +30,8 @@ from schemathesis.core.control import SkipTest
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from bench import devstack
-from bench.devstack import ADMIN_TOKEN, Stack
+from bench.devstack import ADMIN_TOKEN
+from tests.daemons import cdr_stack
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
@@ -49,17 +49,7 @@ FUZZ = settings(max_examples=25, deadline=timedelta(seconds=REQUEST_TIMEOUT), de
 
 @pytest.fixture(scope="module")
 def st():
-    need = devstack.missing_packages()
-    if need:
-        from lab import hostdeps
-        hostdeps.ensure(need, "the admin API fuzz tests")
-    stack = Stack()
-    try:
-        stack.start_data()
-        stack.start_admin()
-        yield stack
-    finally:
-        stack.close()
+    yield from cdr_stack.started("admin")
 
 
 @pytest.fixture(scope="module")
