@@ -482,9 +482,10 @@ class ClusterConfig:
         base = ["chrony", "nftables", "sudo", "rsync", "lsyncd", "keepalived", "etcd-server", "etcd-client",
                 "redis-server", *self.release.postgres_packages(self.postgres.version), "python3-psycopg2",
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
-                "procps", "curl", "python3-aiohttp", "python3-redis"]   # python3-*: the CDR/admin service
+                "procps", "curl", "python3-aiohttp", "python3-redis",   # python3-*: the CDR/admin service
+                "openssl"]   # checks each certificate and key before install (render/tls.py)
         if self.kamailio.tls:
-            base += ["kamailio-tls-modules", "openssl"]   # openssl: checks the certificate and key before install
+            base += ["kamailio-tls-modules"]
         if self.media.engine == "freeswitch":
             # the IVR greetings and hold music are files of the sound packages
             base += ["freeswitch-meta-vanilla", "freeswitch-mod-json-cdr", "freeswitch-mod-callcenter",
@@ -493,7 +494,8 @@ class ClusterConfig:
         return sorted(set(base + list(self.packages.extra)))
 
     def witness_packages(self) -> list[str]:
-        return sorted({"chrony", "nftables", "etcd-server", "etcd-client", "iputils-ping", "procps"})
+        return sorted({"chrony", "nftables", "etcd-server", "etcd-client", "iputils-ping", "procps",
+                       "openssl"})   # openssl: as on the nodes
 
 
 def _check_nodes(cfg: ClusterConfig, p: Problems) -> None:

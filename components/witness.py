@@ -17,6 +17,7 @@ from pulumi_command import remote
 
 from . import remote as rc
 from .config import ClusterConfig
+from .node import real_contents
 from .render import RenderContext, etcd, masked_secrets
 from .render.etcd import ETCD_NODE_USER
 
@@ -43,13 +44,15 @@ class Witness(pulumi.ComponentResource):
             conn = args.hosts[host.name].connection  # type: ignore[attr-defined]
             ready = list(getattr(args.hosts[host.name], "ready", []))
             fs = etcd.files(ctx)
-            cmds = rc.deploy_files(f"{name}-{host.name}", host.name, conn, [(f, f.content) for f in fs], self,
-                                   depends_on=ready)
+            # the member's certificate and key: their real content waits on the cluster CA's outputs
+            cmds = rc.deploy_files(f"{name}-{host.name}", host.name, conn,
+                                   real_contents(c, host, args.secrets, etcd.files, fs), self, depends_on=ready)
             digests += [f.sha256 for f in fs]
             starts.append(rc.step(f"{name}-{host.name}-start", host.name, conn, "start etcd",
                                   etcd.start_script(ctx),
                                   pulumi.ResourceOptions(parent=self, depends_on=cmds + starts[-1:]),
-                                  triggers=[f.sha256 for f in fs]))
+                                  # the installs' own triggers: a new certificate (real content) restarts too
+                                  triggers=[cmd.triggers.apply(lambda t: t[0]) for cmd in cmds]))
         first = c.nodes[0]
         f_ctx = RenderContext(c, first, masked_secrets())
         f_conn = args.hosts[first.name].connection  # type: ignore[attr-defined]
