@@ -252,3 +252,20 @@ def test_migrations_are_numbered_and_checksummed_without_the_shipped_header():
         text = shipped[f"{pg.LIB_DIR}/migrations/{name}"]
         assert text.startswith("-- Managed by ") and text.endswith(sql)
         assert runner.migration_checksum(text.encode()) == hashlib.sha256(sql.encode()).hexdigest()
+
+
+def test_no_installed_file_carries_a_masked_placeholder(lab):
+    """Every file a component installs is sent with its real content: a component that shipped the
+    masked render (the etcd members' certificates once did) would install '@@SECRET:…@@'."""
+    from harness.secrets import string_leaves
+    graph, _, _ = lab
+    files = [r for r in graph.commands() if "-file-" in r.name]
+    assert len(files) > 100
+    with_secrets = 0
+    for r in files:
+        stdin = r.inputs.get("stdin")
+        leaves = list(string_leaves(rpc.unwrap_rpc_secret(stdin) if rpc.is_rpc_secret(stdin) else stdin))
+        assert leaves and not any("@@SECRET:" in leaf for leaf in leaves), r.name
+        with_secrets += rpc.is_rpc_secret(stdin)
+    assert any(r.name.startswith("etcd-") and r.name.endswith("etcd.key") for r in files)
+    assert with_secrets >= 20, with_secrets
