@@ -47,8 +47,10 @@ def assert_no_secret(seen: dict[str, list[str]], secrets: list[str], programs: t
     """No sampled line holds a secret; and each of ``programs`` was seen running on some host (the
     samples covered what they were meant to)."""
     assert len(secrets) >= 10, "the lab's generated credentials were not found in its state"
+    # the witness runs little (etcd, chrony, sshd): a few distinct lines there, many on the nodes
+    assert sum(len(lines) for lines in seen.values()) > 50, "the sampler saw almost nothing"
     for host, lines in seen.items():
-        assert len(lines) > 50, (host, "the sampler saw almost nothing")
+        assert any("ps -eo args=" in line for line in lines), (host, "the sampler did not run")
         # only the program's name is shown: the rest of such a line is what must not be printed
         leaked = sorted({line.split()[0] for line in lines for s in secrets if s in line})
         assert not leaked, (host, "command lines holding a generated secret, by program", leaked)
