@@ -16,28 +16,31 @@ import uuid
 
 import pytest
 
-from lab import sipp
+from lab import drills, sipp
+from lab.context import LabContext
 
 PASSWORDS = {"1001": "lab-secret-pw-1001", "1002": "lab-secret-pw-1002"}
 QUEUE = "8000"
 
 
-def sql(lab, statement: str) -> str:
-    primary = lab.cluster.primary.name
-    return lab.sh(primary, f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d pbx -c \"{statement}\"")
+def sql(lab, node: str, statement: str) -> str:
+    return lab.sh(node, f"runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d pbx -c \"{statement}\"")
 
 
 @pytest.fixture(scope="module")
 def sip(lab):
-    """The lab's addresses, and the test users provisioned through the schema (on the primary)."""
+    """The lab's addresses, and the test users provisioned through the schema (on the primary: the
+    node that leads once the cluster is healthy, which earlier tests may have moved)."""
+    primary = drills.wait_healthy(LabContext.from_cluster(lab.spec, lab.cluster, log=lambda _: None), 120,
+                                  "the SIP tests")
     for number in PASSWORDS:
-        sql(lab, f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{number}', 'user', 'Lab {number}') "
+        sql(lab, primary, f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{number}', 'user', 'Lab {number}') "
                  "ON CONFLICT (number) DO NOTHING")
-        sql(lab, f"SELECT pbx.set_sip_password('{number}', '{PASSWORDS[number]}')")
-    sql(lab, f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{QUEUE}', 'queue', 'Lab queue') "
+        sql(lab, primary, f"SELECT pbx.set_sip_password('{number}', '{PASSWORDS[number]}')")
+    sql(lab, primary, f"INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{QUEUE}', 'queue', 'Lab queue') "
              "ON CONFLICT (number) DO NOTHING")
     # the standby's Kamailio reads its local replica: wait until the users are there
-    standby = lab.cluster.standby.name
+    standby = next(n.name for n in lab.cluster.nodes if n.name != primary)
     deadline = time.monotonic() + 15
     while "1002" not in lab.sh(standby, "runuser -u postgres -- psql -X -A -t -d pbx -c "
                                         "\"SELECT username FROM kamailio.subscriber\""):
