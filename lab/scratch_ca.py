@@ -8,6 +8,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from hapbx_node.layout import TLS_CA, tls_certificate, tls_key
+
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
@@ -45,3 +47,11 @@ class ScratchCa:
                        check=True, capture_output=True)
         key.chmod(0o600)
         return Issued(cert, key)
+
+
+def localize(text: str, ca: Path, issued: Issued, service: str) -> str:
+    """``text`` (a rendered file, script or environment value) with a node's TLS paths of ``service``
+    (hapbx_node.layout: the CA, its certificate and key) made these scratch files."""
+    for node_path, path in ((TLS_CA, ca), (tls_certificate(service), issued.cert), (tls_key(service), issued.key)):
+        text = text.replace(node_path, str(path))
+    return text

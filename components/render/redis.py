@@ -54,8 +54,14 @@ CDR_COMMANDS = (
     "multi", "exec", "discard", "watch", "unwatch",
     "wait",  # the receiver waits for the replica's ack of a push (no key, no data)
 )
+
+
+def _rules(commands) -> str:
+    return " ".join(f"+{c}" for c in commands)
+
+
 #: the HA user's rule: no key, no channel, nothing but HA_COMMANDS
-HA_ACL = "resetkeys resetchannels -@all " + " ".join(f"+{c}" for c in HA_COMMANDS)
+HA_ACL = "resetkeys resetchannels -@all " + _rules(HA_COMMANDS)
 #: AOF fsync before every reply. everysec write(2)s the AOF before replying too, so a SIGKILLed Redis reloads
 #: what it acknowledged from the page cache (reports/cdr-drill.md, redis-kill: nothing lost either way), but
 #: it postpones that write while a background fsync runs, and a kernel crash or power cut loses up to ~2 s;
@@ -90,10 +96,6 @@ def _values(ctx: RenderContext) -> dict:
     return dict(role_file=ROLE_FILE, auth_file=AUTH_FILE, replication_user=REPLICATION_USER,
                 master=ctx.cluster.primary, conf_marker=CONF_MARKER, tls_marker=TLS_MARKER, cert=CERT,
                 cli_tls=CLI_TLS, wait=VERIFY_WAIT_SECONDS)
-
-
-def _rules(commands) -> str:
-    return " ".join(f"+{c}" for c in commands)
 
 
 def redis_conf(ctx: RenderContext) -> str:

@@ -33,10 +33,9 @@ from components.render import etcd as etcd_render
 from components.releases import RELEASES
 from components.render.etcd import ETCD_NODE_USER
 from tests.helpers import free_port
-from hapbx_node.layout import TLS_CA
 from tests.mockrun import ROOT
 from tests.release_root import HOST
-from lab.scratch_ca import Issued, ScratchCa
+from lab.scratch_ca import Issued, ScratchCa, localize
 
 ETCD_ROOT_PASSWORD = "bootEtcdRoot3"
 ETCD_NODE_PASSWORD = "bootEtcdNode5"
@@ -49,15 +48,8 @@ VERSIONS = tuple(ETCD.values())
 NODE_KEY = etcd_render.KEY_PREFIX + "bootstrap-test"
 
 
-def tls_paths(ca: Path, issued: Issued) -> dict[str, str]:
-    """The node's TLS file paths (as rendered) -> the scratch CA's files."""
-    return {TLS_CA: str(ca), etcd_render.CERT: str(issued.cert), etcd_render.KEY: str(issued.key)}
-
-
 def local(text: str, ca: Path, issued: Issued) -> str:
-    for node_path, test_path in tls_paths(ca, issued).items():
-        text = text.replace(node_path, test_path)
-    return text
+    return localize(text, ca, issued, etcd_render.TLS_SERVICE)
 
 
 def client_context(ca: Path, issued: Issued | None) -> ssl.SSLContext:

@@ -34,8 +34,7 @@ from components.render import etcd as etcd_render
 from components.render import failover
 from components.render import redis as redis_render
 from hapbx_node.ha.clock import mono_ms  # noqa: F401  (the HA core's clock: the steps write authority deadlines in it)
-from hapbx_node.layout import TLS_CA
-from lab.scratch_ca import ScratchCa
+from lab.scratch_ca import ScratchCa, localize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -205,10 +204,7 @@ class Rig:
 
     def local_tls(self, text: str, host: str) -> str:
         """``text`` with the node's TLS file paths (as rendered) made the rig's files of ``host``."""
-        for node_path, rig_path in ((TLS_CA, self.ca.cert), (etcd_render.CERT, self.tls[host].cert),
-                                    (etcd_render.KEY, self.tls[host].key)):
-            text = text.replace(node_path, str(rig_path))
-        return text
+        return localize(text, self.ca.cert, self.tls[host], etcd_render.TLS_SERVICE)
 
     def etcd_tls_env(self, host: str) -> dict[str, str]:
         """etcdctl's TLS environment on ``host`` (etcd_render.CLIENT_TLS_ENV with the rig's files)."""
