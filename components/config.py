@@ -23,7 +23,7 @@ from .schema import ConfigError, Problems, describe, parse_object, setting
 PROJECT = "high-cc-pbx"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
-SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey")
+SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey", "alertSmtpPassword", "alertWebhookToken")
 SUPPORTED = {"postgres": SUPPORTED_POSTGRES, "kamailio": SUPPORTED_KAMAILIO, "freeswitch": ("1.10",)}
 #: how a version setting says "the one the node's Debian release packages"
 RELEASE_OWN = ""
@@ -417,6 +417,69 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlertEmail:
+    to: list[str] = setting("to", "Addresses alerts are mailed to (empty: no e-mail receiver).", [])
+    sender: str = setting("from", "Envelope and From address of alert mail.", "")
+    smarthost: str = setting("smarthost", "SMTP relay as host:port (submission, STARTTLS required).", "")
+    username: str = setting("username", "SMTP login; its password is the secret config alertSmtpPassword.", "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoringSettings:
+    enabled: bool = setting("enabled", "Exporters, a Prometheus and an Alertmanager on each PBX node (both scrape both; "
+                            "the two Alertmanagers gossip so a notification goes out once).", True)
+    cluster_label: str = setting("clusterLabel", "The `cluster` label on every series and alert (routes group by it).",
+                                 "hapbx", check=_name)
+    allow_from: list[str] = setting("allowFrom", "Networks allowed to reach the Prometheus and Alertmanager UIs "
+                                    "(empty: the nodes only).", [])
+    scrape_interval_seconds: int = setting("scrapeIntervalSeconds", "Scrape and rule evaluation period.", 5,
+                                           minimum=1, maximum=300)
+    retention_days: int = setting("retentionDays", "Days of samples each Prometheus keeps.", 15, minimum=1, maximum=3650)
+    node_exporter_port: int = setting("nodeExporterPort", "prometheus-node-exporter, on the node address.", 9100, **PORT)
+    postgres_exporter_port: int = setting("postgresExporterPort", "prometheus-postgres-exporter, on the node address.",
+                                          9187, **PORT)
+    redis_exporter_port: int = setting("redisExporterPort", "prometheus-redis-exporter, on the node address.", 9121,
+                                       **PORT)
+    kamailio_port: int = setting("kamailioPort", "Kamailio's own statistics (xhttp_prom, HTTP), on the node address.",
+                                 9494, **PORT)
+    hapbx_exporter_port: int = setting("hapbxExporterPort", "The HA core's, CDR pipeline's and media engine's state "
+                                       "(hapbx-exporter), on the node address.", 9480, **PORT)
+    etcd_metrics_port: int = setting("etcdMetricsPort", "etcd's metrics listener (HTTP, /metrics only) on every "
+                                     "member's address.", 2381, **PORT)
+    prometheus_port: int = setting("prometheusPort", "Prometheus UI and API, on the node address.", 9090, **PORT)
+    alertmanager_port: int = setting("alertmanagerPort", "Alertmanager UI and API, on the node address.", 9093, **PORT)
+    alertmanager_cluster_port: int = setting("alertmanagerClusterPort", "Alertmanager gossip between the two nodes "
+                                             "(TCP and UDP).", 9094, **PORT)
+    webhook_urls: list[str] = setting("webhookUrls", "Alertmanager webhook receivers (alerts and resolutions POSTed as "
+                                      "JSON); a bearer token, if any, is the secret config alertWebhookToken.", [])
+    email: AlertEmail = setting("email", "Alertmanager e-mail receiver.", AlertEmail)
+    # thresholds of the alert rules (README, monitoring)
+    node_down_seconds: int = setting("nodeDownSeconds", "A scrape target unanswered this long: down.", 10,
+                                     minimum=1, maximum=3600)
+    replication_lag_bytes: int = setting("replicationLagBytes", "Standby replay behind the primary by more bytes.",
+                                         16 << 20, minimum=1024)
+    replication_lag_seconds: int = setting("replicationLagSeconds", "Standby replay behind by more seconds.", 30,
+                                           minimum=1, maximum=86400)
+    slot_retained_bytes: int = setting("slotRetainedBytes", "WAL a replication slot holds back on the primary.",
+                                       1 << 30, minimum=1 << 20)
+    cdr_queue_max: int = setting("cdrQueueMax", "CDRs waiting in the Redis queue (the worker is behind).", 5000,
+                                 minimum=1)
+    cdr_lag_seconds: int = setting("cdrLagSeconds", "Oldest queued CDR older than this: ingestion stalled.", 120,
+                                   minimum=5, maximum=86400)
+    disk_full_hours: int = setting("diskFullHours", "A filesystem or tmpfs predicted full within this many hours.",
+                                   4, minimum=1, maximum=720)
+    disk_used_percent: int = setting("diskUsedPercent", "A filesystem or tmpfs used above this share.", 90,
+                                     minimum=50, maximum=99)
+    registrations_drop_percent: int = setting("registrationsDropPercent", "Registrations fell by this share within "
+                                              "10 minutes.", 30, minimum=5, maximum=100)
+    auth_failures_per_minute: int = setting("authFailuresPerMinute", "SIP authentication failures per minute "
+                                            "(a password-guessing attack).", 30, minimum=1)
+    bans_per_minute: int = setting("bansPerMinute", "Source addresses banned (pike) per minute.", 5, minimum=1)
+    relay_refusals_per_minute: int = setting("relayRefusalsPerMinute", "Requests refused as relay attempts per "
+                                             "minute.", 10, minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
     lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
@@ -443,6 +506,8 @@ class ClusterConfig:
     ha: HaSettings = setting("ha", "HA checks, promotion and rejoin timings (see README, failover).", HaSettings)
     cdr: CdrSettings = setting("cdr", "CDR pipeline (receiver, Redis queue, worker).", CdrSettings)
     admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
+    monitoring: MonitoringSettings = setting("monitoring", "Exporters, Prometheus pair, Alertmanager cluster and alert "
+                                             "thresholds (README, monitoring).", MonitoringSettings)
     tls: TlsSettings = setting("tls", "The cluster's internal CA and the service certificates it issues "
                                "(PostgreSQL replication and connections between the nodes: verify-full).", TlsSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
@@ -451,6 +516,10 @@ class ClusterConfig:
         "sshPrivateKey", "Private key reaching the nodes, as secret config (`pulumi config set --secret "
         "high-cc-pbx:sshPrivateKey < KEYFILE`): previews and updates run anywhere, nothing on disk.",
         None, secret=True)
+    alert_smtp_password: Optional[str] = setting(
+        "alertSmtpPassword", "Password of monitoring.email.username at the smarthost (secret config).", None, secret=True)
+    alert_webhook_token: Optional[str] = setting(
+        "alertWebhookToken", "Bearer token sent with each webhook notification (secret config).", None, secret=True)
     kamailio_tls_key: Optional[str] = setting(
         "kamailioTlsKey", "Private key (PEM) of kamailio.tlsCertificate, as secret config (`pulumi config set "
         "--secret high-cc-pbx:kamailioTlsKey < KEYFILE`).", None, secret=True)
