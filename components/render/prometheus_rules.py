@@ -1,0 +1,264 @@
+"""The Prometheus alert rules of the cluster (issue 22, monitoring contract): ``rules(cluster)`` is the
+YAML text of RULES_PATH, the same on both PBX nodes.
+
+Both Prometheus servers evaluate these rules and send to the two clustered Alertmanagers, which
+deduplicate by labels: an alert's labels come from the series only (no per-Prometheus label, the
+`cluster` label is an external label set alike on both). An alert about one node carries `node`,
+so NodeDown{node=X} can inhibit the rest about X.
+
+Metric names are the exporters' own, checked against the Debian 12 and 13 packages
+(tests/daemons/test_prometheus_rules.py scrapes each): node exporter 1.5/1.9, postgres exporter
+0.11/0.17, redis exporter 1.45/1.69, etcd 3.4/3.5; Kamailio's from xhttp_prom
+(/work/notes/kamailio-metrics.md); hapbx_* from hapbx_node/metrics.
+"""
+from __future__ import annotations
+
+import yaml
+
+RULES_PATH = "/etc/prometheus/rules/hapbx.yml"
+
+#: pseudo filesystems that never fill (tmpfs is watched: recordings and /run live there)
+PSEUDO_FS = ("autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|"
+             "nsfs|overlay|proc|procfs|pstore|ramfs|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tracefs")
+#: systemd mounts that are full or private by design (credentials: read-only and exactly full)
+PSEUDO_MOUNTS = "/run/credentials/.*|/run/user/.*"
+#: the units whose state the node exporter's systemd collector reports (monitoring contract)
+WATCHED_UNITS = ("keepalived.service|kamailio.service|postgresql@.*|redis-server.service|etcd.service|"
+                 "hapbx-.*|freeswitch.service|prometheus.*")
+#: runs on the CDR writer (the VIP owner) only: stopped elsewhere by design (render/cdr.py)
+CDR_WORKER_UNIT = "hapbx-cdr-worker.service"
+#: window of the Failover notice and of "changed recently" checks
+RECENT = "5m"
+
+#: Debian 12's postgres exporter (0.11) has no standby lag metric of its own; from 0.13 the
+#: replication collector exports pg_replication_lag_seconds with this query. An exporter older
+#: than 0.13 gets it as an extra query (--extend.query-path), so the same rule works on both.
+POSTGRES_LAG_QUERY_YAML = """\
+pg_replication:
+  query: >-
+    SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+    ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))) END AS lag_seconds
+  master: true
+  metrics:
+    - lag_seconds:
+        usage: GAUGE
+        description: Standby replay lag behind the primary in seconds (0 when caught up)
+"""
+
+
+def _alert(name: str, expr: str, severity: str, summary: str, action: str, for_: str = "0s") -> dict:
+    return {"alert": name, "expr": " ".join(expr.split()), "for": for_,
+            "labels": {"severity": severity}, "annotations": {"summary": summary, "action": action}}
+
+
+def _s(seconds: float) -> str:
+    return f"{int(seconds)}s"
+
+
+def _nodes(m, cluster) -> list[dict]:
+    down = _s(m.node_down_seconds)
+    return [
+        _alert("NodeDown", "max by (node) (up) == 0", "critical",
+               "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
+               "Check the machine (console, power, network); on a PBX node, confirm the peer took over (Failover).",
+               down),
+        _alert("TargetDown", 'up{job!~"kamailio|etcd"} == 0 unless on (node) (max by (node) (up) == 0)',
+               "warning", "{{ $labels.node }}: {{ $labels.job }} at {{ $labels.instance }} does not answer scrapes",
+               "systemctl status of that exporter or service on the node, then its journal.", down),
+        _alert("ServiceDown",
+               f'node_systemd_unit_state{{state="active",type!="oneshot",name=~"{WATCHED_UNITS}",'
+               f'name!="{CDR_WORKER_UNIT}"}} == 0 '
+               f'or (node_systemd_unit_state{{state="active",name="{CDR_WORKER_UNIT}"}} == 0 '
+               f'and on (node) hapbx_vip_owner == 1)',
+               "critical", "{{ $labels.node }}: {{ $labels.name }} is not active",
+               "journalctl -u <unit> -n 100 on the node; start it if it stopped, fix what made it fail.", down),
+    ]
+
+
+def _ha(m, cluster) -> list[dict]:
+    scrape = m.scrape_interval_seconds
+    ttl = cluster.etcd.lease_ttl_seconds
+    return [
+        _alert("VipNoOwner", "(sum(hapbx_vip_owner) or vector(0)) < 1", "critical",
+               "No node holds the virtual IP: phones and trunks reach no PBX",
+               "hapbx-ha status on both nodes; keepalived's journal (FAULT state, failed checks).", "20s"),
+        _alert("VipTwoOwners", "sum(hapbx_vip_owner) > 1", "critical",
+               "Both nodes hold the virtual IP (split brain on the LAN)",
+               "Check the link between the nodes (VRRP adverts); stop keepalived on the node that is not the "
+               "lease holder.", _s(2 * scrape)),
+        _alert("Failover",
+               f"max by (node) ((hapbx_lease_holder == 1 and on (node) changes(hapbx_lease_holder[{RECENT}]) > 0) "
+               f"or (hapbx_postgres_primary == 1 and on (node) changes(hapbx_postgres_primary[{RECENT}]) > 0))",
+               "info", "{{ $labels.node }} took over the lease or the PostgreSQL primary in the last " + RECENT,
+               "Read the reason (hapbx_ha_role_info, hapbx-ha status); check the old primary rejoined as standby.",
+               "0s"),
+        _alert("HaCoreStale", f"hapbx_ha_status_age_seconds > {max(2 * ttl, 2 * scrape)}", "critical",
+               "{{ $labels.node }}: the HA core's status is {{ $value | humanize }}s old (stopped or hung)",
+               "systemctl status hapbx-leader on the node and its journal; restart it if hung.", _s(scrape)),
+        _alert("LeaseRenewalSlow",
+               f"hapbx_ha_renew_max_gap_seconds > {ttl / 2:g} "
+               f"and on (node, instance, job) changes(hapbx_ha_renew_max_gap_seconds[{RECENT}]) > 0",
+               "warning", "{{ $labels.node }}: a lease renewal took {{ $value | humanize }}s "
+               f"(lease TTL {ttl}s)",
+               "Look for load or etcd latency on the node (etcd_disk_wal_fsync, CPU steal); a lease "
+               "renewed late is a failover near miss."),
+    ]
+
+
+def _postgres(m) -> list[dict]:
+    return [
+        _alert("PostgresDown", "pg_up == 0", "critical",
+               "{{ $labels.node }}: PostgreSQL does not accept the exporter's connection",
+               "systemctl status postgresql@* and its log on the node; hapbx-ha status.", "30s"),
+        _alert("PostgresNotReplicating",
+               'max by (node) (hapbx_postgres_primary == 1) '
+               'unless on (node) pg_stat_replication_pg_wal_lsn_diff{state="streaming"}',
+               "critical", "{{ $labels.node }} is the primary and no standby streams from it",
+               "Check PostgreSQL on the peer (standby log, primary_conninfo, slot); rejoin it (README, failover).",
+               "1m"),
+        _alert("PostgresReplicationLagBytes",
+               f"max by (node) (pg_stat_replication_pg_wal_lsn_diff) > {m.replication_lag_bytes}", "warning",
+               "The standby replays {{ $value | humanize1024 }}B behind the primary {{ $labels.node }}",
+               "Check the standby's disk and CPU and the link between the nodes.", "1m"),
+        _alert("PostgresReplicationLagSeconds",
+               f"max by (node) (pg_replication_lag_seconds) > {m.replication_lag_seconds}", "warning",
+               "{{ $labels.node }}: the standby replays {{ $value | humanize }}s behind the primary",
+               "Check the standby's disk and CPU and the link between the nodes.", "1m"),
+        _alert("PostgresSlotRetainingWal",
+               f"max by (node, slot_name) (pg_replication_slots_pg_wal_lsn_diff) > {m.slot_retained_bytes}",
+               "warning", "{{ $labels.node }}: slot {{ $labels.slot_name }} holds {{ $value | humanize1024 }}B of WAL",
+               "Bring the standby back or rejoin it; drop the slot only if the standby is gone for good "
+               "(the disk fills otherwise).", "5m"),
+    ]
+
+
+def _redis(m) -> list[dict]:
+    return [
+        _alert("RedisDown", "redis_up == 0", "critical",
+               "{{ $labels.node }}: Redis does not answer the exporter (CDR queue)",
+               "systemctl status redis-server on the node and its log.", "30s"),
+        _alert("RedisReplicaLinkDown",
+               'max by (node) (redis_master_link_up == 0) or max by (node) (redis_connected_slaves == 0 '
+               'and on (node, instance) redis_instance_info{role="master"})',
+               "warning", "{{ $labels.node }}: the Redis replication link is down",
+               "redis-cli INFO replication on both nodes; check the replica's log and the ACL user.", "1m"),
+    ]
+
+
+def _cdr(m) -> list[dict]:
+    return [
+        _alert("CdrQueueGrowing", f"hapbx_cdr_queue_depth > {m.cdr_queue_max}", "warning",
+               "{{ $labels.node }}: {{ $value }} CDRs wait in the Redis queue",
+               "journalctl -u hapbx-cdr-worker on the writer; check PostgreSQL is writable.", "2m"),
+        _alert("CdrDeadLetters", "hapbx_cdr_dead_letters > 0", "warning",
+               "{{ $labels.node }}: {{ $value }} CDRs in the dead-letter list",
+               "hapbx cdr deadletters: read why they failed, fix, replay them."),
+        _alert("CdrIngestStalled",
+               f"max by (node) (hapbx_cdr_oldest_queued_age_seconds > {m.cdr_lag_seconds} "
+               f"or hapbx_cdr_stats_age_seconds > {m.cdr_lag_seconds}) "
+               "or absent(hapbx_cdr_stats_age_seconds)",
+               "critical", "CDR ingestion stalled {{ with $labels.node }}on {{ . }}{{ else }}(no CDR worker "
+               "reports){{ end }}",
+               "Is hapbx-cdr-worker running on the VIP owner? Its journal; PostgreSQL and Redis reachable?",
+               _s(m.cdr_lag_seconds)),
+    ]
+
+
+def _kamailio(m) -> list[dict]:
+    return [
+        _alert("KamailioDown", 'up{job="kamailio"} == 0', "critical",
+               "{{ $labels.node }}: Kamailio does not answer (SIP proxy and registrar)",
+               "systemctl status kamailio on the node and its journal; kamailio -c for a broken config.",
+               _s(m.node_down_seconds)),
+        _alert("DispatcherNoMediaDestination", "kamailio_hapbx_media_destinations_active < 1", "critical",
+               "{{ $labels.node }}: Kamailio has no active media destination: calls fail",
+               "Check the media engine on both nodes (MediaDown) and kamcmd dispatcher.list.", "15s"),
+        _alert("RegistrationsDropped",
+               "(max_over_time(kamailio_usrloc_registered_users[10m]) - kamailio_usrloc_registered_users) "
+               f"/ max_over_time(kamailio_usrloc_registered_users[10m]) * 100 > {m.registrations_drop_percent}",
+               "warning", "{{ $labels.node }}: registered users fell by {{ $value | humanize }}% in 10 minutes",
+               "Check the network path from the phones (firewall, VIP), Kamailio's log, and a provider outage.",
+               "1m"),
+        _alert("SipAuthFailureBurst",
+               f"rate(kamailio_script_hapbx_auth_failed[2m]) * 60 > {m.auth_failures_per_minute}", "warning",
+               "{{ $labels.node }}: {{ $value | humanize }} SIP authentication failures per minute",
+               "Find the sources in Kamailio's log (password guessing?); check the bans work, block at the edge."),
+        _alert("SipBanBurst",
+               "(rate(kamailio_script_hapbx_auth_banned[2m]) + rate(kamailio_script_hapbx_flood_banned[2m])) * 60 "
+               f"> {m.bans_per_minute}", "warning",
+               "{{ $labels.node }}: {{ $value | humanize }} source addresses banned per minute",
+               "An attack is on: check the banned sources in Kamailio's log; block the networks at the edge."),
+        _alert("SipRelayRefusalBurst",
+               f"rate(kamailio_script_hapbx_relay_refused[2m]) * 60 > {m.relay_refusals_per_minute}", "warning",
+               "{{ $labels.node }}: {{ $value | humanize }} relay attempts refused per minute",
+               "Someone probes for an open relay: find the sources in Kamailio's log; block them at the edge."),
+        _alert("PremiumCallRefused", f"increase(kamailio_script_hapbx_class_refused[{RECENT}]) > 0", "warning",
+               "{{ $labels.node }}: calls to premium or international numbers refused by class of service",
+               "Find the account in Kamailio's log: a compromised phone or a user without the right? "
+               "Change its password if in doubt."),
+    ]
+
+
+def _disks(m) -> list[dict]:
+    fs = f'fstype!~"{PSEUDO_FS}",mountpoint!~"{PSEUDO_MOUNTS}"'
+    return [
+        _alert("DiskAlmostFull",
+               f"(1 - node_filesystem_avail_bytes{{{fs}}} / node_filesystem_size_bytes{{{fs}}}) * 100 "
+               f"> {m.disk_used_percent}", "warning",
+               "{{ $labels.node }}: {{ $labels.mountpoint }} is {{ $value | humanize }}% full",
+               "du -xsh on the mount point: old recordings, logs, WAL held by a slot (PostgresSlotRetainingWal).",
+               "5m"),
+        _alert("DiskFillingUp",
+               f"predict_linear(node_filesystem_avail_bytes{{{fs}}}[1h], {m.disk_full_hours * 3600}) < 0 "
+               f"and node_filesystem_readonly{{{fs}}} == 0",
+               "warning", "{{ $labels.node }}: {{ $labels.mountpoint }} will be full within "
+               f"{m.disk_full_hours} hours at the rate of the last hour",
+               "Find what grows (du -xsh, journal, recordings, WAL) before it is full.", "15m"),
+    ]
+
+
+def _etcd(m, cluster) -> list[dict]:
+    if cluster.witness is None:
+        return []   # no witness, no etcd (render/etcd.py)
+    members = len(cluster.nodes) + 1
+    return [
+        _alert("EtcdMemberDown", 'up{job="etcd"} == 0', "warning",
+               "{{ $labels.node }}: etcd member does not answer",
+               "systemctl status etcd on the node and its journal; the lease quorum has one member less.",
+               _s(m.node_down_seconds)),
+        _alert("EtcdNoLeader", "etcd_server_has_leader == 0", "critical",
+               "{{ $labels.node }}: etcd member sees no leader",
+               "Check the network between the members (etcd peer port) and etcdctl endpoint status.", "15s"),
+        _alert("EtcdQuorumAtRisk", f'(count(up{{job="etcd"}} == 1) or vector(0)) < {members}', "critical",
+               f"Only {{{{ $value }}}} of {members} etcd members answer: one more loss stops automatic failover",
+               "Bring the missing member back first (EtcdMemberDown, NodeDown); plan no maintenance until then.",
+               _s(m.node_down_seconds)),
+    ]
+
+
+def _media(m) -> list[dict]:
+    return [
+        _alert("MediaDown", "hapbx_media_up == 0", "critical",
+               "{{ $labels.node }}: the media engine is down",
+               "systemctl status freeswitch (prod) on the node and its log; calls use the other node meanwhile.",
+               "15s"),
+    ]
+
+
+def groups(cluster) -> list[dict]:
+    m = cluster.monitoring
+    every = _s(m.scrape_interval_seconds)
+    return [
+        {"name": "hapbx-nodes", "interval": every, "rules": _nodes(m, cluster) + _disks(m)},
+        {"name": "hapbx-ha", "interval": every, "rules": _ha(m, cluster) + _etcd(m, cluster)},
+        {"name": "hapbx-data", "interval": every, "rules": _postgres(m) + _redis(m) + _cdr(m)},
+        {"name": "hapbx-sip", "interval": every, "rules": _kamailio(m) + _media(m)},
+    ]
+
+
+def rules(cluster) -> str:
+    """The rules file's text (promtool check rules validates it)."""
+    from . import header
+    body = yaml.safe_dump({"groups": groups(cluster)}, sort_keys=False, width=1000, allow_unicode=True)
+    return f"{header()}\n{body}"
