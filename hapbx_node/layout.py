@@ -57,6 +57,20 @@ def planned_restart_marker(service: str) -> str:
     return f"{PLANNED_DIR}/planned-restart.{service}"
 
 
+# ---------------------------------------------------------------- CDR worker's stats, media stats, exporter
+#: the CDR worker's RuntimeDirectory= (systemd removes it when the worker stops: no file, no worker here)
+CDR_WORKER_RUN_DIR = "/run/hapbx-cdr-worker"
+#: its stats, rewritten atomically each loop (key=value lines, format_stats): read by hapbx-exporter
+CDR_STATS = f"{CDR_WORKER_RUN_DIR}/stats"
+#: the lab media stand-in's (SIPp) RuntimeDirectory= and its statistics file (-trace_stat -stf)
+MEDIA_UAS_RUN_DIR = "/run/hapbx-media-uas"
+MEDIA_UAS_STATS = f"{MEDIA_UAS_RUN_DIR}/stat.csv"
+#: seconds between SIPp's statistics dumps (-fd)
+MEDIA_UAS_STATS_EVERY = 5
+EXPORTER_UNIT = "hapbx-exporter.service"
+EXPORTER_LIB_DIR = f"{LIB_ROOT}/exporter"
+EXPORTER_ENV = f"{ETC_DIR}/hapbx-exporter.env"
+
 # ---------------------------------------------------------------- PostgreSQL (Debian's layout)
 PG_OS_USER = "postgres"
 PG_SOCKET_DIR = "/var/run/postgresql"
@@ -98,11 +112,19 @@ def slot_name(node_name: str) -> str:
 #: the leader daemon's status file: one `key=value` per line, these keys in this order
 STATUS_KEYS = ("node", "role", "reason", "hold", "holder", "vrrp", "hung", "yield", "stale", "writer",
                "deadline_in_ms", "last_renew_ms_ago", "last_renew_at_ms", "renew_max_gap_ms",
-               "last_fence_at_ms", "witness", "moved_aside")
+               "last_fence_at_ms", "witness", "moved_aside", "role_since_ms")
 
 
 def format_status(values: dict) -> str:
     return "".join(f"{k}={values.get(k, '')}\n" for k in STATUS_KEYS)
+
+
+#: the CDR worker's stats file (CDR_STATS): these keys, times in epoch seconds (0: none)
+STATS_KEYS = ("node", "at", "queue", "processing", "dead", "review", "oldest_queued_at", "last_ingest_at")
+
+
+def format_stats(values: dict) -> str:
+    return "".join(f"{k}={values.get(k, '')}\n" for k in STATS_KEYS)
 
 
 def parse_status(text: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 
-from ..layout import HA_STATUS, TLS_CA
+from ..layout import CDR_STATS, HA_STATUS, TLS_CA
 from . import auth
 from .common import is_loopback, server_tls
 from .resp import Endpoint
@@ -183,6 +183,8 @@ class WorkerSettings:
     batch: int
     block_seconds: float
     backoff_max: float
+    stats_path: str = CDR_STATS  # the stats file hapbx-exporter reads ("": none)
+    stats_every: float = 1.0     # s between its writes
 
     @staticmethod
     def from_env(env=os.environ) -> "WorkerSettings":
@@ -191,7 +193,9 @@ class WorkerSettings:
             pg_dsn=_get(env, "HAPBX_PG_DSN"), pg_password=_get(env, "HAPBX_PG_PASSWORD"),
             batch=_int(env, "HAPBX_CDR_BATCH", 500, 1, 10000),
             block_seconds=_float(env, "HAPBX_CDR_BLOCK_SECONDS", 1.0, 0.01, 30),
-            backoff_max=_float(env, "HAPBX_CDR_BACKOFF_MAX", 5.0, 0.05, 300))
+            backoff_max=_float(env, "HAPBX_CDR_BACKOFF_MAX", 5.0, 0.05, 300),
+            stats_path=env.get("HAPBX_CDR_STATS", CDR_STATS),
+            stats_every=_float(env, "HAPBX_CDR_STATS_EVERY", 1.0, 0.05, 60))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from . import records
 from .ingest import INGEST_SQL, is_poison, one_by_one, pg_error
 from .common import RateLimitedLog, setup_logging
 from .settings import WorkerSettings
+from .stats import StatsFile
 
 
 
@@ -50,6 +51,7 @@ class Counters:
     recovered: int = 0
     retries: int = 0
     last_lag: float = 0.0
+    last_ingest: float = 0.0     # wall time the last batch was stored and released (0: none yet)
     started: float = field(default_factory=time.time)
 
 
@@ -71,6 +73,7 @@ class Worker:
         self.stopping = False
         self.limited = RateLimitedLog(log, 1)
         self.recovered_peers = False
+        self.stats = StatsFile(s.stats_path, s.stats_every, log)
 
     # --- PostgreSQL ---------------------------------------------------------------------------
     def _pg(self):
@@ -212,6 +215,7 @@ class Worker:
             dead = self.store(items)
             self.release(len(items), dead)
             self.c.batches += 1
+            self.c.last_ingest = time.time()
             return len(items)
         except redis.exceptions.ResponseError as err:
             raise Transient(f"Redis: {err}") from None
@@ -237,6 +241,7 @@ class Worker:
                 while not self.stopping and time.monotonic() < deadline:
                     time.sleep(min(0.05, backoff))
                 backoff = min(backoff * 2, self.s.backoff_max)
+            self.stats.write(self)
             now = time.monotonic()
             if now - last_report >= 10:
                 current = (self.c.stored, self.c.duplicates, self.c.conflicts, self.c.dead)

@@ -103,6 +103,7 @@ class Daemon:
         self.stop_requested = False
         self.reload_requested = False
         self.reason = ""
+        self.role_since_ms = wall_ms()      # wall clock: when the current role began (the exporter's)
 
     # ------------------------------------------------------------ observe
     def _due(self, fact: str, now: int) -> bool:
@@ -244,7 +245,8 @@ class Daemon:
             "last_renew_at_ms": wall - (now - s.last_renew) if s.last_renew else 0,
             "renew_max_gap_ms": s.max_renew_gap,
             "last_fence_at_ms": wall - (now - s.last_fence) if s.last_fence else 0,
-            "witness": int(self.cfg.witness), "moved_aside": moved_aside(self.lib_dir)}))
+            "witness": int(self.cfg.witness), "moved_aside": moved_aside(self.lib_dir),
+            "role_since_ms": self.role_since_ms}))
 
     # ------------------------------------------------------------ loop
     def cycle(self) -> d.Decision:
@@ -252,6 +254,7 @@ class Daemon:
         dec = d.decide(self.state, o, self.cfg)
         if dec.role != self.state.role:
             self.log("INFO", f"role {self.state.role} -> {dec.role}: {dec.reason}")
+            self.role_since_ms = wall_ms()
         self.state, self.reason = dec.state, dec.reason
         self.act(dec.actions)
         self.publish()
@@ -285,6 +288,8 @@ class Daemon:
             stop_writes("resign", "leader daemon stopping", pg=self.pg, redis=self.redis, store=self.store,
                         owners=self.owners, promote=self.promote, log=self.log, lease_id=self.state.lease_id,
                         deadline=self.state.deadline, fast_stop_ms=self.cfg.fast_stop_ms)
+            if self.state.role != d.FENCED:
+                self.role_since_ms = wall_ms()
             self.state = replace(self.state, hold=False, writer_ok=False, lease_id="-", role=d.FENCED)
             self.reason = "daemon stopped"
             self.publish()
@@ -355,9 +360,12 @@ def main(argv: list[str]) -> int:
         os.mkfifo(fifo, 0o600)
     wake_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     resume = os.environ.pop("HAPBX_RESUME", "")
+    resume_role = os.environ.pop("HAPBX_RESUME_ROLE", "").split()
     if resume:
         hold, lease_id, deadline, last_renew, writer_ok = resume.split()
         daemon.state = d.resume(hold == "1", lease_id, int(deadline), int(last_renew), writer_ok == "1")
+        if len(resume_role) == 2 and resume_role[0] == daemon.state.role and resume_role[1].isdigit():
+            daemon.role_since_ms = int(resume_role[1])      # the same role goes on: since the same time
         daemon.log("INFO", f"leader daemon: resumed (hold={hold} lease={lease_id})")
     else:
         daemon.log("INFO", f"leader daemon: start (witness={int(cfg.witness)} ttl={cfg.ttl_ms}ms "
@@ -367,6 +375,7 @@ def main(argv: list[str]) -> int:
         s = daemon.state
         daemon.log("INFO", "leader daemon: reloading (re-exec, lease kept)")
         os.environ["HAPBX_RESUME"] = f"{int(s.hold)} {s.lease_id} {s.deadline} {s.last_renew} {int(s.writer_ok)}"
+        os.environ["HAPBX_RESUME_ROLE"] = f"{s.role} {daemon.role_since_ms}"
         os.execv(sys.executable, [sys.executable, os.path.join(cfg.bin_dir, "leader"), "run"])
     daemon.shutdown()
     return 0

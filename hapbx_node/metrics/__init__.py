@@ -1,0 +1,9 @@
+"""hapbx-exporter: the HA core's, the CDR pipeline's and the media engine's state as Prometheus
+metrics (hapbx_*), served on the node address (job hapbx). Standard library only.
+
+Every scrape reads the sources afresh, each cheaply: the HA core's status file, the CDR worker's
+stats file (on the writer only: no file, no hapbx_cdr_* series), the kernel's local addresses
+(the VIP) and the media engine (the lab's SIPp statistics file, or FreeSWITCH's event socket).
+A missing or garbled source leaves out what it would have given; what says so stays: the
+status age (+Inf when there is no status), hapbx_cdr_stats_age_seconds, hapbx_media_up 0.
+"""
