@@ -22,6 +22,10 @@ STATISTICS = ("hapbx_relay_refused", "hapbx_forged_dialog", "hapbx_untrusted_med
               "hapbx_banned_dropped", "hapbx_flood_banned", "hapbx_scanner_dropped", "hapbx_auth_failed",
               "hapbx_auth_banned", "hapbx_class_refused", "hapbx_call_rate_refused", "hapbx_call_limit_refused",
               "hapbx_trunk_limit_refused")
+#: Prometheus metrics (xhttp_prom) on the node address, port monitoring.kamailioPort: the path and
+#: the gauge of media engines dispatcher would use now (exported as kamailio_<name>)
+METRICS_PATH = "/metrics"
+MEDIA_GAUGE = "hapbx_media_destinations_active"
 #: User-Agent headers of SIP scanners and password-guessing tools (dropped and banned)
 SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sip-vicious", "sipcli", "sip-scan", "sipscan",
                        "sundayddr", "iWar", "VaxSIPUserAgent", "smap", "pplsip", "SIVuS", "SIPBomber")
@@ -52,7 +56,8 @@ def aliases(ctx: RenderContext) -> list[str]:
 
 def config(ctx: RenderContext) -> str:
     c = ctx.cluster
-    return template("kamailio/kamailio.cfg.j2", ctx, k=c.kamailio, media_set=DISPATCHER_SET, aliases=aliases(ctx),
+    return template("kamailio/kamailio.cfg.j2", ctx, k=c.kamailio, m=c.monitoring, metrics_path=METRICS_PATH,
+                    media_gauge=MEDIA_GAUGE, media_set=DISPATCHER_SET, aliases=aliases(ctx),
                     scanner_ua_re="|".join(SCANNER_USER_AGENTS), statistics=STATISTICS,
                     call_classes=CALL_CLASSES, dial_rules=dial_rules(c.dialplan), trunks=c.dialplan.trunks)
 
