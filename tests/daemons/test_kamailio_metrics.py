@@ -22,6 +22,7 @@ from lab.sip_wire import Connection, Request
 from tests.daemons.test_kamailio_loopback import (BAD, CALLER, NODE1, NODE2, PASSWORDS, VIP, register,
                                                  stack)  # noqa: F401  (stack: the module's fixture)
 from tests.daemons.test_kamailio_render import cluster, files, validator  # noqa: F401  (validator: fixture)
+from tests.daemons.test_kamailio_security import Sink
 
 #: what alert rules and dashboards use (also in /work/notes/kamailio-metrics.md): exposition names
 REGISTERED_USERS = "kamailio_usrloc_registered_users"
@@ -149,6 +150,25 @@ def test_sip_on_the_metrics_port_gets_no_answer(stack):
     with Connection((NODE1, sip_port), "tcp", CALLER) as conn:
         r = conn.ask(req)
     assert r is not None and r.line == "200 Keepalive", r and r.line
+
+
+def test_a_sip_reply_on_the_metrics_port_is_not_forwarded(stack):
+    """A reply matching no transaction is forwarded to its next Via by the core: not from this socket."""
+    sink = Sink()
+    try:
+        port = stack.cluster.monitoring.kamailio_port
+        reply = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP {NODE1}:{port};branch=z9hG4bKmetrics1\r\n"
+                 f"Via: SIP/2.0/UDP {sink.sock.getsockname()[0]}:{sink.port};branch=z9hG4bKmetrics2\r\n"
+                 f"From: <sip:a@{VIP}>;tag=1\r\nTo: <sip:b@{VIP}>;tag=2\r\nCall-ID: metrics-reply\r\n"
+                 "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        before = scrape(stack)["kamailio_core_rcv_replies"]
+        with socket.create_connection((NODE1, port), timeout=3) as conn:
+            conn.sendall(reply.encode())
+            time.sleep(1)
+        assert scrape(stack)["kamailio_core_rcv_replies"] == before + 1  # it arrived as SIP
+        assert sink.got == []
+    finally:
+        sink.close()
 
 
 def test_http_on_the_sip_sockets_is_not_served(stack):
