@@ -32,8 +32,8 @@ import os
 import shlex
 
 from hapbx_node.cdr import auth
-from hapbx_node.layout import (CDR_WORKER_RUN_DIR, ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_PEER_SSL, PG_SOCKET_DIR, TLS_CA,
-                               tls_certificate, tls_key)
+from hapbx_node.layout import (CDR_WORKER_RUN_DIR, ETC_DIR, HA_STATUS, LIB_ROOT, PENDING_DIR, PG_PEER_SSL,
+                               PG_SOCKET_DIR, TLS_CA, tls_certificate, tls_key)
 
 from ..config import ClusterConfig
 from . import (NODE_PACKAGE, RenderContext, RenderedFile, header, node_module_source, node_package_modules,
@@ -183,7 +183,8 @@ def admin_env(ctx: RenderContext) -> dict[str, str]:
 
 
 def _values(ctx: RenderContext) -> dict:
-    return dict(lib_dir=LIB_DIR, env_dir=ETC_DIR, pg_service=pg_paths(ctx.cluster).service, stats_dir=CDR_WORKER_RUN_DIR,
+    return dict(lib_dir=LIB_DIR, env_dir=ETC_DIR, pg_service=pg_paths(ctx.cluster).service,
+                stats_dir=CDR_WORKER_RUN_DIR,
                 https_credentials=list(zip(HTTPS_CREDENTIALS, (tls_certificate(HTTPS_SERVICE), tls_key(HTTPS_SERVICE)))))
 
 

@@ -72,8 +72,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness or c.media.engine != "sipp-uas":
         return []
     v = dict(scenario=SCENARIO, state_dir=STATE_DIR, user=USER, post_cdr=POST_CDR, cdr_unit=CDR_UNIT,
-             sipp_unit=UNIT, error_dir=ERROR_DIR, sender_env=SENDER_ENV, stats_file=MEDIA_UAS_STATS, stats_dir=MEDIA_UAS_RUN_DIR,
-             stats_every=MEDIA_UAS_STATS_EVERY)
+             sipp_unit=UNIT, error_dir=ERROR_DIR, sender_env=SENDER_ENV,
+             stats_file=MEDIA_UAS_STATS, stats_dir=MEDIA_UAS_RUN_DIR, stats_every=MEDIA_UAS_STATS_EVERY)
     unit = template("sipp/hapbx-media-uas.service.j2", ctx, max_socket=min(c.os.nofile - 64, 50000), **v)
     verify = "! systemd-analyze verify --man=no {path} 2>&1 | grep ."
     return [

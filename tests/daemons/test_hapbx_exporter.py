@@ -474,3 +474,34 @@ def test_the_sources_units_leave_it_readable_runtime_directories():
     for f in (worker, uas):
         out = run_validator(f)
         assert out.returncode == 0, (f.path, out.stdout, out.stderr)
+
+
+def test_the_leader_daemon_publishes_when_its_role_began(base, exporters):
+    """Daemon.publish (hapbx_node/ha/daemon.py) writes role_since_ms; a role change in cycle() moves it."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+    from hapbx_node.ha import daemon as ha_daemon, decide as d
+    dm = ha_daemon.Daemon.__new__(ha_daemon.Daemon)
+    dm.cfg = SimpleNamespace(node="pbx1", witness=True)
+    dm.run_dir = dm.lib_dir = base
+    dm.state, dm.reason, dm.role_since_ms = replace(d.State(), role=d.FOLLOWER), "pbx2 leads", 1_700_000_000_123
+    dm.publish()
+    e = exporters()
+    m = e.scrape()
+    assert value(m, "hapbx_ha_role_since_timestamp_seconds") == 1_700_000_000.123
+    assert m["hapbx_ha_role_info"] == [({"role": d.FOLLOWER, "reason": "pbx2 leads"}, 1.0)]
+    # a cycle whose decision changes the role: since now
+    dm.log = lambda *a, **k: None
+    dm.observe = lambda: None
+    dm.act = lambda actions: None
+    decided = SimpleNamespace(role=d.LEADER, reason="lease taken", state=replace(dm.state, role=d.LEADER), actions=())
+    real = ha_daemon.d.decide
+    ha_daemon.d.decide = lambda state, o, cfg: decided
+    try:
+        before = time.time()
+        dm.cycle()
+    finally:
+        ha_daemon.d.decide = real
+    m = e.scrape()
+    assert before - 0.01 <= value(m, "hapbx_ha_role_since_timestamp_seconds") <= time.time() + 0.01
+    assert m["hapbx_ha_role_info"] == [({"role": d.LEADER, "reason": "lease taken"}, 1.0)]
