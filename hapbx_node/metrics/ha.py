@@ -1,9 +1,21 @@
 """The HA core's state, from the leader daemon's status file (layout.HA_STATUS, format_status)."""
 from __future__ import annotations
 
+import re
+
 from .. import layout
 from . import files
 from .exposition import Gauge
+
+
+#: the durations in a reason change every cycle ("fence in 2464ms"): one series per role and kind of
+#: reason, not one per scrape
+DURATION = re.compile(r"-?\b\d+ms\b")
+REASON_MAX = 200
+
+
+def reason_label(reason: str) -> str:
+    return DURATION.sub("Nms", reason)[:REASON_MAX]
 
 
 def gauges(path: str) -> list[Gauge]:
@@ -28,7 +40,7 @@ def gauges(path: str) -> list[Gauge]:
         if status.get(key) in ("0", "1"):
             gauge.set(int(status[key]))
     if status.get("role"):
-        role.set(1, role=status["role"], reason=status.get("reason", ""))
+        role.set(1, role=status["role"], reason=reason_label(status.get("reason", "")))
     for gauge, key in ((since, "role_since_ms"), (gap, "renew_max_gap_ms"), (fence, "last_fence_at_ms")):
         ms = files.number(status, key)
         if ms is not None and ms >= 0:

@@ -178,6 +178,12 @@ def test_ha_status_as_the_leader_daemon_publishes_it(base, exporters):
     # the worker does not run here, the engine is none: no CDR or media series at all
     assert not [n for n in m if n.startswith(("hapbx_cdr_", "hapbx_media_"))]
 
+    # the durations of a reason change every cycle: one series per kind of reason, not per scrape
+    write_status(os.path.join(base, "status"), node="pbx1", role="leader", hold=1, writer=1,
+                 reason="holds the lease (fence in 2464ms); postgres is the writer")
+    assert e.scrape()["hapbx_ha_role_info"] == [
+        ({"role": "leader", "reason": "holds the lease (fence in Nms); postgres is the writer"}, 1.0)]
+
     write_status(os.path.join(base, "status"), node="pbx1", role="follower", reason="pbx2 leads", hold=0, writer=0,
                  renew_max_gap_ms=0, last_fence_at_ms=0, role_since_ms=now_ms)
     os.utime(os.path.join(base, "status"), (time.time() - 42, time.time() - 42))
