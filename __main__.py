@@ -12,6 +12,7 @@ from components.node import Node, NodeArgs
 from components.postgres_pair import PostgresPair, PostgresPairArgs
 from components.redis_pair import RedisPair, RedisPairArgs
 from components.media import Media, MediaArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
 from components.render import GENERATED_SECRETS
@@ -46,6 +47,10 @@ secrets: dict[str, pulumi.Output[str]] = {
 }
 if cluster.vendor_repo_token:
     secrets["vendor_repo_token"] = config.require_secret("vendorRepoToken")
+if cluster.alert_webhook_token:
+    secrets["alert_webhook_token"] = config.require_secret("alertWebhookToken")
+if cluster.alert_smtp_password:
+    secrets["alert_smtp_password"] = config.require_secret("alertSmtpPassword")
 
 # The links between the nodes: the cluster's internal CA and each node's service certificates.
 cluster_ca = ClusterCa("cluster-ca", ClusterCaArgs(cluster=cluster))
@@ -89,6 +94,11 @@ sip = SipLayer("sip", SipLayerArgs(cluster=cluster, nodes=pbx_nodes, secrets=sec
                                    database_ready=[*postgres.schema_ready, *postgres.ready]))
 recordings = RecordingSync("recsync", RecordingSyncArgs(cluster=cluster, nodes=pbx_nodes, after=media.ready))
 
+# Monitoring last: every daemon it watches is configured, the exporters' role and user exist.
+monitoring = Monitoring("monitoring", MonitoringArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+                                                     after=[*postgres.schema_ready, *redis.ready, *cdr.ready,
+                                                            *sip.ready, *media.ready]))
+
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)
 pulumi.export("nodes", {name: node.address for name, node in nodes.items()})
@@ -100,5 +110,9 @@ pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.stand
 # the CA phones must trust for SIP over TLS (public: a certificate, not a key)
 pulumi.export("sipTlsCa", sip_certificate.ca_pem if sip_certificate else None)
 pulumi.export("clusterCa", cluster_ca.ca_pem)   # public: what the admin API's HTTPS chains to (curl --cacert)
+pulumi.export("monitoring", {"prometheus": [f"http://{n.address}:{cluster.monitoring.prometheus_port}"
+                                             for n in cluster.nodes] if cluster.monitoring.enabled else [],
+                              "alertmanager": [f"http://{n.address}:{cluster.monitoring.alertmanager_port}"
+                                               for n in cluster.nodes] if cluster.monitoring.enabled else []})
 pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
                      "adminUrl": f"https://{cluster.vip.address}:{cluster.admin.port}"})

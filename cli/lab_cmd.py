@@ -1,4 +1,4 @@
-"""`hapbx lab up|apply|down|status|ssh|drill|cdr-drill`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)
+"""`hapbx lab up|apply|down|status|ssh|drill|alert-drill|cdr-drill`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)
 and bench/cdr_drill.py."""
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def run(args) -> int:
         if args.lab_command == "drill":
             from cli import drill
             return drill.run(args, raw, cluster, spec)
+        if args.lab_command == "alert-drill":
+            from cli import alert_drill
+            return alert_drill.run(args, raw, cluster, spec)
         if args.lab_command == "cdr-drill":
             from cli import cdr_drill
             return cdr_drill.run(args, raw, cluster, spec)

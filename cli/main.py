@@ -115,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     lsub.add_parser("status", help="nodes, addresses, roles")
     from cli import drill
     drill.add_parser(lsub)      # `lab drill`: failover drills -> reports/failover.md
-    from cli import cdr_drill
+    from cli import alert_drill, cdr_drill
+    alert_drill.add_parser(lsub)  # `lab alert-drill`: faults -> notifications -> reports/alerts.md
     cdr_drill.add_parser(lsub)  # `lab cdr-drill`: CDRs to the VIP through faults -> reports/cdr-drill.md
     s = lsub.add_parser("ssh", help="open a shell (or run a command) on a node")
     s.add_argument("node")

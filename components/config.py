@@ -553,6 +553,9 @@ class ClusterConfig:
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
                 "procps", "curl", "python3-aiohttp", "python3-redis",   # python3-*: the CDR/admin service
                 "openssl"]   # checks each certificate and key before install (render/tls.py)
+        if self.monitoring.enabled:
+            base += ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
+                     "prometheus-postgres-exporter", "prometheus-redis-exporter"]
         if self.kamailio.tls:
             base += ["kamailio-tls-modules"]
         if self.media.engine == "freeswitch":
@@ -652,7 +655,7 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
         p.add("firewall.rtpPortMin", f"{fw.rtp_port_min} is not below rtpPortMax {fw.rtp_port_max}")
     for key, nets in (("firewall.sshAllowFrom", fw.ssh_allow_from), ("firewall.sipAllowFrom", fw.sip_allow_from),
                       ("kamailio.floodExemptNetworks", cfg.kamailio.flood_exempt_networks),
-                      ("admin.allowFrom", cfg.admin.allow_from)):
+                      ("admin.allowFrom", cfg.admin.allow_from), ("monitoring.allowFrom", cfg.monitoring.allow_from)):
         for i, net in enumerate(nets):
             if _cidr(net):
                 p.add(f"{key}[{i}]", f"{net!r} {_cidr(net)}")
@@ -682,6 +685,39 @@ def _check_sizes(cfg: ClusterConfig, p: Problems) -> None:
         if need > n.memory_mb:
             p.add(f"nodes[{i}].memoryMb", f"{n.memory_mb} is less than the {need} MiB the settings need "
                   "(PostgreSQL shared_buffers + Redis maxmemory + Kamailio shm/pkg + recordings tmpfs + 512 for the OS)")
+
+
+def _check_monitoring(cfg: ClusterConfig, p: Problems) -> None:
+    m = cfg.monitoring
+    for i, url in enumerate(m.webhook_urls):
+        if not re.match(r"^https?://[^\s/@]+(:\d+)?(/\S*)?$", url):
+            p.add(f"monitoring.webhookUrls[{i}]", f"{url!r} is not an http(s) URL without credentials (allowed: "
+                  "https://host[:port]/path; a token goes in the secret config alertWebhookToken)")
+    if m.email.to:
+        for key, value in (("monitoring.email.from", m.email.sender), ("monitoring.email.smarthost", m.email.smarthost)):
+            if not value:
+                p.add(key, "is required with monitoring.email.to")
+        if m.email.smarthost and not re.match(r"^[A-Za-z0-9.-]+:\d+$", m.email.smarthost):
+            p.add("monitoring.email.smarthost", f"{m.email.smarthost!r} is not host:port")
+    if m.email.username and not cfg.alert_smtp_password:
+        p.add("alertSmtpPassword", "is required with monitoring.email.username; set it with "
+              f"`pulumi config set --secret {PROJECT}:alertSmtpPassword <password>`")
+    ports = {"etcd.clientPort": cfg.etcd.client_port, "etcd.peerPort": cfg.etcd.peer_port}
+    if m.enabled:
+        ports.update({f"monitoring.{k}": v for k, v in (
+            ("nodeExporterPort", m.node_exporter_port), ("postgresExporterPort", m.postgres_exporter_port),
+            ("redisExporterPort", m.redis_exporter_port), ("kamailioPort", m.kamailio_port),
+            ("hapbxExporterPort", m.hapbx_exporter_port), ("etcdMetricsPort", m.etcd_metrics_port),
+            ("prometheusPort", m.prometheus_port), ("alertmanagerPort", m.alertmanager_port),
+            ("alertmanagerClusterPort", m.alertmanager_cluster_port))})
+        ports.update({"postgres.port": cfg.postgres.port, "redis.port": cfg.redis.port,
+                      "kamailio.sipPort": cfg.kamailio.sip_port, "cdr.receiverPort": cfg.cdr.receiver_port,
+                      "admin.port": cfg.admin.port})
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            p.add(key, f"{port} is also {seen[port]} (allowed: a port of its own)")
+        seen.setdefault(port, key)
 
 
 def _check_dialplan(cfg: ClusterConfig, p: Problems) -> None:
@@ -775,7 +811,8 @@ def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterCo
     typed = not p.errors
     if typed:
         cfg = _with_release_versions(cfg, p)
-    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan):
+    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan,
+                  _check_monitoring):
         try:
             check(cfg, p)
         except (TypeError, AttributeError, ValueError, StopIteration):

@@ -28,10 +28,12 @@ class Release:
 RELEASES: dict[str, Release] = {
     "bookworm": Release("bookworm", "12", postgres="15", kamailio="5.6", versions={
         "Kamailio": "5.6.3", "PostgreSQL": "15", "keepalived": "2.2.7", "etcd": "3.4.23",
-        "Redis": "7.0", "pgBackRest": "2.45", "lsyncd": "2.3.1"}),
+        "Redis": "7.0", "pgBackRest": "2.45", "lsyncd": "2.3.1", "Prometheus": "2.42",
+        "postgres_exporter": "0.11.1"}),
     "trixie": Release("trixie", "13", postgres="17", kamailio="6.0", versions={
         "Kamailio": "6.0.1", "PostgreSQL": "17", "keepalived": "2.3.3", "etcd": "3.5.16",
-        "Redis": "8.0", "pgBackRest": "2.55", "lsyncd": "2.3.1"}),
+        "Redis": "8.0", "pgBackRest": "2.55", "lsyncd": "2.3.1", "Prometheus": "2.53",
+        "postgres_exporter": "0.17.1"}),
 }
 #: the release new stacks get: Debian's stable release
 DEFAULT_RELEASE = "trixie"

@@ -19,11 +19,8 @@ RATE_INTERVAL = "1m"
 
 #: (dashboard file, panel title) -> why that panel has no data on the lab
 LAB_WITHOUT_DATA: dict[tuple[str, str], str] = {
-    ("node.json", "Disk used"):
-        "a lab node's only disk is its systemd-nspawn overlay root, which node exporter's default "
-        "fs-types-exclude leaves out (overlay); the tmpfs panel has data",
-    ("node.json", "Disk free in 4 h (linear prediction)"):
-        "same series as 'Disk used': no non-tmpfs filesystem on a lab node",
+    # none: every panel answered on the lab (Debian 12, 2026-12-06, 112 queries; the lab nodes' disks
+    # are reported, node exporter counts their root as a filesystem)
 }
 
 

@@ -51,6 +51,9 @@ def describe(cluster: ClusterConfig, spec: LabSpec, stack: str = "lab") -> str:
     lines += [f"  VIP      {cluster.vip.address:<15} SIP udp/tcp {cluster.kamailio.sip_port}",
               f"  ssh:     ./hapbx lab ssh {cluster.nodes[0].name}",
               f"  stack:   Pulumi.{stack}.yaml (pulumi up -s {stack} works against the same nodes)"]
+    if st.up:
+        from . import monitor_view
+        lines += monitor_view.lines(cluster)
     return "\n".join(lines)
 
 

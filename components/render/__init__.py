@@ -47,8 +47,10 @@ _TLS_KEYS = (*_per_node(*(tls_stems(svc)[1] for svc in TLS_SERVICES)),
 # Names of the secrets a render may reference; values come from pulumi-random or Pulumi secrets.
 SECRET_NAMES = (
     "postgres_superuser", "postgres_replication", "postgres_kamailio", "postgres_cdr", "postgres_admin",
-    "postgres_readonly", "redis_default", "redis_replication", "redis_cdr", "redis_ha", "etcd_root", "etcd_node",
+    "postgres_readonly", "postgres_monitor", "redis_default", "redis_replication", "redis_cdr", "redis_ha", "redis_monitor", "etcd_root", "etcd_node",
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
+    # the stack's own secret config (config.SECRET_KEYS): Alertmanager's receivers
+    "alert_webhook_token", "alert_smtp_password",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",
     # per PBX node (node_secret): its CDR sender password (hapbx_node/cdr/auth.py), its service
@@ -71,7 +73,9 @@ def node_secret(cluster, stem: str, node: str) -> str:
 
 
 #: secrets generated as pulumi-random passwords
-GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in ("vendor_repo_token", *CERTIFICATE_SECRETS))
+#: secrets the stack's config gives (config.SECRET_KEYS), not generated
+CONFIG_SECRETS = ("vendor_repo_token", "alert_webhook_token", "alert_smtp_password")
+GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in (*CONFIG_SECRETS, *CERTIFICATE_SECRETS))
 
 
 @dataclass(frozen=True)
@@ -185,9 +189,9 @@ def renderers() -> list[Renderer]:
     from . import baseline, postgres, redis
     from . import etcd, failover, keepalived
     from . import kamailio, sipp_uas, freeswitch, lsyncd
-    from . import cdr
+    from . import cdr, monitoring
     return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files,
-            kamailio.files, sipp_uas.files, freeswitch.files, lsyncd.files, cdr.files]
+            kamailio.files, sipp_uas.files, freeswitch.files, lsyncd.files, cdr.files, monitoring.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:

@@ -8,12 +8,21 @@ from .dialing import all_trunk_addresses
 def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
     c = ctx.cluster
     etcd = [c.etcd.client_port, c.etcd.peer_port]
+    if c.monitoring.enabled:   # scraped by the nodes' Prometheus (render/monitoring.py)
+        etcd.append(c.monitoring.etcd_metrics_port)
     if ctx.is_witness:
         return {"etcd": etcd}
     ports = {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
              "media-sip": [c.media.sip_port], "cdr-receiver": [c.cdr.receiver_port], "etcd": etcd}
     if not c.admin.allow_from:  # the admin API for the nodes only; else its own rule below
         ports["admin-api"] = [c.admin.port]
+    if c.monitoring.enabled:
+        m = c.monitoring
+        # the peer's Prometheus scrapes all of these and sends its alerts to this Alertmanager; the
+        # operators' networks reach the two UIs through their own rule (nftables.conf, allowFrom)
+        ports["monitoring"] = [m.node_exporter_port, m.postgres_exporter_port, m.redis_exporter_port, m.kamailio_port,
+                               m.hapbx_exporter_port, m.prometheus_port, m.alertmanager_port,
+                               m.alertmanager_cluster_port]
     return ports
 
 

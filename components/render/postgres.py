@@ -31,8 +31,10 @@ LOGIN_ROLES = {
     "cdr_writer": "postgres_cdr",
     "pbx_admin": "postgres_admin",
     "pbx_readonly": "postgres_readonly",
+    "hapbx_monitor": "postgres_monitor",   # prometheus-postgres-exporter (migration 010: pg_monitor only)
 }
 APP_ROLES = ("kamailio", "cdr_writer", "pbx_admin", "pbx_readonly")
+MONITOR_ROLE = "hapbx_monitor"
 LIB_DIR = f"{LIB_ROOT}/postgres"
 #: the replication password for the walreceiver, pg_basebackup and pg_rewind; named explicitly
 #: (primary_conninfo passfile=, PGPASSFILE=) since a postmaster or tool started from a root shell

@@ -42,6 +42,9 @@ HA_COMMANDS = (
     "replicaof",                       # promote (NO ONE), demote (follow the peer)
     "client|pause", "client|unpause",  # fence: a master stops acknowledging writes
 )
+#: prometheus-redis-exporter: INFO and PING only (no key, no CONFIG; the exporter reports what those give)
+MONITOR_USER = "hapbx-monitor"
+MONITOR_COMMANDS = ("ping", "info")
 CDR_PREFIX = "cdr:"
 #: the CDR receiver pushes (then WAITs for the replica), the worker moves items to a processing
 #: list and removes them when stored (reliable queue, MULTI/EXEC); nothing else: no KEYS/SCAN, no
@@ -62,6 +65,7 @@ def _rules(commands) -> str:
 
 #: the HA user's rule: no key, no channel, nothing but HA_COMMANDS
 HA_ACL = "resetkeys resetchannels -@all " + _rules(HA_COMMANDS)
+MONITOR_ACL = "resetkeys resetchannels -@all " + _rules(MONITOR_COMMANDS)
 #: AOF fsync before every reply. everysec write(2)s the AOF before replying too, so a SIGKILLed Redis reloads
 #: what it acknowledged from the page cache (reports/cdr-drill.md, redis-kill: nothing lost either way), but
 #: it postpones that write while a background fsync runs, and a kernel crash or power cut loses up to ~2 s;
@@ -71,7 +75,8 @@ HA_ACL = "resetkeys resetchannels -@all " + _rules(HA_COMMANDS)
 #: sustained instead of 3500/s on 2 cores.
 APPENDFSYNC = "always"
 #: Redis secrets: user -> secret name
-USERS = {"default": "redis_default", REPLICATION_USER: "redis_replication", CDR_USER: "redis_cdr", HA_USER: "redis_ha"}
+USERS = {"default": "redis_default", REPLICATION_USER: "redis_replication", CDR_USER: "redis_cdr", HA_USER: "redis_ha",
+         MONITOR_USER: "redis_monitor"}
 VERIFY_WAIT_SECONDS = 60
 
 
@@ -103,6 +108,7 @@ def redis_conf(ctx: RenderContext) -> str:
                     replication_password=ctx.secret("redis_replication"), cdr_password=ctx.secret("redis_cdr"),
                     cdr_user=CDR_USER, cdr_prefix=CDR_PREFIX, cdr_rules=_rules(CDR_COMMANDS),
                     ha_user=HA_USER, ha_password=ctx.secret("redis_ha"), ha_acl=HA_ACL,
+                    monitor_user=MONITOR_USER, monitor_password=ctx.secret("redis_monitor"), monitor_acl=MONITOR_ACL,
                     key=KEY, ca=TLS_CA, backlog_mb=backlog_mb(ctx.cluster),
                     appendfsync=APPENDFSYNC, **_values(ctx))
 

@@ -9,9 +9,7 @@ Debian releases' Prometheus tools and exporters.
   node, postgres and redis exporter and etcd are run against a real PostgreSQL primary + standby,
   a Redis master + replica and an etcd member on loopback, and scraped.
 
-Debian 13's binaries come from the trixie node image (tests/release_root.py) when it carries the
-monitoring packages; until the node package list has them, from a layer of just those packages over
-the same trixie base (lab/image.py, cached like the node image). They are Go programs run on this host.
+Debian 13's binaries come from the trixie node image (tests/daemons/monitoring_tools.py).
 """
 from __future__ import annotations
 
@@ -29,21 +27,11 @@ import yaml
 
 from components.config import load_stack_file
 from components.render import prometheus_rules
-from lab import image
 from tests.helpers import free_port
 from tests.mockrun import ROOT
-from tests.release_root import CACHE, HOST
+from tests.daemons.monitoring_tools import binary
 
 PROMTOOL_TESTS = Path(ROOT) / "tests/promtool"
-MONITORING_PACKAGES = ("prometheus", "prometheus-node-exporter", "prometheus-postgres-exporter",
-                       "prometheus-redis-exporter")
-#: the version each release ships (the parametrization is real: the binaries say so)
-VERSIONS = {
-    "bookworm": {"promtool": "2.42.", "prometheus-node-exporter": "1.5.", "prometheus-postgres-exporter": "0.11.",
-                 "prometheus-redis-exporter": "1.45.", "etcd": "3.4."},
-    "trixie": {"promtool": "2.53.", "prometheus-node-exporter": "1.9.", "prometheus-postgres-exporter": "0.17.",
-               "prometheus-redis-exporter": "1.69.", "etcd": "3.5."},
-}
 #: the alerts of the monitoring contract (/work/notes/monitoring-contract.md)
 CONTRACT_ALERTS = {
     "NodeDown", "TargetDown", "ServiceDown", "VipNoOwner", "VipTwoOwners", "Failover", "HaCoreStale",
@@ -76,33 +64,6 @@ def alerts(text: str) -> list[dict]:
 
 def used_metrics(text: str, prefix: str) -> set[str]:
     return {m for r in alerts(text) for m in re.findall(rf"\b{prefix}_[a-z_]+\b", r["expr"])}
-
-
-# --- Debian 13's binaries -----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def debian13(request) -> Path:
-    """The directory holding Debian 13's monitoring binaries (usr/bin/... under it)."""
-    root = request.getfixturevalue("trixie_root")
-    if root.path("/usr/bin/promtool").exists():
-        return root.path("/")
-    if image.missing(CACHE, "trixie", MONITORING_PACKAGES):
-        image.build_layer(CACHE, "trixie", MONITORING_PACKAGES)
-    return image.layer_root(CACHE, "trixie", MONITORING_PACKAGES)
-
-
-def binary(request, release: str, name: str) -> str:
-    if release == HOST.codename:
-        path = shutil.which(name) or f"/usr/bin/{name}"
-    elif name == "etcd":   # the node image's own (static)
-        path = str(request.getfixturevalue("trixie_root").path("/usr/bin/etcd"))
-    else:
-        path = str(request.getfixturevalue("debian13") / "usr/bin" / name)
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    said = out.stdout + out.stderr
-    want = VERSIONS[release][name]
-    assert re.search(rf"(version|Version:?|Exporter) v?{re.escape(want)}", said), (path, said[:300])
-    return path
 
 
 # --- the rules themselves -----------------------------------------------------------------------

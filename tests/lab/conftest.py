@@ -47,6 +47,10 @@ def test_lab_config(release: str = "bookworm") -> dict:
     # the lab host stays exempt from Kamailio's flood ban (probes, SIPp) on the test subnet too
     kam = raw["kamailio"]
     kam["floodExemptNetworks"] = [swap(n) for n in kam.get("floodExemptNetworks", [])]
+    mon = raw.get("monitoring", {})
+    for key in ("allowFrom", "webhookUrls"):
+        if key in mon:
+            mon[key] = [swap(v) for v in mon[key]]
     return raw
 
 

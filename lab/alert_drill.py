@@ -1,0 +1,187 @@
+"""`hapbx lab alert-drill`: faults on the running lab, and the notifications they cause at a
+webhook receiver on the lab host (lab/alert_inbox.py) -> reports/alerts.md (issue 22).
+
+Per scenario: the fault (failover drills 1, 2 and 5 from lab/drills.py, whole, heal included; or a
+password-guessing attack from the attacker namespace), then the expected alert must reach the
+receiver exactly once as firing and then once as resolved. Both Prometheus servers evaluate the
+same rules and send to both Alertmanagers, which gossip: one notification, not two or four.
+Measured: fault -> first firing notification, heal -> resolved notification, firing notifications
+of the alert (must be 1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+from . import drills, machinery
+from .alert_inbox import AlertInbox
+from .attacker import AttackRange, Uac
+from .context import LabCommandError, LabContext
+from .report import host, with_flock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT = "reports/alerts.md"
+#: the attack's sources: addresses of the lab subnet nobody has (the SIP abuse tests use 66-77)
+ATTACKERS = tuple(range(81, 89))   # 8 sources x authFailLimit (10): 80 failures, above 30/min over 2 min
+SINK = 89
+FIRING_WITHIN = 120.0     # seconds a notification may take before the scenario counts it missing
+RESOLVED_WITHIN = 360.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    expect: str               # the alert that must arrive
+    drill: int = 0            # a failover drill of lab/drills.py, or 0: the SIP attack
+
+
+SCENARIOS = (
+    Scenario("drill1", "failover drill 1: stop keepalived on the VIP owner", "ServiceDown", drill=1),
+    Scenario("drill2", "failover drill 2: power off the VIP owner node", "NodeDown", drill=2),
+    Scenario("drill5", "failover drill 5: isolate the VIP owner completely", "NodeDown", drill=5),
+    Scenario("attack", "password guessing: 8 addresses of the attacker namespace, authFailLimit wrong "
+                       "passwords each", "SipAuthFailureBurst"),
+)
+
+
+def _attack(ctx: LabContext, cluster, spec) -> tuple[float, float]:
+    """Wrong passwords from several attacker addresses until each is banned; (fault, heal) times.
+    The bans are lifted at the end (the heal)."""
+    subnet = str(cluster.subnet)
+    base = subnet.rsplit(".", 1)[0]
+    addresses = [f"{base}.{a}" for a in ATTACKERS]
+    user = drills.USERS[1]
+    t0 = time.time()
+    with AttackRange(spec.bridge, subnet, addresses, f"{base}.{SINK}", names=("hapbx-alert-atk", "hapbx-alert-snk"),
+                     veths=("hapbx-aatk0", "hapbx-asnk0"), label=spec.name) as rng:
+        for a in addresses:
+            ep = rng.endpoint(a)
+            uac = Uac(ep, user, None, ctx.vip, (ctx.vip, cluster.kamailio.sip_port))
+            for _ in range(cluster.kamailio.auth_fail_limit + 1):
+                first, _second = uac.register(password=f"guess-{secrets.token_hex(6)}")
+                if not first:       # banned: no answer any more
+                    break
+            rng.release(ep)
+    t_heal = time.time()
+    for n in cluster.nodes:
+        for a in addresses:
+            for table in ("ipban", "authfail"):
+                ctx.sh(n.name, f"kamcmd htable.delete {table} {a} >/dev/null 2>&1 || true")
+    return t0, t_heal
+
+
+def run_scenario(ctx: LabContext, cluster, spec, inbox: AlertInbox, sc: Scenario, n: int) -> dict:
+    started = time.time()
+    if sc.drill:
+        rd = drills.run_one(ctx, sc.drill, n)
+        t0, t_heal, note = rd.t0, rd.t_heal, f"VIP owner {rd.failed}"
+    else:
+        t0, t_heal = _attack(ctx, cluster, spec)
+        note = f"{len(ATTACKERS)} sources"
+    fired = inbox.wait(sc.expect, "firing", since=t0, timeout=max(0.0, FIRING_WITHIN - (time.time() - t0)))
+    resolved = inbox.wait(sc.expect, "resolved", since=t_heal,
+                          timeout=max(0.0, RESOLVED_WITHIN - (time.time() - t_heal))) if fired else None
+    end = resolved or time.time()
+    firing = [t for t, _ in inbox.firing(sc.expect, since=t0) if t <= end]
+    others = sorted({a.get("labels", {}).get("alertname", "?") for nt in inbox.received(started) for a in nt.alerts
+                     if nt.arrived <= end} - {sc.expect})
+    return {"scenario": sc.key, "run": n, "title": sc.title, "expect": sc.expect, "note": note,
+            "fault_to_firing_s": round(fired - t0, 1) if fired else None,
+            "heal_to_resolved_s": round(resolved - t_heal, 1) if resolved else None,
+            "fault_to_resolved_s": round(resolved - t0, 1) if resolved else None,
+            "firing_notifications": len(firing), "also_notified": others}
+
+
+def wait_quiet(ctx: LabContext, cluster, seconds: float = 240) -> None:
+    """Until the cluster is healthy and no alert of the last scenario is still firing (the next
+    one must start from silence)."""
+    drills.wait_healthy(ctx, 120, "between alert scenarios")
+    m = cluster.monitoring
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        out = ctx.sh(cluster.nodes[0].name, f"curl -fsS http://{cluster.nodes[0].address}:{m.alertmanager_port}"
+                     "/api/v2/alerts?active=true&silenced=false&inhibited=false", check=False)
+        try:
+            if not [a for a in json.loads(out or "[]") if a["labels"].get("severity") != "info"]:
+                return
+        except ValueError:
+            pass
+        time.sleep(5)
+
+
+def run(cluster, spec, *, out: str, runs: int, only: list[str]) -> int:
+    out = out if os.path.isabs(out) else os.path.join(ROOT, out)
+    if not machinery.status(spec).up:
+        print(f"hapbx lab alert-drill: lab {spec.name} is not up: run ./hapbx lab up first", file=sys.stderr)
+        return 1
+    if not cluster.monitoring.webhook_urls:
+        print("hapbx lab alert-drill: the stack has no monitoring.webhookUrls to receive alerts on", file=sys.stderr)
+        return 2
+    ctx = LabContext.from_cluster(spec, cluster)
+    t_start = time.monotonic()
+    results: list[dict] = []
+    error = ""
+    meta = {"command": with_flock(" ".join(["./hapbx lab alert-drill", *(shlex.quote(a) for a in sys.argv[3:])])),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "host": host(), "lab": spec.name,
+            "release": cluster.os.release, "receiver": cluster.monitoring.webhook_urls[0],
+            "scrape_s": cluster.monitoring.scrape_interval_seconds, "node_down_s": cluster.monitoring.node_down_seconds}
+    try:
+        with AlertInbox.for_url(cluster.monitoring.webhook_urls[0]) as inbox:
+            drills.setup(ctx)
+            for sc in [s for s in SCENARIOS if not only or s.key in only]:
+                for n in range(1, runs + 1):
+                    wait_quiet(ctx, cluster)
+                    r = run_scenario(ctx, cluster, spec, inbox, sc, n)
+                    results.append(r)
+                    print(f"[{sc.key} run {n}] {sc.expect}: firing after {r['fault_to_firing_s']} s, "
+                          f"{r['firing_notifications']} firing notification(s), resolved {r['heal_to_resolved_s']} s "
+                          f"after the heal; also {', '.join(r['also_notified']) or 'nothing else'}", flush=True)
+    except (LabCommandError, OSError) as err:
+        error = str(err)
+        print(f"hapbx lab alert-drill: {err}", file=sys.stderr)
+    finally:
+        drills.cleanup(ctx)
+    meta["seconds"] = round(time.monotonic() - t_start)
+    write_report(out, meta, results, error)
+    print(f"hapbx lab alert-drill: wrote {os.path.relpath(out, ROOT)}")
+    ok = results and all(r["firing_notifications"] == 1 and r["heal_to_resolved_s"] is not None for r in results)
+    return 0 if ok and not error else 1
+
+
+def _median(values: list[float]) -> str:
+    v = sorted(x for x in values if x is not None)
+    return f"{v[len(v) // 2]:.1f}" if v else "—"
+
+
+def write_report(out: str, meta: dict, results: list[dict], error: str) -> None:
+    from .report import write
+    lines = ["# Alerts: from a fault to the operator's webhook (issue 22)", "",
+             f"Command: `{meta['command']}`  ", f"Started: {meta['started']} on {meta['host']}; lab `{meta['lab']}` "
+             f"(Debian {meta['release']}); receiver {meta['receiver']} on the lab host; {meta['seconds']} s in all.  ",
+             f"Scrape and rule evaluation every {meta['scrape_s']} s; a target down for {meta['node_down_s']} s is "
+             "NodeDown/TargetDown; Alertmanager group_wait 5 s, group_interval 1 m; two Prometheus servers, two "
+             "Alertmanagers in one gossip cluster.", "",
+             "Goal: the expected alert reaches the receiver exactly once, within 30 s of the fault.", "",
+             "| scenario | expected alert | runs | fault → notification (s), median [each] | firing notifications "
+             "per run | heal → resolved (s), median [each] | also notified |", "|---|---|---|---|---|---|---|"]
+    for sc in SCENARIOS:
+        rs = [r for r in results if r["scenario"] == sc.key]
+        if not rs:
+            continue
+        fire = [r["fault_to_firing_s"] for r in rs]
+        res = [r["heal_to_resolved_s"] for r in rs]
+        also = sorted({a for r in rs for a in r["also_notified"]})
+        lines.append(f"| {sc.title} | {sc.expect} | {len(rs)} | {_median(fire)} {fire} | "
+                     f"{[r['firing_notifications'] for r in rs]} | {_median(res)} {res} | {', '.join(also) or '—'} |")
+    if error:
+        lines += ["", f"**The run stopped early:** {error}"]
+    lines += ["", "The heal of a failover drill is the drill's own (keepalived started, node powered on, network "
+              "restored); of the attack, the bans lifted. The resolved notification comes at the Alertmanager's "
+              "next group interval (1 min) after the rule stops firing.", ""]
+    write(out, "\n".join(lines), {"meta": meta, "results": results})
