@@ -15,6 +15,7 @@ def add_parser(lsub) -> None:
                                             "reports/alerts.md")
     d.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); results beside it")
     d.add_argument("--runs", type=int, default=3, help="runs of each scenario (3)")
+    d.add_argument("--merge", action="store_true", help="keep the other scenarios' results on record")
     d.add_argument("--only", default="", help="scenarios, e.g. drill1,attack (default: drill1,drill2,drill5,attack)")
 
 
@@ -26,4 +27,4 @@ def run(args, raw, cluster, spec) -> int:
         print(f"hapbx lab alert-drill: unknown scenario(s) {sorted(set(only) - known)} (allowed: "
               f"{', '.join(sorted(known))}) or --runs < 1", file=sys.stderr)
         return 2
-    return alert_drill.run(cluster, spec, out=args.out, runs=args.runs, only=only)
+    return alert_drill.run(cluster, spec, out=args.out, runs=args.runs, only=only, merge=args.merge)

@@ -454,7 +454,9 @@ class MonitoringSettings:
                                       "JSON); a bearer token, if any, is the secret config alertWebhookToken.", [])
     email: AlertEmail = setting("email", "Alertmanager e-mail receiver.", AlertEmail)
     # thresholds of the alert rules (README, monitoring)
-    node_down_seconds: int = setting("nodeDownSeconds", "A scrape target unanswered this long: down.", 10,
+    node_down_seconds: int = setting("nodeDownSeconds", "A scrape target unanswered this long: down (TargetDown, "
+                                     "KamailioDown, ServiceDown, EtcdMemberDown; NodeDown needs no wait: every "
+                                     "target of the node down at once).", 10,
                                      minimum=1, maximum=3600)
     replication_lag_bytes: int = setting("replicationLagBytes", "Standby replay behind the primary by more bytes.",
                                          16 << 20, minimum=1024)

@@ -59,10 +59,12 @@ def _s(seconds: float) -> str:
 def _nodes(m, cluster) -> list[dict]:
     down = _s(m.node_down_seconds)
     return [
+        # no `for`: every target of the node failing its scrape (each waited scrape_timeout) is the
+        # evidence; the targets fail at different moments of an interval and come back one by one, so
+        # a node off for 10 s (failover drill 2) had all of them down at once for less than 10 s
         _alert("NodeDown", "max by (node) (up) == 0", "critical",
                "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
-               "Check the machine (console, power, network); on a PBX node, confirm the peer took over (Failover).",
-               down),
+               "Check the machine (console, power, network); on a PBX node, confirm the peer took over (Failover)."),
         _alert("TargetDown", 'up{job!~"kamailio|etcd"} == 0 unless on (node) (max by (node) (up) == 0)',
                "warning", "{{ $labels.node }}: {{ $labels.job }} at {{ $labels.instance }} does not answer scrapes",
                "systemctl status of that exporter or service on the node, then its journal.", down),

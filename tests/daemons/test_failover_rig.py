@@ -288,6 +288,8 @@ class Rig:
                        ETCD_LISTEN_CLIENT_URLS=listen,
                        ETCD_ADVERTISE_CLIENT_URLS=f"https://{addr}:{client}",
                        ETCD_INITIAL_CLUSTER=initial, ETCD_LOG_LEVEL="error")
+            if "ETCD_LISTEN_METRICS_URLS" in env:   # the rendered metrics listener, on a port of its own here
+                env["ETCD_LISTEN_METRICS_URLS"] = f"http://{addr}:{free_port()}"
             env["PATH"] = os.environ["PATH"]
             self.etcd[host.name] = self.spawn(["etcd"], f"{self.base}/etcd-{host.name}.log", env=env,
                                               host=host.name if self.netns else None)

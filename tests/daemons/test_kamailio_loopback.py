@@ -118,7 +118,9 @@ def loopback_cluster(stack: str = "lab", flood_requests: int = 30):
         media=dataclasses.replace(c.media, sip_port=free_port()),
         kamailio=dataclasses.replace(c.kamailio, sip_port=free_port(), dmq_port=free_port(), tls_port=free_port(), children=2,
                                      flood_requests=flood_requests, flood_window_seconds=2, ban_seconds=60,
-                                     auth_fail_limit=AUTH_FAIL_LIMIT))
+                                     auth_fail_limit=AUTH_FAIL_LIMIT),
+        # the metrics socket too: two sessions on one host must not meet on the default port
+        monitoring=dataclasses.replace(c.monitoring, kamailio_port=free_port()))
 
 
 def as_postgres(*cmd: str, input: str | None = None) -> None:

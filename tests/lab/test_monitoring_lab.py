@@ -77,7 +77,7 @@ def test_an_attack_alert_reaches_the_webhook_once_then_resolves(lab):
     with AlertInbox.for_url(c.monitoring.webhook_urls[0]) as inbox:
         drills.setup(ctx)
         try:
-            alert_drill.wait_quiet(ctx, c)
+            alert_drill.wait_quiet(ctx, c, (sc.expect,))
             r = alert_drill.run_scenario(ctx, c, lab.spec, inbox, sc, 1)
         finally:
             drills.cleanup(ctx)
