@@ -71,6 +71,7 @@ class Member:
     tls: Issued
     client: int = dataclasses.field(default_factory=free_port)
     peer: int = dataclasses.field(default_factory=free_port)
+    metrics: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
     @property
@@ -90,6 +91,8 @@ class Member:
                    ETCD_INITIAL_ADVERTISE_PEER_URLS=peer, ETCD_INITIAL_CLUSTER=f"m1={peer}",
                    ETCD_INITIAL_CLUSTER_TOKEN=f"bootstrap-{self.client}",
                    ETCD_LISTEN_CLIENT_URLS=self.url, ETCD_ADVERTISE_CLIENT_URLS=self.url, ETCD_LOG_LEVEL="error")
+        assert env["ETCD_LISTEN_METRICS_URLS"].startswith("http://")   # rendered (monitoring): here on loopback
+        env["ETCD_LISTEN_METRICS_URLS"] = f"http://127.0.0.1:{self.metrics}"
         env.update(extra)
         with open(f"{self.data}.log", "ab") as log:
             self.proc = subprocess.Popen([self.etcd], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -339,6 +342,25 @@ def test_client_needs_a_certificate_from_the_cluster_ca(member, tmp_path):
         except (ConnectionResetError, TimeoutError):
             answer = b""
     assert b'"health"' not in answer, answer
+
+
+def test_metrics_listener_serves_metrics_and_no_key(member):
+    """The rendered plain-HTTP metrics listener (Prometheus scrapes it): /metrics and /health, and
+    nothing of the key space, even after authentication is on."""
+    m = member()
+    assert bootstrap(m).returncode == 0
+    assert m.ctl("put", NODE_KEY, "secret-ish", user=ETCD_NODE_USER, password=ETCD_NODE_PASSWORD).returncode == 0
+    base = f"http://127.0.0.1:{m.metrics}"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        assert b"etcd_server_has_leader 1" in r.read()
+    for path, body in (("/v3/kv/range", {"key": "L2hhcGJ4"}), ("/v3/auth/authenticate", {"name": "root"})):
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status, text = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read()
+        assert status == 404 and b"secret-ish" not in text, (path, status, text[:200])
 
 
 def test_peer_port_needs_a_certificate_from_the_cluster_ca(member, tmp_path):
