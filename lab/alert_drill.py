@@ -86,11 +86,14 @@ def run_scenario(ctx: LabContext, cluster, spec, inbox: AlertInbox, sc: Scenario
     else:
         t0, t_heal = _attack(ctx, cluster, spec)
         note = f"{len(ATTACKERS)} sources"
-    fired = inbox.wait(sc.expect, "firing", since=t0, timeout=max(0.0, FIRING_WITHIN - (time.time() - t0)))
-    resolved = inbox.wait(sc.expect, "resolved", since=t_heal,
-                          timeout=max(0.0, RESOLVED_WITHIN - (time.time() - t_heal))) if fired else None
+    got = inbox.wait(sc.expect, "firing", since=t0, timeout=max(0.0, FIRING_WITHIN - (time.time() - t0)))
+    fired, prints = (got[0], got[1]) if got else (None, set())
+    back = inbox.wait(sc.expect, "resolved", since=t_heal, fingerprints=prints,
+                      timeout=max(0.0, RESOLVED_WITHIN - (time.time() - t_heal))) if fired else None
+    resolved = back[0] if back else None
     end = resolved or time.time()
-    firing = [t for t, _ in inbox.firing(sc.expect, since=t0) if t <= end]
+    # notifications that said this alert instance was firing: one, unless it was sent twice
+    firing = {t for t, a in inbox.firing(sc.expect, since=t0) if t <= end and a.get("fingerprint") in prints}
     others = sorted({a.get("labels", {}).get("alertname", "?") for nt in inbox.received(started) for a in nt.alerts
                      if nt.arrived <= end} - {sc.expect})
     return {"scenario": sc.key, "run": n, "title": sc.title, "expect": sc.expect, "note": note,
@@ -139,7 +142,7 @@ def run(cluster, spec, *, out: str, runs: int, only: list[str], merge: bool = Fa
             drills.setup(ctx)
             for sc in [s for s in SCENARIOS if not only or s.key in only]:
                 for n in range(1, runs + 1):
-                    wait_quiet(ctx, cluster, (sc.expect, "Failover"))
+                    wait_quiet(ctx, cluster, (sc.expect,))
                     r = run_scenario(ctx, cluster, spec, inbox, sc, n)
                     results.append(r)
                     print(f"[{sc.key} run {n}] {sc.expect}: firing after {r['fault_to_firing_s']} s, "

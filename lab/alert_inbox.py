@@ -95,13 +95,18 @@ class AlertInbox:
     def resolved(self, alertname: str, since: float = 0.0) -> list[tuple[float, dict]]:
         return self.carrying(alertname, "resolved", since)
 
-    def wait(self, alertname: str, status: str, since: float, timeout: float) -> float | None:
-        """The arrival time of the first notification carrying the alert in that status, or None."""
+    def wait(self, alertname: str, status: str, since: float, timeout: float,
+             fingerprints: set[str] | None = None) -> tuple[float, set[str]] | None:
+        """(arrival, fingerprints) of the first notification carrying the alert in that status (one
+        of `fingerprints`, if given: the same alert instance), or None. A group's notification also
+        lists its other alerts, older ones resolving among them: the fingerprint tells them apart."""
         deadline = time.time() + timeout
         while True:
-            got = self.carrying(alertname, status, since)
+            got = [(t, a) for t, a in self.carrying(alertname, status, since)
+                   if fingerprints is None or a.get("fingerprint") in fingerprints]
             if got:
-                return got[0][0]
+                first = got[0][0]
+                return first, {a.get("fingerprint", "") for t, a in got if t == first}
             if time.time() > deadline:
                 return None
             time.sleep(0.2)

@@ -50,6 +50,7 @@ def _env(ctx: RenderContext, values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SCRAPE_TIMEOUT_S = 3
 #: Kamailio stamps every sample with its own clock: honoured, the series would outlive a dead
 #: Kamailio by five minutes (staleness does not apply to stamped samples); the scrape's time instead
 KEEP_OWN_TIMESTAMPS = {"kamailio": {"honor_timestamps": False}}
@@ -73,7 +74,9 @@ def prometheus_yml(ctx: RenderContext) -> str:
     conf = {
         # identical on both servers: the two Alertmanagers then see one alert, not two
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "scrape_timeout": f"{min(m.scrape_interval_seconds, 10)}s",
+                   # an exporter answers a node's peer within milliseconds; a dead node's scrape
+                   # fails after this, so the sooner it gives up the sooner NodeDown knows
+                   "scrape_timeout": f"{min(m.scrape_interval_seconds, SCRAPE_TIMEOUT_S)}s",
                    "external_labels": {"cluster": m.cluster_label}},
         # a glob: `promtool check config` on the staged file passes before the rules are installed
         # (each file is checked and installed on its own) and checks them once they are
