@@ -56,6 +56,9 @@ def _s(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+NODE_DOWN_KEPT = "1m"
+
+
 def node_down(m) -> str:
     """Every target of a node failed a scrape within the last two intervals. The targets are scraped
     at different moments of an interval and a rebooted node's come back one by one: a node off for
@@ -63,13 +66,24 @@ def node_down(m) -> str:
     return f"max by (node) (min_over_time(up[{2 * m.scrape_interval_seconds}s])) == 0"
 
 
+def sees_quorum(cluster) -> str:
+    """This Prometheus reaches a majority of the cluster's members (itself included). A node cut off
+    from the others sees every other one down: its NodeDown for them would be false, and sent the
+    moment the cut heals (kept firing a minute). Without a witness two nodes cannot tell."""
+    members = len(cluster.nodes) + (1 if cluster.witness else 0)
+    return f"count(max by (node) (up) == 1) >= {members // 2 + 1 if cluster.witness else 1}"
+
+
 def _nodes(m, cluster) -> list[dict]:
     down = _s(m.node_down_seconds)
     return [
-        # no `for`: node_down() is already the evidence of two intervals
-        _alert("NodeDown", node_down(m), "critical",
-               "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
-               "Check the machine (console, power, network); on a PBX node, confirm the peer took over (Failover)."),
+        # no `for`: node_down() is already the evidence of two intervals. Kept firing a minute after
+        # (Prometheus 2.42+): a node back within seconds (drill 2: off for 10 s) otherwise resolves
+        # before Alertmanager's group_wait, and Alertmanager then tells nobody it was ever down
+        {**_alert("NodeDown", f"({node_down(m)}) and on () ({sees_quorum(cluster)})", "critical",
+                  "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
+                  "Check the machine (console, power, network); on a PBX node, confirm the peer took over "
+                  "(Failover)."), "keep_firing_for": NODE_DOWN_KEPT},
         _alert("TargetDown", f'up{{job!~"kamailio|etcd"}} == 0 unless on (node) ({node_down(m)})',
                "warning", "{{ $labels.node }}: {{ $labels.job }} at {{ $labels.instance }} does not answer scrapes",
                "systemctl status of that exporter or service on the node, then its journal.", down),
