@@ -65,9 +65,11 @@ def _attack(ctx: LabContext, cluster, spec) -> tuple[float, float]:
         for a in addresses:
             ep = rng.endpoint(a)
             uac = Uac(ep, user, None, ctx.vip, (ctx.vip, cluster.kamailio.sip_port))
-            for _ in range(cluster.kamailio.auth_fail_limit + 1):
+            # authFailLimit wrong passwords: the last one bans the source (a request after it would
+            # only wait for an answer that never comes)
+            for _ in range(cluster.kamailio.auth_fail_limit):
                 first, _second = uac.register(password=f"guess-{secrets.token_hex(6)}")
-                if not first:       # banned: no answer any more
+                if not first:       # banned already: no answer any more
                     break
             rng.release(ep)
     t_heal = time.time()
@@ -100,7 +102,15 @@ def run_scenario(ctx: LabContext, cluster, spec, inbox: AlertInbox, sc: Scenario
             "fault_to_firing_s": round(fired - t0, 1) if fired else None,
             "heal_to_resolved_s": round(resolved - t_heal, 1) if resolved else None,
             "fault_to_resolved_s": round(resolved - t0, 1) if resolved else None,
-            "firing_notifications": len(firing), "also_notified": others}
+            "firing_notifications": len(firing), "also_notified": others,
+            # every notification that carried the expected alert: seconds after the fault, its status,
+            # the alert's labels and fingerprint (what tells a second notification's cause)
+            "notifications": [{"at_s": round(nt.arrived - t0, 1), "sender": nt.body.get("externalURL", ""),
+                               "group": nt.body.get("groupKey", ""), "status": a.get("status"),
+                               "node": a.get("labels", {}).get("node", ""), "fingerprint": a.get("fingerprint"),
+                               "startsAt": a.get("startsAt")}
+                              for nt in inbox.received(t0) if nt.arrived <= end for a in nt.alerts
+                              if a.get("labels", {}).get("alertname") == sc.expect]}
 
 
 def wait_quiet(ctx: LabContext, cluster, alerts: tuple[str, ...], seconds: float = 300) -> None:
