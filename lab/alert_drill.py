@@ -76,7 +76,7 @@ def _attack(ctx: LabContext, cluster, spec) -> tuple[float, float]:
     for n in cluster.nodes:
         for a in addresses:
             for table in ("ipban", "authfail"):
-                ctx.sh(n.name, f"kamcmd htable.delete {table} {a} >/dev/null 2>&1 || true")
+                ctx.sh(n.name, f"kamcmd -s unix:/run/kamailio/kamailio_ctl htable.delete {table} {a}")
     return t0, t_heal
 
 
@@ -194,7 +194,8 @@ def write_report(out: str, meta: dict, results: list[dict], error: str) -> None:
              f"Command: `{meta['command']}`  ", f"Started: {meta['started']} on {meta['host']}; lab `{meta['lab']}` "
              f"(Debian {meta['release']}); receiver {meta['receiver']} on the lab host; {meta['seconds']} s in all.  ",
              f"Scrape and rule evaluation every {meta['scrape_s']} s; a target down for {meta['node_down_s']} s is "
-             "NodeDown/TargetDown; Alertmanager group_wait 5 s, group_interval 1 m; two Prometheus servers, two "
+             "TargetDown (NodeDown: every target of a node failed a scrape, for one more interval); Alertmanager groups "
+             "per cluster, alert and node, group_wait 5 s, group_interval 1 m; two Prometheus servers, two "
              "Alertmanagers in one gossip cluster.", "",
              "Goal: the expected alert reaches the receiver exactly once, within 30 s of the fault.", "",
              "| scenario | expected alert | runs | fault → notification (s), median [each] | firing notifications "
@@ -208,6 +209,12 @@ def write_report(out: str, meta: dict, results: list[dict], error: str) -> None:
         also = sorted({a for r in rs for a in r["also_notified"]})
         lines.append(f"| {sc.title} | {sc.expect} | {len(rs)} | {_median(fire)} {fire} | "
                      f"{[r['firing_notifications'] for r in rs]} | {_median(res)} {res} | {', '.join(also) or '—'} |")
+    lines += ["", "Each notification of the expected alert (seconds after the fault, the Alertmanager that sent it, "
+              "what it said):", ""]
+    for r in results:
+        said = "; ".join(f"{n['at_s']} s {n['sender'].split('//')[-1].rstrip('/')} {n['status']}"
+                         for n in r.get("notifications", [])) or "none"
+        lines.append(f"- {r['scenario']} run {r['run']} ({r['note']}): {said}")
     if error:
         lines += ["", f"**The run stopped early:** {error}"]
     if meta.get("merged"):

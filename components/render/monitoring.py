@@ -108,7 +108,10 @@ def alertmanager_yml(ctx: RenderContext) -> str:
         receiver["email_configs"] = [{"to": ", ".join(m.email.to), "send_resolved": True}]
     conf = {
         "global": glob,
-        "route": {"receiver": "operators", "group_by": ["cluster", "alertname"],
+        # grouped by cluster, then per alert and node: a new alert in a group that exists waits for
+        # the group's next tick (up to group_interval), a new group only group_wait (alert drill 5:
+        # NodeDown of one node waited for the tick of another node's resolved NodeDown)
+        "route": {"receiver": "operators", "group_by": ["cluster", "alertname", "node"],
                   # the first notification of a group 5 s after its first alert; changes and the
                   # resolution a minute apart at most; a standing alert is repeated every 4 h
                   "group_wait": "5s", "group_interval": "1m", "repeat_interval": "4h"},

@@ -77,13 +77,15 @@ def sees_quorum(cluster) -> str:
 def _nodes(m, cluster) -> list[dict]:
     down = _s(m.node_down_seconds)
     return [
-        # no `for`: node_down() is already the evidence of two intervals. Kept firing a minute after
-        # (Prometheus 2.42+): a node back within seconds (drill 2: off for 10 s) otherwise resolves
-        # before Alertmanager's group_wait, and Alertmanager then tells nobody it was ever down
+        # `for` one interval: a node cut off sees the witness (one target) down before the peer's
+        # eight, and for that moment still counts the peer (alert drill 5: the isolated node sent
+        # NodeDown for the witness); one evaluation later it sees no majority. Kept firing a minute
+        # after (Prometheus 2.42+): a node back within seconds (drill 2: off for 10 s) otherwise
+        # resolves before Alertmanager's group_wait, and Alertmanager then tells nobody
         {**_alert("NodeDown", f"({node_down(m)}) and on () ({sees_quorum(cluster)})", "critical",
                   "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
                   "Check the machine (console, power, network); on a PBX node, confirm the peer took over "
-                  "(Failover)."), "keep_firing_for": NODE_DOWN_KEPT},
+                  "(Failover).", _s(m.scrape_interval_seconds)), "keep_firing_for": NODE_DOWN_KEPT},
         _alert("TargetDown", f'up{{job!~"kamailio|etcd"}} == 0 unless on (node) ({node_down(m)})',
                "warning", "{{ $labels.node }}: {{ $labels.job }} at {{ $labels.instance }} does not answer scrapes",
                "systemctl status of that exporter or service on the node, then its journal.", down),

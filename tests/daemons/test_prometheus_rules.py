@@ -87,7 +87,7 @@ def test_thresholds_come_from_the_stack(rendered):
         c.monitoring, node_down_seconds=42, replication_lag_bytes=123456, disk_full_hours=7, cdr_queue_max=777))
     other = {a["alert"]: a for a in alerts(prometheus_rules.rules(changed))}
     assert other["TargetDown"]["for"] == "42s" and other["KamailioDown"]["for"] == "42s"
-    assert other["NodeDown"]["for"] == "0s"   # every target down at once is the evidence (prometheus_rules)
+    assert other["NodeDown"]["for"] == f"{c.monitoring.scrape_interval_seconds}s"   # one interval (prometheus_rules)
     assert "> 123456" in other["PostgresReplicationLagBytes"]["expr"]
     assert f"{7 * 3600})" in other["DiskFillingUp"]["expr"]
     assert "> 777" in other["CdrQueueGrowing"]["expr"]
