@@ -1,6 +1,6 @@
 """hapbx-exporter on each PBX node (pure: config + node -> files): the hapbx_* metrics of the
 HA core, the CDR pipeline and the media engine on <node address>:monitoring.hapbxExporterPort
-(hapbx_node/metrics; job hapbx of docs' monitoring contract).
+(hapbx_node/metrics; job hapbx, README: Monitoring and alerting).
 
   LIB_DIR/hapbx_node/...                 the code (hapbx_node's shared modules and .metrics)
   /etc/hapbx/hapbx-exporter.env          where it listens and what it reads (no secret: 0644)

@@ -30,8 +30,6 @@ UNITS = (NODE_EXPORTER, POSTGRES_EXPORTER, REDIS_EXPORTER, PROMETHEUS, ALERTMANA
 PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
 ALERTMANAGER_CONF = "/etc/prometheus/alertmanager.yml"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"     # Debian's default for the textfile collector
-#: the units whose state node exporter reports (node_systemd_unit_state; alert ServiceDown)
-WATCHED_UNITS = r"(keepalived|kamailio|postgresql@.+|redis-server|etcd|hapbx-.+|freeswitch|prometheus.*)[.]service"
 #: postgres_exporter releases with no standby lag metric of their own (0.17 has pg_replication_lag_seconds):
 #: given the query that makes it (prometheus_rules.POSTGRES_LAG_QUERY_YAML), as the rules expect it
 LAG_QUERY_FOR = ("0.11",)
@@ -147,7 +145,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         "REDIS_PASSWORD": ctx.secret("redis_monitor"), "REDIS_EXPORTER_TLS_CA_CERT_FILE": TLS_CA,
         "REDIS_EXPORTER_WEB_LISTEN_ADDRESS": _listen(ctx, m.redis_exporter_port), "ARGS": ""})
     node_env = _env(ctx, {"ARGS": f"--web.listen-address={_listen(ctx, m.node_exporter_port)} --collector.systemd "
-                                  f"--collector.systemd.unit-include={WATCHED_UNITS} "
+                                  f"--collector.systemd.unit-include={prometheus_rules.WATCHED_UNITS} "
                                   f"--collector.textfile.directory={TEXTFILE_DIR}"})
     prom_env = _env(ctx, {"ARGS": f"--config.file={PROMETHEUS_CONF} "
                                   f"--web.listen-address={_listen(ctx, m.prometheus_port)} "

@@ -1,4 +1,4 @@
-"""The Prometheus alert rules of the cluster (issue 22, monitoring contract): ``rules(cluster)`` is the
+"""The Prometheus alert rules of the cluster (README, Monitoring and alerting): ``rules(cluster)`` is the
 YAML text of RULES_PATH, the same on both PBX nodes.
 
 Both Prometheus servers evaluate these rules and send to the two clustered Alertmanagers, which
@@ -9,7 +9,7 @@ so NodeDown{node=X} can inhibit the rest about X.
 Metric names are the exporters' own, checked against the Debian 12 and 13 packages
 (tests/daemons/test_prometheus_rules.py scrapes each): node exporter 1.5/1.9, postgres exporter
 0.11/0.17, redis exporter 1.45/1.69, etcd 3.4/3.5; Kamailio's from xhttp_prom
-(/work/notes/kamailio-metrics.md); hapbx_* from hapbx_node/metrics.
+(tests/daemons/test_kamailio_metrics.py); hapbx_* from hapbx_node/metrics.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ PSEUDO_FS = ("autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|f
              "nsfs|overlay|proc|procfs|pstore|ramfs|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tracefs")
 #: systemd mounts that are full or private by design (credentials: read-only and exactly full)
 PSEUDO_MOUNTS = "/run/credentials/.*|/run/user/.*"
-#: the units whose state the node exporter's systemd collector reports (monitoring contract)
-WATCHED_UNITS = ("keepalived.service|kamailio.service|postgresql@.*|redis-server.service|etcd.service|"
-                 "hapbx-.*|freeswitch.service|prometheus.*")
+#: the units whose state the node exporter's systemd collector reports (render/monitoring.py gives it
+#: this as --collector.systemd.unit-include) and ServiceDown watches: services only (a timer's state
+#: is not a service's health)
+WATCHED_UNITS = r"(keepalived|kamailio|postgresql@.+|redis-server|etcd|hapbx-.+|freeswitch|prometheus.*)[.]service"
 #: runs on the CDR writer (the VIP owner) only: stopped elsewhere by design (render/cdr.py)
 CDR_WORKER_UNIT = "hapbx-cdr-worker.service"
 #: window of the Failover notice and of "changed recently" checks

@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-CONTRACT = {  # docs: /work/notes/monitoring-contract.md, job hapbx
+CONTRACT = {  # the README (Monitoring and alerting), job hapbx
     "hapbx_ha_status_age_seconds", "hapbx_vip_owner", "hapbx_lease_holder", "hapbx_postgres_primary",
     "hapbx_ha_role_info", "hapbx_ha_role_since_timestamp_seconds", "hapbx_ha_renew_max_gap_seconds",
     "hapbx_ha_last_fence_timestamp_seconds", "hapbx_cdr_queue_depth", "hapbx_cdr_dead_letters", "hapbx_cdr_review",

@@ -24,7 +24,7 @@ from tests.daemons.test_kamailio_loopback import (BAD, CALLER, NODE1, NODE2, PAS
 from tests.daemons.test_kamailio_render import cluster, files, validator  # noqa: F401  (validator: fixture)
 from tests.daemons.test_kamailio_security import Sink
 
-#: what alert rules and dashboards use (also in /work/notes/kamailio-metrics.md): exposition names
+#: what alert rules and dashboards use: exposition names
 REGISTERED_USERS = "kamailio_usrloc_registered_users"
 ACTIVE_TRANSACTIONS = "kamailio_tmx_active_transactions"
 MEDIA_ACTIVE = f"kamailio_{kam.MEDIA_GAUGE}"

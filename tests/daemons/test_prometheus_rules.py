@@ -32,7 +32,7 @@ from tests.mockrun import ROOT
 from tests.daemons.monitoring_tools import binary
 
 PROMTOOL_TESTS = Path(ROOT) / "tests/promtool"
-#: the alerts of the monitoring contract (/work/notes/monitoring-contract.md)
+#: the alerts the README names (Monitoring and alerting)
 CONTRACT_ALERTS = {
     "NodeDown", "TargetDown", "ServiceDown", "VipNoOwner", "VipTwoOwners", "Failover", "HaCoreStale",
     "LeaseRenewalSlow", "PostgresDown", "PostgresNotReplicating", "PostgresReplicationLagBytes",

@@ -27,7 +27,7 @@ DASHBOARDS = dashboards.load()
 
 def known_names() -> set[str]:
     """Every fixture file's names: the exporters as Debian 12 ships them (listed from the running
-    exporters), Kamailio's xhttp_prom names, the hapbx exporter's contract, Prometheus' own."""
+    exporters), Kamailio's xhttp_prom names, the hapbx exporter's names, Prometheus' own."""
     names = set()
     for path in NAMES_DIR.glob("*.txt"):
         names |= {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
