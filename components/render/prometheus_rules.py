@@ -58,13 +58,16 @@ def _s(seconds: float) -> str:
 
 
 NODE_DOWN_KEPT = "1m"
+#: scrape intervals NodeDown looks back: long enough that a node off for 10 s stays "all targets
+#: down" through NodeDown's one pending interval (two looked back: 5 s, drill 2 then went unreported)
+NODE_DOWN_WINDOW = 3
 
 
 def node_down(m) -> str:
-    """Every target of a node failed a scrape within the last two intervals. The targets are scraped
-    at different moments of an interval and a rebooted node's come back one by one: a node off for
-    10 s (failover drill 2 on the lab) never had its 8 targets down in the same evaluation."""
-    return f"max by (node) (min_over_time(up[{2 * m.scrape_interval_seconds}s])) == 0"
+    """Every target of a node failed a scrape within the last NODE_DOWN_WINDOW intervals. The targets
+    are scraped at different moments of an interval and a rebooted node's come back one by one: a
+    node off for 10 s (failover drill 2 on the lab) never had its 8 targets down in one evaluation."""
+    return f"max by (node) (min_over_time(up[{NODE_DOWN_WINDOW * m.scrape_interval_seconds}s])) == 0"
 
 
 def sees_quorum(cluster) -> str:
