@@ -155,6 +155,7 @@ def run(cluster, spec, *, out: str, runs: int, only: list[str], merge: bool = Fa
                 for n in range(1, runs + 1):
                     wait_quiet(ctx, cluster, (sc.expect,))
                     r = run_scenario(ctx, cluster, spec, inbox, sc, n)
+                    r.update(started=meta["started"], command=meta["command"])   # which invocation (--merge)
                     results.append(r)
                     print(f"[{sc.key} run {n}] {sc.expect}: firing after {r['fault_to_firing_s']} s, "
                           f"{r['firing_notifications']} firing notification(s), resolved {r['heal_to_resolved_s']} s "
@@ -219,7 +220,13 @@ def write_report(out: str, meta: dict, results: list[dict], error: str) -> None:
     if error:
         lines += ["", f"**The run stopped early:** {error}"]
     if meta.get("merged"):
-        lines += ["", f"Kept from the previous run on record: {', '.join(meta['merged'])} (`--merge`)."]
+        lines += ["", f"Kept from the previous runs on record: {', '.join(meta['merged'])} (`--merge`). Each "
+                  "scenario's runs came from:", ""]
+        for sc in SCENARIOS:
+            rs = [r for r in results if r["scenario"] == sc.key]
+            if rs:
+                lines.append(f"- {sc.key}: `{rs[0].get('command', '?')}` started {rs[0].get('started', '?')}"
+                             + (f" ({rs[0]['record_note']})" if rs[0].get("record_note") else ""))
     lines += ["", "The heal of a failover drill is the drill's own (keepalived started, node powered on, network "
               "restored); of the attack, the bans lifted. The resolved notification comes at the Alertmanager's "
               "next group interval (1 min) after the rule stops firing.", ""]
