@@ -70,12 +70,17 @@ def node_down(m) -> str:
     return f"max by (node) (min_over_time(up[{NODE_DOWN_WINDOW * m.scrape_interval_seconds}s])) == 0"
 
 
-def sees_quorum(cluster) -> str:
-    """This Prometheus reaches a majority of the cluster's members (itself included). A node cut off
-    from the others sees every other one down: its NodeDown for them would be false, and sent the
-    moment the cut heals (kept firing a minute). Without a witness two nodes cannot tell."""
-    members = len(cluster.nodes) + (1 if cluster.witness else 0)
-    return f"count(max by (node) (up) == 1) >= {members // 2 + 1 if cluster.witness else 1}"
+def sees_quorum(m, cluster) -> str:
+    """This Prometheus has reached a majority of the cluster's members (itself included) for the whole
+    NodeDown window: a member counts when one of its targets answered every scrape in it. A node cut
+    off from the others sees every other one down, and for a window after the cut heals still sees
+    their failed scrapes: its NodeDown for them would be false (alert drill 5, with an instant count,
+    it was sent). Without a witness two nodes cannot tell."""
+    if not cluster.witness:
+        return "vector(1)"
+    members = len(cluster.nodes) + 1
+    return (f"count(max by (node) (min_over_time(up[{NODE_DOWN_WINDOW * m.scrape_interval_seconds}s])) == 1) "
+            f">= {members // 2 + 1}")
 
 
 def _nodes(m, cluster) -> list[dict]:
@@ -86,7 +91,7 @@ def _nodes(m, cluster) -> list[dict]:
         # NodeDown for the witness); one evaluation later it sees no majority. Kept firing a minute
         # after (Prometheus 2.42+): a node back within seconds (drill 2: off for 10 s) otherwise
         # resolves before Alertmanager's group_wait, and Alertmanager then tells nobody
-        {**_alert("NodeDown", f"({node_down(m)}) and on () ({sees_quorum(cluster)})", "critical",
+        {**_alert("NodeDown", f"({node_down(m)}) and on () ({sees_quorum(m, cluster)})", "critical",
                   "{{ $labels.node }}: no exporter on it answers (down or unreachable)",
                   "Check the machine (console, power, network); on a PBX node, confirm the peer took over "
                   "(Failover).", _s(m.scrape_interval_seconds)), "keep_firing_for": NODE_DOWN_KEPT},
