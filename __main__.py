@@ -15,7 +15,7 @@ from components.media import Media, MediaArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
-from components.render import GENERATED_SECRETS
+from components.render import CONFIG_SECRETS, GENERATED_SECRETS
 from components.ssh import reach
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
@@ -45,12 +45,11 @@ secrets: dict[str, pulumi.Output[str]] = {
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)
     for name in GENERATED_SECRETS
 }
-if cluster.vendor_repo_token:
-    secrets["vendor_repo_token"] = config.require_secret("vendorRepoToken")
-if cluster.alert_webhook_token:
-    secrets["alert_webhook_token"] = config.require_secret("alertWebhookToken")
-if cluster.alert_smtp_password:
-    secrets["alert_smtp_password"] = config.require_secret("alertSmtpPassword")
+# The stack's own secret config the files hold (vendor_repo_token: config key vendorRepoToken, ...).
+for name in CONFIG_SECRETS:
+    if getattr(cluster, name):
+        key = "".join(w.capitalize() if i else w for i, w in enumerate(name.split("_")))
+        secrets[name] = config.require_secret(key)
 
 # The links between the nodes: the cluster's internal CA and each node's service certificates.
 cluster_ca = ClusterCa("cluster-ca", ClusterCaArgs(cluster=cluster))
@@ -110,9 +109,6 @@ pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.stand
 # the CA phones must trust for SIP over TLS (public: a certificate, not a key)
 pulumi.export("sipTlsCa", sip_certificate.ca_pem if sip_certificate else None)
 pulumi.export("clusterCa", cluster_ca.ca_pem)   # public: what the admin API's HTTPS chains to (curl --cacert)
-pulumi.export("monitoring", {"prometheus": [f"http://{n.address}:{cluster.monitoring.prometheus_port}"
-                                             for n in cluster.nodes] if cluster.monitoring.enabled else [],
-                              "alertmanager": [f"http://{n.address}:{cluster.monitoring.alertmanager_port}"
-                                               for n in cluster.nodes] if cluster.monitoring.enabled else []})
+pulumi.export("monitoring", monitoring.urls)
 pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
                      "adminUrl": f"https://{cluster.vip.address}:{cluster.admin.port}"})

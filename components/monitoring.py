@@ -44,10 +44,10 @@ class Monitoring(pulumi.ComponentResource):
             self.ready += rc.deploy_files(f"{name}-{node.name}", node.name,
                                           args.nodes[node.name].connection,  # type: ignore[attr-defined]
                                           files, self, depends_on=after)
-        m = c.monitoring
+        #: the UIs of both nodes, as the stack exports them
+        self.urls = monitoring.ui_urls(c)
         self.register_outputs({
-            "nodes": [n.name for n in c.nodes] if m.enabled else [],
-            "prometheus": [f"http://{n.address}:{m.prometheus_port}" for n in c.nodes] if m.enabled else [],
-            "alertmanager": [f"http://{n.address}:{m.alertmanager_port}" for n in c.nodes] if m.enabled else [],
-            "units": list(monitoring.UNITS) if m.enabled else [],
+            "nodes": [n.name for n in c.nodes] if c.monitoring.enabled else [],
+            **self.urls,
+            "units": list(monitoring.UNITS) if c.monitoring.enabled else [],
         })

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import drills, machinery
+from . import drills, machinery, monitor_view
 from .alert_inbox import AlertInbox
 from .attacker import AttackRange, Uac
 from .context import LabCommandError, LabContext
@@ -121,12 +121,12 @@ def wait_quiet(ctx: LabContext, cluster, alerts: tuple[str, ...], seconds: float
     m = cluster.monitoring
     deadline = time.time() + seconds
     while time.time() < deadline:
-        out = ctx.sh(cluster.nodes[0].name, f"curl -fsS http://{cluster.nodes[0].address}:{m.alertmanager_port}"
-                     "/api/v2/alerts?active=true", check=False)
         try:
-            if not [a for a in json.loads(out or "[]") if a["labels"].get("alertname") in alerts]:
+            active = monitor_view.get(f"http://{cluster.nodes[0].address}:{m.alertmanager_port}"
+                                      "/api/v2/alerts?active=true")
+            if not [a for a in active if a["labels"].get("alertname") in alerts]:
                 return
-        except ValueError:
+        except (OSError, ValueError):
             pass
         time.sleep(5)
     raise LabCommandError(f"alerts {', '.join(alerts)} still active {seconds:.0f} s after the last scenario")

@@ -13,7 +13,7 @@ ROLE_SERIES = {"VIP": "hapbx_vip_owner", "PostgreSQL primary": "hapbx_postgres_p
                "lease": "hapbx_lease_holder"}
 
 
-def _get(url: str) -> dict | list:
+def get(url: str) -> dict | list:
     with urllib.request.urlopen(url, timeout=3) as r:
         return json.loads(r.read())
 
@@ -27,10 +27,10 @@ def lines(cluster: ClusterConfig) -> list[str]:
         try:
             roles: dict[str, list[str]] = {}
             for what, series in ROLE_SERIES.items():
-                out = _get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": f"{series} == 1"}))
+                out = get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": f"{series} == 1"}))
                 for r in out["data"]["result"]:
                     roles.setdefault(r["metric"].get("node", "?"), []).append(what)
-            alerts = _get(f"{am}/api/v2/alerts?active=true&silenced=false&inhibited=false")
+            alerts = get(f"{am}/api/v2/alerts?active=true&silenced=false&inhibited=false")
         except (OSError, ValueError, KeyError):
             continue
         out = ["  roles:   " + ("; ".join(f"{node}: {', '.join(w)}" for node, w in sorted(roles.items()))

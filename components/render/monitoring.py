@@ -20,7 +20,7 @@ from . import hapbx_exporter, prometheus_rules
 from .postgres import MONITOR_ROLE
 from .redis import MONITOR_USER
 
-USER = GROUP = "prometheus"
+GROUP = "prometheus"   # Debian's units run every monitoring daemon as this user
 NODE_EXPORTER = "prometheus-node-exporter.service"
 POSTGRES_EXPORTER = "prometheus-postgres-exporter.service"
 REDIS_EXPORTER = "prometheus-redis-exporter.service"
@@ -34,6 +34,9 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"     # Debian's default for th
 #: given the query that makes it (prometheus_rules.POSTGRES_LAG_QUERY_YAML), as the rules expect it
 LAG_QUERY_FOR = ("0.11",)
 LAG_QUERY = "/etc/prometheus/postgres-exporter-queries.yml"
+#: a scrape gives up after this: an exporter answers a node's peer within milliseconds, and a dead
+#: node's scrape fails after it, so the sooner it gives up the sooner NodeDown knows
+SCRAPE_TIMEOUT_S = 3
 #: Alertmanager gossip: a peer silent this long is not waited for. The second instance sends what
 #: the first did not within this (default 15 s), so it bounds a notification's delay when a node dies.
 PEER_TIMEOUT = "5s"
@@ -43,12 +46,11 @@ def defaults_file(unit: str) -> str:
     return f"/etc/default/{unit.removesuffix('.service')}"
 
 
-def _env(ctx: RenderContext, values: dict[str, str]) -> str:
+def _env(values: dict[str, str]) -> str:
     lines = [header()] + [f'{k}="{v}"' for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 
-SCRAPE_TIMEOUT_S = 3
 #: Kamailio stamps every sample with its own clock: honoured, the series would outlive a dead
 #: Kamailio by five minutes (staleness does not apply to stamped samples); the scrape's time instead
 KEEP_OWN_TIMESTAMPS = {"kamailio": {"honor_timestamps": False}}
@@ -72,8 +74,6 @@ def prometheus_yml(ctx: RenderContext) -> str:
     conf = {
         # identical on both servers: the two Alertmanagers then see one alert, not two
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   # an exporter answers a node's peer within milliseconds; a dead node's scrape
-                   # fails after this, so the sooner it gives up the sooner NodeDown knows
                    "scrape_timeout": f"{min(m.scrape_interval_seconds, SCRAPE_TIMEOUT_S)}s",
                    "external_labels": {"cluster": m.cluster_label}},
         # a glob: `promtool check config` on the staged file passes before the rules are installed
@@ -129,29 +129,38 @@ def _listen(ctx: RenderContext, port: int) -> str:
     return f"{ctx.host.address}:{port}"
 
 
+def ui_urls(cluster) -> dict[str, list[str]]:
+    """The Prometheus and Alertmanager UIs of both nodes (none while monitoring is off)."""
+    m = cluster.monitoring
+    if not m.enabled:
+        return {"prometheus": [], "alertmanager": []}
+    return {ui: [f"http://{n.address}:{port}" for n in cluster.nodes]
+            for ui, port in (("prometheus", m.prometheus_port), ("alertmanager", m.alertmanager_port))}
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness or not ctx.cluster.monitoring.enabled:
         return []
     c, m, host, peer = ctx.cluster, ctx.cluster.monitoring, ctx.host, ctx.peer
     env = dict(owner="root", group=GROUP, mode="0640")
-    pg_env = _env(ctx, {
+    pg_env = _env({
         # the local socket (pg_hba: scram-sha-256); pg_monitor from any database
         "DATA_SOURCE_NAME": f"host=/var/run/postgresql port={c.postgres.port} user={MONITOR_ROLE} "
                             f"password={ctx.secret('postgres_monitor')} dbname=postgres sslmode=disable",
         "ARGS": f"--web.listen-address={_listen(ctx, m.postgres_exporter_port)}"
                 + (f" --extend.query-path={LAG_QUERY}" if needs_lag_query(c) else "")})
-    redis_env = _env(ctx, {
+    redis_env = _env({
         "REDIS_ADDR": f"rediss://127.0.0.1:{c.redis.port}", "REDIS_USER": MONITOR_USER,
         "REDIS_PASSWORD": ctx.secret("redis_monitor"), "REDIS_EXPORTER_TLS_CA_CERT_FILE": TLS_CA,
         "REDIS_EXPORTER_WEB_LISTEN_ADDRESS": _listen(ctx, m.redis_exporter_port), "ARGS": ""})
-    node_env = _env(ctx, {"ARGS": f"--web.listen-address={_listen(ctx, m.node_exporter_port)} --collector.systemd "
+    node_env = _env({"ARGS": f"--web.listen-address={_listen(ctx, m.node_exporter_port)} --collector.systemd "
                                   f"--collector.systemd.unit-include={prometheus_rules.WATCHED_UNITS} "
                                   f"--collector.textfile.directory={TEXTFILE_DIR}"})
-    prom_env = _env(ctx, {"ARGS": f"--config.file={PROMETHEUS_CONF} "
+    prom_env = _env({"ARGS": f"--config.file={PROMETHEUS_CONF} "
                                   f"--web.listen-address={_listen(ctx, m.prometheus_port)} "
                                   f"--web.external-url=http://{_listen(ctx, m.prometheus_port)}/ "
                                   f"--storage.tsdb.retention.time={m.retention_days}d"})
-    am_env = _env(ctx, {"ARGS": f"--config.file={ALERTMANAGER_CONF} "
+    am_env = _env({"ARGS": f"--config.file={ALERTMANAGER_CONF} "
                                 f"--web.listen-address={_listen(ctx, m.alertmanager_port)} "
                                 f"--web.external-url=http://{_listen(ctx, m.alertmanager_port)}/ "
                                 f"--cluster.listen-address={_listen(ctx, m.alertmanager_cluster_port)} "
