@@ -15,7 +15,7 @@ from components.media import Media, MediaArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
-from components.render import CONFIG_SECRETS, GENERATED_SECRETS
+from components.render import CONFIG_SECRETS, GENERATED_SECRETS, OVERRIDABLE_SECRETS
 from components.ssh import reach
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
@@ -46,7 +46,7 @@ secrets: dict[str, pulumi.Output[str]] = {
     for name in GENERATED_SECRETS
 }
 # The stack's own secret config the files hold (vendor_repo_token: config key vendorRepoToken, ...).
-for name in CONFIG_SECRETS:
+for name in (*CONFIG_SECRETS, *OVERRIDABLE_SECRETS):
     if getattr(cluster, name):
         key = "".join(w.capitalize() if i else w for i, w in enumerate(name.split("_")))
         secrets[name] = config.require_secret(key)

@@ -23,7 +23,8 @@ from .schema import ConfigError, Problems, describe, parse_object, setting
 PROJECT = "high-cc-pbx"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Secret config keys: values come from `pulumi config set --secret`, never from files in the repo.
-SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey", "alertSmtpPassword", "alertWebhookToken")
+SECRET_KEYS = ("vendorRepoToken", "sshPrivateKey", "kamailioTlsKey", "alertSmtpPassword", "alertWebhookToken",
+               "backupCipherPass", "backupS3Key", "backupS3KeySecret", "backupSftpPrivateKey")
 SUPPORTED = {"postgres": SUPPORTED_POSTGRES, "kamailio": SUPPORTED_KAMAILIO, "freeswitch": ("1.10",)}
 #: how a version setting says "the one the node's Debian release packages"
 RELEASE_OWN = ""
@@ -482,6 +483,56 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackupRepository:
+    type: str = setting("type", "Where pgBackRest keeps backups and WAL, and recordings are copied: a mounted volume "
+                        "(posix), an S3-compatible bucket (s3) or an SFTP server (sftp, pgBackRest 2.46 and later: "
+                        "Debian 13). Off both nodes in prod.", "posix", choices=("posix", "s3", "sftp"))
+    path: str = setting("path", "The repository's path: the mount point on both nodes (posix), the path inside the "
+                        "bucket (s3) or on the server (sftp).", "/var/lib/hapbx-backup", check=_abspath)
+    s3_endpoint: str = setting("s3Endpoint", "S3 endpoint host (s3).", "")
+    s3_bucket: str = setting("s3Bucket", "S3 bucket (s3); its access key is the secret config backupS3Key and "
+                             "backupS3KeySecret.", "")
+    s3_region: str = setting("s3Region", "S3 region (s3).", "")
+    s3_uri_style: str = setting("s3UriStyle", "S3 addressing (s3): host (virtual-hosted) or path.", "host",
+                                choices=("host", "path"))
+    sftp_host: str = setting("sftpHost", "SFTP server (sftp); the nodes log in with the secret config "
+                             "backupSftpPrivateKey.", "")
+    sftp_port: int = setting("sftpPort", "SFTP port (sftp).", 22, **PORT)
+    sftp_user: str = setting("sftpUser", "SFTP login (sftp).", "")
+    sftp_host_key: str = setting("sftpHostKey", "The SFTP server's SHA-1 host key fingerprint (sftp; pgBackRest "
+                                 "checks it).", "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupSettings:
+    enabled: bool = setting("enabled", "pgBackRest: continuous WAL archiving from whichever node is primary, "
+                            "scheduled full and differential backups from the standby, an encrypted repository "
+                            "(cipher pass: backupCipherPass); recordings retention and copy.", True)
+    stanza: str = setting("stanza", "The pgBackRest stanza of the cluster.", "hapbx", check=_name)
+    repository: BackupRepository = setting("repository", "The backup repository.", BackupRepository)
+    full_schedule: str = setting("fullSchedule", "When full backups run (systemd OnCalendar).", "Sun *-*-* 02:30:00")
+    diff_schedule: str = setting("diffSchedule", "When differential backups run (systemd OnCalendar).",
+                                 "Mon..Sat *-*-* 02:30:00")
+    retention_full: int = setting("retentionFull", "Full backups kept (and the WAL to restore to any time since the "
+                                  "oldest).", 2, minimum=1, maximum=100)
+    retention_diff: int = setting("retentionDiff", "Differential backups kept.", 6, minimum=1, maximum=100)
+    archive_push_queue_max_mb: int = setting(
+        "archivePushQueueMaxMb", "WAL waiting for the repository beyond this is dropped from the archive (and "
+        "reported) rather than filling the primary's disk: a slow or lost repository never stops writes.",
+        4096, minimum=64)
+    process_max: int = setting("processMax", "Parallel processes of a backup or restore.", 2, minimum=1, maximum=32)
+    tls_port: int = setting("tlsPort", "pgBackRest's TLS server on each node (the standby's backup reaches the "
+                            "primary's PostgreSQL through it; client certificates from the cluster CA).", 8432, **PORT)
+    max_age_hours: int = setting("maxAgeHours", "No successful backup for this long: BackupTooOld.", 26,
+                                 minimum=1, maximum=24 * 60)
+    recordings_schedule: str = setting("recordingsSchedule", "When recordings past their policy's retention are "
+                                       "deleted and the rest copied to the repository (systemd OnCalendar).",
+                                       "*-*-* 03:30:00")
+    recordings_dry_run: bool = setting("recordingsDryRun", "Log what recordings retention would delete, delete "
+                                       "nothing.", False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     environment: str = setting("environment", "Which kind of stack this is.", choices=("prod", "lab"))
     lab: Optional[LabSettings] = setting("lab", "The local lab (lab stacks only).", None)
@@ -510,6 +561,8 @@ class ClusterConfig:
     admin: AdminSettings = setting("admin", "Admin API (token in the generated secret admin_api_token).", AdminSettings)
     monitoring: MonitoringSettings = setting("monitoring", "Exporters, Prometheus pair, Alertmanager cluster and alert "
                                              "thresholds (README, monitoring).", MonitoringSettings)
+    backup: BackupSettings = setting("backup", "Backups (pgBackRest), point-in-time recovery and recordings "
+                                     "retention (README, backup and restore).", BackupSettings)
     tls: TlsSettings = setting("tls", "The cluster's internal CA and the service certificates it issues "
                                "(PostgreSQL replication and connections between the nodes: verify-full).", TlsSettings)
     vendor_repo_token: Optional[str] = setting("vendorRepoToken", "Token of repositories with `tokenAuth` (secret).",
@@ -522,6 +575,16 @@ class ClusterConfig:
         "alertSmtpPassword", "Password of monitoring.email.username at the smarthost (secret config).", None, secret=True)
     alert_webhook_token: Optional[str] = setting(
         "alertWebhookToken", "Bearer token sent with each webhook notification (secret config).", None, secret=True)
+    backup_cipher_pass: Optional[str] = setting(
+        "backupCipherPass", "Encryption passphrase of the backup repository (secret config); unset: the program "
+        "generates one and keeps it in the stack's state. Keep a copy off the stack either way (`pulumi stack output "
+        "--show-secrets backupCipherPass`): without it no backup can be read.", None, secret=True)
+    backup_s3_key: Optional[str] = setting("backupS3Key", "Access key id of backup.repository (s3; secret config).",
+                                           None, secret=True)
+    backup_s3_key_secret: Optional[str] = setting("backupS3KeySecret", "Secret access key of backup.repository (s3; "
+                                                  "secret config).", None, secret=True)
+    backup_sftp_private_key: Optional[str] = setting("backupSftpPrivateKey", "Private key (PEM) the nodes log in to "
+                                                     "backup.repository with (sftp; secret config).", None, secret=True)
     kamailio_tls_key: Optional[str] = setting(
         "kamailioTlsKey", "Private key (PEM) of kamailio.tlsCertificate, as secret config (`pulumi config set "
         "--secret high-cc-pbx:kamailioTlsKey < KEYFILE`).", None, secret=True)
@@ -555,6 +618,8 @@ class ClusterConfig:
                 "kamailio", "kamailio-postgres-modules", "kamailio-extra-modules", "sip-tester", "iputils-ping",
                 "procps", "curl", "python3-aiohttp", "python3-redis",   # python3-*: the CDR/admin service
                 "openssl"]   # checks each certificate and key before install (render/tls.py)
+        if self.backup.enabled:
+            base += ["pgbackrest"]
         if self.monitoring.enabled:
             base += ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
                      "prometheus-postgres-exporter", "prometheus-redis-exporter"]
@@ -705,6 +770,8 @@ def _check_monitoring(cfg: ClusterConfig, p: Problems) -> None:
         p.add("alertSmtpPassword", "is required with monitoring.email.username; set it with "
               f"`pulumi config set --secret {PROJECT}:alertSmtpPassword <password>`")
     ports = {"etcd.clientPort": cfg.etcd.client_port, "etcd.peerPort": cfg.etcd.peer_port}
+    if cfg.backup.enabled:
+        ports["backup.tlsPort"] = cfg.backup.tls_port
     if m.enabled:
         ports.update({f"monitoring.{k}": v for k, v in (
             ("nodeExporterPort", m.node_exporter_port), ("postgresExporterPort", m.postgres_exporter_port),
@@ -720,6 +787,32 @@ def _check_monitoring(cfg: ClusterConfig, p: Problems) -> None:
         if port in seen:
             p.add(key, f"{port} is also {seen[port]} (allowed: a port of its own)")
         seen.setdefault(port, key)
+
+
+def _check_backup(cfg: ClusterConfig, p: Problems) -> None:
+    b = cfg.backup
+    if not b.enabled:
+        return
+    r = b.repository
+    needed = {"s3": (("s3Endpoint", r.s3_endpoint), ("s3Bucket", r.s3_bucket), ("s3Region", r.s3_region)),
+              "sftp": (("sftpHost", r.sftp_host), ("sftpUser", r.sftp_user), ("sftpHostKey", r.sftp_host_key))}
+    for key, value in needed.get(r.type, ()):
+        if not value:
+            p.add(f"backup.repository.{key}", f"is required with backup.repository.type {r.type}")
+    secrets = {"s3": ("backupS3Key", "backupS3KeySecret"), "sftp": ("backupSftpPrivateKey",)}
+    have = {"backupS3Key": cfg.backup_s3_key, "backupS3KeySecret": cfg.backup_s3_key_secret,
+            "backupSftpPrivateKey": cfg.backup_sftp_private_key}
+    for key in secrets.get(r.type, ()):
+        if not have[key]:
+            p.add(key, f"is required with backup.repository.type {r.type}; set it with "
+                  f"`pulumi config set --secret {PROJECT}:{key} ...`")
+    if r.type == "sftp" and tuple(int(x) for x in cfg.release.versions["pgBackRest"].split(".")) < (2, 46):
+        p.add("backup.repository.type", f"sftp needs pgBackRest 2.46 or later; Debian {cfg.release.debian} has "
+              f"{cfg.release.versions['pgBackRest']} (allowed here: posix, s3)")
+    for key, value in (("fullSchedule", b.full_schedule), ("diffSchedule", b.diff_schedule),
+                       ("recordingsSchedule", b.recordings_schedule)):
+        if not re.match(r"^[A-Za-z0-9*.,:/~ -]{1,80}$", value):
+            p.add(f"backup.{key}", f"{value!r} is not a systemd OnCalendar expression")
 
 
 def _check_dialplan(cfg: ClusterConfig, p: Problems) -> None:
@@ -814,7 +907,7 @@ def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterCo
     if typed:
         cfg = _with_release_versions(cfg, p)
     for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan,
-                  _check_monitoring):
+                  _check_monitoring, _check_backup):
         try:
             check(cfg, p)
         except (TypeError, AttributeError, ValueError, StopIteration):

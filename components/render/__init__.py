@@ -24,7 +24,7 @@ MANAGED_BY = "Managed by high-cc-pbx (Pulumi). Local edits are overwritten on th
 #: services whose certificate and key each PBX node gets from the cluster CA (components/certificates.py;
 #: installed by render/tls.py): PostgreSQL, the etcd member (server, peer and client of its quorum), Redis,
 #: and the node's HTTPS listeners (the admin API and the CDR receiver)
-TLS_SERVICES = ("postgres", "etcd", "redis", "https")
+TLS_SERVICES = ("postgres", "etcd", "redis", "https", "pgbackrest")
 #: the witness runs the third etcd member only
 WITNESS_TLS_SERVICES = ("etcd",)
 WITNESS = "witness"
@@ -51,6 +51,9 @@ SECRET_NAMES = (
     "freeswitch_esl", "admin_api_token", "vendor_repo_token",
     # the stack's own secret config (config.SECRET_KEYS): Alertmanager's receivers
     "alert_webhook_token", "alert_smtp_password",
+    # the backup repository: its cipher pass (generated unless the config gives backupCipherPass) and
+    # the credentials of an s3 or sftp repository (config)
+    "backup_cipher_pass", "backup_s3_key", "backup_s3_key_secret", "backup_sftp_private_key",
     "kamailio_auth_secret", "kamailio_dialog_secret", "sip_media_secret",
     "kamailio_tls_certificate", "kamailio_tls_key",
     # per PBX node (node_secret): its CDR sender password (hapbx_node/cdr/auth.py), its service
@@ -74,7 +77,10 @@ def node_secret(cluster, stem: str, node: str) -> str:
 
 #: secrets generated as pulumi-random passwords
 #: secrets the stack's config gives (config.SECRET_KEYS), not generated
-CONFIG_SECRETS = ("vendor_repo_token", "alert_webhook_token", "alert_smtp_password")
+CONFIG_SECRETS = ("vendor_repo_token", "alert_webhook_token", "alert_smtp_password", "backup_s3_key",
+                  "backup_s3_key_secret", "backup_sftp_private_key")
+#: generated, unless the stack's config gives its own (the same key in camelCase)
+OVERRIDABLE_SECRETS = ("backup_cipher_pass",)
 GENERATED_SECRETS = tuple(n for n in SECRET_NAMES if n not in (*CONFIG_SECRETS, *CERTIFICATE_SECRETS))
 
 
