@@ -45,7 +45,7 @@ STUB = textwrap.dedent("""\
     argv = ARGV
     dofile(SCRIPT)
     for _, k in ipairs({"hapbx_recording_mode", "hapbx_route_target", "executed", "execute_on_answer",
-                        "hapbx_recording_path"}) do
+                        "hapbx_recording_path", "hapbx_recording_retention_days"}) do
       print(k .. "=" .. tostring(vars[k]))
     end
     """)
@@ -103,13 +103,14 @@ def rig(primary, tmp_path_factory):  # noqa: F811
         conn.execute("INSERT INTO pbx.trunks (name, host) VALUES ('carrier-a', '203.0.113.5') ON CONFLICT DO NOTHING")
         conn.execute("DELETE FROM pbx.recording_policies")
         conn.execute("DELETE FROM pbx.inbound_routes")
-        policy = ("INSERT INTO pbx.recording_policies (scope, extension_id, extension_type, mode) "
-                  "SELECT %s, id, type, %s FROM pbx.extensions WHERE number = %s")
-        conn.execute(policy, ("extension", "always", "1001"))
-        conn.execute(policy, ("queue", "on-demand", "8000"))
-        conn.execute("INSERT INTO pbx.recording_policies (scope, trunk_id, mode) "
-                     "SELECT 'trunk', id, 'always' FROM pbx.trunks WHERE name = 'carrier-a'")
-        conn.execute("INSERT INTO pbx.recording_policies (scope, mode) VALUES ('global', 'never')")
+        # each policy its own retention: the call must carry the one of the policy that decided
+        policy = ("INSERT INTO pbx.recording_policies (scope, extension_id, extension_type, mode, retention_days) "
+                  "SELECT %s, id, type, %s, %s FROM pbx.extensions WHERE number = %s")
+        conn.execute(policy, ("extension", "always", 30, "1001"))
+        conn.execute(policy, ("queue", "on-demand", 14, "8000"))
+        conn.execute("INSERT INTO pbx.recording_policies (scope, trunk_id, mode, retention_days) "
+                     "SELECT 'trunk', id, 'always', 365 FROM pbx.trunks WHERE name = 'carrier-a'")
+        conn.execute("INSERT INTO pbx.recording_policies (scope, mode, retention_days) VALUES ('global', 'never', 60)")
         route = ("INSERT INTO pbx.inbound_routes (did, extension_id, trunk_id) SELECT %s, e.id, "
                  "(SELECT id FROM pbx.trunks WHERE name = %s) FROM pbx.extensions e WHERE e.number = %s")
         conn.execute(route, ("+3222000000", None, "8000"))
@@ -136,11 +137,13 @@ def test_the_cache_holds_every_policy_and_route_and_the_lua_answers_as_the_datab
             ext = target if kind == "extension" else (caller if caller.isdigit() else None)
             queue = target if kind == "queue" else None
             trunk_name = target if kind == "trunk" else trunk
-            want = conn.execute("SELECT mode FROM pbx.recording_policy_for(%s, %s, %s)",
+            want = conn.execute("SELECT mode, retention_days FROM pbx.recording_policy_for(%s, %s, %s)",
                                 (ext, queue, trunk_name)).fetchone()
             got, _ = rig.lua("hapbx_recording.lua", {"caller_id_number": caller, "uuid": "u1",
                                                      **({"hapbx_trunk": trunk} if trunk else {})}, [kind, target])
             assert got["hapbx_recording_mode"] == (want[0] if want else "never"), (kind, target, caller, trunk)
+            # the retention of the same policy, for the CDR (the recordings retention honours it)
+            assert got["hapbx_recording_retention_days"] == str(want[1]), (kind, target, caller, trunk)
     got, _ = rig.lua("hapbx_inbound.lua", {"destination_number": "+3222000001", "hapbx_trunk": "carrier-a"})
     assert got["hapbx_route_target"] == "1002"                # a route of this trunk
     got, _ = rig.lua("hapbx_inbound.lua", {"destination_number": "+3222000001", "hapbx_trunk": "other"})
@@ -203,3 +206,47 @@ def test_a_recorded_call_already_answered_starts_recording_at_once(rig):
                     ["extension", "1001"])
     assert up["executed"] == "record_session /live/u5.wav" and up["execute_on_answer"] == "nil"
     assert up["hapbx_recording_path"].endswith("/u5.wav")
+
+
+def test_the_retention_of_the_deciding_policy_is_set_and_an_older_cache_still_decides(rig, tmp_path):
+    assert rig.refresh().returncode == 0
+    rows = [line.split("\t") for line in rig.cache.read_text().splitlines()]
+    assert ["retention", "extension:1001", "30"] in rows and ["retention", "global:", "60"] in rows
+    # a queue call from 1001: 1001's own policy is more specific than the queue's (14 days), so
+    # its mode and its 30 days; from 1002 (no policy of its own): the queue's mode and 14 days
+    got, _ = rig.lua("hapbx_recording.lua", {"caller_id_number": "1001", "uuid": "r1"}, ["queue", "8000"])
+    assert (got["hapbx_recording_mode"], got["hapbx_recording_retention_days"]) == ("always", "30")
+    got, _ = rig.lua("hapbx_recording.lua", {"caller_id_number": "1002", "uuid": "r2"}, ["queue", "8000"])
+    assert (got["hapbx_recording_mode"], got["hapbx_recording_retention_days"]) == ("on-demand", "14")
+    # a cache written before retention lines existed: the same modes, no retention (the
+    # retention run then takes the policy of the moment)
+    old = tmp_path / "old.tsv"
+    old.write_text("".join(line + "\n" for line in rig.cache.read_text().splitlines()
+                           if not line.startswith("retention\t")))
+    older = dataclasses.replace(rig, cache=old)
+    for caller, args, mode in (("1002", ["extension", "1001"], "always"), ("1002", ["queue", "8000"], "on-demand"),
+                               ("5555", ["extension", "1002"], "never")):
+        got, _ = older.lua("hapbx_recording.lua", {"caller_id_number": caller, "uuid": "r3"}, args)
+        assert got["hapbx_recording_mode"] == mode and got["hapbx_recording_retention_days"] == "nil"
+    # a malformed retention is no retention (never a wrong number in the CDR)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(rig.cache.read_text().replace("retention\textension:1001\t30", "retention\textension:1001\t3x"))
+    got, _ = dataclasses.replace(rig, cache=bad).lua("hapbx_recording.lua", {"caller_id_number": "1002", "uuid": "r4"},
+                                                     ["extension", "1001"])
+    assert got["hapbx_recording_mode"] == "always" and got["hapbx_recording_retention_days"] == "nil"
+    # no cache at all: the fallback decides, no retention is claimed
+    got, _ = dataclasses.replace(rig, cache=tmp_path / "absent.tsv").lua(
+        "hapbx_recording.lua", {"caller_id_number": "1002", "uuid": "r5"}, ["extension", "1001"])
+    assert got["hapbx_recording_retention_days"] == "nil"
+
+
+def test_the_retention_variable_reaches_the_cdr_raw_json():
+    """records.normalize keeps every posted variable in ``raw`` (only callflow is dropped): the
+    retention run reads raw.variables.hapbx_recording_retention_days from cdr.calls."""
+    from hapbx_node.cdr import records
+    row = records.normalize({"variables": {"uuid": "7d0f6a36-5d5c-4c52-9b7e-0a3c1f1e2d01", "start_epoch": "1750000000",
+                                           "end_epoch": "1750000060", "destination_number": "1001",
+                                           "hapbx_recording_mode": "always", "hapbx_recording_retention_days": "30",
+                                           "hapbx_recording_path": "/rec/pbx1/2025/06/15/x.wav"},
+                             "callflow": [{"caller_profile": {"caller_id_number": "1002"}}]}, "pbx1")
+    assert row["raw"]["variables"]["hapbx_recording_retention_days"] == "30" and "callflow" not in row["raw"]
