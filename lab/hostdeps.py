@@ -22,6 +22,7 @@ TEST_TOOLS = [
     # promtool, amtool and the exporters the monitoring tests run (tests/daemons/monitoring_tools.py)
     "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "prometheus-postgres-exporter",
     "prometheus-redis-exporter",
+    "pgbackrest",  # backups: its config checker and the daemons tier's backup and restore (tests/daemons/test_pgbackrest.py)
 ]
 #: packages wanted for a command only: present when the command is, whoever installed it (a host with
 #: Node.js from another repository has its npm, and Debian's package would fight that one)

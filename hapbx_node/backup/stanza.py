@@ -1,0 +1,61 @@
+"""The deploy's stanza step (``python3 -m hapbx_node.backup stanza``): create the stanza when
+the repository has none, check that archiving reaches it. Idempotent.
+
+A repository that holds this stanza for ANOTHER database system (another system identifier:
+new hardware, or a fresh cluster, before its data was restored) is never touched: the step exits
+EXIT_OTHER_SYSTEM and says to restore with ``./hapbx restore``; stanza-create would refuse it too,
+but with a message that hides the cause.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import local, tool
+from .run import settings
+
+EXIT_FAILED = 1
+#: the repository's stanza belongs to another database system
+EXIT_OTHER_SYSTEM = 3
+STANZA_TIMEOUT = 300
+#: check waits for a WAL segment to reach the repository (archive-timeout, 60 s by default)
+CHECK_TIMEOUT = 300
+
+
+def current_db(entry: dict | None) -> dict | None:
+    """The repository's current database system of the stanza (its newest history entry)."""
+    dbs = list((entry or {}).get("db") or [])
+    return max(dbs, key=lambda d: d.get("id", 0)) if dbs else None
+
+
+def other_system_message(stanza: str, repo_db: dict, sysid: str, version: int) -> str:
+    return (f"hapbx-backup: the repository's stanza {stanza!r} belongs to another database system "
+            f"(system id {repo_db.get('system-id')}, PostgreSQL {repo_db.get('version')}); this node's is "
+            f"{sysid} (PostgreSQL {version // 10000}). Nothing was changed in the repository. To bring that "
+            f"data back onto this cluster, restore with `./hapbx restore`; after a PostgreSQL major upgrade run "
+            f"`pgbackrest --stanza={stanza} stanza-upgrade` instead.")
+
+
+def main() -> int:
+    stanza, config, _ = settings()
+    try:
+        sysid, version = local.system(local.target(config, stanza))
+    except Exception as e:
+        print(f"hapbx-backup: local PostgreSQL not reachable: {e}".strip(), file=sys.stderr)
+        return EXIT_FAILED
+    got, entry = tool.info(stanza)
+    if not got.ok:
+        sys.stderr.write(got.stderr)
+        print(f"hapbx-backup: cannot read the repository: {got.error_line()}", file=sys.stderr)
+        return EXIT_FAILED
+    repo_db = current_db(entry)
+    if repo_db is not None and str(repo_db.get("system-id")) != sysid:
+        print(other_system_message(stanza, repo_db, sysid, version), file=sys.stderr)
+        return EXIT_OTHER_SYSTEM
+    for args, timeout in ((("stanza-create",), STANZA_TIMEOUT), (("check",), CHECK_TIMEOUT)):
+        res = tool.run(stanza, *args, timeout=timeout)
+        if not res.ok:
+            sys.stderr.write(res.stderr or res.stdout)
+            print(f"hapbx-backup: pgbackrest {args[0]} failed: {res.error_line()}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"hapbx-backup: stanza {stanza} ok ({'created' if repo_db is None else 'present'}, archiving checked)")
+    return 0
