@@ -71,3 +71,15 @@ def system(t: Target) -> tuple[str, int]:
             return str(sysid), int(version)
     finally:
         conn.close()
+
+
+def checkpoint(t: Target) -> None:
+    """CHECKPOINT: right after a promotion pg_control still names the old timeline until the
+    first checkpoint, and pgBackRest refuses to back up a primary whose WAL and pg_control
+    timelines differ (error 058)."""
+    conn = _connect(t)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")
+    finally:
+        conn.close()

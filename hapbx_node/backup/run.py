@@ -65,6 +65,11 @@ def main(kind: str) -> int:
             print(f"hapbx-backup: {kind} skipped: {choice.reason}")
             return 0
         print(f"hapbx-backup: {kind} backup: {choice.reason}", flush=True)
+        if not choice.backup_standby:
+            try:
+                local.checkpoint(local.target(config, stanza))
+            except Exception as e:  # the backup below reports what is wrong
+                print(f"hapbx-backup: checkpoint before the backup failed: {e}".strip(), file=sys.stderr)
         args = [f"--type={kind}", "--backup-standby" if choice.backup_standby else "--no-backup-standby", "backup"]
         res = tool.run(stanza, *args, timeout=BACKUP_TIMEOUT)
         if not res.ok:
