@@ -7,5 +7,6 @@ by hapbx-recordings-retention.timer as ``python3 -m hapbx_node.recordings retent
   copy.py     the copy to the repository (rsync for posix, rclone for s3 and sftp) and its expiry
   status.py   /var/lib/hapbx/backup/recordings.json (the backup contract), written atomically
   run.py      one run: plan, delete (or only say so), copy, expire the copy, status
+  settings.py the unit's environment and credential files (never a password in argv or env)
 Standard library and psycopg2 only (Debian's python3-psycopg2 on the nodes).
 """
