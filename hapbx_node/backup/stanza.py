@@ -9,6 +9,7 @@ but with a message that hides the cause.
 from __future__ import annotations
 
 import sys
+import time
 
 from . import local, tool
 from .run import settings
@@ -19,6 +20,7 @@ EXIT_OTHER_SYSTEM = 3
 STANZA_TIMEOUT = 300
 #: check waits for a WAL segment to reach the repository (archive-timeout, 60 s by default)
 CHECK_TIMEOUT = 300
+LOCK_WAIT = 60
 
 
 def current_db(entry: dict | None) -> dict | None:
@@ -33,6 +35,16 @@ def other_system_message(stanza: str, repo_db: dict, sysid: str, version: int) -
             f"{sysid} (PostgreSQL {version // 10000}). Nothing was changed in the repository. To bring that "
             f"data back onto this cluster, restore with `./hapbx restore`; after a PostgreSQL major upgrade run "
             f"`pgbackrest --stanza={stanza} stanza-upgrade` instead.")
+
+
+def _with_lock_retries(stanza: str, command: str, timeout: float) -> tool.Result:
+    """The command, again while another pgBackRest process holds its lock (error 050), for up to LOCK_WAIT s."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        res = tool.run(stanza, command, timeout=timeout)
+        if res.ok or "[050]" not in res.error_line() or time.monotonic() > deadline:
+            return res
+        time.sleep(1)
 
 
 def main() -> int:
@@ -51,11 +63,14 @@ def main() -> int:
     if repo_db is not None and str(repo_db.get("system-id")) != sysid:
         print(other_system_message(stanza, repo_db, sysid, version), file=sys.stderr)
         return EXIT_OTHER_SYSTEM
-    for args, timeout in ((("stanza-create",), STANZA_TIMEOUT), (("check",), CHECK_TIMEOUT)):
-        res = tool.run(stanza, *args, timeout=timeout)
+    # stanza-create only when the repository has none: it takes the archive lock, which the
+    # asynchronous archive-push holds while it works (error 050); check takes none
+    steps = ([("stanza-create", STANZA_TIMEOUT)] if repo_db is None else []) + [("check", CHECK_TIMEOUT)]
+    for command, timeout in steps:
+        res = _with_lock_retries(stanza, command, timeout)
         if not res.ok:
             sys.stderr.write(res.stderr or res.stdout)
-            print(f"hapbx-backup: pgbackrest {args[0]} failed: {res.error_line()}", file=sys.stderr)
+            print(f"hapbx-backup: pgbackrest {command} failed: {res.error_line()}", file=sys.stderr)
             return EXIT_FAILED
     print(f"hapbx-backup: stanza {stanza} ok ({'created' if repo_db is None else 'present'}, archiving checked)")
     return 0

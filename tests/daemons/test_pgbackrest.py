@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -233,16 +234,27 @@ class ArgvWatch:
 
 # --- the pair ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pair():
+#: PostgreSQL major -> the pgBackRest it runs with: Debian 12's on the host, Debian 13's in its node image
+RELEASES = {"15": "2.45", "17": "2.55"}
+
+
+@pytest.fixture(scope="module", params=sorted(RELEASES), ids=[f"pg{m}-pgbackrest{v}" for m, v in sorted(RELEASES.items())])
+def pair(request):
     pgbackrest_missing()
+    bins = pg_servers.binaries(request.param, lambda: request.getfixturevalue("trixie_root"))
+    version = bins.run("pgbackrest", "version").stdout
+    assert version.startswith(f"pgBackRest {RELEASES[request.param]}"), version
+    # the remotes a TLS server starts keep pgBackRest's default lock path (this host's /tmp, shared
+    # with a release root whose postgres user has another uid): made by this fixture, removed by it
+    default_locks = Path("/tmp/pgbackrest")
+    assert not default_locks.exists(), f"{default_locks} is left from another run"
     with pg_servers.scratch("hapbx-pgbr-test-") as (d, cert):
         ca = ScratchCa(d, d / "test-cluster-CA-ca.pem", d / "test-cluster-CA-ca-key.pem")
         repo = d / "repo"
         repo.mkdir()
         a_port, b_port, a_tls, b_tls = free_port(), free_port(), free_port(), free_port()
-        a = Server(d, "a", "pbx1", a_port, b_port, cert)
-        b = Server(d, "b", "pbx2", b_port, a_port, cert)
+        a = Server(d, "a", "pbx1", a_port, b_port, cert, bins)
+        b = Server(d, "b", "pbx2", b_port, a_port, cert, bins)
         na = make_node(d, ca, a, repo, a_tls, b, b_tls)
         nb = make_node(d, ca, b, repo, b_tls, a, a_tls)
         a.bins.chown(repo)
@@ -258,7 +270,7 @@ def pair():
             wait_for("standby streaming", lambda: streaming(b))
             na.start_server()
             nb.start_server()
-            yield {"dir": d, "ca": ca, "repo": repo, "a": na, "b": nb}
+            yield {"dir": d, "ca": ca, "repo": repo, "a": na, "b": nb, "bins": bins}
         except BaseException:
             for n in (na, nb):
                 print(f"--- {n.srv.node.name} log ---\n{n.srv.log()}")
@@ -270,6 +282,7 @@ def pair():
                 n.stop_server()
             b.stop("immediate")
             a.stop("immediate")
+            shutil.rmtree(default_locks, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +341,7 @@ def test_backups_from_the_standby_restore_to_a_time_and_archive_after_promotion(
     switch_and_wait_archived(a.srv)
 
     restored = Server(stanza["dir"], "restored", "pbx1", free_port(), a.srv.port, (a.srv.cert[0], a.srv.cert[1]),
-                      limits={"archive_mode": "off"})   # a scratch copy: it must not archive into the repository
+                      stanza["bins"], limits={"archive_mode": "off"})   # a scratch copy: it must not archive into the repository
     restored.data.mkdir(mode=0o700)
     restored.bins.chown(restored.data)
     try:
@@ -375,7 +388,7 @@ def test_stanza_step_refuses_a_repository_of_another_system(stanza):
     stops with its own exit status and the way out, and the repository is not touched."""
     d, repo, a = stanza["dir"], stanza["repo"], stanza["a"]
     other = Server(d, "other", "pbx1", free_port(), a.srv.port, (a.srv.cert[0], a.srv.cert[1]),
-                   limits={"archive_mode": "off"})
+                   stanza["bins"], limits={"archive_mode": "off"})
     node = make_node(d, stanza["ca"], other, repo, free_port(), a.srv, a.tls_port)
     try:
         other.initdb()
@@ -390,6 +403,24 @@ def test_stanza_step_refuses_a_repository_of_another_system(stanza):
         assert repo_snapshot(repo) == before
     finally:
         other.stop("immediate")
+
+
+@pytest.mark.timeout(120)
+def test_tls_server_admits_only_the_peers_common_name(stanza):
+    """The primary's TLS server authorizes a client certificate by its common name
+    (tls-server-auth): one from the same CA with another name is refused."""
+    b, ca = stanza["b"], stanza["ca"]
+    cert, key = issue_with_cn(ca, "intruder", "pgbackrest-intruder")
+    b.bins.chown(cert)
+    b.bins.chown(key)
+    with_peer = b.pgbackrest("--output=json", "info", timeout=60)   # a command that needs no PostgreSQL
+    assert with_peer.returncode == 0
+    ok = b.pgbackrest("check", check=False, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    refused = b.pgbackrest(f"--pg2-host-cert-file={cert}", f"--pg2-host-key-file={key}", "check", check=False,
+                           timeout=120)
+    assert refused.returncode != 0
+    assert re.search(r"AccessError.*access denied", refused.stdout + refused.stderr), refused.stdout + refused.stderr
 
 
 def test_render_keeps_secrets_in_the_file_only():
