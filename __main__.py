@@ -5,6 +5,7 @@ Config is read and validated once, here; components get typed Args.
 import pulumi
 import pulumi_random as random
 
+from components.backup import Backup, BackupArgs
 from components.config import ConfigError, from_pulumi_config
 from components.cdr import CdrPipeline, CdrPipelineArgs
 from components.certificates import ClusterCa, ClusterCaArgs, SipCertificate, SipCertificateArgs
@@ -98,6 +99,10 @@ monitoring = Monitoring("monitoring", MonitoringArgs(cluster=cluster, nodes=pbx_
                                                      after=[*postgres.schema_ready, *redis.ready, *cdr.ready,
                                                             *sip.ready, *media.ready]))
 
+# Backups once PostgreSQL archives on both nodes and the recordings directory exists.
+backup = Backup("backup", BackupArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+                                     after=[*postgres.schema_ready, *postgres.ready, *media.ready]))
+
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)
 pulumi.export("nodes", {name: node.address for name, node in nodes.items()})
@@ -110,5 +115,8 @@ pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.stand
 pulumi.export("sipTlsCa", sip_certificate.ca_pem if sip_certificate else None)
 pulumi.export("clusterCa", cluster_ca.ca_pem)   # public: what the admin API's HTTPS chains to (curl --cacert)
 pulumi.export("monitoring", monitoring.urls)
+pulumi.export("backup", {"stanza": cluster.backup.stanza, "repository": cluster.backup.repository.type,
+                         "restore": "./hapbx restore --stack <stack> --to <time|latest> [--node <node>]"}
+              if cluster.backup.enabled else None)
 pulumi.export("cdr", {"receiverPort": cluster.cdr.receiver_port, "workerUnit": "hapbx-cdr-worker.service",
                      "adminUrl": f"https://{cluster.vip.address}:{cluster.admin.port}"})

@@ -8,7 +8,8 @@ issues to each PBX node (render.TLS_SERVICES: PostgreSQL, etcd, Redis, HTTPS) an
 =================================  ======================  ====================================
 ``<name>-key``, ``<name>``         PrivateKey, SelfSignedCert   the CA: ECDSA P-256, 10 years
 ``<name>-<node>-<svc>-key[-rN]``   PrivateKey              ECDSA P-256
-``<name>-<node>-<svc>-csr[-rN]``   CertRequest             no CN; DNS <node>.<domain>; IP node, VIP, 127.0.0.1
+``<name>-<node>-<svc>-csr[-rN]``   CertRequest             no CN (pgbackrest: pgbackrest-<node>); DNS <node>.<domain>;
+                                                           IP node, VIP, 127.0.0.1
                                                            (the witness: no VIP)
 ``<name>-<node>-<svc>-cert[-rN]``  LocallySignedCert       2 years, server_auth + client_auth;
                                                            renewed within 30 days of its end
@@ -52,7 +53,7 @@ import pulumi
 import pulumi_tls as tls
 
 from .config import ClusterConfig
-from .render import TLS_SERVICES, WITNESS_TLS_SERVICES, node_secret, tls_stems
+from .render import TLS_SERVICES, WITNESS_TLS_SERVICES, node_secret, pgbackrest, tls_stems
 
 CA_VALIDITY_HOURS = 10 * 365 * 24
 SERVER_VALIDITY_HOURS = 2 * 365 * 24
@@ -173,7 +174,10 @@ class ClusterCa(pulumi.ComponentResource):
                     f"{stem}-csr{suffix}", private_key_pem=key.private_key_pem,
                     # no common name: the names are in the SANs, and etcd refuses any client certificate
                     # with one at its gRPC gateway once authentication is on (it cannot map it to a user)
-                    subject=tls.CertRequestSubjectArgs(organization="high-cc-pbx", organizational_unit=f"{service} {node.name}"),
+                    # (pgBackRest's TLS server admits a client by common name only: its own, pgbackrest.client_cn)
+                    subject=tls.CertRequestSubjectArgs(
+                        organization="high-cc-pbx", organizational_unit=f"{service} {node.name}",
+                        common_name=pgbackrest.client_cn(node.name) if service == pgbackrest.TLS_SERVICE else None),
                     dns_names=dns_names, ip_addresses=ips, opts=child)
                 cert = tls.LocallySignedCert(
                     f"{stem}-cert{suffix}", cert_request_pem=csr.cert_request_pem,

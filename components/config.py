@@ -620,6 +620,8 @@ class ClusterConfig:
                 "openssl"]   # checks each certificate and key before install (render/tls.py)
         if self.backup.enabled:
             base += ["pgbackrest"]
+            if self.backup.repository.type != "posix":
+                base += ["rclone"]   # the recordings' copy to an s3 or sftp repository
         if self.monitoring.enabled:
             base += ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
                      "prometheus-postgres-exporter", "prometheus-redis-exporter"]

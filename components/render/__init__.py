@@ -195,9 +195,10 @@ def renderers() -> list[Renderer]:
     from . import baseline, postgres, redis
     from . import etcd, failover, keepalived
     from . import kamailio, sipp_uas, freeswitch, lsyncd
-    from . import cdr, monitoring
+    from . import cdr, monitoring, pgbackrest, recordings_retention
     return [baseline.files, postgres.files, redis.files, etcd.files, failover.files, keepalived.files,
-            kamailio.files, sipp_uas.files, freeswitch.files, lsyncd.files, cdr.files, monitoring.files]
+            kamailio.files, sipp_uas.files, freeswitch.files, lsyncd.files, cdr.files, monitoring.files,
+            pgbackrest.files, recordings_retention.files]
 
 
 def render_host(ctx: RenderContext) -> list[RenderedFile]:

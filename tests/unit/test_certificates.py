@@ -162,9 +162,10 @@ def test_cluster_ca_signs_each_nodes_service_certificate_for_its_addresses(clust
 
 def test_every_service_certificate_has_no_common_name_and_the_witness_only_etcd(cluster):
     """Each PBX node has one certificate per TLS service, the witness one for its etcd member (its
-    address and loopback: it never holds the VIP). None has a common name: etcd's gRPC gateway
-    refuses a client certificate that has one once authentication is on."""
-    from components.render import TLS_SERVICES
+    address and loopback: it never holds the VIP). None has a common name (etcd's gRPC gateway
+    refuses a client certificate that has one once authentication is on) but pgBackRest's, which
+    its peer's TLS server admits by that name alone."""
+    from components.render import TLS_SERVICES, pgbackrest
     out = run_ca(cluster).outputs
     ca = x509.load_pem_x509_certificate(plain(out["ca"]).encode())
     names = {f"tls_{svc}_certificate_{i}" for svc in TLS_SERVICES for i in (1, 2)} | {"tls_etcd_certificate_witness"}
@@ -173,7 +174,12 @@ def test_every_service_certificate_has_no_common_name_and_the_witness_only_etcd(
     for name in names:
         cert = x509.load_pem_x509_certificate(plain(out[name]).encode())
         cert.verify_directly_issued_by(ca)
-        assert not cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME), (name, cert.subject)
+        cn = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        if name.startswith(f"tls_{pgbackrest.TLS_SERVICE}_"):
+            node = cluster.nodes[int(name.rsplit("_", 1)[1]) - 1].name
+            assert cn == [pgbackrest.client_cn(node)], (name, cert.subject)
+        else:
+            assert not cn, (name, cert.subject)
     witness = x509.load_pem_x509_certificate(plain(out["tls_etcd_certificate_witness"]).encode())
     sans = witness.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} == {cluster.witness.address, "127.0.0.1"}
