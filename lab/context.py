@@ -45,7 +45,10 @@ def load(path: str) -> tuple[dict, ClusterConfig]:
 def spec_for(cluster: ClusterConfig) -> LabSpec:
     """The lab a lab stack describes (its nodes' images get the packages the stack's nodes need)."""
     lab = cluster.lab
-    nodes = [LabNode(n.name, n.address, tuple(cluster.node_packages())) for n in cluster.nodes]
+    # the lab's backup repository: a directory of the host, off both nodes, mounted on each
+    repo = cluster.backup.repository
+    shared = (repo.path,) if cluster.backup.enabled and repo.type == "posix" else ()
+    nodes = [LabNode(n.name, n.address, tuple(cluster.node_packages()), shared) for n in cluster.nodes]
     if cluster.witness:
         nodes.append(LabNode(cluster.witness.name, cluster.witness.address, tuple(cluster.witness_packages())))
     spec = LabSpec(name=lab.name, bridge=lab.bridge, subnet=lab.subnet, host_address=lab.host_address,

@@ -162,6 +162,10 @@ class Machine:
                   f"--directory={lowers[0]}", f"--overlay={overlay}", "--boot",
                   f"--network-bridge={self.spec.bridge}", "--register=no", "--keep-unit",
                   "--console=read-only", "--link-journal=no", "--resolv-conf=off"]
+        for path in node.shared:
+            host_dir = self.spec.shared_dir(path)
+            host_dir.mkdir(parents=True, exist_ok=True)
+            nspawn.append(f"--bind={host_dir}:{path}")
         cgroups = " ".join(map(str, host.cgroup_paths(self.machine)))
         wrapper = ["sh", "-c", _WRAPPER, "hapbx-node", str(self.dir), cgroups, *nspawn]
         with open(self.console_log, "ab") as log:

@@ -21,10 +21,14 @@ class LabNode:
     name: str                      # hostname inside the node, e.g. "pbx1"
     address: str                   # e.g. "10.77.0.11"
     packages: tuple[str, ...] = ()  # Debian packages baked into this node's image layer
+    #: directories of the node that are one directory of the lab host, the same for every node that
+    #: names it (the lab's off-node backup repository: LabSpec.shared_dir)
+    shared: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists from callers but keep the dataclass hashable.
         object.__setattr__(self, "packages", tuple(self.packages))
+        object.__setattr__(self, "shared", tuple(self.shared))
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class LabSpec:
     @property
     def cache(self) -> Path:
         return Path(self.cache_dir)
+
+    def shared_dir(self, node_path: str) -> Path:
+        """Where on the host a node's shared directory lives (inside state_dir: `down` removes it)."""
+        return self.state / "shared" / node_path.strip("/").replace("/", "-")
 
     @property
     def ssh_dir(self) -> Path:

@@ -14,6 +14,8 @@ def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
         return {"etcd": etcd}
     ports = {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
              "media-sip": [c.media.sip_port], "cdr-receiver": [c.cdr.receiver_port], "etcd": etcd}
+    if c.backup.enabled:   # the standby's backup reaches the primary's PostgreSQL through it (render/pgbackrest.py)
+        ports["pgbackrest"] = [c.backup.tls_port]
     if not c.admin.allow_from:  # the admin API for the nodes only; else its own rule below
         ports["admin-api"] = [c.admin.port]
     if c.monitoring.enabled:

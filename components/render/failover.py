@@ -42,6 +42,12 @@ PY_MODULES = tuple(node_package_modules("ha"))
 REDIS_ROLE_FILE = "/etc/redis/role.conf"
 #: units that run on the writer only (promote starts them, demotion/fencing stops them)
 OWNER_SERVICES: tuple[str, ...] = tuple(CDR_OWNER_SERVICES)
+
+
+def owner_services(cluster) -> tuple[str, ...]:
+    """OWNER_SERVICES, and with backups the archive check a promotion starts (render/pgbackrest.py)."""
+    from .pgbackrest import ARCHIVE_CHECK_UNIT
+    return (*OWNER_SERVICES, *((ARCHIVE_CHECK_UNIT,) if cluster.backup.enabled else ()))
 #: the lease holder stops writing this long before its lease can expire in etcd
 FENCE_MARGIN_S = 0.5
 #: bound of one etcd call of the leader daemon (below TTL - margin: a renewal always fits)
@@ -128,7 +134,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "REDIS_ROLE_FILE": REDIS_ROLE_FILE,
         "REDIS_USER": REDIS_HA_USER,
         "REDIS_TLS_CA": TLS_CA,
-        "OWNER_SERVICES": " ".join(OWNER_SERVICES),
+        "OWNER_SERVICES": " ".join(owner_services(c)),
         "SERVICE_CMD": "systemctl",
         "WITNESS": "1" if c.witness else "0",
         "NO_WITNESS_POLICY": c.no_witness_policy or "",

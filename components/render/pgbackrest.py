@@ -39,6 +39,8 @@ USER = GROUP = "postgres"
 #: Debian's own unit of the same name is replaced (it would run `pgbackrest server` unhardened)
 SERVER_UNIT = "pgbackrest.service"
 BACKUP_UNIT = "hapbx-backup@.service"
+#: started by promote on the new writer (render/failover.py OWNER_SERVICES)
+ARCHIVE_CHECK_UNIT = "hapbx-archive-check.service"
 TIMERS = {"full": "hapbx-backup-full.timer", "diff": "hapbx-backup-diff.timer"}
 TMPFILES = "/etc/tmpfiles.d/hapbx-backup.conf"
 #: lz4: in both Debian builds (2.45 and 2.55), fast enough not to slow a backup down
@@ -121,6 +123,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
                      action=f"systemd-tmpfiles --create {TMPFILES}"),
         _unit(f"/etc/systemd/system/{SERVER_UNIT}", template("pgbackrest/server.service.j2", ctx, **values),
               SERVER_UNIT, service=SERVER_UNIT, action="restart"),
+        _unit(f"/etc/systemd/system/{ARCHIVE_CHECK_UNIT}",
+              template("pgbackrest/archive-check.service.j2", ctx, **values), ARCHIVE_CHECK_UNIT),
         _unit(f"/etc/systemd/system/{BACKUP_UNIT}", template("pgbackrest/hapbx-backup@.service.j2", ctx, **values),
               BACKUP_UNIT.replace("@", "@full")),
     ]

@@ -73,6 +73,7 @@ def test_firewall_opens_peer_ports_to_the_peer_only():
     nft = next(f for f in hosts["pbx1"] if f.path == "/etc/nftables.conf").content
     assert "elements = { 10.77.0.12, 10.77.0.10 }" in nft  # the peer and the VIP
     assert 'th dport { 5432 } ip saddr @node_peer accept' in nft
+    assert f'th dport {{ {cluster.backup.tls_port} }} ip saddr @node_peer accept comment "pgbackrest"' in nft
     assert 'th dport { 2379, 2380, 2381 } ip saddr @cluster_peers accept' in nft   # 2381: etcd's metrics
     m = cluster.monitoring   # the peer's Prometheus scrapes every exporter and sends to this Alertmanager
     ports = [m.node_exporter_port, m.postgres_exporter_port, m.redis_exporter_port, m.kamailio_port,

@@ -101,7 +101,8 @@ def test_env_matches_the_data_tier_layout(stack):
     assert env["PG_PEER_HOST"] == cluster.peer_of(node).address
     assert env["REDIS_ROLE_FILE"] == "/etc/redis/role.conf"
     assert (env["REDIS_USER"], env["REDIS_TLS_CA"]) == ("hapbx-ha", "/etc/hapbx/tls/ca.crt")  # over TLS, not default
-    assert env["OWNER_SERVICES"] == "hapbx-cdr-worker.service"     # the CDR worker runs on the writer only
+    # the CDR worker runs on the writer only; the archive check proves a new writer's WAL is archived
+    assert env["OWNER_SERVICES"] == "hapbx-cdr-worker.service hapbx-archive-check.service"
     assert env["ETCD_ENDPOINTS"].count("https://") == 3 and "http://" not in env["ETCD_ENDPOINTS"]
     assert env["ETCDCTL_CACERT"] == "/etc/hapbx/tls/ca.crt" and env["ETCDCTL_CERT"] == "/etc/hapbx/tls/etcd.crt"
     assert env["LEASE_TTL"] == str(cluster.etcd.lease_ttl_seconds)
