@@ -68,6 +68,11 @@ def cmd_lab(args) -> int:
     return lab_cmd.run(args)
 
 
+def cmd_restore(args) -> int:
+    from cli import restore
+    return restore.cmd(args, stack_file(args))
+
+
 def cmd_docs(args) -> int:
     from components import config_docs
     config_docs.write()
@@ -97,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("docs", help="regenerate Pulumi.yaml config block and README config table")
     d.set_defaults(func=cmd_docs)
+
+    from cli import restore
+    restore.add_parser(sub).set_defaults(func=cmd_restore)   # point-in-time recovery from the repository
 
     from cli import bench_cmd
     bench_cmd.add_parser(sub)    # `bench cdr`: loopback; `bench sip`: the running lab, ours against stock Kamailio

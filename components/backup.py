@@ -10,7 +10,11 @@ primary archives; a promotion starts the archive check (render/failover.py, OWNE
 A repository that belongs to another database system (new hardware, before `./hapbx restore`)
 fails the stanza step with pgBackRest's and our explanation; nothing in it is touched.
 
-Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>``, ``<name>-stanza``.
+A repository without a backup gets its first full backup right after (``<name>-<node>-first-backup``,
+started on both nodes without waiting: the runner backs up on the one that should).
+
+Names: ``<name>-<node>-file-<path>``, ``<name>-<node>-svc-<unit>``, ``<name>-stanza``,
+``<name>-<node>-first-backup``.
 """
 from __future__ import annotations
 
@@ -23,11 +27,6 @@ from . import remote as rc
 from .config import ClusterConfig
 from .node import real_contents
 from .render import RenderContext, masked_secrets, pgbackrest, recordings_retention
-
-
-def backup_files(ctx: RenderContext):
-    """Every file of this component for one node, in install order."""
-    return [*pgbackrest.files(ctx), *recordings_retention.files(ctx)]
 
 
 @dataclass
@@ -48,20 +47,31 @@ class Backup(pulumi.ComponentResource):
         installed: list[pulumi.Resource] = []
         for node in c.nodes:
             ctx = RenderContext(c, node, masked_secrets())
-            files = real_contents(c, node, args.secrets, backup_files, backup_files(ctx))
+            conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
             after = [*getattr(args.nodes[node.name], "ready", []), *args.after]
-            installed += rc.deploy_files(f"{name}-{node.name}", node.name,
-                                         args.nodes[node.name].connection,  # type: ignore[attr-defined]
-                                         files, self, depends_on=after)
+            # pgBackRest first: the recordings retention's ACLs are on directories it makes
+            for render in (pgbackrest.files, recordings_retention.files):
+                files = real_contents(c, node, args.secrets, render, render(ctx))
+                after = rc.deploy_files(f"{name}-{node.name}", node.name, conn, files, self, depends_on=after)
+                installed += after
         self.ready += installed
         if c.backup.enabled:
             primary = c.primary.name
-            self.ready.append(rc.step(
+            stanza = rc.step(
                 f"{name}-stanza", primary, args.nodes[primary].connection,  # type: ignore[attr-defined]
                 f"pgBackRest stanza {c.backup.stanza}", pgbackrest.stanza_command(c),
                 pulumi.ResourceOptions(parent=self, depends_on=installed),
                 # another stanza or repository: created and checked again
-                triggers=[c.backup.stanza, c.backup.repository.type, c.backup.repository.path]))
+                triggers=[c.backup.stanza, c.backup.repository.type, c.backup.repository.path])
+            self.ready.append(stanza)
+            # a new repository gets its first full backup now, not at the next scheduled one (the
+            # runner on each node decides which one takes it)
+            for node in c.nodes:
+                self.ready.append(rc.step(
+                    f"{name}-{node.name}-first-backup", node.name, args.nodes[node.name].connection,  # type: ignore[attr-defined]
+                    "first full backup", pgbackrest.first_backup_script(c),
+                    pulumi.ResourceOptions(parent=self, depends_on=[stanza]),
+                    triggers=[c.backup.stanza, c.backup.repository.type, c.backup.repository.path]))
         self.register_outputs({
             "stanza": c.backup.stanza if c.backup.enabled else None,
             "repository": {"type": c.backup.repository.type, "path": c.backup.repository.path}

@@ -70,6 +70,15 @@ def stanza_command(cluster) -> str:
     return f"runuser -u {USER} -- env {env} python3 -m hapbx_node.backup stanza"
 
 
+def first_backup_script(cluster) -> str:
+    """Starts a full backup (without waiting) when the repository has none: the runner takes it on
+    the node that should (the streaming standby) and skips elsewhere."""
+    has_backup = "import json, sys; sys.exit(0 if any(s.get('backup') for s in json.load(sys.stdin)) else 1)"
+    return (f"if runuser -u {USER} -- pgbackrest --config={CONF} --stanza={shlex.quote(cluster.backup.stanza)} "
+            f"--output=json info | python3 -c {shlex.quote(has_backup)}; then echo 'the repository has a backup'\n"
+            "else systemctl start --no-block hapbx-backup@full.service; echo 'first full backup started'; fi")
+
+
 def conf_validator(stanza: str) -> str:
     """pgBackRest parses the staged file for each command it will run (``help <command>`` reads
     the whole configuration and touches no repository): a WARN or ERROR line fails it."""

@@ -18,6 +18,8 @@ posix repository (POSIX ACLs, the directories stay pgBackRest's).
 """
 from __future__ import annotations
 
+import shlex
+
 import os
 
 from hapbx_node.layout import ETC_DIR, LIB_ROOT, PG_SOCKET_DIR
@@ -131,17 +133,25 @@ def unit_validator(unit: str) -> str:
     return f"systemd-analyze verify --man=no {{path}}:{unit}"
 
 
+def _lines(conf: str) -> str:
+    """A sysusers.d file's entries, without comments, as --inline's arguments (one per line)."""
+    return " ".join(shlex.quote(line) for line in conf.splitlines() if line.strip() and not line.startswith("#"))
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness or not ctx.cluster.backup.enabled:
         return []
     v = _values(ctx)
     kind = ctx.cluster.backup.repository.type
     password = ctx.secret(DB_SECRET) + "\n"
+    sysusers = template("recordings/sysusers.conf.j2", ctx, **v)
     out = [
-        RenderedFile(SYSUSERS, template("recordings/sysusers.conf.j2", ctx, **v),
-                     action=f"systemd-sysusers {SYSUSERS}", validate="systemd-sysusers --dry-run {path}"),
+        RenderedFile(SYSUSERS, sysusers, action=f"systemd-sysusers {SYSUSERS}",
+                     validate="systemd-sysusers --dry-run {path}"),
+        # the files install in parallel: the ACLs name the user, so it is made here first too
         RenderedFile(TMPFILES, template("recordings/tmpfiles.conf.j2", ctx, **v),
-                     action=f"systemd-tmpfiles --create {TMPFILES}"),
+                     action=f"systemd-sysusers --inline {_lines(sysusers)} && "
+                            f"systemd-tmpfiles --create {TMPFILES}"),
         RenderedFile(PASSWORD_FILE, password, mode="0600", secrets=(DB_SECRET,)),
     ]
     if kind in ("s3", "sftp"):
