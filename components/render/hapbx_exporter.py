@@ -11,11 +11,17 @@ HA core, the CDR pipeline and the media engine on <node address>:monitoring.hapb
                                          statistics (the stand-in's RuntimeDirectory, 0755); with
                                          FreeSWITCH it gets /etc/fs_cli.conf (0600 root) as a
                                          credential (LoadCredential=) for the event socket.
+                                         With backup.enabled it reads the backup status files
+                                         (/var/lib/hapbx/backup/{pgbackrest,recordings}.json): its
+                                         user is dynamic and private (PrivateUsers), so their
+                                         writers keep the directory 0755 and the files 0644 (others
+                                         may read); ProtectSystem=strict leaves /var/lib readable.
 Nothing on the witness.
 """
 from __future__ import annotations
 
 from hapbx_node import layout
+from hapbx_node.metrics.settings import BACKUP_STATUS_DIR
 
 from . import RenderContext, RenderedFile, header, node_module_source, node_package_modules, template
 
@@ -38,7 +44,8 @@ def env(ctx: RenderContext) -> dict[str, str]:
     return {"HAPBX_EXPORTER_LISTEN": ctx.host.address, "HAPBX_EXPORTER_PORT": str(c.monitoring.hapbx_exporter_port),
             "HAPBX_VIP": c.vip.address, "HAPBX_HA_STATUS": layout.HA_STATUS, "HAPBX_CDR_STATS": layout.CDR_STATS,
             "HAPBX_MEDIA_ENGINE": engine, "HAPBX_SIPP_STATS": layout.MEDIA_UAS_STATS,
-            "HAPBX_ESL_PORT": str(freeswitch.ESL_PORT)}
+            "HAPBX_ESL_PORT": str(freeswitch.ESL_PORT),
+            "HAPBX_BACKUP_STATUS_DIR": BACKUP_STATUS_DIR if c.backup.enabled else ""}
 
 
 def env_text(values: dict[str, str]) -> str:

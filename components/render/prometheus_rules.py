@@ -9,7 +9,9 @@ so NodeDown{node=X} can inhibit the rest about X.
 Metric names are the exporters' own, checked against the Debian 12 and 13 packages
 (tests/daemons/test_prometheus_rules.py scrapes each): node exporter 1.5/1.9, postgres exporter
 0.11/0.17, redis exporter 1.45/1.69, etcd 3.4/3.5; Kamailio's from xhttp_prom
-(tests/daemons/test_kamailio_metrics.py); hapbx_* from hapbx_node/metrics.
+(tests/daemons/test_kamailio_metrics.py); hapbx_* from hapbx_node/metrics. The backup alerts
+(backup.enabled) read the backup runner's status through hapbx-exporter and PostgreSQL's
+pg_stat_archiver (the same names in postgres exporter 0.11 and 0.17).
 """
 from __future__ import annotations
 
@@ -48,9 +50,12 @@ pg_replication:
 """
 
 
-def _alert(name: str, expr: str, severity: str, summary: str, action: str, for_: str = "0s") -> dict:
+def _alert(name: str, expr: str, severity: str, summary: str, action: str, for_: str = "0s",
+           description: str = "") -> dict:
+    notes = {"summary": summary, "description": description, "action": action} if description else \
+        {"summary": summary, "action": action}
     return {"alert": name, "expr": " ".join(expr.split()), "for": for_,
-            "labels": {"severity": severity}, "annotations": {"summary": summary, "action": action}}
+            "labels": {"severity": severity}, "annotations": notes}
 
 
 def _s(seconds: float) -> str:
@@ -281,6 +286,73 @@ def _media(m) -> list[dict]:
     ]
 
 
+#: WAL archived later than archive_timeout plus this, while the primary writes: WalArchiveFailing
+WAL_ARCHIVE_LATE_SECONDS = 15 * 60
+#: no successful recordings retention run for this long (it runs daily): RecordingsRetentionFailed
+RECORDINGS_MAX_AGE_SECONDS = 2 * 24 * 3600
+
+
+def never_succeeded(metric: str, seconds: int) -> str:
+    """No node reports `metric` (a last-success time) although the hapbx exporters were already
+    scraped `seconds` ago: a cluster this old should have one. A younger cluster (or a Prometheus
+    whose retention is shorter than `seconds`) stays silent."""
+    return f'(absent({metric}) and on () count(up{{job="hapbx"}} offset {seconds}s) > 0)'
+
+
+def _backup(cluster) -> list[dict]:
+    """Backups (pgBackRest) and recordings retention (backup.enabled). Backups run on whichever node is
+    the standby, so their age is the newest success of either node."""
+    if not cluster.backup.enabled:
+        return []
+    hours = cluster.backup.max_age_hours
+    age = hours * 3600
+    last = "hapbx_backup_last_success_timestamp_seconds"
+    rec = "hapbx_recordings_retention_last_success_timestamp_seconds"
+    writes = " + ".join(f"increase(pg_stat_database_tup_{k}[15m])" for k in ("inserted", "updated", "deleted"))
+    return [
+        _alert("BackupTooOld", f"(time() - max({last}) > {age}) or {never_succeeded(last, age)}", "critical",
+               f"No successful database backup on any node for over {hours}h",
+               "On the standby: the timers active (systemctl list-timers 'hapbx-backup-*'), the reason in "
+               "/var/lib/hapbx/backup/pgbackrest.json, the repository reachable (pgbackrest check); then run a "
+               "backup by hand.", "10m",
+               f"The newest successful pgBackRest backup of either node is older than backup.maxAgeHours ({hours} "
+               "h), or none was ever reported in that time. A restore would lose more than that."),
+        _alert("BackupFailed",
+               'max by (node) (hapbx_backup_last_outcome{outcome="failed"}) == 1 '
+               "or max by (node) (hapbx_backup_status_error) == 1",
+               "warning", "{{ $labels.node }}: the last scheduled database backup failed (or its status is unreadable)",
+               "Read the reason in /var/lib/hapbx/backup/pgbackrest.json and journalctl -u 'hapbx-backup@*' on the "
+               "node; pgbackrest check for the repository.", "0s",
+               "The last pgBackRest backup attempt on this node (the standby) ended in failure, or its status file "
+               "cannot be read. The next scheduled run retries; until one succeeds the backups age."),
+        _alert("WalArchiveFailing",
+               "max by (node) ("
+               "(increase(pg_stat_archiver_failed_count[10m]) > 0 "
+               "unless increase(pg_stat_archiver_archived_count[10m]) > 0) "
+               f"or (pg_stat_archiver_last_archive_age > on (node) (pg_settings_archive_timeout_seconds + "
+               f"{WAL_ARCHIVE_LATE_SECONDS}) and on (node) pg_settings_archive_timeout_seconds > 0 "
+               f"and on (node) sum by (node) ({writes}) > 0)"
+               ") and on (node) hapbx_postgres_primary == 1",
+               "critical", "{{ $labels.node }}: the primary does not archive its WAL to the backup repository",
+               "pgbackrest check on the primary and PostgreSQL's log (archive_command errors): repository "
+               "reachable, disk, credentials?", "5m",
+               "PostgreSQL's archiver on the primary failed and archived nothing for 10 minutes, or the primary "
+               f"writes and its last archived WAL is older than archive_timeout + {WAL_ARCHIVE_LATE_SECONDS // 60} "
+               "minutes. Point-in-time recovery stops at the last archived WAL and the primary's pg_wal grows."),
+        _alert("RecordingsRetentionFailed",
+               'max by (node) (hapbx_recordings_retention_last_outcome{outcome="failed"}) == 1 '
+               "or max by (node) (hapbx_recordings_status_error) == 1 "
+               f"or (time() - max({rec}) > {RECORDINGS_MAX_AGE_SECONDS}) "
+               f"or {never_succeeded(rec, RECORDINGS_MAX_AGE_SECONDS)}",
+               "warning", "Recordings retention failed {{ with $labels.node }}on {{ . }}{{ else }}or did not succeed "
+               "for 2 days{{ end }}",
+               "Read the reason in /var/lib/hapbx/backup/recordings.json and journalctl -u "
+               "hapbx-recordings-retention on the node; check the recordings disk and the repository.", "10m",
+               "The last recordings retention run failed (old recordings are not deleted nor copied to the "
+               "repository; the disk fills), its status is unreadable, or no node ran it successfully for 2 days."),
+    ]
+
+
 def groups(cluster) -> list[dict]:
     m = cluster.monitoring
     every = _s(m.scrape_interval_seconds)
@@ -289,7 +361,7 @@ def groups(cluster) -> list[dict]:
         {"name": "hapbx-ha", "interval": every, "rules": _ha(m, cluster) + _etcd(m, cluster)},
         {"name": "hapbx-data", "interval": every, "rules": _postgres(m) + _redis(m) + _cdr(m)},
         {"name": "hapbx-sip", "interval": every, "rules": _kamailio(m) + _media(m)},
-    ]
+    ] + ([{"name": "hapbx-backup", "interval": every, "rules": _backup(cluster)}] if cluster.backup.enabled else [])
 
 
 def rules(cluster) -> str:

@@ -1,4 +1,4 @@
-"""Prometheus text format 0.0.4: gauges with their HELP and TYPE lines."""
+"""Prometheus text format 0.0.4: gauges (and counters) with their HELP and TYPE lines."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,16 @@ class Gauge:
     name: str
     help: str
     samples: list[tuple[dict, float]] = field(default_factory=list)
+    kind = "gauge"
 
     def set(self, value: float, **labels: str) -> "Gauge":
         self.samples.append((labels, value))
         return self
+
+
+class Counter(Gauge):
+    """A count that only grows (name ends in _total); it restarts at 0 when its source is remade."""
+    kind = "counter"
 
 
 def _label(value: str) -> str:
@@ -44,7 +50,7 @@ def render(gauges: list[Gauge]) -> str:
     for g in gauges:
         if not g.samples:
             continue
-        out.append(f"# HELP {g.name} {_help(g.help)}\n# TYPE {g.name} gauge\n")
+        out.append(f"# HELP {g.name} {_help(g.help)}\n# TYPE {g.name} {g.kind}\n")
         for labels, value in g.samples:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             out.append(f"{g.name}{{{text}}} {_number(value)}\n" if text else f"{g.name} {_number(value)}\n")

@@ -10,7 +10,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import addresses, cdr, ha, media
+from . import addresses, backup, cdr, ha, media, recordings
 from .exposition import CONTENT_TYPE, Gauge, render
 from .settings import Settings, SettingsError
 
@@ -27,6 +27,8 @@ def collect(s: Settings) -> str:
     gauges.insert(1, vip)
     gauges += cdr.gauges(s.cdr_stats)
     gauges += media.gauges(s)
+    if s.backup_status_dir:
+        gauges += backup.gauges(s.backup_status_dir) + recordings.gauges(s.backup_status_dir)
     return render(gauges)
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from .. import layout
 
 ENGINES = ("sipp-uas", "freeswitch", "none")
+#: where the backup runner and the recordings retention write their status (hapbx_node/backup/status.py
+#: STATUS_DIR); the exporter reads it only when told (HAPBX_BACKUP_STATUS_DIR: backup.enabled)
+BACKUP_STATUS_DIR = "/var/lib/hapbx/backup"
 
 
 class SettingsError(ValueError):
@@ -44,6 +47,7 @@ class Settings:
     esl_port: int
     esl_conf: str           # a file with "password => ..." (fs_cli.conf, given as a systemd credential)
     esl_timeout: float
+    backup_status_dir: str  # "" (backup disabled): no hapbx_backup_* or hapbx_recordings_* series
 
     @staticmethod
     def from_env(env=os.environ) -> "Settings":
@@ -63,4 +67,5 @@ class Settings:
             sipp_stats=env.get("HAPBX_SIPP_STATS", layout.MEDIA_UAS_STATS),
             sipp_max_age=_seconds(env, "HAPBX_SIPP_STATS_MAX_AGE", 3 * layout.MEDIA_UAS_STATS_EVERY + 2),
             esl_port=_port(env, "HAPBX_ESL_PORT", 8021), esl_conf=esl_conf,
-            esl_timeout=_seconds(env, "HAPBX_ESL_TIMEOUT", 1.0))
+            esl_timeout=_seconds(env, "HAPBX_ESL_TIMEOUT", 1.0),
+            backup_status_dir=env.get("HAPBX_BACKUP_STATUS_DIR", ""))

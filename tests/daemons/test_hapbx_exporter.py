@@ -54,6 +54,16 @@ CONTRACT = {  # the README (Monitoring and alerting), job hapbx
     "hapbx_ha_last_fence_timestamp_seconds", "hapbx_cdr_queue_depth", "hapbx_cdr_dead_letters", "hapbx_cdr_review",
     "hapbx_cdr_oldest_queued_age_seconds", "hapbx_cdr_last_ingest_timestamp_seconds", "hapbx_cdr_stats_age_seconds",
     "hapbx_media_up", "hapbx_media_active_calls"}
+BACKUP = {  # backup.enabled (issue 23): the backup runner's and the recordings retention's status files
+    "hapbx_backup_status_present", "hapbx_backup_status_error", "hapbx_backup_last_outcome",
+    "hapbx_backup_last_attempt_timestamp_seconds", "hapbx_backup_last_duration_seconds",
+    "hapbx_backup_last_size_bytes", "hapbx_backup_repository_size_bytes",
+    "hapbx_backup_last_success_timestamp_seconds", "hapbx_backup_successes_total", "hapbx_backup_failures_total",
+    "hapbx_recordings_status_present", "hapbx_recordings_status_error", "hapbx_recordings_retention_last_outcome",
+    "hapbx_recordings_retention_last_run_timestamp_seconds",
+    "hapbx_recordings_retention_last_success_timestamp_seconds", "hapbx_recordings_retention_dry_run",
+    "hapbx_recordings_deleted", "hapbx_recordings_deleted_bytes", "hapbx_recordings_kept", "hapbx_recordings_copied",
+    "hapbx_recordings_copied_bytes", "hapbx_recordings_retention_failures_total"}
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -61,7 +71,7 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 # ------------------------------------------------------------------ the exporter and its scrapes
 
 class Exporter:
-    def __init__(self, base: str, **env: str):
+    def __init__(self, base: str, user: str | None = None, **env: str):
         self.port = free_port()
         self.log_path = os.path.join(base, f"exporter-{self.port}.log")
         self.env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": NODE_PATH, "PYTHONDONTWRITEBYTECODE": "1",
@@ -69,7 +79,8 @@ class Exporter:
                     "HAPBX_VIP": "127.0.0.1", "HAPBX_HA_STATUS": os.path.join(base, "status"),
                     "HAPBX_CDR_STATS": os.path.join(base, "cdr-stats"), "HAPBX_MEDIA_ENGINE": "none", **env}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([SYSTEM_PYTHON, "-m", "hapbx_node.metrics"], env=self.env, cwd=base,
+            as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+            self.proc = subprocess.Popen([*as_user, SYSTEM_PYTHON, "-m", "hapbx_node.metrics"], env=self.env, cwd=base,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         devstack._wait(self._listening, 10, "the exporter")
 
@@ -122,8 +133,9 @@ def parse(text: str) -> dict[str, list[tuple[dict, float]]]:
             labels = {k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
                       for k, v in LABEL.findall(m.group(3) or "")}
             out.setdefault(m.group(1), []).append((labels, float(m.group(4))))
-    assert set(out) <= CONTRACT, set(out) - CONTRACT
-    assert all(types[n] == "gauge" for n in out)
+    assert set(out) <= CONTRACT | BACKUP, set(out) - CONTRACT - BACKUP
+    # counts that only grow are counters (promtool wants _total on them and on nothing else)
+    assert all(types[n] == ("counter" if n.endswith("_total") else "gauge") for n in out), types
     return out
 
 
@@ -151,8 +163,8 @@ def base():
 def exporters(base):
     started: list[Exporter] = []
 
-    def start(**env) -> Exporter:
-        started.append(Exporter(base, **env))
+    def start(user: str | None = None, **env) -> Exporter:
+        started.append(Exporter(base, user, **env))
         return started[-1]
     yield start
     for e in started:
@@ -227,6 +239,178 @@ def test_a_bad_setting_stops_it_with_ex_config(base):
     out = subprocess.run([SYSTEM_PYTHON, "-m", "hapbx_node.metrics"], env=env, capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 78 and "HAPBX_MEDIA_ENGINE" in out.stderr
+
+
+# ------------------------------------------------------------------ backups and recordings retention
+
+#: an unprivileged user, as the unit's dynamic one: it reads the status files through their modes only
+NOBODY = "65534"
+
+
+def write_json(path: str, doc: dict, mode: int = 0o644) -> None:
+    """As the writers must (/work/notes/backup-contract.md): a temporary file, then a rename; mode
+    0644 so that the exporter's dynamic user may read it."""
+    import json
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def series(metrics, name: str) -> list[tuple[dict, float]]:
+    return metrics.get(name, [])
+
+
+@pytest.fixture
+def status_dir(base) -> str:
+    """The status directory as the writers keep it: 0755 under a traversable parent."""
+    os.chmod(base, 0o755)
+    d = os.path.join(base, "backup")
+    os.mkdir(d, 0o755)
+    return d
+
+
+def test_backup_and_recordings_status_from_their_files(base, status_dir, exporters):
+    e = exporters(NOBODY, HAPBX_BACKUP_STATUS_DIR=status_dir)
+    # no file yet (no run on this node): the presence gauges alone
+    m = e.scrape()
+    assert value(m, "hapbx_backup_status_present") == 0 and value(m, "hapbx_recordings_status_present") == 0
+    assert {n for n in m if n.startswith(("hapbx_backup_", "hapbx_recordings_"))} == {
+        "hapbx_backup_status_present", "hapbx_recordings_status_present"}
+
+    now = int(time.time())
+    write_json(os.path.join(status_dir, "pgbackrest.json"), {
+        "type": "full", "outcome": "success", "reason": "", "started": now - 95, "finished": now - 5,
+        "duration_seconds": 90.5, "size_bytes": 7340032, "repo_size_bytes": 52428800, "label": "20261207-031400F",
+        "last_success": now - 5, "last_success_type": "full", "successes": 3, "failures": 1})
+    write_json(os.path.join(status_dir, "recordings.json"), {
+        "finished": now - 60, "outcome": "success", "reason": "", "dry_run": False, "deleted": 12,
+        "deleted_bytes": 4096000, "kept": 340, "copied": 25, "copied_bytes": 9000000, "last_success": now - 60,
+        "failures": 0})
+    m = e.scrape()
+    assert value(m, "hapbx_backup_status_present") == 1 and value(m, "hapbx_backup_status_error") == 0
+    assert m["hapbx_backup_last_outcome"] == [({"type": "full", "outcome": "success"}, 1.0)]
+    assert value(m, "hapbx_backup_last_attempt_timestamp_seconds") == now - 5
+    assert value(m, "hapbx_backup_last_success_timestamp_seconds") == now - 5
+    assert value(m, "hapbx_backup_last_duration_seconds") == 90.5
+    assert value(m, "hapbx_backup_last_size_bytes") == 7340032
+    assert value(m, "hapbx_backup_repository_size_bytes") == 52428800
+    assert value(m, "hapbx_backup_successes_total") == 3 and value(m, "hapbx_backup_failures_total") == 1
+    assert value(m, "hapbx_recordings_status_present") == 1 and value(m, "hapbx_recordings_status_error") == 0
+    assert m["hapbx_recordings_retention_last_outcome"] == [({"outcome": "success"}, 1.0)]
+    assert value(m, "hapbx_recordings_retention_last_run_timestamp_seconds") == now - 60
+    assert value(m, "hapbx_recordings_retention_last_success_timestamp_seconds") == now - 60
+    assert value(m, "hapbx_recordings_retention_dry_run") == 0
+    assert [value(m, f"hapbx_recordings_{k}") for k in ("deleted", "deleted_bytes", "kept", "copied",
+                                                        "copied_bytes")] == [12, 4096000, 340, 25, 9000000]
+    assert value(m, "hapbx_recordings_retention_failures_total") == 0
+    assert {n for n in m if n.startswith(("hapbx_backup_", "hapbx_recordings_"))} == BACKUP
+
+    # the next attempt fails: the last success stays, the failure counts, no backup size
+    write_json(os.path.join(status_dir, "pgbackrest.json"), {
+        "type": "diff", "outcome": "failed", "reason": "repository unreachable: connection refused",
+        "started": now - 2, "finished": now - 1, "duration_seconds": 1.25, "size_bytes": 0,
+        "repo_size_bytes": 52428800, "label": "", "last_success": now - 5, "last_success_type": "full",
+        "successes": 3, "failures": 2})
+    write_json(os.path.join(status_dir, "recordings.json"), {
+        "finished": now, "outcome": "failed", "reason": "copy: no space", "dry_run": True, "deleted": 0,
+        "deleted_bytes": 0, "kept": 352, "copied": 0, "copied_bytes": 0, "last_success": now - 60, "failures": 1})
+    m = e.scrape()
+    assert m["hapbx_backup_last_outcome"] == [({"type": "diff", "outcome": "failed"}, 1.0)]
+    assert value(m, "hapbx_backup_last_success_timestamp_seconds") == now - 5
+    assert value(m, "hapbx_backup_last_attempt_timestamp_seconds") == now - 1
+    assert value(m, "hapbx_backup_failures_total") == 2 and "hapbx_backup_last_size_bytes" not in m
+    assert m["hapbx_recordings_retention_last_outcome"] == [({"outcome": "failed"}, 1.0)]
+    assert value(m, "hapbx_recordings_retention_dry_run") == 1
+    assert value(m, "hapbx_recordings_retention_failures_total") == 1
+
+    # the primary's turn is skipped; a node that never succeeded has no last success
+    write_json(os.path.join(status_dir, "pgbackrest.json"), {
+        "type": "diff", "outcome": "skipped", "reason": "pbx2 backs up (standby)", "started": now, "finished": now,
+        "duration_seconds": 0.01, "size_bytes": 0, "repo_size_bytes": 0, "label": "", "last_success": None,
+        "last_success_type": None, "successes": 0, "failures": 0})
+    m = e.scrape()
+    assert m["hapbx_backup_last_outcome"] == [({"type": "diff", "outcome": "skipped"}, 1.0)]
+    assert "hapbx_backup_last_success_timestamp_seconds" not in m and "hapbx_backup_last_size_bytes" not in m
+    assert value(m, "hapbx_backup_successes_total") == 0
+
+
+def test_unreadable_or_garbled_status_is_an_error_never_a_crash(base, status_dir, exporters):
+    e = exporters(NOBODY, HAPBX_BACKUP_STATUS_DIR=status_dir)
+    backup, recordings = (os.path.join(status_dir, f) for f in ("pgbackrest.json", "recordings.json"))
+    good = {"type": "full", "outcome": "success", "finished": 1, "last_success": 1}
+    bad = [
+        (lambda p: write_json(p, good, mode=0o600), "a mode its reader cannot read (0600 root)"),
+        (lambda p: open(p, "w").write('{"type": "full", "outcome": "succ'), "cut short"),
+        (lambda p: open(p, "wb").write(b"\xff\xfe\x00garbage"), "not UTF-8"),
+        (lambda p: open(p, "w").write("[1, 2]"), "JSON, not an object"),
+        (lambda p: write_json(p, {**good, "outcome": "maybe"}), "an unknown outcome"),
+        (lambda p: write_json(p, {**good, "outcome": ["success"]}), "an outcome of the wrong kind"),
+        (lambda p: open(p, "w").write("x" * 70000), "too big to be its"),
+    ]
+    for spoil, why in bad:
+        for p in (backup, recordings):
+            if os.path.exists(p):
+                os.unlink(p)
+            spoil(p)
+        m = e.scrape()
+        assert value(m, "hapbx_backup_status_present") == 1, why
+        assert value(m, "hapbx_backup_status_error") == 1, why
+        assert value(m, "hapbx_recordings_status_present") == 1 and value(m, "hapbx_recordings_status_error") == 1, \
+            why
+        assert {n for n in m if n.startswith(("hapbx_backup_", "hapbx_recordings_"))} == {
+            "hapbx_backup_status_present", "hapbx_backup_status_error", "hapbx_recordings_status_present",
+            "hapbx_recordings_status_error"}, why
+    os.unlink(backup)
+    write_json(backup, {**good, "type": 7})
+    assert value(e.scrape(), "hapbx_backup_status_error") == 1      # a backup of no known type
+    # a field of the wrong kind is left out, the rest stays; a directory in the file's place is unreadable
+    os.unlink(backup)
+    write_json(backup, {**good, "duration_seconds": "long", "repo_size_bytes": True, "successes": -1})
+    os.unlink(recordings)
+    os.mkdir(recordings)
+    m = e.scrape()
+    assert value(m, "hapbx_backup_status_error") == 0 and value(m, "hapbx_backup_last_success_timestamp_seconds") == 1
+    assert not {"hapbx_backup_last_duration_seconds", "hapbx_backup_repository_size_bytes",
+                "hapbx_backup_successes_total"} & set(m)
+    assert value(m, "hapbx_recordings_status_error") == 1
+    assert e.proc.poll() is None and "Traceback" not in e.output()
+
+
+def test_the_backup_runners_own_writer_gives_files_it_can_read(base, status_dir, exporters):
+    """hapbx_node.backup.status (the runner's writer: mkstemp, chmod 0644, rename) in the directory the
+    exporter is told of by default, read by an unprivileged user."""
+    from hapbx_node.backup import status
+    from hapbx_node.metrics import settings
+    assert settings.BACKUP_STATUS_DIR == status.STATUS_DIR
+    e = exporters(NOBODY, HAPBX_BACKUP_STATUS_DIR=status_dir)
+    path = os.path.join(status_dir, "pgbackrest.json")
+    now = time.time()
+    first = status.backup_record({}, kind="full", outcome="success", reason="", started=now - 30, finished=now - 10,
+                                 size_bytes=1234, repo_size_bytes=5678, label="F")
+    status.write_atomic(path, first)
+    status.write_atomic(path, status.backup_record(first, kind="diff", outcome="failed", reason="boom",
+                                                   started=now - 5, finished=now - 1))
+    m = e.scrape()
+    assert value(m, "hapbx_backup_status_error") == 0
+    assert m["hapbx_backup_last_outcome"] == [({"type": "diff", "outcome": "failed"}, 1.0)]
+    assert value(m, "hapbx_backup_last_success_timestamp_seconds") == int(now - 10)
+    assert value(m, "hapbx_backup_repository_size_bytes") == 5678
+    assert value(m, "hapbx_backup_successes_total") == 1 and value(m, "hapbx_backup_failures_total") == 1
+
+
+def test_without_backups_no_backup_series(base, status_dir, exporters):
+    write_json(os.path.join(status_dir, "pgbackrest.json"), {"type": "full", "outcome": "failed", "finished": 1})
+    m = exporters().scrape()      # HAPBX_BACKUP_STATUS_DIR unset: backup.enabled false
+    assert not [n for n in m if n.startswith(("hapbx_backup_", "hapbx_recordings_"))]
+
+
+def test_the_fixture_of_names_lists_what_it_exports():
+    """tests/fixtures/metric_names/hapbx.txt (the dashboards' and rules' name check) is this exporter's."""
+    with open(os.path.join(ROOT, "tests/fixtures/metric_names/hapbx.txt")) as fh:
+        listed = {x.strip() for x in fh if x.strip() and not x.startswith("#")}
+    assert listed == CONTRACT | BACKUP
 
 
 # ------------------------------------------------------------------ CDR pipeline (the real worker's stats)
@@ -456,6 +640,7 @@ def test_rendered_files_pass_their_checkers_and_run_least_privileged(stack_name)
     assert f"HAPBX_EXPORTER_LISTEN={node.address}\n" in env
     assert f"HAPBX_EXPORTER_PORT={c.monitoring.hapbx_exporter_port}\n" in env
     assert f"HAPBX_VIP={c.vip.address}\n" in env and f"HAPBX_MEDIA_ENGINE={c.media.engine}\n" in env
+    assert f"\nHAPBX_BACKUP_STATUS_DIR={'/var/lib/hapbx/backup' if c.backup.enabled else ''}\n" in env
     code = {p for p in files if p.endswith(".py")}
     assert f"{hapbx_exporter.LIB_DIR}/hapbx_node/metrics/__main__.py" in code
     assert f"{hapbx_exporter.LIB_DIR}/hapbx_node/layout.py" in code

@@ -40,7 +40,11 @@ CONTRACT_ALERTS = {
     "CdrQueueGrowing", "CdrDeadLetters", "CdrIngestStalled", "KamailioDown", "DispatcherNoMediaDestination",
     "RegistrationsDropped", "SipAuthFailureBurst", "SipBanBurst", "SipRelayRefusalBurst", "PremiumCallRefused",
     "DiskAlmostFull", "DiskFillingUp", "EtcdMemberDown", "EtcdNoLeader", "EtcdQuorumAtRisk", "MediaDown",
+} | {  # backup.enabled (the lab's default; issue 23)
+    "BackupTooOld", "BackupFailed", "WalArchiveFailing", "RecordingsRetentionFailed",
 }
+BACKUP_ALERTS = {"BackupTooOld", "BackupFailed", "WalArchiveFailing", "RecordingsRetentionFailed"}
+HAPBX_NAMES = Path(ROOT) / "tests/fixtures/metric_names/hapbx.txt"
 #: labels the rules select or group on, per metric: they must be on the exporter's series too
 LABELS = {"pg_stat_replication_pg_wal_lsn_diff": {"state"}, "pg_replication_slots_pg_wal_lsn_diff": {"slot_name"},
           "redis_instance_info": {"role"}, "node_filesystem_avail_bytes": {"fstype", "mountpoint"},
@@ -78,6 +82,32 @@ def test_the_rules_name_the_contracts_alerts_each_with_severity_summary_and_acti
         assert set(a["labels"]) == {"severity"}, f"{a['alert']}: labels must come from the series alone"
         assert a["annotations"]["summary"].strip() and a["annotations"]["action"].strip(), a
     assert next(a for a in found if a["alert"] == "Failover")["labels"]["severity"] == "info"
+    for a in found:
+        if a["alert"] in BACKUP_ALERTS:
+            assert len(a["annotations"]["description"]) > 60, a
+
+
+def test_backup_alerts_only_with_backups_and_their_age_from_the_stack():
+    import dataclasses
+    c = lab()
+    assert c.backup.enabled
+    off = dataclasses.replace(c, backup=dataclasses.replace(c.backup, enabled=False))
+    assert {a["alert"] for a in alerts(prometheus_rules.rules(off))} == CONTRACT_ALERTS - BACKUP_ALERTS
+    other = {a["alert"]: a for a in alerts(prometheus_rules.rules(
+        dataclasses.replace(c, backup=dataclasses.replace(c.backup, max_age_hours=30))))}
+    expr = other["BackupTooOld"]["expr"]
+    assert expr.count(f"{30 * 3600}") == 2 and "max(hapbx_backup_last_success_timestamp_seconds)" in expr
+    assert "over 30h" in other["BackupTooOld"]["annotations"]["summary"]
+
+
+def test_the_hapbx_names_the_rules_use_are_the_exporters(rendered):
+    """hapbx_* in the rules are listed in the exporter's names (tests/fixtures/metric_names/hapbx.txt,
+    which tests/daemons/test_hapbx_exporter.py checks against the running exporter)."""
+    listed = {x.strip() for x in HAPBX_NAMES.read_text().splitlines() if x.strip() and not x.startswith("#")}
+    used = used_metrics(rendered, "hapbx")
+    assert {"hapbx_backup_last_success_timestamp_seconds", "hapbx_backup_last_outcome",
+            "hapbx_recordings_retention_last_outcome"} <= used
+    assert used - listed == set(), used - listed
 
 
 def test_thresholds_come_from_the_stack(rendered):
@@ -113,15 +143,18 @@ def test_every_alert_has_a_firing_and_a_silent_promtool_case(rendered):
 @pytest.fixture
 def rules_dir(rendered, tmp_path) -> Path:
     """The rendered rules as hapbx.yml beside the promtool tests, each expected alert given its rule's
-    action (fixed text; the summaries, which are templates, are written out in the tests)."""
+    action and description (fixed text; the summaries, which are templates, are written out in the tests)."""
     (tmp_path / "hapbx.yml").write_text(rendered)
     action = {a["alert"]: a["annotations"]["action"] for a in alerts(rendered)}
+    description = {a["alert"]: a["annotations"].get("description") for a in alerts(rendered)}
     for f in sorted(PROMTOOL_TESTS.glob("*.yml")):
         doc = yaml.safe_load(f.read_text())
         for group in doc["tests"]:
             for case in group.get("alert_rule_test", []):
                 for exp in case.get("exp_alerts") or []:
                     exp.setdefault("exp_annotations", {}).setdefault("action", action[case["alertname"]])
+                    if description.get(case["alertname"]):
+                        exp["exp_annotations"].setdefault("description", description[case["alertname"]])
         (tmp_path / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
     return tmp_path
 
@@ -163,7 +196,8 @@ def pg(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def pg_pair():
     """A PostgreSQL 15 primary with a physical slot and a streaming standby on it, on loopback (trust
-    over the socket directory, which only root and postgres reach)."""
+    over the socket directory, which only root and postgres reach). The primary archives its WAL (to
+    a directory: pg_stat_archiver as with pgBackRest) with a timeout, and has archived a segment."""
     if not os.path.exists(f"{PGBIN}/postgres"):
         pytest.fail("needs postgresql-15 (the host's, Debian 12)")
     base = Path(tempfile.mkdtemp(prefix="hapbx-rules-pg-", dir="/tmp"))
@@ -172,8 +206,11 @@ def pg_pair():
     opts = lambda port: f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base}"
     try:
         pg(f"{PGBIN}/initdb", "-D", f"{base}/primary", "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+        (base / "archive").mkdir()
+        shutil.chown(base / "archive", "postgres")
+        archiving = f" -c archive_mode=on -c archive_timeout=60 -c archive_command='cp %p {base}/archive/%f'"
         pg(f"{PGBIN}/pg_ctl", "start", "-w", "-D", f"{base}/primary", "-l", f"{base}/primary.log",
-           "-o", opts(ports["primary"]))
+           "-o", opts(ports["primary"]) + archiving)
         pg(f"{PGBIN}/psql", "-h", str(base), "-p", str(ports["primary"]), "-c",
            "SELECT pg_create_physical_replication_slot('pbx2')")
         pg(f"{PGBIN}/pg_basebackup", "-h", str(base), "-p", str(ports["primary"]), "-D", f"{base}/standby", "-R",
@@ -184,6 +221,12 @@ def pg_pair():
         while "streaming" not in pg(f"{PGBIN}/psql", "-h", str(base), "-p", str(ports["primary"]), "-Atc",
                                     "SELECT state FROM pg_stat_replication").stdout:
             assert time.monotonic() < deadline, (base / "standby.log").read_text()[-2000:]
+            time.sleep(0.2)
+        pg(f"{PGBIN}/psql", "-h", str(base), "-p", str(ports["primary"]), "-c",
+           "CREATE TABLE written(x int); INSERT INTO written VALUES (1); SELECT pg_switch_wal()")
+        while pg(f"{PGBIN}/psql", "-h", str(base), "-p", str(ports["primary"]), "-Atc",
+                 "SELECT archived_count FROM pg_stat_archiver").stdout.strip() in ("", "0"):
+            assert time.monotonic() < deadline, (base / "primary.log").read_text()[-2000:]
             time.sleep(0.2)
         yield base, ports
     finally:
@@ -296,10 +339,17 @@ def test_the_exporters_export_every_name_the_rules_use(request, release, rendere
             urls[node] = run.start([exporter, f"--web.listen-address=127.0.0.1:{port}", *extra], port, env={
                 "DATA_SOURCE_NAME": f"host={base} port={pg_port} user=postgres dbname=postgres sslmode=disable"})
         primary = scrape(urls["primary"], "pg_replication_slots_active")
+        primary.update(scrape(urls["primary"], "pg_stat_archiver_archived_count"))
         standby = scrape(urls["standby"], "pg_up")
         used = used_metrics(rendered, "pg")
+        archiver = {"pg_stat_archiver_archived_count", "pg_stat_archiver_failed_count",
+                    "pg_stat_archiver_last_archive_age", "pg_settings_archive_timeout_seconds",
+                    "pg_stat_database_tup_inserted", "pg_stat_database_tup_updated", "pg_stat_database_tup_deleted"}
         assert used == {"pg_up", "pg_stat_replication_pg_wal_lsn_diff", "pg_replication_lag_seconds",
-                        "pg_replication_slots_pg_wal_lsn_diff"}, used   # a new name needs checking here
+                        "pg_replication_slots_pg_wal_lsn_diff"} | archiver, used   # a new name needs checking here
+        age = re.search(r"^pg_stat_archiver_last_archive_age(\{.*\})? (\S+)$",
+                        urllib.request.urlopen(urls["primary"], timeout=5).read().decode(), re.M)
+        assert age and 0 <= float(age.group(2)) < 600, "the archiver's age: a number of seconds"
         assert_names(used - {"pg_replication_lag_seconds"}, primary, f"postgres exporter {release} (primary)")
         assert_names({"pg_up", "pg_replication_lag_seconds"}, standby, f"postgres exporter {release} (standby)")
 
