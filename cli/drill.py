@@ -2,16 +2,22 @@
 
     ./hapbx lab drill                      # the seven drills, 5 runs each
     ./hapbx lab drill --only 1,3 --runs 2  # some drills, fewer runs
+    ./hapbx lab drill restore              # backups, point-in-time and whole-cluster restores
+                                           # (lab/restore_drill.py -> reports/restore.md)
 """
 from __future__ import annotations
 
 import sys
 
 REPORT = "reports/failover.md"
+RESTORE_REPORT = "reports/restore.md"
 
 
 def add_parser(lsub) -> None:
-    d = lsub.add_parser("drill", help="break the running lab the ways production breaks; write reports/failover.md")
+    d = lsub.add_parser("drill", help="break the running lab the ways production breaks; write reports/failover.md "
+                                      "(`drill restore`: backups and restores, reports/restore.md)")
+    d.add_argument("kind", nargs="?", default="failover", choices=("failover", "restore"),
+                   help="failover (the default): the failover drills; restore: the backup and restore drill")
     d.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); charts and results.json beside it")
     d.add_argument("--runs", type=int, default=5, help="runs of each drill (5)")
     d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all seven)")
@@ -22,6 +28,9 @@ def add_parser(lsub) -> None:
 
 
 def run(args, raw, cluster, spec) -> int:
+    if args.kind == "restore":
+        from lab import restore_drill
+        return restore_drill.run(cluster, spec, out=RESTORE_REPORT if args.out == REPORT else args.out)
     from lab import drill_run, drills
     if args.report_only:
         return drill_run.report_only(args.out)

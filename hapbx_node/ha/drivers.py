@@ -3,6 +3,7 @@ Every external call is bounded. Parameters come from the env file (settings.load
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -167,7 +168,12 @@ class Postgres:
 
     def as_pg(self, argv: list[str], timeout_s: float) -> tuple[int, str, str]:
         """A PostgreSQL tool run as the server's OS user, with the replication password file."""
-        return _run(argv, timeout_s, env=self._passfile_env(), user=self.os_user if os.geteuid() == 0 else None)
+        env = self._passfile_env()
+        if os.geteuid() == 0:
+            # libpq reads ~/.postgresql/ of $HOME: root's (an operator's `hapbx-ha rejoin` over ssh) is
+            # not the server user's to read ("could not open certificate file ... Permission denied")
+            env["HOME"] = pwd.getpwnam(self.os_user).pw_dir
+        return _run(argv, timeout_s, env=env, user=self.os_user if os.geteuid() == 0 else None)
 
     def wait_ready(self, limit_ms: int) -> bool:
         return wait_until(lambda: self.sql("select 1", 2) is not None, limit_ms, 0.1)
