@@ -45,6 +45,7 @@ secrets: dict[str, pulumi.Output[str]] = {
     name: pulumi.Output.secret(random.RandomPassword(
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)
     for name in GENERATED_SECRETS
+    if not (name in OVERRIDABLE_SECRETS and getattr(cluster, name))   # the stack's config gives it
 }
 # The stack's own secret config the files hold (vendor_repo_token: config key vendorRepoToken, ...).
 for name in (*CONFIG_SECRETS, *OVERRIDABLE_SECRETS):

@@ -25,7 +25,7 @@ TEST_LABS = {"bookworm": (STACKS["bookworm"], "hapbx-test", "hapbx-tbr0", "10.78
              "trixie": (STACKS["trixie"], "hapbx-test13", "hapbx-tbr13", "10.88.0")}
 #: the tiers the issue names run on both releases; the rest (abuse, rolling, Pulumi path, e2e) on Debian 12
 BOTH_RELEASES = {"test_baseline_lab", "test_data_tier_lab", "test_ha_lab", "test_sip_lab", "test_cdr_lab",
-                 "test_drill_lab", "test_monitoring_lab"}
+                 "test_drill_lab", "test_monitoring_lab", "test_backup_lab"}
 
 
 def test_lab_config(release: str = "bookworm") -> dict:
