@@ -19,7 +19,7 @@ def add_parser(lsub) -> None:
     d.add_argument("kind", nargs="?", default="failover", choices=("failover", "restore"),
                    help="failover (the default): the failover drills; restore: the backup and restore drill")
     d.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); charts and results.json beside it")
-    d.add_argument("--runs", type=int, default=5, help="runs of each drill (5)")
+    d.add_argument("--runs", type=int, default=None, help="runs of each drill (5; restore: 3)")
     d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all seven)")
     d.add_argument("--report-only", action="store_true", help="write the report again from results.json")
     d.add_argument("--note", default="", help="a note on this invocation, printed in the report")
@@ -30,8 +30,10 @@ def add_parser(lsub) -> None:
 def run(args, raw, cluster, spec) -> int:
     if args.kind == "restore":
         from lab import restore_drill
-        return restore_drill.run(cluster, spec, out=RESTORE_REPORT if args.out == REPORT else args.out)
+        return restore_drill.run(cluster, spec, out=RESTORE_REPORT if args.out == REPORT else args.out,
+                                 runs=args.runs or 3)
     from lab import drill_run, drills
+    args.runs = 5 if args.runs is None else args.runs
     if args.report_only:
         return drill_run.report_only(args.out)
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from components.config import ClusterConfig, load_stack_file
 from tests.mockrun import ROOT
@@ -42,3 +43,16 @@ def self_signed(address: str) -> dict[str, str]:
     return {"kamailio_tls_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
             "kamailio_tls_key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()).decode()}
+
+
+def wait_for(what: str, fn, seconds: float = 30.0, every: float = 0.1):
+    """fn's first truthy value within `seconds` (polled every `every`), or an AssertionError naming
+    what did not happen and fn's last value."""
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {seconds} s (last: {last!r})")

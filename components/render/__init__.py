@@ -146,7 +146,7 @@ def header(comment: str = "#") -> str:
 
 
 #: hapbx_node's own modules every node program imports, shipped beside its subpackage
-NODE_SHARED_MODULES = ("__init__.py", "layout.py")
+NODE_SHARED_MODULES = ("__init__.py", "layout.py", "status_file.py")
 
 
 def node_package_modules(subpackage: str) -> list[str]:

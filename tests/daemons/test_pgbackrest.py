@@ -38,7 +38,7 @@ from hapbx_node.backup.status import PGBACKREST_STATUS
 from hapbx_node.layout import TLS_CA, tls_certificate, tls_key
 from lab.scratch_ca import ScratchCa
 from tests import pg_servers
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 from tests.pg_servers import SECRETS, Binaries, Server
 
 pytestmark = [
@@ -176,17 +176,6 @@ def make_node(base: Path, ca: ScratchCa, srv: Server, repo: Path, tls_port: int,
     srv.bins.chown(key)
     srv.env["PGBACKREST_CONFIG"] = str(conf)   # archive_command / restore_command of this postmaster
     return Node(srv, d, conf, tls_port, d / "lib", d / "status")
-
-
-def wait_for(what: str, fn, seconds: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {seconds} s (last: {last!r})")
 
 
 def streaming(srv: Server) -> bool:

@@ -35,7 +35,7 @@ from components import pgtune
 from components.render import RenderContext, RenderedFile, masked_secrets
 from components.render import postgres as pg
 from tests import pg_servers
-from tests.helpers import free_port, shipped_cluster as stack
+from tests.helpers import free_port, shipped_cluster as stack, wait_for
 from tests.pg_servers import OVERRIDDEN, SECRETS, Server
 
 PGBIN = pg_servers.HOST_BIN
@@ -624,17 +624,6 @@ def test_real_kamailio_starts_against_the_schema_and_authenticates(provisioned, 
 
 
 # --- the pair: streaming, promotion, pg_rewind ---------------------------------------------------
-
-def wait_for(what: str, fn, seconds: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {seconds} s (last: {last!r})")
-
 
 def test_replication_is_refused_without_tls_and_against_another_ca(provisioned, tmp_path):
     """The replication role logs in over TLS only (hostssl), and the nodes' libpq options
