@@ -279,8 +279,9 @@ def write_report(out: str, cluster, results: list[dict]) -> None:
         "the lab host mounted on both nodes), encrypted (aes-256-cbc).",
         f"Machine: {h.get('cpu', '?')}, {h.get('cores')} cores, {h.get('memory', '?')}, kernel {h.get('kernel')}, "
         f"Debian {h.get('debian', '?')}; load {report.load_avg()} at the end.",
-        "Command: `flock /run/lock/hapbx-measure.lock ./hapbx lab drill restore --runs "
-        f"{len(results)}{'' if cluster.release.codename == 'bookworm' else ' --stack lab-trixie'}`",
+        "Command: `flock /run/lock/hapbx-measure.lock ./hapbx lab"
+        f"{'' if cluster.release.codename == 'bookworm' else ' --stack lab-trixie'} drill restore --runs "
+        f"{len(results)}{'' if out == REPORT else ' --out ' + out}`",
         "",
         "Each run: rows in batches, a full and a differential backup (started on both nodes: the runner "
         "takes it on the streaming standby, the primary records 'skipped'), a point-in-time restore into a "

@@ -96,3 +96,18 @@ def test_the_recordings_retention_runs_and_reports(lab):
     for node, s in st.items():
         assert s.get("outcome") == "success", (node, s)
         assert s["dry_run"] is lab.cluster.backup.recordings_dry_run
+
+
+def test_no_backup_secret_in_pgbackrests_logs_or_the_journal(lab):
+    """The cipher pass (and every other generated credential) lives in pgbackrest.conf only: not in
+    pgBackRest's own logs, not in the journal of the backup, archive and retention units."""
+    from tests.lab import argv_scan
+    secrets = argv_scan.generated_secrets(lab)
+    assert secrets, "no generated secret found in the lab's state"
+    for n in lab.cluster.nodes:
+        text = lab.sh(n.name, "cat /var/log/pgbackrest/* 2>/dev/null; journalctl --no-pager -q -o cat "
+                              "-u 'hapbx-backup@*' -u hapbx-archive-check -u pgbackrest -u hapbx-recordings-retention",
+                      timeout=60)
+        assert text.strip(), f"{n.name}: no pgBackRest log or journal to look at"
+        leaked = [s[:4] + "..." for s in secrets if s in text]
+        assert not leaked, f"{n.name}: a generated secret is in pgBackRest's logs or the journal: {leaked}"
