@@ -13,11 +13,12 @@ MAY_IMPORT = {
     "components/render": {"components", "hapbx_node"},     # pure rendering: never Pulumi
     "components": {"components", "hapbx_node", "pulumi"},
     "harness": {"pulumi"},                                 # the engine knows no program
-    "lab": {"components", "hapbx_node", "harness"},
+    "ops": {"components", "hapbx_node"},                  # a running cluster over SSH: no Pulumi, no lab
+    "lab": {"components", "hapbx_node", "harness", "ops"},
     "bench": {"components", "hapbx_node", "harness", "lab"},
-    "cli": {"components", "hapbx_node", "harness", "lab", "bench"},
+    "cli": {"components", "hapbx_node", "harness", "lab", "bench", "ops"},
 }
-REPO_PACKAGES = {"components", "hapbx_node", "harness", "lab", "bench", "cli", "tests"}
+REPO_PACKAGES = {"components", "hapbx_node", "harness", "lab", "bench", "cli", "ops", "tests"}
 
 
 def _part(rel: str) -> str | None:

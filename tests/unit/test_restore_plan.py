@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from cli import restore
+from cli import restore as restore_cli
+from ops import restore
 from components.config import load_stack_file
 from tests.mockrun import ROOT
 
@@ -80,8 +81,8 @@ def test_the_first_failing_step_stops_the_run_naming_node_step_and_stderr(cluste
 
 
 def test_without_yes_nothing_runs(cluster, capsys, monkeypatch):
-    monkeypatch.setattr(restore, "ssh_runner", lambda c: pytest.fail("ran without --yes"))
-    monkeypatch.setattr(restore, "lab_runner", lambda s: pytest.fail("ran without --yes"))
+    monkeypatch.setattr(restore_cli, "ssh_runner", lambda c: pytest.fail("ran without --yes"))
+    monkeypatch.setattr(restore_cli, "main", lambda *a, **k: pytest.fail("ran without --yes"))
     args = type("A", (), {"to": "latest", "node": None, "yes": False})()
-    assert restore.cmd(args, f"{ROOT}/Pulumi.lab.yaml") == 0
+    assert restore_cli.cmd(args, f"{ROOT}/Pulumi.lab.yaml") == 0
     assert "--yes to do it" in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""Operator actions on a running cluster, over SSH (not Pulumi): restore."""
