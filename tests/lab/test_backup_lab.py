@@ -35,7 +35,7 @@ def test_a_scheduled_full_backup_is_taken_by_the_standby(lab):
     node each is now: earlier tests may have moved the primary)."""
     ctx = ctx_of(lab)
     primary = drills.wait_healthy(ctx, 120, "the backup tests")
-    started = time.time()
+    started = int(time.time())   # the status files hold whole seconds
     for n in lab.cluster.nodes:
         lab.sh(n.name, "systemctl start hapbx-backup@full.service", timeout=600)
     st = statuses(lab, "pgbackrest.json")
