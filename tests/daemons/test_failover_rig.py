@@ -52,10 +52,19 @@ RIG_SUBNET = "10.81.0.0/24"
 RIG_ADDRESSES = {"pbx1": "10.81.0.11", "pbx2": "10.81.0.12", "witness": "10.81.0.13"}
 
 
+#: every port free_port handed out in this process: the kernel may give the same free port twice,
+#: and a rig takes fifteen (two members' ports alike: one etcd never listened, CI on b54ab3a)
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def now_ms() -> int:
@@ -317,7 +326,13 @@ class Rig:
                                      capture_output=True, text=True)
                 if '"health":"true"' in out.stdout:
                     break
-                assert time.time() < deadline, f"etcd member on {client} not healthy: {out.stdout}{out.stderr}"
+                proc = self.etcd[name]
+                if proc.poll() is not None or time.time() >= deadline:
+                    with open(f"{self.base}/etcd-{name}.log", errors="replace") as fh:
+                        log = fh.read()[-1500:]
+                    raise AssertionError(f"etcd member {name} on {client} not healthy "
+                                         f"({'exited ' + str(proc.returncode) if proc.poll() is not None else 'running'}): "
+                                         f"{out.stdout}{out.stderr}; its log: {log}")
                 time.sleep(0.1)
 
     def etcdctl(self, *args, check=True, host: str = "witness") -> str:
