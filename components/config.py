@@ -577,8 +577,9 @@ class ClusterConfig:
         "alertWebhookToken", "Bearer token sent with each webhook notification (secret config).", None, secret=True)
     backup_cipher_pass: Optional[str] = setting(
         "backupCipherPass", "Encryption passphrase of the backup repository (secret config); unset: the program "
-        "generates one and keeps it in the stack's state. Keep a copy off the stack either way (`pulumi stack output "
-        "--show-secrets backupCipherPass`): without it no backup can be read.", None, secret=True)
+        "generates one and keeps it in the stack's state (resource secret-backup-cipher-pass, shown by `pulumi stack "
+        "export --show-secrets`). Keep a copy off the stack either way: without it no backup can be read.",
+        None, secret=True)
     backup_s3_key: Optional[str] = setting("backupS3Key", "Access key id of backup.repository (s3; secret config).",
                                            None, secret=True)
     backup_s3_key_secret: Optional[str] = setting("backupS3KeySecret", "Secret access key of backup.repository (s3; "
