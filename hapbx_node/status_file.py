@@ -8,6 +8,9 @@ import os
 import tempfile
 
 STATUS_DIR = "/var/lib/hapbx/backup"
+#: in STATUS_DIR: the backup runner's and the recordings retention's
+PGBACKREST_STATUS = "pgbackrest.json"
+RECORDINGS_STATUS = "recordings.json"
 
 
 def read(path: str) -> dict:

@@ -1,15 +1,13 @@
 """The backup status files (/var/lib/hapbx/backup, read by hapbx-exporter): written atomically.
 
-pgbackrest.json after every scheduled attempt on a node (docs: notes/backup-contract.md):
+pgbackrest.json after every scheduled attempt on a node (the format README, backup and restore, reads):
 type, outcome (success|failed|skipped), reason, started, finished, duration_seconds, size_bytes,
 repo_size_bytes, label, last_success, last_success_type, successes, failures.
 """
 from __future__ import annotations
 
-from ..status_file import STATUS_DIR, read, write_atomic  # noqa: F401 (the runner's and the tests' names)
+from ..status_file import PGBACKREST_STATUS, RECORDINGS_STATUS, STATUS_DIR, read, write_atomic  # noqa: F401
 
-PGBACKREST_STATUS = "pgbackrest.json"
-RECORDINGS_STATUS = "recordings.json"
 OUTCOMES = ("success", "failed", "skipped")
 
 

@@ -1,5 +1,5 @@
 """pgBackRest's backups on this node, from the backup runner's status file (pgbackrest.json in the
-backup status directory, /work/notes/backup-contract.md), rewritten after every scheduled attempt.
+backup status directory, hapbx_node/status_file.py), rewritten after every scheduled attempt.
 
 Backups run on whichever node is the standby; the other node's attempts are "skipped" (not an
 error). No file: only hapbx_backup_status_present 0 (the runner never ran here). A file that cannot
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
+from ..status_file import PGBACKREST_STATUS as FILE
 from . import files
 from .exposition import Counter, Gauge
 
-FILE = "pgbackrest.json"
 TYPES = ("full", "diff")
 OUTCOMES = ("success", "failed", "skipped")
 

@@ -1,5 +1,5 @@
 """Recordings retention on this node, from its status file (recordings.json in the backup status
-directory, /work/notes/backup-contract.md), rewritten after every run: recordings past their
+directory, hapbx_node/status_file.py), rewritten after every run: recordings past their
 policy's retention deleted, the rest copied to the backup repository.
 
 No file: only hapbx_recordings_status_present 0. Unreadable or not the run's JSON:
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
+from ..status_file import RECORDINGS_STATUS as FILE
 from . import files
 from .exposition import Counter, Gauge
 
-FILE = "recordings.json"
 OUTCOMES = ("success", "failed")
 
 

@@ -5,11 +5,11 @@ import os
 from dataclasses import dataclass
 
 from .. import layout
+from ..status_file import STATUS_DIR as BACKUP_STATUS_DIR
 
 ENGINES = ("sipp-uas", "freeswitch", "none")
-#: where the backup runner and the recordings retention write their status (hapbx_node/backup/status.py
-#: STATUS_DIR); the exporter reads it only when told (HAPBX_BACKUP_STATUS_DIR: backup.enabled)
-BACKUP_STATUS_DIR = "/var/lib/hapbx/backup"
+#: BACKUP_STATUS_DIR: where the backup runner and the recordings retention write their status; the
+#: exporter reads it only when told (HAPBX_BACKUP_STATUS_DIR: backup.enabled)
 
 
 class SettingsError(ValueError):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..status_file import STATUS_DIR, read, write_atomic  # noqa: F401 (STATUS_DIR: the render's name)
+from ..status_file import RECORDINGS_STATUS as NAME, STATUS_DIR, read, write_atomic  # noqa: F401 (STATUS_DIR: the render's name)
 
-NAME = "recordings.json"
 KEYS = ("finished", "outcome", "reason", "dry_run", "deleted", "deleted_bytes", "kept", "copied", "copied_bytes",
         "last_success", "failures")
 

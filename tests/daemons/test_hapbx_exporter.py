@@ -248,7 +248,7 @@ NOBODY = "65534"
 
 
 def write_json(path: str, doc: dict, mode: int = 0o644) -> None:
-    """As the writers must (/work/notes/backup-contract.md): a temporary file, then a rename; mode
+    """As the writers must (hapbx_node/status_file.py): a temporary file, then a rename; mode
     0644 so that the exporter's dynamic user may read it."""
     import json
     tmp = f"{path}.tmp"
