@@ -1,6 +1,6 @@
 """`hapbx lab drill`: the arguments, then lab/drill_run.py (failover drills -> reports/failover.md).
 
-    ./hapbx lab drill                      # the seven drills, 5 runs each
+    ./hapbx lab drill                      # the twelve drills, 5 runs each
     ./hapbx lab drill --only 1,3 --runs 2  # some drills, fewer runs
     ./hapbx lab drill restore              # backups, point-in-time and whole-cluster restores
                                            # (lab/restore_drill.py -> reports/restore.md)
@@ -20,7 +20,7 @@ def add_parser(lsub) -> None:
                    help="failover (the default): the failover drills; restore: the backup and restore drill")
     d.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); charts and results.json beside it")
     d.add_argument("--runs", type=int, default=None, help="runs of each drill (5; restore: 3)")
-    d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all seven)")
+    d.add_argument("--only", default="", help="drills to run, e.g. 1,3 (default: all twelve)")
     d.add_argument("--report-only", action="store_true", help="write the report again from results.json")
     d.add_argument("--note", default="", help="a note on this invocation, printed in the report")
     d.add_argument("--merge", action="store_true",

@@ -7,12 +7,46 @@ import statistics
 
 from components.releases import RELEASES
 
-from .drills import DRILLS, NO_LOSS, SIP_1S, VIP_1S, WRITE_5S
+from .drills import BACK_ALONE, DRILLS, HEALTHY_10S, HEALTHY_NOTE, NO_LOSS, NOTHING, SIP_1S, VIP_1S, WRITE_5S
 
 
 def _held_to(target: str) -> set[int]:
     """The drills that must meet one of issue 9's targets (the drills' table says)."""
     return {d.number for d in DRILLS.values() if target in d.targets}
+
+
+def _vip_kept(r: dict) -> bool:
+    """The VIP stayed where it was at the fault: never on the peer, never on both."""
+    return r["final_owner"] == r["failed"] and r.get("vip_moved_s") is None and r["two_vip_longest_s"] == 0
+
+
+def _untouched(r: dict) -> bool:
+    """NOTHING: no OPTIONS or write interruption in the whole run, the VIP kept."""
+    return r["sip_s"] == 0 and r["write_s"] == 0 and _vip_kept(r)
+
+
+def _healthy_after(r: dict) -> float | None:
+    """Seconds from the fault's end until the cluster was healthy, from the run's note (drill 11)."""
+    for n in r.get("notes", []):
+        if n.startswith(HEALTHY_NOTE):
+            return float(n[len(HEALTHY_NOTE):].split()[0])
+    return None
+
+
+def _max_healthy_after(rows: list[dict]) -> float | None:
+    vals = [_healthy_after(r) for r in rows]
+    return float("inf") if None in vals else max(vals, default=None)
+
+
+def _after_power_on(r: dict, key: str) -> float | None:
+    """BACK_ALONE: seconds from the power-on (the heal) until SIP / writes answered again (whole run)."""
+    v = r.get(key)
+    return None if v is None or v == float("inf") else max(0.0, v - r["heal_at_s"])
+
+
+def _max_after_power_on(rows: list[dict], key: str) -> float:
+    vals = [_after_power_on(r, key) for r in rows]
+    return float("inf") if None in vals else max(vals)
 
 
 def _stack_line(st: dict | None) -> str:
@@ -141,6 +175,19 @@ def _targets_table(by: dict[int, list[dict]]) -> list[str]:
          lambda rows: f"longest {_fmt(max(r['two_vip_longest_s'] for r in rows), digits=1)}"),
         (NO_LOSS, _held_to(NO_LOSS), lambda r: r["acked_lost"] == 0,
          lambda rows: f"{sum(r['acked_lost'] for r in rows)} lost"),
+        (NOTHING, _held_to(NOTHING), _untouched,
+         lambda rows: f"SIP max {_fmt(max(r['sip_s'] for r in rows))}, writes max "
+                      f"{_fmt(max(r['write_s'] for r in rows))}, VIP moved or doubled in "
+                      f"{sum(1 for r in rows if not _vip_kept(r))} of {len(rows)} runs"),
+        (HEALTHY_10S, _held_to(HEALTHY_10S),
+         lambda r: _max_healthy_after([r]) <= 10.0 and r["rejoin_after_heal_s"] is not None
+                   and r["rejoin_after_heal_s"] <= 10.0,
+         lambda rows: f"streaming again max {_fmt(max(r['rejoin_after_heal_s'] or 0.0 for r in rows), digits=1)}, "
+                      f"healthy max {_fmt(_max_healthy_after(rows), digits=1)} after the end"),
+        (BACK_ALONE, _held_to(BACK_ALONE),
+         lambda r: _after_power_on(r, "sip_s") is not None and _after_power_on(r, "write_s") is not None,
+         lambda rows: f"SIP answers max {_fmt(_max_after_power_on(rows, 'sip_s'), digits=1)}, writes accepted "
+                      f"max {_fmt(_max_after_power_on(rows, 'write_s'), digits=1)} after power-on"),
         ("every failed node back as a streaming standby", set(DRILLS),
          lambda r: r["rejoin_after_heal_s"] is not None, lambda rows: f"{len(rows)} of {len(rows)} runs"),
         ("a phone registered before receives a call", set(DRILLS), lambda r: r["phone_called"],
@@ -307,6 +354,9 @@ def write(path: str, by_release: dict[str, dict], previous: dict | None = None) 
             if stalls:
                 L.append(f"- other {what} interruptions before heal + 5 s (besides the outage counted above): "
                          + "; ".join(stalls))
+        notes = [f"run {r['run']}: {'; '.join(r['notes'])}" for r in rows if r.get("notes")]
+        if notes:   # what a run says about itself (e.g. drill 9: where the etcd leader was; 11: the seed)
+            L.append("- run notes: " + " | ".join(notes))
         later = [f"run {r['run']}: {', '.join(f'+{t:.1f} s' for t in r['write_later'][:5])}"
                  for r in rows if r.get("write_later")]
         if later:

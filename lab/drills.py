@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from components.sip_layer import dmq_peer_active
-from hapbx_node.layout import HA_STATUS, TLS_CA, parse_status
+from hapbx_node.layout import HA_ENV, HA_SECRETS_ENV, HA_STATUS, TLS_CA, parse_status
 from lab import sipp
 
 from . import machinery
@@ -660,12 +660,278 @@ class Nothing:
         return time.time()
 
 
+# ---- actions of drills 8-12 (issue 24): the witness, the etcd leader, Kamailio, a flapping link, both nodes
+
+
+def witness_name(ctx: LabContext) -> str:
+    if ctx.cluster.witness is None:
+        raise DrillError("this lab has no witness: drills 8 and 9 need the etcd quorum's third member")
+    return ctx.cluster.witness.name
+
+
+def etcd_status_command() -> str:
+    """Shell on a PBX node: `etcdctl endpoint status` of every member as JSON, with the node's own
+    etcdctl environment (the HA core's: endpoints and TLS files in ha.env, the user in ha-secrets.env,
+    never argv). A member that does not answer is missing from the JSON (and etcdctl exits non-zero)."""
+    return (f"set -a; . {HA_ENV}; . {HA_SECRETS_ENV}; set +a; ETCDCTL_API=3 etcdctl --endpoints=\"$ETCD_ENDPOINTS\" "
+            "--dial-timeout=1s --command-timeout=2s endpoint status -w json 2>/dev/null")
+
+
+def parse_etcd_status(text: str, addresses: dict[str, str]) -> tuple[str | None, list[str]]:
+    """(the member the answering members call their raft leader, None if they do not agree or it is
+    not one of them; the members that answered), from `etcdctl endpoint status -w json`. addresses:
+    member name -> address (the endpoints are https://address:port)."""
+    try:
+        rows = json.loads(text) if text.strip() else []
+    except ValueError:
+        return None, []
+    by_address = {a: n for n, a in addresses.items()}
+    ids: dict[int, str] = {}
+    leaders: set[int] = set()
+    answered: list[str] = []
+    for row in rows:
+        host = re.sub(r"^\w+://", "", row.get("Endpoint", "")).rsplit(":", 1)[0]
+        st = row.get("Status") or {}
+        name = by_address.get(host)
+        if name is None or "header" not in st:
+            continue
+        ids[int(st["header"]["member_id"])] = name
+        leaders.add(int(st.get("leader", 0)))
+        answered.append(name)
+    leader = ids.get(leaders.pop()) if len(leaders) == 1 else None
+    return leader, answered
+
+
+def etcd_members(ctx: LabContext) -> dict[str, str]:
+    """Every etcd member's name -> address (both PBX nodes, the witness)."""
+    out = dict(ctx.addresses)
+    if ctx.cluster.witness is not None:
+        out[ctx.cluster.witness.name] = ctx.cluster.witness.address
+    return out
+
+
+def etcd_leader(ctx: LabContext, via: str) -> tuple[str | None, list[str]]:
+    """(the etcd raft leader, the members that answered), asked from the PBX node `via`."""
+    out = ctx.sh(via, etcd_status_command(), timeout=15, check=False)
+    return parse_etcd_status(out, etcd_members(ctx))
+
+
+def wait_etcd_whole(s: "Scene", since: float, what: str, seconds: float = 90) -> None:
+    """Until every member answers and all name one leader (bounded); notes how long after `since`."""
+    want = set(etcd_members(s.ctx))
+    deadline = time.monotonic() + seconds
+    leader, answered = None, []
+    while time.monotonic() < deadline:
+        leader, answered = etcd_leader(s.ctx, s.peer)
+        if leader and set(answered) == want:
+            s.notes.append(f"{what}: all {len(want)} etcd members answer, leader {leader}, "
+                           f"{time.time() - since:.1f} s after it")
+            return
+        time.sleep(0.5)
+    raise DrillError(f"{what}: etcd not whole {seconds:.0f} s later (answered: {answered or 'none'}, leader {leader})")
+
+
+def role_of(s: "Scene", node: str) -> str:
+    return {s.owner: "the VIP owner", s.peer: "the peer (standby)"}.get(node, "the witness")
+
+
+@dataclass(frozen=True)
+class WitnessOff:
+    """The witness stopped at once (nspawn: its machine terminated): one of three etcd members gone."""
+
+    def __call__(self, s: Scene) -> float:
+        t = time.time()
+        machinery.stop_node(s.ctx.spec, witness_name(s.ctx), hard=True, progress=lambda _: None)
+        return t
+
+
+@dataclass(frozen=True)
+class WitnessOn:
+    """The witness started again; returns when its etcd member is back in the quorum (bounded)."""
+
+    def __call__(self, s: Scene) -> float:
+        t = time.time()
+        machinery.start_node(s.ctx.spec, witness_name(s.ctx), progress=lambda _: None)
+        s.notes.append(f"{witness_name(s.ctx)} booted in {time.time() - t:.1f} s")
+        wait_etcd_whole(s, t, "witness power-on")
+        return t
+
+
+@dataclass(frozen=True)
+class KillEtcdLeader:
+    """SIGKILL of the etcd member that is the raft leader now (on whichever node: the witness, the VIP
+    owner or the peer); its unit restarts it (Restart=always, 2 s). Notes which node it was."""
+
+    def __call__(self, s: Scene) -> float:
+        leader, answered = etcd_leader(s.ctx, s.peer)
+        if leader is None:
+            raise DrillError(f"no etcd leader agreed on before the fault (members answering: {answered})")
+        s.notes.append(f"etcd leader killed: {leader} ({role_of(s, leader)})")
+        return node_now(s.ctx, leader, "systemctl kill -s KILL etcd.service")
+
+
+@dataclass(frozen=True)
+class EtcdWhole:
+    """Nothing done (systemd restarts etcd); returns once all members answer with one leader (noted)."""
+
+    def __call__(self, s: Scene) -> float:
+        t = time.time()
+        wait_etcd_whole(s, t, "at the heal")
+        return t
+
+
+def flap_seed(run_id: str) -> int:
+    """The flapping schedule's seed: drill and run number (d11r2-... -> 11002), so run N of a drill
+    always flaps the same way."""
+    m = re.match(r"d(\d+)r(\d+)-", run_id)
+    return int(m.group(1)) * 1000 + int(m.group(2)) if m else 0
+
+
+def flap_schedule(seed: int, duration: float, low: float = 2.0, high: float = 3.0) -> list[float]:
+    """Seconds after the first cut at which the link toggles: 0 (cut), then restore, cut, ... each
+    low-high seconds after the last (random.Random(seed)); all before `duration`, when the heal
+    restores it for good."""
+    import random
+    rnd = random.Random(seed)
+    out = [0.0]
+    while True:
+        nxt = out[-1] + rnd.uniform(low, high)
+        if nxt >= duration:
+            return out
+        out.append(nxt)
+
+
+_FLAPPERS: dict[str, "_Flapper"] = {}   # run_id -> the flapping of that run (Flap starts it, Unflap ends it)
+
+
+class _Flapper(threading.Thread):
+    """Cuts and restores the link at t0 + each offset; restores it when stopped or past the schedule
+    (a run that failed midway never leaves the link cut)."""
+
+    def __init__(self, ctx: LabContext, rules: list[str], offsets: list[float], t0: float, end: float):
+        super().__init__(daemon=True)
+        self.ctx, self.rules, self.offsets, self.t0, self.end = ctx, rules, offsets, t0, end
+        self.stop_ev = threading.Event()
+        self.toggles = 0
+
+    def run(self) -> None:
+        try:
+            for i, off in enumerate(self.offsets):
+                if self.stop_ev.wait(max(0.0, self.t0 + off - time.time())):
+                    break
+                host_cut(self.ctx, self.rules if i % 2 == 0 else None)
+                self.toggles += 1
+            self.stop_ev.wait(max(0.0, self.end - time.time()))
+        finally:
+            host_cut(self.ctx, None)
+
+
+@dataclass(frozen=True)
+class Flap:
+    """The link between the nodes (as Cut("link")) cut and restored every low-high s (seeded per run,
+    see flap_seed) for `duration` s; Unflap ends it."""
+    duration: float
+    low: float = 2.0
+    high: float = 3.0
+
+    def __call__(self, s: Scene) -> float:
+        a, b = bridge_port(s.ctx, s.owner), bridge_port(s.ctx, s.peer)
+        rules = [f'forward:iifname "{a}" oifname "{b}" drop', f'forward:iifname "{b}" oifname "{a}" drop']
+        seed = flap_seed(s.run_id)
+        offsets = flap_schedule(seed, self.duration, self.low, self.high)
+        s.notes.append(f"flapping seed {seed}: {len(offsets)} toggles, link cut at "
+                       + ", ".join(f"+{o:.1f}" for o in offsets[::2]) + " s")
+        t0 = time.time()
+        f = _Flapper(s.ctx, rules, offsets, t0, t0 + self.duration + 5.0)
+        _FLAPPERS[s.run_id] = f
+        f.start()
+        return t0
+
+
+@dataclass(frozen=True)
+class Unflap:
+    """The flapping stopped and the link restored for good; then (noted) how long until the cluster
+    is healthy (lab health: one leading owner, synchronous streaming standby, both DMQ peers active)."""
+
+    def __call__(self, s: Scene) -> float:
+        f = _FLAPPERS.pop(s.run_id, None)
+        if f is not None:
+            f.stop_ev.set()
+            f.join(30)
+        t = time.time()
+        host_cut(s.ctx, None)
+        s.notes.append(f"link toggled {f.toggles if f else 0} times")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            owner, problems = health(s.ctx)
+            if owner and not problems:
+                s.notes.append(f"{HEALTHY_NOTE} {time.time() - t:.1f} s")
+                break
+            time.sleep(0.3)
+        else:
+            s.notes.append(f"not healthy 60 s after the last restore: {'; '.join(problems)}")
+        return t
+
+
+def _parallel(fn, nodes) -> None:
+    """fn(node) on every node at once; the first error raised after all ended."""
+    errors: list[BaseException] = []
+
+    def one(n):
+        try:
+            fn(n)
+        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+            errors.append(exc)
+    ts = [threading.Thread(target=one, args=(n,)) for n in nodes]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(300)
+    if errors:
+        raise errors[0]
+
+
+@dataclass(frozen=True)
+class BothOff:
+    """Both PBX nodes stopped at once (nspawn machines terminated together); the witness stays."""
+
+    def __call__(self, s: Scene) -> float:
+        t = time.time()
+        _parallel(lambda n: machinery.stop_node(s.ctx.spec, n, hard=True, progress=lambda _: None), s.ctx.names)
+        return t
+
+
+@dataclass(frozen=True)
+class BothOn:
+    """Both PBX nodes started again together; the drill's access rule and sampler back on each."""
+
+    def __call__(self, s: Scene) -> float:
+        t = time.time()
+
+        def boot(n: str) -> None:
+            machinery.start_node(s.ctx.spec, n, progress=lambda _: None)
+            s.notes.append(f"{n} booted in {time.time() - t:.1f} s")
+            (s.rearm or rearm)(s, n)
+        _parallel(boot, s.ctx.names)
+        return t
+
+
 #: issue 9's targets a drill can be held to (lab/drill_report.py checks them); every drill is also
 #: held to: never two writable primaries, the failed node back as a streaming standby, the phone called
 SIP_1S = "SIP on the VIP answering within 1 s of the fault"
 WRITE_5S = "writes through the VIP accepted within 5 s"
 VIP_1S = "two VIP owners never longer than 1 s"
 NO_LOSS = "zero acknowledged rows lost"
+#: drills 8 and 9 (issue 24): no probe fails or stalls during the whole run (OPTIONS 0.35 s, writes
+#: 0.5 s), the VIP never moves and never has two owners
+NOTHING = "nothing interrupted (SIP, writes, VIP owner)"
+#: drill 11: the failed node streaming again and the whole cluster healthy (health(): one leading
+#: owner, a synchronous streaming standby, DMQ both ways) within 10 s of the fault's end
+HEALTHY_10S = "the cluster healthy within 10 s after the fault ends"
+#: drill 12: SIP answers and writes are accepted again after both nodes power on, nobody helping
+BACK_ALONE = "the cluster back by itself after power-on"
+#: the note Unflap leaves: seconds from the last restore until the cluster was healthy
+HEALTHY_NOTE = "cluster healthy after the last restore:"
 
 
 @dataclass(frozen=True)
@@ -723,7 +989,85 @@ DRILLS = {d.number: d for d in (
               "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "
               "ends the double ownership at ~+3 s, and the peer promotes at once. SIGCONT at +10 s finds a "
               "restarted keepalived that stays BACKUP (nopreempt)."),
+    Drill(8, "power off the witness",
+          WitnessOff(), 15.0, WitnessOn(), "witness started again (its etcd member back in the quorum)",
+          frozenset({NOTHING, NO_LOSS}),
+          why="The witness is one of three etcd members: without it the two PBX members are still a quorum, so "
+              "the lease holder keeps renewing and nothing else depends on the witness while the gateway "
+              "answers the reachability watcher. Measured (one run): no OPTIONS, REGISTER or write "
+              "interruption, the VIP never moved, the leader daemons logged nothing. The witness was the etcd "
+              "raft leader: the PBX members elected pbx2 0.4 s after the power-off (etcd's journal, election "
+              "timeout 500 ms). Power-on: the witness booted in 1.1 s and all three members answered with one "
+              "leader 1.5 s after it."),
+    Drill(9, "SIGKILL the etcd member that is the raft leader (witness, VIP owner or peer)",
+          KillEtcdLeader(), 10.0, EtcdWhole(), "none (systemd restarts etcd; all members answer again)",
+          frozenset({NOTHING, NO_LOSS}),
+          why="The two other members elect a new raft leader after the election timeout (500 ms) and systemd "
+              "restarts the killed member 2 s later (Restart=always, RestartSec 2 s); it rejoins as a follower. "
+              "The lease holder renews every 0.5 s a 3 s lease and fences 0.5 s before it expires, so one "
+              "election fits: no renewal failure was logged and nothing was interrupted. Measured once, with the "
+              "raft leader on the peer (pbx2, killed at 06:50:50.18; pbx1 leader at 06:50:50.66; all three members "
+              "answered with one leader at the heal, 10 s after the kill); a leader on the VIP owner or on the "
+              "witness is not measured here (the run notes say where it was)."),
+    Drill(10, "SIGKILL Kamailio on the VIP owner",
+          OnOwner("systemctl kill -s KILL kamailio.service"), 15.0,
+          Nothing(), "none (systemd restarts Kamailio, RestartSec 10 s)", frozenset({SIP_1S, NO_LOSS}),
+          why="Kamailio is one of the owner's local checks (check-local, run by keepalived every 1 s, fall 2): "
+              "its keepalived went FAULT at the second failed check, 1.6 s after the kill, and the peer took the "
+              "VIP (sampled at +1.8 s) and answered from its own Kamailio: SIP answered again after 1.76 s, so "
+              "the 1 s target is not met, and cannot be with a 1 s check interval and fall 2 (detection alone "
+              "takes 1-2 s). FAULT also makes the leader daemon resign (PostgreSQL fast-stopped in 675 ms, lease "
+              "released): a Kamailio crash is a full failover. The peer was primary at +3.1 s, writes accepted "
+              "again after 3.06 s, nothing acknowledged lost, and the old owner streamed again at +4.2 s "
+              "(pg_rewind: no rewind required), long before systemd restarted its Kamailio (RestartSec 10 s)."),
+    Drill(11, "a flapping link between the nodes: cut and restored every 2-3 s for 60 s",
+          Flap(60.0), 60.0, Unflap(), "flapping stopped, link restored", frozenset({HEALTHY_10S, NO_LOSS}),
+          why="Every cut, the node that does not lead hears no adverts and takes the VIP too (as in drill 4): two "
+              "VIP owners for 19.5 s of the 60 (longest 2.7 s), clients following the last gratuitous ARP to a "
+              "read-only standby, and the leader's commits waiting for the cut synchronous standby: writes were "
+              "refused or waiting 38 s of the 60, SIP unanswered 0.6 s in all. Unlike drill 4's steady cut, the "
+              "first cut moved the lease. The etcd raft leader was then pbx1, the PBX node that did not lead, so "
+              "the cut also took the lease holder pbx2's etcd member off its raft leader (pbx2's etcd: 'lost "
+              "leader' at 06:52:18.1, its pre-votes ignored by pbx1 and the witness: 'lease is not expired'), "
+              "and pbx2's renewals failed ('renewal failed: exit 124, 805ms: no answer within 800ms') although "
+              "the witness, with pbx1 an etcd quorum, answered: pbx2 fenced 2.5 s after its last renewal, pbx1 "
+              "took the lease 1.5 s later and was the writer at +4.2 s (sampled). pbx1 then kept the lease "
+              "through 23 more toggles (three renewals failed with the fence 1-1.2 s away; the next succeeded) "
+              "while pbx2 went MASTER on every cut and yielded three times after YIELD_AFTER (9 s). Never two "
+              "primaries, nothing acknowledged lost, the cluster healthy 2.5 s after the last restore."),
+    Drill(12, "power off both PBX nodes together, on again 10 s later",
+          BothOff(), 10.0, BothOn(), "both nodes started together", frozenset({BACK_ALONE, NO_LOSS}),
+          why="The witness alone is no etcd quorum; the lease expires while both nodes are off (terminating both "
+              "took 1.6 s, so power-on came at +11.6 s). They booted together in 6.8 s (pbx2) and 8.7 s (pbx1) on "
+              "the 2-core host. pbx1, the primary before the fault, came up with a primary PostgreSQL; its leader "
+              "daemon took the lease 0.35 s after it started ('promote: local postgres is primary', 'peer "
+              "postgres is standby', 'postgres already primary') while pbx2's daemon, up 1 s earlier, took "
+              "nothing and its standby streamed again. Measured: SIP answered 8.4 s and writes were accepted "
+              "9.9 s after the power-on, pbx2 streaming 9.3 s after it, nothing acknowledged lost (a hard stop "
+              "of an nspawn node keeps what reached the host's page cache: not a test of fsync on a real power "
+              "loss). The phone is called 2.5 s before the heal, while both nodes are off: that call cannot "
+              "succeed here."),
 )}
+
+#: issue 24's drill 13 (not in DRILLS): why it cannot run on this lab, and what would make it possible
+DRILL_13_BLOCKED = (
+    "13. PostgreSQL's disk full on the primary (expected: writes refused cleanly, no failover loop, writes "
+    "back once space is freed) is not a drill of this lab: it has no safe way to fill PostgreSQL's "
+    "filesystem. A node's disk is an overlay whose upper dir is a directory of the host's own root "
+    "filesystem (lab/machine.py: <state_dir>/nodes/<name>/upper; on the lab host the nodes' "
+    "/var/lib/postgresql/15/main is on 'overlay 252G', the host's ext4 /, 71 GB free): filling it fills the "
+    "host, every other lab and job on it included. The other ways are unsafe or measure something else: a "
+    "small filesystem (tmpfs, loop image) mounted over pg_wal or the data directory while PostgreSQL runs "
+    "hides the segments it has open and the WAL a standby or a crash recovery needs, and a tmpfs loses it "
+    "all at the next power-off (drill 12); mounting one under the overlay's upper dir from the host changes "
+    "an overlay layer in use (undefined behaviour in the kernel's overlayfs documentation); a tablespace on "
+    "a small tmpfs for the drill's table fills a table's files, never pg_wal (there a WAL file that cannot "
+    "be written is a PANIC, not a refused INSERT), and the standby must replay its creation on a directory "
+    "of its own; RLIMIT_FSIZE (EFBIG) or an LD_PRELOAD returning ENOSPC means restarting the primary's "
+    "PostgreSQL with it (a failover by itself) and is not a full disk. What would make it possible: the "
+    "lab giving each node's PostgreSQL data directory a filesystem of its own and of a fixed size (e.g. an "
+    "ext4 image per node, bind-mounted by systemd-nspawn as node.shared is in lab/machine.py), which the "
+    "drill fills with fallocate and frees again.")
 
 
 # ------------------------------------------------------------------ one run
