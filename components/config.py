@@ -392,8 +392,10 @@ class HaSettings:
                           "auto", choices=("auto", "manual"))
     rejoin_backoff: int = setting("rejoinBackoffSeconds", "Wait after a failed automatic rejoin.", 30,
                                   minimum=1, maximum=3600)
-    sync_relax_after: int = setting("syncRelaxAfterSeconds", "Standby gone this long: the lease holder relaxes "
-                                    "synchronous replication.", 10, minimum=1, maximum=3600)
+    sync_relax_after: int = setting("syncRelaxAfterSeconds", "Standby gone this long (no reply for syncReplyMaxMs): "
+                                    "the lease holder marks it stale and relaxes synchronous replication; commits "
+                                    "wait for it until then (a cut link: writes back after about syncReplyMaxMs + "
+                                    "this + 1 s).", 2, minimum=1, maximum=3600)
     no_witness_timeout: int = setting("noWitnessTimeoutSeconds", "promote-after-timeout: peer silent this long.", 30,
                                       minimum=5, maximum=3600)
     leader_weight: int = setting("leaderWeight", "VRRP priority bonus of the lease holder.", 50, minimum=1, maximum=100)
@@ -406,7 +408,7 @@ class HaSettings:
                                      "this long is rejoined (rejoin auto).", 15, minimum=2, maximum=3600)
     sync_reply_max_ms: int = setting("syncReplyMaxMs", "The standby counts as synchronous only if it replied within "
                                      "this (it replies every second; a cut link leaves it 'streaming' for 30 s).",
-                                     3000, minimum=1500, maximum=30000)
+                                     2000, minimum=1500, maximum=30000)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,13 +27,16 @@ from .store import EtcdStore
 from .writes import stop_writes
 
 #: facts not read every cycle: how often (ms), and in which states they matter at all
+#: cycle period while this node's keepalived claimed the VIP and the peer leads: the peer's next
+#: beat decides whether it gives the VIP back (decide._master_while_peer_leads)
+CLAIM_CYCLE_MS = 100
 SAMPLE_EVERY = {
     "pg_role": 1000,        # the writer's server still a primary?
     "redis_role": 1000,     # a follower's Redis still a master?
     "pg_streaming": 1000,   # a follower's standby still streaming?
     "peer_pg_role": 1000,   # yielding: does the leading peer answer again? stale: is the peer there to lead?
                             # no witness: is it a primary?
-    "sync": 1000,           # the writer's synchronous replication
+    "sync": 500,            # the writer's synchronous replication (a cut standby blocks every commit)
     "holder": 1000,         # who leads, for a node that may not take the lease anyway
     "stale": 1000,          # does the store mark this node stale (it missed commits)?
 }
@@ -99,6 +102,8 @@ class Daemon:
         self.run_dir, self.lib_dir = cfg.run_dir, cfg.lib_dir
         self.state = d.State()
         self.pending_lease: d.LeaseFact = None
+        self.beats = mono_ms()      # beat sequence: rises across restarts of the daemon
+        self.peer_claim: str | None = None   # the claim key as the last beat read it
         self.sampled: dict[str, int] = {}
         self.stop_requested = False
         self.reload_requested = False
@@ -131,7 +136,7 @@ class Daemon:
                   force_authority=(not cfg.witness) and os.path.exists(f"{self.run_dir}/force-authority"),
                   pg_running=self.pg.running(), pg_standby=self.pg.standby_configured(),
                   promote_running=self.promote.running, promote_exit=promote_exit,
-                  rejoin_running=self.rejoin.running, rejoin_exit=rejoin_exit)
+                  rejoin_running=self.rejoin.running, rejoin_exit=rejoin_exit, peer_claim=self.peer_claim)
         view, hung = d.vrrp_view(o, cfg)
         # the lease: the holder renews (its observation of whether it still leads); the others
         # read who leads, or take a lease action's outcome
@@ -142,7 +147,7 @@ class Daemon:
                     o = replace(o, lease=self.store.renew(s.lease_id, min(left, cfg.etcd_timeout_ms)))
             elif self.pending_lease is not None:
                 o, self.pending_lease = replace(o, lease=self.pending_lease), None
-            elif d.eligible(o, view, hung, s.stale) or view == "MASTER" or self._due("holder", now):
+            elif d.eligible(o, view, hung, s.stale) or view == "MASTER" or s.yield_vip or self._due("holder", now):
                 o = replace(o, lease=self.store.holder(cfg.etcd_timeout_ms))
         now = mono_ms()
         o = replace(o, now=now)
@@ -214,6 +219,14 @@ class Daemon:
                     pass
             elif self.budget_ms() <= 100:
                 continue      # the holder's remaining duties wait for the next cycle: the renewal first
+            elif isinstance(a, d.Announce):
+                self.keepalived.announce(self.log)
+            elif isinstance(a, d.Claim):
+                self.store.claim(cfg.node, f"{cfg.node} {mono_ms()}", cfg.etcd_timeout_ms)
+            elif isinstance(a, d.Beat):
+                self.beats += 1
+                self.peer_claim = self.store.beat(cfg.node, d.beat_text(cfg.node, a.hung, self.beats),
+                                                  self.budget_ms())
             elif isinstance(a, d.SyncOn):
                 if self.pg.set_sync_names(a.names, self.budget_ms() / 1000):
                     self.log("INFO", f"sync: {cfg.peer} streams: synchronous replication on ({a.names})")
@@ -268,6 +281,8 @@ class Daemon:
                 continue
             now = mono_ms()
             wait = self.cfg.renew_ms - (now - t0)
+            if self.state.peer_leads and self.state.vrrp == "MASTER" and not self.state.yield_vip:
+                wait = min(wait, CLAIM_CYCLE_MS)    # the VIP claimed while the peer leads: is it alive?
             if self.state.hold and self.cfg.witness:
                 wait = min(wait, self.state.deadline - now)
             wait = max(wait, 10)

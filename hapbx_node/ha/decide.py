@@ -55,6 +55,20 @@ class LeaseGone:
 @dataclass(frozen=True)
 class Holder:
     name: Optional[str]   # "" nobody holds the key; None unreadable
+    beat: Optional[str] = None   # the holder's last beat (beat_text) read with it; None not read
+
+
+def beat_text(node: str, hung: bool, seq: int) -> str:
+    """What a lease holder writes to the store's beat key after each renewal while its keepalived is
+    MASTER: a peer that stops hearing its VRRP adverts and then sees the beat change knows the
+    holder is alive and leading (a cut link, a frozen keepalived), not dead."""
+    return f"{node} {'hung' if hung else 'ok'} {seq}"
+
+
+def beat_parts(text: Optional[str]) -> tuple[str, bool]:
+    """(node, keepalived hung) of a beat; ("", False) for none."""
+    parts = (text or "").split()
+    return (parts[0], len(parts) > 1 and parts[1] == "hung") if parts else ("", False)
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,7 @@ class Obs:
     rejoin_exit: Optional[int] = None
     sync: Optional[SyncFact] = None
     stale: Optional[bool] = None           # the store's sync key names this node: it missed commits
+    peer_claim: Optional[str] = None       # the store's claim key as the last beat read it; None not read
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,11 @@ class State:
     nw_peer_role: str = "?"
     sync_gone_since: int = 0
     stale: bool = False            # as last read: this node missed commits and may not lead
+    claim_beat: Optional[str] = None   # the leading peer's beat when this node became VRRP master
+    yield_since: int = 0
+    peer_hung: bool = False        # the leading peer's last beat says its keepalived is hung
+    peer_claim: str = ""           # holder: the peer's last VIP claim seen (announce the VIP on a new one)
+    announce_left: int = 0         # holder: cycles left that announce the VIP (gratuitous ARP)
 
 
 # ---------------------------------------------------------------- actions
@@ -199,6 +219,26 @@ class ClearPlannedRestart:
 
 
 @dataclass(frozen=True)
+class Beat:
+    hung: bool         # this holder's keepalived is hung (it keeps leading: the peer stays yielded)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This node's keepalived claimed the VIP while the peer leads: said in the store, so the
+    holder announces the VIP again (its own keepalived may be frozen and send nothing)."""
+
+
+@dataclass(frozen=True)
+class Announce:
+    """A gratuitous ARP for the VIP from this node (the holder, which has it)."""
+
+
+#: cycles a holder announces the VIP after a peer's claim (the peer gives it back within one)
+ANNOUNCE_CYCLES = 4
+
+
+@dataclass(frozen=True)
 class SyncOn:
     names: str
 
@@ -225,7 +265,7 @@ class Log:
     key: str = ""      # a repeated condition: logged at most every 5 s under this key
 
 
-Action = Union[StopWrites, Acquire, Adopt, StartPromote, StartRejoin, RedisDemote, KillKeepalived,
+Action = Union[StopWrites, Beat, Claim, Announce, Acquire, Adopt, StartPromote, StartRejoin, RedisDemote, KillKeepalived,
                MarkPlannedRestart, ClearPlannedRestart, SyncOn, SyncRelax, MarkSyncOn, ConsumeForce, Log]
 
 
@@ -296,6 +336,7 @@ class _Cycle:
         """Lease lost or its deadline passed: writes stop now, then the key goes."""
         s = self.s
         self.do(StopWrites("lease", why, s.lease_id))
+        self._drop_hung_vip()
         self.set(hold=False, writer_ok=False, lease_id="-", peer_lost_ok=False, last_fence=self.o.now)
         self.because(f"fenced: {why}")
 
@@ -303,8 +344,16 @@ class _Cycle:
         """Orderly hand-over while the lease still runs (fast stop within what is left of it)."""
         s = self.s
         self.do(StopWrites("resign", why, s.lease_id, s.deadline))
+        self._drop_hung_vip()
         self.set(hold=False, writer_ok=False, lease_id="-", holder="?", peer_lost_ok=False)
         self.because(f"resigned: {why}")
+
+    def _drop_hung_vip(self):
+        """A hung keepalived cannot release the VIP this node gives up: killed, its unit drops it."""
+        if self.s.hung:
+            self.do(KillKeepalived())
+            self.log("ERROR", f"keepalived is hung (no heartbeat for over {self.cfg.hung_ms}ms) and this node gives "
+                              "up the lead: killing it (systemd restarts it and drops the VIP)")
 
 
 def _jobs(c: _Cycle):
@@ -414,12 +463,15 @@ def _lease_no_witness(c: _Cycle):
 
 def _leader_duties(c: _Cycle):
     s, o, cfg = c.s, c.o, c.cfg
-    if s.hung:
+    if s.hung and not cfg.witness:
         c.resign("keepalived hung")
-        c.do(KillKeepalived())
-        c.log("ERROR", f"keepalived is hung (no heartbeat for over {cfg.hung_ms}ms): killing it "
-                       "(systemd restarts it and drops the VIP)")
         return
+    if s.hung:
+        # the frozen keepalived still holds the VIP and this node still leads: the peer, hearing no
+        # adverts, yields as soon as it sees this node's beat (below) change, so nothing is
+        # interrupted; killing keepalived here would drop the VIP for its restart (lab drill 7)
+        c.log("ERROR", f"keepalived is hung (no heartbeat for over {cfg.hung_ms}ms): keeping the lease and the "
+                       "VIP it still holds; the beat tells the peer to stay yielded", key="hung")
     if s.vrrp in ("FAULT", "STOP"):
         c.resign(f"keepalived is {s.vrrp}")
         return
@@ -458,6 +510,26 @@ def _leader_duties(c: _Cycle):
         c.do(StartPromote(peer_lost_ok=c.s.peer_lost_ok))
     if cfg.witness and c.s.writer_ok and cfg.sync_names and o.sync is not None:
         _sync(c, o.sync)
+
+
+def _beat(c: _Cycle):
+    """Still the holder after its duties, renewed this cycle, keepalived MASTER (the VIP here): the
+    beat that tells a peer which stopped hearing the adverts that this node leads. A new claim of
+    the VIP by the peer (read with the last beat) makes it announce the VIP for a few cycles: the
+    clients that followed the peer's gratuitous ARP come back when the peer gives it up, even if
+    this node's keepalived is frozen (no refresh of its own)."""
+    s, o = c.s, c.o
+    if not (c.cfg.witness and s.hold and s.vrrp == "MASTER"):
+        return
+    if o.peer_claim is not None and o.peer_claim != s.peer_claim:
+        c.set(peer_claim=o.peer_claim, announce_left=ANNOUNCE_CYCLES if o.peer_claim else 0)
+        if o.peer_claim:
+            c.log("INFO", f"{c.cfg.peer} claimed the VIP ({o.peer_claim}): announcing it from here")
+    if c.s.announce_left > 0:
+        c.do(Announce())
+        c.set(announce_left=c.s.announce_left - 1)
+    if isinstance(o.lease, (Renewed, Acquired, Adopted)):
+        c.do(Beat(s.hung))
 
 
 def _sync(c: _Cycle, f: SyncFact):
@@ -510,22 +582,49 @@ def _follower_duties(c: _Cycle):
             c.log("WARN", f"yield: {cfg.peer} is unreachable: this stale node keeps the VIP (no writes; "
                           "operator: hapbx-ha accept-stale)")
     elif s.peer_leads and s.vrrp == "MASTER":
-        since = s.peer_leads_since or o.now
-        c.set(peer_leads_since=since)
-        if not s.yield_vip and o.now - since > cfg.yield_ms:
-            c.set(yield_vip=True)
-            c.log("WARN", f"yield: VIP owner while {cfg.peer} leads for over {cfg.yield_ms}ms: going FAULT "
-                          "until that changes")
+        _master_while_peer_leads(c)
     elif not s.peer_leads:
-        c.set(peer_leads_since=0)
+        c.set(peer_leads_since=0, claim_beat=None)
         if s.yield_vip:
             c.set(yield_vip=False)
             c.log("INFO", f"yield: {cfg.peer} no longer leads: VIP may come back")
-    elif s.yield_vip and o.peer_pg_role == "primary":
-        # the link is back once the leading peer answers: keepalived hears its adverts again
-        c.set(yield_vip=False, peer_leads_since=0)
+    elif s.yield_vip and o.peer_pg_role == "primary" and not s.peer_hung and o.now - s.yield_since > cfg.hung_ms + cfg.renew_ms:
+        # the link is back once the leading peer answers: keepalived hears its adverts again. Not
+        # while its beat says its keepalived is hung (no adverts: this node would claim the VIP
+        # again), nor before the peer could have noticed that (HUNG_AFTER)
+        c.set(yield_vip=False, peer_leads_since=0, claim_beat=None)
         c.log("INFO", f"yield: {cfg.peer} answers again: VIP follows VRRP")
+    elif not s.yield_vip and s.peer_leads_since:
+        c.set(peer_leads_since=0, claim_beat=None)     # VRRP master no more: the next claim starts afresh
     _maybe_rejoin(c)
+
+
+def _master_while_peer_leads(c: _Cycle):
+    """This node's keepalived claimed the VIP (it stopped hearing adverts) while the peer holds the
+    lease: the peer died (its lease will expire: keep the VIP, SIP goes on from here) or the link
+    between the nodes is cut / the peer's keepalived is frozen (the peer still renews: give the VIP
+    back at once, two owners split the clients). The peer's beat changing after the claim tells
+    them apart within one renewal; YIELD_AFTER is the bound when no beat can be read."""
+    s, o, cfg = c.s, c.o, c.cfg
+    first = not s.peer_leads_since
+    since = s.peer_leads_since or o.now
+    c.set(peer_leads_since=since)
+    beat = o.lease.beat if isinstance(o.lease, Holder) else None
+    if s.yield_vip:
+        return
+    if first and cfg.witness:
+        c.do(Claim())
+    if first or s.claim_beat is None:
+        c.set(claim_beat=beat)
+    elif beat is not None and beat != s.claim_beat and beat_parts(beat)[0] == cfg.peer:
+        c.set(yield_vip=True, yield_since=o.now)
+        c.log("WARN", f"yield: {cfg.peer} renewed its lease {o.now - since}ms after this node stopped hearing its "
+                      "VRRP adverts (the link between the nodes is cut or its keepalived is frozen): going FAULT")
+        return
+    if o.now - since > cfg.yield_ms:
+        c.set(yield_vip=True, yield_since=o.now)
+        c.log("WARN", f"yield: VIP owner while {cfg.peer} leads for over {cfg.yield_ms}ms: going FAULT "
+                      "until that changes")
 
 
 def _maybe_rejoin(c: _Cycle):
@@ -605,6 +704,9 @@ def decide(s: State, o: Obs, cfg: Settings) -> Decision:
     c.set(vrrp=vrrp, hung=hung)
     if o.stale is not None:
         c.set(stale=o.stale)
+    if isinstance(o.lease, Holder) and o.lease.beat is not None:
+        node, hung_beat = beat_parts(o.lease.beat)
+        c.set(peer_hung=node == cfg.peer and hung_beat)
     _jobs(c)
     if cfg.witness:
         _lease_witness(c)
@@ -617,6 +719,7 @@ def decide(s: State, o: Obs, cfg: Settings) -> Decision:
     if not c.again:
         if c.s.hold:
             _leader_duties(c)
+            _beat(c)
         else:
             _follower_duties(c)
     role = _role(c)

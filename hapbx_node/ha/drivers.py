@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -345,6 +347,16 @@ class Keepalived:
         rc, out, _ = _run(["ip", "-o", "-4", "addr", "show", "dev", self.iface], 2)
         return rc == 0 and f" {self.vip}/" in out
 
+    def announce(self, log):
+        """One gratuitous ARP for the VIP from this node's interface (what keepalived's refresh
+        sends), for when this node's keepalived cannot: frozen, or not due yet."""
+        if not (self.vip and self.iface):
+            return
+        try:
+            send_garp(self.iface, self.vip)
+        except OSError as e:
+            log("WARN", f"gratuitous ARP for {self.vip} on {self.iface} failed: {e}", "garp")
+
     def kill(self, log):
         if self.kill_cmd:
             rc, _, _ = _run(["bash", "-c", self.kill_cmd], 5)
@@ -352,6 +364,22 @@ class Keepalived:
                 log("ERROR", "could not kill keepalived")
         if self.vip:
             _run(["ip", "-4", "addr", "del", f"{self.vip}/{self.prefix}", "dev", self.iface], 2)
+
+
+def garp_frame(mac: bytes, ip: bytes) -> bytes:
+    """An Ethernet broadcast ARP request whose sender and target address are both `ip` (RFC 5227's
+    announcement: every neighbour updates its cache to `mac`)."""
+    broadcast = b"\xff" * 6
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, b"\x00" * 6, ip)
+    return broadcast + mac + struct.pack("!H", 0x0806) + arp
+
+
+def send_garp(iface: str, address: str) -> None:
+    with open(f"/sys/class/net/{iface}/address", encoding="ascii") as fh:
+        mac = bytes.fromhex(fh.read().strip().replace(":", ""))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((iface, 0))
+        sock.send(garp_frame(mac, socket.inet_aton(address)))
 
 
 class Job:

@@ -14,14 +14,25 @@ from .decide import Acquired, Adopted, Holder, LeaseGone, NotAcquired, RenewFail
 
 
 class Store(ABC):
-    """Keys: `leader` (the lease holder's name, attached to its lease), `primary` (the last node
-    promoted), `sync` ("on" | "relaxed:<node>" | "accepted-by-operator")."""
+    """Keys: `leader` (the lease holder's name, attached to its lease), `beat` (the holder's
+    decide.beat_text after each renewal), `claim` (a follower's VIP claim), `primary` (the last node promoted), `sync` ("on" |
+    "relaxed:<node>" | "accepted-by-operator")."""
 
     @abstractmethod
     def renew(self, lease_id: str, timeout_ms: int) -> Renewed | RenewFailed | LeaseGone: ...
 
     @abstractmethod
-    def holder(self, timeout_ms: int) -> Holder: ...
+    def holder(self, timeout_ms: int) -> Holder:
+        """Who holds the leader key, and the beat, in one read."""
+
+    @abstractmethod
+    def beat(self, node: str, text: str, timeout_ms: int) -> Optional[str]:
+        """The beat written if `node` holds the leader key; returns the claim key's value read in the
+        same transaction ("" none), None if not written."""
+
+    @abstractmethod
+    def claim(self, node: str, text: str, timeout_ms: int) -> bool:
+        """This node's keepalived claimed the VIP while the peer leads (decide.Claim)."""
 
     @abstractmethod
     def acquire(self, node: str, ttl_s: int, timeout_ms: int) -> Acquired | NotAcquired: ...
@@ -86,7 +97,25 @@ class EtcdStore(Store):
         return out.split("\n", 1)[0] if out else ""
 
     def holder(self, timeout_ms):
-        return Holder(self.get(self.key("leader"), timeout_ms))
+        rc, out = self._ctl(timeout_ms, "get", "--prefix", self.key(""))
+        if rc != 0:
+            return Holder(None)
+        lines = out.split("\n") if out else []
+        values = dict(zip(lines[0::2], lines[1::2]))
+        return Holder(values.get(self.key("leader"), ""), values.get(self.key("beat"), ""))
+
+    def beat(self, node, text, timeout_ms):
+        leader, claim = self.key("leader"), self.key("claim")
+        txn = f'value("{leader}") = "{node}"\n\nput {self.key("beat")} "{text}"\nget {claim}\n\n\n'
+        rc, out = self._ctl(timeout_ms, "txn", stdin=txn)
+        lines = out.split("\n")
+        if rc != 0 or lines[0] != "SUCCESS":
+            return None
+        return lines[lines.index(claim) + 1] if claim in lines[:-1] else ""
+
+    def claim(self, node, text, timeout_ms):
+        rc, _ = self._ctl(timeout_ms, "put", self.key("claim"), text)
+        return rc == 0
 
     def acquire(self, node, ttl_s, timeout_ms):
         t0 = mono_ms()

@@ -377,24 +377,47 @@ def test_10_a_dead_leader_daemon_fences_at_once(rig):
     assert one_primary(rig) == "pbx1"
 
 
-def test_11_hung_keepalived_hands_over(rig):
-    """keepalived frozen on the leader: the VIP stays there while the peer takes it too; the
-    leader sees its heartbeat stop, kills keepalived, resigns, and the peer promotes."""
+def test_11_hung_keepalived_keeps_the_lead_and_the_peer_yields_on_its_beat(rig):
+    """keepalived frozen on the leader (no adverts, no check runs): the peer's keepalived claims the
+    VIP too; the peer sees the leader's beat change after its claim and gives the VIP back at once
+    (not after YIELD_AFTER). The leader keeps lease and writes: nothing is killed, nothing fails
+    over; once its heartbeat is overdue its beat says `hung`, which keeps the peer yielded although
+    the leader answers. keepalived back: the beat says `ok` and the peer's yield ends."""
     n1 = rig.nodes["pbx1"]
     rig.wait(lambda: rig.psql("pbx1", "select count(*) from pg_stat_replication where state = 'streaming'") == "1",
              20, "pbx2 streaming")
     # a healthy pair to start from: pbx2 synchronous again since pbx1 restarted as primary (step 09)
     rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 20, "pbx2 synchronous again")
-    t0 = time.time()
     os.kill(n1.heartbeat.pid, signal.SIGKILL)                     # keepalived frozen: no more check runs
-    rig.notify("pbx2", "MASTER")                                  # the peer took the VIP
-    rig.wait(lambda: os.path.exists(f"{n1.dir}/keepalived-killed"), 10, "hung keepalived killed")
+    t0 = time.time()
+    rig.notify("pbx2", "MASTER")                                  # the peer stopped hearing adverts: claims the VIP
+    rig.wait(lambda: rig.status("pbx2").get("yield") == "1", 10, "pbx2 gives the VIP back")
+    took = time.time() - t0
+    timing("VIP claimed while the leader beats -> given back", took * 1000)
+    assert took < 3.0 * 0.8, f"yielded after {took:.2f}s: YIELD_AFTER's fallback (3 s), not the beat"
+    assert "renewed its lease" in open(f"{rig.nodes['pbx2'].dir}/ha.log").read()
+    assert rig.etcdctl("get", "/hapbx/rig/claim", "--print-value-only").startswith("pbx2 ")
+    rig.notify("pbx2", "FAULT")                                   # keepalived follows the yield file
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/beat", "--print-value-only").startswith("pbx1 hung "), 10,
+             "the leader's beat says its keepalived is hung")
+    time.sleep(2.5)                                                # past HUNG_AFTER + a renewal: the peer would un-yield
+    assert rig.status("pbx2").get("yield") == "1", "the peer left its yield while the leader's keepalived is hung"
+    assert not os.path.exists(f"{n1.dir}/keepalived-killed"), "the leader killed keepalived although it leads"
+    assert rig.status("pbx1").get("hold") == "1" and one_primary(rig) == "pbx1"
+    rig.psql("pbx1", "insert into t (node) values ('pbx1')")     # writes never stopped (no resign, no fence)
+    rig.start_heartbeat("pbx1")                                   # keepalived back (SIGCONT)
+    rig.wait(lambda: rig.status("pbx2").get("yield") == "0", 15, "pbx2's yield ends once the beat says ok")
+    rig.notify("pbx2", "BACKUP")
+    assert one_primary(rig) == "pbx1" and rig.status("pbx1").get("hold") == "1"
+    # then keepalived stopped on the leader (a planned switchover): no beat comes after the peer's
+    # claim, so the peer keeps the VIP and promotes; the story goes on with pbx2 leading
+    t0 = time.time()
+    rig.notify("pbx1", "STOP")
+    rig.notify("pbx2", "MASTER")
     rig.wait(lambda: rig.pg_role("pbx2") == "primary", 15, "pbx2 promoted")
-    timing("keepalived frozen on leader -> peer writable", (time.time() - t0) * 1000)
-    assert rig.pg_role("pbx1") != "primary"
-    rig.notify("pbx1", "STOP")                                    # systemd restarts keepalived...
-    rig.start_heartbeat("pbx1")
-    rig.notify("pbx1", "BACKUP")                                  # ...which comes back BACKUP
+    timing("keepalived stopped on leader -> peer writable", (time.time() - t0) * 1000)
+    assert rig.status("pbx2").get("yield") == "0"
+    rig.notify("pbx1", "BACKUP")
     rig.wait(lambda: rig.pg_role("pbx1") == "standby" and rig.idle("pbx1"), 60, "pbx1 rejoined")
     assert one_primary(rig) == "pbx2"
 

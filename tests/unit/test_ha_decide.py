@@ -32,7 +32,8 @@ def obs(**kw) -> d.Obs:
 
 
 def kinds(actions) -> list[str]:
-    return [type(a).__name__ for a in actions if not isinstance(a, d.Log)]
+    """The actions that change something (Log and the holder's Beat left out: test_beat_* below)."""
+    return [type(a).__name__ for a in actions if not isinstance(a, (d.Log, d.Beat))]
 
 
 # name: (settings, state, observations, role, actions expected (in order, Log left out), state fields)
@@ -68,7 +69,7 @@ SCENARIOS = {
          d.PROMOTING, ["StartPromote"], {"deadline": NOW + 2000 - 500}),
     "lease lost to the peer in the race":
         (BASE, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.NotAcquired("pbx2")),
-         d.FOLLOWER, [], {"holder": "pbx2", "peer_leads": True}),
+         d.FOLLOWER, ["Claim"], {"holder": "pbx2", "peer_leads": True}),
     # ---- holding it
     "renewed: the deadline moves to the renewal's start + TTL - margin":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW - 30, ttl_s=3)),
@@ -89,9 +90,21 @@ SCENARIOS = {
     "holder's keepalived FAULT: resign":
         (BASE, LEADING, obs(vrrp="FAULT", **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3)),
          d.FENCED, ["StopWrites"], {"hold": False, "holder": "?"}),
-    "holder's keepalived hung: resign and kill it":
+    "holder's keepalived hung: keeps the lease and the VIP the frozen keepalived holds (the peer yields)":
         (BASE, LEADING, obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **PRIMARY,
                             lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.LEADER, [], {"hold": True, "hung": True}),
+    "hung holder resigning (promote failing past PROMOTE_TIMEOUT): keepalived killed so the VIP goes too":
+        (BASE, replace(LEADING, writer_ok=False, promote_fail_since=NOW - 31_000, last_promote_try=NOW - 2000),
+         obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **STANDBY, lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.FENCED, ["StopWrites", "KillKeepalived"], {"hold": False}),
+    "hung holder losing the lease: fenced, keepalived killed so the VIP goes too":
+        (BASE, LEADING, obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **PRIMARY,
+                            lease=d.LeaseGone("lease not found")),
+         d.FENCED, ["StopWrites", "KillKeepalived"], {"hold": False}),
+    "no witness: holder's keepalived hung: resign and kill it":
+        (NO_WITNESS, replace(LEADING, deadline=NOW + 3_600_000), obs(vrrp="MASTER", heartbeat=NOW - 4000,
+                                                                      vrrp_since=NOW - 60_000, **PRIMARY),
          d.FENCED, ["StopWrites", "KillKeepalived"], {"hold": False}),
     "holder BACKUP within the grace: keeps the lease":
         (BASE, replace(LEADING, not_master_since=NOW - 1000), obs(vrrp="BACKUP", **PRIMARY,
@@ -165,10 +178,49 @@ SCENARIOS = {
         (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 8000),
          obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2")),
          d.FOLLOWER, [], {"yield_vip": False}),
+    "VIP claimed while the peer leads (adverts stopped): the peer's beat is recorded":
+        (BASE, d.State(holder="pbx2", peer_leads=True),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 41")),
+         d.FOLLOWER, ["Claim"], {"yield_vip": False, "claim_beat": "pbx2 ok 41", "peer_leads_since": NOW}),
+    "holder: the peer claimed the VIP (read with the last beat): announce it from here for a few cycles":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            peer_claim="pbx2 5000"),
+         d.LEADER, ["Announce"], {"peer_claim": "pbx2 5000", "announce_left": d.ANNOUNCE_CYCLES - 1}),
+    "holder: a claim already seen: no announcement":
+        (BASE, replace(LEADING, peer_claim="pbx2 5000"), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
+                                                            lease=d.Renewed(at=NOW, ttl_s=3), peer_claim="pbx2 5000"),
+         d.LEADER, [], {"announce_left": 0}),
+    "VIP claimed, the peer's beat unchanged (it died; its lease runs out): keep the VIP":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 2500, claim_beat="pbx2 ok 41"),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 41")),
+         d.FOLLOWER, [], {"yield_vip": False}),
+    "VIP claimed, the peer beat again (cut link, frozen keepalived): yield at once":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 300, claim_beat="pbx2 ok 41"),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 42")),
+         d.YIELDING, [], {"yield_vip": True, "yield_since": NOW}),
+    "VIP claimed, the beat is another node's (a stale value): no yield on it":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 300, claim_beat="pbx2 ok 41"),
+         obs(vrrp="MASTER", **FRESH_HB, **STANDBY, lease=d.Holder("pbx2", "pbx1 ok 7")),
+         d.FOLLOWER, [], {"yield_vip": False}),
+    "VRRP master no more without yielding (adverts heard again): the next claim starts afresh":
+        (BASE, d.State(holder="pbx2", peer_leads=True, peer_leads_since=NOW - 300, claim_beat="pbx2 ok 41"),
+         obs(vrrp="BACKUP", **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 43")),
+         d.FOLLOWER, [], {"peer_leads_since": 0, "claim_beat": None}),
     "yielding: the leading peer answers again: the VIP follows VRRP":
-        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 20_000),
-         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2"), peer_pg_role="primary"),
+        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 20_000,
+                       yield_since=NOW - 20_000),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 90"), peer_pg_role="primary"),
          d.FOLLOWER, [], {"yield_vip": False, "peer_leads_since": 0}),
+    "yielding: the peer answers but its beat says its keepalived is hung (no adverts): stay yielded":
+        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 20_000,
+                       yield_since=NOW - 20_000),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2", "pbx2 hung 90"), peer_pg_role="primary"),
+         d.YIELDING, [], {"yield_vip": True, "peer_hung": True}),
+    "yielding: the peer answers, but before it could have noticed a hung keepalived: stay yielded":
+        (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 1000,
+                       yield_since=NOW - 1000),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 90"), peer_pg_role="primary"),
+         d.YIELDING, [], {"yield_vip": True}),
     "yielding: nobody leads any more: the VIP may come back":
         (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True),
          obs(vrrp="FAULT", **STANDBY, lease=d.Holder("")),
@@ -286,3 +338,22 @@ def test_settings_refuse_a_missing_key_instead_of_a_default():
             Settings.from_env(broken)
     with pytest.raises(SettingsError, match="FENCE_MARGIN"):
         Settings.from_env({**env, "FENCE_MARGIN": "2"})
+
+
+def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
+    """The beat is what makes a peer that claimed the VIP give it back: only a holder that renewed
+    this cycle and is VRRP master (the VIP here) beats, and a hung keepalived is said in it."""
+    renewed = d.Renewed(at=NOW, ttl_s=3)
+    beats = lambda s, o: [a for a in d.decide(s, o, BASE).actions if isinstance(a, d.Beat)]  # noqa: E731
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=renewed)) == [d.Beat(hung=False)]
+    assert beats(LEADING, obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **PRIMARY,
+                              lease=renewed)) == [d.Beat(hung=True)]
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.RenewFailed(at=NOW, error="x"))) == []
+    assert beats(LEADING, obs(vrrp="BACKUP", **PRIMARY, lease=renewed)) == []
+    assert beats(LEADING, obs(vrrp="FAULT", **PRIMARY, lease=renewed)) == []
+    no_witness = [a for a in d.decide(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY), NO_WITNESS).actions
+                  if isinstance(a, d.Beat)]
+    assert no_witness == []
+    assert d.beat_parts(d.beat_text("pbx2", True, 5)) == ("pbx2", True)
+    assert d.beat_parts(d.beat_text("pbx2", False, 5)) == ("pbx2", False)
+    assert d.beat_parts("") == ("", False) and d.beat_parts(None) == ("", False)
