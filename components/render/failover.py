@@ -29,7 +29,9 @@ from .etcd import ETCD_NODE_USER
 
 BIN_DIR = os.path.join(NODE_PACKAGE, "ha", "bin")
 #: bash entry points under HA_BIN (keepalived's notify/track scripts, the unit hooks); lib.sh is sourced
-SCRIPTS = ("lib.sh", "notify", "check-local", "reach", "vip-release", "pg-guard")
+SCRIPTS = ("lib.sh", "notify", "check-local", "reach", "vip-release", "sip-down", "pg-guard")
+#: track file sip-down writes (keepalived FAULT while Kamailio is down on this node)
+SIP_DOWN_FILE = f"{HA_RUN_DIR}/sip-down"
 #: the Python entry points: bin/launcher under each name
 PY_ENTRY_POINTS = tuple(ENTRY_POINTS)
 #: the Python modules they import, installed as HA_BIN/hapbx_node/...

@@ -2,6 +2,8 @@
 the TLS certificate, and the unit drop-in carrying -m/-M from the stack configuration."""
 from __future__ import annotations
 
+from hapbx_node.layout import HA_BIN
+
 from . import RenderContext, RenderedFile, secret_refs, template
 from .dialing import CALL_CLASSES, dial_rules
 from .postgres import DATABASE, DISPATCHER_SET
@@ -75,7 +77,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         *tls_files(ctx),
         RenderedFile(CFG, config(ctx), service=SERVICE, action="restart", validate=validate_command(),
                      group="kamailio", mode="0640"),
-        RenderedFile(DROPIN, template("kamailio/unit-override.conf.j2", ctx, k=c.kamailio),
+        RenderedFile(DROPIN, template("kamailio/unit-override.conf.j2", ctx, k=c.kamailio, ha_bin=HA_BIN),
                      service=SERVICE, action="restart"),
     ]
     return out

@@ -38,7 +38,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         return []
     c = ctx.cluster
     conf = template("keepalived/keepalived.conf.j2", ctx, ha=c.ha, ha_bin=HA_BIN, run_dir=HA_RUN_DIR,
-                    reach=reach_targets(ctx), reach_unit=REACH_UNIT, vip_label=vip_label(c.network.interface))
+                    reach=reach_targets(ctx), reach_unit=REACH_UNIT, vip_label=vip_label(c.network.interface),
+                    sip_down_file=failover.SIP_DOWN_FILE)
     return [
         RenderedFile(DROPIN, template("keepalived/unit-override.conf.j2", ctx, ha_bin=HA_BIN, leader_unit=LEADER_UNIT,
                                          reach_unit=REACH_UNIT),

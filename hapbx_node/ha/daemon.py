@@ -30,6 +30,9 @@ from .writes import stop_writes
 #: cycle period while this node's keepalived claimed the VIP and the peer leads: the peer's next
 #: beat decides whether it gives the VIP back (decide._master_while_peer_leads)
 CLAIM_CYCLE_MS = 100
+#: the holder beats at least this often (renewing every RENEW_INTERVAL): a peer that claimed the VIP
+#: waits one beat at most to give it back (lab drill 4: two owners 0.6 s with a beat every 0.5 s)
+BEAT_MS = 250
 SAMPLE_EVERY = {
     "pg_role": 1000,        # the writer's server still a primary?
     "redis_role": 1000,     # a follower's Redis still a master?
@@ -104,6 +107,7 @@ class Daemon:
         self.pending_lease: d.LeaseFact = None
         self.beats = mono_ms()      # beat sequence: rises across restarts of the daemon
         self.peer_claim: str | None = None   # the claim key as the last beat read it
+        self.last_renew_try = -10**9
         self.sampled: dict[str, int] = {}
         self.stop_requested = False
         self.reload_requested = False
@@ -143,7 +147,8 @@ class Daemon:
         if cfg.witness:
             if s.hold:
                 left = s.deadline - mono_ms()
-                if left > 0:
+                if left > 0 and now - self.last_renew_try >= cfg.renew_ms - BEAT_MS // 2:
+                    self.last_renew_try = now
                     o = replace(o, lease=self.store.renew(s.lease_id, min(left, cfg.etcd_timeout_ms)))
             elif self.pending_lease is not None:
                 o, self.pending_lease = replace(o, lease=self.pending_lease), None
@@ -284,7 +289,7 @@ class Daemon:
             if self.state.peer_leads and self.state.vrrp == "MASTER" and not self.state.yield_vip:
                 wait = min(wait, CLAIM_CYCLE_MS)    # the VIP claimed while the peer leads: is it alive?
             if self.state.hold and self.cfg.witness:
-                wait = min(wait, self.state.deadline - now)
+                wait = min(wait, BEAT_MS - (now - t0), self.state.deadline - now)
             wait = max(wait, 10)
             try:
                 ready, _, _ = select.select([wake_fd], [], [], wait / 1000)

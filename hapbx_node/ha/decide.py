@@ -513,7 +513,7 @@ def _leader_duties(c: _Cycle):
 
 
 def _beat(c: _Cycle):
-    """Still the holder after its duties, renewed this cycle, keepalived MASTER (the VIP here): the
+    """Still the holder after its duties, within its lease, keepalived MASTER (the VIP here): the
     beat that tells a peer which stopped hearing the adverts that this node leads. A new claim of
     the VIP by the peer (read with the last beat) makes it announce the VIP for a few cycles: the
     clients that followed the peer's gratuitous ARP come back when the peer gives it up, even if
@@ -528,7 +528,7 @@ def _beat(c: _Cycle):
     if c.s.announce_left > 0:
         c.do(Announce())
         c.set(announce_left=c.s.announce_left - 1)
-    if isinstance(o.lease, (Renewed, Acquired, Adopted)):
+    if o.now < s.deadline:
         c.do(Beat(s.hung))
 
 

@@ -95,7 +95,7 @@ def test_vrrp_settings_come_from_config(stack):
         assert f"garp_master_repeat {cluster.vip.garp_repeat}\n" in inst
         assert f'notify "{failover.HA_BIN}/notify"' in inst
         assert re.search(r"track_script \{\s+chk_local\s+\}", inst)
-        assert re.search(r"track_file \{\s+leader\s+yield\s+reach\s+\}", inst)
+        assert re.search(r"track_file \{\s+leader\s+yield\s+reach\s+sip\s+\}", inst)
         # isolation: the watcher's file (weight 0: non-zero is FAULT), created as "reachable" only
         # when missing: an isolated node's 1 survives a keepalived restart
         track = conf[conf.index("track_file reach {"):]
@@ -232,3 +232,44 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     out = check()
     assert out.returncode == 1 and "postgres" in out.stderr
     honoured_for("postgres", int(env["PG_CRASH_GRACE"]), "postgres")
+
+
+def test_sip_down_faults_keepalived_when_kamailio_goes_unless_planned(tmp_path):
+    """kamailio.service's drop-in runs sip-down after every stop and start: a crash or a stop by
+    hand writes 1 to the `sip` track file (keepalived FAULT at once), an apply's planned restart
+    does not, and Kamailio running again writes 0. keepalived -t accepts the track file (the
+    first test of this module), and the drop-in names the installed script."""
+    cluster = cluster_of("lab")
+    node = cluster.nodes[0]
+    files = node_files(cluster, node)
+    bin_dir = tmp_path / "bin"
+    for path, f in files.items():
+        if path.startswith(failover.HA_BIN + "/"):
+            dest = bin_dir / os.path.relpath(path, failover.HA_BIN)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(f.content)
+    run = tmp_path / "run"
+    env = failover.env_values(RenderContext(cluster, node, masked_secrets()))
+    env.update(HA_RUN_DIR=str(run), HA_LIB_DIR=str(tmp_path / "lib"), HA_SECRETS_ENV="", HA_SYSLOG="0")
+    (tmp_path / "ha.env").write_text(failover.format_env(env))
+
+    def sip_down(mode: str, result: str = "signal") -> str:
+        out = subprocess.run(["bash", str(bin_dir / "sip-down"), mode], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "HAPBX_ENV": str(tmp_path / "ha.env"), "SERVICE_RESULT": result})
+        assert out.returncode == 0, out.stderr
+        return (run / "sip-down").read_text().strip()
+
+    assert sip_down("start") == "0"
+    assert sip_down("stop") == "1"                       # SIGKILL, crash, `systemctl stop` by hand
+    assert sip_down("start") == "0"
+    (run / "planned-restart.kamailio.service").write_text(f"{int(time.time())}\n")
+    assert sip_down("stop", "success") == "0"            # the apply's handler restarts it on purpose
+    (run / "planned-restart.kamailio.service").write_text(f"{int(time.time()) - 31}\n")
+    assert sip_down("stop") == "1"                       # an old note hides nothing
+    conf = files[keepalived.CONF].content
+    assert re.search(r'track_file sip \{\s*file "%s"' % re.escape(failover.SIP_DOWN_FILE), conf)
+    assert re.search(r"track_file \{[^}]*\bsip\b", conf)
+    from components.render import kamailio
+    dropin = {f.path: f for f in kamailio.files(RenderContext(cluster, node, masked_secrets()))}[kamailio.DROPIN].content
+    assert f"ExecStopPost=-{failover.HA_BIN}/sip-down stop" in dropin
+    assert f"ExecStartPost=-{failover.HA_BIN}/sip-down start" in dropin

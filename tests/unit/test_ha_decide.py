@@ -341,14 +341,19 @@ def test_settings_refuse_a_missing_key_instead_of_a_default():
 
 
 def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
-    """The beat is what makes a peer that claimed the VIP give it back: only a holder that renewed
-    this cycle and is VRRP master (the VIP here) beats, and a hung keepalived is said in it."""
+    """The beat is what makes a peer that claimed the VIP give it back: only a holder within its
+    lease and VRRP master (the VIP here) beats, and a hung keepalived is said in it."""
     renewed = d.Renewed(at=NOW, ttl_s=3)
     beats = lambda s, o: [a for a in d.decide(s, o, BASE).actions if isinstance(a, d.Beat)]  # noqa: E731
     assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=renewed)) == [d.Beat(hung=False)]
     assert beats(LEADING, obs(vrrp="MASTER", heartbeat=NOW - 4000, vrrp_since=NOW - 60_000, **PRIMARY,
                               lease=renewed)) == [d.Beat(hung=True)]
-    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.RenewFailed(at=NOW, error="x"))) == []
+    # between renewals (the holder beats every BEAT_MS, renews every RENEW_INTERVAL) and after a failed
+    # one it still beats while its lease runs: the store's transaction writes it only for the key's holder
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY)) == [d.Beat(hung=False)]
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
+                              lease=d.RenewFailed(at=NOW, error="x"))) == [d.Beat(hung=False)]
+    assert beats(replace(LEADING, deadline=NOW - 1), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY)) == []
     assert beats(LEADING, obs(vrrp="BACKUP", **PRIMARY, lease=renewed)) == []
     assert beats(LEADING, obs(vrrp="FAULT", **PRIMARY, lease=renewed)) == []
     no_witness = [a for a in d.decide(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY), NO_WITNESS).actions

@@ -116,6 +116,17 @@ write_file() {
 	printf '%s\n' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"
 }
 
+# planned NAME [SECONDS]: that daemon is being restarted on purpose (epoch seconds in the marker):
+# by an apply's handler (components/remote.py PLANNED_DIR, the unit's name) or, for "postgres", by
+# the leader daemon after a crash of the primary; honoured SECONDS (30) at most, so it cannot hide
+# a real failure long
+planned() {
+	local t=""
+	now_ms
+	[[ -r $HA_RUN_DIR/planned-restart.$1 ]] && t=$(<"$HA_RUN_DIR/planned-restart.$1")
+	[[ $t =~ ^[0-9]+$ ]] && ((NOW_MS / 1000 - t < ${2:-30}))
+}
+
 wake_daemon() {
 	if [[ -p $WAKE_FIFO ]]; then
 		# read-write open never blocks, with or without a reader
