@@ -271,5 +271,5 @@ def test_sip_down_faults_keepalived_when_kamailio_goes_unless_planned(tmp_path):
     assert re.search(r"track_file \{[^}]*\bsip\b", conf)
     from components.render import kamailio
     dropin = {f.path: f for f in kamailio.files(RenderContext(cluster, node, masked_secrets()))}[kamailio.DROPIN].content
-    assert f"ExecStopPost=-{failover.HA_BIN}/sip-down stop" in dropin
-    assert f"ExecStartPost=-{failover.HA_BIN}/sip-down start" in dropin
+    assert f"ExecStopPost=+-{failover.HA_BIN}/sip-down stop" in dropin
+    assert f"ExecStartPost=+-{failover.HA_BIN}/sip-down start" in dropin
