@@ -150,6 +150,8 @@ class Daemon:
                 if left > 0 and now - self.last_renew_try >= cfg.renew_ms - BEAT_MS // 2:
                     self.last_renew_try = now
                     o = replace(o, lease=self.store.renew(s.lease_id, min(left, cfg.etcd_timeout_ms)))
+                    if isinstance(o.lease, d.RenewFailed):
+                        self.last_renew_try = -10**9     # again next cycle, from the store's next member
             elif self.pending_lease is not None:
                 o, self.pending_lease = replace(o, lease=self.pending_lease), None
             elif d.eligible(o, view, hung, s.stale) or view == "MASTER" or s.yield_vip or self._due("holder", now):

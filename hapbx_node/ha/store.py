@@ -58,27 +58,45 @@ def _oneline(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+#: what etcd answers for a lease that is gone: an answer, not a member that failed to give one
+_DEFINITE = ("not found", "expired", "TTL(0)")
+
+
 class EtcdStore(Store):
+    """One member at a time, the same one while it answers, the next after a call it failed (sticky
+    failover). etcdctl given every member sends each call to any of them, and a member cut from the
+    raft leader holds a renewal until the call times out: the holder fenced itself with a quorum
+    alive (lab drill 11, a flapping link with the raft leader on the other PBX node)."""
+
     def __init__(self, endpoints: str, prefix: str, env: dict[str, str]):
-        self.endpoints = endpoints
+        self.members = [e for e in endpoints.split(",") if e] or [endpoints]
+        self.current = 0
         self.prefix = prefix
         self.env = {**env, "ETCDCTL_API": "3"}
+
+    @property
+    def endpoint(self) -> str:
+        return self.members[self.current]
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}"
 
     def _ctl(self, limit_ms: int, *args: str, stdin: str | None = None) -> tuple[int, str]:
         limit_ms = max(limit_ms, 50)
-        argv = ["etcdctl", f"--endpoints={self.endpoints}", f"--dial-timeout={limit_ms * 3 // 4}ms",
+        argv = ["etcdctl", f"--endpoints={self.endpoint}", f"--dial-timeout={limit_ms * 3 // 4}ms",
                 f"--command-timeout={limit_ms}ms", *args]
         try:
             p = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env,
                                timeout=limit_ms / 1000)
+            rc, out = p.returncode, (p.stdout + p.stderr).strip()
         except subprocess.TimeoutExpired:
-            return 124, f"no answer within {limit_ms}ms"
+            rc, out = 124, f"no answer within {limit_ms}ms"
         except OSError as e:
             return 127, str(e)
-        return p.returncode, (p.stdout + p.stderr).strip()
+        if rc != 0 and not any(word in out for word in _DEFINITE):
+            out = f"{self.endpoint}: {out}"
+            self.current = (self.current + 1) % len(self.members)
+        return rc, out
 
     def renew(self, lease_id, timeout_ms):
         t0 = mono_ms()
@@ -130,7 +148,7 @@ class EtcdStore(Store):
         # txn exits 0 on SUCCESS and FAILURE alike: the first line decides
         if rc == 0 and lines[0] == "SUCCESS":
             return Acquired(lease_id=lease_id, at=t0)
-        subprocess.Popen(["etcdctl", f"--endpoints={self.endpoints}", "--command-timeout=300ms", "lease",
+        subprocess.Popen(["etcdctl", f"--endpoints={self.endpoint}", "--command-timeout=300ms", "lease",
                           "revoke", lease_id], env=self.env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
         if rc == 0 and lines[0] == "FAILURE":
