@@ -43,6 +43,16 @@ def members(cluster) -> list:
     return list(cluster.nodes) + ([cluster.witness] if cluster.witness else [])
 
 
+def endpoints_for(cluster, host) -> list[str]:
+    """The client endpoints in the order `host`'s HA core tries them (hapbx_node/ha/store.py: one at
+    a time, the next after a failure): its own member, the witness, the peer last, because a cut
+    between the two nodes is the likeliest partition (a peer's member first cost each call there
+    its whole timeout)."""
+    rank = {host.name: 0, **({cluster.witness.name: 1} if cluster.witness else {})}
+    order = sorted(members(cluster), key=lambda m: rank.get(m.name, 2))
+    return [f"https://{m.address}:{cluster.etcd.client_port}" for m in order]
+
+
 def token(cluster) -> str:
     return "hapbx-" + "-".join(m.name for m in members(cluster))
 

@@ -141,7 +141,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "WITNESS": "1" if c.witness else "0",
         "NO_WITNESS_POLICY": c.no_witness_policy or "",
         "NO_WITNESS_TIMEOUT": str(ha.no_witness_timeout),
-        "ETCD_ENDPOINTS": ",".join(etcd.endpoints(c)) if c.witness else "",
+        "ETCD_ENDPOINTS": ",".join(etcd.endpoints_for(c, node)) if c.witness else "",
         **(etcd.CLIENT_TLS_ENV if c.witness else {}),
         "ETCD_PREFIX": "/hapbx/cluster",
         "LEASE_TTL": str(c.etcd.lease_ttl_seconds),

@@ -161,6 +161,7 @@ class State:
     nw_lost_since: int = 0
     nw_peer_role: str = "?"
     sync_gone_since: int = 0
+    sync_back_since: int = 0       # holder: the peer streams (caught up, replying) since
     stale: bool = False            # as last read: this node missed commits and may not lead
     claim_beat: Optional[str] = None   # the leading peer's beat when this node became VRRP master
     yield_since: int = 0
@@ -513,13 +514,21 @@ def _leader_duties(c: _Cycle):
 
 
 def _beat(c: _Cycle):
-    """Still the holder after its duties, within its lease, keepalived MASTER (the VIP here): the
-    beat that tells a peer which stopped hearing the adverts that this node leads. A new claim of
+    """Still the holder after its duties, within its lease, keepalived not FAULT/STOP: the beat that
+    tells a peer which claimed the VIP (it heard no adverts) that this node is alive and leads, so
+    the VIP belongs here: a cut link, a frozen keepalived, or this node's keepalived back as BACKUP
+    after a restart while the peer took the VIP (nopreempt: it would stay there, writes through the
+    VIP failing, until the grace ran out: lab drill 7, keepalived's VRRP process respawned). A FAULT
+    or stopped keepalived resigns instead (_leader_duties). A new claim of
     the VIP by the peer (read with the last beat) makes it announce the VIP for a few cycles: the
     clients that followed the peer's gratuitous ARP come back when the peer gives it up, even if
     this node's keepalived is frozen (no refresh of its own)."""
     s, o = c.s, c.o
-    if not (c.cfg.witness and s.hold and s.vrrp == "MASTER"):
+    if not (c.cfg.witness and s.hold and s.vrrp not in ("FAULT", "STOP")):
+        return
+    if o.now < s.deadline:
+        c.do(Beat(s.hung))
+    if s.vrrp != "MASTER":
         return
     if o.peer_claim is not None and o.peer_claim != s.peer_claim:
         c.set(peer_claim=o.peer_claim, announce_left=ANNOUNCE_CYCLES if o.peer_claim else 0)
@@ -528,8 +537,6 @@ def _beat(c: _Cycle):
     if c.s.announce_left > 0:
         c.do(Announce())
         c.set(announce_left=c.s.announce_left - 1)
-    if o.now < s.deadline:
-        c.do(Beat(s.hung))
 
 
 def _sync(c: _Cycle, f: SyncFact):
@@ -538,15 +545,18 @@ def _sync(c: _Cycle, f: SyncFact):
     the store so it never promotes itself on old data."""
     s, o, cfg = c.s, c.o, c.cfg
     if f.peer_streaming:
-        c.set(sync_gone_since=0)
-        # not only when empty: a value copied with the data directory can name another node
-        if f.current != cfg.sync_names:
+        back = s.sync_back_since or o.now
+        c.set(sync_gone_since=0, sync_back_since=back)
+        # not only when empty: a value copied with the data directory can name another node (at
+        # once); relaxed, only once the peer has streamed sync_back_ms: on a flapping link each cut
+        # would block every commit again until the next relax
+        if f.current != cfg.sync_names and (f.current or o.now - back >= cfg.sync_back_ms):
             c.do(SyncOn(cfg.sync_names))
         elif f.store_sync is not None and f.store_sync != "on" and f.peer_is_sync:
             c.do(MarkSyncOn())
         return
     since = s.sync_gone_since or o.now
-    c.set(sync_gone_since=since)
+    c.set(sync_gone_since=since, sync_back_since=0)
     # a value that does not name the peer (copied with the data directory) blocks every commit: at once
     if f.current and (f.current != cfg.sync_names or o.now - since > cfg.sync_relax_ms):
         c.do(SyncRelax(cfg.peer))

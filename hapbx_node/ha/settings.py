@@ -84,6 +84,12 @@ class Settings:
     fast_stop_ms: int
     sync_names: str
 
+    @property
+    def sync_back_ms(self) -> int:
+        """A relaxed holder turns synchronous replication on again once the peer has streamed this
+        long: twice what declaring it gone takes (no reply for SYNC_REPLY_MAX, then SYNC_RELAX_AFTER)."""
+        return 2 * (self.sync_reply_max_ms + self.sync_relax_ms)
+
     @staticmethod
     def from_env(env: dict[str, str]) -> "Settings":
         missing = [k for k in KEYS if k not in env or (env[k] == "" and k not in MAY_BE_EMPTY)]

@@ -104,6 +104,10 @@ def test_env_matches_the_data_tier_layout(stack):
     # the CDR worker runs on the writer only; the archive check proves a new writer's WAL is archived
     assert env["OWNER_SERVICES"] == "hapbx-cdr-worker.service hapbx-archive-check.service"
     assert env["ETCD_ENDPOINTS"].count("https://") == 3 and "http://" not in env["ETCD_ENDPOINTS"]
+    # tried in this order (one at a time): its own member, the witness, the peer (a cut link's side) last
+    port = cluster.etcd.client_port
+    assert env["ETCD_ENDPOINTS"].split(",") == [f"https://{h.address}:{port}" for h in
+                                                (node, cluster.witness, cluster.peer_of(node))]
     assert env["ETCDCTL_CACERT"] == "/etc/hapbx/tls/ca.crt" and env["ETCDCTL_CERT"] == "/etc/hapbx/tls/etcd.crt"
     assert env["LEASE_TTL"] == str(cluster.etcd.lease_ttl_seconds)
 

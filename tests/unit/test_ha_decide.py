@@ -133,10 +133,20 @@ SCENARIOS = {
                                                       lease=d.Renewed(at=NOW, ttl_s=3)),
          d.PROMOTING, [], {"hold": True}),
     # ---- synchronous replication (the holder only)
-    "sync: the peer streams and the setting is empty: on":
+    "sync: the peer streams and the setting is empty: on once it has streamed sync_back_ms":
+        (BASE, replace(LEADING, sync_back_since=NOW - BASE.sync_back_ms),
+         obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+             sync=d.SyncFact(True, False, "", None)),
+         d.LEADER, ["SyncOn"], {"sync_gone_since": 0}),
+    "sync: the peer streams again after a relax: not on yet (a flapping link would block commits again)":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
                             sync=d.SyncFact(True, False, "", None)),
-         d.LEADER, ["SyncOn"], {"sync_gone_since": 0}),
+         d.LEADER, [], {"sync_gone_since": 0, "sync_back_since": NOW}),
+    "sync: the peer gone again before sync_back_ms: the count starts over":
+        (BASE, replace(LEADING, sync_back_since=NOW - 3000),
+         obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+             sync=d.SyncFact(False, False, "", d.stale_mark("pbx2"))),
+         d.LEADER, [], {"sync_back_since": 0}),
     "sync: the peer is synchronous again: the store may mark it promotable":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
                             sync=d.SyncFact(True, True, '"pbx2"', "relaxed:pbx2")),
@@ -341,8 +351,9 @@ def test_settings_refuse_a_missing_key_instead_of_a_default():
 
 
 def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
-    """The beat is what makes a peer that claimed the VIP give it back: only a holder within its
-    lease and VRRP master (the VIP here) beats, and a hung keepalived is said in it."""
+    """The beat is what makes a peer that claimed the VIP give it back: a holder within its lease
+    whose keepalived is neither FAULT nor stopped beats (those resign), and a hung keepalived is said
+    in it."""
     renewed = d.Renewed(at=NOW, ttl_s=3)
     beats = lambda s, o: [a for a in d.decide(s, o, BASE).actions if isinstance(a, d.Beat)]  # noqa: E731
     assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=renewed)) == [d.Beat(hung=False)]
@@ -354,7 +365,8 @@ def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
     assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
                               lease=d.RenewFailed(at=NOW, error="x"))) == [d.Beat(hung=False)]
     assert beats(replace(LEADING, deadline=NOW - 1), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY)) == []
-    assert beats(LEADING, obs(vrrp="BACKUP", **PRIMARY, lease=renewed)) == []
+    # keepalived back as BACKUP (restarted) while the peer took the VIP: the beat makes the peer give it back
+    assert beats(LEADING, obs(vrrp="BACKUP", **PRIMARY, lease=renewed)) == [d.Beat(hung=False)]
     assert beats(LEADING, obs(vrrp="FAULT", **PRIMARY, lease=renewed)) == []
     no_witness = [a for a in d.decide(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY), NO_WITNESS).actions
                   if isinstance(a, d.Beat)]
