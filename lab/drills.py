@@ -916,11 +916,13 @@ class BothOn:
         return t
 
 
-#: issue 9's targets a drill can be held to (lab/drill_report.py checks them); every drill is also
-#: held to: never two writable primaries, the failed node back as a streaming standby, the phone called
+#: the targets a drill can be held to (issue 24's: no visible outage; lab/drill_report.py checks
+#: them); every drill is also held to: never two writable primaries, the failed node back as a
+#: streaming standby, the phone called
 SIP_1S = "SIP on the VIP answering within 1 s of the fault"
+WRITE_3S = "writes through the VIP accepted within 3 s"
 WRITE_5S = "writes through the VIP accepted within 5 s"
-VIP_1S = "two VIP owners never longer than 1 s"
+VIP_05S = "two VIP owners never longer than 0.5 s"
 NO_LOSS = "zero acknowledged rows lost"
 #: drills 8 and 9 (issue 24): no probe fails or stalls during the whole run (OPTIONS 0.35 s, writes
 #: 0.5 s), the VIP never moves and never has two owners
@@ -946,7 +948,7 @@ class Drill:
     why: str = ""                     # why it behaves as it does, printed under it in the report
 
 
-ALL_TARGETS = frozenset({SIP_1S, WRITE_5S, VIP_1S, NO_LOSS})
+ALL_TARGETS = frozenset({SIP_1S, WRITE_3S, VIP_05S, NO_LOSS})
 
 DRILLS = {d.number: d for d in (
     Drill(1, "stop keepalived on the VIP owner",
@@ -963,7 +965,7 @@ DRILLS = {d.number: d for d in (
           OnOwner(". /etc/hapbx/ha.env; kill -KILL $(head -1 $PG_DATA/postmaster.pid)"), 10.0,
           Nothing(), "none (the leader daemon rejoins it)", ALL_TARGETS),
     Drill(4, "cut the link between the nodes (both still reach the gateway and the witness)",
-          Cut("link"), 20.0, Restore(), "link restored", frozenset(),
+          Cut("link"), 20.0, Restore(), "link restored", frozenset({SIP_1S, WRITE_5S, VIP_05S, NO_LOSS}),
           why="Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
               "leader daemon sees the peer holding the lease for YIELD_AFTER (9 s on the lab: hang limit 3 s + 2 × the "
               "3 s lease) and makes keepalived "
@@ -972,7 +974,7 @@ DRILLS = {d.number: d for d in (
               "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
               "a second primary. The tie-breaker that makes this safe is the witness (etcd quorum + lease)."),
     Drill(5, "isolate the VIP owner completely",
-          Cut("owner"), 15.0, Restore(), "network restored", frozenset({VIP_1S}),
+          Cut("owner"), 15.0, Restore(), "network restored", ALL_TARGETS,
           why="The isolated owner cannot be told anything: it drops the VIP itself when its reachability watcher "
               "has heard neither gateway nor witness for ha.reachLostAfterMs (800 ms; pings every 100 ms), while "
               "the peer takes the VIP after 0.3-0.5 s: the overlap is the difference. Nobody can reach the "
@@ -983,7 +985,7 @@ DRILLS = {d.number: d for d in (
           Nothing(), "none (systemd restarts keepalived)", ALL_TARGETS),
     Drill(7, "freeze the VIP owner's keepalived (SIGSTOP) for 10 s, then SIGCONT",
           OnOwner("systemctl kill -s STOP keepalived.service"), 10.0,
-          OnOwner("systemctl kill -s CONT keepalived.service"), "SIGCONT", frozenset({NO_LOSS}),
+          OnOwner("systemctl kill -s CONT keepalived.service"), "SIGCONT", ALL_TARGETS,
           why="The frozen keepalived keeps its VIP while the peer, hearing no adverts, takes it too. The leader "
               "daemon on the frozen node sees no keepalived heartbeat for HUNG_AFTER (3 s), resigns (fast stop of "
               "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "
@@ -1011,7 +1013,7 @@ DRILLS = {d.number: d for d in (
               "witness is not measured here (the run notes say where it was)."),
     Drill(10, "SIGKILL Kamailio on the VIP owner",
           OnOwner("systemctl kill -s KILL kamailio.service"), 15.0,
-          Nothing(), "none (systemd restarts Kamailio, RestartSec 10 s)", frozenset({SIP_1S, NO_LOSS}),
+          Nothing(), "none (systemd restarts Kamailio, RestartSec 10 s)", ALL_TARGETS,
           why="Kamailio is one of the owner's local checks (check-local, run by keepalived every 1 s, fall 2): "
               "its keepalived went FAULT at the second failed check, 1.6 s after the kill, and the peer took the "
               "VIP (sampled at +1.8 s) and answered from its own Kamailio: SIP answered again after 1.76 s, so "
