@@ -1,4 +1,4 @@
-"""`hapbx lab up|apply|down|status|ssh|drill|alert-drill|cdr-drill`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)
+"""`hapbx lab up|apply|down|status|ssh|drill|alert-drill|cdr-drill|soak`: dispatch to lab/ (deploy.py, machinery.py, drill_run.py)
 and bench/cdr_drill.py."""
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def run(args) -> int:
         if args.lab_command == "cdr-drill":
             from cli import cdr_drill
             return cdr_drill.run(args, raw, cluster, spec)
+        if args.lab_command == "soak":
+            from cli import soak
+            return soak.run(args, raw, cluster, spec)
         if args.lab_command == "ssh":
             words = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             argv = machinery.ssh_argv(spec, args.node, " ".join(words) if words else None)  # as ssh joins them

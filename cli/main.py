@@ -126,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     from cli import alert_drill, cdr_drill
     alert_drill.add_parser(lsub)  # `lab alert-drill`: faults -> notifications -> reports/alerts.md
     cdr_drill.add_parser(lsub)  # `lab cdr-drill`: CDRs to the VIP through faults -> reports/cdr-drill.md
+    from cli import soak
+    soak.add_parser(lsub)       # `lab soak`: random faults under load, history check -> reports/soak.md
     s = lsub.add_parser("ssh", help="open a shell (or run a command) on a node")
     s.add_argument("node")
     s.add_argument("cmd", nargs=argparse.REMAINDER)
