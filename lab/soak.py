@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -169,6 +170,8 @@ class Caller(threading.Thread):
                 ok, err = r.ok, "" if r.ok else sipp.first_error(r.errors) or f"rc {r.rc}"
             except Exception as exc:  # SIPp outlived its bound
                 ok, err = False, type(exc).__name__
+            # SIPp's error line without its timestamps and Call-ID (so the report can count alike ones)
+            err = re.sub(r"Call-Id:? '?[^\s',]+'?", "", re.sub(r"^[\d-]+\s+[\d:.]+\s+[\d.]+:\s*", "", err)).strip(" ,")
             self.calls.append(Call(n, cid.replace("%u", "1"), t, time.time(), ok, err[:100]))
             nxt = max(nxt + self.every, time.time())
             self.stop_ev.wait(max(0.0, nxt - time.time()))
