@@ -33,6 +33,7 @@ def add_parser(lsub) -> None:
                    help="the schedule's seed (default: a random one, printed and in the report: give it again to "
                         "repeat the run's faults, holds and gaps)")
     s.add_argument("--out", default=REPORT, help=f"report file ({REPORT}); its figures in the .json beside it")
+    s.add_argument("--report-only", action="store_true", help="write the report again from the .json beside it")
 
 
 def run(args, raw, cluster, spec) -> int:
@@ -40,6 +41,8 @@ def run(args, raw, cluster, spec) -> int:
     if not 0 < args.minutes <= 24 * 60:
         print("hapbx lab soak: --minutes must be in (0, 1440]", file=sys.stderr)
         return 2
+    if args.report_only:
+        return soak.report_only(args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     out = args.out if os.path.isabs(args.out) else os.path.join(ROOT, args.out)
     return soak.command(cluster, spec, minutes=args.minutes, seed=seed, out=out, stack=args.stack,

@@ -557,6 +557,16 @@ def command(cluster, spec, *, minutes: float, seed: int, out: str, stack: str, a
     return 1 if bad else 0
 
 
+def report_only(out: str) -> int:
+    """The report again from the .json beside it (the figures of the run on record)."""
+    from . import soak_report
+    with open(os.path.splitext(out)[0] + ".json", encoding="utf-8") as fh:
+        d = json.load(fh)
+    soak_report.write(out, d["meta"], d["figures"], d["faults"], d["findings"])
+    print(f"hapbx lab soak: wrote {out} from {os.path.splitext(out)[0]}.json")
+    return 0
+
+
 def machinery_up(spec) -> bool:
     from . import machinery
     return machinery.status(spec).up

@@ -140,7 +140,7 @@ def render(meta: dict, r: dict, faults: list[dict], findings: list[str]) -> str:
     if r.get("call_errors"):
         L += ["", "Call errors (SIPp's first error line): " + "; ".join(f"{v}× `{k}`" for k, v in r["call_errors"].items())]
     L += ["", "## Fault log", "",
-          "| # | at | fault | on | hold | healthy after the heal | owner after | notes |",
+          "| # | at | fault | VIP owner at the fault | hold | healthy after the heal | owner after | notes |",
           "|---|---|---|---|---|---|---|---|"]
     for f in faults:
         notes = "; ".join(f["notes"] + ([f"phone missing on {', '.join(f['phone_missing'])}"]
