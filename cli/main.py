@@ -73,6 +73,11 @@ def cmd_restore(args) -> int:
     return restore.cmd(args, stack_file(args))
 
 
+def cmd_switchover(args) -> int:
+    from cli import switchover
+    return switchover.cmd(args, stack_file(args))
+
+
 def cmd_docs(args) -> int:
     from components import config_docs
     config_docs.write()
@@ -105,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
 
     from cli import restore
     restore.add_parser(sub).set_defaults(func=cmd_restore)   # point-in-time recovery from the repository
+
+    from cli import switchover
+    switchover.add_parser(sub).set_defaults(func=cmd_switchover)   # planned hand-over to the standby
 
     from cli import bench_cmd
     bench_cmd.add_parser(sub)    # `bench cdr`: loopback; `bench sip`: the running lab, ours against stock Kamailio

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from ops.restore import RestoreError, main, parse_target, plan, ssh_runner, stamp_now
+from ops.restore import RestoreError, main, parse_target, plan, stamp_now
+from cli.node_runner import node_runner
 
 
 def add_parser(sub):
@@ -37,11 +38,7 @@ def cmd(args, stack_file: str) -> int:
         for i, s in enumerate(steps, 1):
             print(f"  {i:>2}. [{s.node}] {s.title}")
         return 0
-    if cluster.environment == "lab":
-        from lab import context, restore_drill
-        run = restore_drill.runner(context.spec_for(cluster))
-    else:
-        run = ssh_runner(cluster)
+    run = node_runner(cluster)
     try:
         result = main(cluster, args.to, args.node, run)
     except RestoreError as err:

@@ -1348,18 +1348,12 @@ def summary(values: list) -> tuple:
 
 
 def switch_to(ctx: LabContext, node: str) -> None:
-    """Planned switchover until `node` owns the VIP and leads (stop keepalived on the owner,
-    start it again once the peer leads); bounded."""
+    """Planned switchover until `node` owns the VIP and leads: the operator's command
+    (`hapbx-ha switchover --to NODE` on the leader, hapbx_node/ha/switchover.py), from a healthy
+    cluster to a healthy one; bounded."""
     owner = wait_healthy(ctx, 120, "switchover")
     if owner == node:
         return
-    ctx.sh(owner, "systemctl stop keepalived")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        st = status(ctx, node)
-        if st.get("vip") == "present" and st.get("postgres") == "primary" and st.get("daemon_hold") == "1":
-            break
-        time.sleep(0.3)
-    ctx.sh(owner, "systemctl start keepalived")
+    ctx.sh(owner, f"hapbx-ha switchover --to {node} --timeout 60", timeout=150)
     if wait_healthy(ctx, 180, "switchover") != node:
         raise DrillError(f"switchover to {node} did not happen")

@@ -306,3 +306,14 @@ def _machines(spec: LabSpec) -> list[Machine]:
 
 def _lowers(spec: LabSpec, node: LabNode) -> list[Path]:
     return image.lower_dirs(spec.cache, spec.release, node.packages)
+
+
+def script_runner(spec: LabSpec):
+    """ops' Runner (ops/ssh.py) for the lab: a script to bash on a node through the lab's own ssh."""
+    def run_script(node: str, script: str, timeout: float):
+        try:
+            p = run(spec, node, "bash -s", timeout=timeout, input="set -euo pipefail\n" + script)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"no end within {timeout:.0f} s"
+        return p.returncode, p.stdout, p.stderr
+    return run_script

@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import socket
-import subprocess
 import time
 
 from ops import restore
@@ -156,19 +155,6 @@ def rpo(ctx: LabContext, primary: str, run: str, seconds: int) -> dict:
             "window_seconds": round(lost_at - (max(safe) if safe else float(rows[0][0])), 1)}
 
 
-# ---------------------------------------------------------------- the restore over the lab's ssh
-
-def runner(spec) -> restore.Runner:
-    """The lab's nodes through the lab's own ssh (lab/machinery.py)."""
-    def run(node: str, script: str, timeout: float):
-        try:
-            p = machinery.run(spec, node, "bash -s", timeout=timeout, input="set -euo pipefail\n" + script)
-        except subprocess.TimeoutExpired:
-            return 124, "", f"no end within {timeout:.0f} s"
-        return p.returncode, p.stdout, p.stderr
-    return run
-
-
 # ---------------------------------------------------------------- the softphone
 
 def softphone_call(ctx: LabContext, spec) -> dict:
@@ -238,7 +224,7 @@ def one_run(ctx: LabContext, spec, pg: PgPaths, onto: str, rpo_seconds: int, log
         ctx.sh(node, f"systemctl stop keepalived.service hapbx-leader.service hapbx-cdr-worker.service "
                      f"{pg.service}; rm -rf {pg.data_dir}", timeout=180)
     started = time.monotonic()
-    outcome = restore.main(cluster, restore.LATEST, onto, runner(spec), log=log)
+    outcome = restore.main(cluster, restore.LATEST, onto, machinery.script_runner(spec), log=log)
     restored_primary = drills.wait_healthy(ctx, 300, "the restored cluster")
     cluster_seconds = time.monotonic() - started
     restored = counts(ctx, restored_primary, run_id)

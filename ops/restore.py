@@ -28,12 +28,13 @@ import dataclasses
 import datetime as dt
 import json
 import shlex
-import subprocess
 import time
 from typing import Callable, Sequence
 
 from components.config import ClusterConfig
 from hapbx_node.layout import HA_BIN, HA_CLI, HA_LIB_DIR, LEADER_UNIT, PgPaths
+
+from .ssh import Runner
 
 LATEST = "latest"
 #: how long PostgreSQL may replay the archive before the restore counts as failed
@@ -54,7 +55,6 @@ class Step:
 
 
 #: run(node, script, timeout) -> (exit status, stdout, stderr)
-Runner = Callable[[str, str, float], "tuple[int, str, str]"]
 
 
 def parse_target(text: str) -> str:
@@ -188,29 +188,6 @@ def execute(steps: Sequence[Step], run: Runner, log: Callable[[str], None] = pri
         log(f"[{s.node}] {s.title}: ok ({took:.1f} s)")
         done.append({"node": s.node, "step": s.title, "seconds": round(took, 1), "stdout": out.strip()[-400:]})
     return done
-
-
-def ssh_runner(cluster: ClusterConfig) -> Runner:
-    """Runs a step's script with bash over ssh (the stack's user, port, key file and pinned host keys;
-    the script on stdin, so nothing of it is in any process list)."""
-    by_name = {n.name: n for n in cluster.nodes}
-    s = cluster.ssh
-
-    def run(node: str, script: str, timeout: float):
-        argv = ["ssh", "-p", str(s.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", "ConnectTimeout=10"]
-        if s.private_key_file:
-            argv += ["-i", s.private_key_file, "-o", "IdentitiesOnly=yes"]
-        if s.known_hosts_file:
-            argv += ["-o", f"UserKnownHostsFile={s.known_hosts_file}"]
-        argv += [f"{s.user}@{by_name[node].address}", "bash -s"]
-        try:
-            p = subprocess.run(argv, input="set -euo pipefail\n" + script, capture_output=True, text=True,
-                               timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return 124, "", f"no end within {timeout:.0f} s"
-        return p.returncode, p.stdout, p.stderr
-    return run
 
 
 def stamp_now() -> str:

@@ -531,8 +531,9 @@ def _beat(c: _Cycle):
     if s.vrrp != "MASTER":
         return
     if o.peer_claim is not None and o.peer_claim != s.peer_claim:
-        c.set(peer_claim=o.peer_claim, announce_left=ANNOUNCE_CYCLES if o.peer_claim else 0)
-        if o.peer_claim:
+        by_peer = beat_parts(o.peer_claim)[0] == c.cfg.peer     # not this node's own claim of old
+        c.set(peer_claim=o.peer_claim, announce_left=ANNOUNCE_CYCLES if by_peer else 0)
+        if by_peer:
             c.log("INFO", f"{c.cfg.peer} claimed the VIP ({o.peer_claim}): announcing it from here")
     if c.s.announce_left > 0:
         c.do(Announce())

@@ -10,6 +10,7 @@ ENTRY_POINTS = {
     "demote": "stop being the writer",
     "rejoin": "make the local PostgreSQL a standby of the peer",
     "status": "this node's HA state as key=value lines",
+    "switchover": "hand the lead to the synchronous standby (run on the leader)",
 }
 
 
@@ -17,6 +18,9 @@ def main(name: str, argv: list[str]) -> int:
     if name == "leader":
         from .daemon import main as daemon_main
         return daemon_main(argv)
+    if name == "switchover":
+        from .switchover import main as switchover_main
+        return switchover_main(argv)
     if name in ENTRY_POINTS:
         from .jobs import main as job_main
         return job_main(name, argv)

@@ -251,7 +251,7 @@ def follows(lab, node: str) -> bool:
 
 
 def switch_over(lab, new: str) -> float:
-    """The drills' planned switchover (drills.switch_to: keepalived stopped on the writer, from a
+    """The operator's planned switchover (drills.switch_to: `hapbx-ha switchover` on the writer, from a
     healthy cluster to a healthy one, so a switchover back may follow at once: a standby marked
     stale is never promoted); seconds it took."""
     started = time.monotonic()

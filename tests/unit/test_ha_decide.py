@@ -196,6 +196,10 @@ SCENARIOS = {
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
                             peer_claim="pbx2 5000"),
          d.LEADER, ["Announce"], {"peer_claim": "pbx2 5000", "announce_left": d.ANNOUNCE_CYCLES - 1}),
+    "holder: its own claim from when it followed: no announcement":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=d.Renewed(at=NOW, ttl_s=3),
+                            peer_claim="pbx1 4000"),
+         d.LEADER, [], {"peer_claim": "pbx1 4000", "announce_left": 0}),
     "holder: a claim already seen: no announcement":
         (BASE, replace(LEADING, peer_claim="pbx2 5000"), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
                                                             lease=d.Renewed(at=NOW, ttl_s=3), peer_claim="pbx2 5000"),

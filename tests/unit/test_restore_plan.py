@@ -81,7 +81,7 @@ def test_the_first_failing_step_stops_the_run_naming_node_step_and_stderr(cluste
 
 
 def test_without_yes_nothing_runs(cluster, capsys, monkeypatch):
-    monkeypatch.setattr(restore_cli, "ssh_runner", lambda c: pytest.fail("ran without --yes"))
+    monkeypatch.setattr(restore_cli, "node_runner", lambda c: pytest.fail("ran without --yes"))
     monkeypatch.setattr(restore_cli, "main", lambda *a, **k: pytest.fail("ran without --yes"))
     args = type("A", (), {"to": "latest", "node": None, "yes": False})()
     assert restore_cli.cmd(args, f"{ROOT}/Pulumi.lab.yaml") == 0
