@@ -35,6 +35,17 @@ def node_files(cluster, node):
     return {f.path: f for f in failover.files(ctx) + keepalived.files(ctx)}
 
 
+def ha_bin_copy(files: dict, tmp_path) -> "os.PathLike":
+    """The rendered HA scripts under tmp_path/bin, as HA_BIN holds them on a node."""
+    bin_dir = tmp_path / "bin"
+    for path, f in files.items():
+        if path.startswith(failover.HA_BIN + "/"):
+            dest = bin_dir / os.path.relpath(path, failover.HA_BIN)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(f.content)
+    return bin_dir
+
+
 def sandbox(files: dict, iface: str, commands: str) -> subprocess.CompletedProcess:
     """Run `commands` in a throwaway mount+network namespace holding the node's
     interface and every rendered file under /usr/local/lib and /etc/systemd/system."""
@@ -156,13 +167,7 @@ def test_check_local_asks_kamailio_with_sip_options(tmp_path):
     cluster = cluster_of("lab")
     node = cluster.nodes[0]
     files = node_files(cluster, node)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for path, f in files.items():
-        if path.startswith(failover.HA_BIN + "/"):
-            dest = bin_dir / os.path.relpath(path, failover.HA_BIN)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(f.content)
+    bin_dir = ha_bin_copy(files, tmp_path)
     stub = tmp_path / "stub"
     stub.mkdir()
     (stub / "pg_isready").write_text("#!/bin/sh\nexit 0\n")
@@ -242,12 +247,7 @@ def test_sip_down_faults_keepalived_when_kamailio_goes_unless_planned(tmp_path):
     cluster = cluster_of("lab")
     node = cluster.nodes[0]
     files = node_files(cluster, node)
-    bin_dir = tmp_path / "bin"
-    for path, f in files.items():
-        if path.startswith(failover.HA_BIN + "/"):
-            dest = bin_dir / os.path.relpath(path, failover.HA_BIN)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(f.content)
+    bin_dir = ha_bin_copy(files, tmp_path)
     run = tmp_path / "run"
     env = failover.env_values(RenderContext(cluster, node, masked_secrets()))
     env.update(HA_RUN_DIR=str(run), HA_LIB_DIR=str(tmp_path / "lib"), HA_SECRETS_ENV="", HA_SYSLOG="0")
