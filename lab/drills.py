@@ -966,13 +966,14 @@ DRILLS = {d.number: d for d in (
           Nothing(), "none (the leader daemon rejoins it)", ALL_TARGETS),
     Drill(4, "cut the link between the nodes (both still reach the gateway and the witness)",
           Cut("link"), 20.0, Restore(), "link restored", frozenset({SIP_1S, WRITE_5S, VIP_05S, NO_LOSS}),
-          why="Both nodes hold the VIP from about +0.4 s (no adverts cross the cut) until the non-leader yields: its "
-              "leader daemon sees the peer holding the lease for YIELD_AFTER (9 s on the lab: hang limit 3 s + 2 × the "
-              "3 s lease) and makes keepalived "
-              "go FAULT. Meanwhile clients follow the last gratuitous ARP: the non-leader's (read-only PostgreSQL; "
-              "SIP works). The leader's commits wait for the cut synchronous standby until it marks it stale and "
-              "relaxes (silent 3 s + 10 s), hence writes at ~14 s; nothing acknowledged is lost and there is never "
-              "a second primary. The tie-breaker that makes this safe is the witness (etcd quorum + lease)."),
+          why="No adverts cross the cut: the non-leader's keepalived claims the VIP after about 0.35 s and its leader "
+              "daemon records the leader's beat (written to etcd every 250 ms while it holds the lease) and the "
+              "claim. The leader still renews through the witness, so its next beat changes: the non-leader goes "
+              "FAULT at once (two owners for about one beat), and the leader, reading the claim with its beat, "
+              "sends gratuitous ARPs so the clients that followed the claim come back. The leader's commits wait "
+              "for the cut synchronous standby until it marks it stale and relaxes (no reply for 2 s, then 1 s: "
+              "ha.syncReplyMaxMs, ha.syncRelaxAfterSeconds), hence writes at 3.5-4.5 s; nothing acknowledged is "
+              "lost, never a second primary. Before the beat the non-leader kept the VIP for YIELD_AFTER (9 s)."),
     Drill(5, "isolate the VIP owner completely",
           Cut("owner"), 15.0, Restore(), "network restored", ALL_TARGETS,
           why="The isolated owner cannot be told anything: it drops the VIP itself when its reachability watcher "
@@ -986,11 +987,14 @@ DRILLS = {d.number: d for d in (
     Drill(7, "freeze the VIP owner's keepalived (SIGSTOP) for 10 s, then SIGCONT",
           OnOwner("systemctl kill -s STOP keepalived.service"), 10.0,
           OnOwner("systemctl kill -s CONT keepalived.service"), "SIGCONT", ALL_TARGETS,
-          why="The frozen keepalived keeps its VIP while the peer, hearing no adverts, takes it too. The leader "
-              "daemon on the frozen node sees no keepalived heartbeat for HUNG_AFTER (3 s), resigns (fast stop of "
-              "PostgreSQL, Redis paused, lease released) and SIGKILLs keepalived, whose unit drops the VIP: that "
-              "ends the double ownership at ~+3 s, and the peer promotes at once. SIGCONT at +10 s finds a "
-              "restarted keepalived that stays BACKUP (nopreempt)."),
+          why="The frozen keepalived sends no adverts but keeps its VIP; the peer claims the VIP too and gives it back "
+              "on the leader's next beat (as in drill 4), and the leader's gratuitous ARPs bring the clients back "
+              "(its keepalived cannot: frozen). The leader keeps lease and writes: once its keepalived heartbeat is "
+              "3 s old its beat says hung, which keeps the peer yielded; nothing is killed, nothing fails over. At "
+              "SIGCONT keepalived resumes as MASTER. Its VRRP process runs realtime (max_auto_priority): with "
+              "keepalived's 10 ms RLIMIT_RTTIME it was once SIGKILLed on resuming, respawned BACKUP and dropped the "
+              "VIP (vrrp_rlimit_rttime is now 1 s); the leader's beat then makes the peer give the VIP back too. "
+              "Before the beat: two owners ~3 s, then a resign and a failover."),
     Drill(8, "power off the witness",
           WitnessOff(), 15.0, WitnessOn(), "witness started again (its etcd member back in the quorum)",
           frozenset({NOTHING, NO_LOSS}),
@@ -1014,29 +1018,23 @@ DRILLS = {d.number: d for d in (
     Drill(10, "SIGKILL Kamailio on the VIP owner",
           OnOwner("systemctl kill -s KILL kamailio.service"), 15.0,
           Nothing(), "none (systemd restarts Kamailio, RestartSec 10 s)", ALL_TARGETS,
-          why="Kamailio is one of the owner's local checks (check-local, run by keepalived every 1 s, fall 2): "
-              "its keepalived went FAULT at the second failed check, 1.6 s after the kill, and the peer took the "
-              "VIP (sampled at +1.8 s) and answered from its own Kamailio: SIP answered again after 1.76 s, so "
-              "the 1 s target is not met, and cannot be with a 1 s check interval and fall 2 (detection alone "
-              "takes 1-2 s). FAULT also makes the leader daemon resign (PostgreSQL fast-stopped in 675 ms, lease "
-              "released): a Kamailio crash is a full failover. The peer was primary at +3.1 s, writes accepted "
-              "again after 3.06 s, nothing acknowledged lost, and the old owner streamed again at +4.2 s "
-              "(pg_rewind: no rewind required), long before systemd restarted its Kamailio (RestartSec 10 s)."),
+          why="kamailio.service's drop-in runs sip-down after any stop that is not an apply's planned restart: it "
+              "writes keepalived's `sip` track file, keepalived goes FAULT at once (no wait for two failed "
+              "1 s OPTIONS probes: 1.6 s before) and the peer, hearing the priority-0 advert, takes the VIP and "
+              "answers SIP from its own Kamailio. FAULT makes the leader resign (fast shutdown) and the peer "
+              "promotes: writes come back after the hand-over, as in drill 1. systemd restarts Kamailio after "
+              "RestartSec (10 s, for DMQ's sake); sip-down start clears the track file and the node stays BACKUP."),
     Drill(11, "a flapping link between the nodes: cut and restored every 2-3 s for 60 s",
           Flap(60.0), 60.0, Unflap(), "flapping stopped, link restored", frozenset({HEALTHY_10S, NO_LOSS}),
-          why="Every cut, the node that does not lead hears no adverts and takes the VIP too (as in drill 4): two "
-              "VIP owners for 19.5 s of the 60 (longest 2.7 s), clients following the last gratuitous ARP to a "
-              "read-only standby, and the leader's commits waiting for the cut synchronous standby: writes were "
-              "refused or waiting 38 s of the 60, SIP unanswered 0.6 s in all. Unlike drill 4's steady cut, the "
-              "first cut moved the lease. The etcd raft leader was then pbx1, the PBX node that did not lead, so "
-              "the cut also took the lease holder pbx2's etcd member off its raft leader (pbx2's etcd: 'lost "
-              "leader' at 06:52:18.1, its pre-votes ignored by pbx1 and the witness: 'lease is not expired'), "
-              "and pbx2's renewals failed ('renewal failed: exit 124, 805ms: no answer within 800ms') although "
-              "the witness, with pbx1 an etcd quorum, answered: pbx2 fenced 2.5 s after its last renewal, pbx1 "
-              "took the lease 1.5 s later and was the writer at +4.2 s (sampled). pbx1 then kept the lease "
-              "through 23 more toggles (three renewals failed with the fence 1-1.2 s away; the next succeeded) "
-              "while pbx2 went MASTER on every cut and yielded three times after YIELD_AFTER (9 s). Never two "
-              "primaries, nothing acknowledged lost, the cluster healthy 2.5 s after the last restore."),
+          why="Every cut is drill 4 (the non-leader claims the VIP, gives it back on the leader's next beat) and every "
+              "restore lets adverts through again. Synchronous replication: the first cut blocks commits until the "
+              "leader relaxes (3 s); after that the leader turns it on again only once the standby has streamed "
+              "2 x (syncReplyMaxMs + syncRelaxAfterSeconds) = 6 s, which a 2-3 s flap never gives, so writes go on "
+              "(the standby stays marked stale: never promoted on its data) and synchronous replication is back "
+              "6 s after the flapping stops. The HA core asks one etcd member at a time, its own first, then the "
+              "witness, the peer's last, and moves to the next after a failed call: a member cut from the raft "
+              "leader held renewals until they timed out and the holder fenced itself with a quorum alive (first "
+              "run, before that change)."),
     Drill(12, "power off both PBX nodes together, on again 10 s later",
           BothOff(), 10.0, BothOn(), "both nodes started together", frozenset({BACK_ALONE, NO_LOSS}),
           why="The witness alone is no etcd quorum; the lease expires while both nodes are off (terminating both "
