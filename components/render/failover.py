@@ -109,6 +109,7 @@ def env_values(ctx: RenderContext) -> dict[str, str]:
         "SIP_ADDR": node.address,
         "SIP_PORT": str(c.kamailio.sip_port),
         "KEEPALIVED_KILL_CMD": "systemctl kill -s KILL keepalived.service",
+        "KEEPALIVED_PIDFILE": "/run/keepalived.pid",
         "PG_BIN": pg.bin_dir,
         "PG_DATA": pg.data_dir,
         "PG_CONFIG_FILE": pg.conf_file,

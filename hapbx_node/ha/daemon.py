@@ -140,7 +140,8 @@ class Daemon:
                   force_authority=(not cfg.witness) and os.path.exists(f"{self.run_dir}/force-authority"),
                   pg_running=self.pg.running(), pg_standby=self.pg.standby_configured(),
                   promote_running=self.promote.running, promote_exit=promote_exit,
-                  rejoin_running=self.rejoin.running, rejoin_exit=rejoin_exit, peer_claim=self.peer_claim)
+                  rejoin_running=self.rejoin.running, rejoin_exit=rejoin_exit, peer_claim=self.peer_claim,
+                  keepalived_alive=self.keepalived.alive() if s.hold else None)
         view, hung = d.vrrp_view(o, cfg)
         # the lease: the holder renews (its observation of whether it still leads); the others
         # read who leads, or take a lease action's outcome

@@ -133,6 +133,7 @@ class Obs:
     sync: Optional[SyncFact] = None
     stale: Optional[bool] = None           # the store's sync key names this node: it missed commits
     peer_claim: Optional[str] = None       # the store's claim key as the last beat read it; None not read
+    keepalived_alive: Optional[bool] = None   # keepalived's main process exists; None not checked
 
 
 @dataclass(frozen=True)
@@ -526,7 +527,9 @@ def _beat(c: _Cycle):
     s, o = c.s, c.o
     if not (c.cfg.witness and s.hold and s.vrrp not in ("FAULT", "STOP")):
         return
-    if o.now < s.deadline:
+    # a killed keepalived stays MASTER in the state file until its unit's ExecStopPost says STOP: no
+    # beat meanwhile, or the peer that took the VIP would give it back to nobody (lab drill 6)
+    if o.now < s.deadline and o.keepalived_alive is not False:
         c.do(Beat(s.hung))
     if s.vrrp != "MASTER":
         return

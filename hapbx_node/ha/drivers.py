@@ -323,6 +323,7 @@ class Keepalived:
         self.run_dir = env["HA_RUN_DIR"]
         self.vip, self.prefix, self.iface = env.get("VIP", ""), env.get("VIP_PREFIX", ""), env.get("VIP_IFACE", "")
         self.kill_cmd = env.get("KEEPALIVED_KILL_CMD", "")
+        self.pidfile = env.get("KEEPALIVED_PIDFILE", "")
 
     def vrrp(self) -> tuple[str, int]:
         """(state, since monotonic ms) as notify recorded it; UNKNOWN before the first notify."""
@@ -332,6 +333,24 @@ class Keepalived:
             return parts[0], int(parts[1])
         except (OSError, IndexError, ValueError):
             return "UNKNOWN", 0
+
+    def alive(self) -> Optional[bool]:
+        """keepalived's main process exists (SIGSTOPped counts: it still holds the VIP); None when
+        its pid file is not configured or unreadable (then nothing is concluded)."""
+        if not self.pidfile:
+            return None
+        try:
+            with open(self.pidfile, encoding="ascii") as fh:
+                pid = int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def heartbeat(self) -> int:
         """Monotonic ms of check-local's last run (written atomically; unreadable counts as none)."""

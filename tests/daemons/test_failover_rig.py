@@ -231,6 +231,7 @@ class Rig:
             "HA_BIN": self.bin, "HA_RUN_DIR": n.run, "HA_LIB_DIR": f"{n.dir}/lib", "HA_SYSLOG": "0",
             "HA_LOG_FILE": f"{n.dir}/ha.log", "HA_SECRETS_ENV": f"{n.dir}/secrets.env", "HA_CHECK_VIP": "0",
             "KEEPALIVED_KILL_CMD": f"touch {n.dir}/keepalived-killed", "CHECK_SIP": "0",
+            "KEEPALIVED_PIDFILE": "",     # no keepalived here: check-local's heartbeat stands for it
             "PG_BIN": PG_BIN, "PG_DATA": n.data, "PG_CONFIG_FILE": "", "PG_SOCKET": n.sock,
             "PG_PORT": str(n.pg_port), "PG_PEER_HOST": self.addr[n.peer], "PG_PEER_PORT": str(peer_pg),
             "PG_PASSFILE": "", "PG_WRITE_CONNINFO": "1", "PG_START_CMD": start,

@@ -369,6 +369,10 @@ def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
     assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY,
                               lease=d.RenewFailed(at=NOW, error="x"))) == [d.Beat(hung=False)]
     assert beats(replace(LEADING, deadline=NOW - 1), obs(vrrp="MASTER", **FRESH_HB, **PRIMARY)) == []
+    # keepalived killed: no beat until its unit says STOP (the peer keeps the VIP it took)
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=renewed, keepalived_alive=False)) == []
+    assert beats(LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, lease=renewed, keepalived_alive=True)) \
+        == [d.Beat(hung=False)]
     # keepalived back as BACKUP (restarted) while the peer took the VIP: the beat makes the peer give it back
     assert beats(LEADING, obs(vrrp="BACKUP", **PRIMARY, lease=renewed)) == [d.Beat(hung=False)]
     assert beats(LEADING, obs(vrrp="FAULT", **PRIMARY, lease=renewed)) == []
