@@ -333,13 +333,22 @@ def md5(s: str) -> str:
 
 class Writer(threading.Thread):
     """Inserts a row through the VIP every 50 ms; one record per attempt: (id, sent, done, ok, error).
-    A statement not answered within 5 s is abandoned (socket shut down): not acknowledged."""
+    A statement not answered within 5 s is abandoned (socket shut down): not acknowledged.
+    insert() and record() are what a writer with more to say changes (lab/soak.py's)."""
+    period = 0.05
 
     def __init__(self, ctx: LabContext, run_id: str):
         super().__init__(daemon=True)
         self.ctx, self.run_id = ctx, run_id
         self.stop_ev = threading.Event()
-        self.records: list[tuple] = []
+        self.records: list = []
+
+    def insert(self, conn, i: int, t: float):
+        """One attempt's statement; what it returns goes to record()."""
+        conn.execute("INSERT INTO hapbx_drill.writes (run, id, t_client) VALUES (%s, %s, %s)", (self.run_id, i, t))
+
+    def record(self, i: int, sent: float, done: float, ok: bool, error: str = "", answer=None):
+        self.records.append((i, sent, done, ok, error))
 
     def run(self) -> None:
         import psycopg
@@ -355,15 +364,14 @@ class Writer(threading.Thread):
                 fd = conn.fileno()
                 timer = threading.Timer(5.0, _shutdown, (fd,))
                 timer.start()
-                conn.execute("INSERT INTO hapbx_drill.writes (run, id, t_client) VALUES (%s, %s, %s)",
-                             (self.run_id, i, t))
+                answer = self.insert(conn, i, t)
                 timer.cancel()
-                self.records.append((i, t, time.time(), True, ""))
+                self.record(i, t, time.time(), True, answer=answer)
             except Exception as exc:  # every failure is a not-acknowledged attempt
                 if timer:
                     timer.cancel()
-                self.records.append((i, t, time.time(), False, str(exc).strip().splitlines()[0][:100]
-                                     if str(exc).strip() else type(exc).__name__))
+                self.record(i, t, time.time(), False, str(exc).strip().splitlines()[0][:100]
+                            if str(exc).strip() else type(exc).__name__)
                 try:
                     if conn is not None:
                         conn.close()
@@ -371,7 +379,7 @@ class Writer(threading.Thread):
                     pass
                 conn = None
                 self.stop_ev.wait(0.05)
-            d = t + 0.05 - time.time()
+            d = t + self.period - time.time()
             if d > 0:
                 self.stop_ev.wait(d)
         if conn is not None:

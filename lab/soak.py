@@ -84,53 +84,17 @@ class SoakError(LabCommandError):
 # ------------------------------------------------------------------ workload
 
 
-class SoakWriter(threading.Thread):
-    """drills.Writer's loop (an INSERT through the VIP every 50 ms, abandoned after 5 s), each
+class SoakWriter(drills.Writer):
+    """drills.Writer (an INSERT through the VIP every 50 ms, abandoned after 5 s), each
     acknowledgement with the node and timeline the INSERT returned."""
 
-    def __init__(self, ctx: LabContext, run_id: str, period: float = 0.05):
-        super().__init__(daemon=True)
-        self.ctx, self.run_id, self.period = ctx, run_id, period
-        self.stop_ev = threading.Event()
-        self.records: list[Write] = []
+    def insert(self, conn, i: int, t: float):
+        return conn.execute(_INSERT, (self.run_id, i, t)).fetchone()
 
-    def run(self) -> None:
-        import psycopg
-        conn = None
-        i = 0
-        while not self.stop_ev.is_set():
-            i += 1
-            t = time.time()
-            timer = None
-            try:
-                if conn is None:
-                    conn = psycopg.connect(**self.ctx.dsn(), autocommit=True)
-                timer = threading.Timer(5.0, drills._shutdown, (conn.fileno(),))
-                timer.start()
-                node, tl = conn.execute(_INSERT, (self.run_id, i, t)).fetchone()
-                timer.cancel()
-                self.records.append(Write(i, t, time.time(), True, node or "?", int(tl or 0)))
-            except Exception as exc:  # every failure is an attempt not acknowledged
-                if timer:
-                    timer.cancel()
-                msg = str(exc).strip()
-                self.records.append(Write(i, t, time.time(), False, error=msg.splitlines()[0][:100] if msg
-                                          else type(exc).__name__))
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:
-                    pass
-                conn = None
-                self.stop_ev.wait(0.05)
-            d = t + self.period - time.time()
-            if d > 0:
-                self.stop_ev.wait(d)
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+    def record(self, i: int, sent: float, done: float, ok: bool, error: str = "", answer=None):
+        node, tl = answer if answer else (None, None)
+        self.records.append(Write(i, sent, done, ok, node or "?", int(tl or 0)) if ok
+                            else Write(i, sent, done, False, error=error))
 
 
 @dataclass
