@@ -26,13 +26,13 @@ from .settings import Settings, SettingsError, load
 from .store import EtcdStore
 from .writes import stop_writes
 
-#: facts not read every cycle: how often (ms), and in which states they matter at all
 #: cycle period while this node's keepalived claimed the VIP and the peer leads: the peer's next
 #: beat decides whether it gives the VIP back (decide._master_while_peer_leads)
 CLAIM_CYCLE_MS = 100
 #: the holder beats at least this often (renewing every RENEW_INTERVAL): a peer that claimed the VIP
 #: waits one beat at most to give it back (lab drill 4: two owners 0.6 s with a beat every 0.5 s)
 BEAT_MS = 250
+#: facts not read every cycle: how often (ms), and in which states they matter at all
 SAMPLE_EVERY = {
     "pg_role": 1000,        # the writer's server still a primary?
     "redis_role": 1000,     # a follower's Redis still a master?

@@ -12,6 +12,11 @@ The lease (with a witness): the node that holds the leader key may write, and on
 `deadline` = start of its last successful renewal + TTL - margin; at that instant, renewed or not,
 it stops writing (stop_writes "lease"), before the key can expire in the store and the peer take
 it. Without a witness authority follows the VIP and the no-witness policy.
+
+The beat (with a witness): the holder also writes a beat to the store every daemon.BEAT_MS; a node
+whose keepalived claims the VIP while the peer leads gives it back when that beat changes after
+its claim (the peer is alive: a cut link, a frozen keepalived) and keeps it when it does not (the
+peer is dead: its lease will expire). See _beat and _master_while_peer_leads.
 """
 from __future__ import annotations
 
@@ -618,7 +623,7 @@ def _master_while_peer_leads(c: _Cycle):
     lease: the peer died (its lease will expire: keep the VIP, SIP goes on from here) or the link
     between the nodes is cut / the peer's keepalived is frozen (the peer still renews: give the VIP
     back at once, two owners split the clients). The peer's beat changing after the claim tells
-    them apart within one renewal; YIELD_AFTER is the bound when no beat can be read."""
+    them apart within one beat (daemon.BEAT_MS); YIELD_AFTER is the bound when no beat can be read."""
     s, o, cfg = c.s, c.o, c.cfg
     first = not s.peer_leads_since
     since = s.peer_leads_since or o.now
