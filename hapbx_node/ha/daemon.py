@@ -289,7 +289,7 @@ class Daemon:
                 continue
             now = mono_ms()
             wait = self.cfg.renew_ms - (now - t0)
-            if self.state.peer_leads and self.state.vrrp == "MASTER" and not self.state.yield_vip:
+            if self.cfg.witness and self.state.peer_leads and self.state.vrrp == "MASTER" and not self.state.yield_vip:
                 wait = min(wait, CLAIM_CYCLE_MS)    # the VIP claimed while the peer leads: is it alive?
             if self.state.hold and self.cfg.witness:
                 wait = min(wait, BEAT_MS - (now - t0), self.state.deadline - now)

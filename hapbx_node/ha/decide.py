@@ -607,10 +607,11 @@ def _follower_duties(c: _Cycle):
         if s.yield_vip:
             c.set(yield_vip=False)
             c.log("INFO", f"yield: {cfg.peer} no longer leads: VIP may come back")
-    elif s.yield_vip and o.peer_pg_role == "primary" and not s.peer_hung and o.now - s.yield_since > cfg.hung_ms + cfg.renew_ms:
-        # the link is back once the leading peer answers: keepalived hears its adverts again. Not
-        # while its beat says its keepalived is hung (no adverts: this node would claim the VIP
-        # again), nor before the peer could have noticed that (HUNG_AFTER)
+    elif s.yield_vip and o.peer_pg_role == "primary" and (
+            not cfg.witness or not s.peer_hung and o.now - s.yield_since > cfg.hung_ms + cfg.renew_ms):
+        # the link is back once the leading peer answers: keepalived hears its adverts again. With a
+        # witness, not while the peer's beat says its keepalived is hung (no adverts: this node would
+        # claim the VIP again), nor before the peer could have noticed that (HUNG_AFTER)
         c.set(yield_vip=False, peer_leads_since=0, claim_beat=None)
         c.log("INFO", f"yield: {cfg.peer} answers again: VIP follows VRRP")
     elif not s.yield_vip and s.peer_leads_since:

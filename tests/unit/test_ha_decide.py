@@ -225,6 +225,10 @@ SCENARIOS = {
                        yield_since=NOW - 20_000),
          obs(vrrp="FAULT", **STANDBY, lease=d.Holder("pbx2", "pbx2 ok 90"), peer_pg_role="primary"),
          d.FOLLOWER, [], {"yield_vip": False, "peer_leads_since": 0}),
+    "no witness: yielding, the leading peer answers again: the VIP follows VRRP at once (no beat to wait for)":
+        (NO_WITNESS, d.State(nw_peer_role="primary", peer_leads=True, yield_vip=True, yield_since=NOW - 500),
+         obs(vrrp="FAULT", **STANDBY, peer_pg_role="primary"),
+         d.FOLLOWER, [], {"yield_vip": False}),
     "yielding: the peer answers but its beat says its keepalived is hung (no adverts): stay yielded":
         (BASE, d.State(holder="pbx2", peer_leads=True, yield_vip=True, peer_leads_since=NOW - 20_000,
                        yield_since=NOW - 20_000),
