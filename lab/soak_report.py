@@ -75,6 +75,11 @@ def render(meta: dict, r: dict, faults: list[dict], findings: list[str]) -> str:
     L += ["## Findings", ""]
     L += [f"- {x}" for x in findings] or ["- none: every fault healed, the cluster was healthy again each time "
                                           f"within {meta['healthy_within']:.0f} s"]
+    if meta.get("annotations"):   # written after the run (from the nodes' journals), not by the command
+        L += ["", "## Notes added after the run", "",
+              "Not written by the command: what the nodes' journals and the figures above say about the findings "
+              "and the outliers.", ""]
+        L += [f"- {x}" for x in meta["annotations"]]
     L += ["", "## How it is measured", "",
           "- **schedule**: `random.Random(seed)` draws a drill of lab/drills.py (weights: flapping link "
           f"{meta['weights'].get('11', meta['weights'].get(11, '?'))}, both nodes off "
