@@ -117,6 +117,9 @@ SCENARIOS = {
     "writer's postgres crashed: restart it in place under the lease":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, pg_running=False, lease=d.Renewed(at=NOW, ttl_s=3)),
          d.PROMOTING, ["MarkPlannedRestart", "StartPromote"], {"writer_ok": False, "hold": True}),
+    "writer's postgres down while its postmaster.pid lingers: restart in place, marked planned for check-local":
+        (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **PRIMARY, pg_role="down", lease=d.Renewed(at=NOW, ttl_s=3)),
+         d.PROMOTING, ["MarkPlannedRestart", "StartPromote"], {"writer_ok": False}),
     "writer's postgres found in recovery: promote again":
         (BASE, LEADING, obs(vrrp="MASTER", **FRESH_HB, **STANDBY, pg_role="standby", lease=d.Renewed(at=NOW, ttl_s=3)),
          d.PROMOTING, ["StartPromote"], {"writer_ok": False}),
