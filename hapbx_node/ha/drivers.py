@@ -344,13 +344,7 @@ class Keepalived:
                 pid = int(fh.read().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return alive(pid)
 
     def heartbeat(self) -> int:
         """Monotonic ms of check-local's last run (written atomically; unreadable counts as none)."""

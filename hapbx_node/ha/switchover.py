@@ -16,14 +16,13 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 from .. import layout
 from .clock import mono_ms
 from .daemon import Logger
-from .drivers import Keepalived, Postgres
+from .drivers import Keepalived, Postgres, wait_until
 from .settings import SettingsError, load
 from .store import EtcdStore
 
@@ -117,8 +116,8 @@ def main(argv: list[str]) -> int:
         print(f"hapbx-ha switchover: {cfg.node}: stopping keepalived failed: {err}", file=sys.stderr)
         _run(start_cmd)
         return EXIT_FAILED
-    moved = _wait(args.timeout, lambda: (store is None or store.get(store.key("leader"), 1000) == cfg.peer)
-                  and pg.peer_role() == "primary")
+    moved = wait_until(lambda: (store is None or store.get(store.key("leader"), 1000) == cfg.peer)
+                       and pg.peer_role() == "primary", int(args.timeout * 1000), 0.2)
     lead_s = (mono_ms() - t0) / 1000
     rc, err = _run(start_cmd)
     if rc != 0:
@@ -130,7 +129,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     print(f"{cfg.peer} leads (lease, PostgreSQL primary) {lead_s:.1f} s after keepalived stopped here")
-    streams = _wait(args.timeout, lambda: pg.role() == "standby" and pg.streaming())
+    streams = wait_until(lambda: pg.role() == "standby" and pg.streaming(), int(args.timeout * 1000), 0.2)
     if not streams:
         print(f"hapbx-ha switchover: {cfg.node} is not streaming from {cfg.peer} after {args.timeout:g} s "
               "(the leader daemon rejoins it: hapbx-ha status, hapbx-ha log)", file=sys.stderr)
@@ -148,11 +147,3 @@ def _daemon_status(run_dir: str) -> dict[str, str]:
     except OSError:
         return {}
 
-
-def _wait(timeout_s: float, ok) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if ok():
-            return True
-        time.sleep(0.2)
-    return False
