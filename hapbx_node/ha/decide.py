@@ -494,19 +494,16 @@ def _leader_duties(c: _Cycle):
     if o.maintenance:
         c.because("maintenance: holding the lease, no automatic changes")
         return
-    if c.s.writer_ok and not o.pg_running:
-        # the holder's server died (crash, OOM kill): restart it in place through the promote job,
-        # faster than a failover; check-local keeps the VIP meanwhile (PG_CRASH_GRACE at most)
+    if c.s.writer_ok and (not o.pg_running or o.pg_role == "down"):
+        # the holder's server died (crash, OOM kill; "down": killed, its pid file not yet gone):
+        # restart it in place through the promote job, faster than a failover; marked planned so
+        # check-local keeps the VIP meanwhile (PG_CRASH_GRACE at most) -- unmarked, it failed twice
+        # during crash recovery in the 60-minute soak and the leader resigned (80 s to healthy)
         c.log("WARN", "leader: local postgres is gone: restarting it in place (lease held)")
         c.do(MarkPlannedRestart("postgres"))
         c.set(writer_ok=False)
     if c.s.writer_ok and o.pg_role is not None and o.pg_role not in ("primary", "unresponsive"):
         c.log("WARN", f"leader: local postgres is {o.pg_role}: promoting again")
-        if o.pg_role == "down":
-            # killed, its pid file not yet gone (pg_running): the same restart in place as above, or
-            # check-local fails twice during crash recovery, FAULT, and the leader resigns mid-recovery
-            # (the 60-minute soak, a PostgreSQL SIGKILL: 80 s to healthy instead of 0.5-3 s)
-            c.do(MarkPlannedRestart("postgres"))
         c.set(writer_ok=False)
     if not c.s.writer_ok and c.s.stale and not o.promote_running:
         # the lease came before the stale mark was read: the promote would be refused until the

@@ -328,6 +328,16 @@ def test_scenario(name):
     assert dec.state.role == dec.role
 
 
+@pytest.mark.parametrize("name", ["writer's postgres crashed: restart it in place under the lease",
+                                  "writer's postgres down while its postmaster.pid lingers: restart in place, marked planned for check-local"])
+def test_a_crashed_writer_says_the_same_thing_whether_its_pid_file_lingers(name):
+    """Operators (and the rig's test 13) grep one line for a restart in place, whichever way the
+    server was found dead."""
+    cfg, state, o, *_ = SCENARIOS[name]
+    logs = [a.text for a in d.decide(state, o, cfg).actions if isinstance(a, d.Log)]
+    assert any("restarting it in place" in t for t in logs), logs
+
+
 def test_stop_writes_modes_say_what_each_fence_does():
     from hapbx_node.ha import writes
     assert set(writes.MODES) == {"lease", "resign", "follower", "stopped", "demote", "demote-fence"}
