@@ -1,0 +1,228 @@
+"""`hapbx bench switchover`: calls held through a planned switchover and back (issue 24).
+
+On a running lab, from the host's lab address to the VIP only: SIPp sets up --calls calls
+(phone -> the bench queue -> dispatcher -> a media stand-in on either node) at --rate calls/s and
+holds each --hold-seconds. Once every call is up, the operator's switchover (`hapbx-ha switchover
+--to <peer>` on the leader, as lab/drills.switch_to runs it) moves lease, writes and VIP to the
+peer and, once the cluster is healthy there, back. Then every call ends with a BYE sent to the VIP,
+i.e. to whichever node owns it now: an in-dialog request of a dialog set up before both moves. A
+call counts as kept when SIPp saw its 200 OK to the BYE (the scenario fails a call otherwise).
+
+Writes reports/switchover-calls.md (and its JSON beside it): per run the calls up before the first
+switch, each switch's duration, kept / dropped calls, BYEs answered, SIPp's retransmissions and the
+first errors SIPp logged.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from bench import sip
+from lab import drills, report as writer, sipp
+from lab.sipp import first_error, parse_stat_csv, screen_counts, stat_int
+
+REPORT = "reports/switchover-calls.md"
+
+
+@dataclass
+class Run:
+    number: int
+    calls: int
+    first_owner: str = ""
+    up_before_switch: int = 0          # SIPp's CurrentCall when the first switch started
+    switch_seconds: list[float] = field(default_factory=list)   # command + healthy, each move
+    owners: list[str] = field(default_factory=list)             # VIP owner after each move
+    ok: int = 0
+    failed: int = 0
+    max_up: int = 0
+    retransmissions: int = 0
+    errors: str = ""
+    note: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return self.ok == self.calls and self.failed == 0
+
+
+def _stat(d: sipp.Workdir) -> list[dict[str, str]]:
+    path = d.file("stat.csv")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return parse_stat_csv(fh.read())
+    except OSError:
+        return []
+
+
+def current_calls(d: sipp.Workdir) -> int:
+    rows = _stat(d)
+    return stat_int(rows[-1], "CurrentCall") if rows else 0
+
+
+def one_run(lab, number: int, args, inf: str, domain: str, log) -> Run:
+    run = Run(number, args.calls)
+    owner = drills.wait_healthy(lab, 120, "before the calls")
+    peer = lab.peer(owner)
+    run.first_owner = owner
+    hold_ms = args.hold_seconds * 1000
+    bound = args.calls / args.rate + args.hold_seconds + 60
+    with sipp.Workdir("hapbx-bench-switch-") as d:
+        cmd = sipp.command(f"{lab.vip}:{lab.sip_port}", os.path.join(sip.SCENARIOS, "call.xml"), lab.host,
+                           service=sip.CALLEE, calls=args.calls,
+                           options=["-inf", inf, "-key", "domain", domain, "-key", "expires", "120",
+                                    "-l", str(args.calls), "-r", f"{args.rate:g}", "-rp", "1000", "-d", str(hold_ms),
+                                    "-trace_screen", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
+                                    "-trace_err", "-recv_timeout", "8000", "-timeout", f"{int(bound)}s"])
+        box: dict = {}
+        launched = time.monotonic()
+        t = threading.Thread(target=lambda: box.update(x=sipp.launch(cmd, d.path, bound + 20, stdout=False)),
+                             daemon=True)
+        t.start()
+        deadline = time.monotonic() + args.calls / args.rate + 30
+        while time.monotonic() < deadline and current_calls(d) < args.calls and t.is_alive():
+            time.sleep(0.5)
+        run.up_before_switch = current_calls(d)
+        log(f"  run {number}: {run.up_before_switch} of {args.calls} calls up through the VIP on {owner}")
+        try:
+            for target in (peer, owner):
+                t0 = time.monotonic()
+                drills.switch_to(lab, target)
+                run.switch_seconds.append(round(time.monotonic() - t0, 1))
+                run.owners.append(lab.vip_owner() or "none")
+                log(f"  run {number}: switched to {target} in {run.switch_seconds[-1]} s")
+        except drills.DrillError as err:
+            run.note = f"switchover failed: {err}"
+            log(f"  run {number}: {run.note}")
+        t.join(max(bound + 25 - (time.monotonic() - launched), 1))
+        x = box.get("x")
+        rows = _stat(d)
+        if rows:
+            last = rows[-1]
+            run.ok, run.failed = stat_int(last, "SuccessfulCall(C)"), stat_int(last, "FailedCall(C)")
+            run.retransmissions = stat_int(last, "Retransmissions(C)")
+            run.max_up = max(stat_int(r, "CurrentCall") for r in rows)
+        final = screen_counts(d.read("_screen.log"))
+        if final:
+            run.ok, run.failed = final
+        run.failed = max(run.failed, args.calls - run.ok)     # a call that never ended did not survive
+        errors = d.read("_errors.log", tail=4000)
+        run.errors = first_error(errors) if errors else ""
+        if x is None or x.killed:
+            run.note = (run.note + " SIPp did not finish within its bound").strip()
+    log(f"  run {number}: {run.ok} of {args.calls} calls ended with their BYE answered, {run.failed} dropped"
+        + (f" ({run.errors})" if run.errors else ""))
+    return run
+
+
+def report(runs: list[Run], meta: dict) -> str:
+    info = meta["info"]
+    kept = sum(r.ok for r in runs)
+    total = sum(r.calls for r in runs)
+    switches = sorted(s for r in runs for s in r.switch_seconds)
+    lines = [
+        "# Calls held through a planned switchover and back",
+        "",
+        f"Generated by `{meta['command']}` on {meta['started']} ({meta['took']:.0f} s), on the lab "
+        f"`{meta['lab']}`. SIPp runs on the lab host and sends only to the VIP.",
+        "",
+        f"- machine: {info.get('cores')} cores ({info.get('cpu')}), {info.get('memory')}, kernel "
+        f"{info.get('kernel')}; load average at start {meta['load_start']}, at end {meta['load_end']}",
+        f"- on the nodes: {meta.get('kamailio', '?')}",
+        f"- each run: {meta['calls']} calls set up at {meta['rate']:g}/s through the VIP (phone -> queue -> "
+        f"dispatcher -> the media stand-in of either node), held {meta['hold_seconds']} s; once all are up, "
+        "`hapbx-ha switchover --to <peer>` on the leader, the cluster healthy on the peer, then the same back; "
+        "then each call's BYE goes to the VIP (the node that owns it after both moves)",
+        "- kept = SIPp saw the 200 OK to the call's BYE; dropped = anything else (a failed in-dialog request, "
+        "no answer to the BYE, a call that never ended)",
+        "",
+        "## Summary",
+        "",
+        f"- **{kept} of {total} calls kept** over {len(runs)} runs, {total - kept} dropped; "
+        f"target: 0 dropped, every BYE answered: **{'met' if kept == total and total else 'not met'}**",
+        f"- a switchover (command until the cluster is healthy on the other node): "
+        + (f"{switches[0]} / {switches[len(switches) // 2]} / {switches[-1]} s (min / median / max of "
+           f"{len(switches)})" if switches else "none completed"),
+        "",
+        "## Runs",
+        "",
+        "| run | calls up before the switch | first VIP owner | switch there, back (s) | owners after | kept | dropped "
+        "| retransmissions | first error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(f"| {r.number} | {r.up_before_switch} of {r.calls} | {r.first_owner} | "
+                     f"{', '.join(str(s) for s in r.switch_seconds) or '-'} | {', '.join(r.owners) or '-'} | "
+                     f"{r.ok} | {r.failed} | {r.retransmissions} | {(r.errors or r.note or '-')[:160]} |")
+    notes = [r.note for r in runs if r.note]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    argv = sys.argv[sys.argv.index("switchover") + 1:] if "switchover" in sys.argv else []
+    started, load_start = time.monotonic(), writer.load_avg()
+    t_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    path = args.config or os.path.join(sip.ROOT, f"Pulumi.{args.stack}.yaml")
+    try:
+        lab = sip.open_lab(path)
+    except Exception as err:  # ConfigError carries every problem
+        print(err, file=sys.stderr)
+        return 2
+    if not lab.up():
+        print(f"hapbx bench switchover: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)",
+              file=sys.stderr)
+        return 2
+    try:
+        sip.check_exempt(lab, args.rate)
+    except RuntimeError as err:
+        print(f"hapbx bench switchover: {err}", file=sys.stderr)
+        return 2
+    owner = drills.wait_healthy(lab, 120, "bench switchover")
+    domain = lab.psql(owner, "SELECT value FROM pbx.settings WHERE key = 'sip.domain';").strip() or lab.vip
+    users = [(str(sip.USER_BASE + i), secrets.token_hex(8)) for i in range(args.calls)]
+    tmp = tempfile.mkdtemp(prefix="hapbx-bench-switch-")
+    runs: list[Run] = []
+    kamailio = "?"
+    try:
+        inf = os.path.join(tmp, "users.csv")
+        with open(os.open(inf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+        sip.provision_ours(lab, owner, users, domain)
+        kamailio = lab.sh(owner, "kamailio -v | head -1").strip()
+        for n in range(1, args.runs + 1):
+            runs.append(one_run(lab, n, args, inf, domain, log))
+    finally:
+        try:
+            primary = drills.wait_healthy(lab, 120, "bench switchover cleanup")
+            log(f"bench switchover: {sip.cleanup_ours(lab, primary)} bench extensions removed")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"command": writer.with_flock(" ".join(["./hapbx", "bench", "switchover", *map(shlex.quote, argv)])), "started": t_start, "took": time.monotonic() - started,
+            "info": writer.host(), "load_start": load_start, "load_end": writer.load_avg(), "lab": lab.spec.name,
+            "calls": args.calls, "rate": args.rate, "hold_seconds": args.hold_seconds, "kamailio": kamailio}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    writer.write(args.out, report(runs, meta), data={"meta": meta, "runs": [asdict(r) for r in runs]})
+    log(f"bench switchover: wrote {args.out}")
+    return 0 if runs and all(r.kept for r in runs) else 1
+
+
+def add_parser(bsub) -> None:
+    s = bsub.add_parser("switchover", help="calls held through a planned switchover and back on the running lab")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--stack", default="lab", help="lab stack (reads Pulumi.<stack>.yaml; default lab)")
+    g.add_argument("--config", help="a lab stack file instead")
+    s.add_argument("--calls", type=int, default=200, help="calls held through the switchover (200)")
+    s.add_argument("--rate", type=float, default=20, help="calls/s of their setup (20)")
+    s.add_argument("--hold-seconds", type=int, default=150, help="how long each call is held (150): longer than "
+                   "both switchovers")
+    s.add_argument("--runs", type=int, default=3, help="runs (3)")
+    s.add_argument("--out", default=os.path.join(sip.ROOT, REPORT), help=f"report file ({REPORT})")
+    s.set_defaults(func=run)
