@@ -78,6 +78,11 @@ def cmd_switchover(args) -> int:
     return switchover.cmd(args, stack_file(args))
 
 
+def cmd_upgrade(args) -> int:
+    from cli import upgrade
+    return upgrade.cmd(args, stack_file(args))
+
+
 def cmd_docs(args) -> int:
     from components import config_docs
     config_docs.write()
@@ -113,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
 
     from cli import switchover
     switchover.add_parser(sub).set_defaults(func=cmd_switchover)   # planned hand-over to the standby
+    from cli import upgrade
+    upgrade.add_parser(sub).set_defaults(func=cmd_upgrade)         # package upgrades, one node at a time
 
     from cli import bench_cmd
     bench_cmd.add_parser(sub)    # `bench cdr`: loopback; `bench sip`: the running lab, ours against stock Kamailio
