@@ -1,4 +1,4 @@
-"""`hapbx bench sip|cdr`: the arguments, then bench/sip.py or bench/cdr.py."""
+"""`hapbx bench sip|cdr|switchover`: the arguments, then bench/sip.py, bench/cdr.py or bench/switchover_calls.py."""
 from __future__ import annotations
 
 import os
@@ -58,3 +58,7 @@ def add_parser(sub) -> None:
     s.add_argument("--out", default=os.path.join(ROOT, sip.REPORT), help=f"report file ({sip.REPORT})")
     s.add_argument("--from-json", help="write the report and chart again from a run's saved results (no traffic)")
     s.set_defaults(func=sip.run)
+
+    # `bench switchover`: calls held through a planned switchover (or a rolling upgrade) on the running lab
+    from bench import switchover_calls
+    switchover_calls.add_parser(bsub)

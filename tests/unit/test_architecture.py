@@ -15,7 +15,7 @@ MAY_IMPORT = {
     "harness": {"pulumi"},                                 # the engine knows no program
     "ops": {"components", "hapbx_node"},                  # a running cluster over SSH: no Pulumi, no lab
     "lab": {"components", "hapbx_node", "harness", "ops"},
-    "bench": {"components", "hapbx_node", "harness", "lab"},
+    "bench": {"components", "hapbx_node", "harness", "lab", "ops"},  # ops: what an operator runs during a bench
     "cli": {"components", "hapbx_node", "harness", "lab", "bench", "ops"},
 }
 REPO_PACKAGES = {"components", "hapbx_node", "harness", "lab", "bench", "cli", "ops", "tests"}

@@ -29,3 +29,11 @@ def test_a_failed_switch_is_said():
     r = Run(1, 200, first_owner="pbx1", up_before_switch=200, ok=200, note="switchover failed: refused")
     text = report([r], META)
     assert "none completed" in text and "switchover failed: refused" in text
+
+
+def test_the_upgrade_report_says_what_ran_as_the_upgrade():
+    meta = {**META, "during": "upgrade", "upgrade_command": "systemctl restart kamailio.service"}
+    text = report([run(1, 200, 0, (95.0,))], meta)
+    assert text.startswith("# Calls held through a rolling upgrade of both nodes")
+    assert "`./hapbx upgrade --back`" in text and "systemctl restart kamailio.service" in text
+    assert "the whole rolling upgrade: 95.0 / 95.0 / 95.0 s" in text
