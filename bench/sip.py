@@ -59,7 +59,7 @@ from lab import report as writer, sipp
 from lab.sipp import parse_rtt_rows, parse_stat_csv, screen_counts, start_span, stat_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# beside this module (lab/sipp.py's LOAD_SCENARIOS names lab/scenarios since lab/ got the runner)
+#: the bench's load scenarios, beside this module
 SCENARIOS = os.path.join(ROOT, "bench", "scenarios")
 REPORT = "reports/sip-bench.md"
 

@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
     s.add_argument("--stock-shm-mb", type=int, default=64, help="stock -m (Debian's default 64)")
     s.add_argument("--stock-pkg-mb", type=int, default=8, help="stock -M (Debian's default 8)")
     s.add_argument("--no-stock", action="store_true", help="ours only")
-    s.add_argument("--max-minutes", type=float, default=20, help="the whole run's time bound (20)")
+    s.add_argument("--runs", type=int, default=sip.RUNS,
+                   help=f"runs of the whole bench; headline figures are their medians, with the spread ({sip.RUNS})")
+    s.add_argument("--max-minutes", type=float, default=20, help="each run's time bound (20)")
     s.add_argument("--out", default=os.path.join(ROOT, sip.REPORT), help=f"report file ({sip.REPORT})")
     s.add_argument("--from-json", help="write the report and chart again from a run's saved results (no traffic)")
     s.set_defaults(func=sip.run)

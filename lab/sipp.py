@@ -20,9 +20,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-#: the SIP bench's scenarios
-LOAD_SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios")
-
 
 def scenario(name: str, **replace: str) -> str:
     """A functional scenario's text (templates/sipp), with literal replacements (e.g. another
