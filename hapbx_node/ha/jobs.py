@@ -294,7 +294,7 @@ def rejoin(argv: list[str]) -> int:
     done = False
     if not basebackup:
         rj.log_divergence()
-        if j.timed("postgres: pg_rewind", rj.rewind) and rj.follow():
+        if j.timed("postgres: pg_rewind", rj.rewind) and rj.rewind_believable() and rj.follow():
             done = True
         else:
             log("WARN", "rejoin: pg_rewind path failed: falling back to pg_basebackup")
@@ -339,6 +339,8 @@ class Rejoin:
         self.j, self.env, self.pg, self.log, self.cfg = job, job.env, job.pg, job.log, job.cfg
         #: data directories moved aside: "<dir> <epoch seconds>" per line (status lists them)
         self.moved_list = os.path.join(self.cfg.lib_dir, layout.MOVED_ASIDE_LIST)
+        self.rewind_output = ""              # what pg_rewind printed
+        self.local_tli, self.fork = "", ""   # log_divergence: this node's timeline, the peer's fork LSN
 
     def stop_local(self) -> bool:
         if not self.pg.running():
@@ -371,8 +373,28 @@ class Rejoin:
         if self.env.get("PG_CONFIG_FILE"):
             argv.append(f"--config-file={self.env['PG_CONFIG_FILE']}")
         rc, out, err = self.pg.as_pg(argv, float(self.env.get("PG_REWIND_TIMEOUT") or 600))
-        self.log("INFO", "pg_rewind: " + " | ".join((out + "\n" + err).strip().splitlines()))
+        self.rewind_output = (out + "\n" + err).strip()
+        self.log("INFO", "pg_rewind: " + " | ".join(self.rewind_output.splitlines()))
         return rc == 0
+
+    def rewind_believable(self) -> bool:
+        """pg_rewind answered "no rewind required" while this node has WAL of its own timeline at or
+        after the point where the peer's timeline forked off (the 60-minute soak: a data directory
+        whose crash recovery had been interrupted): streaming would then fail until PG_STREAM_TIMEOUT
+        (~60 s) and only a second rejoin rewinds. pg_waldump finding a record there settles it: the
+        rejoin goes to pg_basebackup at once (the data directory moved aside, nothing lost)."""
+        if "no rewind required" not in self.rewind_output or not self.fork or not self.local_tli.isdigit():
+            return True
+        waldump = f"{self.pg.bin}/pg_waldump"
+        if not os.path.exists(waldump):
+            return True
+        rc, out, _ = self.pg.as_pg([waldump, f"--path={self.pg.data}/pg_wal", f"--timeline={self.local_tli}",
+                                    f"--start={self.fork}", "--limit=1"], 30)
+        if rc != 0 or not out.strip():
+            return True                # no record of ours after the fork (or none readable): believed
+        self.log("WARN", f"rejoin: pg_rewind found no rewind required, but this node's timeline {self.local_tli} "
+                         f"has WAL after the fork at {self.fork} ({' '.join(out.split())[:200]}): not believed")
+        return False
 
     def log_divergence(self):
         """The WAL this node wrote that the peer does not have: from where the peer's timeline forked
@@ -396,6 +418,7 @@ class Rejoin:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == local_tli:
                     fork = parts[1]
+        self.local_tli, self.fork = local_tli, fork if fork != "unknown" else ""
         self.log("WARN", f"rejoin: divergent WAL on this node: from {fork} (where peer timeline {peer_tli or '?'} "
                          f"forked off local timeline {local_tli}) to the local end (last checkpoint {local_end}, "
                          f"last segment {segments[-1] if segments else 'none'})")

@@ -27,7 +27,7 @@ from components.render.etcd import KEY_PREFIX
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from test_failover_rig import LEASE_TTL, NODES, REDIS_PASSWORD, Rig, mono_ms, ordered_rig  # noqa: E402
+from test_failover_rig import LEASE_TTL, NODES, PG_BIN, REDIS_PASSWORD, Rig, mono_ms, ordered_rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user: needs root")
 
@@ -462,3 +462,48 @@ def test_13_a_crashed_primary_restarts_in_place(rig):
     assert rig.pg_pid(leader) not in (None, old)
     rig.wait(lambda: not os.path.exists(marker), 5, "marker removed once the server is back")
     assert one_primary(rig) == leader and "restarting it in place" in open(f"{n.dir}/ha.log").read()
+
+
+def test_14_a_rewind_that_finds_nothing_to_do_is_checked_against_the_wal(rig):
+    """pg_rewind once answered "no rewind required" for a data directory that had WAL of its own
+    after the fork (the 60-minute soak: its crash recovery had been interrupted); the rejoin then
+    waited PG_STREAM_TIMEOUT (~60 s) for a standby that could not stream. Here pg_rewind is a
+    stand-in that says exactly that: the rejoin asks pg_waldump, does not believe it and rebuilds
+    with pg_basebackup at once; the rows only the old primary had are gone from it (moved aside)."""
+    old = one_primary(rig)
+    new = rig.nodes[old].peer
+    n = rig.nodes[old]
+    rig.wait(lambda: rig.etcdctl("get", "/hapbx/rig/sync", "--print-value-only") == "on", 30, f"{new} synchronous")
+    rig.psql(new, "alter system set primary_conninfo = ''")
+    rig.psql(new, "select pg_reload_conf()")
+    rig.wait(lambda: rig.psql(old, "select count(*) from pg_stat_replication") == "0", 10, "standby detached")
+    rig.psql(old, "set synchronous_commit = local; insert into t (node) select 'diverged' from generate_series(1, 5)")
+    fake_bin = f"{n.dir}/pg-bin-rewind-says-nothing"
+    os.makedirs(fake_bin, exist_ok=True)
+    for tool in os.listdir(PG_BIN):
+        if tool != "pg_rewind" and not os.path.exists(f"{fake_bin}/{tool}"):
+            os.symlink(f"{PG_BIN}/{tool}", f"{fake_bin}/{tool}")
+    with open(f"{fake_bin}/pg_rewind", "w", encoding="utf-8") as fh:
+        fh.write("#!/bin/sh\necho 'pg_rewind: source and target cluster are on the same timeline'\n"
+                 "echo 'pg_rewind: no rewind required'\n")
+    os.chmod(f"{fake_bin}/pg_rewind", 0o755)
+    env_text = open(n.env_file, encoding="utf-8").read()
+    try:
+        with open(n.env_file, "w", encoding="utf-8") as fh:
+            fh.write(env_text.replace(f"PG_BIN={PG_BIN}\n", f"PG_BIN={fake_bin}\n"))
+        assert f"PG_BIN={fake_bin}" in open(n.env_file).read()
+        rig.notify(old, "STOP")
+        rig.notify(new, "MASTER")
+        rig.wait(lambda: rig.pg_role(new) == "primary", 15, f"{new} promoted")
+        t0 = time.time()
+        log = rejoined(rig, old, "rewind said 'no rewind required' on divergent WAL -> pg_basebackup")
+        took = time.time() - t0
+    finally:
+        with open(n.env_file, "w", encoding="utf-8") as fh:
+            fh.write(env_text)
+    tail = log.split("no rewind required")[-1]
+    assert "has WAL after the fork at" in tail and "not believed" in tail, tail[-3000:]
+    assert "falling back to pg_basebackup" in tail and "pg_basebackup: ok" in tail
+    assert took < 40, f"{took:.0f} s: the rejoin waited for the stream instead of checking the WAL"
+    assert rig.psql(old, "select count(*) from t where node = 'diverged'") == "0"
+    assert one_primary(rig) == new
