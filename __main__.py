@@ -16,7 +16,7 @@ from components.media import Media, MediaArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.recording_sync import RecordingSync, RecordingSyncArgs
 from components.sip_layer import SipLayer, SipLayerArgs
-from components.render import CONFIG_SECRETS, GENERATED_SECRETS, OVERRIDABLE_SECRETS
+from components.render import CONFIG_SECRETS, GENERATED_SECRETS, OVERRIDABLE_SECRETS, media_node_secrets
 from components.ssh import reach
 from components.virtual_ip import VirtualIp, VirtualIpArgs
 from components.witness import Witness, WitnessArgs
@@ -44,7 +44,7 @@ if key_text is not None:
 secrets: dict[str, pulumi.Output[str]] = {
     name: pulumi.Output.secret(random.RandomPassword(
         f"secret-{name.replace('_', '-')}", length=32, special=False).result)
-    for name in GENERATED_SECRETS
+    for name in (*GENERATED_SECRETS, *media_node_secrets(cluster))   # a media node's: named after it
     if not (name in OVERRIDABLE_SECRETS and getattr(cluster, name))   # the stack's config gives it
 }
 # The stack's own secret config the files hold (vendor_repo_token: config key vendorRepoToken, ...).
@@ -69,7 +69,7 @@ if cluster.kamailio.tls:
 nodes = {
     h.name: Node(h.name, NodeArgs(cluster=cluster, host=h, endpoint=hosts[h.name], private_key=private_key,
                                   secrets=secrets))
-    for h in [*cluster.nodes, *([cluster.witness] if cluster.witness else [])]
+    for h in [*cluster.nodes, *([cluster.witness] if cluster.witness else []), *cluster.media_nodes]
 }
 
 # The data tier on the two PBX nodes, each step after its node's baseline (node.ready).
@@ -90,13 +90,15 @@ cdr = CdrPipeline("cdr", CdrPipelineArgs(cluster=cluster, nodes=pbx_nodes, secre
 
 # SIP and media: Kamailio reads the auth view and dispatcher table from each node's local
 # PostgreSQL, so it starts once the schema exists on the primary and the standby follows it.
-media = Media("media", MediaArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets))
+# The media engine also runs on each media node (mediaNodes), one more dispatcher destination each.
+engine_hosts = {**pbx_nodes, **{m.name: nodes[m.name] for m in cluster.media_nodes}}
+media = Media("media", MediaArgs(cluster=cluster, nodes=engine_hosts, secrets=secrets))
 sip = SipLayer("sip", SipLayerArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
                                    database_ready=[*postgres.schema_ready, *postgres.ready]))
-recordings = RecordingSync("recsync", RecordingSyncArgs(cluster=cluster, nodes=pbx_nodes, after=media.ready))
+recordings = RecordingSync("recsync", RecordingSyncArgs(cluster=cluster, nodes=engine_hosts, after=media.ready))
 
 # Monitoring last: every daemon it watches is configured, the exporters' role and user exist.
-monitoring = Monitoring("monitoring", MonitoringArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
+monitoring = Monitoring("monitoring", MonitoringArgs(cluster=cluster, nodes=engine_hosts, secrets=secrets,
                                                      after=[*postgres.schema_ready, *redis.ready, *cdr.ready,
                                                             *sip.ready, *media.ready]))
 
@@ -106,9 +108,12 @@ backup = Backup("backup", BackupArgs(cluster=cluster, nodes=pbx_nodes, secrets=s
 
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)
-pulumi.export("nodes", {name: node.address for name, node in nodes.items()})
+pulumi.export("nodes", {name: node.address for name, node in nodes.items()
+                        if name not in {m.name for m in cluster.media_nodes}})
 pulumi.export("initialPrimary", cluster.primary.name)
 pulumi.export("witness", cluster.witness.address if cluster.witness else None)
+if cluster.media_nodes:
+    pulumi.export("mediaNodes", {m.name: m.address for m in cluster.media_nodes})
 pulumi.export("postgres", {"primary": postgres.primary_name, "standby": postgres.standby_name,
                            "version": cluster.postgres.version, "port": cluster.postgres.port, "database": "pbx"})
 pulumi.export("redis", {"master": cluster.primary.name, "replica": cluster.standby.name, "port": cluster.redis.port})

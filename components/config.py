@@ -120,6 +120,16 @@ class WitnessSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MediaNodeSettings:
+    name: str = setting("name", "Media node name: hostname, resource name prefix, its recordings directory and "
+                        "its CDR sender (cdr-<name>).", check=_name)
+    address: str = setting("address", "Media node address, in the nodes' subnet: the dispatcher sends calls to "
+                           "<address>:media.sipPort.", check=_ipv4)
+    host_key: Optional[str] = setting("hostKey", "Pinned SSH host public key of the media node.", None,
+                                      check=_host_key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class NetworkSettings:
     prefix: int = setting("prefix", "Prefix length of the nodes' subnet.", 24, minimum=8, maximum=30)
     gateway: str = setting("gateway", "Default gateway; also probed by keepalived to detect isolation.", check=_ipv4)
@@ -545,6 +555,11 @@ class ClusterConfig:
         "noWitnessPolicy", "Risk taken when there is no witness: never promote automatically when the peer is lost, "
         "or promote after a timeout and accept divergence under a partition.", None,
         choices=("manual-promotion", "promote-after-timeout"))
+    media_nodes: list[MediaNodeSettings] = setting(
+        "mediaNodes", "Media-only hosts beside the two PBX nodes (scale-out): each gets the OS baseline and "
+        "the media engine (media.engine), is one more dispatcher destination (probed with OPTIONS like the "
+        "nodes' engines), posts its CDRs to the VIP's receiver over HTTPS and sends its recordings to both "
+        "nodes (lsyncd). Empty: the nodes' own engines only.", [])
     network: NetworkSettings = setting("network", "The nodes' network.")
     vip: VipSettings = setting("vip", "The virtual IP (keepalived).")
     os: OsSettings = setting("os", "Operating-system baseline.", OsSettings)
@@ -637,6 +652,21 @@ class ClusterConfig:
                      "lua5.3", "libxml2-utils"]
         return sorted(set(base + list(self.packages.extra)))
 
+    def media_node_packages(self) -> list[str]:
+        """Every Debian package a media node needs (mediaNodes): the baseline, the media engine, the
+        recordings' sender (lsyncd over ssh) and the node exporter."""
+        base = ["chrony", "nftables", "sudo", "rsync", "lsyncd", "iputils-ping", "procps", "curl",
+                "python3",    # checks the stand-in's scenario before install (render/sipp_uas.py)
+                "openssl"]    # as on the nodes
+        if self.monitoring.enabled:
+            base += ["prometheus-node-exporter"]
+        if self.media.engine == "freeswitch":
+            base += [p for p in self.node_packages() if p.startswith("freeswitch") or p in ("lua5.3", "libxml2-utils")]
+            base += ["postgresql-client"]   # the policy cache reads the nodes' PostgreSQL (render/freeswitch.py)
+        else:
+            base += ["sip-tester"]
+        return sorted(set(base + list(self.packages.extra)))
+
     def witness_packages(self) -> list[str]:
         return sorted({"chrony", "nftables", "etcd-server", "etcd-client", "iputils-ping", "procps",
                        "openssl"})   # openssl: as on the nodes
@@ -674,6 +704,48 @@ def _check_addresses(cfg: ClusterConfig, p: Problems) -> None:
               "or whole seconds with version 2)")
 
 
+def _check_media_nodes(cfg: ClusterConfig, p: Problems) -> None:
+    """Media nodes are told apart from every other host by name (hostname, resources, recordings
+    directory, CDR sender) and by address (dispatcher row, firewall rules): both must be their own."""
+    if not cfg.media_nodes:
+        return
+    names = {n.name: f"nodes[{i}]" for i, n in enumerate(cfg.nodes)}
+    addrs = {n.address: f"nodes[{i}]" for i, n in enumerate(cfg.nodes)}
+    if cfg.witness:
+        names.setdefault(cfg.witness.name, "witness")
+        addrs.setdefault(cfg.witness.address, "witness")
+    addrs.setdefault(cfg.vip.address, "vip.address")
+    addrs.setdefault(cfg.network.gateway, "network.gateway")
+    if cfg.lab is not None:
+        addrs.setdefault(cfg.lab.host_address, "lab.hostAddress")
+    nodes_ok = cfg.nodes and not any(_ipv4(n.address) for n in cfg.nodes)
+    net = cfg.subnet if nodes_ok else None
+    for i, m in enumerate(cfg.media_nodes):
+        key = f"mediaNodes[{i}]"
+        if m.name in names:
+            p.add(f"{key}.name", f"{m.name!r} is already {names[m.name]} (allowed: a name no node, witness or "
+                  "other media node has: it names the host, its recordings directory and its CDR sender)")
+        elif m.name == "vip":
+            p.add(f"{key}.name", "'vip' is the VIP's name (vip.<domain> in /etc/hosts and the certificates)")
+        names.setdefault(m.name, key)
+        if _ipv4(m.address):
+            continue
+        if m.address in addrs:
+            p.add(f"{key}.address", f"{m.address!r} is already {addrs[m.address]} (allowed: a free address: "
+                  "the dispatcher and the firewalls tell the hosts apart by address)")
+        elif net is not None:
+            addr = ipaddress.IPv4Address(m.address)
+            if addr not in net:
+                p.add(f"{key}.address", f"{m.address!r} is not in the nodes' subnet {net} (allowed: an address of "
+                      "it: the nodes' firewalls, pg_hba and chrony let the media nodes in from there)")
+            elif addr in (net.network_address, net.broadcast_address):
+                p.add(f"{key}.address", f"{m.address!r} is the network or broadcast address of {net}")
+        addrs.setdefault(m.address, key)
+    if cfg.media.engine == "freeswitch" and cfg.dialplan.trunks:
+        p.warn("mediaNodes", "calls out through dialplan.trunks also leave from the media nodes' addresses: "
+               "the providers must accept those addresses too (IP-authenticated trunks)")
+
+
 def _check_roles(cfg: ClusterConfig, p: Problems) -> None:
     names = [n.name for n in cfg.nodes]
     if cfg.postgres.initial_primary and cfg.postgres.initial_primary not in names:
@@ -700,6 +772,7 @@ def _check_environment(cfg: ClusterConfig, p: Problems) -> None:
                 (f"nodes[{i}].address", n.address) for i, n in enumerate(cfg.nodes)] + [("vip.address", cfg.vip.address)]
             if cfg.witness:
                 hosts.append(("witness.address", cfg.witness.address))
+            hosts += [(f"mediaNodes[{i}].address", m.address) for i, m in enumerate(cfg.media_nodes)]
             for key, addr in hosts:
                 if not _ipv4(addr) and ipaddress.IPv4Address(addr) not in lab_net:
                     p.add(key, f"{addr!r} is not in the lab subnet {lab_net}")
@@ -911,8 +984,8 @@ def build(raw: dict[str, Any], source: str = "configuration") -> tuple[ClusterCo
     typed = not p.errors
     if typed:
         cfg = _with_release_versions(cfg, p)
-    for check in (_check_nodes, _check_addresses, _check_roles, _check_environment, _check_sizes, _check_dialplan,
-                  _check_monitoring, _check_backup):
+    for check in (_check_nodes, _check_addresses, _check_media_nodes, _check_roles, _check_environment, _check_sizes,
+                  _check_dialplan, _check_monitoring, _check_backup):
         try:
             check(cfg, p)
         except (TypeError, AttributeError, ValueError, StopIteration):
@@ -977,10 +1050,12 @@ def unset_default(f: dataclasses.Field) -> Any:
     """The `default` Pulumi.yaml declares for a key a stack may leave out, or MISSING for a key
     every stack must set. The CLI hands the default to the program as if the stack had set it
     (pkg/workspace/config.go, mergeConfig), so for optional keys it is a value that reads as
-    "unset": "" for a string, {} for an object (each key its own default)."""
+    "unset": "" for a string, {} for an object (each key its own default), [] for a list."""
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
         return dataclasses.MISSING
     tp = typing.get_type_hints(ClusterConfig)[f.name]
+    if typing.get_origin(tp) is list:   # an optional list (mediaNodes): []
+        return []
     inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     return {} if dataclasses.is_dataclass(inner[0]) else ""
 

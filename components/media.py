@@ -1,4 +1,5 @@
-"""Media: the media engine on both PBX nodes, behind Kamailio's dispatcher.
+"""Media: the media engine on both PBX nodes and on every media node (mediaNodes), behind
+Kamailio's dispatcher.
 
 prod (media.engine freeswitch): FreeSWITCH's configuration (vars, the internal profile on the node
 address accepting only the two Kamailios, event socket on loopback, the static dialplan generated
@@ -6,7 +7,11 @@ from the stack configuration, recording, JSON CDR to the local receiver) -> one 
 lab (media.engine sipp-uas): Debian has no FreeSWITCH, so a SIPp UAS service on the same address
 and port answers and holds calls; dispatcher probes and fails over on it exactly as on FreeSWITCH.
 
-A change restarts (or reloads) the engine one node at a time, the VIP holder last (``remote.rolling``),
+A media node gets the same engine, files and handlers as a PBX node; its CDRs go to the VIP's receiver
+(render/cdr.py receiver_urls) and its policy cache reads the nodes' PostgreSQL (render/freeswitch.py).
+
+A change restarts (or reloads) the engine one node at a time, the VIP holder last (``remote.rolling``;
+the media nodes after the PBX nodes),
 each node's pass waiting until its engine listens on the media port again: a restart drops the calls
 of that node only, and Kamailio's dispatcher sends new calls to the other one meanwhile.
 
@@ -34,6 +39,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
 @dataclass
 class MediaArgs:
     cluster: ClusterConfig
+    #: the Node components of the PBX nodes and of the media nodes, by name
     nodes: Mapping[str, object]
     secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
 
@@ -45,7 +51,7 @@ class Media(pulumi.ComponentResource):
         self.ready: list[pulumi.Resource] = []
         members: dict[str, list[rc.RollingMember]] = {}   # per service
         actions: dict[str, str] = {}
-        for node in c.nodes:
+        for node in [*c.nodes, *c.media_nodes]:
             conn = args.nodes[node.name].connection  # type: ignore[attr-defined]
             after = list(getattr(args.nodes[node.name], "ready", []))
             ctx = RenderContext(c, node, masked_secrets())
@@ -72,7 +78,7 @@ class Media(pulumi.ComponentResource):
             self.ready += [cmd for pair in passes.values() for cmd in pair]
         self.register_outputs({
             "engine": c.media.engine,
-            "destinations": {n.name: f"{n.address}:{c.media.sip_port}" for n in c.nodes},
+            "destinations": {n.name: f"{n.address}:{c.media.sip_port}" for n in [*c.nodes, *c.media_nodes]},
             "maxSessions": c.media.max_sessions,
             "files": [f.path for f in files(RenderContext(c, c.nodes[0], masked_secrets()))],
         })

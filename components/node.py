@@ -1,4 +1,4 @@
-"""Node: the OS baseline of one host (PBX node or witness)."""
+"""Node: the OS baseline of one host (PBX node, witness or media node)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,15 +9,15 @@ from typing import Mapping
 import pulumi
 
 from . import remote as rc
-from .config import ClusterConfig, NodeSettings, WitnessSettings
-from .render import RenderContext, RenderedFile, baseline, masked_secrets
+from .config import ClusterConfig, MediaNodeSettings, NodeSettings, WitnessSettings
+from .render import MaskedSecrets, RenderContext, RenderedFile, baseline, masked_secrets
 from .ssh import Endpoint
 
 
 @dataclass
 class NodeArgs:
     cluster: ClusterConfig
-    host: NodeSettings | WitnessSettings
+    host: NodeSettings | WitnessSettings | MediaNodeSettings
     endpoint: Endpoint
     private_key: pulumi.Input[str] | None
     secrets: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
@@ -31,7 +31,7 @@ def real_contents(cluster: ClusterConfig, host, secrets: Mapping[str, pulumi.Out
     names = sorted({s for f in files for s in f.secrets})
     real = pulumi.Output.all(*[secrets[n] for n in names]).apply(
         lambda vals: {f.path: f.content for f in render(RenderContext(
-            cluster, host, {**masked_secrets(), **dict(zip(names, vals))}))})
+            cluster, host, MaskedSecrets({**masked_secrets(), **dict(zip(names, vals))})))})
     return [(f, real.apply(lambda by_path, p=f.path: by_path[p]) if f.secrets else f.content) for f in files]
 
 
@@ -99,7 +99,8 @@ class Node(pulumi.ComponentResource):
         sources = rc.deploy_files(name, name, self.connection,
                                   real_contents(cluster, host, args.secrets, baseline.files, early_files),
                                   self, depends_on=[release_check, *keys])
-        packages = cluster.witness_packages() if isinstance(host, WitnessSettings) else cluster.node_packages()
+        packages = (cluster.witness_packages() if isinstance(host, WitnessSettings) else
+                    cluster.media_node_packages() if isinstance(host, MediaNodeSettings) else cluster.node_packages())
         self.packages = rc.step(
             f"{name}-packages", name, self.connection, "install packages",
             packages_script(packages),

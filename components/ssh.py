@@ -62,7 +62,7 @@ def endpoints(cluster: ClusterConfig, preview: bool = False) -> tuple[dict[str, 
     connects, so a host key that cannot be read here (known_hosts on the deploy host only) is a
     warning; for an update every host without a pinned key is reported at once."""
     ssh = cluster.ssh
-    hosts = list(cluster.nodes) + ([cluster.witness] if cluster.witness else [])
+    hosts = list(cluster.nodes) + ([cluster.witness] if cluster.witness else []) + list(cluster.media_nodes)
     errors, warnings, out = [], [], {}
     known_hosts = ssh.known_hosts_file if ssh.known_hosts_file and os.path.exists(ssh.known_hosts_file) else None
     if ssh.known_hosts_file and not known_hosts and any(h.host_key is None for h in hosts):
@@ -79,7 +79,8 @@ def endpoints(cluster: ClusterConfig, preview: bool = False) -> tuple[dict[str, 
                 errors += err.errors
                 continue
         if key is None and (known_hosts or not ssh.known_hosts_file):
-            where = "witness" if h is cluster.witness else f"nodes[{i}]"
+            where = ("witness" if h is cluster.witness else f"nodes[{i}]" if i < len(cluster.nodes)
+                     else f"mediaNodes[{cluster.media_nodes.index(h)}]")
             (warnings if preview else errors).append(
                 f"{where}.hostKey: no pinned host key for {h.address} (allowed: a hostKey line, or an entry in "
                 "ssh.knownHostsFile); refusing to connect unpinned")

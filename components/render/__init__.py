@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import jinja2
 
-from ..config import ClusterConfig, NodeSettings, WitnessSettings
+from ..config import ClusterConfig, MediaNodeSettings, NodeSettings, WitnessSettings
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates")
 #: the node programs (hapbx_node: CDR services, migration runner and migrations), shipped as they are
@@ -67,12 +67,29 @@ PUBLIC_CERTIFICATES = ("kamailio_tls_certificate", "tls_ca_certificate", *_TLS_C
 CERTIFICATE_SECRETS = (*PUBLIC_CERTIFICATES, "kamailio_tls_key", *_TLS_KEYS)
 
 
+#: a media node's own secrets (mediaNodes): its CDR sender password
+MEDIA_NODE_STEMS = ("cdr_sender",)
+_MEDIA_NODE_SECRET = re.compile(r"^(%s)_media_[a-z][a-z0-9_]{0,30}$" % "|".join(MEDIA_NODE_STEMS))
+
+
 def node_secret(cluster, stem: str, node: str) -> str:
     """The name of a PBX node's own secret ``<stem>_<n>``: n is the node's place in `nodes` (1, 2);
-    the witness's own is ``<stem>_witness``."""
+    the witness's own is ``<stem>_witness``; a media node's ``<stem>_media_<name>`` (by name, not
+    place: removing one media node leaves the others' credentials as they are)."""
     if cluster.witness is not None and node == cluster.witness.name:
         return f"{stem}_{WITNESS}"
+    if node in {m.name for m in cluster.media_nodes}:
+        return f"{stem}_media_{node.replace('-', '_')}"
     return f"{stem}_{[n.name for n in cluster.nodes].index(node) + 1}"
+
+
+def media_node_secrets(cluster) -> tuple[str, ...]:
+    """The secrets of the stack's media nodes (generated as pulumi-random passwords, like GENERATED_SECRETS)."""
+    return tuple(node_secret(cluster, stem, m.name) for m in cluster.media_nodes for stem in MEDIA_NODE_STEMS)
+
+
+def is_secret_name(name: str) -> bool:
+    return name in SECRET_NAMES or bool(_MEDIA_NODE_SECRET.match(name))
 
 
 #: secrets generated as pulumi-random passwords
@@ -117,18 +134,35 @@ class RenderContext:
         return isinstance(self.host, WitnessSettings)
 
     @property
+    def is_media_node(self) -> bool:
+        """A media-only host (mediaNodes): baseline, media engine, recordings sender, node exporter."""
+        return isinstance(self.host, MediaNodeSettings)
+
+    @property
     def peer(self) -> NodeSettings | None:
-        return None if self.is_witness else self.cluster.peer_of(self.host)  # type: ignore[arg-type]
+        """The other PBX node; a witness and a media node have none (their PBX nodes: cluster.nodes)."""
+        if self.is_witness or self.is_media_node:
+            return None
+        return self.cluster.peer_of(self.host)  # type: ignore[arg-type]
 
     def secret(self, name: str) -> str:
-        if name not in SECRET_NAMES:
+        if not is_secret_name(name):
             raise KeyError(f"unknown secret {name!r}")
         return self.secrets[name]
 
 
+class MaskedSecrets(dict):
+    """Placeholders for secrets; a media node's (named after it) is made when first asked for."""
+
+    def __missing__(self, name: str) -> str:
+        if not _MEDIA_NODE_SECRET.match(name):
+            raise KeyError(name)
+        return f"@@SECRET:{name}@@"
+
+
 def masked_secrets() -> dict[str, str]:
     """Placeholders that stand for secrets in `hapbx render` output."""
-    return {name: f"@@SECRET:{name}@@" for name in SECRET_NAMES}
+    return MaskedSecrets({name: f"@@SECRET:{name}@@" for name in SECRET_NAMES})
 
 
 _env = jinja2.Environment(
@@ -184,7 +218,13 @@ def template(name: str, ctx: RenderContext, **extra) -> str:
 
 def secret_refs(ctx: RenderContext, content: str) -> tuple[str, ...]:
     """Which secrets a rendered content holds (so it is shipped as a secret)."""
-    return tuple(n for n in SECRET_NAMES if n in ctx.secrets and ctx.secrets[n] and ctx.secrets[n] in content)
+    def value(name: str) -> str | None:
+        try:
+            return ctx.secrets[name]
+        except KeyError:
+            return None
+    names = (*SECRET_NAMES, *media_node_secrets(ctx.cluster))
+    return tuple(n for n in names if (v := value(n)) and v in content)
 
 
 Renderer = Callable[[RenderContext], list[RenderedFile]]
@@ -201,9 +241,15 @@ def renderers() -> list[Renderer]:
             pgbackrest.files, recordings_retention.files]
 
 
+def media_node_renderers() -> list[Renderer]:
+    """A media node's file sets (mediaNodes): no data tier, HA, SIP proxy or CDR pipeline."""
+    from . import baseline, freeswitch, lsyncd, monitoring, sipp_uas
+    return [baseline.files, sipp_uas.files, freeswitch.files, lsyncd.files, monitoring.files]
+
+
 def render_host(ctx: RenderContext) -> list[RenderedFile]:
     files: list[RenderedFile] = []
-    for render in renderers():
+    for render in media_node_renderers() if ctx.is_media_node else renderers():
         files.extend(render(ctx))
     paths = [f.path for f in files]
     dup = {p for p in paths if paths.count(p) > 1}
@@ -213,5 +259,5 @@ def render_host(ctx: RenderContext) -> list[RenderedFile]:
 
 
 def render_cluster(cluster: ClusterConfig, secrets: Mapping[str, str]) -> dict[str, list[RenderedFile]]:
-    hosts = list(cluster.nodes) + ([cluster.witness] if cluster.witness else [])
+    hosts = list(cluster.nodes) + ([cluster.witness] if cluster.witness else []) + list(cluster.media_nodes)
     return {h.name: render_host(RenderContext(cluster, h, secrets)) for h in hosts}

@@ -12,6 +12,8 @@ def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
         etcd.append(c.monitoring.etcd_metrics_port)
     if ctx.is_witness:
         return {"etcd": etcd}
+    if ctx.is_media_node:   # nothing of the cluster's own runs there: media_node_ports
+        return {}
     ports = {"postgres": [c.postgres.port], "redis": [c.redis.port], "kamailio-dmq": [c.kamailio.dmq_port],
              "media-sip": [c.media.sip_port], "cdr-receiver": [c.cdr.receiver_port], "etcd": etcd}
     if c.backup.enabled:   # the standby's backup reaches the primary's PostgreSQL through it (render/pgbackrest.py)
@@ -28,11 +30,46 @@ def peer_ports(ctx: RenderContext) -> dict[str, list[int]]:
     return ports
 
 
+#: chrony's NTP port: a media node follows the PBX nodes' time in orphan mode (chrony.conf)
+NTP_PORT = 123
+
+
+def media_node_ports(ctx: RenderContext) -> dict[str, list[int]]:
+    """Ports between the PBX nodes and the media nodes (mediaNodes), by purpose: on a PBX node what
+    the media nodes reach there (Kamailio, the CDR receiver, ssh for the recordings, PostgreSQL for
+    FreeSWITCH's policy cache, chrony in orphan mode); on a media node what the PBX nodes reach
+    there (the engine's SIP port: only Kamailio may send it calls; the node exporter)."""
+    c = ctx.cluster
+    if ctx.is_witness or not c.media_nodes:
+        return {}
+    if ctx.is_media_node:
+        ports = {"media-sip": [c.media.sip_port]}
+        if c.monitoring.enabled:
+            ports["monitoring"] = [c.monitoring.node_exporter_port]
+        return ports
+    ports = {"kamailio-sip": [c.kamailio.sip_port], "cdr-receiver": [c.cdr.receiver_port],
+             "recordings-sync": [c.ssh.port]}
+    if c.media.engine == "freeswitch":
+        ports["postgres"] = [c.postgres.port]
+    if c.os.ntp.orphan_peers:
+        ports["ntp"] = [NTP_PORT]
+    return ports
+
+
+def media_peers(ctx: RenderContext) -> list[str]:
+    """The addresses media_node_ports are open to: on a media node the PBX nodes and the VIP, on a PBX
+    node the media nodes."""
+    c = ctx.cluster
+    if ctx.is_media_node:
+        return [n.address for n in c.nodes] + [c.vip.address]
+    return [m.address for m in c.media_nodes]
+
+
 def trunk_ingress(ctx: RenderContext) -> tuple[int, list[str]] | None:
     """(FreeSWITCH's trunk port, the trunks' addresses): the only senders let in on that port;
     None where no trunk call can arrive (a witness, no FreeSWITCH, no trunk address)."""
     c = ctx.cluster
-    if ctx.is_witness or c.media.engine != "freeswitch":
+    if ctx.is_witness or ctx.is_media_node or c.media.engine != "freeswitch":
         return None
     addresses = all_trunk_addresses(c.dialplan)
     return (c.dialplan.trunk_sip_port, sorted(addresses)) if addresses else None
@@ -78,7 +115,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         sshd_drop_in(ctx),
         tls.ca_file(ctx),
         RenderedFile("/etc/hostname", f"{ctx.host.name}\n", action="hostname -F /etc/hostname"),
-        RenderedFile("/etc/hosts", template("hosts/hosts.j2", ctx, members=members)),
+        RenderedFile("/etc/hosts", template("hosts/hosts.j2", ctx, members=members, media_nodes=list(c.media_nodes))),
         RenderedFile("/etc/chrony/chrony.conf", template("chrony/chrony.conf.j2", ctx, members=members),
                      service="chrony.service", action="restart", validate="chronyd -p -f {path}"),
         RenderedFile("/etc/default/chrony", template("chrony/default.j2", ctx),
@@ -86,7 +123,8 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         RenderedFile("/etc/systemd/system/chrony.service.d/hapbx.conf", template("chrony/unit-override.conf.j2", ctx),
                      service="chrony.service", action="restart"),
         RenderedFile("/etc/nftables.conf", template("nftables/nftables.conf.j2", ctx, members=members,
-                                                    peer_ports=peer_ports(ctx), trunks=trunk_ingress(ctx)),
+                                                    peer_ports=peer_ports(ctx), trunks=trunk_ingress(ctx),
+                                                    media_ports=media_node_ports(ctx), media_peers=media_peers(ctx)),
                      service="nftables.service", action="reload", validate="nft -c -f {path}", mode="0755"),
         RenderedFile("/etc/systemd/journald.conf.d/hapbx.conf", template("journald/hapbx.conf.j2", ctx),
                      service="systemd-journald.service", action="restart"),

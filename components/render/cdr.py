@@ -118,8 +118,13 @@ def sender_secret(cluster: ClusterConfig, node: str) -> str:
     return node_secret(cluster, "cdr_sender", node)
 
 
+def senders(cluster: ClusterConfig) -> list[str]:
+    """The hosts whose media engines post CDRs: both PBX nodes, then the media nodes."""
+    return [n.name for n in cluster.nodes] + [m.name for m in cluster.media_nodes]
+
+
 def sender_secrets(cluster: ClusterConfig) -> tuple[str, ...]:
-    return tuple(sender_secret(cluster, n.name) for n in cluster.nodes)
+    return tuple(sender_secret(cluster, n) for n in senders(cluster))
 
 
 def sender_credential(ctx: RenderContext) -> tuple[str, str]:
@@ -146,9 +151,10 @@ def receiver_env(ctx: RenderContext) -> dict[str, str]:
         "HAPBX_CDR_WAIT_REPLICA_MS": str(c.cdr.wait_replica_ms),
         # the local Redis first; when it is a replica (READONLY) the peer's master
         **redis_env(ctx, with_peer=True),
-        # both nodes' senders may post here (a node posts to the peer when its own receiver is down)
-        "HAPBX_CDR_SENDERS": ",".join(f"{auth.sender_user(n.name)}:{ctx.secret(sender_secret(c, n.name))}"
-                                      for n in c.nodes),
+        # both nodes' senders may post here (a node posts to the peer when its own receiver is down),
+        # and every media node's (mediaNodes: they post to the VIP, then to each node)
+        "HAPBX_CDR_SENDERS": ",".join(f"{auth.sender_user(n)}:{ctx.secret(sender_secret(c, n))}"
+                                      for n in senders(c)),
         # what the Redis replica did not confirm is committed here before it is acknowledged
         "HAPBX_PG_DSN": primary_dsn(ctx, "cdr_writer"),
         "HAPBX_PG_PASSWORD": ctx.secret("postgres_cdr"),
@@ -211,8 +217,14 @@ def replays(cluster: ClusterConfig) -> bool:
 
 def receiver_urls(ctx: RenderContext) -> list[str]:
     """This node's receiver (loopback: plain HTTP), then the peer's (HTTPS, its certificate checked
-    against TLS_CA): where json_cdr.conf, the replay and the lab's media stand-in post, in that order."""
-    port = ctx.cluster.cdr.receiver_port
+    against TLS_CA): where json_cdr.conf, the replay and the lab's media stand-in post, in that order.
+    A media node has no receiver: the VIP's (whichever node holds it), then the initial standby's (the
+    node least likely to hold the VIP), then the initial primary's, all HTTPS (the nodes' certificates
+    name their addresses and the VIP)."""
+    c = ctx.cluster
+    port = c.cdr.receiver_port
+    if ctx.is_media_node:
+        return [f"https://{a}:{port}/cdr" for a in (c.vip.address, c.standby.address, c.primary.address)]
     return [f"http://127.0.0.1:{port}/cdr", f"https://{ctx.peer.address}:{port}/cdr"]
 
 

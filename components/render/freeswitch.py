@@ -68,11 +68,31 @@ def kamailio_sources(ctx: RenderContext) -> list[str]:
     return [n.address for n in c.nodes] + [c.vip.address]
 
 
+def kamailios(ctx: RenderContext) -> list:
+    """The PBX nodes whose Kamailio this engine sends calls through: this node's, then the peer's; a
+    media node's (mediaNodes) the initial primary's, then the standby's."""
+    c = ctx.cluster
+    return [c.primary, c.standby] if ctx.is_media_node else [ctx.host, ctx.peer]
+
+
 def user_dial(ctx: RenderContext, number: str) -> str:
     """Through Kamailio (this node's first, then the peer's), which knows where the user is; over
     TCP, the only transport on which Kamailio takes the engine's calls without a password."""
     port = ctx.cluster.kamailio.sip_port
-    return "|".join(f"sofia/internal/{number}@{n.address}:{port};transport=tcp" for n in (ctx.host, ctx.peer))
+    return "|".join(f"sofia/internal/{number}@{n.address}:{port};transport=tcp" for n in kamailios(ctx))
+
+
+def policy_db_hosts(ctx: RenderContext) -> list[str]:
+    """Where the policy cache reads: the node's own PostgreSQL on loopback; a media node has none and
+    reads the nodes' (the standby's read-only replica first, then the primary), over TLS checked
+    against the cluster CA for the node's address (pg_hba lets pbx_readonly in from media nodes)."""
+    c = ctx.cluster
+    return [c.standby.address, c.primary.address] if ctx.is_media_node else ["127.0.0.1"]
+
+
+def policy_pgpass(ctx: RenderContext) -> str:
+    port, password = ctx.cluster.postgres.port, ctx.secret("postgres_readonly")
+    return "".join(f"{h}:{port}:{DATABASE}:{DB_USER}:{password}\n" for h in policy_db_hosts(ctx))
 
 
 @dataclass(frozen=True)
@@ -137,12 +157,13 @@ def _values(ctx: RenderContext) -> dict:
         user_pattern=c.dialplan.user_pattern, user_dial=user_dial(ctx, "${destination_number}"),
         agent_dial=lambda number: user_dial(ctx, number), agents=agents(ctx), kamailio_sources=kamailio_sources(ctx),
         trunk_hosts=all_trunk_addresses(c.dialplan), kamailio_uris=",".join(f"{n.address}:{c.kamailio.sip_port}"
-                                                                  for n in (ctx.host, ctx.peer)),
+                                                                  for n in kamailios(ctx)),
         cdr_urls=cdr.receiver_urls(ctx), tls_ca=TLS_CA,
         cdr_error_dir=CDR_ERROR_DIR, user=USER, group=GROUP, trunk_sources=trunk_sources(ctx),
         policy_cache=POLICY_CACHE, policy_max_age=POLICY_MAX_AGE_SECONDS, runtime_dir=POLICY_RUNTIME_DIR,
         refresh_seconds=POLICY_REFRESH_SECONDS, timeout_seconds=POLICY_TIMEOUT_SECONDS, pgpass=POLICY_PGPASS,
-        port=c.postgres.port, db_user=DB_USER, database=DATABASE,
+        port=c.postgres.port, db_user=DB_USER, database=DATABASE, db_hosts=",".join(policy_db_hosts(ctx)),
+        db_tls=ctx.is_media_node,
         media_timeout_ms=MEDIA_TIMEOUT_MS, media_hold_timeout_ms=MEDIA_HOLD_TIMEOUT_MS,
         # compared as a hash: the dialplan's debug log prints both sides of a condition
         media_secret_md5=hashlib.md5(ctx.secret("sip_media_secret").encode()).hexdigest(),
@@ -173,7 +194,7 @@ def render(ctx: RenderContext) -> list[RenderedFile]:
     secrets = template("freeswitch/secrets.xml.j2", ctx, esl_password=ctx.secret("freeswitch_esl"),
                        cdr_cred=":".join(cdr.sender_credential(ctx)), **v)
     cli = fs_cli_conf(ctx)
-    pgpass = f"127.0.0.1:{ctx.cluster.postgres.port}:{DATABASE}:{DB_USER}:{ctx.secret('postgres_readonly')}\n"
+    pgpass = policy_pgpass(ctx)
     out = [
         xml("freeswitch.xml"),
         xml("vars.xml"),

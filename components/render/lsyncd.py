@@ -1,5 +1,6 @@
 """lsyncd on the PBX nodes: each node's recordings to the peer, rsync over SSH with a dedicated
-user and a key restricted to the recordings directory (see components/recording_sync.py)."""
+user and a key restricted to the recordings directory (see components/recording_sync.py). A media
+node (mediaNodes) sends its own to both PBX nodes the same way; it receives nothing."""
 from __future__ import annotations
 
 import shlex
@@ -44,6 +45,23 @@ def rsh() -> str:
             "-o ControlMaster=auto -o ControlPersist=600 -o ControlPath=/run/hapbx-recsync/ssh-%C")
 
 
+def targets(ctx: RenderContext) -> list:
+    """Where this host's recordings go: the peer; from a media node both PBX nodes."""
+    return list(ctx.cluster.nodes) if ctx.is_media_node else [ctx.peer]
+
+
+def senders(ctx: RenderContext) -> list:
+    """Whose recordings this PBX node receives: the peer's and every media node's (none on a media node)."""
+    if ctx.is_media_node:
+        return []
+    return [ctx.peer, *ctx.cluster.media_nodes]
+
+
+def media_key_line(name: str) -> str:
+    """How a media node's lsyncd key reaches a PBX node's authorize step (after the peer's keys)."""
+    return f"media-key {name} "
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness:
         return []
@@ -53,10 +71,11 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
             raise ValueError(f"recordings.rsyncOptions: {opt!r} holds a quote or backslash")
     conf = template("lsyncd/lsyncd.conf.lua.j2", ctx, managed_by_text=MANAGED_BY, source=own_dir(ctx), user=USER,
                     delay=c.recordings.sync_delay_seconds, recordings_dir=c.recordings.directory, status_file=STATUS,
-                    rsh=rsh(), extra=c.recordings.rsync_options)
+                    rsh=rsh(), extra=c.recordings.rsync_options, targets=targets(ctx))
     return [
         RenderedFile(CONF, conf, service=UNIT, action="restart", validate=VALIDATE),
-        RenderedFile(UNIT_PATH, template("lsyncd/hapbx-recsync.service.j2", ctx, conf=CONF), service=UNIT,
+        RenderedFile(UNIT_PATH, template("lsyncd/hapbx-recsync.service.j2", ctx, conf=CONF,
+                                                            targets=targets(ctx)), service=UNIT,
                      action="restart", validate="! systemd-analyze verify --man=no {path} 2>&1 | grep ."),
     ]
 
@@ -66,8 +85,10 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
 def keys_script(ctx: RenderContext) -> str:
     """Users, directories and this node's key, made once on the node. Prints only public keys
     (this node's lsyncd key and its SSH host key): the peer's authorize step reads them."""
-    c, host, peer = ctx.cluster, ctx.host, ctx.peer
+    c, host = ctx.cluster, ctx.host
     d = c.recordings.directory
+    # the senders' directories here, each written by its key only (authorize_script)
+    received = "".join(f"install -d -o {USER} -g {GROUP} -m 2770 {d}/{s.name}\n" for s in senders(ctx))
     return f"""
 getent group {GROUP} >/dev/null || groupadd -r {GROUP}
 id -u {USER} >/dev/null 2>&1 || useradd -r -g {GROUP} -d {HOME} -M -s /bin/sh -c "hapbx recordings from the peer" {USER}
@@ -75,8 +96,7 @@ id -u {USER} >/dev/null 2>&1 || useradd -r -g {GROUP} -d {HOME} -M -s /bin/sh -c
 install -d -o root -g root -m 0755 {HOME} {HOME}/.ssh
 install -d -o root -g root -m 0700 {KEY_DIR}
 install -d -o root -g {GROUP} -m 2770 {d} {d}/{host.name}
-install -d -o {USER} -g {GROUP} -m 2770 {d}/{peer.name}
-[ -f {KEY} ] || ssh-keygen -q -t ed25519 -N '' -C hapbx-recsync@{host.name} -f {KEY} >/dev/null
+{received}[ -f {KEY} ] || ssh-keygen -q -t ed25519 -N '' -C hapbx-recsync@{host.name} -f {KEY} >/dev/null
 chmod 0600 {KEY}
 echo "user-key $(cut -d' ' -f1,2 {KEY}.pub)"
 echo "host-key $(cut -d' ' -f1,2 {HOST_KEY})"
@@ -87,9 +107,22 @@ def authorize_script(ctx: RenderContext) -> str:
     """On stdin the peer's keys (its keys step's output): its lsyncd key may write into
     <recordings>/<peer> here and nothing else (rrsync -wo -no-del, from the peer's addresses,
     no pty or forwarding); its host key is pinned for this node's lsyncd."""
+    if ctx.is_media_node:
+        return media_authorize_script(ctx)
     c, peer = ctx.cluster, ctx.peer
     target = f"{c.recordings.directory}/{peer.name}"
     options = f'restrict,from="{peer.address},{c.vip.address}",command="/usr/bin/rrsync -wo -no-del {target}"'
+    # each media node's key (mediaNodes: a "media-key <name> " line after the peer's keys), restricted
+    # to its own directory here and to its address
+    media_keys, media_lines = "", ""
+    for i, m in enumerate(c.media_nodes):
+        opts = (f'restrict,from="{m.address}",command="/usr/bin/rrsync -wo -no-del '
+                f'{c.recordings.directory}/{m.name}"')
+        media_keys += (f"media_key_{i}=$(printf '%s\\n' \"$input\" | sed -n 's/^{media_key_line(m.name)}//p')\n"
+                       f'case "$media_key_{i}" in\n  "ssh-ed25519 "*) ;;\n'
+                       f'  *) echo "hapbx: [$step] no ed25519 public key from {m.name}: \'$media_key_{i}\'" >&2; exit 1 ;;\n'
+                       "esac\n")
+        media_lines += f' {shlex.quote(opts)}" $media_key_{i} hapbx-recsync@{m.name}"'
     return f"""
 input=$(cat)
 user_key=$(printf '%s\n' "$input" | sed -n 's/^user-key //p')
@@ -100,9 +133,9 @@ for k in "$user_key" "$host_key"; do
     *) echo "hapbx: [$step] no ed25519 public key from {peer.name}: '$k'" >&2; exit 1 ;;
   esac
 done
-tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
+{media_keys}tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
 changed=0
-printf '%s\n' {shlex.quote("# " + MANAGED_BY)} {shlex.quote(options)}" $user_key hapbx-recsync@{peer.name}" > "$tmp"
+printf '%s\n' {shlex.quote("# " + MANAGED_BY)} {shlex.quote(options)}" $user_key hapbx-recsync@{peer.name}"{media_lines} > "$tmp"
 if ! cmp -s "$tmp" {HOME}/.ssh/authorized_keys; then
   install -o root -g root -m 0644 "$tmp" {HOME}/.ssh/authorized_keys; changed=1
 fi
@@ -111,4 +144,29 @@ if ! cmp -s "$tmp" {KNOWN_HOSTS}; then
   install -o root -g root -m 0644 "$tmp" {KNOWN_HOSTS}; changed=1
 fi
 [ $changed = 1 ] && echo changed || echo unchanged
+"""
+
+
+def pbx_key_line(name: str) -> str:
+    """How a PBX node's keys reach a media node's authorize step: its lines, each after its name."""
+    return f"{name} "
+
+
+def media_authorize_script(ctx: RenderContext) -> str:
+    """A media node receives nothing: it only pins both PBX nodes' host keys for its lsyncd. On stdin
+    each node's keys step output, every line after "<node> " (pbx_key_line)."""
+    nodes = ctx.cluster.nodes
+    checks = "".join(
+        f"host_key_{i}=$(printf '%s\\n' \"$input\" | sed -n 's/^{pbx_key_line(n.name)}host-key //p')\n"
+        f'case "$host_key_{i}" in\n  "ssh-ed25519 "*) ;;\n'
+        f'  *) echo "hapbx: [$step] no ed25519 host key from {n.name}: \'$host_key_{i}\'" >&2; exit 1 ;;\n'
+        "esac\n" for i, n in enumerate(nodes))
+    lines = " ".join(f'"{n.address} $host_key_{i}"' for i, n in enumerate(nodes))
+    return f"""
+input=$(cat)
+{checks}tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
+printf '%s\n' {lines} > "$tmp"
+if cmp -s "$tmp" {KNOWN_HOSTS}; then echo unchanged; exit 0; fi
+install -o root -g root -m 0644 "$tmp" {KNOWN_HOSTS}
+echo changed
 """

@@ -63,6 +63,8 @@ def scrape_jobs(ctx: RenderContext) -> dict[str, list[tuple[str, str]]]:
              "kamailio": m.kamailio_port, "hapbx": m.hapbx_exporter_port, "prometheus": m.prometheus_port,
              "alertmanager": m.alertmanager_port}
     jobs = {job: [(n.name, f"{n.address}:{port}") for n in c.nodes] for job, port in ports.items()}
+    # the media nodes (mediaNodes) run the node exporter only (their engine's units: its systemd collector)
+    jobs["node"] += [(n.name, f"{n.address}:{m.node_exporter_port}") for n in c.media_nodes]
     members = [*c.nodes, *([c.witness] if c.witness else [])]
     jobs["etcd"] = [(n.name, f"{n.address}:{m.etcd_metrics_port}") for n in members]
     return jobs
@@ -138,9 +140,19 @@ def ui_urls(cluster) -> dict[str, list[str]]:
             for ui, port in (("prometheus", m.prometheus_port), ("alertmanager", m.alertmanager_port))}
 
 
+def node_exporter_env(ctx: RenderContext) -> str:
+    m = ctx.cluster.monitoring
+    return _env({"ARGS": f"--web.listen-address={_listen(ctx, m.node_exporter_port)} --collector.systemd "
+                         f"--collector.systemd.unit-include={prometheus_rules.WATCHED_UNITS} "
+                         f"--collector.textfile.directory={TEXTFILE_DIR}"})
+
+
 def files(ctx: RenderContext) -> list[RenderedFile]:
     if ctx.is_witness or not ctx.cluster.monitoring.enabled:
         return []
+    if ctx.is_media_node:
+        return [RenderedFile(defaults_file(NODE_EXPORTER), node_exporter_env(ctx), service=NODE_EXPORTER,
+                             action="restart")]
     c, m, host, peer = ctx.cluster, ctx.cluster.monitoring, ctx.host, ctx.peer
     env = dict(owner="root", group=GROUP, mode="0640")
     pg_env = _env({
@@ -153,9 +165,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         "REDIS_ADDR": f"rediss://127.0.0.1:{c.redis.port}", "REDIS_USER": MONITOR_USER,
         "REDIS_PASSWORD": ctx.secret("redis_monitor"), "REDIS_EXPORTER_TLS_CA_CERT_FILE": TLS_CA,
         "REDIS_EXPORTER_WEB_LISTEN_ADDRESS": _listen(ctx, m.redis_exporter_port), "ARGS": ""})
-    node_env = _env({"ARGS": f"--web.listen-address={_listen(ctx, m.node_exporter_port)} --collector.systemd "
-                                  f"--collector.systemd.unit-include={prometheus_rules.WATCHED_UNITS} "
-                                  f"--collector.textfile.directory={TEXTFILE_DIR}"})
+    node_env = node_exporter_env(ctx)
     prom_env = _env({"ARGS": f"--config.file={PROMETHEUS_CONF} "
                                   f"--web.listen-address={_listen(ctx, m.prometheus_port)} "
                                   f"--web.external-url=http://{_listen(ctx, m.prometheus_port)}/ "

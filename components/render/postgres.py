@@ -127,9 +127,18 @@ def app_sources(cluster: ClusterConfig) -> list[str]:
 
 
 def seed_destinations(cluster: ClusterConfig) -> list[dict]:
-    """One dispatcher destination per node's media engine."""
+    """One dispatcher destination per media engine: each PBX node's, then each media node's
+    (mediaNodes). Kamailio probes every one alike (ds_probing_mode 1) and trusts each as a media
+    engine (ds_is_from_list)."""
+    hosts = [*cluster.nodes, *cluster.media_nodes]
     return [{"destination": f"sip:{n.address}:{cluster.media.sip_port}", "priority": 0,
-             "attrs": f"duid={n.name}", "description": f"hapbx:{n.name}"} for n in cluster.nodes]
+             "attrs": f"duid={n.name}", "description": f"hapbx:{n.name}"} for n in hosts]
+
+
+def policy_readers(cluster: ClusterConfig) -> list[str]:
+    """Addresses FreeSWITCH's policy cache reads the PBX database from besides the nodes: the media
+    nodes' (role pbx_readonly only, over TLS: pg_hba)."""
+    return [m.address for m in cluster.media_nodes] if cluster.media.engine == "freeswitch" else []
 
 
 def conf_validator(pg: PgPaths) -> str:
@@ -174,7 +183,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
     pg = paths(c)
     svc = pg.service
     hba = template("postgresql/pg_hba.conf.j2", ctx, app_sources=app_sources(c), app_roles=APP_ROLES, pad=_pad,
-                   **_values(ctx))
+                   policy_readers=policy_readers(c), **_values(ctx))
     out = [
         RenderedFile(pg.conf_file, postgresql_conf(ctx), service=svc, action="reload",
                      validate=conf_validator(pg), owner="postgres", group="postgres", mode="0644"),

@@ -84,7 +84,10 @@ def sees_quorum(m, cluster) -> str:
     if not cluster.witness:
         return "vector(1)"
     members = len(cluster.nodes) + 1
-    return (f"count(max by (node) (min_over_time(up[{NODE_DOWN_WINDOW * m.scrape_interval_seconds}s])) == 1) "
+    # media nodes (mediaNodes) are scraped too but hold no vote: only the members count
+    only = (f'{{node=~"{"|".join(n.name for n in [*cluster.nodes, cluster.witness])}"}}'
+            if cluster.media_nodes else "")
+    return (f"count(max by (node) (min_over_time(up{only}[{NODE_DOWN_WINDOW * m.scrape_interval_seconds}s])) == 1) "
             f">= {members // 2 + 1}")
 
 

@@ -58,7 +58,8 @@ def call_uuid(call_id: str) -> str:
 def post_cdr_text(ctx: RenderContext, state_dir: str = STATE_DIR, ca: str = TLS_CA) -> str:
     """post-cdr for this node; ``state_dir`` and the CA the peer's HTTPS receiver is checked
     against (``ca``) elsewhere for tests."""
-    local, peer = cdr.receiver_urls(ctx)
+    # a media node's: the VIP's receiver, then the initial standby's (cdr.receiver_urls)
+    local, peer = cdr.receiver_urls(ctx)[:2]
     return template("sipp/post-cdr.sh.j2", ctx, node=ctx.host.name, local_url=local, peer_url=peer, ca=ca,
                     spool_dir=SPOOL_DIR.replace(STATE_DIR, state_dir), work_dir=WORK_DIR.replace(STATE_DIR, state_dir),
                     error_dir=ERROR_DIR.replace(STATE_DIR, state_dir), max_time=POST_MAX_TIME, batch=POST_BATCH,
