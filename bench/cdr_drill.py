@@ -704,7 +704,7 @@ def run(cluster, spec, *, out: str, only: list[str], runs: int, rate: float = RA
         print(f"hapbx lab cdr-drill: lab {spec.name} is not up: run ./hapbx lab up first", file=sys.stderr)
         return 1
     ctx = LabContext.from_cluster(spec, cluster)
-    command = writer.with_flock(" ".join(["./hapbx lab cdr-drill", *(shlex.quote(a) for a in sys.argv[3:])]))
+    command = writer.with_flock(" ".join(["./hapbx", *(shlex.quote(a) for a in sys.argv[1:])]))
     meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_start": writer.load_avg(), "host": writer.host(), "lab": spec.name, "release": cluster.os.release,
             "only": only, "runs": runs, "rate": rate, "timeout": timeout, "note": note, "override": override,

@@ -144,7 +144,7 @@ def run(cluster, spec, *, out: str, runs: int, only: list[str], merge: bool = Fa
     t_start = time.monotonic()
     results: list[dict] = []
     error = ""
-    meta = {"command": with_flock(" ".join(["./hapbx lab alert-drill", *(shlex.quote(a) for a in sys.argv[3:])])),
+    meta = {"command": with_flock(" ".join(["./hapbx", *(shlex.quote(a) for a in sys.argv[1:])])),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "host": host(), "lab": spec.name,
             "release": cluster.os.release, "receiver": cluster.monitoring.webhook_urls[0],
             "scrape_s": cluster.monitoring.scrape_interval_seconds, "node_down_s": cluster.monitoring.node_down_seconds}

@@ -44,7 +44,7 @@ def run(cluster, spec, *, out: str, only: list[int], runs: int, note: str = "", 
         print(f"hapbx lab drill: lab {spec.name} is not up: run ./hapbx lab up first", file=sys.stderr)
         return 1
     ctx = LabContext.from_cluster(spec, cluster)
-    command = with_flock(" ".join(["./hapbx lab drill", *(shlex.quote(a) for a in sys.argv[3:])]))
+    command = with_flock(" ".join(["./hapbx", *(shlex.quote(a) for a in sys.argv[1:])]))
     meta = {"command": command,
             "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "load_start": os.getloadavg(), "host": host(), "lab": spec.name, "release": release,

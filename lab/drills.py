@@ -969,8 +969,12 @@ DRILLS = {d.number: d for d in (
           why="A powered-off leader cannot release its lease: the peer waits for it to expire in etcd (the lab's "
               "lease is 3 s, renewed every 0.5 s, so 2.5-3 s after the fault), takes it on its next tick, then "
               "promotes (peer check bounded at 0.3 s, pg_promote ~0.1 s, synchronous replication relaxed at once). "
-              "Writes come back at TTL + ~1 s (production default 2 s). SIP does not wait for the lease: the VIP "
-              "moves in 0.3-0.5 s and the standby's Kamailio serves from its replica."),
+              "Writes come back at TTL + ~0.5 s. SIP does not wait for the lease: the VIP moves in 0.3-0.5 s and "
+              "the standby's Kamailio serves from its replica. Target (writes within 3 s) missed with the lab's "
+              "3 s lease, which it keeps because its 2 cores also run the test suite (Pulumi.lab.yaml); with the "
+              "production lease (2 s, renewed every 0.25 s) on the same lab, quiet: writes 2.4-3.9 s, median 2.7 s "
+              "(reports/failover-lease-2s.md). Next step: the acquire-and-promote path after expiry (~0.6 s) "
+              "measured step by step; the lease itself cannot be shortened safely without faster renewals."),
     Drill(3, "kill PostgreSQL (SIGKILL) on the primary",
           OnOwner(". /etc/hapbx/ha.env; kill -KILL $(head -1 $PG_DATA/postmaster.pid)"), 10.0,
           Nothing(), "none (the leader daemon rejoins it)", ALL_TARGETS),
@@ -990,7 +994,8 @@ DRILLS = {d.number: d for d in (
               "has heard neither gateway nor witness for ha.reachLostAfterMs (800 ms; pings every 100 ms), while "
               "the peer takes the VIP after 0.3-0.5 s: the overlap is the difference. Nobody can reach the "
               "isolated copy meanwhile, so clients see one owner. Writes wait for the isolated leader's lease to "
-              "expire, as in drill 2."),
+              "expire, as in drill 2: missed (3.4-3.9 s) with the lab's 3 s lease; with the production lease on "
+              "the same lab 2.5-3.0 s, median 2.8 s (reports/failover-lease-2s.md)."),
     Drill(6, "SIGKILL keepalived on the VIP owner",
           OnOwner("systemctl kill -s KILL keepalived.service"), 10.0,
           Nothing(), "none (systemd restarts keepalived)", ALL_TARGETS),
