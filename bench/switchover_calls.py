@@ -1,18 +1,20 @@
 """`hapbx bench switchover`: calls held through a planned switchover and back (issue 24).
 
-On a running lab, from the host's lab address to the VIP only: SIPp sets up --calls calls
-(phone -> the bench queue -> dispatcher -> a media stand-in on either node) at --rate calls/s and
-holds each --hold-seconds. Once every call is up, the operator's switchover (`hapbx-ha switchover
---to <peer>` on the leader, as lab/drills.switch_to runs it) moves lease, writes and VIP to the
-peer and, once the cluster is healthy there, back. Then every call ends with a BYE sent to the VIP,
-i.e. to whichever node owns it now: an in-dialog request of a dialog set up before both moves. A
-call counts as kept when SIPp saw its 200 OK to the BYE (the scenario fails a call otherwise).
+On a running lab, from the host's lab address to the VIP only. Each run has legs; in each leg SIPp
+sets up --calls calls (phone -> the bench queue -> dispatcher -> a media stand-in on either node)
+at --rate calls/s through the VIP and holds each --hold-seconds; once every call is up, the move
+runs, and the calls then end with their BYE sent to the VIP, i.e. to the node that leads after the
+move, which is not the node that saw the INVITE: an in-dialog request of a dialog set up on the
+other node (Kamailio's dialogs shared over DMQ, the Record-Route signed with the cluster's secret).
+A call counts as kept when SIPp saw its 200 OK to the BYE (the scenario fails a call otherwise).
 
---during upgrade: the moves are `./hapbx upgrade --back`'s (ops/rolling_upgrade.py) instead, the
-lab's upgrade being the restarts a package upgrade makes (LAB_UPGRADE: the lab's nodes reach no
-archive). Writes reports/switchover-calls.md or reports/upgrade-calls.md (and its JSON beside it): per run the calls up before the first
-switch, each switch's duration, kept / dropped calls, BYEs answered, SIPp's retransmissions and the
-first errors SIPp logged.
+--during switchover (default): two legs, the operator's switchover (`hapbx-ha switchover --to
+<peer>` on the leader, as lab/drills.switch_to runs it) to the peer, then back. --during upgrade:
+one leg, `./hapbx upgrade`'s order (ops/rolling_upgrade.py: the standby, a switchover, the old
+leader), the lab's upgrade being the restarts a package upgrade makes (LAB_UPGRADE: the lab's
+nodes reach no archive). Writes reports/switchover-calls.md or reports/upgrade-calls.md (and its
+JSON beside it): per leg the calls up before the move, its duration, kept / dropped calls,
+SIPp's retransmissions and the first error SIPp logged.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ REPORTS = {"switchover": "reports/switchover-calls.md", "upgrade": "reports/upgr
 
 @dataclass
 class Run:
-    number: int
+    number: str                        # run, and leg of it (1a: there, 1b: back)
     calls: int
     first_owner: str = ""
     up_before_switch: int = 0          # SIPp's CurrentCall when the first switch started
@@ -74,36 +76,41 @@ def current_calls(d: sipp.Workdir) -> int:
 LAB_UPGRADE = "systemctl restart etcd.service redis-server.service postgresql.service keepalived.service kamailio.service"
 
 
-def switch_there_and_back(lab, owner: str, peer: str, args):
-    for target in (peer, owner):
-        t0 = time.monotonic()
-        drills.switch_to(lab, target)
-        yield f"switched to {target}", time.monotonic() - t0, lab.vip_owner() or "none"
+def switch_to_the_other(lab, args):
+    """One planned switchover to the node that does not lead."""
+    target = lab.peer(drills.wait_healthy(lab, 120, "switchover"))
+    t0 = time.monotonic()
+    drills.switch_to(lab, target)
+    return f"switched to {target}", time.monotonic() - t0, lab.vip_owner() or "none"
 
 
-def rolling_upgrade_both(lab, owner: str, peer: str, args):
+def rolling_upgrade_both(lab, args):
+    """./hapbx upgrade's order: the standby, a switchover, the old leader (the lead stays moved)."""
     t0 = time.monotonic()
     done = rolling_upgrade.main(lab.cluster, machinery.script_runner(lab.spec), command=args.upgrade_command,
-                                back=True, log=lambda m: print(f"    {m}", flush=True))
-    yield (f"upgraded {' then '.join(done.order)} ({', '.join(f'{n} {s} s' for n, s in done.seconds.items())}), "
-           "lead handed back"), time.monotonic() - t0, done.leader_after
+                                log=lambda m: print(f"    {m}", flush=True))
+    return (f"upgraded {' then '.join(done.order)} ({', '.join(f'{n} {s} s' for n, s in done.seconds.items())})",
+            time.monotonic() - t0, done.leader_after)
 
 
-MOVES = {"switchover": switch_there_and_back, "upgrade": rolling_upgrade_both}
+#: what a run does while its calls are up, as legs: each leg's calls are set up through the VIP,
+#: the move runs, and they end (BYE) through the node that leads after it, i.e. the other node
+MOVES = {"switchover": (switch_to_the_other, switch_to_the_other), "upgrade": (rolling_upgrade_both,)}
+#: how long each call is held, by what moves: longer than the move itself
+HOLD_SECONDS = {"switchover": 60, "upgrade": 420}
 
 
-def one_run(lab, number: int, args, inf: str, domain: str, log) -> Run:
-    run = Run(number, args.calls)
+def one_leg(lab, name: str, move, args, inf: str, domain: str, log) -> Run:
+    run = Run(name, args.calls)
     owner = drills.wait_healthy(lab, 120, "before the calls")
-    peer = lab.peer(owner)
     run.first_owner = owner
-    hold_ms = args.hold_seconds * 1000
-    bound = args.calls / args.rate + args.hold_seconds + 60
+    hold = args.hold_seconds or HOLD_SECONDS[args.during]
+    bound = args.calls / args.rate + hold + 60
     with sipp.Workdir("hapbx-bench-switch-") as d:
         cmd = sipp.command(f"{lab.vip}:{lab.sip_port}", os.path.join(sip.SCENARIOS, "call.xml"), lab.host,
                            service=sip.CALLEE, calls=args.calls,
                            options=["-inf", inf, "-key", "domain", domain, "-key", "expires", "120",
-                                    "-l", str(args.calls), "-r", f"{args.rate:g}", "-rp", "1000", "-d", str(hold_ms),
+                                    "-l", str(args.calls), "-r", f"{args.rate:g}", "-rp", "1000", "-d", str(hold * 1000),
                                     "-trace_screen", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
                                     "-trace_err", "-recv_timeout", "8000", "-timeout", f"{int(bound)}s"])
         box: dict = {}
@@ -115,15 +122,17 @@ def one_run(lab, number: int, args, inf: str, domain: str, log) -> Run:
         while time.monotonic() < deadline and current_calls(d) < args.calls and t.is_alive():
             time.sleep(0.5)
         run.up_before_switch = current_calls(d)
-        log(f"  run {number}: {run.up_before_switch} of {args.calls} calls up through the VIP on {owner}")
+        log(f"  {name}: {run.up_before_switch} of {args.calls} calls up through the VIP on {owner}")
         try:
-            for what, seconds, leader in MOVES[args.during](lab, owner, peer, args):
-                run.switch_seconds.append(round(seconds, 1))
-                run.owners.append(leader)
-                log(f"  run {number}: {what} in {seconds:.1f} s, {leader} leads")
+            what, seconds, leader = move(lab, args)
+            run.switch_seconds.append(round(seconds, 1))
+            run.owners.append(leader)
+            log(f"  {name}: {what} in {seconds:.1f} s, {leader} leads")
+            if time.monotonic() - launched > hold:
+                run.note = f"the move outlasted the calls' hold ({hold} s): some BYEs went before it ended"
         except (drills.DrillError, rolling_upgrade.UpgradeError) as err:
             run.note = f"{args.during} failed: {err}"
-            log(f"  run {number}: {run.note}")
+            log(f"  {name}: {run.note}")
         t.join(max(bound + 25 - (time.monotonic() - launched), 1))
         x = box.get("x")
         rows = _stat(d)
@@ -140,7 +149,7 @@ def one_run(lab, number: int, args, inf: str, domain: str, log) -> Run:
         run.errors = first_error(errors) if errors else ""
         if x is None or x.killed:
             run.note = (run.note + " SIPp did not finish within its bound").strip()
-    log(f"  run {number}: {run.ok} of {args.calls} calls ended with their BYE answered, {run.failed} dropped"
+    log(f"  {name}: {run.ok} of {args.calls} calls ended with their BYE answered, {run.failed} dropped"
         + (f" ({run.errors})" if run.errors else ""))
     return run
 
@@ -151,10 +160,10 @@ def report(runs: list[Run], meta: dict) -> str:
     total = sum(r.calls for r in runs)
     switches = sorted(s for r in runs for s in r.switch_seconds)
     upgrade = meta.get("during") == "upgrade"
-    move = (f"`./hapbx upgrade --back` (ops/rolling_upgrade.py) with `{meta.get('upgrade_command')}` as the "
-            "upgrade: the standby first, a switchover, the old leader, the lead handed back"
-            if upgrade else "`hapbx-ha switchover --to <peer>` on the leader, the cluster healthy on the peer, "
-            "then the same back")
+    move = (f"`./hapbx upgrade`'s order (ops/rolling_upgrade.py) with `{meta.get('upgrade_command')}` as the "
+            "upgrade: the standby first, a switchover, then the old leader"
+            if upgrade else "`hapbx-ha switchover --to <peer>` on the leader until the cluster is healthy on the "
+            "peer (leg a), then the same back with new calls (leg b)")
     lines = [
         "# Calls held through a rolling upgrade of both nodes" if upgrade else
         "# Calls held through a planned switchover and back",
@@ -165,24 +174,25 @@ def report(runs: list[Run], meta: dict) -> str:
         f"- machine: {info.get('cores')} cores ({info.get('cpu')}), {info.get('memory')}, kernel "
         f"{info.get('kernel')}; load average at start {meta['load_start']}, at end {meta['load_end']}",
         f"- on the nodes: {meta.get('kamailio', '?')}",
-        f"- each run: {meta['calls']} calls set up at {meta['rate']:g}/s through the VIP (phone -> queue -> "
+        f"- each leg: {meta['calls']} calls set up at {meta['rate']:g}/s through the VIP (phone -> queue -> "
         f"dispatcher -> the media stand-in of either node), held {meta['hold_seconds']} s; once all are up, "
-        f"{move}; then each call's BYE goes to the VIP (the node that owns it after the moves)",
+        f"{move}; then each call's BYE goes to the VIP, i.e. to the node that leads after the move, not the one "
+        "that saw the call's INVITE",
         "- kept = SIPp saw the 200 OK to the call's BYE; dropped = anything else (a failed in-dialog request, "
         "no answer to the BYE, a call that never ended)",
         "",
         "## Summary",
         "",
-        f"- **{kept} of {total} calls kept** over {len(runs)} runs, {total - kept} dropped; "
+        f"- **{kept} of {total} calls kept** over {len(runs)} legs, {total - kept} dropped; "
         f"target: 0 dropped, every BYE answered: **{'met' if kept == total and total else 'not met'}**",
         ("- the whole rolling upgrade: " if upgrade else
          "- a switchover (command until the cluster is healthy on the other node): ")
         + (f"{switches[0]} / {switches[len(switches) // 2]} / {switches[-1]} s (min / median / max of "
            f"{len(switches)})" if switches else "none completed"),
         "",
-        "## Runs",
+        "## Runs and legs",
         "",
-        "| run | calls up before the first move | first VIP owner | each move (s) | leader after each | kept | dropped "
+        "| run, leg | calls up before the move | VIP owner at setup | the move (s) | leader after it | kept | dropped "
         "| retransmissions | first error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -229,7 +239,10 @@ def run(args) -> int:
         sip.provision_ours(lab, owner, users, domain)
         kamailio = lab.sh(owner, "kamailio -v | head -1").strip()
         for n in range(1, args.runs + 1):
-            runs.append(one_run(lab, n, args, inf, domain, log))
+            legs = MOVES[args.during]
+            for i, move in enumerate(legs):
+                name = f"{n}{'abcdefgh'[i]}" if len(legs) > 1 else str(n)
+                runs.append(one_leg(lab, name, move, args, inf, domain, log))
     finally:
         try:
             primary = drills.wait_healthy(lab, 120, "bench switchover cleanup")
@@ -238,7 +251,8 @@ def run(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     meta = {"command": writer.with_flock(" ".join(["./hapbx", "bench", "switchover", *map(shlex.quote, argv)])), "started": t_start, "took": time.monotonic() - started,
             "info": writer.host(), "load_start": load_start, "load_end": writer.load_avg(), "lab": lab.spec.name,
-            "calls": args.calls, "rate": args.rate, "hold_seconds": args.hold_seconds, "kamailio": kamailio,
+            "calls": args.calls, "rate": args.rate, "hold_seconds": args.hold_seconds or HOLD_SECONDS[args.during],
+            "kamailio": kamailio,
             "during": args.during, "upgrade_command": args.upgrade_command}
     out = args.out or os.path.join(sip.ROOT, REPORTS[args.during])
     writer.write(out, report(runs, meta), data={"meta": meta, "runs": [asdict(r) for r in runs]})
@@ -253,11 +267,12 @@ def add_parser(bsub) -> None:
     g.add_argument("--config", help="a lab stack file instead")
     s.add_argument("--calls", type=int, default=200, help="calls held through the switchover (200)")
     s.add_argument("--rate", type=float, default=20, help="calls/s of their setup (20)")
-    s.add_argument("--hold-seconds", type=int, default=150, help="how long each call is held (150): longer than "
-                   "both switchovers")
+    s.add_argument("--hold-seconds", type=int, help="how long each call is held (switchover "
+                   f"{HOLD_SECONDS['switchover']}, upgrade {HOLD_SECONDS['upgrade']}): longer than the move")
     s.add_argument("--runs", type=int, default=3, help="runs (3)")
     s.add_argument("--during", choices=sorted(MOVES), default="switchover",
-                   help="switchover: there and back (default); upgrade: ./hapbx upgrade's rolling order, --back")
+                   help="switchover: there, then back, each with its own calls (default); upgrade: ./hapbx "
+                        "upgrade's rolling order")
     s.add_argument("--upgrade-command", default=LAB_UPGRADE, help=f"the upgrade on each node ({LAB_UPGRADE})")
     s.add_argument("--out", help=f"report file ({', '.join(f'{k}: {v}' for k, v in REPORTS.items())})")
     s.set_defaults(func=run)

@@ -8,13 +8,13 @@ META = {"command": "./hapbx bench switchover", "started": "2026-12-07 11:00 UTC"
 
 
 def run(n, ok, failed, switches=(8.0, 9.0)):
-    return Run(n, 200, first_owner="pbx1", up_before_switch=200, switch_seconds=list(switches),
+    return Run(str(n), 200, first_owner="pbx1", up_before_switch=200, switch_seconds=list(switches),
                owners=["pbx2", "pbx1"], ok=ok, failed=failed)
 
 
 def test_every_call_kept_meets_the_target():
     text = report([run(1, 200, 0), run(2, 200, 0, (7.5, 12.0))], META)
-    assert "**400 of 400 calls kept** over 2 runs, 0 dropped" in text and "**met**" in text
+    assert "**400 of 400 calls kept** over 2 legs, 0 dropped" in text and "**met**" in text
     assert "7.5 / 9.0 / 12.0 s (min / median / max of 4)" in text
 
 
@@ -26,7 +26,7 @@ def test_one_dropped_call_is_not_met():
 
 
 def test_a_failed_switch_is_said():
-    r = Run(1, 200, first_owner="pbx1", up_before_switch=200, ok=200, note="switchover failed: refused")
+    r = Run("1", 200, first_owner="pbx1", up_before_switch=200, ok=200, note="switchover failed: refused")
     text = report([r], META)
     assert "none completed" in text and "switchover failed: refused" in text
 
@@ -35,5 +35,5 @@ def test_the_upgrade_report_says_what_ran_as_the_upgrade():
     meta = {**META, "during": "upgrade", "upgrade_command": "systemctl restart kamailio.service"}
     text = report([run(1, 200, 0, (95.0,))], meta)
     assert text.startswith("# Calls held through a rolling upgrade of both nodes")
-    assert "`./hapbx upgrade --back`" in text and "systemctl restart kamailio.service" in text
+    assert "`./hapbx upgrade`'s order" in text and "systemctl restart kamailio.service" in text
     assert "the whole rolling upgrade: 95.0 / 95.0 / 95.0 s" in text
