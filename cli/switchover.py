@@ -21,14 +21,11 @@ def add_parser(sub):
 
 
 def cmd(args, stack_file: str) -> int:
-    from components.config import ConfigError, load_stack_file
     from ops.switchover import SwitchoverError, main
 
-    from cli.node_runner import node_runner
-    try:
-        cluster, _ = load_stack_file(stack_file, assume_secrets=True)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"hapbx switchover: {err}", file=sys.stderr)
+    from cli.node_runner import node_runner, stack_cluster
+    cluster = stack_cluster(stack_file, "switchover")
+    if cluster is None:
         return 2
     try:
         result = main(cluster, args.to, node_runner(cluster), timeout_s=args.timeout)

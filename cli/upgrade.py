@@ -24,14 +24,11 @@ def add_parser(sub):
 
 
 def cmd(args, stack_file: str) -> int:
-    from components.config import ConfigError, load_stack_file
     from ops.rolling_upgrade import UpgradeError, main
 
-    from cli.node_runner import node_runner
-    try:
-        cluster, _ = load_stack_file(stack_file, assume_secrets=True)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"hapbx upgrade: {err}", file=sys.stderr)
+    from cli.node_runner import node_runner, stack_cluster
+    cluster = stack_cluster(stack_file, "upgrade")
+    if cluster is None:
         return 2
     try:
         result = main(cluster, node_runner(cluster), command=args.command, back=args.back, timeout_s=args.timeout)
