@@ -1,5 +1,5 @@
-"""How the operator's commands reach a stack's nodes (and read its stack file): the lab's own ssh for a lab stack, the stack's
-ssh settings (key file or agent, pinned host keys) for real hosts."""
+"""How the operator's commands reach a stack's nodes (and read its stack file): the lab's own ssh
+for a lab stack, the stack's ssh settings (key file or agent, pinned host keys) for real hosts."""
 from __future__ import annotations
 
 from components.config import ClusterConfig
