@@ -42,9 +42,10 @@ HA_COMMANDS = (
     "replicaof",                       # promote (NO ONE), demote (follow the peer)
     "client|pause", "client|unpause",  # fence: a master stops acknowledging writes
 )
-#: prometheus-redis-exporter: INFO and PING only (no key, no CONFIG; the exporter reports what those give)
+#: prometheus-redis-exporter: INFO and PING (no key, no CONFIG; the exporter reports what those give), and
+#: CLIENT SETNAME: it names its connection on every scrape and, refused, logs an error each time
 MONITOR_USER = "hapbx-monitor"
-MONITOR_COMMANDS = ("ping", "info")
+MONITOR_COMMANDS = ("ping", "info", "client|setname")
 CDR_PREFIX = "cdr:"
 #: the CDR receiver pushes (then WAITs for the replica), the worker moves items to a processing
 #: list and removes them when stored (reliable queue, MULTI/EXEC); nothing else: no KEYS/SCAN, no

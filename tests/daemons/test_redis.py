@@ -310,6 +310,19 @@ HA_REFUSED = [("flushall",), ("config", "set", "dir", "/tmp"), ("config", "get",
               ("client", "list"), ("shutdown",), ("save",), ("publish", "ch", "x")]
 
 
+def test_the_monitoring_user_reads_info_and_nothing_else(pair):
+    """prometheus-redis-exporter's user: PING, INFO and naming its connection (refused, the exporter
+    logs an error on every scrape); no key, no configuration, no other client command."""
+    _, master, _ = pair
+    user = rd.MONITOR_USER
+    assert master.cli("ping", user=user) == "PONG"
+    assert "role:master" in master.cli("info", "replication", user=user)
+    assert master.cli("client", "setname", "redis_exporter", user=user) == "OK"
+    for cmd in (("get", "cdr:queue"), ("llen", "cdr:queue"), ("config", "get", "*"), ("client", "list"),
+                ("client", "kill", "type", "normal"), ("keys", "*"), ("acl", "list"), ("flushall",)):
+        assert "NOPERM" in master.cli(*cmd, user=user), cmd
+
+
 def ha_env(cluster, me: Redis, peer: Redis, base: Path) -> dict[str, str]:
     """The rendered HA env and secrets of ``me``'s node, made local (ports, the scratch CA, role file)."""
     env = failover.env_values(RenderContext(cluster, me.node, masked_secrets()))
