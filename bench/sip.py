@@ -395,6 +395,14 @@ def sipp_run(lab: LabContext, target: Target, scenario: str, step: Step, inf: st
 
 # ---------------------------------------------------------------- provisioning and the stock baseline
 
+def users_file(directory: str, users: list[tuple[str, str]]) -> str:
+    """SIPp's injection file of the bench users (user; its [authentication] keyword), 0600."""
+    path = os.path.join(directory, "users.csv")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+        fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+    return path
+
+
 def provision_ours(lab: LabContext, primary: str, users: list[tuple[str, str]], domain: str) -> None:
     """Bench users (and the called queue) through the PBX schema: pbx.extensions + pbx.set_sip_password."""
     values = ",".join(f"('{u}','{p}')" for u, p in users)
@@ -645,9 +653,7 @@ def run(args) -> int:
     info = machine()
     notes: list[str] = []
     try:
-        inf = os.path.join(tmp, "users.csv")
-        with open(os.open(inf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+        inf = users_file(tmp, users)
         log(f"bench sip: lab {lab.spec.name}, VIP {lab.vip} on {owner}; {args.users} users through the PBX schema")
         provision_ours(lab, owner, users, domain)
         info["kamailio"] = lab.sh(owner, "kamailio -v | head -1").strip()

@@ -234,9 +234,7 @@ def run(args) -> int:
     runs: list[Run] = []
     kamailio = "?"
     try:
-        inf = os.path.join(tmp, "users.csv")
-        with open(os.open(inf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+        inf = sip.users_file(tmp, users)
         sip.provision_ours(lab, owner, users, domain)
         kamailio = lab.sh(owner, "kamailio -v | head -1").strip()
         for n in range(1, args.runs + 1):

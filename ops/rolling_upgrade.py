@@ -54,7 +54,7 @@ def standby_problems(status: dict[str, str], units: str) -> list[str]:
     return problems
 
 
-def wait_standby(node: str, run: Runner, timeout_s: float, log, sleep=time.sleep, clock=time.monotonic) -> None:
+def wait_standby(node: str, run: Runner, timeout_s: float, sleep=time.sleep, clock=time.monotonic) -> None:
     deadline = clock() + timeout_s
     problems: list[str] = []
     while True:
@@ -92,12 +92,12 @@ def main(cluster: ClusterConfig, run: Runner, command: str = UPGRADE, back: bool
     standby = next(n.name for n in cluster.nodes if n.name != leader)
     result = Upgrade(order=[standby, leader])
     log(f"{leader} leads: upgrading {standby} first, then {leader} after a switchover")
-    wait_standby(standby, run, timeout_s, log, sleep, clock)
+    wait_standby(standby, run, timeout_s, sleep, clock)
     for node in result.order:
         other = next(n.name for n in cluster.nodes if n.name != node)
         if node == leader:
             result.switchovers.append(hand_over(cluster, other, run, timeout_s, log, sleep, clock))
-            wait_standby(node, run, timeout_s, log, sleep, clock)
+            wait_standby(node, run, timeout_s, sleep, clock)
         log(f"{node}: {command}")
         started = clock()
         rc, out, err = run(node, command, max(timeout_s, 1800))
@@ -105,7 +105,7 @@ def main(cluster: ClusterConfig, run: Runner, command: str = UPGRADE, back: bool
         if rc != 0:
             raise UpgradeError(f"{node}: the upgrade command failed (exit {rc}): "
                                f"{(err.strip() or out.strip())[-2000:]}")
-        wait_standby(node, run, timeout_s, log, sleep, clock)
+        wait_standby(node, run, timeout_s, sleep, clock)
         log(f"{node}: upgraded in {result.seconds[node]} s, a ready standby again")
     if back:
         result.switchovers.append(hand_over(cluster, leader, run, timeout_s, log, sleep, clock))

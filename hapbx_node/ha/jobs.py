@@ -293,8 +293,8 @@ def rejoin(argv: list[str]) -> int:
         log("WARN", f"rejoin: could not ensure slot {env['PG_SLOT']} on the peer")
     done = False
     if not basebackup:
-        rj.log_divergence()
-        if j.timed("postgres: pg_rewind", rj.rewind) and rj.rewind_believable() and rj.follow():
+        local_tli, fork = rj.log_divergence()
+        if j.timed("postgres: pg_rewind", rj.rewind) and rj.rewind_believable(local_tli, fork) and rj.follow():
             done = True
         else:
             log("WARN", "rejoin: pg_rewind path failed: falling back to pg_basebackup")
@@ -340,7 +340,6 @@ class Rejoin:
         #: data directories moved aside: "<dir> <epoch seconds>" per line (status lists them)
         self.moved_list = os.path.join(self.cfg.lib_dir, layout.MOVED_ASIDE_LIST)
         self.rewind_output = ""              # what pg_rewind printed
-        self.local_tli, self.fork = "", ""   # log_divergence: this node's timeline, the peer's fork LSN
 
     def stop_local(self) -> bool:
         if not self.pg.running():
@@ -377,32 +376,33 @@ class Rejoin:
         self.log("INFO", "pg_rewind: " + " | ".join(self.rewind_output.splitlines()))
         return rc == 0
 
-    def rewind_believable(self) -> bool:
+    def rewind_believable(self, local_tli: str, fork: str) -> bool:
         """pg_rewind answered "no rewind required" while this node has WAL of its own timeline at or
         after the point where the peer's timeline forked off (the 60-minute soak: a data directory
         whose crash recovery had been interrupted): streaming would then fail until PG_STREAM_TIMEOUT
         (~60 s) and only a second rejoin rewinds. pg_waldump finding a record there settles it: the
         rejoin goes to pg_basebackup at once (the data directory moved aside, nothing lost)."""
-        if "no rewind required" not in self.rewind_output or not self.fork or not self.local_tli.isdigit():
+        if "no rewind required" not in self.rewind_output or not fork or not local_tli.isdigit():
             return True
         waldump = f"{self.pg.bin}/pg_waldump"
         if not os.path.exists(waldump):
             return True
-        rc, out, _ = self.pg.as_pg([waldump, f"--path={self.pg.data}/pg_wal", f"--timeline={self.local_tli}",
-                                    f"--start={self.fork}", "--limit=1"], 30)
+        rc, out, _ = self.pg.as_pg([waldump, f"--path={self.pg.data}/pg_wal", f"--timeline={local_tli}",
+                                    f"--start={fork}", "--limit=1"], 30)
         if rc != 0 or not out.strip():
             return True                # no record of ours after the fork (or none readable): believed
-        self.log("WARN", f"rejoin: pg_rewind found no rewind required, but this node's timeline {self.local_tli} "
-                         f"has WAL after the fork at {self.fork} ({' '.join(out.split())[:200]}): not believed")
+        self.log("WARN", f"rejoin: pg_rewind found no rewind required, but this node's timeline {local_tli} "
+                         f"has WAL after the fork at {fork} ({' '.join(out.split())[:200]}): not believed")
         return False
 
-    def log_divergence(self):
+    def log_divergence(self) -> tuple[str, str]:
         """The WAL this node wrote that the peer does not have: from where the peer's timeline forked
         off (its history, over a replication connection) to the end of the local WAL. Logged before
-        anything rewinds or moves it, so an operator can look for those transactions in the old copy."""
+        anything rewinds or moves it, so an operator can look for those transactions in the old copy.
+        Returns (this node's timeline, the fork LSN), "" where unknown."""
         rc, ctl, _ = self.pg.as_pg([f"{self.pg.bin}/pg_controldata", self.pg.data], 10)
         if rc != 0:
-            return
+            return "", ""
         fields = dict(line.split(":", 1) for line in ctl.splitlines() if ":" in line)
         local_tli = fields.get("Latest checkpoint's TimeLineID", "?").strip()
         local_end = fields.get("Latest checkpoint location", "?").strip()
@@ -418,10 +418,10 @@ class Rejoin:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == local_tli:
                     fork = parts[1]
-        self.local_tli, self.fork = local_tli, fork if fork != "unknown" else ""
         self.log("WARN", f"rejoin: divergent WAL on this node: from {fork} (where peer timeline {peer_tli or '?'} "
                          f"forked off local timeline {local_tli}) to the local end (last checkpoint {local_end}, "
                          f"last segment {segments[-1] if segments else 'none'})")
+        return local_tli, fork if fork != "unknown" else ""
 
     def _read_moved(self) -> list[tuple[str, int]]:
         try:
