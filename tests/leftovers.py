@@ -25,9 +25,10 @@ from dataclasses import dataclass
 #: the environment variable that marks this session's processes
 TOKEN = "HAPBX_TEST_SESSION"
 #: daemons the suite starts, by /proc/<pid>/comm (15 characters at most): the data tier, SIP,
+#: etcd and the etcdctl calls of the HA core (one outliving its daemon is a leftover too),
 #: HA, the FreeSWITCH stand-in (SIPp + its CDR poster post-cdr), softphones, file sync, the
 #: harness's sshd and the lab's containers
-DAEMONS = frozenset({"postgres", "pg_ctl", "redis-server", "kamailio", "etcd", "keepalived", "sipp", "post-cdr",
+DAEMONS = frozenset({"postgres", "pg_ctl", "redis-server", "kamailio", "etcd", "etcdctl", "keepalived", "sipp", "post-cdr",
                      "freeswitch", "baresip", "lsyncd", "sshd", "systemd-nspawn"})
 #: python services of the node package (the HA leader as the failover rig runs it, and the CDR
 #: load generator), by their command line

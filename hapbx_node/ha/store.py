@@ -83,12 +83,19 @@ class EtcdStore(Store):
 
     def _ctl(self, limit_ms: int, *args: str, stdin: str | None = None) -> tuple[int, str]:
         limit_ms = max(limit_ms, 50)
-        argv = ["etcdctl", f"--endpoints={self.endpoint}", f"--dial-timeout={limit_ms * 3 // 4}ms",
+        # timeout(1) bounds etcdctl even when this process dies mid-call (SIGKILL, a crash): a
+        # subprocess timeout dies with us, and `lease keep-alive --once` against a member that
+        # never answered ran on for hours, orphaned. Ours is only the backstop, 1 s later
+        # (killing timeout(1) itself would orphan etcdctl).
+        argv = ["timeout", "-k", "0.5", f"{limit_ms / 1000:.3f}",
+                "etcdctl", f"--endpoints={self.endpoint}", f"--dial-timeout={limit_ms * 3 // 4}ms",
                 f"--command-timeout={limit_ms}ms", *args]
         try:
             p = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env,
-                               timeout=limit_ms / 1000)
+                               timeout=limit_ms / 1000 + 1.0)
             rc, out = p.returncode, (p.stdout + p.stderr).strip()
+            if rc in (124, 137):        # timeout(1): TERM at the limit, KILL 0.5 s later
+                out = f"no answer within {limit_ms}ms" + (f": {out}" if out else "")
         except subprocess.TimeoutExpired:
             rc, out = 124, f"no answer within {limit_ms}ms"
         except OSError as e:

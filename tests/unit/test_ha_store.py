@@ -79,3 +79,36 @@ def test_every_member_failing_goes_round(store):
     for _ in range(4):
         assert isinstance(s.renew("1234", 100), d.RenewFailed)
     assert calls(tmp) == [A, B, C, A]
+
+
+def test_an_etcdctl_call_does_not_outlive_a_killed_daemon(store, tmp_path):
+    """The HA daemon SIGKILLed in the middle of a renewal that hangs: etcdctl (here its stand-in's
+    sleep) is gone within the call's own limit, not left running orphaned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    s, tmp = store
+    (tmp / "10.0.0.11").write_text("hang\n")
+    (tmp / "calls").write_text("")
+    daemon = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from hapbx_node.ha.store import EtcdStore\n"
+        f"EtcdStore({A!r}, '/hapbx/cluster', {dict(s.env)!r}).renew('1234', 800)\n")],
+        cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.monotonic() + 5
+    while not (tmp / "calls").read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (tmp / "calls").read_text(), "the daemon never called etcdctl"
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+
+    def stand_ins() -> list[str]:
+        ps = subprocess.run(["pgrep", "-f", "sleep 5$"], capture_output=True, text=True).stdout.split()
+        return [p for p in ps if str(tmp) in open(f"/proc/{p}/environ", "rb").read().decode(errors="replace")]
+
+    assert stand_ins(), "the hanging etcdctl stand-in should still run right after the kill"
+    deadline = time.monotonic() + 3
+    while stand_ins() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stand_ins() == [], "etcdctl outlived the daemon beyond its 0.8 s limit"
