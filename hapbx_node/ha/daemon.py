@@ -207,7 +207,7 @@ class Daemon:
                 pid = self.promote.start({"HA_PEER_LOST_OK": "1"} if a.peer_lost_ok else {})
                 self.log("INFO", f"started promote (pid {pid})")
             elif isinstance(a, d.StartRejoin):
-                pid = self.rejoin.start()
+                pid = self.rejoin.start(None, "--read-only") if a.read_only else self.rejoin.start()
                 self.log("INFO", f"started rejoin (pid {pid})")
             elif isinstance(a, d.RedisDemote):
                 self.redis.demote(self.log)

@@ -165,6 +165,7 @@ class State:
     rejoin_backoff: int = 0
     not_streaming_since: int = 0
     nw_lost_since: int = 0
+    nobody_leads_since: int = 0    # follower: nobody holds the lease and local PostgreSQL is down, since
     nw_peer_role: str = "?"
     sync_gone_since: int = 0
     sync_back_since: int = 0       # holder: the peer streams (caught up, replying) since
@@ -203,6 +204,7 @@ class StartPromote:
 @dataclass(frozen=True)
 class StartRejoin:
     why: str
+    read_only: bool = False   # nobody writes: start local PostgreSQL as a standby, follow once one does
 
 
 @dataclass(frozen=True)
@@ -619,6 +621,36 @@ def _follower_duties(c: _Cycle):
     elif not s.yield_vip and s.peer_leads_since:
         c.set(peer_leads_since=0, claim_beat=None)     # VRRP master no more: the next claim starts afresh
     _maybe_rejoin(c)
+    _maybe_start_read_only(c)
+
+
+#: nobody held the lease this many lease TTLs with local PostgreSQL down: start it read-only
+READ_ONLY_AFTER_TTLS = 3
+
+
+def _maybe_start_read_only(c: _Cycle):
+    """Nobody leads (as read from the store) and local PostgreSQL is down: after READ_ONLY_AFTER_TTLS
+    lease TTLs (an ordinary failover elects a leader well within that), it starts read-only as a
+    standby of the peer, so this node's readers come up (Kamailio loads its dispatcher set and
+    subscribers from it at start), keepalived's check passes and a node becomes eligible again.
+    Without it, Kamailio down on both nodes at once (restarted together, a crash) left both nodes
+    FAULT with both PostgreSQL servers stopped by their resignation: nobody could lead, ever."""
+    s, o, cfg = c.s, c.o, c.cfg
+    waiting = (cfg.witness and cfg.rejoin_mode == "auto" and not o.maintenance and s.holder == ""
+               and not s.peer_leads and not o.pg_running and not o.rejoin_running and not s.hold
+               and not any(isinstance(a, StartRejoin) for a in c.actions))
+    if not waiting:
+        if s.nobody_leads_since:
+            c.set(nobody_leads_since=0)
+        return
+    since = s.nobody_leads_since or o.now
+    c.set(nobody_leads_since=since)
+    if o.now - since < READ_ONLY_AFTER_TTLS * cfg.ttl_ms or o.now - s.last_rejoin <= s.rejoin_backoff:
+        return
+    c.log("WARN", f"nobody has led for {o.now - since}ms and local postgres is down: starting it read-only "
+                  f"(a standby of {cfg.peer}) so this node's services can start and a leader can be elected")
+    c.set(last_rejoin=o.now, nobody_leads_since=0)
+    c.do(StartRejoin("nobody leads and local postgres is down", read_only=True))
 
 
 def _master_while_peer_leads(c: _Cycle):

@@ -271,6 +271,8 @@ def rejoin(argv: list[str]) -> int:
         log("WARN", "rejoin: this node holds the leader lease: it is the primary, nothing to rejoin")
         return EXIT_NO_LEASE
     peer = pg.peer_role()
+    if peer != "primary" and "--read-only" in argv:
+        return start_read_only(j, peer)
     if peer != "primary":
         log("ERROR", f"rejoin: peer postgres is {peer}, not a writable primary: nothing to follow "
                      f"({pg.peer_error})")
@@ -518,6 +520,23 @@ class Rejoin:
                 and j.timed("postgres: start", self.pg.start, self.log)
                 and j.timed("postgres: streaming", self.pg.wait_streaming,
                             int(self.env.get("PG_STREAM_TIMEOUT") or 60) * 1000))
+
+
+def start_read_only(j: Job, peer: str) -> int:
+    """`rejoin --read-only` while nobody writes (decide._maybe_start_read_only): local PostgreSQL
+    started as a standby of the peer, read-only, so local readers work; it streams once the peer is
+    a primary, and is rejoined (rewound) as usual if it cannot. Nothing is rewound or copied here:
+    this node may hold the newest data, and stays promotable."""
+    log = j.log
+    if j.pg.running():
+        log("INFO", "rejoin --read-only: local postgres runs already")
+        return 0
+    log("WARN", f"rejoin --read-only: nobody writes (peer postgres {peer}): starting local postgres as a "
+                "read-only standby")
+    rj = Rejoin(j)
+    if j.timed("postgres: configure standby", rj.configure_standby) and j.timed("postgres: start", j.pg.start, log):
+        return 0
+    return EXIT_FAILED
 
 
 # ---------------------------------------------------------------- status

@@ -295,6 +295,30 @@ SCENARIOS = {
         (BASE, d.State(holder="pbx2", peer_leads=True), obs(vrrp="BACKUP", pg_running=False, maintenance=True,
                                                             lease=d.Holder("pbx2")),
          d.MAINTENANCE, [], {}),
+    # ---- nobody leads and local PostgreSQL is down (Kamailio down on both nodes at once: both FAULT)
+    "nobody leads, local postgres down: wait READ_ONLY_AFTER_TTLS lease TTLs":
+        (BASE, d.State(holder="", nobody_leads_since=NOW - 8999),
+         obs(vrrp="FAULT", pg_running=False, lease=d.Holder("")),
+         d.FOLLOWER, [], {"nobody_leads_since": NOW - 8999}),
+    "nobody leads, local postgres down past READ_ONLY_AFTER_TTLS lease TTLs: start it read-only":
+        (BASE, d.State(holder="", nobody_leads_since=NOW - 9000),
+         obs(vrrp="FAULT", pg_running=False, lease=d.Holder("")),
+         d.REJOINING, ["StartRejoin"], {"last_rejoin": NOW, "nobody_leads_since": 0}),
+    "nobody leads, local postgres down: the wait starts now":
+        (BASE, d.State(holder=""), obs(vrrp="FAULT", pg_running=False, lease=d.Holder("")),
+         d.FOLLOWER, [], {"nobody_leads_since": NOW}),
+    "who leads unknown (store unreachable): postgres stays down":
+        (BASE, d.State(holder="", nobody_leads_since=NOW - 60_000),
+         obs(vrrp="FAULT", pg_running=False, lease=d.Holder(None)),
+         d.FOLLOWER, [], {"nobody_leads_since": 0}),
+    "nobody leads, local postgres running: nothing to start":
+        (BASE, d.State(holder="", nobody_leads_since=NOW - 60_000),
+         obs(vrrp="FAULT", **STANDBY, lease=d.Holder("")),
+         d.FOLLOWER, [], {"nobody_leads_since": 0}),
+    "nobody leads, postgres down, maintenance: left to the operator":
+        (BASE, d.State(holder="", nobody_leads_since=NOW - 60_000),
+         obs(vrrp="FAULT", pg_running=False, maintenance=True, lease=d.Holder("")),
+         d.MAINTENANCE, [], {"nobody_leads_since": 0}),
     # ---- without a witness
     "no witness: the VIP owner whose peer is a standby takes authority":
         (NO_WITNESS, d.State(), obs(vrrp="MASTER", **FRESH_HB, **STANDBY, peer_pg_role="standby"),
@@ -399,3 +423,13 @@ def test_beat_only_from_a_renewing_holder_whose_keepalived_is_master():
     assert d.beat_parts(d.beat_text("pbx2", True, 5)) == ("pbx2", True)
     assert d.beat_parts(d.beat_text("pbx2", False, 5)) == ("pbx2", False)
     assert d.beat_parts("") == ("", False) and d.beat_parts(None) == ("", False)
+
+
+def test_the_read_only_start_asks_the_rejoin_job_for_it():
+    """The action carries read_only, which the daemon turns into `rejoin --read-only`."""
+    cfg, state, o, *_ = SCENARIOS["nobody leads, local postgres down past READ_ONLY_AFTER_TTLS lease TTLs: start it read-only"]
+    (start,) = [a for a in d.decide(state, o, cfg).actions if isinstance(a, d.StartRejoin)]
+    assert start.read_only
+    cfg, state, o, *_ = SCENARIOS["follower whose postgres is down while the peer leads: rejoin"]
+    (start,) = [a for a in d.decide(state, o, cfg).actions if isinstance(a, d.StartRejoin)]
+    assert not start.read_only
