@@ -1,7 +1,7 @@
 """The lab's media stand-in posts each call's CDR as FreeSWITCH's mod_json_cdr does.
 
-Real SIPp (Debian's sip-tester 3.6) runs the rendered UAS scenario on loopback with the rendered
-post-cdr script; a SIPp caller places calls to it. The posts go to small recording HTTP servers on
+Real SIPp (Debian's sip-tester 3.6) runs the rendered UAS scenario on loopback with the unit's CDR
+log options, and the rendered post-cdr --drain reads that log; a SIPp caller places calls to it. The posts go to small recording HTTP servers on
 the rendered receiver URLs (this node 127.0.0.1 in HTTP, the peer 127.0.0.2 over HTTPS with a
 certificate from a scratch CA, the rendered port), or to the real CDR receiver and worker with Redis and
 PostgreSQL (bench/devstack.py), down to cdr.calls.
@@ -10,10 +10,12 @@ What is checked: the request is mod_json_cdr's (POST /cdr, application/json, fre
 with a body the receiver's own decode_body + normalize accept, numbers and call UUID right
 (uuid3 of the Call-ID); the peer is tried when this node's receiver is down, its certificate checked
 against the CA (another CA's: not posted); a record no receiver took is kept in the error directory; SIPp does not wait for the posters and leaves no zombie;
-headers full of shell metacharacters never run anything.
+headers full of shell metacharacters never run anything; SIPp restarted (its log appended to,
+rotated, a line torn) or the poster restarted mid-file: every call posted exactly once.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import http.server
 import json
@@ -171,9 +173,11 @@ class BlackHole:
 class StandIn:
     """The rendered scenario and post-cdr (URLs: 127.0.0.1 and the peer 127.0.0.2 on `port`; its
     state directory in a temporary one) run by a real SIPp UAS on 127.0.0.1 as the unit runs it
-    (-aa -nostdin), and ``post-cdr --drain`` as the CDR unit runs it."""
+    (its CDR log options, -aa -nostdin, in the state directory), and ``post-cdr --drain`` as the
+    CDR unit runs it. ringbuffer_size: SIPp rotates its CDR log past so many bytes."""
 
-    def __init__(self, receiver_port: int, node: int = 0, ca: str = ""):
+    def __init__(self, receiver_port: int, node: int = 0, ca: str = "",
+                 ringbuffer_size: int = sipp_uas.RINGBUFFER_SIZE):
         c = shipped_cluster("lab")
         nodes = [dataclasses.replace(c.nodes[0], address=LOCAL), dataclasses.replace(c.nodes[1], address=PEER)]
         self.cluster = dataclasses.replace(c, nodes=nodes, cdr=dataclasses.replace(c.cdr, receiver_port=receiver_port))
@@ -182,7 +186,9 @@ class StandIn:
         self.state = os.path.join(self.dir, "state")
         os.mkdir(self.state)
         self.errors = sipp_uas.ERROR_DIR.replace(sipp_uas.STATE_DIR, self.state)
-        self.spool = sipp_uas.SPOOL_DIR.replace(sipp_uas.STATE_DIR, self.state)
+        self.log = sipp_uas.CDR_LOG.replace(sipp_uas.STATE_DIR, self.state)
+        self.position = sipp_uas.POSITION.replace(sipp_uas.STATE_DIR, self.state)
+        self.ringbuffer_size = ringbuffer_size
         self.script = os.path.join(self.dir, "post-cdr")
         ctx = RenderContext(self.cluster, self.node, masked_secrets())
         with open(self.script, "w", encoding="utf-8") as fh:
@@ -192,18 +198,29 @@ class StandIn:
         self.start_drainer()
         self.scenario = os.path.join(self.dir, "uas.xml")
         with open(self.scenario, "w", encoding="utf-8") as fh:
-            fh.write(sipp_uas.scenario_text(post_cdr=self.script))
+            fh.write(sipp_uas.scenario_text())
         self.port = free_udp_port()
         self.stderr_path = os.path.join(self.dir, "stderr")
-        with open(self.stderr_path, "wb") as err:
+        self.start_uas()
+
+    def start_uas(self) -> None:
+        options = sipp_uas.cdr_log_options(self.state, ringbuffer_size=self.ringbuffer_size)
+        with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                ["sipp", "-sf", self.scenario, "-i", LOCAL, "-p", str(self.port), "-aa", "-nostdin", "-trace_err"],
-                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                ["sipp", *options, "-sf", self.scenario, "-i", LOCAL, "-p", str(self.port), "-aa", "-nostdin",
+                 "-trace_err"],
+                cwd=self.state, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True)
         deadline = time.monotonic() + 5
         while f"{LOCAL}:{self.port} " not in subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout:
             assert self.proc.poll() is None, f"sipp exited: {self.stderr()}"
             assert time.monotonic() < deadline, "sipp UAS did not start"
             time.sleep(0.05)
+
+    def stop_uas(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=5)
 
     def start_drainer(self) -> None:
         with open(os.path.join(self.dir, "drainer.stderr"), "ab") as err:
@@ -216,8 +233,22 @@ class StandIn:
             self.drainer.wait(timeout=5)
         self.drainer = None
 
-    def spooled(self) -> list[str]:
-        return sorted(os.listdir(self.spool)) if os.path.isdir(self.spool) else []
+    def pending(self) -> int:
+        """Complete lines of the CDR logs the poster has not taken yet (post-cdr --pending)."""
+        out = subprocess.run([self.script, "--pending"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    def rotated(self) -> list[str]:
+        return [f for f in sipp_uas.cdr_log_files(self.state) if f != self.log]
+
+    def logged(self) -> int:
+        """Complete lines SIPp wrote to its CDR logs (those still there)."""
+        n = 0
+        for f in sipp_uas.cdr_log_files(self.state):
+            with open(f, "rb") as fh:
+                n += fh.read().count(b"\n")
+        return n
 
     @property
     def target(self) -> str:
@@ -262,9 +293,7 @@ class StandIn:
 
     def stop(self) -> None:
         self.stop_drainer()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)   # its exec'd children too (same process group)
-            self.proc.wait(timeout=5)
+        self.stop_uas()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -309,7 +338,7 @@ def servers():
 
 
 def until(predicate, seconds: float, what) -> None:
-    """Wait for predicate (the poster removes a spool file after its post is answered: a moment
+    """Wait for predicate (the poster moves its position after the posts are answered: a moment
     later on a loaded host); what() says the state when it never holds."""
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -334,7 +363,8 @@ def assert_mod_json_cdr_request(request: dict) -> None:
 
 def test_rendered_poster_and_unit():
     """post-cdr passes its own validator (sh -n) and shellcheck on both nodes; the unit lets its
-    dynamic user write the error directory; the exec command carries only sanitized variables."""
+    dynamic user write the error directory; SIPp logs each CDR (options before -sf, in the state
+    directory the poster reads), runs no command, and the logged line carries only sanitized variables."""
     c = shipped_cluster("lab")
     for node in c.nodes:
         files = {f.path: f for f in sipp_uas.files(RenderContext(c, node, masked_secrets()))}
@@ -354,22 +384,27 @@ def test_rendered_poster_and_unit():
             unit = files[path].content
             assert "DynamicUser=yes\nUser=hapbx-media-uas\nStateDirectory=hapbx-media-uas\n" in unit, path
         assert f"ExecStart={sipp_uas.POST_CDR} --drain\n" in files[sipp_uas.CDR_UNIT_PATH].content
-        for d in (sipp_uas.ERROR_DIR, sipp_uas.SPOOL_DIR, sipp_uas.WORK_DIR):
+        uas = files[sipp_uas.UNIT_PATH].content
+        assert f"ExecStart=/usr/bin/sipp {' '.join(sipp_uas.cdr_log_options())} -sf {sipp_uas.SCENARIO} " in uas
+        assert " -log_overwrite false " in uas and f"\nWorkingDirectory={sipp_uas.STATE_DIR}\n" in uas
+        for d in (sipp_uas.ERROR_DIR, sipp_uas.WORK_DIR, sipp_uas.CDR_LOG, sipp_uas.POSITION):
             assert d.startswith(sipp_uas.STATE_DIR + "/") and f"={d}\n" in script.content
+        assert f"ROTATED_DIR={sipp_uas.STATE_DIR}\nROTATED='{sipp_uas.ROTATED}'\n" in script.content
     scenario = sipp_uas.scenario_text()
-    command = re.search(r'<exec command="([^"]*)"', scenario).group(1)
-    assert command.startswith(f"exec {sipp_uas.POST_CDR} ")
-    # every substitution is a regexp-restricted or numeric variable, or a SIPp number
-    subs = re.findall(r"\[([^\]]*)\]", command)
-    assert subs == ["$call_id", "$caller", "$caller_name", "$callee", "$start_s", "$start_us", "$answer_s",
-                    "$answer_us", "$end_s", "$end_us", "pid", "call_number"]
-    assert all(f"'[{s}]'" in command for s in subs)
+    assert "<exec" not in scenario and "command=" not in scenario
+    [message] = re.findall(r'<log message="([^"]*)"', scenario)
+    assert message.startswith(sipp_uas.CDR_MARK)
+    # every field is a regexp-restricted or numeric variable, or a SIPp number, between | only
+    fields = message.removeprefix(sipp_uas.CDR_MARK).split("|")
+    assert fields == ["[$call_id]", "[$caller]", "[$caller_name]", "[$callee]", "[$start_s]", "[$start_us]",
+                      "[$answer_s]", "[$answer_us]", "[$end_s]", "[$end_us]", "[pid]", "[call_number]"]
     for var in ("call_id", "caller", "caller_name", "callee"):
         assigned = re.findall(r'<ereg regexp="([^"]*)"[^>]*assign_to="[^"]*\b' + var + '"', scenario)
         assert assigned, var
-        for regexp in assigned:   # the captured group admits no quote, backslash, $ ` ; | & < > ( )
+        for regexp in assigned:   # the captured group admits no quote, backslash, $ ` ; | & < > ( ), no line break
             group = re.findall(r"\(([^()]*\{1,\d+\})\)", regexp.replace("&quot;", '"').replace("&lt;", "<"))
-            assert group and not set("'\"\\$`;|&<>()\n") & set(re.sub(r"\{1,\d+\}", "", group[-1])), regexp
+            assert group and not set("'\"\\$`;|&<>()\n\r") & set(re.sub(r"\{1,\d+\}", "", group[-1])), regexp
+            assert "[:space:]" not in group[-1] and "\\s" not in group[-1], regexp
 
 
 def test_scenario_loads_in_sipp_and_answers_options(standin):
@@ -445,10 +480,10 @@ def test_a_cdr_no_receiver_took_is_kept_for_a_replay(standin, port, servers):
     assert r.ok, (r.stdout, r.errors)
     want = sipp_uas.call_uuid("kept-1@127.0.0.1")
     deadline = time.monotonic() + 10
-    # post-cdr moves the record into the error directory, logs, then removes its spool file: the
-    # record has left the spool only once both are seen (CI, loaded: the spool file a moment later)
-    while standin.error_files() != [f"{want}.cdr.json"] or standin.spooled():
-        assert time.monotonic() < deadline, (standin.error_files(), standin.spooled(), standin.stderr())
+    # post-cdr moves the record into the error directory, logs, then moves its position past the
+    # line: the record is taken only once both are seen (CI, loaded: the position a moment later)
+    while standin.error_files() != [f"{want}.cdr.json"] or standin.pending():
+        assert time.monotonic() < deadline, (standin.error_files(), standin.pending(), standin.stderr())
         time.sleep(0.05)
     with open(os.path.join(standin.errors, f"{want}.cdr.json"), "rb") as fh:
         body = fh.read()
@@ -456,7 +491,7 @@ def test_a_cdr_no_receiver_took_is_kept_for_a_replay(standin, port, servers):
     assert (row["call_uuid"], row["callee_number"]) == (want, "+4930123")
     log = [line for line in standin.stderr().splitlines() if "post-cdr" in line]
     assert len(log) == 1 and want in log[0] and "kept in" in log[0], log
-    assert standin.spooled() == []
+    assert standin.pending() == 0 and standin.logged() == 1
     # the replay of the kept record: accepted as it is, by the receiver that is back
     back = Recorder(LOCAL, port)
     servers.append(back)
@@ -486,32 +521,103 @@ def test_sipp_does_not_wait_for_the_posts_and_leaves_no_zombie(standin, port, se
     print(f"\n40 calls at 20/s with hung receivers: {took:.2f} s; 40 records kept")
 
 
-def test_calls_spooled_while_the_poster_is_down_are_posted_when_it_is_back(standin, port, servers):
+def uuids_posted(recorder: Recorder) -> collections.Counter:
+    return collections.Counter(json.loads(q["body"])["variables"]["call_uuid"] for q in recorder.requests)
+
+
+def test_calls_logged_while_the_poster_is_down_are_posted_when_it_is_back(standin, port, servers):
     local = Recorder(LOCAL, port)
     servers.append(local)
     standin.stop_drainer()
-    r = standin.call("spooled-%u@127.0.0.1", calls=5, rate=50, hold_ms=100)
+    r = standin.call("logged-%u@127.0.0.1", calls=5, rate=50, hold_ms=100)
     assert r.ok and r.successful == 5, (r.stdout, r.errors)
-    deadline = time.monotonic() + 5
-    while len(standin.spooled()) < 5:
-        assert time.monotonic() < deadline, standin.spooled()
-        time.sleep(0.05)
+    until(lambda: standin.pending() == 5, 5, standin.pending)
     assert local.requests == []
-    with open(os.path.join(standin.spool, "0-0-1.cdr"), "w"):
-        pass                                     # a call being spooled (empty so far): left alone
+    late = ("hapbx-cdr-1|late-1@127.0.0.1|1001||8000|1700000000.000000|0.000000|1700000001.000000|0.000000|"
+            "1700000031.000000|0.000000|1|1")
+    with open(standin.log, "a") as fh:
+        fh.write(late)                           # a call being logged (no newline yet): left alone
     standin.start_drainer()
     requests = local.wait(5)
     assert len(requests) == 5
     assert sorted(row_of(q)["call_uuid"] for q in requests) == \
-        sorted(sipp_uas.call_uuid(f"spooled-{n}@127.0.0.1") for n in range(1, 6))
-    until(lambda: standin.spooled() == ["0-0-1.cdr"], 5, standin.spooled)
-    time.sleep(0.5)                              # the empty file stays, and nothing more is posted
-    assert standin.spooled() == ["0-0-1.cdr"] and len(local.requests) == 5
-    with open(os.path.join(standin.spool, "0-0-1.cdr"), "w") as fh:   # now written
-        fh.write("late-1@127.0.0.1|1001||8000|1700000000000000|1700000001000000|1700000031000000|1|1\n")
+        sorted(sipp_uas.call_uuid(f"logged-{n}@127.0.0.1") for n in range(1, 6))
+    until(lambda: standin.pending() == 0, 5, standin.pending)
+    time.sleep(0.5)                              # the line being written stays, and nothing more is posted
+    assert len(local.requests) == 5
+    with open(standin.log, "a") as fh:           # now written
+        fh.write("\n")
     assert row_of(local.wait(6)[5])["call_uuid"] == sipp_uas.call_uuid("late-1@127.0.0.1")
-    until(lambda: standin.spooled() == [], 5, standin.spooled)
-    assert standin.error_files() == []
+    until(lambda: standin.pending() == 0, 5, standin.pending)
+    time.sleep(0.5)
+    assert len(local.requests) == 6 and standin.error_files() == []
+
+
+@pytest.fixture
+def rotating(port, pki):
+    """The stand-in with SIPp rotating its CDR log every ~5 calls (~150 bytes a line)."""
+    s = StandIn(port, ca=pki[0], ringbuffer_size=700)
+    yield s
+    s.stop()
+
+
+def test_sipp_restarted_between_calls_loses_no_cdr_and_posts_none_twice(rotating, port, servers):
+    """SIPp stopped (SIGTERM) and killed (SIGKILL, a line torn by hand as a kill mid-write would
+    leave it) between calls, its log rotated meanwhile: each call's CDR posted exactly once."""
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    s = rotating
+    want = []
+    for batch, stop in (("a", signal.SIGTERM), ("b", signal.SIGKILL), ("c", None)):
+        r = s.call(f"restart-{batch}-%u@127.0.0.1", calls=8, rate=40, hold_ms=50)
+        assert r.ok and r.successful == 8, (r.stdout, r.errors)
+        want += [sipp_uas.call_uuid(f"restart-{batch}-{n}@127.0.0.1") for n in range(1, 9)]
+        if stop is None:
+            break
+        s.stop_uas(stop)
+        if stop == signal.SIGKILL:
+            with open(s.log, "a") as fh:
+                fh.write("hapbx-cdr-1|torn-1@127.0.0.1|10")
+        s.start_uas()
+    until(lambda: len(local.requests) >= 24, 15, lambda: (len(local.requests), s.stderr()[-2000:]))
+    until(lambda: s.pending() == 0, 10, s.pending)
+    time.sleep(1)
+    posted = uuids_posted(local)
+    assert sorted(posted) == sorted(want) and set(posted.values()) == {1}, posted
+    # the rotated logs were read to their end and deleted; what the current one holds stays
+    assert s.rotated() == [], s.rotated()
+    assert [line for line in s.stderr().splitlines() if "post-cdr" in line] == []
+    assert s.error_files() == []
+
+
+def test_the_poster_restarted_mid_file_loses_no_cdr_and_posts_none_twice(rotating, port, servers):
+    """The poster killed (SIGKILL) after taking part of a log, calls logged and the log rotated
+    while it is down, started again: it goes on from its position, each call posted exactly once."""
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    s = rotating
+    r = s.call("mid-a-%u@127.0.0.1", calls=3, rate=30, hold_ms=50)
+    assert r.ok and r.successful == 3, (r.stdout, r.errors)
+    until(lambda: len(local.requests) == 3 and s.pending() == 0, 10, lambda: (len(local.requests), s.pending()))
+    with open(s.position) as fh:
+        inode, offset, first = fh.read().split("\n")[:3]
+    assert int(inode) == os.stat(s.log).st_ino and 0 < int(offset) == os.path.getsize(s.log)
+    assert first.startswith(sipp_uas.CDR_MARK + "mid-a-1@")
+    s.stop_drainer()
+    r = s.call("mid-b-%u@127.0.0.1", calls=12, rate=40, hold_ms=50)
+    assert r.ok and r.successful == 12, (r.stdout, r.errors)
+    until(lambda: s.pending() == 12, 5, s.pending)
+    assert s.rotated() != [] and os.stat(s.log).st_ino != int(inode)   # the file it was reading: rotated
+    s.start_drainer()
+    r = s.call("mid-c-%u@127.0.0.1", calls=3, rate=30, hold_ms=50)
+    assert r.ok and r.successful == 3, (r.stdout, r.errors)
+    until(lambda: len(local.requests) >= 18 and s.pending() == 0, 15, lambda: (len(local.requests), s.pending()))
+    time.sleep(1)
+    posted = uuids_posted(local)
+    want = [sipp_uas.call_uuid(f"mid-{b}-{n}@127.0.0.1") for b, calls in (("a", 3), ("b", 12), ("c", 3))
+            for n in range(1, calls + 1)]
+    assert sorted(posted) == sorted(want) and set(posted.values()) == {1}, posted
+    assert s.rotated() == [] and s.error_files() == []
 
 
 # ------------------------------------------------------------------ hostile headers

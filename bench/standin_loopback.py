@@ -1,0 +1,274 @@
+"""The media stand-in's call rate on loopback: a SIPp phone (INVITE / 200 / ACK / hold / BYE / 200)
+against the rendered stand-in (components/render/sipp_uas.py: its scenario, its SIPp options, its
+post-cdr) on 127.0.0.1, stepped through calls/s; what the lab's SIP bench sees through Kamailio
+without Kamailio.
+
+  .venv/bin/python -m bench.standin_loopback [--rates 100,200,300] [--seconds 20] [--hold-ms 100] [--drain]
+
+Per rate: calls placed and completed, failed calls (the phone's BYE unanswered after its
+retransmissions: Kamailio would answer 408), BYE retransmissions (a BYE the stand-in did not answer
+within 500 ms), the p50/p99 of BYE -> 200 as the phone saw it, the CPU of the UAS SIPp process
+(its own; with its reaped children: the per-call forks of an exec action), and the CDRs written
+(complete lines in the stand-in's CDR log) against the calls the UAS saw end. With --drain,
+post-cdr --drain runs during the step and posts to a counting receiver on 127.0.0.1 (the
+rendered local URL): CDRs posted (distinct call UUIDs) and posted twice.
+
+Loopback only (127.0.0.1); every process it starts is stopped at the end of its step.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from components.config import load_stack_file
+from components.render import RenderContext, masked_secrets, sipp_uas
+from lab import sipp
+
+ADDRESS = "127.0.0.1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+# The phone: its BYE is response time 1 (BYE -> 200), retransmitted every 500 ms (-max_retrans).
+CALLER = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="loopback caller">
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:caller@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=t 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+
+]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <pause/>
+  <send retrans="500" start_rtd="1">
+    <![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]>
+  </send>
+  <recv response="200" rtd="1"/>
+</scenario>
+"""
+
+
+class CountingReceiver:
+    """This node's CDR receiver on loopback: answers 200, counts the call UUIDs posted."""
+
+    def __init__(self, port: int):
+        self.uuids: list[str] = []
+        counted = self.uuids
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                counted.append(json.loads(body)["variables"]["call_uuid"])
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128
+            daemon_threads = True
+
+        self.server = Server((ADDRESS, port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((ADDRESS, 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK, (int(f[13]) + int(f[14])) / TICK
+
+
+class Stand:
+    """The rendered stand-in in a scratch state directory: SIPp UAS as its unit runs it, and
+    (optionally) post-cdr --drain as its CDR unit runs it."""
+
+    def __init__(self, receiver_port: int):
+        c, _ = load_stack_file(os.path.join(ROOT, "Pulumi.lab.yaml"), assume_secrets=True)
+        nodes = [dataclasses.replace(c.nodes[0], address=ADDRESS), *c.nodes[1:]]
+        self.cluster = dataclasses.replace(c, nodes=nodes, cdr=dataclasses.replace(c.cdr, receiver_port=receiver_port))
+        self.dir = tempfile.mkdtemp(prefix="hapbx-standin-bench-")
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state)
+        ctx = RenderContext(self.cluster, self.cluster.nodes[0], masked_secrets())
+        self.script = os.path.join(self.dir, "post-cdr")
+        with open(self.script, "w", encoding="utf-8") as fh:
+            fh.write(sipp_uas.post_cdr_text(ctx, state_dir=self.state))
+        os.chmod(self.script, 0o755)
+        self.scenario = os.path.join(self.dir, "uas.xml")
+        with open(self.scenario, "w", encoding="utf-8") as fh:
+            fh.write(sipp_uas.scenario_text())
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.uas: subprocess.Popen | None = None
+        self.drainer: subprocess.Popen | None = None
+
+    def start_uas(self) -> None:
+        # the unit's command line (its options before -sf: SIPp opens the CDR log at -sf)
+        argv = ["sipp", *sipp_uas.cdr_log_options(self.state), "-sf", self.scenario, "-i", ADDRESS,
+                "-p", str(self.port), "-aa", "-nostdin", "-max_socket", "50000"]
+        self.uas = subprocess.Popen(argv, cwd=self.state, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while f"{ADDRESS}:{self.port} " not in subprocess.run(["ss", "-lunH"], capture_output=True,
+                                                              text=True).stdout:
+            assert self.uas.poll() is None and time.monotonic() < deadline, "SIPp UAS did not start"
+            time.sleep(0.05)
+
+    def start_drainer(self) -> None:
+        self.drainer = subprocess.Popen([self.script, "--drain"], cwd=self.state, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def cdrs_written(self) -> int:
+        """Complete CDR lines in the stand-in's CDR log and its rotated files."""
+        n = 0
+        for path in sipp_uas.cdr_log_files(self.state):
+            with open(path, "rb") as fh:
+                n += fh.read().count(b"\n")
+        return n
+
+    def stop(self) -> None:
+        for p in (self.drainer, self.uas):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bye_row(screen: str) -> tuple[int, int, int]:
+    """(sent, retransmissions, timeouts) of the BYE from the phone's final screen."""
+    m = re.search(r"^\s*BYE\s+-+>\s+(?:B-RTD1\s+)?(\d+)\s+(\d+)\s+(\d+)", screen, re.M)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def step(rate: int, seconds: int, hold_ms: int, drain: bool) -> dict:
+    http_port = free_port(socket.SOCK_STREAM)
+    receiver = CountingReceiver(http_port) if drain else None
+    stand = Stand(http_port)
+    try:
+        stand.start_uas()
+        if drain:
+            stand.start_drainer()
+        calls = rate * seconds
+        before = cpu_seconds(stand.uas.pid)
+        with sipp.Workdir("hapbx-standin-caller-") as d:
+            cmd = sipp.command(f"{ADDRESS}:{stand.port}", d.write("caller.xml", CALLER), ADDRESS, service="8000",
+                               calls=calls, options=["-r", str(rate), "-l", str(max(rate * 4, 100)),
+                                                     "-d", str(hold_ms), "-recv_timeout", "8000",
+                                                     "-max_retrans", "5", "-timeout", f"{seconds * 3 + 30}s",
+                                                     "-trace_rtt", "-rtt_freq", "1"])
+            x = sipp.launch(cmd, d.path, seconds * 3 + 60)
+            rtts = sipp.parse_rtt_csv(d.read("_rtt.csv"))
+        after = cpu_seconds(stand.uas.pid)
+        ok, ko = sipp.counts(x.stdout)
+        sent, retrans, timeouts = bye_row(x.stdout)
+        written, stable = stand.cdrs_written(), time.monotonic()
+        while time.monotonic() - stable < 2:
+            time.sleep(0.2)                 # until no CDR has been added for 2 s
+            if (now := stand.cdrs_written()) != written:
+                written, stable = now, time.monotonic()
+        posted = twice = 0
+        if drain:
+            deadline = time.monotonic() + 30
+            while len(set(receiver.uuids)) < written and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+            posted, twice = len(set(receiver.uuids)), len(receiver.uuids) - len(set(receiver.uuids))
+        return {"rate": rate, "placed": calls, "completed": ok, "failed": ko, "bye_sent": sent,
+                "bye_retrans": retrans, "bye_timeouts": timeouts, "bye_p50_ms": percentile(rtts, 0.5),
+                "bye_p99_ms": percentile(rtts, 0.99), "phone_seconds": round(x.seconds, 1),
+                "uas_cpu_pct": round(100 * (after[0] - before[0]) / x.seconds, 1),
+                "uas_children_cpu_pct": round(100 * (after[1] - before[1]) / x.seconds, 1),
+                "cdrs_written": written, "cdrs_posted": posted, "posted_twice": twice}
+    finally:
+        stand.stop()
+        if receiver:
+            receiver.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default="100,200,300")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--hold-ms", type=int, default=100)
+    ap.add_argument("--drain", action="store_true", help="run post-cdr --drain and a counting receiver")
+    a = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores; sipp: "
+          f"{subprocess.run(['sipp', '-v'], capture_output=True, text=True).stdout.split()[1]}")
+    for rate in (int(r) for r in a.rates.split(",")):
+        print(json.dumps(step(rate, a.seconds, a.hold_ms, a.drain)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
