@@ -287,6 +287,25 @@ def rejoin(argv: list[str]) -> int:
             time.sleep(0.5)
         log("WARN", "rejoin: standby is not streaming: rewinding")
     log("INFO", f"rejoin: start (local postgres {role}, basebackup={int(basebackup)})")
+    try:
+        return _rejoin(j, basebackup)
+    except PeerGone as gone:
+        log("WARN", f"rejoin: the peer stopped being a writable primary (postgres {gone}) while this node waited "
+                    "to stream from it: stopping here, local postgres stays a read-only standby; the next leader "
+                    "is followed by the next rejoin")
+        return EXIT_PEER
+
+
+#: a rejoin waiting to stream checks this often that the peer is still a writable primary
+PEER_CHECK_MS = 2000
+
+
+class PeerGone(Exception):
+    """The peer is no longer a writable primary (str: its role as seen)."""
+
+
+def _rejoin(j: Job, basebackup: bool) -> int:
+    log, env = j.log, j.env
     t0 = mono_ms()
     rj = Rejoin(j)
     if not j.timed("postgres: stop local", rj.stop_local):
@@ -518,8 +537,20 @@ class Rejoin:
         j = self.j
         return (j.timed("postgres: configure standby", self.configure_standby)
                 and j.timed("postgres: start", self.pg.start, self.log)
-                and j.timed("postgres: streaming", self.pg.wait_streaming,
+                and j.timed("postgres: streaming", self.wait_streaming,
                             int(self.env.get("PG_STREAM_TIMEOUT") or 60) * 1000))
+
+    def wait_streaming(self, limit_ms: int) -> bool:
+        """Streaming within limit_ms; PeerGone as soon as the peer is no longer a writable primary
+        (it resigned meanwhile): waiting on would end in a basebackup from a server that is not one."""
+        end = mono_ms() + limit_ms
+        while mono_ms() < end:
+            if self.pg.wait_streaming(min(PEER_CHECK_MS, max(end - mono_ms(), 0))):
+                return True
+            peer = self.pg.peer_role(2)
+            if peer != "primary":
+                raise PeerGone(peer)
+        return False
 
 
 def start_read_only(j: Job, peer: str) -> int:

@@ -180,7 +180,7 @@ def test_a_call_through_the_vip_ends_up_in_cdr_calls(sip):
     if not row:
         kept = {n.name: lab.sh(n.name, f"ls {sipp_uas.ERROR_DIR} 2>/dev/null | grep -c {want} || true").strip()
                 for n in c.nodes}
-        journal = lab.sh(engine, f"ls {sipp_uas.SPOOL_DIR} 2>&1; journalctl -u {sipp_uas.UNIT} -u {sipp_uas.CDR_UNIT} "
+        journal = lab.sh(engine, f"{sipp_uas.POST_CDR} --pending 2>&1; journalctl -u {sipp_uas.UNIT} -u {sipp_uas.CDR_UNIT} "
                                  "-n 20 --no-pager | grep post-cdr || true")
         raise AssertionError(f"call {sent} ({want}, answered on {engine}) not in cdr.calls on {w} within 10 s; "
                              f"kept in the error dirs: {kept}; {journal}")
@@ -188,12 +188,12 @@ def test_a_call_through_the_vip_ends_up_in_cdr_calls(sip):
     assert took < 5.0, took
     for n in c.nodes:
         assert lab.sh(n.name, f"ls {sipp_uas.ERROR_DIR} 2>/dev/null | grep -c {want} || true").strip() == "0"
-        # one dynamic user for both units; the spool is empty once the poster is done
+        # one dynamic user for both units; nothing left to post once the poster is done
         uids = lab.sh(n.name, f"for u in {sipp_uas.UNIT} {sipp_uas.CDR_UNIT}; do "
                               "ps -o uid= -p $(systemctl show -p MainPID --value $u); done").split()
         assert len(uids) == 2 and uids[0] == uids[1] != "0", uids
-        assert lab.sh(n.name, f"for i in $(seq 40); do [ -z \"$(ls -A {sipp_uas.SPOOL_DIR})\" ] && exit 0; "
-                              "sleep 0.05; done; ls -l " + sipp_uas.SPOOL_DIR, check=False).strip() == "", n.name
+        assert lab.sh(n.name, f"for i in $(seq 40); do [ \"$({sipp_uas.POST_CDR} --pending)\" = 0 ] && exit 0; "
+                              f"sleep 0.05; done; {sipp_uas.POST_CDR} --pending", check=False).strip() == "", n.name
     print(f"\ncall {sent} answered on {engine}: in cdr.calls on {w} {took * 1000:.0f} ms after the BYE's 200 "
           "(polled every 50 ms through one lab command)")
 
