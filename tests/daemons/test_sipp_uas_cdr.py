@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import shlex
 import signal
 import socket
 import ssl
@@ -711,3 +712,14 @@ def test_a_call_ends_up_in_cdr_calls_through_the_real_receiver_and_worker():
         if standin:
             standin.stop()
         st.close()
+
+
+def test_the_scenario_passes_the_check_its_install_step_runs(tmp_path):
+    """The install step checks the scenario with XML_VALIDATE (python3's parser) before it replaces
+    the node's copy; SIPp's own parser is more lenient ("--" inside a comment passed SIPp and was
+    refused on the lab's apply), so the test runs the node's check itself."""
+    path = tmp_path / "uas.xml"
+    path.write_text(sipp_uas.scenario_text())
+    out = subprocess.run(["bash", "-c", sipp_uas.XML_VALIDATE.format(path=shlex.quote(str(path)))],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
