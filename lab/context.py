@@ -51,6 +51,8 @@ def spec_for(cluster: ClusterConfig) -> LabSpec:
     nodes = [LabNode(n.name, n.address, tuple(cluster.node_packages()), shared) for n in cluster.nodes]
     if cluster.witness:
         nodes.append(LabNode(cluster.witness.name, cluster.witness.address, tuple(cluster.witness_packages())))
+    # media nodes (mediaNodes): their own image layer; no backup repository (they keep no database)
+    nodes += [LabNode(m.name, m.address, tuple(cluster.media_node_packages())) for m in cluster.media_nodes]
     spec = LabSpec(name=lab.name, bridge=lab.bridge, subnet=lab.subnet, host_address=lab.host_address,
                    nodes=tuple(nodes), release=cluster.release.codename)
     wanted = {"ssh.privateKeyFile": (cluster.ssh.private_key_file, str(spec.private_key_path)),
@@ -72,7 +74,7 @@ class LabContext:
     host: str                     # this host's address on the lab bridge
     vip: str
     names: tuple[str, str]        # the two PBX nodes
-    addresses: dict[str, str]
+    addresses: dict[str, str]     # the two PBX nodes' (etcd members with the witness: lab/drills.py)
     pg_port: int
     sip_port: int
     iface: str                    # the nodes' interface (the VIP's)

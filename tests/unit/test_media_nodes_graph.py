@@ -8,6 +8,7 @@ import pytest
 import yaml
 from pulumi.runtime import rpc
 
+from lab.media_variant import with_media_node
 from tests.mockrun import ancestors, run_ok
 
 MEDIA = {"name": "media1", "address": "10.77.0.21",
@@ -21,8 +22,10 @@ def text(value) -> str:
 
 @pytest.fixture
 def lab_media(lab_config):
-    lab_config["mediaNodes"] = [MEDIA]
-    return run_ok(lab_config)
+    # the lab stack with one media node, as a bench builds it (lab/media_variant.py)
+    raw = with_media_node(lab_config, host_key=MEDIA["hostKey"])
+    assert raw["mediaNodes"] == [MEDIA]
+    return run_ok(raw)
 
 
 @pytest.fixture
@@ -176,7 +179,7 @@ def test_prod_media_node_runs_freeswitch_reading_the_nodes_database(prod_media):
 def test_without_media_nodes_the_graph_is_unchanged(lab_config, lab_media):
     """An empty mediaNodes is the stack without the key; the media node adds resources of its own
     and changes none of the others' names, types or parents."""
-    lab_config.pop("mediaNodes")            # lab_media set it on the same config
+    assert "mediaNodes" not in lab_config   # lab_media added it to a copy (with_media_node)
     plain, _ = run_ok(lab_config)
     lab_config["mediaNodes"] = []
     empty, _ = run_ok(lab_config)
