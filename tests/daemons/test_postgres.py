@@ -565,15 +565,53 @@ def sip_register(sock, port: int, user: str, domain: str, cseq: int, auth: str =
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/kamailio"), reason="needs kamailio + kamailio-postgres-modules")
-def test_auth_lookup_uses_the_extension_number_index(provisioned):
-    """auth_db's query on the view must not scan every extension (seq scans priced out:
-    a plan that still scans pbx.extensions has no index it can use)."""
+def test_auth_lookup_is_one_index_scan_of_one_table(provisioned):
+    """auth_db's query (sent unprepared, so planned every time) reads kamailio.subscriber by its
+    (username, domain) key: no join of the pbx tables to plan per request (migration 011)."""
     with provisioned.connect(db=pg.DATABASE) as c:
         c.execute("SET enable_seqscan = off")
         plan = "\n".join(r[0] for r in c.execute(
             "EXPLAIN SELECT ha1 FROM kamailio.subscriber WHERE username = '2000' AND domain = 'pbx.test'"))
-    assert "Seq Scan on extensions" not in plan, plan
-    assert "extensions_number_key" in plan, plan
+    assert "subscriber_account" in plan, plan
+    assert "Join" not in plan and "Nested Loop" not in plan and "extensions" not in plan, plan
+
+
+def test_subscriber_rows_follow_every_change_of_the_pbx_tables(provisioned):
+    """kamailio.subscriber is a table kept by triggers: each change an administrator can make
+    (a password, the number, disabling, the limits, deleting) is in it in the same transaction,
+    row for row what pbx.subscriber_source says."""
+    def same(c) -> bool:
+        return c.execute("SELECT count(*) FROM (SELECT * FROM kamailio.subscriber EXCEPT ALL "
+                         "SELECT * FROM pbx.subscriber_source) a").fetchone()[0] == 0 and \
+            c.execute("SELECT count(*) FROM (SELECT * FROM pbx.subscriber_source EXCEPT ALL "
+                      "SELECT * FROM kamailio.subscriber) b").fetchone()[0] == 0
+
+    def row(c, number: str):
+        return c.execute("SELECT username, cos, max_calls FROM kamailio.subscriber WHERE username = %s",
+                         (number,)).fetchall()
+
+    with provisioned.connect(db=pg.DATABASE) as c:
+        c.execute("INSERT INTO pbx.extensions (number, type, display_name) VALUES ('7301', 'user', 'sync test')")
+        assert row(c, "7301") == []                                  # no credentials yet
+        c.execute("SELECT pbx.set_sip_password('7301', 'a-long-enough-secret-1', 'pbx.test')")
+        assert row(c, "7301") == [("7301", "national", 2)] and same(c)
+        c.execute("UPDATE pbx.calling_limits SET class = 'international', max_calls = 5 WHERE extension_id = "
+                  "(SELECT id FROM pbx.extensions WHERE number = '7301')")
+        assert row(c, "7301") == [("7301", "international", 5)] and same(c)
+        # renumbering: the credentials go first (they are hashed with the number), then come again
+        c.execute("DELETE FROM pbx.sip_credentials WHERE extension_id = (SELECT id FROM pbx.extensions "
+                  "WHERE number = '7301')")
+        assert row(c, "7301") == [] and same(c)
+        c.execute("UPDATE pbx.extensions SET number = '7302' WHERE number = '7301'")
+        c.execute("SELECT pbx.set_sip_password('7302', 'a-long-enough-secret-2', 'pbx.test')")
+        assert row(c, "7301") == [] and row(c, "7302") == [("7302", "international", 5)] and same(c)
+        c.execute("UPDATE pbx.extensions SET enabled = false WHERE number = '7302'")
+        assert row(c, "7302") == [] and same(c)
+        c.execute("UPDATE pbx.extensions SET enabled = true WHERE number = '7302'")
+        assert row(c, "7302") == [("7302", "international", 5)] and same(c)
+        c.execute("DELETE FROM pbx.extensions WHERE number = '7302'")
+        assert row(c, "7302") == [] and same(c)
+        c.rollback()
 
 
 def test_real_kamailio_starts_against_the_schema_and_authenticates(provisioned, tmp_path):
