@@ -151,8 +151,8 @@ class Uas:
         self.dir = tempfile.mkdtemp(prefix="hapbx-sipp-uas-")
         path = os.path.join(self.dir, "uas.xml")
         with open(path, "w", encoding="utf-8") as fh:
-            # a phone, or the loopback tests' media: the stand-in's CDR poster is not run
-            fh.write(text or sipp_uas.scenario_text(post_cdr="true"))
+            # a phone, or the loopback tests' media: without -trace_logs it logs no CDR
+            fh.write(text or sipp_uas.scenario_text())
         self.ip, self.port = local_ip, port
         self.proc = subprocess.Popen(
             ["sipp", "-sf", path, "-i", local_ip, "-p", str(port), "-aa", "-nostdin", "-trace_msg",

@@ -53,9 +53,8 @@ NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:high-cc-pbx:media-uas:call-id")
 XML_VALIDATE = "python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' {path}"
 
 
-def scenario_text(post_cdr: str | None = None) -> str:
-    """The UAS scenario. It runs no command: a SIPp without cdr_log_options() writes no CDR
-    (``post_cdr`` is no longer used; lab/sipp.py still passes it)."""
+def scenario_text() -> str:
+    """The UAS scenario. It runs no command: a SIPp without cdr_log_options() writes no CDR."""
     with open(os.path.join(TEMPLATES, "sipp", "uas.xml"), encoding="utf-8") as fh:
         text = fh.read()
     assert text.count(f'<log message="{CDR_MARK}') == 1 and "<exec" not in text, \
