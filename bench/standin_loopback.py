@@ -39,64 +39,9 @@ ADDRESS = "127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 
-# The phone: its BYE is response time 1 (BYE -> 200), retransmitted every 500 ms (-max_retrans).
-CALLER = """<?xml version="1.0" encoding="UTF-8" ?>
-<scenario name="loopback caller">
-  <send retrans="500">
-    <![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:caller@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=t 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-
-]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]>
-  </send>
-  <pause/>
-  <send retrans="500" start_rtd="1">
-    <![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Lab 1001" <sip:1001@[local_ip]>;tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]>
-  </send>
-  <recv response="200" rtd="1"/>
-</scenario>
-"""
+# The phone (templates/sipp/direct-call.xml): its BYE is response time 1 (BYE -> 200), retransmitted
+# every 500 ms (-max_retrans).
+FROM_HDR = '"Lab 1001" <sip:1001@127.0.0.1>'
 
 
 class CountingReceiver:
@@ -223,7 +168,8 @@ def step(rate: int, seconds: int, hold_ms: int, drain: bool) -> dict:
         calls = rate * seconds
         before = cpu_seconds(stand.uas.pid)
         with sipp.Workdir("hapbx-standin-caller-") as d:
-            cmd = sipp.command(f"{ADDRESS}:{stand.port}", d.write("caller.xml", CALLER), ADDRESS, service="8000",
+            cmd = sipp.command(f"{ADDRESS}:{stand.port}", d.write("caller.xml", sipp.scenario("direct-call.xml")), ADDRESS,
+                               service="8000", keys={"from_hdr": FROM_HDR},
                                calls=calls, options=["-r", str(rate), "-l", str(max(rate * 4, 100)),
                                                      "-d", str(hold_ms), "-recv_timeout", "8000",
                                                      "-max_retrans", "5", "-timeout", f"{seconds * 3 + 30}s",

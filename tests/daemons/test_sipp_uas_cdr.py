@@ -48,64 +48,8 @@ pytestmark = [
 
 LOCAL, PEER = "127.0.0.1", "127.0.0.2"   # this node's receiver (the rendered 127.0.0.1) and the peer's
 
-# A phone calling the stand-in directly: INVITE (From from -key from_hdr), 200, ACK, -d ms, BYE.
-CALLER = """<?xml version="1.0" encoding="UTF-8" ?>
-<scenario name="caller">
-  <send retrans="500">
-    <![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: [from_hdr];tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:caller@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=t 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-
-]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: [from_hdr];tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]>
-  </send>
-  <pause/>
-  <send retrans="500">
-    <![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: [from_hdr];tag=[pid]SIPpTag00[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]>
-  </send>
-  <recv response="200"/>
-</scenario>
-"""
+# A phone calling the stand-in directly (templates/sipp/direct-call.xml: From from -key from_hdr).
+CALLER = sipp.scenario("direct-call.xml")
 
 
 # ------------------------------------------------------------------ receivers
