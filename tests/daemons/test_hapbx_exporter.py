@@ -539,8 +539,8 @@ def sipp_free_port() -> int:
         return s.getsockname()[1]
 
 
-CALLER = open(os.path.join(ROOT, "tests", "daemons", "test_sipp_uas_cdr.py")).read().split('CALLER = """', 1)[1] \
-    .split('"""', 1)[0]
+#: a phone calling the stand-in directly (From from -key from_hdr)
+CALLER = sipp.scenario("direct-call.xml")
 
 
 class FakeEsl:
