@@ -78,6 +78,15 @@ def cdr_log_files(state_dir: str = STATE_DIR) -> list[str]:
     return rotated + ([current] if os.path.exists(current) else [])
 
 
+def cdr_lines_logged(state_dir: str = STATE_DIR) -> int:
+    """Complete lines (calls) in the CDR log and its rotated files now in ``state_dir``."""
+    n = 0
+    for path in cdr_log_files(state_dir):
+        with open(path, "rb") as fh:
+            n += fh.read().count(b"\n")
+    return n
+
+
 def call_uuid(call_id: str) -> str:
     """The call UUID post-cdr gives the call with this (safe) Call-ID."""
     return str(uuid.uuid3(NAMESPACE, call_id))

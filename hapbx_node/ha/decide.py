@@ -637,7 +637,7 @@ def _maybe_start_read_only(c: _Cycle):
     FAULT with both PostgreSQL servers stopped by their resignation: nobody could lead, ever."""
     s, o, cfg = c.s, c.o, c.cfg
     waiting = (cfg.witness and cfg.rejoin_mode == "auto" and not o.maintenance and s.holder == ""
-               and not s.peer_leads and not o.pg_running and not o.rejoin_running and not s.hold
+               and not s.peer_leads and not o.pg_running and not o.rejoin_running
                and not any(isinstance(a, StartRejoin) for a in c.actions))
     if not waiting:
         if s.nobody_leads_since:

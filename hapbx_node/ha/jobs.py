@@ -533,12 +533,14 @@ class Rejoin:
         os.replace(tmp, auto)
         return True
 
-    def follow(self) -> bool:
+    def start_standby(self) -> bool:
         j = self.j
         return (j.timed("postgres: configure standby", self.configure_standby)
-                and j.timed("postgres: start", self.pg.start, self.log)
-                and j.timed("postgres: streaming", self.wait_streaming,
-                            int(self.env.get("PG_STREAM_TIMEOUT") or 60) * 1000))
+                and j.timed("postgres: start", self.pg.start, self.log))
+
+    def follow(self) -> bool:
+        return self.start_standby() and self.j.timed("postgres: streaming", self.wait_streaming,
+                                                      int(self.env.get("PG_STREAM_TIMEOUT") or 60) * 1000)
 
     def wait_streaming(self, limit_ms: int) -> bool:
         """Streaming within limit_ms; PeerGone as soon as the peer is no longer a writable primary
@@ -564,10 +566,7 @@ def start_read_only(j: Job, peer: str) -> int:
         return 0
     log("WARN", f"rejoin --read-only: nobody writes (peer postgres {peer}): starting local postgres as a "
                 "read-only standby")
-    rj = Rejoin(j)
-    if j.timed("postgres: configure standby", rj.configure_standby) and j.timed("postgres: start", j.pg.start, log):
-        return 0
-    return EXIT_FAILED
+    return 0 if Rejoin(j).start_standby() else EXIT_FAILED
 
 
 # ---------------------------------------------------------------- status
