@@ -86,16 +86,15 @@ def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]
     commit while the rejoined standby turns synchronous); the times of failed attempts later
     (during rejoin and after). Send times stand in for answer times where the data has none (the
     next attempt's send time bounds it: sequential)."""
-    from .drills import interruptions
+    from .drills import fault_outage
     until = chart["heal"] + 5.0
     pts = chart[key]
     # answer time: stored (3rd field) or, conservatively, the next attempt's send time
     recs = [(p[0], p[2] if len(p) > 2 else (pts[i + 1][0] if i + 1 < len(pts) else p[0]), p[1])
-            for i, p in enumerate(pts) if p[0] <= until]
-    ints = interruptions(recs, 0.0, gap)
-    outage = max(ints, key=lambda i: i[1] - i[0], default=(0.0, 0.0))
+            for i, p in enumerate(pts)]
+    end, stalls = fault_outage(recs, 0.0, until, gap)
     later = [p[0] for p in pts if p[0] > until and not p[1]]
-    return outage[1], later, [i for i in ints if i is not outage]
+    return end, later, stalls
 
 
 #: the release of the lab stack (Pulumi.lab.yaml): its runs are the report's body, with charts;

@@ -1242,6 +1242,15 @@ def interruptions(records: list[tuple], t0: float, gap: float) -> list[tuple[flo
     return out
 
 
+def fault_outage(records: list[tuple], t0: float, until: float, gap: float) -> tuple[float, list[tuple[float, float]]]:
+    """The outage a fault caused: (seconds from t0 until the service answered again after the longest
+    interruption that began before `until` (heal + 5 s), the other interruptions of that period).
+    The failover report's targets and the lab drill test read this one figure."""
+    ints = interruptions([r for r in records if r[0] <= until], t0, gap)
+    longest = max(ints, key=lambda i: i[1] - i[0], default=(0.0, 0.0))
+    return longest[1], [i for i in ints if i is not longest]
+
+
 def interruption_end(records: list[tuple], t0: float, gap: float) -> tuple[float, float]:
     """(seconds from t0 until the service answered again after its last interruption in the run,
     total seconds without an answer)."""
@@ -1316,8 +1325,10 @@ def analyse(rd: RunData) -> dict:
             rejoin_from_samples = None
     wr = [(s, d, ok) for _, s, d, ok, _ in rd.writes]
     sip_end, sip_down = interruption_end(rd.options, rd.t0, 0.35)
+    sip_fault, sip_stalls = fault_outage(rd.options, rd.t0, rd.t_heal + 5.0, 0.35)
     reg_end, reg_down = interruption_end(rd.registers, rd.t0, 1.2)
     w_end, w_down = interruption_end(wr, rd.t0, 0.5)
+    w_fault, w_stalls = fault_outage(wr, rd.t0, rd.t_heal + 5.0, 0.5)
     errors: dict[str, int] = {}
     for _, s, _, ok, err in rd.writes:
         if not ok and s >= rd.t0:
@@ -1327,6 +1338,8 @@ def analyse(rd: RunData) -> dict:
         "drill": rd.drill, "run": rd.run, "failed": a, "peer": b, "final_owner": rd.final_owner,
         "sip_s": sip_end, "sip_down_s": sip_down, "register_s": reg_end, "register_down_s": reg_down,
         "write_s": w_end, "write_down_s": w_down,
+        # the outage the fault caused (the report's "fault" reading, its targets) and the shorter stalls beside it
+        "sip_fault_s": sip_fault, "sip_stalls": sip_stalls, "write_fault_s": w_fault, "write_stalls": w_stalls,
         "two_vip_samples": sum(both_vip), "two_vip_longest_s": longest, "two_vip_ended": ended,
         "two_primary_samples": sum(both_pg), "two_redis_master_samples": sum(both_redis),
         "acked": sum(1 for r in rd.writes if r[3]), "acked_lost": len(rd.lost), "lost_ids": rd.lost[:20],

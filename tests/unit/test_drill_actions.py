@@ -117,3 +117,19 @@ def test_targets_table_lists_the_new_targets():
     assert f"| {drills.HEALTHY_10S} | 11 | **NOT met**" in text
     assert (f"| {drills.BACK_ALONE} | 12 | met: SIP answers max 30.0s, writes accepted max 35.0s "
             "after power-on |") in text
+
+
+def test_the_fault_outage_is_the_longest_interruption_before_heal_plus_5_s():
+    # OPTIONS every 0.1 s from t0 = 100: down 0.0-0.8 s (the failover), one slow answer at 2.0-2.45 s,
+    # and a refusal at heal + 6 s (rejoin) that is not the fault's
+    recs = []
+    for i in range(100):
+        sent = 100.0 + i * 0.1
+        ok = not i < 8 and i != 80
+        done = sent + (0.45 if i == 20 else 0.01)
+        recs.append((sent, done, ok))
+    end, stalls = drills.fault_outage(recs, 100.0, 100.0 + 2.0 + 5.0, 0.35)
+    assert abs(end - 0.81) < 1e-6                                 # the failover's outage, not the stall after it
+    assert [(round(s, 2), round(e, 2)) for s, e in stalls] == [(1.91, 2.45)]
+    run_end, _ = drills.interruption_end(recs, 100.0, 0.35)
+    assert abs(run_end - 8.11) < 1e-6                             # the whole-run reading sees the rejoin's refusal
