@@ -74,7 +74,10 @@ RUNS, MAX_RUNS = 3, 5
 ERROR_LOG_LIMIT = 64 * 1024 * 1024
 
 USER_BASE = 7900000          # bench users 7900000.. (7 digits: no clash with a real dial plan here)
-CALLEE = "7989999"           # the number called (a queue extension: ours sends it to dispatcher)
+CALLEE = "7989999"           # the first number called (a queue extension: ours sends it to dispatcher)
+#: queue numbers called by default: dispatcher picks a media engine by hashing the called number, so
+#: one number would send every call to one engine; a dozen spreads them as a dial plan does
+QUEUES, MAX_QUEUES = 12, 99
 MARK = "hapbx bench"         # display name of every extension the bench creates
 STOCK = "hapbx_bench_stock"  # database and role of the stock baseline
 STOCK_UNIT = "hapbx-bench-stock"
@@ -395,17 +398,29 @@ def sipp_run(lab: LabContext, target: Target, scenario: str, step: Step, inf: st
 
 # ---------------------------------------------------------------- provisioning and the stock baseline
 
-def users_file(directory: str, users: list[tuple[str, str]]) -> str:
-    """SIPp's injection file of the bench users (user; its [authentication] keyword), 0600."""
-    path = os.path.join(directory, "users.csv")
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-        fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}]\n" for u, p in users))
+def queue_numbers(n: int) -> list[str]:
+    """The n queue numbers the bench calls: CALLEE and the ones below it."""
+    if not 1 <= n <= MAX_QUEUES:
+        raise ValueError(f"queues: 1..{MAX_QUEUES}, not {n}")
+    return [str(int(CALLEE) - i) for i in range(n)]
+
+
+def users_file(directory: str, users: list[tuple[str, str]], callees: list[str] | tuple[str, ...] = (CALLEE,),
+               name: str = "users.csv") -> str:
+    """SIPp's injection file of the bench users (user; its [authentication] keyword; the number it
+    calls, the callees in turn), 0600."""
+    path = os.path.join(directory, name)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write("SEQUENTIAL\n" + "".join(f"{u};[authentication username={u} password={p}];{callees[i % len(callees)]}\n"
+                                          for i, (u, p) in enumerate(users)))
     return path
 
 
-def provision_ours(lab: LabContext, primary: str, users: list[tuple[str, str]], domain: str) -> None:
-    """Bench users (and the called queue) through the PBX schema: pbx.extensions + pbx.set_sip_password."""
+def provision_ours(lab: LabContext, primary: str, users: list[tuple[str, str]], domain: str,
+                   callees: list[str] | tuple[str, ...] = (CALLEE,)) -> None:
+    """Bench users (and the called queues) through the PBX schema: pbx.extensions + pbx.set_sip_password."""
     values = ",".join(f"('{u}','{p}')" for u, p in users)
+    queues = ",".join(f"('{c}', 'queue', '{MARK}')" for c in callees)
     lab.psql(primary, f"""
 BEGIN;
 DELETE FROM pbx.extensions WHERE display_name = '{MARK}';
@@ -414,7 +429,7 @@ SELECT count(pbx.set_sip_password(u, p, '{domain}')) FROM (VALUES {values}) v(u,
 -- a load generator's users: limits at their ceilings, so the bench measures the checks, not refusals
 UPDATE pbx.calling_limits SET max_calls = 100, calls_per_minute = 600
  WHERE extension_id IN (SELECT id FROM pbx.extensions WHERE display_name = '{MARK}');
-INSERT INTO pbx.extensions (number, type, display_name) VALUES ('{CALLEE}', 'queue', '{MARK}');
+INSERT INTO pbx.extensions (number, type, display_name) VALUES {queues};
 COMMIT;
 """)
 
@@ -575,18 +590,39 @@ def run_target(lab, target, args, inf, log, deadline, run_no=1) -> dict[str, lis
     return out
 
 
-def media_engine_of_ours(lab: LabContext, target: Target, inf: str) -> str:
-    """Which media stand-in dispatcher gives the bench's callee (the 200 OK's Contact)."""
+def media_engine_of_ours(lab: LabContext, target: Target, user: tuple[str, str], callee: str) -> str:
+    """Which media stand-in dispatcher gives a called queue number (the 200 OK's Contact)."""
     with sipp.Workdir("hapbx-bench-probe-") as d:
+        inf = users_file(d.path, [user], [callee], name="probe.csv")
         cmd = sipp.command(f"{target.address}:{target.port}", os.path.join(SCENARIOS, "call.xml"), lab.host,
-                           service=CALLEE, options=["-inf", inf, "-key", "domain", target.domain, "-d", "100",
+                           service=callee, options=["-inf", inf, "-key", "domain", target.domain, "-d", "100",
                                                     "-trace_msg", "-timeout", "15s", "-recv_timeout", "5000"])
         sipp.launch(cmd, d.path, 30)
         text = d.read("_messages.log")
         m = re.search(r"Contact: <sip:media@([0-9.]+):(\d+)", text)
         if not m:
-            raise RuntimeError(f"a call to {CALLEE} through our Kamailio reached no media stand-in: {text[-1500:]}")
+            raise RuntimeError(f"a call to {callee} through our Kamailio reached no media stand-in: {text[-1500:]}")
         return f"{m.group(1)}:{m.group(2)}"
+
+
+def engine_shares(engines: dict[str, str]) -> dict[str, int]:
+    """How many of the called queue numbers each media engine answers: {engine: numbers}."""
+    out: dict[str, int] = {}
+    for e in engines.values():
+        out[e] = out.get(e, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _queues(meta: dict) -> str:
+    """The called queue numbers as the report tells them, with the media engine each went to."""
+    n = meta["args"].get("queues", 1)
+    engines = meta["info"].get("engines")
+    said = (f"the called queue {CALLEE}" if n == 1 else
+            f"{n} called queue numbers ({int(CALLEE) - n + 1}..{CALLEE}, the users calling them in turn)")
+    if engines:
+        said += (" — dispatcher hashes the called number, so the media stand-ins answered these numbers: "
+                 + ", ".join(f"{e} {k}" for e, k in engines.items()))
+    return said
 
 
 def load_runs(data: dict) -> Runs:
@@ -640,7 +676,8 @@ def run(args) -> int:
         return 1
     domain = lab.psql(owner, "SELECT value FROM pbx.settings WHERE key = 'sip.domain';").strip() or lab.vip
     users = [(str(USER_BASE + i), secrets.token_hex(8)) for i in range(args.users)]
-    callee_pw = secrets.token_hex(8)
+    callees = queue_numbers(args.queues)
+    callee_pw = {c: secrets.token_hex(8) for c in callees}
     k = lab.cluster.kamailio
     ours = Target("ours", lab.vip, lab.sip_port, domain, "/etc/kamailio/kamailio.cfg", owner)
     stock = Stock(lab, owner, args.stock_port, args.stock_shm_mb, args.stock_pkg_mb, log)
@@ -653,23 +690,27 @@ def run(args) -> int:
     info = machine()
     notes: list[str] = []
     try:
-        inf = users_file(tmp, users)
-        log(f"bench sip: lab {lab.spec.name}, VIP {lab.vip} on {owner}; {args.users} users through the PBX schema")
-        provision_ours(lab, owner, users, domain)
+        inf = users_file(tmp, users, callees)
+        log(f"bench sip: lab {lab.spec.name}, VIP {lab.vip} on {owner}; {args.users} users through the PBX schema, "
+            f"calling {len(callees)} queue numbers")
+        provision_ours(lab, owner, users, domain, callees)
         info["kamailio"] = lab.sh(owner, "kamailio -v | head -1").strip()
         info["postgresql"] = lab.psql(owner, "SHOW server_version;").strip()
-        engine = media_engine_of_ours(lab, ours, inf)
-        log(f"bench sip: our calls to {CALLEE} reach the media stand-in {engine} (dispatcher)")
+        engines = {c: media_engine_of_ours(lab, ours, users[0], c) for c in callees}
+        info["engines"] = engine_shares(engines)
+        log(f"bench sip: our calls reach the media stand-ins by dispatcher: {info['engines']}")
         if not args.no_stock:
-            stock.deploy(users + [(CALLEE, callee_pw)])
+            stock.deploy(users + list(callee_pw.items()))
 
             def contact() -> None:
-                reg = Step("contact", "stock", 1, 1)
-                sipp_run(lab, stock_target, "register-contact.xml", reg, inf, log, calls=1, limit=1, sampler=False,
-                         extra=("-au", CALLEE, "-ap", callee_pw),
-                         keys={"user": CALLEE, "contact": f"sip:media@{engine}", "expires": "3600"})
-                if not reg.ok:
-                    raise RuntimeError(f"stock: the callee's contact could not be registered ({reg.note})")
+                # stock has no dispatcher: each queue number is registered with the engine ours gives it
+                for c, engine in engines.items():
+                    reg = Step("contact", "stock", 1, 1)
+                    sipp_run(lab, stock_target, "register-contact.xml", reg, inf, log, calls=1, limit=1, sampler=False,
+                             extra=("-au", c, "-ap", callee_pw[c]),
+                             keys={"user": c, "contact": f"sip:media@{engine}", "expires": "3600"})
+                    if not reg.ok:
+                        raise RuntimeError(f"stock: the contact of {c} could not be registered ({reg.note})")
             stock_target.before_calls = contact
         order = [ours] + ([] if args.no_stock else [stock_target])
         for n in range(1, args.runs + 1):
@@ -984,7 +1025,7 @@ def report(runs: Runs, meta: dict, png: str) -> str:
         "(write-back) as WITH_USRLOCDB sets it. The stock configuration has no dispatcher: its calls go to the same "
         "media stand-in through usrloc (the callee registered with the stand-in as contact), the stock way to "
         "reach a destination.",
-        f"- Users: {meta['args']['users']} user extensions ({USER_BASE}..) and the called queue {CALLEE} created "
+        f"- Users: {meta['args']['users']} user extensions ({USER_BASE}..) and {_queues(meta)} created "
         "through the PBX schema (`pbx.extensions` + `pbx.set_sip_password`) on the primary, each with its own "
         "random password, used in turn by SIPp (injection file); all removed at the end. REGISTERs use Expires 120, "
         "so the bench contacts expire two minutes after the run.",
@@ -1016,5 +1057,6 @@ def bounded(args) -> None:
     args.ramp_rate = min(max(args.ramp_rate, 1), 1000)
     args.hold_seconds = min(max(args.hold_seconds, 1), 300)
     args.max_minutes = min(max(args.max_minutes, 1), 60)
+    args.queues = min(max(int(getattr(args, "queues", None) or QUEUES), 1), MAX_QUEUES)
     # `--runs` (cli/bench_cmd.py); RUNS when the command line has no such option
     args.runs = min(max(int(getattr(args, "runs", None) or RUNS), 1), MAX_RUNS)

@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
                    help="REGISTER/s steps (200,400,500,700,1000,1300,1600,2000)")
     s.add_argument("--call-rates", type=rates, default=[50, 100, 150, 200, 250, 300, 400, 500],
                    help="calls/s steps (50,100,150,200,250,300,400,500)")
+    s.add_argument("--queues", type=int, default=sip.QUEUES,
+                   help=f"queue numbers called, the users in turn (dispatcher hashes the number; {sip.QUEUES})")
     s.add_argument("--step-seconds", type=float, default=12, help="length of each step (12)")
     s.add_argument("--call-hold-ms", type=int, default=4000, help="holding time of the stepped calls (4000)")
     s.add_argument("--concurrent", type=int, default=sip.TARGET_CONCURRENT, help="calls held at once (800)")
@@ -64,3 +66,21 @@ def add_parser(sub) -> None:
     # `bench switchover`: calls held through a planned switchover (or a rolling upgrade) on the running lab
     from bench import switchover_calls
     switchover_calls.add_parser(bsub)
+
+    # `bench media`: calls/s on a lab with media-only nodes, with them and without (bench/media_scale.py)
+    from bench import media_scale
+    m = bsub.add_parser("media", help="calls/s on a lab with media-only nodes: with them and without, side by side")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--stack", default="lab", help="lab stack (reads Pulumi.<stack>.yaml; default lab)")
+    g.add_argument("--config", help="a lab stack file instead (one with mediaNodes)")
+    m.add_argument("--users", type=int, default=2000, help="bench users provisioned (2000)")
+    m.add_argument("--queues", type=int, default=sip.QUEUES, help=f"queue numbers called ({sip.QUEUES})")
+    m.add_argument("--call-rates", type=rates, default=[100, 200, 300, 400, 500, 600],
+                   help="calls/s steps (100,200,300,400,500,600)")
+    m.add_argument("--step-seconds", type=float, default=12, help="length of each step (12)")
+    m.add_argument("--call-hold-ms", type=int, default=4000, help="holding time of the calls (4000)")
+    m.add_argument("--runs", type=int, default=sip.RUNS, help=f"runs; the figure is their median ({sip.RUNS})")
+    m.add_argument("--max-minutes", type=float, default=20, help="each run's time bound (20)")
+    m.add_argument("--out", default=os.path.join(ROOT, media_scale.REPORT), help=f"report file ({media_scale.REPORT})")
+    # bench sip's bounds (sip.bounded) read these too; this bench has no REGISTER or held-calls scenario
+    m.set_defaults(func=media_scale.run, register_rates=[1], concurrent=1, ramp_rate=1, hold_seconds=1)

@@ -173,7 +173,7 @@ def uas():
 @pytest.fixture
 def users(tmp_path) -> str:
     path = tmp_path / "users.csv"
-    path.write_text("SEQUENTIAL\n" + "".join(f"79000{i:02d};[authentication username=79000{i:02d} password=pw{i}]\n"
+    path.write_text("SEQUENTIAL\n" + "".join(f"79000{i:02d};[authentication username=79000{i:02d} password=pw{i}];7989999\n"
                                               for i in range(10)))
     return str(path)
 

@@ -74,10 +74,33 @@ def test_bounded_clamps_every_loop():
     class A:
         users, register_rates, call_rates = 10 ** 6, [10 ** 6] * 50, [0]
         step_seconds, call_hold_ms, concurrent, ramp_rate, hold_seconds, max_minutes = 10 ** 6, -1, 10 ** 6, 0, 10 ** 6, 999
+        queues = 10 ** 6
     a = A()
     b.bounded(a)
     assert a.users == 20000 and len(a.register_rates) == 12 and max(a.register_rates) == 5000
     assert a.call_rates == [1] and a.step_seconds == 120 and a.call_hold_ms == 0 and a.max_minutes == 60
+    assert a.queues == b.MAX_QUEUES
+
+
+def test_users_call_the_queue_numbers_in_turn(tmp_path):
+    queues = b.queue_numbers(3)
+    assert queues == [b.CALLEE, "7989998", "7989997"]
+    with pytest.raises(ValueError):
+        b.queue_numbers(0)
+    path = b.users_file(str(tmp_path), [(f"79000{i}", f"pw{i}") for i in range(5)], queues)
+    lines = open(path).read().splitlines()
+    assert lines[0] == "SEQUENTIAL"
+    # field2 is the number called (bench/scenarios/call.xml's Request-URI and To)
+    assert [x.split(";")[2] for x in lines[1:]] == ["7989999", "7989998", "7989997", "7989999", "7989998"]
+    assert lines[1].split(";")[1] == "[authentication username=790000 password=pw0]"
+    assert (tmp_path / "users.csv").stat().st_mode & 0o777 == 0o600
+    call = open(f"{b.SCENARIOS}/call.xml").read()
+    assert "INVITE sip:[field2]@" in call and "[service]" not in call
+
+
+def test_engine_shares_count_the_numbers_each_engine_answers():
+    assert b.engine_shares({"1": "10.0.0.12:5080", "2": "10.0.0.11:5080", "3": "10.0.0.12:5080"}) == {
+        "10.0.0.11:5080": 1, "10.0.0.12:5080": 2}
 
 
 SHIPPED = ('#!KAMAILIO\n#\n#!ifdef WITH_MYSQL\n#!trydef DBURL "mysql://kamailio:kamailiorw@localhost/kamailio"\n#!endif\n'
