@@ -24,6 +24,7 @@ import ipaddress
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def report(runs: list[dict[str, list[sip.Step]]], meta: dict) -> str:
         f"- started {meta['started']}, {meta['took']:.0f} s; lab `{meta['lab']}` ({meta['config']}), VIP on {meta['owner']}",
         f"- machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')}, kernel {info.get('kernel')}; "
         f"load average {info.get('load_start')} at the start, {info.get('load_end')} at the end; {info.get('sipp')}",
+        *([f"- note: {meta['args']['note']}"] if meta["args"].get("note") else []),
         f"- media-only nodes: {', '.join(meta['media_nodes'])}; their dispatcher destinations: "
         f"{', '.join(meta['destinations'])}",
         f"- {meta['args']['users']} users calling {meta['args']['queues']} queue numbers in turn, each call held "
@@ -197,7 +199,7 @@ def run(args) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     info["load_end"] = writer.load_avg()
-    base = "./hapbx bench media " + " ".join(argv)
+    base = "./hapbx bench media " + " ".join(shlex.quote(a) for a in argv)
     meta = {"command": f"flock {writer.MEASURE_LOCK} {base.strip()}" if locked else base.strip(),
             "started": t_start, "took": time.monotonic() - started, "info": info, "owner": owner, "lab": lab.spec.name,
             "config": path, "media_nodes": media, "destinations": uris, "engines": engines, "notes": notes,

@@ -82,5 +82,6 @@ def add_parser(sub) -> None:
     m.add_argument("--runs", type=int, default=sip.RUNS, help=f"runs; the figure is their median ({sip.RUNS})")
     m.add_argument("--max-minutes", type=float, default=20, help="each run's time bound (20)")
     m.add_argument("--out", default=os.path.join(ROOT, media_scale.REPORT), help=f"report file ({media_scale.REPORT})")
+    m.add_argument("--note", default="", help="a line for the report (what else ran on the host)")
     # bench sip's bounds (sip.bounded) read these too; this bench has no REGISTER or held-calls scenario
     m.set_defaults(func=media_scale.run, register_rates=[1], concurrent=1, ramp_rate=1, hold_seconds=1)

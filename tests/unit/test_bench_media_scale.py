@@ -59,7 +59,9 @@ def test_figure_is_the_highest_passing_rate_median_of_runs():
             "media_nodes": ["10.77.0.21"], "destinations": ["sip:10.77.0.21:5080"],
             "engines": {"all": {"10.77.0.11:5080": 4, "10.77.0.21:5080": 8}, "pbx-only": {"10.77.0.11:5080": 12}},
             "args": {"users": 20, "queues": 12, "call_hold_ms": 4000, "step_seconds": 10, "call_rates": [100, 200]}}
+    meta["args"]["note"] = "a quiet host"
     text = m.report(runs, meta)
+    assert "- note: a quiet host\n" in text
     assert "| all | 250 (200-300) | 10.77.0.11:5080: 4, 10.77.0.21:5080: 8 |" in text
     assert "| pbx-only | 100 (100-100) [1 of 2 runs: none] | 10.77.0.11:5080: 12 |" in text
     assert text.count("\n| all | ") == 1 + 6 and "| variant | run | offered/s" in text
