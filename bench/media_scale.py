@@ -16,7 +16,9 @@ within each run (A B, then B A, ... so a drifting host load favours neither):
 Each variant steps calls/s up exactly as `bench sip` does (bench/sip.py `stepped`: a step fails on
 more than 0.1 % Kamailio-caused failures or an unreached rate); the figure is the highest passing
 rate, the median of --runs runs with the spread. Which engine answers which number is probed
-(one call per number) for each variant and reported. Writes reports/media-scale.md and .json.
+(one call per number) for each variant and reported; after each pbx-only variant both Kamailios'
+`dispatcher.list` must still show the media-only destinations disabled (else a note, and the run
+counts as stopped early). Writes reports/media-scale.md and .json.
 """
 from __future__ import annotations
 
@@ -47,6 +49,21 @@ def media_only_destinations(listing: str, media_addresses: list[str]) -> list[st
         m = re.match(r"sip:([0-9.]+)(?::\d+)?", uri)
         if m and ipaddress.ip_address(m.group(1)) in want and uri not in out:
             out.append(uri)
+    return out
+
+
+def flags_of(listing: str) -> dict[str, str]:
+    """Each destination's FLAGS in `kamcmd dispatcher.list` output: {uri: flags} (e.g. 'AP', 'DX')."""
+    return dict(re.findall(r"URI:\s*(sip:[^\s]+)\s+FLAGS:\s*(\S+)", listing))
+
+
+def still_disabled(lab, uris: list[str]) -> list[str]:
+    """What says a media-only destination was not disabled on a node (empty: all were)."""
+    out = []
+    for node in lab.names:
+        flags = flags_of(lab.sh(node, "kamcmd dispatcher.list"))
+        out += [f"{uri} on {node}: FLAGS {flags.get(uri, 'missing')}" for uri in uris
+                if not flags.get(uri, "").startswith("D")]
     return out
 
 
@@ -186,6 +203,9 @@ def run(args) -> int:
                                         args.call_rates, args.step_seconds, args.call_hold_ms, inf, log, deadline,
                                         args.users, n)
                     results[v] = steps
+                    if v == "pbx-only":   # the whole variant ran without them (probing leaves 'd' alone)
+                        for bad in still_disabled(lab, uris):
+                            notes.append(f"run {n}: after the pbx-only steps, not disabled: {bad}")
                 finally:
                     if v == "pbx-only":
                         set_state(lab, uris, RESTORED)

@@ -36,6 +36,11 @@ def test_only_the_media_nodes_destinations_are_disabled():
     assert m.media_only_destinations(LISTING, []) == []
 
 
+def test_flags_per_destination():
+    assert m.flags_of(LISTING.replace("FLAGS: AP\n\t\t\t\t}\n\t\t\t}", "FLAGS: DX\n\t\t\t\t}\n\t\t\t}")) == {
+        "sip:10.77.0.11:5080": "AP", "sip:10.77.0.12:5080": "AP", "sip:10.77.0.21:5080;transport=udp": "DX"}
+
+
 def test_variants_alternate_between_runs():
     assert m.order(1) == ("all", "pbx-only") and m.order(2) == ("pbx-only", "all") and m.order(3) == m.order(1)
 
