@@ -148,24 +148,15 @@ def run(args) -> int:
     sip.bounded(args)
     argv = sys.argv[sys.argv.index("media") + 1:] if "media" in sys.argv else []
     started, t_start = time.monotonic(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path = args.config or os.path.join(sip.ROOT, f"Pulumi.{args.stack}.yaml")
+    def has_media_nodes(lab, path: str) -> None:
+        if not lab.cluster.media_nodes:
+            raise sip.BenchRefused(f"hapbx bench media: the stack {path} has no mediaNodes (README: media nodes on the lab)")
     try:
-        lab = sip.open_lab(path)
-    except Exception as err:  # ConfigError carries every problem
+        lab, path = sip.running_lab(args, "media", max(args.call_rates), has_media_nodes)
+    except sip.BenchRefused as err:
         print(err, file=sys.stderr)
-        return 2
+        return err.code
     media = [m.address for m in lab.cluster.media_nodes]
-    if not media:
-        print(f"hapbx bench media: the stack {path} has no mediaNodes (README: media nodes on the lab)", file=sys.stderr)
-        return 2
-    if not lab.up():
-        print(f"hapbx bench media: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)", file=sys.stderr)
-        return 2
-    try:
-        sip.check_exempt(lab, max(args.call_rates))
-    except RuntimeError as err:
-        print(f"hapbx bench media: {err}", file=sys.stderr)
-        return 2
     locked = writer.under_measure_lock()
     owner = lab.vip_owner()
     if owner is None:

@@ -532,6 +532,34 @@ def command(meta: dict) -> str:
     return f"flock {writer.MEASURE_LOCK} {base.strip()}" if meta.get("locked") else base.strip()
 
 
+class BenchRefused(Exception):
+    """A bench cannot start on this lab: the message for stderr, the exit code."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def running_lab(args, bench: str, max_rate: float, check=None) -> tuple[LabContext, str]:
+    """The running lab of the stack `args` name, ready for SIPp at up to max_rate/s: (lab, its
+    config path). `check(lab, path)` may refuse more (raise BenchRefused). BenchRefused names what
+    is missing, prefixed `hapbx bench <bench>:` where it is not the config's own list of problems."""
+    path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
+    try:
+        lab = open_lab(path)
+    except Exception as err:  # ConfigError carries every problem
+        raise BenchRefused(str(err)) from err
+    if check:
+        check(lab, path)
+    if not lab.up():
+        raise BenchRefused(f"hapbx bench {bench}: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)")
+    try:
+        check_exempt(lab, max_rate)
+    except RuntimeError as err:
+        raise BenchRefused(f"hapbx bench {bench}: {err}") from err
+    return lab, path
+
+
 def check_exempt(lab: LabContext, max_rate: float) -> None:
     """Our Kamailio bans an address sending more than floodRequests per window (pike): the host
     must be in kamailio.floodExemptNetworks (the lab stack has it) or the bench measures the ban."""
@@ -652,20 +680,11 @@ def run(args) -> int:
     bounded(args)
     argv = sys.argv[sys.argv.index("sip") + 1:] if "sip" in sys.argv else []
     started, load_start, t_start = time.monotonic(), writer.load_avg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path = args.config or os.path.join(ROOT, f"Pulumi.{args.stack}.yaml")
     try:
-        lab = open_lab(path)
-    except Exception as err:  # ConfigError carries every problem
+        lab, path = running_lab(args, "sip", max(args.register_rates + args.call_rates))
+    except BenchRefused as err:
         print(err, file=sys.stderr)
-        return 2
-    if not lab.up():
-        print(f"hapbx bench sip: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)", file=sys.stderr)
-        return 2
-    try:
-        check_exempt(lab, max(args.register_rates + args.call_rates))
-    except RuntimeError as err:
-        print(f"hapbx bench sip: {err}", file=sys.stderr)
-        return 2
+        return err.code
     locked = writer.under_measure_lock()
     owner = lab.vip_owner()
     if owner is None:

@@ -212,21 +212,11 @@ def run(args) -> int:
     argv = sys.argv[sys.argv.index("switchover") + 1:] if "switchover" in sys.argv else []
     started, load_start = time.monotonic(), writer.load_avg()
     t_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path = args.config or os.path.join(sip.ROOT, f"Pulumi.{args.stack}.yaml")
     try:
-        lab = sip.open_lab(path)
-    except Exception as err:  # ConfigError carries every problem
+        lab, _ = sip.running_lab(args, "switchover", args.rate)
+    except sip.BenchRefused as err:
         print(err, file=sys.stderr)
-        return 2
-    if not lab.up():
-        print(f"hapbx bench switchover: lab {lab.spec.name} is not running (./hapbx lab --config {path} up)",
-              file=sys.stderr)
-        return 2
-    try:
-        sip.check_exempt(lab, args.rate)
-    except RuntimeError as err:
-        print(f"hapbx bench switchover: {err}", file=sys.stderr)
-        return 2
+        return err.code
     owner = drills.wait_healthy(lab, 120, "bench switchover")
     domain = lab.psql(owner, "SELECT value FROM pbx.settings WHERE key = 'sip.domain';").strip() or lab.vip
     users = [(str(sip.USER_BASE + i), secrets.token_hex(8)) for i in range(args.calls)]

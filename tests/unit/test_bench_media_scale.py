@@ -70,3 +70,26 @@ def test_figure_is_the_highest_passing_rate_median_of_runs():
     assert "| all | 250 (200-300) | 10.77.0.11:5080: 4, 10.77.0.21:5080: 8 |" in text
     assert "| pbx-only | 100 (100-100) [1 of 2 runs: none] | 10.77.0.11:5080: 12 |" in text
     assert text.count("\n| all | ") == 1 + 6 and "| variant | run | offered/s" in text
+
+
+def test_refused_before_any_traffic_without_media_nodes(tmp_path):
+    class Args:
+        config, stack, call_rates = str(sip.ROOT) + "/Pulumi.lab.yaml", "lab", [100]
+
+    def has_media_nodes(lab, path):
+        if not lab.cluster.media_nodes:
+            raise sip.BenchRefused(f"no mediaNodes in {path}")
+    try:
+        sip.running_lab(Args, "media", 100, has_media_nodes)
+    except sip.BenchRefused as err:
+        assert str(err) == f"no mediaNodes in {Args.config}" and err.code == 2
+    else:
+        raise AssertionError("the shipped lab stack has no media node: refused")
+
+    Args.config = str(tmp_path / "missing.yaml")
+    try:
+        sip.running_lab(Args, "media", 100)
+    except sip.BenchRefused as err:
+        assert "missing.yaml" in str(err) and err.code == 2
+    else:
+        raise AssertionError("a missing stack file is refused")
