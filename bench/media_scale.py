@@ -33,6 +33,7 @@ import tempfile
 import time
 
 from bench import sip, sip_runs
+from components.render.postgres import DISPATCHER_SET   # the media engines' set, as the data tier seeds it
 from lab import report as writer
 
 REPORT = "reports/media-scale.md"
@@ -76,12 +77,7 @@ def set_state(lab, uris: list[str], state: str) -> None:
     """The destinations' state on both PBX nodes' Kamailio."""
     for node in lab.names:
         for uri in uris:
-            lab.sh(node, f"kamcmd dispatcher.set_state {state} {sip_set()} {uri}")
-
-
-def sip_set() -> int:
-    from components.render.postgres import DISPATCHER_SET
-    return DISPATCHER_SET
+            lab.sh(node, f"kamcmd dispatcher.set_state {state} {DISPATCHER_SET} {uri}")
 
 
 def figures(runs: list[dict[str, list[sip.Step]]]) -> dict[str, sip_runs.Figure]:
@@ -132,7 +128,7 @@ def report(runs: list[dict[str, list[sip.Step]]], meta: dict) -> str:
     for r in runs:
         for v in VARIANTS:
             for s in r.get(v, []):
-                lines.append(sip._row(s))
+                lines.append(sip.step_row(s))
     extra = [x for r in runs for v in VARIANTS for x in sip.samples(r.get(v, []))]
     if extra:
         lines += ["", "First failure of each class, per step:", "", *extra]

@@ -921,7 +921,8 @@ def _cls(s: Step, n: int) -> str:
     return str(n) if s.classified else "-"
 
 
-def _row(s: Step) -> str:
+def step_row(s: Step) -> str:
+    """One step as a row of the step tables (HEAD)."""
     return (f"| {s.target} | {s.run} | {s.rate:g} | {s.achieved:.0f} | {s.ok}/{s.attempted} | "
             f"{s.server_failed} ({s.server_fail_ratio * 100:.2f} %) | {_cls(s, s.kamailio_failed)} | "
             f"{_cls(s, s.timeout_failed)} | {_cls(s, s.standin_failed)} | {_cls(s, s.scenario_failed)} | "
@@ -1012,7 +1013,7 @@ def report(runs: Runs, meta: dict, png: str) -> str:
                             ("calls", f"Calls/s stepped, each call held {args['call_hold_ms']} ms")):
         lines += [f"## {title}", "", HEAD]
         steps = [st for name in ("ours", "stock") for r in runs for st in r.get(name, {}).get(scenario, [])]
-        lines += [_row(st) for st in steps]
+        lines += [step_row(st) for st in steps]
         if scenario == "hold":
             lines += ["", "max up = the most calls SIPp had up at once (its CurrentCall, sampled every second); "
                           "held for " + ", ".join(f"{st.target} run {st.run} {st.held_seconds} s" for st in steps)
