@@ -666,6 +666,7 @@ def rerender(args) -> int:
     with open(args.from_json) as fh:
         data = json.load(fh)
     runs = load_runs(data)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = writer.beside(args.out, ".png")
     chart(runs, png)
     writer.write(args.out, report(runs, data["meta"], os.path.basename(png)))
