@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 from bench import sip, sip_runs
 from components.render.postgres import DISPATCHER_SET   # the media engines' set, as the data tier seeds it
@@ -78,6 +79,21 @@ def set_state(lab, uris: list[str], state: str) -> None:
     for node in lab.names:
         for uri in uris:
             lab.sh(node, f"kamcmd dispatcher.set_state {state} {DISPATCHER_SET} {uri}")
+
+
+@contextmanager
+def variant(lab, v: str, uris: list[str]):
+    """The dispatcher state of variant v for its steps: pbx-only disables the media-only
+    destinations on both nodes and sets them active and probing again afterwards, whatever
+    happened. Yields a check: what says they were not disabled all along (nothing for 'all')."""
+    if v != "pbx-only":
+        yield lambda: []
+        return
+    set_state(lab, uris, DISABLED)
+    try:
+        yield lambda: still_disabled(lab, uris)   # probing leaves an admin-disabled destination alone
+    finally:
+        set_state(lab, uris, RESTORED)
 
 
 def figures(runs: list[dict[str, list[sip.Step]]]) -> dict[str, sip_runs.Figure]:
@@ -180,22 +196,14 @@ def run(args) -> int:
             results: dict[str, list[sip.Step]] = {}
             runs.append(results)
             for v in order(n):
-                if v == "pbx-only":
-                    set_state(lab, uris, DISABLED)
-                try:
+                with variant(lab, v, uris) as check:
                     if v not in engines:
                         engines[v] = probe_engines(lab, ours, users[0], callees)
                         log(f"bench media: {v}: numbers per engine {engines[v]}")
-                    steps = sip.stepped(lab, sip.Target(v, ours.address, ours.port, domain, ours.marker, owner), "calls",
-                                        args.call_rates, args.step_seconds, args.call_hold_ms, inf, log, deadline,
-                                        args.users, n)
-                    results[v] = steps
-                    if v == "pbx-only":   # the whole variant ran without them (probing leaves 'd' alone)
-                        for bad in still_disabled(lab, uris):
-                            notes.append(f"run {n}: after the pbx-only steps, not disabled: {bad}")
-                finally:
-                    if v == "pbx-only":
-                        set_state(lab, uris, RESTORED)
+                    results[v] = sip.stepped(lab, sip.Target(v, ours.address, ours.port, domain, ours.marker, owner),
+                                             "calls", args.call_rates, args.step_seconds, args.call_hold_ms, inf, log,
+                                             deadline, args.users, n)
+                    notes.extend(f"run {n}: after the {v} steps, not disabled: {bad}" for bad in check())
                 time.sleep(3)
     except Exception as err:  # report what was measured, say what stopped the run
         notes.append(f"The run stopped early: {err}")

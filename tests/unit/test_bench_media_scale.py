@@ -93,3 +93,44 @@ def test_refused_before_any_traffic_without_media_nodes(tmp_path):
         assert "missing.yaml" in str(err) and err.code == 2
     else:
         raise AssertionError("a missing stack file is refused")
+
+
+class FakeLab:
+    """The two PBX nodes' Kamailio as `kamcmd` sees it: set_state changes the FLAGS dispatcher.list shows."""
+    names = ("pbx1", "pbx2")
+
+    def __init__(self):
+        self.commands: list[tuple[str, str]] = []
+        self.flags = {n: "AP" for n in self.names}
+
+    def sh(self, node, cmd):
+        self.commands.append((node, cmd))
+        if cmd.startswith("kamcmd dispatcher.set_state "):
+            self.flags[node] = {"d": "DX", "ap": "AP"}[cmd.split()[2]]
+            return ""
+        return LISTING.replace("FLAGS: AP\n\t\t\t\t}\n\t\t\t}", f"FLAGS: {self.flags[node]}\n\t\t\t\t}}\n\t\t\t}}")
+
+
+URI = "sip:10.77.0.21:5080;transport=udp"
+
+
+def test_pbx_only_disables_on_both_nodes_and_restores_whatever_happens():
+    lab = FakeLab()
+    try:
+        with m.variant(lab, "pbx-only", [URI]) as check:
+            assert lab.flags == {"pbx1": "DX", "pbx2": "DX"} and check() == []
+            raise RuntimeError("SIPp failed")
+    except RuntimeError:
+        pass
+    assert lab.flags == {"pbx1": "AP", "pbx2": "AP"}
+    assert [c for _, c in lab.commands if "set_state" in c] == [
+        f"kamcmd dispatcher.set_state d 1 {URI}"] * 2 + [f"kamcmd dispatcher.set_state ap 1 {URI}"] * 2
+
+
+def test_a_destination_enabled_during_the_variant_is_reported():
+    lab = FakeLab()
+    with m.variant(lab, "pbx-only", [URI]) as check:
+        lab.flags["pbx2"] = "AP"          # e.g. an operator's set_state, or a restarted Kamailio
+        assert check() == [f"{URI} on pbx2: FLAGS AP"]
+    with m.variant(lab, "all", [URI]) as check:
+        assert check() == [] and lab.commands[-1][1] == f"kamcmd dispatcher.set_state ap 1 {URI}"
