@@ -46,12 +46,8 @@ DISABLED, RESTORED = "d", "ap"
 def media_only_destinations(listing: str, media_addresses: list[str]) -> list[str]:
     """The URIs of `kamcmd dispatcher.list` output whose host is a media-only node."""
     want = {ipaddress.ip_address(a) for a in media_addresses}
-    out = []
-    for uri in re.findall(r"URI:\s*(sip:[^\s]+)", listing):
-        m = re.match(r"sip:([0-9.]+)(?::\d+)?", uri)
-        if m and ipaddress.ip_address(m.group(1)) in want and uri not in out:
-            out.append(uri)
-    return out
+    return [uri for uri in flags_of(listing)
+            if (m := re.match(r"sip:([0-9.]+)", uri)) and ipaddress.ip_address(m.group(1)) in want]
 
 
 def flags_of(listing: str) -> dict[str, str]:

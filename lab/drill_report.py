@@ -8,6 +8,7 @@ import statistics
 from components.releases import RELEASES
 
 from .drills import BACK_ALONE, DRILLS, HEALTHY_10S, HEALTHY_NOTE, NO_LOSS, NOTHING, SIP_1S, VIP_05S, WRITE_3S, WRITE_5S
+from .drills import FAULT_WINDOW_AFTER_HEAL_S, OPTIONS_GAP_S, WRITES_GAP_S, fault_outage
 
 
 def _held_to(target: str) -> set[int]:
@@ -86,13 +87,12 @@ def _during_fault(chart: dict, key: str, gap: float) -> tuple[float, list[float]
     commit while the rejoined standby turns synchronous); the times of failed attempts later
     (during rejoin and after). Send times stand in for answer times where the data has none (the
     next attempt's send time bounds it: sequential)."""
-    from .drills import fault_outage
-    until = chart["heal"] + 5.0
+    until = chart["heal"] + FAULT_WINDOW_AFTER_HEAL_S
     pts = chart[key]
     # answer time: stored (3rd field) or, conservatively, the next attempt's send time
     recs = [(p[0], p[2] if len(p) > 2 else (pts[i + 1][0] if i + 1 < len(pts) else p[0]), p[1])
             for i, p in enumerate(pts)]
-    end, stalls = fault_outage(recs, 0.0, until, gap)
+    end, stalls = fault_outage(recs, 0.0, chart["heal"], gap)
     later = [p[0] for p in pts if p[0] > until and not p[1]]
     return end, later, stalls
 
@@ -138,8 +138,8 @@ def _by_drill(data: dict) -> dict[int, list[dict]]:
     for d, runs in charts.items():   # charts and results of a drill are in the same (run) order
         rows = [r for r in results if r["drill"] == int(d)]
         for r, c in zip(rows, runs):
-            r["write_fault_s"], r["write_later"], r["write_stalls"] = _during_fault(c, "writes", 0.5)
-            r["sip_fault_s"], r["sip_later"], r["sip_stalls"] = _during_fault(c, "options", 0.35)
+            r["write_fault_s"], r["write_later"], r["write_stalls"] = _during_fault(c, "writes", WRITES_GAP_S)
+            r["sip_fault_s"], r["sip_later"], r["sip_stalls"] = _during_fault(c, "options", OPTIONS_GAP_S)
     by: dict[int, list[dict]] = {}
     for r in results:
         by.setdefault(r["drill"], []).append(r)

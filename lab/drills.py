@@ -1242,10 +1242,18 @@ def interruptions(records: list[tuple], t0: float, gap: float) -> list[tuple[flo
     return out
 
 
-def fault_outage(records: list[tuple], t0: float, until: float, gap: float) -> tuple[float, list[tuple[float, float]]]:
+#: an interruption that began up to this long after the heal still belongs to the fault's period
+FAULT_WINDOW_AFTER_HEAL_S = 5.0
+#: no answer for longer than this is an interruption: SIP OPTIONS (every 0.1 s), digest REGISTER
+#: (every 0.5 s), writes (every 50 ms)
+OPTIONS_GAP_S, REGISTER_GAP_S, WRITES_GAP_S = 0.35, 1.2, 0.5
+
+
+def fault_outage(records: list[tuple], t0: float, t_heal: float, gap: float) -> tuple[float, list[tuple[float, float]]]:
     """The outage a fault caused: (seconds from t0 until the service answered again after the longest
-    interruption that began before `until` (heal + 5 s), the other interruptions of that period).
-    The failover report's targets and the lab drill test read this one figure."""
+    interruption that began before the heal + FAULT_WINDOW_AFTER_HEAL_S, the other interruptions of
+    that period). The failover report's targets and the lab drill test read this one figure."""
+    until = t_heal + FAULT_WINDOW_AFTER_HEAL_S
     ints = interruptions([r for r in records if r[0] <= until], t0, gap)
     longest = max(ints, key=lambda i: i[1] - i[0], default=(0.0, 0.0))
     return longest[1], [i for i in ints if i is not longest]
@@ -1324,11 +1332,11 @@ def analyse(rd: RunData) -> dict:
         elif x >= 0:
             rejoin_from_samples = None
     wr = [(s, d, ok) for _, s, d, ok, _ in rd.writes]
-    sip_end, sip_down = interruption_end(rd.options, rd.t0, 0.35)
-    sip_fault, sip_stalls = fault_outage(rd.options, rd.t0, rd.t_heal + 5.0, 0.35)
-    reg_end, reg_down = interruption_end(rd.registers, rd.t0, 1.2)
-    w_end, w_down = interruption_end(wr, rd.t0, 0.5)
-    w_fault, w_stalls = fault_outage(wr, rd.t0, rd.t_heal + 5.0, 0.5)
+    sip_end, sip_down = interruption_end(rd.options, rd.t0, OPTIONS_GAP_S)
+    sip_fault, sip_stalls = fault_outage(rd.options, rd.t0, rd.t_heal, OPTIONS_GAP_S)
+    reg_end, reg_down = interruption_end(rd.registers, rd.t0, REGISTER_GAP_S)
+    w_end, w_down = interruption_end(wr, rd.t0, WRITES_GAP_S)
+    w_fault, w_stalls = fault_outage(wr, rd.t0, rd.t_heal, WRITES_GAP_S)
     errors: dict[str, int] = {}
     for _, s, _, ok, err in rd.writes:
         if not ok and s >= rd.t0:

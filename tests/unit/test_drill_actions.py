@@ -128,7 +128,7 @@ def test_the_fault_outage_is_the_longest_interruption_before_heal_plus_5_s():
         ok = not i < 8 and i != 80
         done = sent + (0.45 if i == 20 else 0.01)
         recs.append((sent, done, ok))
-    end, stalls = drills.fault_outage(recs, 100.0, 100.0 + 2.0 + 5.0, 0.35)
+    end, stalls = drills.fault_outage(recs, 100.0, 100.0 + 2.0, 0.35)   # heal at +2 s
     assert abs(end - 0.81) < 1e-6                                 # the failover's outage, not the stall after it
     assert [(round(s, 2), round(e, 2)) for s, e in stalls] == [(1.91, 2.45)]
     run_end, _ = drills.interruption_end(recs, 100.0, 0.35)
