@@ -102,9 +102,10 @@ monitoring = Monitoring("monitoring", MonitoringArgs(cluster=cluster, nodes=engi
                                                      after=[*postgres.schema_ready, *redis.ready, *cdr.ready,
                                                             *sip.ready, *media.ready]))
 
-# Backups once PostgreSQL archives on both nodes and the recordings directory exists.
+# Backups once PostgreSQL archives on both nodes, the recordings directory exists and HA has
+# settled: the stanza step needs the local PostgreSQL up, which a leader-daemon restart may fence.
 backup = Backup("backup", BackupArgs(cluster=cluster, nodes=pbx_nodes, secrets=secrets,
-                                     after=[*postgres.schema_ready, *postgres.ready, *media.ready]))
+                                     after=[*postgres.schema_ready, *postgres.ready, *media.ready, *vip.ready]))
 
 pulumi.export("environment", cluster.environment)
 pulumi.export("vip", cluster.vip.address)

@@ -21,6 +21,8 @@ STANZA_TIMEOUT = 300
 #: check waits for a WAL segment to reach the repository (archive-timeout, 60 s by default)
 CHECK_TIMEOUT = 300
 LOCK_WAIT = 60
+#: a restart by a handler or a rejoin as standby takes seconds; a PostgreSQL down longer is an error
+PG_WAIT = 120
 
 
 def current_db(entry: dict | None) -> dict | None:
@@ -47,10 +49,23 @@ def _with_lock_retries(stanza: str, command: str, timeout: float) -> tool.Result
         time.sleep(1)
 
 
+def local_system(target: local.Target, wait: float = PG_WAIT, pause: float = 1.0) -> tuple[str, int]:
+    """(system identifier, version) of the local PostgreSQL, waiting up to ``wait`` s for it to
+    accept connections: a handler's restart or a rejoin as standby may be under way."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return local.system(target)
+        except Exception as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{str(e).strip()} (waited {wait:g} s)") from e
+            time.sleep(pause)
+
+
 def main() -> int:
     stanza, config, _ = settings()
     try:
-        sysid, version = local.system(local.target(config, stanza))
+        sysid, version = local_system(local.target(config, stanza))
     except Exception as e:
         print(f"hapbx-backup: local PostgreSQL not reachable: {e}".strip(), file=sys.stderr)
         return EXIT_FAILED

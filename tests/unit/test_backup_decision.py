@@ -9,6 +9,7 @@ import pytest
 
 from hapbx_node.backup import run, status
 from hapbx_node.backup.decide import Decision, LocalState, decide
+from hapbx_node.backup import stanza
 from hapbx_node.backup.stanza import current_db, other_system_message
 
 CASES = [
@@ -87,6 +88,32 @@ def test_stanza_of_another_system_is_named_with_the_way_out():
     assert current_db({"db": []}) is None
     msg = other_system_message("hapbx", current_db(entry), "333", 150004)
     assert "./hapbx restore" in msg and "222" in msg and "333" in msg
+
+
+def test_stanza_step_waits_for_a_postgresql_that_is_restarting(monkeypatch):
+    # a handler's restart or a rejoin as standby: the socket is back after a few tries
+    answers = iter([OSError("No such file or directory"), OSError("the database system is starting up"),
+                    ("7311", 150004)])
+
+    def system(target):
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+    monkeypatch.setattr(stanza.local, "system", system)
+    assert stanza.local_system(stanza.local.Target(), wait=5, pause=0) == ("7311", 150004)
+
+
+def test_stanza_step_gives_up_on_a_postgresql_that_stays_down(monkeypatch):
+    calls = []
+
+    def system(target):
+        calls.append(target)
+        raise OSError("No such file or directory")
+    monkeypatch.setattr(stanza.local, "system", system)
+    with pytest.raises(RuntimeError, match=r"No such file or directory \(waited 0.05 s\)"):
+        stanza.local_system(stanza.local.Target(), wait=0.05, pause=0.01)
+    assert len(calls) >= 2
 
 
 def test_unknown_kind_is_refused(monkeypatch, capsys):

@@ -5,7 +5,7 @@ on stdin and appears in no command."""
 from pulumi.runtime import rpc
 
 from components.render import pgbackrest, recordings_retention
-from tests.mockrun import run_ok
+from tests.mockrun import ancestors, run_ok
 
 CIPHER = "cipher-Pass-83kQ-not-real-0123456789"
 S3_KEY, S3_SECRET = "AKIA-not-real-4711", "s3-Secret-61zR-not-real"
@@ -38,6 +38,10 @@ def test_the_stanza_step_runs_after_both_nodes_files_and_before_the_first_backup
         assert f"backup-{node}-file-{_slug(pgbackrest.CONF)}" in deps, node
         assert "backup-stanza" in graph.resources[f"backup-{node}-first-backup"].depends_on
     assert "python3 -m hapbx_node.backup stanza" in str(rpc.unwrap_rpc_secret(stanza.inputs["create"]))
+    # HA settled first: a leader-daemon restart in the same apply may fence and rejoin PostgreSQL
+    before = ancestors(graph, "backup-stanza")
+    for node in [n["name"] for n in raw["nodes"]]:
+        assert f"vip-{node}-settled" in before, node
 
 
 def test_pgbackrest_conf_is_checked_by_pgbackrest_before_install(stack):
