@@ -3,8 +3,9 @@
 After each call's BYE the scenario logs one line (SIPp's log action, CDR_MARK first) with values it
 extracted through regular expressions that admit safe characters only, to CDR_LOG (-trace_logs:
 SIPp forks nothing per call, it answers hundreds of calls/s). ``post-cdr --drain`` (CDR_UNIT) reads
-that log from its saved POSITION and posts the calls as FreeSWITCH's mod_json_cdr does, in batches
-(one curl each): this node's receiver, then the peer's (the URLs of the rendered json_cdr.conf); a
+that log from its saved POSITION and posts the calls as FreeSWITCH's mod_json_cdr does, one POST
+each over kept-alive connections (one long-lived process, POST_PARALLEL at once): this node's
+receiver, then the peer's (the URLs of the rendered json_cdr.conf); a
 record neither took goes to ERROR_DIR, as mod_json_cdr keeps it in its err-log-dir. The call UUID
 is ``call_uuid(Call-ID)``: a re-post of the same call is idempotent.
 
@@ -45,10 +46,13 @@ ERROR_DIR = f"{STATE_DIR}/json_cdr_errors"
 SENDER_ENV = f"{ETC_DIR}/media-uas-cdr.env"        # the poster's CDR sender credential (0600 root)
 #: seconds each post may take (FreeSWITCH's json_cdr.conf: 5); local, then peer
 POST_MAX_TIME = 3
-#: logged calls per batch, posts at once, seconds between looks at the CDR log
+#: logged calls per batch, posts at once (threads, each with its kept-alive connection per
+#: receiver), seconds between looks at the CDR log
 POST_BATCH, POST_PARALLEL, POST_POLL = 200, 32, 0.2
 #: the namespace of the name-based call UUIDs (uuid3(NAMESPACE, Call-ID))
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:high-cc-pbx:media-uas:call-id")
+# post-cdr parses as Python, checked with the python3 that runs it
+PY_VALIDATE = "python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' {path}"
 # well-formed XML, checked with what every node has (python3); SIPp's own parser runs at start
 XML_VALIDATE = "python3 -c 'import sys, xml.dom.minidom as m; m.parse(sys.argv[1])' {path}"
 
@@ -97,14 +101,13 @@ def post_cdr_text(ctx: RenderContext, state_dir: str = STATE_DIR, ca: str = TLS_
     against (``ca``) elsewhere for tests."""
     # a media node's: the VIP's receiver, then the initial standby's (cdr.receiver_urls)
     local, peer = cdr.receiver_urls(ctx)[:2]
-    return template("sipp/post-cdr.sh.j2", ctx, node=ctx.host.name, local_url=local, peer_url=peer, ca=ca,
+    return template("sipp/post-cdr.py.j2", ctx, node=ctx.host.name, local_url=local, peer_url=peer, ca=ca,
                     log_file=CDR_LOG.replace(STATE_DIR, state_dir), rotated_dir=state_dir, rotated=ROTATED,
                     position=POSITION.replace(STATE_DIR, state_dir), mark=CDR_MARK,
                     work_dir=WORK_DIR.replace(STATE_DIR, state_dir),
                     error_dir=ERROR_DIR.replace(STATE_DIR, state_dir), max_time=POST_MAX_TIME, batch=POST_BATCH,
                     parallel=POST_PARALLEL, poll=POST_POLL,
-                    core_uuid=str(uuid.uuid3(NAMESPACE, f"core {ctx.host.name}")),
-                    namespace=NAMESPACE, namespace_octal="".join(f"\\{b:03o}" for b in NAMESPACE.bytes))
+                    core_uuid=str(uuid.uuid3(NAMESPACE, f"core {ctx.host.name}")), namespace=NAMESPACE)
 
 
 def files(ctx: RenderContext) -> list[RenderedFile]:
@@ -121,7 +124,7 @@ def files(ctx: RenderContext) -> list[RenderedFile]:
         RenderedFile(SCENARIO, scenario_text(), service=UNIT, action="restart", validate=XML_VALIDATE),
         # the drainer reads it at its start
         RenderedFile(POST_CDR, post_cdr_text(ctx), service=CDR_UNIT, action="restart", mode="0755",
-                     validate="sh -n {path}"),
+                     validate=PY_VALIDATE),
         RenderedFile(UNIT_PATH, unit, service=UNIT, action="restart", validate=verify),
         RenderedFile(CDR_UNIT_PATH, template("sipp/hapbx-media-uas-cdr.service.j2", ctx, **v), service=CDR_UNIT,
                      action="restart", validate=verify),

@@ -69,7 +69,7 @@ class Recorder:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 recorder.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers),
-                                          "body": body, "at": time.time()})
+                                          "body": body, "at": time.time(), "client": self.client_address})
                 answer = json.dumps({"ok": recorder.status == 200}).encode()
                 self.send_response(recorder.status)
                 self.send_header("Content-Type", "application/json")
@@ -303,24 +303,23 @@ def assert_mod_json_cdr_request(request: dict) -> None:
 # ------------------------------------------------------------------ static checks
 
 def test_rendered_poster_and_unit():
-    """post-cdr passes its own validator (sh -n) and shellcheck on both nodes; the unit lets its
-    dynamic user write the error directory; SIPp logs each CDR (options before -sf, in the state
-    directory the poster reads), runs no command, and the logged line carries only sanitized variables."""
+    """post-cdr passes its own validator (python3's parser) and compiles on both nodes;
+    the unit lets its dynamic user write the error directory; SIPp logs each CDR (options before -sf,
+    in the state directory the poster reads), runs no command, and the logged line carries only
+    sanitized variables."""
     c = shipped_cluster("lab")
     for node in c.nodes:
         files = {f.path: f for f in sipp_uas.files(RenderContext(c, node, masked_secrets()))}
         script = files[sipp_uas.POST_CDR]
-        assert script.mode == "0755" and script.service == sipp_uas.CDR_UNIT and script.validate == "sh -n {path}"
+        assert script.mode == "0755" and script.service == sipp_uas.CDR_UNIT
+        assert script.validate == sipp_uas.PY_VALIDATE and script.content.startswith("#!/usr/bin/python3\n")
         r = run_validator(script)
         assert r.returncode == 0, r.stderr
+        compile(script.content, sipp_uas.POST_CDR, "exec")
         peer = c.peer_of(node)
-        assert f"LOCAL_URL=http://127.0.0.1:{c.cdr.receiver_port}/cdr\n" in script.content
-        assert f"PEER_URL=https://{peer.address}:{c.cdr.receiver_port}/cdr\n" in script.content
-        assert "CA=/etc/hapbx/tls/ca.crt\n" in script.content and 'curl -q -s --cacert "$CA" ' in script.content
-        if shutil.which("shellcheck"):
-            out = subprocess.run(["shellcheck", "-s", "sh", "-"], input=script.content, capture_output=True,
-                                 text=True)
-            assert out.returncode == 0, out.stdout
+        assert f'LOCAL_URL = "http://127.0.0.1:{c.cdr.receiver_port}/cdr"\n' in script.content
+        assert f'PEER_URL = "https://{peer.address}:{c.cdr.receiver_port}/cdr"\n' in script.content
+        assert 'CA = "/etc/hapbx/tls/ca.crt"\n' in script.content and "create_default_context(cafile=CA)" in script.content
         for path in (sipp_uas.UNIT_PATH, sipp_uas.CDR_UNIT_PATH):   # one dynamic user, one state directory
             unit = files[path].content
             assert "DynamicUser=yes\nUser=hapbx-media-uas\nStateDirectory=hapbx-media-uas\n" in unit, path
@@ -329,8 +328,8 @@ def test_rendered_poster_and_unit():
         assert f"ExecStart=/usr/bin/sipp {' '.join(sipp_uas.cdr_log_options())} -sf {sipp_uas.SCENARIO} " in uas
         assert " -log_overwrite false " in uas and f"\nWorkingDirectory={sipp_uas.STATE_DIR}\n" in uas
         for d in (sipp_uas.ERROR_DIR, sipp_uas.WORK_DIR, sipp_uas.CDR_LOG, sipp_uas.POSITION):
-            assert d.startswith(sipp_uas.STATE_DIR + "/") and f"={d}\n" in script.content
-        assert f"ROTATED_DIR={sipp_uas.STATE_DIR}\nROTATED='{sipp_uas.ROTATED}'\n" in script.content
+            assert d.startswith(sipp_uas.STATE_DIR + "/") and f' = "{d}"\n' in script.content
+        assert f'ROTATED_DIR = "{sipp_uas.STATE_DIR}"\nROTATED = "{sipp_uas.ROTATED}"\n' in script.content
     scenario = sipp_uas.scenario_text()
     assert "<exec" not in scenario and "command=" not in scenario
     [message] = re.findall(r'<log message="([^"]*)"', scenario)
@@ -460,6 +459,46 @@ def test_sipp_does_not_wait_for_the_posts_and_leaves_no_zombie(standin, port, se
     time.sleep(0.5)
     assert standin.zombies() == []
     print(f"\n40 calls at 20/s with hung receivers: {took:.2f} s; 40 records kept")
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(p))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def test_one_process_posts_over_kept_alive_connections(standin, port, servers):
+    """The poster is one long-lived process: no process per call or per batch (sampled every 20 ms
+    while 60 calls are posted), and the posts share kept-alive connections (at most one per
+    posting thread), where a curl per batch opened a connection per post."""
+    local = Recorder(LOCAL, port)
+    servers.append(local)
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            seen.update(children_of(standin.drainer.pid))
+            time.sleep(0.02)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = standin.call("ka-%u@127.0.0.1", calls=60, rate=30, hold_ms=50)
+        assert r.ok and r.successful == 60, (r.stdout, r.errors)
+        until(lambda: len(local.requests) >= 60, 15, lambda: len(local.requests))
+    finally:
+        stop.set()
+        sampler.join()
+    connections = {q["client"] for q in local.requests}
+    assert seen == set(), seen
+    assert len(connections) <= sipp_uas.POST_PARALLEL and len(connections) < len(local.requests) / 2, connections
+    print(f"\n60 CDRs posted over {len(connections)} connections, no child process seen")
 
 
 def uuids_posted(recorder: Recorder) -> collections.Counter:

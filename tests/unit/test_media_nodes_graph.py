@@ -79,7 +79,7 @@ def test_the_media_node_gets_the_same_engine_rolled_after_the_pbx_nodes(lab_medi
     assert "ss -Hlun" in first.inputs["create"] and last.name in graph.resources
     post = text(graph.resources["media-media1-file-usr-local-lib-hapbx-media-uas-post-cdr"].inputs["stdin"])
     # the media node has no receiver: the VIP's over HTTPS, then the initial standby's
-    assert "LOCAL_URL=https://10.77.0.10:8088/cdr" in post and "PEER_URL=https://10.77.0.12:8088/cdr" in post
+    assert 'LOCAL_URL = "https://10.77.0.10:8088/cdr"' in post and 'PEER_URL = "https://10.77.0.12:8088/cdr"' in post
 
 
 def test_the_dispatcher_gets_the_media_node_probed_like_the_others(lab_media):
