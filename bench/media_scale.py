@@ -109,6 +109,7 @@ def report(runs: list[dict[str, list[sip.Step]]], meta: dict) -> str:
         f"- started {meta['started']}, {meta['took']:.0f} s; lab `{meta['lab']}` ({meta['config']}), VIP on {meta['owner']}",
         f"- machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')}, kernel {info.get('kernel')}; "
         f"load average {info.get('load_start')} at the start, {info.get('load_end')} at the end; {info.get('sipp')}",
+        *([f"- the lab idle before the run (its daemons, no calls): {info['idle_cpu']}"] if info.get("idle_cpu") else []),
         *([f"- note: {meta['args']['note']}"] if meta["args"].get("note") else []),
         f"- media-only nodes: {', '.join(meta['media_nodes'])}; their dispatcher destinations: "
         f"{', '.join(meta['destinations'])}",
@@ -180,7 +181,7 @@ def run(args) -> int:
     ours = sip.Target("ours", lab.vip, lab.sip_port, domain, "/etc/kamailio/kamailio.cfg", owner)
     tmp = tempfile.mkdtemp(prefix="hapbx-bench-media-")
     info, notes = sip.machine(), []
-    info["load_start"] = writer.load_avg()
+    info["load_start"], info["idle_cpu"] = writer.load_avg(), writer.cpu_busy()
     runs: list[dict[str, list[sip.Step]]] = []
     engines: dict[str, dict[str, int]] = {}
     try:

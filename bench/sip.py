@@ -683,6 +683,7 @@ def run(args) -> int:
     started, load_start, t_start = time.monotonic(), writer.load_avg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         lab, path = running_lab(args, "sip", max(args.register_rates + args.call_rates))
+        idle_cpu = writer.cpu_busy()   # the lab's daemons alone, before any step
     except BenchRefused as err:
         print(err, file=sys.stderr)
         return err.code
@@ -752,6 +753,7 @@ def run(args) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     info["load_start"], info["load_end"] = load_start, writer.load_avg()
+    info["idle_cpu"] = idle_cpu
     took = time.monotonic() - started
     meta = {"argv": argv, "started": t_start, "took": took, "info": info, "owner": owner, "domain": domain,
             "kamailio": {"children": k.children, "shm_mb": k.shm_mb, "pkg_mb": k.pkg_mb},
@@ -1053,7 +1055,8 @@ def report(runs: Runs, meta: dict, png: str) -> str:
         f"- Machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')}, Debian {info.get('debian')}, "
         f"kernel {info.get('kernel')}. The lab nodes (systemd-nspawn) and SIPp share these cores: SIPp, Kamailio, "
         "the peer's Kamailio (DMQ), PostgreSQL and the media stand-in all run on the same 2 cores. Load average "
-        f"(1, 5, 15 min): {info.get('load_start')} at the start, {info.get('load_end')} at the end.",
+        f"(1, 5, 15 min): {info.get('load_start')} at the start, {info.get('load_end')} at the end."
+        + (f" The lab idle before the run (its daemons, no SIP load): {info['idle_cpu']}." if info.get("idle_cpu") else ""),
         f"- Versions: {info.get('kamailio')}, PostgreSQL {info.get('postgresql')}, {info.get('sipp')}.",
         f"- Command: `{command(meta)}`; "
         f"REGISTER rates {meta['args']['register_rates']}, calls/s {meta['args']['call_rates']}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import platform
 import subprocess
 
@@ -41,6 +42,23 @@ def version(cmd: list[str]) -> str:
 def load_avg() -> str:
     """The load average (1, 5, 15 min), as the reports print it."""
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cpu_times() -> list[int]:
+    with open("/proc/stat") as fh:
+        return [int(x) for x in fh.readline().split()[1:]]
+
+
+def cpu_busy(seconds: float = 5.0) -> str:
+    """How busy the host's CPUs are over ``seconds`` (what the lab costs before a bench adds load),
+    as the reports print it: busy, of it user and system (kernel, softirq), of all cores."""
+    before = _cpu_times()
+    time.sleep(seconds)
+    d = [b - a for a, b in zip(before, _cpu_times())]
+    total = sum(d[:8]) or 1   # user nice system idle iowait irq softirq steal
+    busy = total - d[3] - d[4]
+    return (f"{100 * busy / total:.0f} % of {os.cpu_count()} cores busy over {seconds:g} s "
+            f"(user {100 * (d[0] + d[1]) / total:.0f} %, system {100 * (d[2] + d[5] + d[6]) / total:.0f} %)")
 
 
 # ---------------------------------------------------------------- the command
