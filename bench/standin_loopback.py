@@ -231,7 +231,8 @@ def step(rate: int, seconds: int, hold_ms: int, drain: bool, poster_tree: str | 
             time.sleep(1)
             posted, twice = len(set(receiver.uuids)), len(receiver.uuids) - len(set(receiver.uuids))
             poster_cpu = sum(poster_after) - sum(poster_before)
-        return {"poster": (poster_tree and "baseline") or "this tree","rate": rate, "placed": calls, "completed": ok, "failed": ko, "bye_sent": sent,
+        return {"poster": "baseline" if poster_tree else "this tree", "rate": rate, "placed": calls,
+                "completed": ok, "failed": ko, "bye_sent": sent,
                 "bye_retrans": retrans, "bye_timeouts": timeouts, "bye_p50_ms": percentile(rtts, 0.5),
                 "bye_p99_ms": percentile(rtts, 0.99), "phone_seconds": round(x.seconds, 1),
                 "uas_cpu_pct": round(100 * (after[0] - before[0]) / x.seconds, 1),
