@@ -44,7 +44,8 @@ RINGBUFFER_SIZE, RINGBUFFER_FILES = 8 * 1024 * 1024, 128
 WORK_DIR = f"{STATE_DIR}/posting"
 ERROR_DIR = f"{STATE_DIR}/json_cdr_errors"
 SENDER_ENV = f"{ETC_DIR}/media-uas-cdr.env"        # the poster's CDR sender credential (0600 root)
-#: seconds each post may take (FreeSWITCH's json_cdr.conf: 5); local, then peer
+#: seconds a post may wait for the receiver at each step: connect, send, each read (FreeSWITCH's
+#: json_cdr.conf timeout: 5); local, then peer
 POST_MAX_TIME = 3
 #: logged calls per batch, posts at once (threads, each with its kept-alive connection per
 #: receiver), seconds between looks at the CDR log

@@ -23,6 +23,9 @@ CHECK_TIMEOUT = 300
 LOCK_WAIT = 60
 #: a restart by a handler or a rejoin as standby takes seconds; a PostgreSQL down longer is an error
 PG_WAIT = 120
+#: what a PostgreSQL that is (re)starting or stopping answers; any other error is final at once
+PG_NOT_UP = ("No such file or directory", "Connection refused", "the database system is starting up",
+             "the database system is shutting down", "the database system is not yet accepting connections")
 
 
 def current_db(entry: dict | None) -> dict | None:
@@ -57,6 +60,8 @@ def local_system(target: local.Target, wait: float = PG_WAIT, pause: float = 1.0
         try:
             return local.system(target)
         except Exception as e:
+            if not any(m in str(e) for m in PG_NOT_UP):
+                raise
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"{str(e).strip()} (waited {wait:g} s)") from e
             time.sleep(pause)

@@ -116,6 +116,18 @@ def test_stanza_step_gives_up_on_a_postgresql_that_stays_down(monkeypatch):
     assert len(calls) >= 2
 
 
+def test_stanza_step_does_not_wait_on_an_error_that_is_no_restart(monkeypatch):
+    calls = []
+
+    def system(target):
+        calls.append(target)
+        raise OSError('FATAL:  password authentication failed for user "postgres"')
+    monkeypatch.setattr(stanza.local, "system", system)
+    with pytest.raises(OSError, match="password authentication failed"):
+        stanza.local_system(stanza.local.Target(), wait=5, pause=0)
+    assert len(calls) == 1
+
+
 def test_unknown_kind_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("PGBACKREST_STANZA", "hapbx")
     assert run.main("incr") == 2
