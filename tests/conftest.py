@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import pytest
 
@@ -101,6 +102,29 @@ def pytest_collection_modifyitems(items):
     lab = [i for i in items if _in_lab_tier(i)]
     if lab:
         items[:] = [i for i in items if not _in_lab_tier(i)] + sorted(lab, key=lambda i: i.stash[_COLLECTED])
+
+
+def pytest_collection_finish(session):
+    """The daemons tier runs Debian 13's daemons from the lab's trixie node image
+    (tests/release_root.py). On a machine without it cached, building it (debootstrap, then apt-get
+    of the node packages) takes minutes, longer than a test's timeout: every test needing it would
+    time out in turn. So it is built here, once, before the first test."""
+    if session.config.option.collectonly or not any(
+            i.path.is_relative_to(os.path.join(ROOT, "tests", "daemons")) for i in session.items):
+        return
+    from tests import release_root
+    if release_root.available() is not None or not release_root.image_missing("trixie"):
+        return   # built already; or not buildable here, which the trixie_root fixture reports
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter else print
+    say("building Debian 13's node image for the daemons tier (not cached on this machine) ...")
+    started = time.monotonic()
+    try:
+        release_root.ensure_image("trixie")
+    except Exception as err:  # noqa: BLE001 - the tests needing it fail on their own, with the cause
+        say(f"... failed after {time.monotonic() - started:.0f} s: {err}")
+        return
+    say(f"... built in {time.monotonic() - started:.0f} s")
 
 
 # --- time per tier and per Debian release, printed at the end (the README's test table) ---------

@@ -33,6 +33,11 @@ def node_packages(codename: str) -> tuple[str, ...]:
     return image.normalize(cluster.node_packages())
 
 
+def image_missing(codename: str) -> list[Path]:
+    """What the release's node image still lacks in the cache (base, layer); empty: built."""
+    return image.missing(CACHE, codename, node_packages(codename))
+
+
 def ensure_image(codename: str) -> list[Path]:
     """The release's node image (base, then layer), built if the cache lacks it; lowest first."""
     packages = node_packages(codename)
