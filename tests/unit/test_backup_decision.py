@@ -104,25 +104,26 @@ def test_stanza_step_waits_for_a_postgresql_that_is_restarting(monkeypatch):
     assert stanza.local_system(stanza.local.Target(), wait=5, pause=0) == ("7311", 150004)
 
 
-def test_stanza_step_gives_up_on_a_postgresql_that_stays_down(monkeypatch):
-    calls = []
+def _always_failing(monkeypatch, error: str) -> list:
+    """The local PostgreSQL answering every connection with this error; the list of tries."""
+    calls: list = []
 
     def system(target):
         calls.append(target)
-        raise OSError("No such file or directory")
+        raise OSError(error)
     monkeypatch.setattr(stanza.local, "system", system)
+    return calls
+
+
+def test_stanza_step_gives_up_on_a_postgresql_that_stays_down(monkeypatch):
+    calls = _always_failing(monkeypatch, "No such file or directory")
     with pytest.raises(RuntimeError, match=r"No such file or directory \(waited 0.05 s\)"):
         stanza.local_system(stanza.local.Target(), wait=0.05, pause=0.01)
     assert len(calls) >= 2
 
 
 def test_stanza_step_does_not_wait_on_an_error_that_is_no_restart(monkeypatch):
-    calls = []
-
-    def system(target):
-        calls.append(target)
-        raise OSError('FATAL:  password authentication failed for user "postgres"')
-    monkeypatch.setattr(stanza.local, "system", system)
+    calls = _always_failing(monkeypatch, 'FATAL:  password authentication failed for user "postgres"')
     with pytest.raises(OSError, match="password authentication failed"):
         stanza.local_system(stanza.local.Target(), wait=5, pause=0)
     assert len(calls) == 1
