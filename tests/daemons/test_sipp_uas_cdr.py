@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from lab import sipp
+from tests import leftovers
 from components.render import RenderContext, masked_secrets, sipp_uas
 from hapbx_node.cdr import records
 from tests.helpers import free_port, shipped_cluster
@@ -462,15 +463,7 @@ def test_sipp_does_not_wait_for_the_posts_and_leaves_no_zombie(standin, port, se
 
 
 def children_of(pid: int) -> set[int]:
-    out = set()
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{p}/stat") as fh:
-                if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.add(int(p))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+    return {p.pid for p in leftovers.processes().values() if p.ppid == pid}
 
 
 def test_one_process_posts_over_kept_alive_connections(standin, port, servers):
